@@ -1,0 +1,627 @@
+//! Tensor layouts: how a tensor of a global shape is cut over a device mesh.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use crate::error::LayoutError;
+use crate::geometry::{Region, element_count};
+use crate::mesh::DeviceMesh;
+
+/// How a dimension whose size the block count does not divide is cut.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
+pub enum SplitPolicy {
+    /// Equal blocks; a size the block count does not divide is an error, as
+    /// in MindSpore.
+    #[default]
+    Even,
+    /// `torch.chunk`: blocks of `ceil(size / n)`, the trailing ones shorter or
+    /// empty.
+    Chunk,
+    /// The remainder spread one element each over the first blocks, as
+    /// OneFlow does.
+    Balanced,
+    /// Explicit block sizes, one per block, summing to the dimension size
+    /// (MindSpore `param_split_shape`, ragged shards).
+    Blocks(Vec<u64>),
+}
+
+impl SplitPolicy {
+    /// Block boundaries `b[0] = 0 <= b[1] <= ... <= b[n] = size`.
+    fn bounds(&self, size: u64, n: u64, dim: usize) -> Result<Vec<u64>, LayoutError> {
+        let mut bounds = Vec::with_capacity(n as usize + 1);
+        bounds.push(0);
+        match self {
+            SplitPolicy::Even => {
+                if !size.is_multiple_of(n) {
+                    return Err(LayoutError::UnevenSplit {
+                        dim,
+                        size,
+                        blocks: n,
+                    });
+                }
+                let b = size / n;
+                bounds.extend((1..=n).map(|i| i * b));
+            }
+            SplitPolicy::Chunk => {
+                let b = size.div_ceil(n);
+                bounds.extend((1..=n).map(|i| i.saturating_mul(b).min(size)));
+            }
+            SplitPolicy::Balanced => {
+                let (q, r) = (size / n, size % n);
+                bounds.extend((1..=n).map(|i| i * q + i.min(r)));
+            }
+            SplitPolicy::Blocks(sizes) => {
+                if sizes.len() as u64 != n {
+                    return Err(LayoutError::BlockCount {
+                        dim,
+                        expected: n,
+                        found: sizes.len(),
+                    });
+                }
+                let mut end = 0u64;
+                for s in sizes {
+                    end = end.saturating_add(*s);
+                    bounds.push(end);
+                }
+                if end != size {
+                    return Err(LayoutError::BlockSum {
+                        dim,
+                        size,
+                        sum: sizes.iter().fold(0u64, |a, b| a.saturating_add(*b)),
+                    });
+                }
+            }
+        }
+        Ok(bounds)
+    }
+}
+
+impl std::fmt::Display for SplitPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SplitPolicy::Even => write!(f, "even"),
+            SplitPolicy::Chunk => write!(f, "chunk"),
+            SplitPolicy::Balanced => write!(f, "balanced"),
+            SplitPolicy::Blocks(b) => write!(f, "blocks {b:?}"),
+        }
+    }
+}
+
+/// How one tensor dimension is split, as given by a caller: mesh axes by
+/// name (first = outermost) and the policy for uneven sizes.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct DimSplit {
+    /// Axes splitting this dimension, outermost first; empty = not split.
+    pub axes: Vec<String>,
+    /// How blocks are sized.
+    pub policy: SplitPolicy,
+}
+
+impl DimSplit {
+    /// A dimension split evenly over `axes`.
+    pub fn over<S: Into<String>>(axes: impl IntoIterator<Item = S>) -> Self {
+        DimSplit {
+            axes: axes.into_iter().map(Into::into).collect(),
+            policy: SplitPolicy::Even,
+        }
+    }
+
+    /// A dimension that is not split.
+    pub fn none() -> Self {
+        DimSplit::default()
+    }
+}
+
+/// Everything a layout says besides the mesh and the shape; the input of
+/// [`TensorLayout::new`]. Fields are plain data, checked by the constructor.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct LayoutConfig {
+    /// One entry per tensor dimension.
+    pub dims: Vec<DimSplit>,
+    /// Axes along which the values are partial sums still to be reduced.
+    pub partial: Vec<String>,
+    /// Fixed coordinates: the tensor lives only on the ranks whose
+    /// coordinate along each named axis equals the value (a pipeline stage).
+    pub pin: Vec<(String, u64)>,
+}
+
+/// A checked dimension split: axis indices and block boundaries.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct DimLayout {
+    axes: Vec<usize>,
+    policy: SplitPolicy,
+    bounds: Vec<u64>,
+}
+
+impl DimLayout {
+    /// Indices (into the mesh) of the axes splitting the dimension, outermost first.
+    pub fn axes(&self) -> &[usize] {
+        &self.axes
+    }
+
+    /// The uneven-size policy.
+    pub fn policy(&self) -> &SplitPolicy {
+        &self.policy
+    }
+
+    /// Number of blocks.
+    pub fn block_count(&self) -> u64 {
+        self.bounds.len() as u64 - 1
+    }
+
+    /// Start and end of block `b`.
+    pub fn block(&self, b: u64) -> (u64, u64) {
+        (self.bounds[b as usize], self.bounds[b as usize + 1])
+    }
+
+    /// The block holding index `x` (the non-empty one when blocks are empty).
+    fn block_of(&self, x: u64) -> u64 {
+        (self.bounds.partition_point(|&s| s <= x) - 1) as u64
+    }
+}
+
+/// How a tensor of a given global shape is distributed over a device mesh.
+///
+/// For each dimension, an ordered list of mesh axes splits it (first =
+/// outermost); axes used by no dimension hold replicas, except `partial`
+/// axes, whose ranks hold partial sums, and pinned axes, which restrict the
+/// tensor to a sub-mesh (a pipeline stage).
+///
+/// Invariants, checked by [`TensorLayout::new`]: one split per dimension;
+/// every axis named exists and is used at most once across dims, partial and
+/// pin; the element count fits [`crate::MAX_ELEMENTS`]; block sizes follow
+/// the policy and sum to the dimension.
+///
+/// # Example
+///
+/// ```
+/// use std::sync::Arc;
+/// use shardplan::{DeviceMesh, DimSplit, LayoutConfig, TensorLayout};
+///
+/// let mesh = Arc::new(DeviceMesh::new([("dp", 2), ("tp", 4)]).unwrap());
+/// let cfg = LayoutConfig { dims: vec![DimSplit::over(["tp"]), DimSplit::none()], ..Default::default() };
+/// let layout = TensorLayout::new(mesh.clone(), &[8, 6], &cfg).unwrap();
+/// // Rank 5 = (dp 1, tp 1) holds rows 2..4.
+/// assert_eq!(layout.region_of(5).unwrap().to_string(), "[2..4, 0..6]");
+/// assert_eq!(layout.holders(&[2, 0]).unwrap(), vec![1, 5]);
+/// // 6 rows do not split evenly over 4 ranks.
+/// assert!(TensorLayout::new(mesh, &[6, 6], &cfg).is_err());
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TensorLayout {
+    mesh: Arc<DeviceMesh>,
+    shape: Vec<u64>,
+    dims: Vec<DimLayout>,
+    partial: Vec<usize>,
+    pin: Vec<(usize, u64)>,
+}
+
+impl TensorLayout {
+    /// Checks `config` against `mesh` and `shape` and builds the layout.
+    ///
+    /// # Errors
+    ///
+    /// - [`LayoutError::ShapeOverflow`]: the element count overflows;
+    /// - [`LayoutError::DimCount`]: not one split per dimension;
+    /// - [`LayoutError::UnknownAxis`]: an axis is not on the mesh;
+    /// - [`LayoutError::AxisReused`]: an axis appears twice;
+    /// - [`LayoutError::PinOutOfRange`]: a pinned coordinate is beyond its axis;
+    /// - [`LayoutError::UnevenSplit`], [`LayoutError::BlockCount`],
+    ///   [`LayoutError::BlockSum`]: block sizes do not fit the policy.
+    pub fn new(
+        mesh: Arc<DeviceMesh>,
+        shape: &[u64],
+        config: &LayoutConfig,
+    ) -> Result<Self, LayoutError> {
+        element_count(shape)?;
+        if config.dims.len() != shape.len() {
+            return Err(LayoutError::DimCount {
+                splits: config.dims.len(),
+                rank: shape.len(),
+            });
+        }
+        let mut used: Vec<Option<&'static str>> = vec![None; mesh.axes().len()];
+        let mut take = |name: &str, role: &'static str| -> Result<usize, LayoutError> {
+            let i = mesh
+                .axis_index(name)
+                .ok_or_else(|| LayoutError::UnknownAxis {
+                    axis: name.to_string(),
+                    mesh: mesh.to_string(),
+                })?;
+            if let Some(first) = used[i] {
+                return Err(LayoutError::AxisReused {
+                    axis: name.to_string(),
+                    first,
+                    second: role,
+                });
+            }
+            used[i] = Some(role);
+            Ok(i)
+        };
+        let mut dims = Vec::with_capacity(shape.len());
+        for (d, split) in config.dims.iter().enumerate() {
+            let axes = split
+                .axes
+                .iter()
+                .map(|a| take(a, "a split"))
+                .collect::<Result<Vec<_>, _>>()?;
+            // Axes are distinct, so the product is at most the rank count.
+            let n: u64 = axes.iter().map(|&a| mesh.axis_size(a)).product();
+            let bounds = split.policy.bounds(shape[d], n, d)?;
+            dims.push(DimLayout {
+                axes,
+                policy: split.policy.clone(),
+                bounds,
+            });
+        }
+        let partial = config
+            .partial
+            .iter()
+            .map(|a| take(a, "partial"))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut pin = Vec::with_capacity(config.pin.len());
+        for (name, coord) in &config.pin {
+            let i = take(name, "a pin")?;
+            if !(*coord < mesh.axis_size(i)) {
+                return Err(LayoutError::PinOutOfRange {
+                    axis: name.clone(),
+                    coord: *coord,
+                    size: mesh.axis_size(i),
+                });
+            }
+            pin.push((i, *coord));
+        }
+        pin.sort_unstable();
+        Ok(TensorLayout {
+            mesh,
+            shape: shape.to_vec(),
+            dims,
+            partial,
+            pin,
+        })
+    }
+
+    /// A layout holding the whole tensor on every rank of `mesh`.
+    ///
+    /// # Errors
+    ///
+    /// [`LayoutError::ShapeOverflow`] when the element count overflows.
+    pub fn replicated(mesh: Arc<DeviceMesh>, shape: &[u64]) -> Result<Self, LayoutError> {
+        let config = LayoutConfig {
+            dims: vec![DimSplit::none(); shape.len()],
+            ..Default::default()
+        };
+        Self::new(mesh, shape, &config)
+    }
+
+    /// The mesh.
+    pub fn mesh(&self) -> &Arc<DeviceMesh> {
+        &self.mesh
+    }
+
+    /// Global shape.
+    pub fn shape(&self) -> &[u64] {
+        &self.shape
+    }
+
+    /// Per-dimension splits.
+    pub fn dims(&self) -> &[DimLayout] {
+        &self.dims
+    }
+
+    /// Indices of the partial-sum axes.
+    pub fn partial(&self) -> &[usize] {
+        &self.partial
+    }
+
+    /// Pinned `(axis index, coordinate)` pairs, sorted by axis.
+    pub fn pin(&self) -> &[(usize, u64)] {
+        &self.pin
+    }
+
+    /// Axes that neither split, nor hold partial sums, nor pin: each of their
+    /// positions holds a full copy of the same slice.
+    pub fn replica_axes(&self) -> Vec<usize> {
+        (0..self.mesh.axes().len())
+            .filter(|a| !self.axis_is_used(*a))
+            .collect()
+    }
+
+    fn axis_is_used(&self, a: usize) -> bool {
+        self.dims.iter().any(|d| d.axes.contains(&a))
+            || self.partial.contains(&a)
+            || self.pin.iter().any(|(p, _)| *p == a)
+    }
+
+    /// How many ranks hold each element: the product of the sizes of the
+    /// replica and partial axes.
+    pub fn replica_count(&self) -> u64 {
+        (0..self.mesh.axes().len())
+            .filter(|a| {
+                !self.dims.iter().any(|d| d.axes.contains(a))
+                    && !self.pin.iter().any(|(p, _)| p == a)
+            })
+            .map(|a| self.mesh.axis_size(a))
+            .product()
+    }
+
+    /// True when rank `rank` holds a slice (it is on the pinned sub-mesh).
+    pub fn holds(&self, rank: u64) -> bool {
+        rank < self.mesh.rank_count() && self.on_pin(&self.mesh.coords_unchecked(rank))
+    }
+
+    fn on_pin(&self, coords: &[u64]) -> bool {
+        self.pin.iter().all(|&(a, c)| coords[a] == c)
+    }
+
+    /// The box of the global tensor that `rank` holds, or `None` when the
+    /// rank is outside the pinned sub-mesh or out of range. The box may be
+    /// empty under `chunk` or explicit blocks.
+    pub fn region_of(&self, rank: u64) -> Option<Region> {
+        if !(rank < self.mesh.rank_count()) {
+            return None;
+        }
+        let coords = self.mesh.coords_unchecked(rank);
+        if !self.on_pin(&coords) {
+            return None;
+        }
+        let mut offset = Vec::with_capacity(self.dims.len());
+        let mut extent = Vec::with_capacity(self.dims.len());
+        for dim in &self.dims {
+            let b = dim
+                .axes
+                .iter()
+                .fold(0u64, |acc, &a| acc * self.mesh.axis_size(a) + coords[a]);
+            let (s, e) = dim.block(b);
+            offset.push(s);
+            extent.push(e - s);
+        }
+        Some(Region::new(offset, extent))
+    }
+
+    /// Ranks that hold element `index`, ascending.
+    ///
+    /// # Errors
+    ///
+    /// [`LayoutError::IndexOutOfRange`] when `index` is outside the shape.
+    pub fn holders(&self, index: &[u64]) -> Result<Vec<u64>, LayoutError> {
+        if index.len() != self.shape.len() || index.iter().zip(&self.shape).any(|(i, s)| i >= s) {
+            return Err(LayoutError::IndexOutOfRange {
+                index: index.to_vec(),
+                shape: self.shape.clone(),
+            });
+        }
+        // Fixed coordinates from the block of each dim and the pin; the
+        // remaining axes range freely.
+        let mut fixed: Vec<Option<u64>> = vec![None; self.mesh.axes().len()];
+        for (dim, &x) in self.dims.iter().zip(index) {
+            let mut b = dim.block_of(x);
+            for &a in dim.axes.iter().rev() {
+                let size = self.mesh.axis_size(a);
+                fixed[a] = Some(b % size);
+                b /= size;
+            }
+        }
+        for &(a, c) in &self.pin {
+            fixed[a] = Some(c);
+        }
+        let mut ranks = vec![0u64];
+        for (a, f) in fixed.iter().enumerate() {
+            let stride = self.mesh.stride(a);
+            ranks = match f {
+                Some(c) => ranks.into_iter().map(|r| r + c * stride).collect(),
+                None => ranks
+                    .into_iter()
+                    .flat_map(|r| (0..self.mesh.axis_size(a)).map(move |c| r + c * stride))
+                    .collect(),
+            };
+        }
+        ranks.sort_unstable();
+        Ok(ranks)
+    }
+
+    /// The distinct boxes of the tensor with the ranks holding each,
+    /// ordered by box. Empty boxes are included.
+    pub fn shards(&self) -> Vec<(Region, Vec<u64>)> {
+        let mut map: BTreeMap<Region, Vec<u64>> = BTreeMap::new();
+        for rank in 0..self.mesh.rank_count() {
+            if let Some(r) = self.region_of(rank) {
+                map.entry(r).or_default().push(rank);
+            }
+        }
+        map.into_iter().collect()
+    }
+
+    /// True when both layouts place the same box on every rank, with the
+    /// same partial-sum status: the geometry users care about, whatever the
+    /// axis names or mesh factorisation.
+    pub fn same_placement(&self, other: &TensorLayout) -> bool {
+        self.shape == other.shape
+            && self.mesh.rank_count() == other.mesh.rank_count()
+            && self.partial_ranks_signature() == other.partial_ranks_signature()
+            && (0..self.mesh.rank_count()).all(|r| self.region_of(r) == other.region_of(r))
+    }
+
+    /// For each rank, which partial-sum term it holds (None without partial
+    /// axes); two layouts sum the same terms when these partition the ranks
+    /// alike.
+    fn partial_ranks_signature(&self) -> Vec<Vec<u64>> {
+        if self.partial.is_empty() {
+            return Vec::new();
+        }
+        let mut groups: BTreeMap<Vec<u64>, Vec<u64>> = BTreeMap::new();
+        for rank in 0..self.mesh.rank_count() {
+            let c = self.mesh.coords_unchecked(rank);
+            let key = self.partial.iter().map(|&a| c[a]).collect();
+            groups.entry(key).or_default().push(rank);
+        }
+        let mut v: Vec<Vec<u64>> = groups.into_values().collect();
+        v.sort();
+        v
+    }
+
+    /// Name of axis `a` of the layout's mesh.
+    pub fn axis_name(&self, a: usize) -> &str {
+        &self.mesh.axes()[a].name
+    }
+}
+
+impl std::fmt::Display for TensorLayout {
+    /// `[tp, (dp, sp), -]`, then `partial(..)` and `at pp=1` when present.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "[")?;
+        for (i, dim) in self.dims.iter().enumerate() {
+            if i > 0 {
+                write!(f, ", ")?;
+            }
+            match dim.axes.len() {
+                0 => write!(f, "-")?,
+                1 => write!(f, "{}", self.axis_name(dim.axes[0]))?,
+                _ => {
+                    let names: Vec<&str> = dim.axes.iter().map(|&a| self.axis_name(a)).collect();
+                    write!(f, "({})", names.join(", "))?;
+                }
+            }
+            if dim.policy != SplitPolicy::Even {
+                write!(f, " {}", dim.policy)?;
+            }
+        }
+        write!(f, "]")?;
+        if !self.partial.is_empty() {
+            let names: Vec<&str> = self.partial.iter().map(|&a| self.axis_name(a)).collect();
+            write!(f, " partial({})", names.join(", "))?;
+        }
+        for &(a, c) in &self.pin {
+            write!(f, " at {}={}", self.axis_name(a), c)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mesh(axes: &[(&str, u64)]) -> Arc<DeviceMesh> {
+        Arc::new(DeviceMesh::new(axes.iter().copied()).unwrap())
+    }
+
+    #[track_caller]
+    fn check_blocks(policy: SplitPolicy, size: u64, n: u64, expect: &[u64]) {
+        let b = policy.bounds(size, n, 0).unwrap();
+        let sizes: Vec<u64> = b.windows(2).map(|w| w[1] - w[0]).collect();
+        assert_eq!(sizes, expect, "{policy} {size}/{n}");
+    }
+
+    #[test]
+    fn split_policies() {
+        check_blocks(SplitPolicy::Even, 8, 4, &[2, 2, 2, 2]);
+        check_blocks(SplitPolicy::Chunk, 10, 4, &[3, 3, 3, 1]);
+        check_blocks(SplitPolicy::Chunk, 5, 4, &[2, 2, 1, 0]);
+        check_blocks(SplitPolicy::Chunk, 2, 4, &[1, 1, 0, 0]);
+        check_blocks(SplitPolicy::Balanced, 10, 4, &[3, 3, 2, 2]);
+        check_blocks(SplitPolicy::Blocks(vec![3, 5]), 8, 2, &[3, 5]);
+        assert!(SplitPolicy::Even.bounds(6, 4, 0).is_err());
+        assert!(SplitPolicy::Blocks(vec![3, 4]).bounds(8, 2, 0).is_err());
+        assert!(SplitPolicy::Blocks(vec![8]).bounds(8, 2, 0).is_err());
+        assert!(
+            SplitPolicy::Blocks(vec![u64::MAX, 2])
+                .bounds(8, 2, 0)
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn nested_axes_outermost_first() {
+        let m = mesh(&[("a", 2), ("b", 2)]);
+        let cfg = LayoutConfig {
+            dims: vec![DimSplit::over(["b", "a"]), DimSplit::none()],
+            ..Default::default()
+        };
+        let l = TensorLayout::new(m, &[8, 2], &cfg).unwrap();
+        // Block index = b * 2 + a; rank = a * 2 + b.
+        let rows: Vec<u64> = (0..4)
+            .map(|r| l.region_of(r).unwrap().offset()[0])
+            .collect();
+        assert_eq!(rows, vec![0, 4, 2, 6]);
+    }
+
+    #[test]
+    fn pin_and_partial() {
+        let m = mesh(&[("pp", 2), ("dp", 2), ("tp", 2)]);
+        let cfg = LayoutConfig {
+            dims: vec![DimSplit::over(["tp"])],
+            partial: vec!["dp".into()],
+            pin: vec![("pp".into(), 1)],
+        };
+        let l = TensorLayout::new(m, &[4], &cfg).unwrap();
+        assert!(l.region_of(0).is_none());
+        assert_eq!(l.region_of(5).unwrap().to_string(), "[2..4]");
+        assert_eq!(l.holders(&[3]).unwrap(), vec![5, 7]);
+        assert_eq!(l.replica_count(), 2);
+        assert_eq!(l.to_string(), "[tp] partial(dp) at pp=1");
+    }
+
+    #[test]
+    fn constructor_errors() {
+        let m = mesh(&[("dp", 2), ("tp", 2)]);
+        let cases: Vec<(LayoutConfig, &[u64], &str)> = vec![
+            (
+                LayoutConfig {
+                    dims: vec![DimSplit::over(["xx"])],
+                    ..Default::default()
+                },
+                &[4],
+                "not on the mesh",
+            ),
+            (
+                LayoutConfig {
+                    dims: vec![DimSplit::over(["tp", "tp"])],
+                    ..Default::default()
+                },
+                &[4],
+                "twice",
+            ),
+            (
+                LayoutConfig {
+                    dims: vec![DimSplit::over(["tp"])],
+                    partial: vec!["tp".into()],
+                    ..Default::default()
+                },
+                &[4],
+                "twice",
+            ),
+            (
+                LayoutConfig {
+                    dims: vec![DimSplit::none()],
+                    pin: vec![("dp".into(), 2)],
+                    ..Default::default()
+                },
+                &[4],
+                "beyond",
+            ),
+            (
+                LayoutConfig {
+                    dims: vec![],
+                    ..Default::default()
+                },
+                &[4],
+                "1 dimension",
+            ),
+            (
+                LayoutConfig {
+                    dims: vec![DimSplit::none(); 2],
+                    ..Default::default()
+                },
+                &[u64::MAX, 4],
+                "overflow",
+            ),
+        ];
+        for (cfg, shape, needle) in cases {
+            let err = TensorLayout::new(m.clone(), shape, &cfg)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(needle), "{cfg:?}: {err}");
+        }
+    }
+}

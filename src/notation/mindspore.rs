@@ -1,0 +1,432 @@
+//! MindSpore parallel layouts: `dev_matrix`, `tensor_map`, optimizer
+//! sharding and pipeline stages, as written in strategy files.
+//!
+//! Semantics (pinned by the MindSpore conformance cases):
+//! - ranks of a stage are numbered row-major over `dev_matrix`; stage `s`
+//!   of `S` owns global ranks `s * n .. (s + 1) * n` where `n` is the
+//!   product of `dev_matrix`;
+//! - `tensor_map` entry `k` names `dev_matrix[len - 1 - k]` (counted from the
+//!   right); `-1` leaves the dimension unsplit; several entries on one
+//!   dimension split it outermost first;
+//! - optimizer sharding (`opt_weight_shard_size` > 1) cuts dimension 0 of
+//!   the model-parallel slice further over the ranks that hold the same
+//!   slice: taken in ascending rank order, consecutive groups of
+//!   `opt_weight_shard_size` ranks share one slice, and the i-th rank of a
+//!   group holds the i-th part. That is the innermost factor of the
+//!   replicated axes, so it becomes the innermost split of dimension 0, and
+//!   a replicated axis only partly used is factored in two.
+
+use std::sync::Arc;
+
+use super::is_even_blocks;
+use crate::error::LayoutError;
+use crate::layout::{DimSplit, LayoutConfig, SplitPolicy, TensorLayout};
+use crate::mesh::DeviceMesh;
+
+/// Name of the pipeline axis of meshes built from MindSpore layouts.
+pub const STAGE_AXIS: &str = "stage";
+
+/// A MindSpore parameter layout, as in a strategy file.
+///
+/// # Example
+///
+/// ```
+/// use shardplan::notation::mindspore::MindSporeLayout;
+///
+/// // dev_matrix [2, 2]: the tensor's columns split over the right axis,
+/// // rows optimizer-sharded over the other.
+/// let ms = MindSporeLayout {
+///     dev_matrix: vec![2, 2],
+///     tensor_map: vec![vec![-1], vec![0]],
+///     opt_weight_shard_size: 2,
+///     opt_weight_shard_step: 2,
+///     ..MindSporeLayout::default()
+/// };
+/// let layout = ms.to_layout(&[8, 4]).unwrap();
+/// assert_eq!(layout.region_of(2).unwrap().to_string(), "[4..8, 0..2]");
+/// // The round trip gives the same slices on every rank.
+/// let back = MindSporeLayout::from_layout(&layout).unwrap();
+/// assert!(back.to_layout(&[8, 4]).unwrap().same_placement(&layout));
+/// // A tensor map entry beyond the device matrix is refused.
+/// let bad = MindSporeLayout { tensor_map: vec![vec![2], vec![-1]], ..ms };
+/// assert!(bad.to_layout(&[8, 4]).is_err());
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MindSporeLayout {
+    /// Device matrix of one stage, outermost first.
+    pub dev_matrix: Vec<u64>,
+    /// Per tensor dimension, the device-matrix axes (counted from the right)
+    /// splitting it; `[-1]` or `[]` = not split.
+    pub tensor_map: Vec<Vec<i64>>,
+    /// Ranks sharing one optimizer-sharded slice group; 0 or 1 = none.
+    pub opt_weight_shard_size: i64,
+    /// Rank stride inside an optimizer-shard group, as MindSpore records it;
+    /// 0 = not recorded (then it is not checked).
+    pub opt_weight_shard_step: i64,
+    /// Explicit block sizes of dimension 0 (`param_split_shape`); empty = even.
+    pub param_split_shape: Vec<u64>,
+    /// Pipeline stage holding the parameter.
+    pub stage: u64,
+    /// Number of pipeline stages (at least 1).
+    pub stage_count: u64,
+}
+
+impl Default for MindSporeLayout {
+    fn default() -> Self {
+        MindSporeLayout {
+            dev_matrix: Vec::new(),
+            tensor_map: Vec::new(),
+            opt_weight_shard_size: 0,
+            opt_weight_shard_step: 0,
+            param_split_shape: Vec::new(),
+            stage: 0,
+            stage_count: 1,
+        }
+    }
+}
+
+fn bad(reason: impl Into<String>, help: impl Into<String>) -> LayoutError {
+    LayoutError::notation("mindspore", reason, help)
+}
+
+/// Name of the mesh axis for device-matrix axis `k` (counted from the right).
+fn axis_name(k: usize) -> String {
+    format!("d{k}")
+}
+
+impl MindSporeLayout {
+    /// The layout of a tensor of `shape`.
+    ///
+    /// The mesh has an axis `stage` first when `stage_count > 1`, then one
+    /// axis `d<k>` per device-matrix axis (`k` counted from the right, as in
+    /// `tensor_map`); an axis the optimizer shard uses only in part is
+    /// factored into `d<k>` and `d<k>_opt`.
+    ///
+    /// # Errors
+    ///
+    /// [`LayoutError::Notation`] for a tensor map of the wrong length, an
+    /// entry outside the device matrix or used twice, an optimizer shard the
+    /// replicated ranks cannot hold, or a recorded step that disagrees with
+    /// the group rule; [`LayoutError`]s of [`TensorLayout::new`] otherwise.
+    pub fn to_layout(&self, shape: &[u64]) -> Result<TensorLayout, LayoutError> {
+        let n = self.dev_matrix.len();
+        if self.tensor_map.len() != shape.len() {
+            return Err(bad(
+                format!(
+                    "tensor_map has {} entries but the tensor has {} dimensions",
+                    self.tensor_map.len(),
+                    shape.len()
+                ),
+                "give one tensor_map entry per dimension, -1 for a dimension that is not split",
+            ));
+        }
+        if self.stage_count == 0 || !(self.stage < self.stage_count) {
+            return Err(bad(
+                format!("stage {} of {} stages", self.stage, self.stage_count),
+                "stages count from 0 and there is at least one",
+            ));
+        }
+        // Mesh axes in mesh order: (name, size). Position i of dev_matrix is
+        // map index n - 1 - i.
+        let mut axes: Vec<(String, u64)> = Vec::new();
+        if self.stage_count > 1 {
+            axes.push((STAGE_AXIS.to_string(), self.stage_count));
+        }
+        let mut used = vec![false; n];
+        let mut dims: Vec<DimSplit> = Vec::with_capacity(shape.len());
+        for entry in &self.tensor_map {
+            let mut split = DimSplit::none();
+            for &k in entry {
+                if k == -1 {
+                    continue;
+                }
+                if !(0 <= k && (k as usize) < n) {
+                    return Err(bad(
+                        format!("tensor_map entry {k} is outside a device matrix of {n} axes"),
+                        "entries count device-matrix axes from the right, from 0, or are -1",
+                    ));
+                }
+                if used[k as usize] {
+                    return Err(bad(
+                        format!("tensor_map uses device-matrix axis {k} twice"),
+                        "each device-matrix axis splits at most one dimension once",
+                    ));
+                }
+                used[k as usize] = true;
+                split.axes.push(axis_name(k as usize));
+            }
+            dims.push(split);
+        }
+        // Replicated axes, in mesh order, as map indices.
+        let replicated: Vec<usize> = (0..n).rev().filter(|&k| !used[k]).collect();
+        let mut factored: Option<(usize, u64)> = None; // (map index, inner size)
+        if self.opt_weight_shard_size > 1 {
+            if shape.is_empty() {
+                return Err(bad(
+                    "optimizer sharding of a scalar",
+                    "drop opt_weight_shard_size for scalars",
+                ));
+            }
+            let size = self.opt_weight_shard_size as u64;
+            let mut rest = size;
+            let mut inner_axes = Vec::new();
+            for &k in replicated.iter().rev() {
+                if rest == 1 {
+                    break;
+                }
+                let s = self.dev_matrix[n - 1 - k];
+                if rest.is_multiple_of(s) {
+                    inner_axes.push(axis_name(k));
+                    rest /= s;
+                } else if s.is_multiple_of(rest) {
+                    factored = Some((k, rest));
+                    inner_axes.push(format!("{}_opt", axis_name(k)));
+                    rest = 1;
+                } else {
+                    break;
+                }
+            }
+            if rest != 1 {
+                let r: u64 = replicated
+                    .iter()
+                    .map(|&k| self.dev_matrix[n - 1 - k])
+                    .product();
+                return Err(bad(
+                    format!(
+                        "opt_weight_shard_size {size} does not divide into the {r} ranks that hold each model-parallel slice"
+                    ),
+                    "the optimizer shard size must divide the product of the replicated device-matrix axes",
+                ));
+            }
+            // Step check: the rank stride of the innermost axis used.
+            if self.opt_weight_shard_step > 0 {
+                let innermost = replicated
+                    .iter()
+                    .rev()
+                    .find(|&&k| self.dev_matrix[n - 1 - k] > 1)
+                    .copied();
+                let stride = innermost
+                    .map(|k| self.dev_matrix[n - k..].iter().product::<u64>())
+                    .unwrap_or(1);
+                if stride != self.opt_weight_shard_step as u64 {
+                    return Err(bad(
+                        format!(
+                            "opt_weight_shard_step {} disagrees with the group rule, which gives a stride of {stride}",
+                            self.opt_weight_shard_step
+                        ),
+                        "check that dev_matrix and tensor_map belong to this parameter",
+                    ));
+                }
+            }
+            inner_axes.reverse();
+            dims[0].axes.extend(inner_axes);
+        }
+        for i in 0..n {
+            let k = n - 1 - i;
+            let s = self.dev_matrix[i];
+            match factored {
+                Some((fk, inner)) if fk == k => {
+                    axes.push((axis_name(k), s / inner));
+                    axes.push((format!("{}_opt", axis_name(k)), inner));
+                }
+                _ => axes.push((axis_name(k), s)),
+            }
+        }
+        if !self.param_split_shape.is_empty() {
+            if shape.is_empty() {
+                return Err(bad(
+                    "param_split_shape on a scalar",
+                    "drop param_split_shape",
+                ));
+            }
+            dims[0].policy = SplitPolicy::Blocks(self.param_split_shape.clone());
+        }
+        let pin = if self.stage_count > 1 {
+            vec![(STAGE_AXIS.to_string(), self.stage)]
+        } else {
+            Vec::new()
+        };
+        let mesh = Arc::new(DeviceMesh::new(axes)?);
+        TensorLayout::new(
+            mesh,
+            shape,
+            &LayoutConfig {
+                dims,
+                partial: Vec::new(),
+                pin,
+            },
+        )
+    }
+
+    /// The MindSpore form of `layout`.
+    ///
+    /// A pin on the first mesh axis becomes the pipeline stage. The innermost
+    /// axes splitting dimension 0 become an optimizer shard when they are
+    /// the innermost of the otherwise replicated axes; other dimensions split
+    /// by several axes give nested tensor-map entries (protobuf only).
+    ///
+    /// # Errors
+    ///
+    /// [`LayoutError::Notation`] for partial-sum axes, a pin other than on
+    /// the first axis, explicit device ids, and uneven blocks other than
+    /// explicit sizes on dimension 0.
+    pub fn from_layout(layout: &TensorLayout) -> Result<Self, LayoutError> {
+        let mesh = layout.mesh();
+        if !layout.partial().is_empty() {
+            return Err(bad(
+                format!("layout {layout} has partial-sum axes"),
+                "MindSpore strategy files hold reduced weights; reduce the partial sums first",
+            ));
+        }
+        if mesh
+            .device_ids()
+            .is_some_and(|ids| ids.iter().enumerate().any(|(r, &d)| r as u64 != d))
+        {
+            return Err(bad(
+                "the mesh maps ranks to other device ids",
+                "MindSpore runs rank r on device r; renumber the ranks instead",
+            ));
+        }
+        let (stage, stage_count, first) = match layout.pin() {
+            [] => (0, 1, 0),
+            [(0, c)] => (*c, mesh.axis_size(0), 1),
+            _ => {
+                return Err(bad(
+                    format!(
+                        "layout {layout} is pinned on an axis that is not the first of its mesh"
+                    ),
+                    "put the pipeline axis first in the mesh",
+                ));
+            }
+        };
+        let n = mesh.axes().len() - first;
+        // Map index of mesh axis a.
+        let k_of = |a: usize| (n - 1 - (a - first)) as i64;
+        let mut dims: Vec<Vec<usize>> = layout.dims().iter().map(|d| d.axes().to_vec()).collect();
+        let mut opt: Vec<usize> = Vec::new();
+        if let Some(d0) = dims.first() {
+            let replicated = layout.replica_axes();
+            for take in (1..=d0.len()).rev() {
+                let suffix = &d0[d0.len() - take..];
+                let mut pool: Vec<usize> = replicated.iter().chain(suffix).copied().collect();
+                pool.sort_unstable();
+                if pool.ends_with(suffix) && suffix.iter().any(|&a| mesh.axis_size(a) > 1) {
+                    opt = suffix.to_vec();
+                    break;
+                }
+            }
+            let keep = d0.len() - opt.len();
+            dims[0].truncate(keep);
+        }
+        let mut param_split_shape = Vec::new();
+        for (d, dim) in layout.dims().iter().enumerate() {
+            if is_even_blocks(dim, layout.shape()[d]) {
+                continue;
+            }
+            if d == 0 && opt.is_empty() {
+                param_split_shape = (0..dim.block_count())
+                    .map(|b| {
+                        let (s, e) = dim.block(b);
+                        e - s
+                    })
+                    .collect();
+            } else {
+                return Err(bad(
+                    format!("dimension {d} of layout {layout} has uneven blocks"),
+                    "MindSpore splits evenly, except for explicit block sizes on dimension 0",
+                ));
+            }
+        }
+        let (size, step) = match opt.last() {
+            Some(&inner) => (
+                opt.iter().map(|&a| mesh.axis_size(a)).product::<u64>() as i64,
+                mesh.stride(inner) as i64,
+            ),
+            None => (0, 0),
+        };
+        Ok(MindSporeLayout {
+            dev_matrix: mesh.shape()[first..].to_vec(),
+            tensor_map: dims
+                .iter()
+                .map(|axes| {
+                    if axes.is_empty() {
+                        vec![-1]
+                    } else {
+                        axes.iter().map(|&a| k_of(a)).collect()
+                    }
+                })
+                .collect(),
+            opt_weight_shard_size: size,
+            opt_weight_shard_step: step,
+            param_split_shape,
+            stage,
+            stage_count,
+        })
+    }
+
+    /// True when every dimension has at most one tensor-map entry, as the
+    /// JSON strategy format requires.
+    pub fn is_flat(&self) -> bool {
+        self.tensor_map.iter().all(|e| e.len() <= 1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ms(dev: &[u64], tm: &[&[i64]], size: i64, step: i64) -> MindSporeLayout {
+        MindSporeLayout {
+            dev_matrix: dev.to_vec(),
+            tensor_map: tm.iter().map(|e| e.to_vec()).collect(),
+            opt_weight_shard_size: size,
+            opt_weight_shard_step: step,
+            ..Default::default()
+        }
+    }
+
+    /// Row offsets per rank for an `[8, c]` tensor.
+    #[track_caller]
+    fn check_rows(layout: MindSporeLayout, shape: &[u64], expect: &[u64]) {
+        let l = layout.to_layout(shape).unwrap();
+        let rows: Vec<u64> = (0..l.mesh().rank_count())
+            .map(|r| l.region_of(r).unwrap().offset()[0])
+            .collect();
+        assert_eq!(rows, expect);
+        let back = MindSporeLayout::from_layout(&l).unwrap();
+        assert!(
+            back.to_layout(shape).unwrap().same_placement(&l),
+            "{back:?}"
+        );
+    }
+
+    #[test]
+    fn optimizer_group_rule() {
+        // dev [4, 2], tm [-1, 0]: replicas of a slice are ranks {0, 2, 4, 6};
+        // groups of 2 in rank order: {0, 2}, {4, 6}.
+        check_rows(
+            ms(&[4, 2], &[&[-1], &[0]], 2, 2),
+            &[8, 4],
+            &[0, 0, 4, 4, 0, 0, 4, 4],
+        );
+        // Pure data parallel, size 4.
+        check_rows(ms(&[4], &[&[-1], &[-1]], 4, 1), &[8, 4], &[0, 2, 4, 6]);
+        // Nested map [[1, 0], -1]: axis 1 outer.
+        check_rows(ms(&[2, 2], &[&[1, 0], &[-1]], 0, 0), &[8, 4], &[0, 2, 4, 6]);
+    }
+
+    #[test]
+    fn refusals() {
+        let cases = [
+            (ms(&[4], &[&[1], &[-1]], 0, 0), "outside"),
+            (ms(&[4], &[&[0], &[0]], 0, 0), "twice"),
+            (ms(&[4], &[&[-1]], 0, 0), "entries"),
+            (ms(&[3], &[&[-1], &[-1]], 2, 1), "does not divide"),
+            (ms(&[4, 2], &[&[-1], &[0]], 2, 4), "disagrees"),
+        ];
+        for (layout, needle) in cases {
+            let err = layout.to_layout(&[8, 4]).unwrap_err().to_string();
+            assert!(err.contains(needle), "{layout:?}: {err}");
+        }
+    }
+}

@@ -1,0 +1,195 @@
+//! The slices shardplan assigns to every source rank equal, bit for bit, the
+//! source checkpoints MindSpore 2.10 cut (`../shared/conformance/mindspore`).
+//!
+//! A few cases are copied to `tests/fixtures/mindspore` so the test always
+//! runs; the full set runs when `../shared` is present.
+
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+use shardplan::Region;
+use shardplan::notation::mindspore::MindSporeLayout;
+
+fn shared_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/conformance/mindspore")
+}
+
+fn fixture_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/mindspore")
+}
+
+fn case_dirs(root: &Path) -> Vec<PathBuf> {
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(root)
+        .unwrap_or_else(|e| panic!("cannot list {}: {e}", root.display()))
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.join("case.json").is_file())
+        .collect();
+    dirs.sort();
+    dirs
+}
+
+/// The layout of a parameter in a case's `src_layouts`, with its stage.
+fn ms_layout(entry: &Value, stage: u64, stage_count: u64) -> MindSporeLayout {
+    let tensor_map = entry["tensor_map"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| match e {
+            Value::Array(a) => a.iter().map(|x| x.as_i64().unwrap()).collect(),
+            x => vec![x.as_i64().unwrap()],
+        })
+        .collect();
+    MindSporeLayout {
+        dev_matrix: entry["dev_matrix"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_u64().unwrap())
+            .collect(),
+        tensor_map,
+        opt_weight_shard_size: entry["opt_weight_shard_size"].as_i64().unwrap_or(0),
+        opt_weight_shard_step: entry["opt_weight_shard_step"].as_i64().unwrap_or(0),
+        param_split_shape: Vec::new(),
+        stage,
+        stage_count,
+    }
+}
+
+/// `float32(arange(numel) + base)` restricted to `region`, as little-endian bytes.
+fn expected_slice(shape: &[u64], base: f32, region: &Region) -> Vec<u8> {
+    let mut out = Vec::new();
+    let n: u64 = region.volume();
+    for i in 0..n {
+        // Local index → global flat index, row-major.
+        let mut rem = i;
+        let mut flat = 0u64;
+        let mut local = vec![0u64; shape.len()];
+        for d in (0..shape.len()).rev() {
+            local[d] = rem % region.extent()[d];
+            rem /= region.extent()[d];
+        }
+        for d in 0..shape.len() {
+            flat = flat * shape[d] + region.offset()[d] + local[d];
+        }
+        out.extend_from_slice(&(flat as f32 + base).to_le_bytes());
+    }
+    out
+}
+
+fn value_base(rule: &str) -> f32 {
+    // "float32(arange(numel) + 1000) row-major"
+    let plus = rule.split('+').nth(1).expect("value rule has a `+`");
+    plus.split(')').next().unwrap().trim().parse().unwrap()
+}
+
+/// Checks every source rank of one case; returns whether all slices agreed.
+fn check_case(dir: &Path) -> Result<bool, String> {
+    let case: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("case.json")).unwrap()).unwrap();
+    let name = case["name"].as_str().unwrap().to_string();
+    let stage_count = case["src_pipeline_stages"].as_u64().unwrap();
+    let params = case["params"].as_object().unwrap();
+    let layouts = &case["src_layouts"];
+    let refusal = case["expected_error"]["kind"].as_str() == Some("refusal");
+    let src_dir = dir.join("src_safetensors");
+    if !src_dir.is_dir() {
+        // Cases MindSpore refused to cut: our layouts must refuse as well.
+        assert!(refusal, "{name}: no source checkpoints");
+        let refused = params.iter().any(|(p, info)| {
+            let shape: Vec<u64> = serde_json::from_value(info["full_shape"].clone()).unwrap();
+            layouts[0]
+                .get(p)
+                .is_some_and(|e| ms_layout(e, 0, 1).to_layout(&shape).is_err())
+        });
+        return if refused {
+            Ok(true)
+        } else {
+            Err(format!("{name}: MindSpore refused, shardplan accepted"))
+        };
+    }
+    let mut agree = true;
+    for rank in 0..case["src_device_num"].as_u64().unwrap() {
+        let file = src_dir.join(format!("rank_{rank}/checkpoint_{rank}.safetensors"));
+        let bytes = std::fs::read(&file).map_err(|e| format!("{}: {e}", file.display()))?;
+        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        for (param, info) in params {
+            let shape: Vec<u64> = serde_json::from_value(info["full_shape"].clone()).unwrap();
+            let base = value_base(info["value_rule"].as_str().unwrap());
+            let entry =
+                (0..stage_count).find_map(|s| layouts[s as usize].get(param).map(|e| (s, e)));
+            let region = match entry {
+                // In no source strategy: a rank that has it holds it whole.
+                None => Some(Region::whole(&shape)).filter(|_| st.tensor(param).is_ok()),
+                Some((s, e)) => {
+                    let layout = ms_layout(e, s, stage_count)
+                        .to_layout(&shape)
+                        .map_err(|err| format!("{name}: {param}: {err}"))?;
+                    layout.region_of(rank)
+                }
+            };
+            let held = st.tensor(param).ok();
+            match (region, held) {
+                (Some(region), Some(view)) => {
+                    let want = expected_slice(&shape, base, &region);
+                    if view.shape()
+                        != region
+                            .extent()
+                            .iter()
+                            .map(|&e| e as usize)
+                            .collect::<Vec<_>>()
+                        || view.data() != want.as_slice()
+                    {
+                        agree = false;
+                    }
+                }
+                (None, None) => {}
+                (r, h) => {
+                    return Err(format!(
+                        "{name}: rank {rank} param {param}: layout says {r:?}, file has it: {}",
+                        h.is_some()
+                    ));
+                }
+            }
+        }
+    }
+    let expected = case["checks"]["src_slices_agree_with_independent_slicer"]
+        .as_bool()
+        .unwrap_or(true);
+    if agree != expected {
+        return Err(format!(
+            "{name}: source slices agree = {agree}, the case's independent slicer says {expected}"
+        ));
+    }
+    Ok(agree)
+}
+
+#[test]
+fn fixture_cases_match_source_slices() {
+    let dirs = case_dirs(&fixture_dir());
+    assert!(dirs.len() >= 6);
+    for dir in dirs {
+        check_case(&dir).unwrap();
+    }
+}
+
+#[test]
+fn shared_cases_match_source_slices() {
+    let root = shared_dir();
+    if !root.is_dir() {
+        eprintln!(
+            "SKIPPED: {} is absent; only the copies in tests/fixtures/mindspore were checked",
+            root.display()
+        );
+        return;
+    }
+    let mut failures = Vec::new();
+    let mut checked = 0;
+    for dir in case_dirs(&root) {
+        checked += 1;
+        if let Err(e) = check_case(&dir) {
+            failures.push(e);
+        }
+    }
+    assert!(checked >= 35, "expected the 35 cases, found {checked}");
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
