@@ -294,6 +294,24 @@ impl TensorLayout {
         Self::new(mesh, shape, &config)
     }
 
+    /// The layout as names again: what [`TensorLayout::new`] would take to
+    /// rebuild it (e.g. after adding a pin).
+    pub fn to_config(&self) -> LayoutConfig {
+        let name = |a: usize| self.axis_name(a).to_string();
+        LayoutConfig {
+            dims: self
+                .dims
+                .iter()
+                .map(|d| DimSplit {
+                    axes: d.axes.iter().map(|&a| name(a)).collect(),
+                    policy: d.policy.clone(),
+                })
+                .collect(),
+            partial: self.partial.iter().map(|&a| name(a)).collect(),
+            pin: self.pin.iter().map(|&(a, c)| (name(a), c)).collect(),
+        }
+    }
+
     /// The mesh.
     pub fn mesh(&self) -> &Arc<DeviceMesh> {
         &self.mesh

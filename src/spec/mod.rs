@@ -1,0 +1,1271 @@
+//! YAML strategy specs (version 1): reading, checking, and lowering into
+//! the core types. The format is described in `docs/spec.md`.
+//!
+//! Checking never stops at the first problem: [`parse_spec`] returns every
+//! diagnostic it finds, with file, line, column, span and help. Only a
+//! YAML-level error (syntax, unknown field, wrong type, duplicate key,
+//! budget) stops reading, because the document has no meaning after it.
+
+mod diag;
+mod glob;
+mod raw;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+pub use diag::{DiagCode, Severity, Span, SpecDiagnostic};
+use glob::{Glob, LayerPattern};
+use raw::{RawDim, RawDims, RawMapEntry, RawPolicy, RawRule, RawSpec, RawSplit, RawStrategy, S};
+
+use crate::dtype::DType;
+use crate::error::LayoutError;
+use crate::geometry::element_count;
+use crate::layout::{DimSplit, LayoutConfig, SplitPolicy, TensorLayout};
+use crate::mesh::DeviceMesh;
+use crate::notation::dtensor::{self, Placement};
+use crate::notation::jax::PartitionSpec;
+use crate::notation::mindspore::MindSporeLayout;
+use crate::strategy::{Strategy, TensorInfo};
+
+/// Limits on what a spec may ask for. Inputs beyond them are refused with a
+/// [`DiagCode::Budget`] diagnostic instead of exhausting memory or time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SpecBudget {
+    /// Bytes of YAML text.
+    pub max_bytes: usize,
+    /// Nesting depth of sequences and mappings.
+    pub max_depth: usize,
+    /// YAML nodes (scalars, sequences, mappings), aliases expanded.
+    pub max_nodes: usize,
+    /// Alias uses (`*name`).
+    pub max_aliases: usize,
+    /// Tensors.
+    pub max_tensors: usize,
+    /// Rules of one strategy.
+    pub max_rules: usize,
+}
+
+/// The budget [`parse_spec`] applies: far above a 1000-layer model's spec.
+pub const DEFAULT_BUDGET: SpecBudget = SpecBudget {
+    max_bytes: 16 << 20,
+    max_depth: 32,
+    max_nodes: 1_000_000,
+    max_aliases: 1_000,
+    max_tensors: 200_000,
+    max_rules: 10_000,
+};
+
+/// A transfer named by the spec: from one strategy to another.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transfer {
+    /// Source strategy.
+    pub from: String,
+    /// Destination strategy.
+    pub to: String,
+}
+
+/// A checked spec.
+#[derive(Debug, Clone)]
+pub struct Spec {
+    /// Meshes by name.
+    pub meshes: BTreeMap<String, Arc<DeviceMesh>>,
+    /// Tensors in declaration order.
+    pub tensors: Vec<TensorInfo>,
+    /// Strategies by name.
+    pub strategies: BTreeMap<String, Strategy>,
+    /// For each strategy, the index of the rule that decided each tensor.
+    pub decided_by: BTreeMap<String, Vec<usize>>,
+    /// The default transfer.
+    pub transfer: Option<Transfer>,
+}
+
+impl Spec {
+    /// The strategy called `name`.
+    pub fn strategy(&self, name: &str) -> Option<&Strategy> {
+        self.strategies.get(name)
+    }
+}
+
+/// Reads and checks a spec. Returns the spec when there is no error, and
+/// every diagnostic (warnings included) in file order.
+///
+/// # Example
+///
+/// ```
+/// let yaml = "
+/// version: 1
+/// meshes: {m: {shape: [2], axes: [tp]}}
+/// tensors: [{name: w, shape: [4, 6], dtype: f32}]
+/// strategies:
+///   s: {mesh: m, rules: [{match: '*', dims: [tp, null]}]}
+///   bad: {mesh: m, rules: [{match: '*', dims: [null, xp]}]}
+/// ";
+/// let (spec, diags) = shardplan::spec::parse_spec("x.yaml", yaml);
+/// assert!(spec.is_none());
+/// assert_eq!(diags[0].code.short(), "unknown_axis");
+/// assert_eq!((diags[0].line, diags[0].column), (7, 52));
+/// ```
+pub fn parse_spec(file: &str, text: &str) -> (Option<Spec>, Vec<SpecDiagnostic>) {
+    parse_spec_with_budget(file, text, &DEFAULT_BUDGET)
+}
+
+/// [`parse_spec`] with an explicit budget.
+pub fn parse_spec_with_budget(
+    file: &str,
+    text: &str,
+    budget: &SpecBudget,
+) -> (Option<Spec>, Vec<SpecDiagnostic>) {
+    let mut cx = Cx {
+        file: file.to_string(),
+        text: Arc::new(text.to_string()),
+        diags: Vec::new(),
+    };
+    if text.len() > budget.max_bytes {
+        cx.error(
+            DiagCode::Budget,
+            Span::default(),
+            format!(
+                "the spec is {} bytes, over the budget of {} bytes",
+                text.len(),
+                budget.max_bytes
+            ),
+            "file too large",
+            "split the spec, or check that this is the file you meant",
+        );
+        return (None, cx.diags);
+    }
+    let raw = match read_yaml(text, budget) {
+        Ok(raw) => raw,
+        Err(e) => {
+            cx.yaml_error(&e);
+            return (None, cx.diags);
+        }
+    };
+    let spec = cx.lower(raw, budget);
+    cx.diags.sort_by_key(|d| (d.span.offset, d.code));
+    let ok = !cx.diags.iter().any(SpecDiagnostic::is_error);
+    (spec.filter(|_| ok), cx.diags)
+}
+
+fn read_yaml(text: &str, budget: &SpecBudget) -> Result<RawSpec, serde_saphyr::Error> {
+    let mut b = serde_saphyr::Budget::default();
+    b.max_depth = budget.max_depth;
+    b.max_nodes = budget.max_nodes;
+    b.max_aliases = budget.max_aliases;
+    b.max_documents = 1;
+    let mut opts = serde_saphyr::Options::default();
+    opts.budget = Some(b);
+    opts.with_snippet = false;
+    // YAML 1.2 booleans: an axis called `y` or `on` stays a name.
+    opts.strict_booleans = true;
+    serde_saphyr::from_str_with_options(text, opts)
+}
+
+struct Cx {
+    file: String,
+    text: Arc<String>,
+    diags: Vec<SpecDiagnostic>,
+}
+
+fn span_of<T>(s: &S<T>) -> Span {
+    let sp = s.referenced.span();
+    match (sp.byte_offset(), sp.byte_len()) {
+        (Some(o), Some(l)) => Span {
+            offset: o as usize,
+            len: l as usize,
+        },
+        _ => Span::default(),
+    }
+}
+
+impl Cx {
+    fn push(
+        &mut self,
+        code: DiagCode,
+        severity: Severity,
+        span: Span,
+        message: String,
+        label: &str,
+        help: &str,
+    ) {
+        let (line, column) = diag::line_col(&self.text, span.offset);
+        self.diags.push(SpecDiagnostic {
+            code,
+            severity,
+            message,
+            label: label.to_string(),
+            help: help.to_string(),
+            span,
+            file: self.file.clone(),
+            line,
+            column,
+            source: self.text.clone(),
+        });
+    }
+
+    fn error(&mut self, code: DiagCode, span: Span, message: String, label: &str, help: &str) {
+        self.push(code, Severity::Error, span, message, label, help);
+    }
+
+    fn yaml_error(&mut self, e: &serde_saphyr::Error) {
+        use serde_saphyr::Error as E;
+        let inner = e.without_snippet();
+        let (code, label, help) = match inner {
+            E::SerdeUnknownField { .. } => (
+                DiagCode::UnknownField,
+                "unknown field",
+                "remove the field or fix its spelling; docs/spec.md lists every field",
+            ),
+            E::SerdeMissingField { .. } => (
+                DiagCode::MissingField,
+                "in this mapping",
+                "add the missing field; docs/spec.md lists the required ones",
+            ),
+            E::DuplicateMappingKey { .. } => (
+                DiagCode::DuplicateKey,
+                "second occurrence",
+                "each key may appear once in a mapping; remove or merge the duplicate",
+            ),
+            E::Budget { .. }
+            | E::AliasReplayLimitExceeded { .. }
+            | E::AliasExpansionLimitExceeded { .. }
+            | E::AliasReplayStackDepthExceeded { .. }
+            | E::MultipleDocuments { .. } => (
+                DiagCode::Budget,
+                "over budget",
+                "the spec nests too deeply, has too many nodes or aliases, or several documents; write it out plainly",
+            ),
+            E::SerdeInvalidType { .. }
+            | E::SerdeInvalidValue { .. }
+            | E::SerdeInvalidLength { .. }
+            | E::SerdeUnknownVariant { .. }
+            | E::InvalidScalar { .. }
+            | E::NullIntoString { .. }
+            | E::InvalidBooleanStrict { .. }
+            | E::Message { .. } => (
+                DiagCode::WrongType,
+                "wrong type",
+                "check the value against docs/spec.md (numbers are unquoted, names are strings, lists use [..])",
+            ),
+            _ => (
+                DiagCode::Syntax,
+                "here",
+                "fix the YAML syntax (indentation, brackets, quotes)",
+            ),
+        };
+        let span = inner.location().map_or(Span::default(), |loc| {
+            let sp = loc.span();
+            match (sp.byte_offset(), sp.byte_len()) {
+                (Some(o), Some(l)) => Span {
+                    offset: o as usize,
+                    len: l as usize,
+                },
+                _ => Span {
+                    offset: self
+                        .text
+                        .char_indices()
+                        .nth(sp.offset() as usize)
+                        .map_or(self.text.len(), |(b, _)| b),
+                    len: 0,
+                },
+            }
+        });
+        let mut message = inner.to_string();
+        // The location is reported separately.
+        if let Some(i) = message.rfind(" at line ") {
+            message.truncate(i);
+        }
+        self.error(code, span, message, label, help);
+    }
+
+    fn lower(&mut self, raw: RawSpec, budget: &SpecBudget) -> Option<Spec> {
+        if raw.version.value != 1 {
+            self.error(
+                DiagCode::Version,
+                span_of(&raw.version),
+                format!("spec version {} is not supported", raw.version.value),
+                "unsupported version",
+                "this shardplan reads `version: 1`",
+            );
+            return None;
+        }
+        let meshes = self.lower_meshes(&raw);
+        let tensors = self.lower_tensors(&raw, budget)?;
+        let mut strategies = BTreeMap::new();
+        let mut decided_by = BTreeMap::new();
+        for (name, rs) in &raw.strategies {
+            if let Some((s, d)) = self.lower_strategy(name, rs, &meshes, &tensors, budget) {
+                strategies.insert(name.clone(), s);
+                decided_by.insert(name.clone(), d);
+            }
+        }
+        let transfer = raw.transfer.as_ref().map(|t| {
+            for end in [&t.from, &t.to] {
+                if !raw.strategies.contains_key(&end.value) {
+                    let known: Vec<&str> = raw.strategies.keys().map(String::as_str).collect();
+                    self.error(
+                        DiagCode::UnknownStrategy,
+                        span_of(end),
+                        format!(
+                            "transfer names strategy `{}`, which the spec does not define",
+                            end.value
+                        ),
+                        "unknown strategy",
+                        &format!("defined strategies: {}", known.join(", ")),
+                    );
+                }
+            }
+            Transfer {
+                from: t.from.value.clone(),
+                to: t.to.value.clone(),
+            }
+        });
+        Some(Spec {
+            meshes: meshes
+                .into_iter()
+                .filter_map(|(k, v)| v.map(|m| (k, m)))
+                .collect(),
+            tensors: tensors.into_iter().map(|(t, _)| t).collect(),
+            strategies,
+            decided_by,
+            transfer,
+        })
+    }
+
+    fn lower_meshes(&mut self, raw: &RawSpec) -> BTreeMap<String, Option<Arc<DeviceMesh>>> {
+        let mut out = BTreeMap::new();
+        for (name, m) in &raw.meshes {
+            let shape: Vec<u64> = m.shape.value.iter().map(|s| s.value).collect();
+            let axes: Vec<&str> = m.axes.value.iter().map(|s| s.value.as_str()).collect();
+            if shape.len() != axes.len() {
+                self.error(
+                    DiagCode::MeshShapeMismatch,
+                    span_of(&m.axes),
+                    format!(
+                        "mesh `{name}` has {} sizes in `shape` but {} names in `axes`",
+                        shape.len(),
+                        axes.len()
+                    ),
+                    &format!("{} names", axes.len()),
+                    "give one axis name per entry of shape, outermost first",
+                );
+                out.insert(name.clone(), None);
+                continue;
+            }
+            let mesh =
+                DeviceMesh::new(axes.iter().copied().zip(shape.iter().copied())).and_then(|mesh| {
+                    match &m.devices {
+                        Some(ids) => mesh.with_device_ids(ids.value.clone()),
+                        None => Ok(mesh),
+                    }
+                });
+            match mesh {
+                Ok(mesh) => {
+                    out.insert(name.clone(), Some(Arc::new(mesh)));
+                }
+                Err(e) => {
+                    let span = match &e {
+                        LayoutError::DeviceIdCount { .. }
+                        | LayoutError::DuplicateDeviceId { .. } => {
+                            m.devices.as_ref().map_or(span_of(&m.shape), span_of)
+                        }
+                        LayoutError::ZeroAxis { axis }
+                        | LayoutError::DuplicateMeshAxis { axis } => m
+                            .axes
+                            .value
+                            .iter()
+                            .rev()
+                            .find(|a| &a.value == axis)
+                            .map_or(span_of(&m.axes), span_of),
+                        _ => span_of(&m.shape),
+                    };
+                    self.error(
+                        DiagCode::InvalidMesh,
+                        span,
+                        format!("mesh `{name}`: {e}"),
+                        "invalid mesh",
+                        &miette_help(&e),
+                    );
+                    out.insert(name.clone(), None);
+                }
+            }
+        }
+        out
+    }
+
+    /// Tensors with the span of their name.
+    fn lower_tensors(
+        &mut self,
+        raw: &RawSpec,
+        budget: &SpecBudget,
+    ) -> Option<Vec<(TensorInfo, Span)>> {
+        if raw.tensors.len() > budget.max_tensors {
+            self.error(
+                DiagCode::Budget,
+                raw.tensors
+                    .first()
+                    .map_or(Span::default(), |t| span_of(&t.name)),
+                format!(
+                    "the spec lists {} tensors, over the budget of {}",
+                    raw.tensors.len(),
+                    budget.max_tensors
+                ),
+                "too many tensors",
+                "split the model into several specs",
+            );
+            return None;
+        }
+        let mut seen: HashMap<&str, Span> = HashMap::new();
+        let mut out = Vec::with_capacity(raw.tensors.len());
+        for t in &raw.tensors {
+            let name_span = span_of(&t.name);
+            if let Some(first) = seen.get(t.name.value.as_str()) {
+                let (line, _) = diag::line_col(&self.text, first.offset);
+                self.error(
+                    DiagCode::DuplicateTensor,
+                    name_span,
+                    format!(
+                        "tensor `{}` is declared twice (first on line {line})",
+                        t.name.value
+                    ),
+                    "second declaration",
+                    "remove one of the declarations; tensor names are unique",
+                );
+                continue;
+            }
+            seen.insert(&t.name.value, name_span);
+            let dtype = match t.dtype.value.parse::<DType>() {
+                Ok(d) => d,
+                Err(_) => {
+                    let names: Vec<&str> = DType::ALL.iter().map(|d| d.name()).collect();
+                    self.error(
+                        DiagCode::UnknownDType,
+                        span_of(&t.dtype),
+                        format!(
+                            "tensor `{}` has unknown dtype `{}`",
+                            t.name.value, t.dtype.value
+                        ),
+                        "unknown dtype",
+                        &format!("use one of: {}", names.join(", ")),
+                    );
+                    continue;
+                }
+            };
+            if let Err(e) = element_count(&t.shape.value) {
+                self.error(
+                    DiagCode::ShapeOverflow,
+                    span_of(&t.shape),
+                    format!("tensor `{}`: {e}", t.name.value),
+                    "shape too large",
+                    "check the shape for a typo",
+                );
+                continue;
+            }
+            out.push((
+                TensorInfo {
+                    name: t.name.value.clone(),
+                    shape: t.shape.value.clone(),
+                    dtype,
+                },
+                name_span,
+            ));
+        }
+        Some(out)
+    }
+
+    fn lower_strategy(
+        &mut self,
+        name: &str,
+        rs: &RawStrategy,
+        meshes: &BTreeMap<String, Option<Arc<DeviceMesh>>>,
+        tensors: &[(TensorInfo, Span)],
+        budget: &SpecBudget,
+    ) -> Option<(Strategy, Vec<usize>)> {
+        let mesh = match meshes.get(&rs.mesh.value) {
+            Some(Some(m)) => m.clone(),
+            Some(None) => return None, // already reported
+            None => {
+                let known: Vec<&str> = meshes.keys().map(String::as_str).collect();
+                self.error(
+                    DiagCode::UnknownMesh,
+                    span_of(&rs.mesh),
+                    format!(
+                        "strategy `{name}` uses mesh `{}`, which the spec does not define",
+                        rs.mesh.value
+                    ),
+                    "unknown mesh",
+                    &format!("defined meshes: {}", known.join(", ")),
+                );
+                return None;
+            }
+        };
+        if rs.rules.value.len() > budget.max_rules {
+            self.error(
+                DiagCode::Budget,
+                span_of(&rs.rules),
+                format!(
+                    "strategy `{name}` has {} rules, over the budget of {}",
+                    rs.rules.value.len(),
+                    budget.max_rules
+                ),
+                "too many rules",
+                "use globs and a `stages` section instead of a rule per tensor",
+            );
+            return None;
+        }
+        let stages = rs
+            .stages
+            .as_ref()
+            .and_then(|st| self.lower_stages(name, st, &mesh));
+        let rules: Vec<Option<Rule>> = rs
+            .rules
+            .value
+            .iter()
+            .map(|r| self.lower_rule(name, r, &mesh, stages.as_ref()))
+            .collect();
+        let mut used = vec![false; rules.len()];
+        let mut layouts = Vec::with_capacity(tensors.len());
+        let mut decided = Vec::with_capacity(tensors.len());
+        let mut ok = true;
+        // Per-tensor failures of one rule are reported once, with a count.
+        let mut failures: BTreeMap<(usize, DiagCode, usize), (Failure, usize)> = BTreeMap::new();
+        for (t, t_span) in tensors {
+            let hit = rs
+                .rules
+                .value
+                .iter()
+                .zip(&rules)
+                .position(|(r, compiled)| match compiled {
+                    Some(c) => c.glob.matches(&t.name),
+                    None => Glob::new(&r.pattern.value).is_ok_and(|g| g.matches(&t.name)),
+                });
+            let Some(i) = hit else {
+                ok = false;
+                self.error(
+                    DiagCode::UnmatchedTensor,
+                    *t_span,
+                    format!("no rule of strategy `{name}` matches tensor `{}`", t.name),
+                    &format!("not covered by strategy `{name}`"),
+                    "add a rule whose `match` glob covers it, e.g. a last rule {match: \"*\", dims: replicated}",
+                );
+                continue;
+            };
+            used[i] = true;
+            decided.push(i);
+            let Some(rule) = &rules[i] else {
+                ok = false;
+                continue;
+            };
+            match rule.layout_for(t, &mesh, stages.as_ref()) {
+                Ok(l) => layouts.push(l),
+                Err(f) => {
+                    ok = false;
+                    let key = (i, f.code, f.span.offset);
+                    failures.entry(key).or_insert((f, 0)).1 += 1;
+                }
+            }
+        }
+        for ((_, code, _), (f, count)) in failures {
+            let more = if count > 1 {
+                format!(" (and {} more tensors)", count - 1)
+            } else {
+                String::new()
+            };
+            self.error(
+                code,
+                f.span,
+                format!("strategy `{name}`: {}{more}", f.message),
+                &f.label,
+                &f.help,
+            );
+        }
+        for (i, r) in rs.rules.value.iter().enumerate() {
+            if !used[i] {
+                self.push(
+                    DiagCode::UnusedRule,
+                    Severity::Warning,
+                    span_of(&r.pattern),
+                    format!("rule `{}` of strategy `{name}` matches no tensor", r.pattern.value),
+                    "matches nothing",
+                    "fix the glob, or remove the rule; earlier rules may already match everything it would",
+                );
+            }
+        }
+        if !ok || rules.iter().any(Option::is_none) {
+            return None;
+        }
+        let infos = tensors.iter().map(|(t, _)| t.clone()).collect();
+        match Strategy::new(name, mesh, infos, layouts) {
+            Ok(s) => Some((s, decided)),
+            Err(e) => {
+                self.error(
+                    DiagCode::Notation,
+                    span_of(&rs.mesh),
+                    e.to_string(),
+                    "here",
+                    "the layout must span the strategy's mesh",
+                );
+                None
+            }
+        }
+    }
+
+    fn lower_stages(
+        &mut self,
+        name: &str,
+        st: &raw::RawStages,
+        mesh: &DeviceMesh,
+    ) -> Option<Stages> {
+        let Some(axis) = mesh.axis_index(&st.axis.value) else {
+            self.unknown_axis(&st.axis, mesh);
+            return None;
+        };
+        let pattern = match LayerPattern::new(&st.layer.value) {
+            Ok(p) => p,
+            Err(e) => {
+                self.error(
+                    DiagCode::BadStages,
+                    span_of(&st.layer),
+                    format!("strategy `{name}`: {e}"),
+                    "bad layer pattern",
+                    "write e.g. \"model.layers.{}.*\", with {} where the layer index is",
+                );
+                return None;
+            }
+        };
+        let size = mesh.axis_size(axis);
+        let map = match (&st.layers_per_stage, &st.ranges) {
+            (Some(n), None) if n.value > 0 => StageMap::PerStage(n.value),
+            (None, Some(r)) if r.value.len() as u64 == size => {
+                for w in r.value.iter() {
+                    if w.value[0] > w.value[1] {
+                        self.error(
+                            DiagCode::BadStages,
+                            span_of(w),
+                            format!(
+                                "strategy `{name}`: range [{}, {}] is empty",
+                                w.value[0], w.value[1]
+                            ),
+                            "empty range",
+                            "ranges are [first, last] layer, inclusive",
+                        );
+                        return None;
+                    }
+                }
+                StageMap::Ranges(r.value.iter().map(|w| w.value).collect())
+            }
+            (None, Some(r)) => {
+                self.error(
+                    DiagCode::BadStages,
+                    span_of(r),
+                    format!(
+                        "strategy `{name}`: {} layer ranges for axis `{}` of size {size}",
+                        r.value.len(),
+                        st.axis.value
+                    ),
+                    "one range per stage",
+                    "give one [first, last] range per position of the stage axis",
+                );
+                return None;
+            }
+            _ => {
+                self.error(
+                    DiagCode::BadStages,
+                    span_of(&st.axis),
+                    format!("strategy `{name}`: stages need exactly one of `layers_per_stage` (> 0) or `ranges`"),
+                    "stages",
+                    "e.g. stages: {axis: pp, layer: \"model.layers.{}.*\", layers_per_stage: 20}",
+                );
+                return None;
+            }
+        };
+        Some(Stages {
+            axis,
+            axis_name: st.axis.value.clone(),
+            size,
+            pattern,
+            pattern_span: span_of(&st.layer),
+            map,
+        })
+    }
+
+    fn unknown_axis(&mut self, axis: &S<String>, mesh: &DeviceMesh) {
+        let names: Vec<&str> = mesh.axes().iter().map(|a| a.name.as_str()).collect();
+        self.error(
+            DiagCode::UnknownAxis,
+            span_of(axis),
+            format!("axis `{}` is not on the mesh {mesh}", axis.value),
+            "unknown axis",
+            &format!("use one of the mesh's axes: {}", names.join(", ")),
+        );
+    }
+
+    /// Checks what can be checked of a rule without a tensor.
+    fn lower_rule(
+        &mut self,
+        strategy: &str,
+        r: &RawRule,
+        mesh: &Arc<DeviceMesh>,
+        stages: Option<&Stages>,
+    ) -> Option<Rule> {
+        let pspan = span_of(&r.pattern);
+        let glob = match Glob::new(&r.pattern.value) {
+            Ok(g) => g,
+            Err(e) => {
+                self.error(
+                    DiagCode::BadPattern,
+                    pspan,
+                    format!("strategy `{strategy}`: pattern `{}`: {e}", r.pattern.value),
+                    "bad pattern",
+                    "`*` matches any characters, `?` one character",
+                );
+                return None;
+            }
+        };
+        let forms = [
+            r.dims.is_some(),
+            r.mindspore.is_some(),
+            r.placements.is_some(),
+            r.spec.is_some(),
+        ];
+        if forms.iter().filter(|&&f| f).count() != 1 {
+            self.error(
+                DiagCode::RuleForm,
+                pspan,
+                format!(
+                    "rule `{}` of strategy `{strategy}` must give exactly one of `dims`, `mindspore`, `placements`, `spec`",
+                    r.pattern.value
+                ),
+                "layout form",
+                "pick one notation per rule",
+            );
+            return None;
+        }
+        if r.dims.is_none() && (r.split.is_some() || r.partial.is_some()) {
+            self.error(
+                DiagCode::RuleForm,
+                pspan,
+                format!(
+                    "rule `{}`: `split` and `partial` go with `dims`",
+                    r.pattern.value
+                ),
+                "layout form",
+                "use `dims` to give split policies or partial axes",
+            );
+            return None;
+        }
+        let mut ok = true;
+        // Axis names: each known, each once across dims, partial, at, stages.
+        let mut seen: Vec<(String, Span)> = Vec::new();
+        let mut check_axis = |cx: &mut Cx, axis: &S<String>, fallback: Span| {
+            let span = match span_of(axis) {
+                Span { offset: 0, len: 0 } => fallback,
+                s => s,
+            };
+            if mesh.axis_index(&axis.value).is_none() {
+                let fixed = S::new(axis.value.clone(), axis.referenced, axis.defined);
+                let names: Vec<&str> = mesh.axes().iter().map(|a| a.name.as_str()).collect();
+                let _ = fixed;
+                cx.error(
+                    DiagCode::UnknownAxis,
+                    span,
+                    format!("axis `{}` is not on the mesh {mesh}", axis.value),
+                    "unknown axis",
+                    &format!("use one of the mesh's axes: {}", names.join(", ")),
+                );
+                return false;
+            }
+            if let Some((_, first)) = seen.iter().find(|(n, _)| *n == axis.value) {
+                let (line, col) = diag::line_col(&cx.text, first.offset);
+                cx.error(
+                    DiagCode::AxisReused,
+                    span,
+                    format!(
+                        "axis `{}` is used twice in one layout (first at line {line}, column {col})",
+                        axis.value
+                    ),
+                    "used again",
+                    "an axis splits one dimension once, or holds partial sums, or pins; drop one use",
+                );
+                return false;
+            }
+            seen.push((axis.value.clone(), span));
+            true
+        };
+        let mut dims: Option<Vec<(Vec<String>, Span)>> = None;
+        let mut replicated = false;
+        if let Some(d) = &r.dims {
+            match &d.value {
+                RawDims::Replicated(word) if word == "replicated" => replicated = true,
+                RawDims::Replicated(word) => {
+                    self.error(
+                        DiagCode::WrongType,
+                        span_of(d),
+                        format!("`dims: {word}` is neither `replicated` nor a list"),
+                        "expected a list",
+                        "write one entry per dimension, e.g. [tp, null], or `replicated`",
+                    );
+                    return None;
+                }
+                RawDims::PerDim(entries) => {
+                    let mut v = Vec::new();
+                    for e in entries {
+                        let espan = span_of(e);
+                        let mut names = Vec::new();
+                        if let RawDim::Axes(axes) = &e.value {
+                            for a in axes {
+                                ok &= check_axis(self, a, espan);
+                                names.push(a.value.clone());
+                            }
+                        }
+                        v.push((names, espan));
+                    }
+                    dims = Some(v);
+                }
+            }
+        }
+        let mut partial = Vec::new();
+        if let Some(p) = &r.partial {
+            for a in &p.value {
+                ok &= check_axis(self, a, span_of(p));
+                partial.push(a.value.clone());
+            }
+        }
+        let mut pin = Vec::new();
+        if let Some(at) = &r.at {
+            for (axis, coord) in &at.value {
+                let named = S::new(axis.clone(), at.referenced, at.defined);
+                if !check_axis(self, &named, span_of(at)) {
+                    ok = false;
+                    continue;
+                }
+                let size = mesh.axis_size(mesh.axis_index(axis).unwrap_or(0));
+                if !(coord.value < size) {
+                    self.error(
+                        DiagCode::PinOutOfRange,
+                        span_of(coord),
+                        format!(
+                            "`at: {{{axis}: {}}}` is beyond axis `{axis}` of size {size}",
+                            coord.value
+                        ),
+                        "out of range",
+                        &format!("coordinates count from 0 to {}", size - 1),
+                    );
+                    ok = false;
+                }
+                pin.push((axis.clone(), coord.value));
+            }
+        }
+        if let Some(st) = stages {
+            // The stage axis pins tensors; a split over it would collide.
+            if dims
+                .iter()
+                .flatten()
+                .any(|(n, _)| n.contains(&st.axis_name))
+                || partial.contains(&st.axis_name)
+            {
+                let span = dims
+                    .iter()
+                    .flatten()
+                    .find(|(n, _)| n.contains(&st.axis_name))
+                    .map_or(pspan, |(_, s)| *s);
+                self.error(
+                    DiagCode::AxisReused,
+                    span,
+                    format!("axis `{}` is the stage axis of strategy `{strategy}` and cannot split a tensor", st.axis_name),
+                    "stage axis",
+                    "split over another axis; the stage axis places whole layers",
+                );
+                ok = false;
+            }
+        }
+        let policies = match (&r.split, &dims) {
+            (None, _) => None,
+            (Some(s), dims) => {
+                let parse = |cx: &mut Cx, p: &RawPolicy, span: Span| -> Option<SplitPolicy> {
+                    match p {
+                        RawPolicy::Named(n) if n == "even" => Some(SplitPolicy::Even),
+                        RawPolicy::Named(n) if n == "chunk" => Some(SplitPolicy::Chunk),
+                        RawPolicy::Named(n) if n == "balanced" => Some(SplitPolicy::Balanced),
+                        RawPolicy::Named(n) => {
+                            cx.error(
+                                DiagCode::BadPolicy,
+                                span,
+                                format!("unknown split policy `{n}`"),
+                                "unknown policy",
+                                "use even, chunk, balanced, or {blocks: [sizes]}",
+                            );
+                            None
+                        }
+                        RawPolicy::Blocks(b) => Some(SplitPolicy::Blocks(b.clone())),
+                    }
+                };
+                match &s.value {
+                    RawSplit::All(p) => Some(Policies::All(parse(self, p, span_of(s))?)),
+                    RawSplit::PerDim(list) => {
+                        let n = dims.as_ref().map_or(0, Vec::len);
+                        if list.len() != n {
+                            self.error(
+                                DiagCode::BadPolicy,
+                                span_of(s),
+                                format!("`split` has {} entries but `dims` has {n}", list.len()),
+                                "one per dimension",
+                                "give one policy per dimension (null = even), or a single policy for all",
+                            );
+                            return None;
+                        }
+                        let mut v = Vec::new();
+                        for p in list {
+                            v.push((parse(self, &p.value, span_of(p))?, span_of(p)));
+                        }
+                        Some(Policies::PerDim(v))
+                    }
+                }
+            }
+        };
+        let form = if let Some(d) = dims {
+            Form::Dims(d)
+        } else if replicated {
+            Form::Replicated
+        } else if let Some(ms) = &r.mindspore {
+            // A MindSpore layout spans one stage: the pin, if any, must be
+            // the mesh's first axis and the device matrix the rest.
+            let stage = match pin.as_slice() {
+                [] => None,
+                [(axis, c)] if mesh.axis_index(axis) == Some(0) => Some((*c, mesh.axis_size(0))),
+                _ => {
+                    self.error(
+                        DiagCode::Notation,
+                        span_of(r.at.as_ref().expect("pin comes from at")),
+                        "a MindSpore layout can only be pinned on the first mesh axis (its pipeline stage)".into(),
+                        "pin",
+                        "put the pipeline axis first in the mesh",
+                    );
+                    return None;
+                }
+            };
+            let (stage, stage_count) = stage.unwrap_or((0, 1));
+            let product = ms
+                .value
+                .dev_matrix
+                .iter()
+                .try_fold(1u64, |a, &b| a.checked_mul(b));
+            if product != Some(mesh.rank_count() / stage_count) {
+                self.error(
+                    DiagCode::Notation,
+                    span_of(ms),
+                    format!(
+                        "dev_matrix {:?} does not span the {} ranks of a stage of mesh {mesh}",
+                        ms.value.dev_matrix,
+                        mesh.rank_count() / stage_count
+                    ),
+                    "device matrix",
+                    "the product of dev_matrix must equal the ranks per stage",
+                );
+                return None;
+            }
+            Form::MindSpore(
+                MindSporeLayout {
+                    dev_matrix: ms.value.dev_matrix.clone(),
+                    tensor_map: ms
+                        .value
+                        .tensor_map
+                        .iter()
+                        .map(|e| match e {
+                            RawMapEntry::One(k) => vec![*k],
+                            RawMapEntry::Many(v) => v.clone(),
+                        })
+                        .collect(),
+                    opt_weight_shard_size: ms.value.opt_weight_shard_size,
+                    opt_weight_shard_step: ms.value.opt_weight_shard_step,
+                    param_split_shape: ms.value.param_split_shape.clone(),
+                    stage,
+                    stage_count,
+                },
+                span_of(ms),
+            )
+        } else if let Some(p) = &r.placements {
+            let mut v = Vec::new();
+            for s in &p.value {
+                match s.value.parse::<Placement>() {
+                    Ok(pl) => v.push(pl),
+                    Err(e) => {
+                        self.error(
+                            DiagCode::Notation,
+                            span_of(s),
+                            e.to_string(),
+                            "not a placement",
+                            &miette_help(&e),
+                        );
+                        return None;
+                    }
+                }
+            }
+            let free = mesh.axes().len() - pin.len();
+            if v.len() != free {
+                self.error(
+                    DiagCode::Notation,
+                    span_of(p),
+                    format!(
+                        "{} placements for {free} mesh axes not pinned by `at`",
+                        v.len()
+                    ),
+                    "placement count",
+                    "give one placement per mesh axis, in mesh order, skipping pinned axes",
+                );
+                return None;
+            }
+            Form::Placements(v, span_of(p))
+        } else if let Some(s) = &r.spec {
+            match s.value.parse::<PartitionSpec>() {
+                Ok(ps) => {
+                    for axis in ps.dims.iter().flatten() {
+                        let named = S::new(axis.clone(), s.referenced, s.defined);
+                        ok &= check_axis(self, &named, span_of(s));
+                    }
+                    Form::Jax(ps, span_of(s))
+                }
+                Err(e) => {
+                    self.error(
+                        DiagCode::Notation,
+                        span_of(s),
+                        e.to_string(),
+                        "not a PartitionSpec",
+                        &miette_help(&e),
+                    );
+                    return None;
+                }
+            }
+        } else {
+            return None;
+        };
+        if !ok {
+            return None;
+        }
+        Some(Rule {
+            glob,
+            form,
+            policies,
+            partial,
+            pin,
+            pattern: r.pattern.value.clone(),
+            pattern_span: pspan,
+            dims_span: r.dims.as_ref().map_or(pspan, span_of),
+            split_span: r.split.as_ref().map(span_of),
+        })
+    }
+}
+
+fn miette_help(e: &dyn miette::Diagnostic) -> String {
+    e.help().map(|h| h.to_string()).unwrap_or_default()
+}
+
+#[derive(Debug)]
+enum StageMap {
+    PerStage(u64),
+    Ranges(Vec<[u64; 2]>),
+}
+
+#[derive(Debug)]
+struct Stages {
+    axis: usize,
+    axis_name: String,
+    size: u64,
+    pattern: LayerPattern,
+    pattern_span: Span,
+    map: StageMap,
+}
+
+impl Stages {
+    fn stage_of(&self, layer: u64) -> Option<u64> {
+        match &self.map {
+            StageMap::PerStage(n) => Some(layer / n).filter(|s| *s < self.size),
+            StageMap::Ranges(r) => r
+                .iter()
+                .position(|[a, b]| *a <= layer && layer <= *b)
+                .map(|p| p as u64),
+        }
+    }
+}
+
+#[derive(Debug)]
+enum Policies {
+    All(SplitPolicy),
+    PerDim(Vec<(SplitPolicy, Span)>),
+}
+
+#[derive(Debug)]
+enum Form {
+    Dims(Vec<(Vec<String>, Span)>),
+    Replicated,
+    MindSpore(MindSporeLayout, Span),
+    Placements(Vec<Placement>, Span),
+    Jax(PartitionSpec, Span),
+}
+
+#[derive(Debug)]
+struct Rule {
+    glob: Glob,
+    form: Form,
+    policies: Option<Policies>,
+    partial: Vec<String>,
+    pin: Vec<(String, u64)>,
+    pattern: String,
+    pattern_span: Span,
+    dims_span: Span,
+    split_span: Option<Span>,
+}
+
+/// A per-tensor failure of a rule, before it is counted and reported.
+#[derive(Debug)]
+struct Failure {
+    code: DiagCode,
+    span: Span,
+    message: String,
+    label: String,
+    help: String,
+}
+
+impl Rule {
+    fn layout_for(
+        &self,
+        t: &TensorInfo,
+        mesh: &Arc<DeviceMesh>,
+        stages: Option<&Stages>,
+    ) -> Result<TensorLayout, Failure> {
+        let mut pin = self.pin.clone();
+        if let Some(st) = stages
+            && !pin.iter().any(|(a, _)| *a == st.axis_name)
+            && let Some(layer) = st.pattern.capture(&t.name)
+        {
+            let stage = st.stage_of(layer).ok_or_else(|| Failure {
+                code: DiagCode::BadStages,
+                span: st.pattern_span,
+                message: format!(
+                    "tensor `{}` is in layer {layer}, which no stage of axis `{}` holds",
+                    t.name, st.axis_name
+                ),
+                label: "layer outside the stages".into(),
+                help: "widen the ranges or layers_per_stage so every layer has a stage".into(),
+            })?;
+            let _ = st.axis;
+            pin.push((st.axis_name.clone(), stage));
+        }
+        let form_span = match &self.form {
+            Form::Dims(_) | Form::Replicated => self.dims_span,
+            Form::MindSpore(_, s) | Form::Placements(_, s) | Form::Jax(_, s) => *s,
+        };
+        let fail = |e: LayoutError| self.failure(t, e, form_span);
+        let with_pin = |l: TensorLayout| -> Result<TensorLayout, LayoutError> {
+            if pin.is_empty() {
+                return Ok(l);
+            }
+            let mut cfg = l.to_config();
+            cfg.pin.extend(pin.iter().cloned());
+            TensorLayout::new(mesh.clone(), t.shape.as_slice(), &cfg)
+        };
+        match &self.form {
+            Form::Dims(dims) => {
+                let mut cfg = LayoutConfig {
+                    dims: dims
+                        .iter()
+                        .map(|(axes, _)| DimSplit::over(axes.iter().cloned()))
+                        .collect(),
+                    partial: self.partial.clone(),
+                    pin,
+                };
+                match &self.policies {
+                    Some(Policies::All(p)) => {
+                        for d in &mut cfg.dims {
+                            if !d.axes.is_empty() {
+                                d.policy = p.clone();
+                            }
+                        }
+                    }
+                    Some(Policies::PerDim(v)) => {
+                        for (d, (p, _)) in cfg.dims.iter_mut().zip(v) {
+                            d.policy = p.clone();
+                        }
+                    }
+                    None => {}
+                }
+                TensorLayout::new(mesh.clone(), &t.shape, &cfg).map_err(fail)
+            }
+            Form::Replicated => {
+                let cfg = LayoutConfig {
+                    dims: vec![DimSplit::none(); t.shape.len()],
+                    partial: Vec::new(),
+                    pin,
+                };
+                TensorLayout::new(mesh.clone(), &t.shape, &cfg).map_err(fail)
+            }
+            Form::MindSpore(ms, _) => {
+                // The MindSpore layout carries its own mesh (its device
+                // matrix and stage); the rule's pin is already its stage.
+                ms.to_layout(&t.shape).map_err(fail)
+            }
+            Form::Placements(p, _) => {
+                // Pinned axes take no placement: rebuild on the free axes.
+                let free: Vec<(String, u64)> = mesh
+                    .axes()
+                    .iter()
+                    .filter(|a| !pin.iter().any(|(n, _)| *n == a.name))
+                    .map(|a| (a.name.clone(), a.size))
+                    .collect();
+                let mut full = Vec::with_capacity(mesh.axes().len());
+                let mut it = p.iter();
+                for a in mesh.axes() {
+                    if free.iter().any(|(n, _)| *n == a.name) {
+                        full.push(*it.next().unwrap_or(&Placement::Replicate));
+                    } else {
+                        full.push(Placement::Replicate);
+                    }
+                }
+                dtensor::to_layout(mesh.clone(), &t.shape, &full)
+                    .and_then(with_pin)
+                    .map_err(fail)
+            }
+            Form::Jax(ps, _) => ps
+                .to_layout(mesh.clone(), &t.shape)
+                .and_then(with_pin)
+                .map_err(fail),
+        }
+    }
+
+    fn failure(&self, t: &TensorInfo, e: LayoutError, form_span: Span) -> Failure {
+        let shape = format!("{:?}", t.shape);
+        let (code, span, label) = match &e {
+            LayoutError::DimCount { splits, .. } => (
+                DiagCode::DimCount,
+                self.dims_span,
+                format!("{splits} entries"),
+            ),
+            LayoutError::UnevenSplit { dim, .. } => {
+                let span = match &self.form {
+                    Form::Dims(d) => d.get(*dim).map_or(form_span, |(_, s)| *s),
+                    _ => form_span,
+                };
+                (DiagCode::UnevenSplit, span, format!("dimension {dim}"))
+            }
+            LayoutError::BlockCount { .. } | LayoutError::BlockSum { .. } => (
+                DiagCode::BadBlocks,
+                self.split_span.unwrap_or(form_span),
+                "block sizes".into(),
+            ),
+            LayoutError::PinOutOfRange { .. } => {
+                (DiagCode::PinOutOfRange, self.pattern_span, "pin".into())
+            }
+            _ => (DiagCode::Notation, form_span, "layout".into()),
+        };
+        Failure {
+            code,
+            span,
+            message: format!(
+                "rule `{}` on tensor `{}` (shape {shape}): {e}",
+                self.pattern, t.name
+            ),
+            label,
+            help: miette_help(&e),
+        }
+    }
+}

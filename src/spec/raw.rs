@@ -1,0 +1,246 @@
+//! Serde mirror of the YAML spec. Only this module derives `Deserialize`;
+//! `lower` turns it into the checked core types.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use serde::de::{self, Deserializer, SeqAccess, Visitor};
+use serde_saphyr::Spanned;
+
+pub(crate) type S<T> = Spanned<T>;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawSpec {
+    pub version: S<u64>,
+    #[serde(default)]
+    pub meshes: BTreeMap<String, RawMesh>,
+    #[serde(default)]
+    pub tensors: Vec<RawTensor>,
+    #[serde(default)]
+    pub strategies: BTreeMap<String, RawStrategy>,
+    pub transfer: Option<RawTransfer>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawMesh {
+    pub shape: S<Vec<S<u64>>>,
+    pub axes: S<Vec<S<String>>>,
+    pub devices: Option<S<Vec<u64>>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawTensor {
+    pub name: S<String>,
+    pub shape: S<Vec<u64>>,
+    pub dtype: S<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawStrategy {
+    pub mesh: S<String>,
+    pub stages: Option<RawStages>,
+    pub rules: S<Vec<RawRule>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawStages {
+    pub axis: S<String>,
+    pub layer: S<String>,
+    pub layers_per_stage: Option<S<u64>>,
+    pub ranges: Option<S<Vec<S<[u64; 2]>>>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawRule {
+    #[serde(rename = "match")]
+    pub pattern: S<String>,
+    pub dims: Option<S<RawDims>>,
+    pub split: Option<S<RawSplit>>,
+    pub partial: Option<S<Vec<S<String>>>>,
+    pub at: Option<S<BTreeMap<String, S<u64>>>>,
+    pub mindspore: Option<S<RawMindSpore>>,
+    pub placements: Option<S<Vec<S<String>>>>,
+    pub spec: Option<S<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawMindSpore {
+    pub dev_matrix: Vec<u64>,
+    pub tensor_map: Vec<RawMapEntry>,
+    #[serde(default)]
+    pub opt_weight_shard_size: i64,
+    #[serde(default)]
+    pub opt_weight_shard_step: i64,
+    #[serde(default)]
+    pub param_split_shape: Vec<u64>,
+}
+
+/// A tensor-map entry: `-1`, `k`, or a nested list `[k1, k2]`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub(crate) enum RawMapEntry {
+    One(i64),
+    Many(Vec<i64>),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawTransfer {
+    pub from: S<String>,
+    pub to: S<String>,
+}
+
+/// `dims:` is either the word `replicated` or one entry per dimension.
+#[derive(Debug)]
+pub(crate) enum RawDims {
+    Replicated(String),
+    PerDim(Vec<S<RawDim>>),
+}
+
+/// One dimension: `null`, an axis, or a list of axes (outermost first).
+#[derive(Debug)]
+pub(crate) enum RawDim {
+    None,
+    Axes(Vec<S<String>>),
+}
+
+/// `split:` is one policy for every split dimension, or one per dimension.
+#[derive(Debug)]
+pub(crate) enum RawSplit {
+    All(RawPolicy),
+    PerDim(Vec<S<RawPolicy>>),
+}
+
+/// `even`, `chunk`, `balanced`, or `{blocks: [..]}`.
+#[derive(Debug)]
+pub(crate) enum RawPolicy {
+    Named(String),
+    Blocks(Vec<u64>),
+}
+
+// The "one of several shapes" fields are read with `deserialize_any` by hand:
+// serde's untagged enums buffer the input and lose every span inside.
+
+impl<'de> Deserialize<'de> for RawDims {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = RawDims;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("`replicated` or a list with one entry per tensor dimension")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<RawDims, E> {
+                Ok(RawDims::Replicated(v.to_string()))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut a: A) -> Result<RawDims, A::Error> {
+                let mut out = Vec::new();
+                while let Some(x) = a.next_element::<S<RawDim>>()? {
+                    out.push(x);
+                }
+                Ok(RawDims::PerDim(out))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl<'de> Deserialize<'de> for RawDim {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = RawDim;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("null, an axis name, or a list of axis names")
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<RawDim, E> {
+                Ok(RawDim::None)
+            }
+            fn visit_none<E: de::Error>(self) -> Result<RawDim, E> {
+                Ok(RawDim::None)
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<RawDim, E> {
+                // The span of a single name is the span of the whole entry;
+                // lowering fills it in.
+                Ok(RawDim::Axes(vec![Spanned::new(
+                    v.to_string(),
+                    serde_saphyr::Location::UNKNOWN,
+                    serde_saphyr::Location::UNKNOWN,
+                )]))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut a: A) -> Result<RawDim, A::Error> {
+                let mut out = Vec::new();
+                while let Some(x) = a.next_element::<S<String>>()? {
+                    out.push(x);
+                }
+                Ok(RawDim::Axes(out))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl<'de> Deserialize<'de> for RawSplit {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = RawSplit;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a split policy, or a list with one policy per tensor dimension")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<RawSplit, E> {
+                Ok(RawSplit::All(RawPolicy::Named(v.to_string())))
+            }
+            fn visit_map<A: de::MapAccess<'de>>(self, a: A) -> Result<RawSplit, A::Error> {
+                let b = BlocksOnly::deserialize(de::value::MapAccessDeserializer::new(a))?;
+                Ok(RawSplit::All(RawPolicy::Blocks(b.blocks)))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut a: A) -> Result<RawSplit, A::Error> {
+                let mut out = Vec::new();
+                while let Some(x) = a.next_element::<S<RawPolicy>>()? {
+                    out.push(x);
+                }
+                Ok(RawSplit::PerDim(out))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BlocksOnly {
+    blocks: Vec<u64>,
+}
+
+impl<'de> Deserialize<'de> for RawPolicy {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = RawPolicy;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("even, chunk, balanced, or {blocks: [sizes]}")
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<RawPolicy, E> {
+                Ok(RawPolicy::Named("even".into()))
+            }
+            fn visit_none<E: de::Error>(self) -> Result<RawPolicy, E> {
+                Ok(RawPolicy::Named("even".into()))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<RawPolicy, E> {
+                Ok(RawPolicy::Named(v.to_string()))
+            }
+            fn visit_map<A: de::MapAccess<'de>>(self, a: A) -> Result<RawPolicy, A::Error> {
+                let b = BlocksOnly::deserialize(de::value::MapAccessDeserializer::new(a))?;
+                Ok(RawPolicy::Blocks(b.blocks))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
