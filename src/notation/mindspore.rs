@@ -304,7 +304,13 @@ impl MindSporeLayout {
         let k_of = |a: usize| (n - 1 - (a - first)) as i64;
         let mut dims: Vec<Vec<usize>> = layout.dims().iter().map(|d| d.axes().to_vec()).collect();
         let mut opt: Vec<usize> = Vec::new();
-        if let Some(d0) = dims.first() {
+        // Uneven blocks on dimension 0 are `param_split_shape`, which
+        // MindSpore does not combine with an optimizer shard.
+        let d0_even = layout
+            .dims()
+            .first()
+            .is_some_and(|d| is_even_blocks(d, layout.shape()[0]));
+        if let Some(d0) = dims.first().filter(|_| d0_even) {
             let replicated = layout.replica_axes();
             for take in (1..=d0.len()).rev() {
                 let suffix = &d0[d0.len() - take..];
@@ -337,12 +343,18 @@ impl MindSporeLayout {
                 ));
             }
         }
-        let (size, step) = match opt.last() {
-            Some(&inner) => (
-                opt.iter().map(|&a| mesh.axis_size(a)).product::<u64>() as i64,
-                mesh.stride(inner) as i64,
-            ),
-            None => (0, 0),
+        // The recorded step is the rank stride of the innermost axis that
+        // actually varies (size-1 axes have no neighbours).
+        let size = opt.iter().map(|&a| mesh.axis_size(a)).product::<u64>();
+        let step = opt
+            .iter()
+            .rev()
+            .find(|&&a| mesh.axis_size(a) > 1)
+            .map_or(0, |&a| mesh.stride(a));
+        let (size, step) = if opt.is_empty() {
+            (0, 0)
+        } else {
+            (size as i64, step as i64)
         };
         Ok(MindSporeLayout {
             dev_matrix: mesh.shape()[first..].to_vec(),
