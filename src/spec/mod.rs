@@ -6,6 +6,7 @@
 //! YAML-level error (syntax, unknown field, wrong type, duplicate key,
 //! budget) stops reading, because the document has no meaning after it.
 
+mod budget;
 mod diag;
 mod glob;
 mod raw;
@@ -131,6 +132,16 @@ pub fn parse_spec_with_budget(
             ),
             "file too large",
             "split the spec, or check that this is the file you meant",
+        );
+        return (None, cx.diags);
+    }
+    if let Err(b) = budget::prescan(text, budget) {
+        cx.error(
+            DiagCode::Budget,
+            b.span,
+            b.message,
+            "over budget",
+            "write the spec out plainly: no deep nesting, no alias bombs, one document",
         );
         return (None, cx.diags);
     }
@@ -270,7 +281,11 @@ impl Cx {
                 },
             }
         });
-        let mut message = inner.to_string();
+        let mut message = match inner {
+            E::DuplicateMappingKey { key: Some(k), .. } => format!("duplicate key `{k}`"),
+            E::DuplicateMappingKey { key: None, .. } => "duplicate key".to_string(),
+            _ => inner.to_string(),
+        };
         // The location is reported separately.
         if let Some(i) = message.rfind(" at line ") {
             message.truncate(i);
@@ -523,6 +538,11 @@ impl Cx {
             .iter()
             .map(|r| self.lower_rule(name, r, &mesh, stages.as_ref()))
             .collect();
+        let broken_glob = rs
+            .rules
+            .value
+            .iter()
+            .any(|r| Glob::new(&r.pattern.value).is_err());
         let mut used = vec![false; rules.len()];
         let mut layouts = Vec::with_capacity(tensors.len());
         let mut decided = Vec::with_capacity(tensors.len());
@@ -541,6 +561,11 @@ impl Cx {
                 });
             let Some(i) = hit else {
                 ok = false;
+                if broken_glob {
+                    // The broken pattern is reported; what it would have
+                    // matched is unknown.
+                    continue;
+                }
                 self.error(
                     DiagCode::UnmatchedTensor,
                     *t_span,
@@ -580,7 +605,7 @@ impl Cx {
             );
         }
         for (i, r) in rs.rules.value.iter().enumerate() {
-            if !used[i] {
+            if !used[i] && Glob::new(&r.pattern.value).is_ok() {
                 self.push(
                     DiagCode::UnusedRule,
                     Severity::Warning,
