@@ -1,0 +1,178 @@
+//! Lowering of YAML specs into layouts, and the spec budgets.
+
+use shardplan::spec::{DEFAULT_BUDGET, SpecBudget, parse_spec, parse_spec_with_budget};
+
+/// Every strategy's layouts, one line per tensor: `strategy tensor: layout`.
+#[track_caller]
+fn check(yaml: &str, expect: &str) {
+    let (spec, diags) = parse_spec("t.yaml", yaml);
+    let errors: Vec<String> = diags.iter().map(|d| d.one_line()).collect();
+    let spec = spec.unwrap_or_else(|| panic!("{}", errors.join("\n")));
+    let mut got = String::new();
+    for (name, s) in &spec.strategies {
+        for (t, l) in s.tensors().iter().zip(s.layouts()) {
+            got.push_str(&format!("{name} {}: {l} on {}\n", t.name, l.mesh()));
+        }
+    }
+    assert_eq!(got.trim_end(), expect.trim(), "\n{got}");
+}
+
+/// The short codes of the diagnostics.
+#[track_caller]
+fn check_codes(yaml: &str, budget: &SpecBudget, expect: &[&str]) {
+    let (spec, diags) = parse_spec_with_budget("t.yaml", yaml, budget);
+    let codes: Vec<&str> = diags.iter().map(|d| d.code.short()).collect();
+    assert_eq!(codes, expect, "{:?}", diags.iter().map(|d| d.one_line()).collect::<Vec<_>>());
+    assert!(spec.is_none());
+}
+
+#[test]
+fn stages_by_layer_and_pins() {
+    check(
+        r#"
+version: 1
+meshes: {m: {shape: [2, 2], axes: [pp, tp]}}
+tensors:
+  - {name: embed, shape: [8, 4], dtype: bf16}
+  - {name: layers.0.w, shape: [8, 4], dtype: bf16}
+  - {name: layers.3.w, shape: [8, 4], dtype: bf16}
+  - {name: layers.3.w_stay, shape: [8, 4], dtype: bf16}
+  - {name: norm, shape: [4], dtype: f32}
+strategies:
+  s:
+    mesh: m
+    stages: {axis: pp, layer: "layers.{}.*", layers_per_stage: 2}
+    rules:
+      - {match: "embed", dims: [tp, null], at: {pp: 0}}
+      - {match: "*_stay", dims: [null, tp], at: {pp: 0}}
+      - {match: "layers.*", dims: [tp, null]}
+      - {match: "*", dims: replicated}
+"#,
+        "
+s embed: [tp, -] at pp=0 on [pp=2, tp=2]
+s layers.0.w: [tp, -] at pp=0 on [pp=2, tp=2]
+s layers.3.w: [tp, -] at pp=1 on [pp=2, tp=2]
+s layers.3.w_stay: [-, tp] at pp=0 on [pp=2, tp=2]
+s norm: [-] on [pp=2, tp=2]",
+    );
+}
+
+#[test]
+fn notations_lower_to_the_same_placement() {
+    let yaml = r#"
+version: 1
+meshes:
+  m: {shape: [2, 2, 2], axes: [pp, dp, tp]}
+tensors:
+  - {name: w, shape: [8, 4], dtype: f32}
+strategies:
+  native: {mesh: m, rules: [{match: "*", dims: [[tp, dp], null], at: {pp: 1}}]}
+  ms:
+    mesh: m
+    rules:
+      - match: "*"
+        mindspore: {dev_matrix: [2, 2], tensor_map: [0, -1], opt_weight_shard_size: 2, opt_weight_shard_step: 2}
+        at: {pp: 1}
+  nested: {mesh: m, rules: [{match: "*", mindspore: {dev_matrix: [2, 2], tensor_map: [[0, 1], -1]}, at: {pp: 1}}]}
+  dtensor: {mesh: m, rules: [{match: "*", placements: ["Shard(0)", "Shard(0)"], at: {pp: 1}}]}
+  jax: {mesh: m, rules: [{match: "*", spec: "P(('tp', 'dp'))", at: {pp: 1}}]}
+"#;
+    let (spec, diags) = parse_spec("t.yaml", yaml);
+    let spec = spec.unwrap_or_else(|| panic!("{diags:?}"));
+    let native = spec.strategy("native").unwrap().layout("w").unwrap();
+    assert_eq!(native.region_of(4).unwrap().to_string(), "[0..2, 0..4]");
+    assert_eq!(native.region_of(6).unwrap().to_string(), "[2..4, 0..4]");
+    assert_eq!(native.region_of(5).unwrap().to_string(), "[4..6, 0..4]");
+    for name in ["ms", "nested", "jax"] {
+        let l = spec.strategy(name).unwrap().layout("w").unwrap();
+        assert!(l.same_placement(native), "{name}: {l} on {}", l.mesh());
+    }
+    // DTensor splits in mesh order (dp outer), so the blocks differ.
+    let dt = spec.strategy("dtensor").unwrap().layout("w").unwrap();
+    assert!(!dt.same_placement(native));
+    assert_eq!(dt.to_string(), "[(dp, tp), -] at pp=1");
+}
+
+#[test]
+fn policies_device_ids_and_decisions() {
+    let yaml = r#"
+version: 1
+meshes:
+  m: {shape: [3], axes: [tp], devices: [5, 6, 7]}
+tensors:
+  - {name: a, shape: [10, 4], dtype: bf16}
+  - {name: b, shape: [10], dtype: bfloat16}
+strategies:
+  s:
+    mesh: m
+    rules:
+      - {match: "a", dims: [tp, null], split: [{blocks: [2, 3, 5]}, null]}
+      - {match: "b", dims: [tp], split: balanced}
+"#;
+    let (spec, diags) = parse_spec("t.yaml", yaml);
+    let spec = spec.unwrap_or_else(|| panic!("{diags:?}"));
+    let s = spec.strategy("s").unwrap();
+    assert_eq!(s.mesh().device_of(2).unwrap(), 7);
+    assert_eq!(s.layout("a").unwrap().region_of(2).unwrap().to_string(), "[5..10, 0..4]");
+    assert_eq!(s.layout("b").unwrap().region_of(0).unwrap().to_string(), "[0..4]");
+    assert_eq!(spec.decided_by["s"], vec![0, 1]);
+}
+
+#[test]
+fn budgets_refuse_hostile_input() {
+    let small = SpecBudget {
+        max_bytes: 64,
+        ..DEFAULT_BUDGET
+    };
+    let long = format!("version: 1\n# {}\n", "x".repeat(100));
+    check_codes(&long, &small, &["budget"]);
+
+    let deep = format!("version: 1\nmeshes: {}1{}\n", "[".repeat(40), "]".repeat(40));
+    check_codes(&deep, &DEFAULT_BUDGET, &["budget"]);
+
+    // Billion laughs: 9 levels of 9 aliases, inside a field that is read.
+    let mut bomb = String::from("version: 1\ntensors:\n  - {name: a, dtype: f32, shape: &a [1, 1, 1, 1, 1, 1, 1, 1, 1]}\n");
+    let names = ["a", "b", "c", "d", "e", "f", "g", "h", "i", "j"];
+    for w in names.windows(2) {
+        let refs = vec![format!("*{}", w[0]); 9].join(", ");
+        bomb.push_str(&format!("  - {{name: {}, dtype: f32, shape: &{} [{refs}]}}\n", w[1], w[1]));
+    }
+    check_codes(&bomb, &DEFAULT_BUDGET, &["budget"]);
+
+    let two_docs = "version: 1\n---\nversion: 1\n";
+    check_codes(two_docs, &DEFAULT_BUDGET, &["budget"]);
+
+    // A million rules end in a budget error, not in a million layouts.
+    let mut many = String::from(
+        "version: 1\nmeshes: {m: {shape: [2], axes: [tp]}}\ntensors: [{name: w, shape: [4], dtype: f32}]\nstrategies:\n  s:\n    mesh: m\n    rules:\n",
+    );
+    for _ in 0..1_000_000 {
+        many.push_str("      - {match: w, dims: [tp]}\n");
+    }
+    check_codes(&many, &DEFAULT_BUDGET, &["budget"]);
+
+    let few_rules = SpecBudget {
+        max_rules: 2,
+        ..DEFAULT_BUDGET
+    };
+    let three = "version: 1\nmeshes: {m: {shape: [2], axes: [tp]}}\ntensors: [{name: w, shape: [4], dtype: f32}]\nstrategies:\n  s: {mesh: m, rules: [{match: w, dims: [tp]}, {match: w, dims: [tp]}, {match: w, dims: [tp]}]}\n";
+    check_codes(three, &few_rules, &["budget"]);
+
+    // A mesh of 2^40 ranks.
+    let huge = "version: 1\nmeshes: {m: {shape: [1048576, 1048576], axes: [a, b]}}\n";
+    check_codes(huge, &DEFAULT_BUDGET, &["invalid_mesh"]);
+}
+
+#[test]
+fn yaml_1_2_booleans_keep_axis_names() {
+    check(
+        r#"
+version: 1
+meshes: {m: {shape: [2, 2], axes: [y, on]}}
+tensors: [{name: w, shape: [4, 4], dtype: f32}]
+strategies:
+  s: {mesh: m, rules: [{match: "*", dims: [y, on]}]}
+"#,
+        "s w: [y, on] on [y=2, on=2]",
+    );
+}
