@@ -22,7 +22,12 @@ fn check(yaml: &str, expect: &str) {
 fn check_codes(yaml: &str, budget: &SpecBudget, expect: &[&str]) {
     let (spec, diags) = parse_spec_with_budget("t.yaml", yaml, budget);
     let codes: Vec<&str> = diags.iter().map(|d| d.code.short()).collect();
-    assert_eq!(codes, expect, "{:?}", diags.iter().map(|d| d.one_line()).collect::<Vec<_>>());
+    assert_eq!(
+        codes,
+        expect,
+        "{:?}",
+        diags.iter().map(|d| d.one_line()).collect::<Vec<_>>()
+    );
     assert!(spec.is_none());
 }
 
@@ -113,8 +118,14 @@ strategies:
     let spec = spec.unwrap_or_else(|| panic!("{diags:?}"));
     let s = spec.strategy("s").unwrap();
     assert_eq!(s.mesh().device_of(2).unwrap(), 7);
-    assert_eq!(s.layout("a").unwrap().region_of(2).unwrap().to_string(), "[5..10, 0..4]");
-    assert_eq!(s.layout("b").unwrap().region_of(0).unwrap().to_string(), "[0..4]");
+    assert_eq!(
+        s.layout("a").unwrap().region_of(2).unwrap().to_string(),
+        "[5..10, 0..4]"
+    );
+    assert_eq!(
+        s.layout("b").unwrap().region_of(0).unwrap().to_string(),
+        "[0..4]"
+    );
     assert_eq!(spec.decided_by["s"], vec![0, 1]);
 }
 
@@ -127,15 +138,24 @@ fn budgets_refuse_hostile_input() {
     let long = format!("version: 1\n# {}\n", "x".repeat(100));
     check_codes(&long, &small, &["budget"]);
 
-    let deep = format!("version: 1\nmeshes: {}1{}\n", "[".repeat(40), "]".repeat(40));
+    let deep = format!(
+        "version: 1\nmeshes: {}1{}\n",
+        "[".repeat(40),
+        "]".repeat(40)
+    );
     check_codes(&deep, &DEFAULT_BUDGET, &["budget"]);
 
     // Billion laughs: 9 levels of 9 aliases, inside a field that is read.
-    let mut bomb = String::from("version: 1\ntensors:\n  - {name: a, dtype: f32, shape: &a [1, 1, 1, 1, 1, 1, 1, 1, 1]}\n");
+    let mut bomb = String::from(
+        "version: 1\ntensors:\n  - {name: a, dtype: f32, shape: &a [1, 1, 1, 1, 1, 1, 1, 1, 1]}\n",
+    );
     let names = ["a", "b", "c", "d", "e", "f", "g", "h", "i", "j"];
     for w in names.windows(2) {
         let refs = vec![format!("*{}", w[0]); 9].join(", ");
-        bomb.push_str(&format!("  - {{name: {}, dtype: f32, shape: &{} [{refs}]}}\n", w[1], w[1]));
+        bomb.push_str(&format!(
+            "  - {{name: {}, dtype: f32, shape: &{} [{refs}]}}\n",
+            w[1], w[1]
+        ));
     }
     check_codes(&bomb, &DEFAULT_BUDGET, &["budget"]);
 
