@@ -154,6 +154,18 @@ impl DimLayout {
         (self.bounds[b as usize], self.bounds[b as usize + 1])
     }
 
+    /// Blocks that overlap the half-open range `lo..hi` (empty blocks inside
+    /// the range included; callers skip them).
+    pub fn blocks_overlapping(&self, lo: u64, hi: u64) -> std::ops::Range<u64> {
+        if hi <= lo {
+            return 0..0;
+        }
+        // First block whose end is past lo; last block whose start is before hi.
+        let first = self.bounds[1..].partition_point(|&e| e <= lo) as u64;
+        let last = self.bounds[..self.bounds.len() - 1].partition_point(|&s| s < hi) as u64;
+        first..last
+    }
+
     /// The block holding index `x` (the non-empty one when blocks are empty).
     fn block_of(&self, x: u64) -> u64 {
         (self.bounds.partition_point(|&s| s <= x) - 1) as u64

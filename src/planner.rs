@@ -1,0 +1,570 @@
+//! The planner: minimal-volume, balanced slice-transfer plans.
+//!
+//! For every tensor and destination rank, the destination box is cut along
+//! the source layout's block boundaries; each cell lies in exactly one
+//! source shard. A cell whose shard the source rank on the destination's
+//! own device holds becomes a local copy; every other cell is sent once by
+//! one of the shard's holders. That reaches the volume lower bound by
+//! construction. Which holder sends is then chosen globally: as a max-flow
+//! problem that minimises the largest per-source send volume (cells may be
+//! split between holders along their outermost dimension), or greedily to
+//! minimise the number of files each destination reads.
+
+use std::collections::{BTreeSet, HashMap};
+
+use petgraph::Graph;
+use petgraph::algo::dinics;
+use petgraph::graph::NodeIndex;
+
+use crate::bounds::{source_rank_by_device, volume_lower_bound};
+use crate::geometry::Region;
+use crate::plan::{Piece, ReplicaChoice, SlicePlan, TensorPlan};
+use crate::strategy::Strategy;
+
+/// Pieces a plan may have before planning is refused.
+pub const MAX_PIECES: u64 = 20_000_000;
+
+/// What to plan and how.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlanConfig {
+    /// How replicas are chosen.
+    pub replica_choice: ReplicaChoice,
+    /// Tensors to plan, by name; `None` plans every tensor.
+    pub tensors: Option<Vec<String>>,
+}
+
+/// Why a plan could not be made.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, miette::Diagnostic)]
+#[non_exhaustive]
+pub enum PlanError {
+    /// A tensor of one strategy is missing from the other.
+    #[error("tensor `{tensor}` is not in strategy `{strategy}`")]
+    #[diagnostic(code(shardplan::plan::missing_tensor), help("both strategies must lay out the same tensors"))]
+    MissingTensor {
+        /// Tensor name.
+        tensor: String,
+        /// The strategy that lacks it.
+        strategy: String,
+    },
+    /// The two strategies disagree on a tensor's shape or dtype.
+    #[error("tensor `{tensor}` is {src} in the source strategy but {dst} in the destination")]
+    #[diagnostic(code(shardplan::plan::tensor_mismatch), help("a transfer moves bytes; shapes and dtypes must agree"))]
+    TensorMismatch {
+        /// Tensor name.
+        tensor: String,
+        /// Shape and dtype in the source.
+        src: String,
+        /// Shape and dtype in the destination.
+        dst: String,
+    },
+    /// Partial-sum layouts are not planned yet.
+    #[error("tensor `{tensor}` holds partial sums in strategy `{strategy}`; planning reductions is not supported yet")]
+    #[diagnostic(code(shardplan::plan::partial), help("reduce the partial sums in the source before planning"))]
+    Partial {
+        /// Tensor name.
+        tensor: String,
+        /// Strategy name.
+        strategy: String,
+    },
+    /// The plan would be too large.
+    #[error("the plan would have at least {estimate} pieces, over the budget of {max}")]
+    #[diagnostic(code(shardplan::plan::too_many_pieces), help("the layouts cut each other very finely; plan fewer tensors at a time (--tensor) or check the layouts"))]
+    TooManyPieces {
+        /// Pieces counted so far.
+        estimate: u64,
+        /// The budget.
+        max: u64,
+    },
+}
+
+/// A network cell before its source is chosen.
+struct Pending {
+    tensor: usize,
+    dst_rank: u64,
+    dst_box: Region,
+    group: usize,
+}
+
+/// Plans the transfer of every tensor (or those `config` names) from `src`
+/// to `dst`.
+///
+/// # Errors
+///
+/// [`PlanError`] when the strategies disagree on a tensor, a layout holds
+/// partial sums, or the plan would exceed [`MAX_PIECES`].
+///
+/// # Example
+///
+/// ```
+/// use std::sync::Arc;
+/// use shardplan::*;
+///
+/// let t = TensorInfo { name: "w".into(), shape: vec![8, 4], dtype: DType::F32 };
+/// let m4 = Arc::new(DeviceMesh::new([("tp", 4)]).unwrap());
+/// let m2 = Arc::new(DeviceMesh::new([("tp", 2)]).unwrap());
+/// let rows = |m: &Arc<DeviceMesh>| {
+///     let cfg = LayoutConfig { dims: vec![DimSplit::over(["tp"]), DimSplit::none()], ..Default::default() };
+///     TensorLayout::new(m.clone(), &t.shape, &cfg).unwrap()
+/// };
+/// let src = Strategy::new("tp4", m4.clone(), vec![t.clone()], vec![rows(&m4)]).unwrap();
+/// let dst = Strategy::new("tp2", m2.clone(), vec![t.clone()], vec![rows(&m2)]).unwrap();
+/// let cfg = PlanConfig { replica_choice: ReplicaChoice::Balance, tensors: None };
+/// let plan = plan_transfer(&src, &dst, &cfg).unwrap();
+/// // Rank 0 keeps rows 0..2 and receives rows 2..4 from rank 1; rank 1
+/// // needs rows 4..8, none of which its own device holds: 6 rows of 16 bytes.
+/// assert_eq!(plan.summary().total_bytes, 6 * 16);
+/// assert!(verify_plan(&plan, &src, &dst).is_ok());
+/// ```
+pub fn plan_transfer(
+    src: &Strategy,
+    dst: &Strategy,
+    config: &PlanConfig,
+) -> Result<SlicePlan, PlanError> {
+    let names = selected_tensors(src, dst, config)?;
+    let by_device = source_rank_by_device(src);
+    let mut groups: Vec<Vec<u64>> = Vec::new();
+    let mut group_of: HashMap<Vec<u64>, usize> = HashMap::new();
+    let mut pending: Vec<Pending> = Vec::new();
+    let mut tensors: Vec<TensorPlan> = Vec::with_capacity(names.len());
+    let mut estimate = 0u64;
+    for (ti, name) in names.iter().enumerate() {
+        let (sl, dl) = (src.layout(name).expect("checked"), dst.layout(name).expect("checked"));
+        let info = dst.tensor(name).expect("checked");
+        let mut plan = TensorPlan {
+            name: name.clone(),
+            dtype: info.dtype,
+            shape: info.shape.clone(),
+            pieces: Vec::new(),
+        };
+        for d in 0..dst.mesh().rank_count() {
+            let Some(need) = dl.region_of(d).filter(|r| !r.is_empty()) else {
+                continue;
+            };
+            let device = dst.mesh().device_of(d).unwrap_or(d);
+            let local_src = by_device.get(&device).copied().filter(|&s| sl.holds(s));
+            // Per dimension, the source blocks the box overlaps.
+            let ranges: Vec<std::ops::Range<u64>> = sl
+                .dims()
+                .iter()
+                .enumerate()
+                .map(|(k, dim)| dim.blocks_overlapping(need.offset()[k], need.end(k)))
+                .collect();
+            let cells = ranges.iter().fold(1u64, |a, r| a.saturating_mul(r.end - r.start));
+            estimate = estimate.saturating_add(cells);
+            if estimate > MAX_PIECES {
+                return Err(PlanError::TooManyPieces {
+                    estimate,
+                    max: MAX_PIECES,
+                });
+            }
+            for_each_cell(&ranges, |blocks| {
+                let mut offset = Vec::with_capacity(blocks.len());
+                let mut extent = Vec::with_capacity(blocks.len());
+                for (k, &b) in blocks.iter().enumerate() {
+                    let (s, e) = sl.dims()[k].block(b);
+                    let lo = s.max(need.offset()[k]);
+                    let hi = e.min(need.end(k));
+                    if hi <= lo {
+                        return;
+                    }
+                    offset.push(lo);
+                    extent.push(hi - lo);
+                }
+                let cell = Region::new(offset, extent);
+                let holders = sl.holders(cell.offset()).expect("cell inside the tensor");
+                match local_src.filter(|s| holders.contains(s)) {
+                    Some(s) => plan.pieces.push(piece(sl, d, cell, s, true)),
+                    None => {
+                        let next = groups.len();
+                        let g = *group_of.entry(holders.clone()).or_insert(next);
+                        if g == next {
+                            groups.push(holders);
+                        }
+                        pending.push(Pending {
+                            tensor: ti,
+                            dst_rank: d,
+                            dst_box: cell,
+                            group: g,
+                        });
+                    }
+                }
+            });
+        }
+        tensors.push(plan);
+    }
+    let bytes_of = |p: &Pending| -> u64 {
+        p.dst_box
+            .volume()
+            .saturating_mul(tensors[p.tensor].dtype.size_bytes())
+    };
+    let mut demand = vec![0u64; groups.len()];
+    for p in &pending {
+        demand[p.group] += bytes_of(p);
+    }
+    let (assignment, max_send_bound) = match config.replica_choice {
+        ReplicaChoice::Balance => {
+            let (quota, bound) = balance(&groups, &demand);
+            (split_by_quota(&pending, &groups, &quota, &tensors), bound)
+        }
+        ReplicaChoice::MinFiles => {
+            let (_, bound) = balance(&groups, &demand);
+            (min_files(&pending, &groups, &tensors), bound)
+        }
+    };
+    for (p, src_rank, dst_box) in assignment {
+        let sl = src.layout(&tensors[p.tensor].name).expect("checked");
+        tensors[p.tensor]
+            .pieces
+            .push(piece(sl, p.dst_rank, dst_box, src_rank, false));
+    }
+    for t in &mut tensors {
+        coalesce(&mut t.pieces);
+    }
+    let name_refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    Ok(SlicePlan {
+        source: src.name().to_string(),
+        destination: dst.name().to_string(),
+        src_ranks: src.mesh().rank_count(),
+        dst_ranks: dst.mesh().rank_count(),
+        replica_choice: config.replica_choice,
+        lower_bound_bytes: volume_lower_bound(src, dst, &name_refs),
+        max_send_lower_bound_bytes: max_send_bound,
+        tensors,
+    })
+}
+
+fn piece(
+    sl: &crate::layout::TensorLayout,
+    dst_rank: u64,
+    dst_box: Region,
+    src_rank: u64,
+    local: bool,
+) -> Piece {
+    let held = sl.region_of(src_rank).expect("holder holds the tensor");
+    Piece {
+        dst_rank,
+        src_box: dst_box.relative_to(&held),
+        dst_box,
+        src_rank,
+        local,
+    }
+}
+
+fn selected_tensors(
+    src: &Strategy,
+    dst: &Strategy,
+    config: &PlanConfig,
+) -> Result<Vec<String>, PlanError> {
+    let names: Vec<String> = match &config.tensors {
+        Some(list) => list.clone(),
+        None => {
+            for t in dst.tensors() {
+                if src.tensor(&t.name).is_none() {
+                    return Err(PlanError::MissingTensor {
+                        tensor: t.name.clone(),
+                        strategy: src.name().to_string(),
+                    });
+                }
+            }
+            src.tensors().iter().map(|t| t.name.clone()).collect()
+        }
+    };
+    for name in &names {
+        let (s, d) = match (src.tensor(name), dst.tensor(name)) {
+            (Some(s), Some(d)) => (s, d),
+            (None, _) => {
+                return Err(PlanError::MissingTensor {
+                    tensor: name.clone(),
+                    strategy: src.name().to_string(),
+                });
+            }
+            (_, None) => {
+                return Err(PlanError::MissingTensor {
+                    tensor: name.clone(),
+                    strategy: dst.name().to_string(),
+                });
+            }
+        };
+        if s.shape != d.shape || s.dtype != d.dtype {
+            return Err(PlanError::TensorMismatch {
+                tensor: name.clone(),
+                src: format!("{} {:?}", s.dtype, s.shape),
+                dst: format!("{} {:?}", d.dtype, d.shape),
+            });
+        }
+        for strategy in [src, dst] {
+            if !strategy.layout(name).expect("present").partial().is_empty() {
+                return Err(PlanError::Partial {
+                    tensor: name.clone(),
+                    strategy: strategy.name().to_string(),
+                });
+            }
+        }
+    }
+    Ok(names)
+}
+
+/// Calls `f` with every combination of block indices, last dimension fastest.
+fn for_each_cell(ranges: &[std::ops::Range<u64>], mut f: impl FnMut(&[u64])) {
+    if ranges.iter().any(|r| r.is_empty()) {
+        return;
+    }
+    let mut idx: Vec<u64> = ranges.iter().map(|r| r.start).collect();
+    loop {
+        f(&idx);
+        let mut k = ranges.len();
+        loop {
+            if k == 0 {
+                return;
+            }
+            k -= 1;
+            idx[k] += 1;
+            if idx[k] < ranges[k].end {
+                break;
+            }
+            idx[k] = ranges[k].start;
+        }
+    }
+}
+
+/// Bytes each source sends for each group: `quota[g]` lists `(rank,
+/// bytes)`. Returns the quotas and the smallest feasible largest send.
+fn balance(groups: &[Vec<u64>], demand: &[u64]) -> (Vec<Vec<(u64, u64)>>, u64) {
+    if groups.iter().all(|g| g.len() == 1) {
+        let mut load: HashMap<u64, u64> = HashMap::new();
+        for (g, &d) in groups.iter().zip(demand) {
+            *load.entry(g[0]).or_default() += d;
+        }
+        let quota = groups.iter().zip(demand).map(|(g, &d)| vec![(g[0], d)]).collect();
+        return (quota, load.values().copied().max().unwrap_or(0));
+    }
+    let ranks: BTreeSet<u64> = groups.iter().flatten().copied().collect();
+    let total: u64 = demand.iter().sum();
+    // Any feasible T is at least the average load and each group's share.
+    let mut lo = total.div_ceil(ranks.len().max(1) as u64);
+    for (g, &d) in groups.iter().zip(demand) {
+        lo = lo.max(d.div_ceil(g.len() as u64));
+    }
+    let mut hi = total.max(lo);
+    let mut best = flow_at(groups, demand, &ranks, hi).expect("the total is always feasible");
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        match flow_at(groups, demand, &ranks, mid) {
+            Some(q) => {
+                hi = mid;
+                best = q;
+            }
+            None => lo = mid + 1,
+        }
+    }
+    (best, hi)
+}
+
+/// A flow that routes every group's demand to its holders with at most `cap`
+/// bytes per holder, or `None` when there is none.
+fn flow_at(
+    groups: &[Vec<u64>],
+    demand: &[u64],
+    ranks: &BTreeSet<u64>,
+    cap: u64,
+) -> Option<Vec<Vec<(u64, u64)>>> {
+    let mut g: Graph<(), u64> = Graph::new();
+    let source = g.add_node(());
+    let sink = g.add_node(());
+    let rank_node: HashMap<u64, NodeIndex> = ranks
+        .iter()
+        .map(|&r| {
+            let n = g.add_node(());
+            g.add_edge(n, sink, cap);
+            (r, n)
+        })
+        .collect();
+    let mut group_edges = Vec::with_capacity(groups.len());
+    for (holders, &d) in groups.iter().zip(demand) {
+        let n = g.add_node(());
+        g.add_edge(source, n, d);
+        let edges: Vec<_> = holders
+            .iter()
+            .map(|r| (*r, g.add_edge(n, rank_node[r], d)))
+            .collect();
+        group_edges.push(edges);
+    }
+    let (value, flows) = dinics(&g, source, sink);
+    if value < demand.iter().sum::<u64>() {
+        return None;
+    }
+    Some(
+        group_edges
+            .into_iter()
+            .map(|edges| {
+                edges
+                    .into_iter()
+                    .map(|(r, e)| (r, flows[e.index()]))
+                    .collect()
+            })
+            .collect(),
+    )
+}
+
+/// Lays each group's cells end to end and gives each holder a consecutive
+/// run of its quota, cutting a cell that straddles two holders along its
+/// outermost dimension of extent > 1 (at the nearest whole row).
+fn split_by_quota<'a>(
+    pending: &'a [Pending],
+    groups: &[Vec<u64>],
+    quota: &[Vec<(u64, u64)>],
+    tensors: &[TensorPlan],
+) -> Vec<(&'a Pending, u64, Region)> {
+    let mut by_group: Vec<Vec<&Pending>> = vec![Vec::new(); groups.len()];
+    for p in pending {
+        by_group[p.group].push(p);
+    }
+    let mut out = Vec::with_capacity(pending.len());
+    for (g, cells) in by_group.iter().enumerate() {
+        // Boundaries between holders along the group's byte line.
+        let holders: Vec<(u64, u64)> = quota[g].iter().copied().filter(|&(_, q)| q > 0).collect();
+        let mut bounds = Vec::with_capacity(holders.len());
+        let mut acc = 0u64;
+        for &(r, q) in &holders {
+            acc += q;
+            bounds.push((r, acc));
+        }
+        let mut pos = 0u64;
+        for p in cells {
+            let dsize = tensors[p.tensor].dtype.size_bytes();
+            let bytes = p.dst_box.volume() * dsize;
+            let (start, end) = (pos, pos + bytes);
+            pos = end;
+            let k = (0..p.dst_box.rank())
+                .find(|&k| p.dst_box.extent()[k] > 1)
+                .unwrap_or(0);
+            let rows = p.dst_box.extent().get(k).copied().unwrap_or(1).max(1);
+            let row_bytes = bytes / rows;
+            let mut row = 0u64;
+            for &(r, b) in &bounds {
+                if row >= rows || b <= start {
+                    continue;
+                }
+                // Rows of this cell before holder r's boundary, rounded.
+                let cut = if b >= end || row_bytes == 0 {
+                    rows
+                } else {
+                    ((b - start + row_bytes / 2) / row_bytes).min(rows)
+                };
+                if cut > row {
+                    let mut offset = p.dst_box.offset().to_vec();
+                    let mut extent = p.dst_box.extent().to_vec();
+                    if !offset.is_empty() {
+                        offset[k] += row;
+                        extent[k] = cut - row;
+                    }
+                    out.push((*p, r, Region::new(offset, extent)));
+                    row = cut;
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Per destination rank, a greedy set cover: pick the holder that serves
+/// the most of the rank's remaining groups, preferring files already read.
+fn min_files<'a>(
+    pending: &'a [Pending],
+    groups: &[Vec<u64>],
+    tensors: &[TensorPlan],
+) -> Vec<(&'a Pending, u64, Region)> {
+    let mut by_dst: std::collections::BTreeMap<u64, Vec<&Pending>> = Default::default();
+    for p in pending {
+        by_dst.entry(p.dst_rank).or_default().push(p);
+    }
+    let mut out = Vec::with_capacity(pending.len());
+    for (d, cells) in by_dst {
+        // Files this rank reads anyway for its local copies.
+        let mut chosen: BTreeSet<u64> = tensors
+            .iter()
+            .flat_map(|t| t.pieces.iter())
+            .filter(|p| p.dst_rank == d)
+            .map(|p| p.src_rank)
+            .collect();
+        let mut open: BTreeSet<usize> = cells.iter().map(|p| p.group).collect();
+        let mut pick: HashMap<usize, u64> = HashMap::new();
+        while !open.is_empty() {
+            // A group some chosen file already holds costs nothing.
+            let covered: Vec<usize> = open
+                .iter()
+                .copied()
+                .filter(|&g| groups[g].iter().any(|r| chosen.contains(r)))
+                .collect();
+            for g in covered {
+                let r = *groups[g].iter().find(|r| chosen.contains(r)).expect("covered");
+                pick.insert(g, r);
+                open.remove(&g);
+            }
+            if open.is_empty() {
+                break;
+            }
+            let mut count: std::collections::BTreeMap<u64, usize> = Default::default();
+            for &g in &open {
+                for &r in &groups[g] {
+                    *count.entry(r).or_default() += 1;
+                }
+            }
+            let best = count
+                .iter()
+                .max_by(|a, b| a.1.cmp(b.1).then(b.0.cmp(a.0)))
+                .map(|(&r, _)| r)
+                .expect("open groups have holders");
+            chosen.insert(best);
+        }
+        for p in cells {
+            out.push((p, pick[&p.group], p.dst_box.clone()));
+        }
+    }
+    out
+}
+
+/// Merges pieces with the same endpoints whose boxes are adjacent along one
+/// dimension and equal along the others; then sorts by destination.
+fn coalesce(pieces: &mut Vec<Piece>) {
+    let rank = pieces.first().map_or(0, |p| p.dst_box.rank());
+    for k in (0..rank).rev() {
+        let key = |p: &Piece| {
+            let mut other: Vec<(u64, u64)> = (0..rank)
+                .filter(|&j| j != k)
+                .map(|j| (p.dst_box.offset()[j], p.dst_box.extent()[j]))
+                .collect();
+            other.push((p.dst_box.offset()[k], 0));
+            (p.dst_rank, p.src_rank, p.local, other)
+        };
+        pieces.sort_by_cached_key(key);
+        let mut merged: Vec<Piece> = Vec::with_capacity(pieces.len());
+        for p in pieces.drain(..) {
+            if let Some(last) = merged.last_mut() {
+                let same_line = last.dst_rank == p.dst_rank
+                    && last.src_rank == p.src_rank
+                    && last.local == p.local
+                    && (0..rank).all(|j| {
+                        j == k
+                            || (last.dst_box.offset()[j] == p.dst_box.offset()[j]
+                                && last.dst_box.extent()[j] == p.dst_box.extent()[j])
+                    });
+                if same_line
+                    && last.dst_box.end(k) == p.dst_box.offset()[k]
+                    && last.src_box.end(k) == p.src_box.offset()[k]
+                {
+                    let mut ext = last.dst_box.extent().to_vec();
+                    ext[k] += p.dst_box.extent()[k];
+                    last.dst_box = Region::new(last.dst_box.offset().to_vec(), ext.clone());
+                    last.src_box = Region::new(last.src_box.offset().to_vec(), ext);
+                    continue;
+                }
+            }
+            merged.push(p);
+        }
+        *pieces = merged;
+    }
+    pieces.sort_by(|a, b| {
+        (a.dst_rank, &a.dst_box, a.src_rank).cmp(&(b.dst_rank, &b.dst_box, b.src_rank))
+    });
+}

@@ -1,0 +1,300 @@
+//! The independent plan checker. It shares no code with the planner: it
+//! recomputes from the layouts what each rank must hold and checks the plan
+//! against that alone.
+
+use std::collections::{BTreeMap, HashMap};
+
+use crate::geometry::Region;
+use crate::plan::SlicePlan;
+use crate::strategy::Strategy;
+
+/// A defect found in a plan, naming the tensor, rank and box involved.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, miette::Diagnostic)]
+#[non_exhaustive]
+pub enum PlanDefect {
+    /// The plan names a tensor a strategy lacks, or disagrees on its dtype or shape.
+    #[error("tensor `{tensor}`: {reason}")]
+    #[diagnostic(code(shardplan::verify::tensor), help("plan and strategies must describe the same tensors"))]
+    Tensor {
+        /// Tensor.
+        tensor: String,
+        /// What disagrees.
+        reason: String,
+    },
+    /// A piece names a rank outside its strategy, or a malformed box.
+    #[error("tensor `{tensor}`: piece {dst_box} from rank {src_rank} to rank {dst_rank}: {reason}")]
+    #[diagnostic(code(shardplan::verify::piece), help("each piece copies a box the source rank holds into the box the destination rank holds"))]
+    Piece {
+        /// Tensor.
+        tensor: String,
+        /// Source rank.
+        src_rank: u64,
+        /// Destination rank.
+        dst_rank: u64,
+        /// Destination box.
+        dst_box: Region,
+        /// What is wrong.
+        reason: String,
+    },
+    /// Two pieces write the same elements.
+    #[error("tensor `{tensor}`: rank {dst_rank} receives {first} and {second}, which overlap")]
+    #[diagnostic(code(shardplan::verify::overlap), help("every destination element must be written exactly once"))]
+    Overlap {
+        /// Tensor.
+        tensor: String,
+        /// Destination rank.
+        dst_rank: u64,
+        /// One box.
+        first: Region,
+        /// The other.
+        second: Region,
+    },
+    /// Elements of a destination rank that no piece writes.
+    #[error("tensor `{tensor}`: rank {dst_rank} must hold {region} but the pieces cover {covered} of its {needed} elements")]
+    #[diagnostic(code(shardplan::verify::uncovered), help("every destination element must be written exactly once"))]
+    Uncovered {
+        /// Tensor.
+        tensor: String,
+        /// Destination rank.
+        dst_rank: u64,
+        /// What the rank holds.
+        region: Region,
+        /// Elements covered.
+        covered: u64,
+        /// Elements needed.
+        needed: u64,
+    },
+    /// Network volume differs from the lower bound.
+    #[error("the plan moves {moved} bytes over the network; the lower bound is {bound}")]
+    #[diagnostic(code(shardplan::verify::volume), help("a piece that could be a local copy is sent over the network"))]
+    Volume {
+        /// Bytes moved.
+        moved: u64,
+        /// The bound.
+        bound: u64,
+    },
+}
+
+/// What a valid plan moves, as the verifier recomputed it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Verified {
+    /// Pieces checked.
+    pub pieces: u64,
+    /// Network bytes, equal to the lower bound.
+    pub network_bytes: u64,
+    /// Local bytes.
+    pub local_bytes: u64,
+}
+
+/// Checks `plan` against the strategies it claims to connect: every
+/// destination element written exactly once; every source box inside what
+/// its rank holds and carrying the same global elements; dtypes and shapes
+/// as in the strategies; local flags true exactly for same-device copies;
+/// network volume equal to the lower bound. Runs in O(n log n) in the number
+/// of pieces for tensors of up to two dimensions.
+///
+/// # Errors
+///
+/// The first [`PlanDefect`] found, in tensor and rank order.
+pub fn verify_plan(plan: &SlicePlan, src: &Strategy, dst: &Strategy) -> Result<Verified, PlanDefect> {
+    let mut out = Verified {
+        pieces: 0,
+        network_bytes: 0,
+        local_bytes: 0,
+    };
+    let mut bound = 0u64;
+    let src_device: HashMap<u64, u64> = (0..src.mesh().rank_count())
+        .map(|r| (src.mesh().device_of(r).unwrap_or(r), r))
+        .collect();
+    for t in &plan.tensors {
+        let tensor_err = |reason: String| PlanDefect::Tensor {
+            tensor: t.name.clone(),
+            reason,
+        };
+        let (Some(si), Some(di)) = (src.tensor(&t.name), dst.tensor(&t.name)) else {
+            return Err(tensor_err("not in both strategies".into()));
+        };
+        for (side, info) in [("source", si), ("destination", di)] {
+            if info.dtype != t.dtype || info.shape != t.shape {
+                return Err(tensor_err(format!(
+                    "the plan says {} {:?}, the {side} strategy {} {:?}",
+                    t.dtype, t.shape, info.dtype, info.shape
+                )));
+            }
+        }
+        let sl = src.layout(&t.name).expect("tensor present");
+        let dl = dst.layout(&t.name).expect("tensor present");
+        let size = t.dtype.size_bytes();
+        let mut per_dst: BTreeMap<u64, Vec<&Region>> = BTreeMap::new();
+        for p in &t.pieces {
+            let bad = |reason: String| PlanDefect::Piece {
+                tensor: t.name.clone(),
+                src_rank: p.src_rank,
+                dst_rank: p.dst_rank,
+                dst_box: p.dst_box.clone(),
+                reason,
+            };
+            let Some(need) = dl.region_of(p.dst_rank) else {
+                return Err(bad(format!("destination rank {} holds no part of the tensor", p.dst_rank)));
+            };
+            let Some(have) = sl.region_of(p.src_rank) else {
+                return Err(bad(format!("source rank {} holds no part of the tensor", p.src_rank)));
+            };
+            if p.dst_box.rank() != t.shape.len() || p.src_box.rank() != t.shape.len() {
+                return Err(bad("box rank differs from the tensor rank".into()));
+            }
+            if p.dst_box.extent() != p.src_box.extent() {
+                return Err(bad(format!("source box {} and destination box differ in extent", p.src_box)));
+            }
+            if p.dst_box.is_empty() {
+                return Err(bad("empty box".into()));
+            }
+            if !need.contains_region(&p.dst_box) {
+                return Err(bad(format!("outside what rank {} holds, {need}", p.dst_rank)));
+            }
+            // The source box, in global coordinates, must be the same
+            // elements and lie inside what the source rank holds.
+            let global: Option<Vec<u64>> = p
+                .src_box
+                .offset()
+                .iter()
+                .zip(have.offset())
+                .map(|(a, b)| a.checked_add(*b))
+                .collect();
+            let inside = global.as_ref().is_some_and(|g| {
+                (0..g.len()).all(|k| p.src_box.end(k) <= have.extent()[k]) && g.as_slice() == p.dst_box.offset()
+            });
+            if !inside {
+                let reason = if (0..p.src_box.rank()).all(|k| p.src_box.end(k) <= have.extent()[k]) {
+                    format!(
+                        "source box {} of rank {} holds other elements than the destination box",
+                        p.src_box, p.src_rank
+                    )
+                } else {
+                    format!("source box {} lies outside rank {}'s buffer of extent {:?}", p.src_box, p.src_rank, have.extent())
+                };
+                return Err(bad(reason));
+            }
+            let same_device = src.mesh().device_of(p.src_rank).ok() == dst.mesh().device_of(p.dst_rank).ok();
+            if p.local != same_device {
+                return Err(bad(format!(
+                    "marked {} but the ranks run on {} devices",
+                    if p.local { "local" } else { "network" },
+                    if same_device { "the same" } else { "different" }
+                )));
+            }
+            let bytes = p.dst_box.volume() * size;
+            if p.local {
+                out.local_bytes += bytes;
+            } else {
+                out.network_bytes += bytes;
+            }
+            out.pieces += 1;
+            per_dst.entry(p.dst_rank).or_default().push(&p.dst_box);
+        }
+        for d in 0..dst.mesh().rank_count() {
+            let Some(need) = dl.region_of(d) else {
+                continue;
+            };
+            let boxes = per_dst.remove(&d).unwrap_or_default();
+            if let Some((a, b)) = find_overlap(&boxes) {
+                return Err(PlanDefect::Overlap {
+                    tensor: t.name.clone(),
+                    dst_rank: d,
+                    first: a.clone(),
+                    second: b.clone(),
+                });
+            }
+            let covered: u64 = boxes.iter().map(|b| b.volume()).sum();
+            if covered != need.volume() {
+                return Err(PlanDefect::Uncovered {
+                    tensor: t.name.clone(),
+                    dst_rank: d,
+                    region: need.clone(),
+                    covered,
+                    needed: need.volume(),
+                });
+            }
+            // What no plan can avoid sending: all but the same-device part.
+            let device = dst.mesh().device_of(d).unwrap_or(d);
+            let local = src_device
+                .get(&device)
+                .and_then(|&s| sl.region_of(s))
+                .and_then(|h| h.intersect(&need))
+                .map_or(0, |r| r.volume());
+            bound += (need.volume() - local) * size;
+        }
+    }
+    if out.network_bytes != bound {
+        return Err(PlanDefect::Volume {
+            moved: out.network_bytes,
+            bound,
+        });
+    }
+    Ok(out)
+}
+
+/// Two boxes that share an element, if any. Boxes of up to two dimensions
+/// are checked by a sweep in O(n log n); higher ranks sweep the first
+/// dimension and compare the boxes alive at the same time.
+fn find_overlap<'a>(boxes: &[&'a Region]) -> Option<(&'a Region, &'a Region)> {
+    let rank = boxes.first()?.rank();
+    match rank {
+        0 => (boxes.len() > 1).then(|| (boxes[0], boxes[1])),
+        1 => {
+            let mut v: Vec<&Region> = boxes.to_vec();
+            v.sort_by_key(|b| b.offset()[0]);
+            v.windows(2).find(|w| w[0].end(0) > w[1].offset()[0]).map(|w| (w[0], w[1]))
+        }
+        2 => sweep_2d(boxes),
+        _ => sweep_nd(boxes),
+    }
+}
+
+fn sweep_2d<'a>(boxes: &[&'a Region]) -> Option<(&'a Region, &'a Region)> {
+    // Events along dim 0: ends before starts at the same coordinate.
+    let mut events: Vec<(u64, bool, usize)> = Vec::with_capacity(boxes.len() * 2);
+    for (i, b) in boxes.iter().enumerate() {
+        events.push((b.offset()[0], true, i));
+        events.push((b.end(0), false, i));
+    }
+    events.sort_by_key(|&(x, is_start, i)| (x, is_start, i));
+    // Active boxes keyed by their dim-1 start; their dim-1 ranges are disjoint.
+    let mut active: BTreeMap<u64, usize> = BTreeMap::new();
+    for (_, is_start, i) in events {
+        let b = boxes[i];
+        let (lo, hi) = (b.offset()[1], b.end(1));
+        if !is_start {
+            if active.get(&lo) == Some(&i) {
+                active.remove(&lo);
+            }
+            continue;
+        }
+        if let Some((_, &j)) = active.range(..=lo).next_back() {
+            if boxes[j].end(1) > lo {
+                return Some((boxes[j], b));
+            }
+        }
+        if let Some((_, &j)) = active.range(lo..).next() {
+            if boxes[j].offset()[1] < hi {
+                return Some((boxes[j], b));
+            }
+        }
+        active.insert(lo, i);
+    }
+    None
+}
+
+fn sweep_nd<'a>(boxes: &[&'a Region]) -> Option<(&'a Region, &'a Region)> {
+    let mut v: Vec<&Region> = boxes.to_vec();
+    v.sort_by_key(|b| b.offset()[0]);
+    let mut alive: Vec<&Region> = Vec::new();
+    for b in v {
+        alive.retain(|a| a.end(0) > b.offset()[0]);
+        if let Some(a) = alive.iter().find(|a| a.intersect(b).is_some()) {
+            return Some((a, b));
+        }
+        alive.push(b);
+    }
+    None
+}
