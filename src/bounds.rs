@@ -30,9 +30,8 @@ pub fn volume_lower_bound(src: &Strategy, dst: &Strategy, tensors: &[&str]) -> u
                 .and_then(|&s| sl.region_of(s))
                 .and_then(|have| have.intersect(&need))
                 .map_or(0, |r| r.volume());
-            total = total.saturating_add(
-                (need.volume() - held).saturating_mul(info.dtype.size_bytes()),
-            );
+            total = total
+                .saturating_add((need.volume() - held).saturating_mul(info.dtype.size_bytes()));
         }
     }
     total

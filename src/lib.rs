@@ -24,6 +24,8 @@ pub use plan::{Piece, PlanSummary, RankTraffic, ReplicaChoice, SlicePlan, Tensor
 pub use planner::{MAX_PIECES, PlanConfig, PlanError, plan_transfer};
 pub use strategy::{Strategy, StrategyError, TensorInfo};
 pub use verify::{PlanDefect, Verified, verify_plan};
+pub mod formats;
 pub mod notation;
+pub mod report;
 pub mod show;
 pub mod spec;

@@ -1,12 +1,13 @@
 //! The `shardplan` command-line tool.
 
 use std::io::{IsTerminal, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use miette::{GraphicalReportHandler, GraphicalTheme, IntoDiagnostic, WrapErr};
-use shardplan::spec::{SpecDiagnostic, parse_spec};
+use shardplan::spec::{Spec, SpecDiagnostic, parse_spec, select_tensors};
+use shardplan::{PlanConfig, ReplicaChoice, Strategy, formats, plan_transfer, report, verify_plan};
 
 #[derive(Parser)]
 #[command(
@@ -50,6 +51,57 @@ enum Command {
         #[arg(long, default_value_t = 100)]
         width: usize,
     },
+    /// Plan the transfer between two strategies of a spec.
+    Plan {
+        /// Spec file.
+        spec: PathBuf,
+        #[command(flatten)]
+        ends: Ends,
+        /// Plan only the tensors matching this glob.
+        #[arg(long)]
+        tensor: Option<String>,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+        /// Write the plan to this file (written atomically) instead of stdout.
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+        /// Pick replicas to minimise the files each destination rank reads,
+        /// instead of balancing the send volume.
+        #[arg(long)]
+        min_files: bool,
+        /// Tensors and ranks listed in the text report.
+        #[arg(long, default_value_t = 10)]
+        top: usize,
+    },
+    /// Check a JSON plan against a spec; exit 0 when valid, 1 when not.
+    Verify {
+        /// Spec file.
+        spec: PathBuf,
+        /// Plan file (JSON).
+        plan: PathBuf,
+    },
+    /// Explain in words why a tensor moves what it moves.
+    Explain {
+        /// Spec file.
+        spec: PathBuf,
+        #[command(flatten)]
+        ends: Ends,
+        /// Tensor name.
+        #[arg(long)]
+        tensor: String,
+    },
+}
+
+/// Which strategies to plan between; defaults to the spec's `transfer`.
+#[derive(clap::Args)]
+struct Ends {
+    /// Source strategy.
+    #[arg(long)]
+    from: Option<String>,
+    /// Destination strategy.
+    #[arg(long)]
+    to: Option<String>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -72,6 +124,25 @@ fn main() -> ExitCode {
             tensor,
             width,
         } => show(&spec, &strategy, &tensor, width),
+        Command::Plan {
+            spec,
+            ends,
+            tensor,
+            format,
+            output,
+            min_files,
+            top,
+        } => plan(
+            &spec,
+            &ends,
+            tensor.as_deref(),
+            format,
+            output.as_deref(),
+            min_files,
+            top,
+        ),
+        Command::Verify { spec, plan } => verify(&spec, &plan),
+        Command::Explain { spec, ends, tensor } => explain(&spec, &ends, &tensor),
     };
     match result {
         Ok(code) => code,
@@ -82,7 +153,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn read(path: &PathBuf) -> miette::Result<String> {
+fn read(path: &Path) -> miette::Result<String> {
     std::fs::read_to_string(path)
         .into_diagnostic()
         .wrap_err_with(|| format!("cannot read {}", path.display()))
@@ -165,7 +236,7 @@ fn check(files: &[PathBuf], format: Format, strict: bool) -> miette::Result<Exit
     })
 }
 
-fn show(path: &PathBuf, strategy: &str, tensor: &str, width: usize) -> miette::Result<ExitCode> {
+fn show(path: &Path, strategy: &str, tensor: &str, width: usize) -> miette::Result<ExitCode> {
     let text = read(path)?;
     let (spec, diags) = parse_spec(&path.display().to_string(), &text);
     let Some(spec) = spec else {
@@ -192,5 +263,182 @@ fn show(path: &PathBuf, strategy: &str, tensor: &str, width: usize) -> miette::R
         max_height: 60,
     };
     println!("{}", shardplan::show::draw_holdings(layout, &cfg));
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Reads and checks a spec; invalid specs print their diagnostics.
+fn load_spec(path: &Path) -> miette::Result<Result<Spec, ExitCode>> {
+    let text = read(path)?;
+    let (spec, diags) = parse_spec(&path.display().to_string(), &text);
+    match spec {
+        Some(s) => {
+            // Warnings do not stop the job, but are shown.
+            if !diags.is_empty() {
+                eprint!("{}", render(&diags));
+            }
+            Ok(Ok(s))
+        }
+        None => {
+            eprint!("{}", render(&diags));
+            Ok(Err(ExitCode::from(1)))
+        }
+    }
+}
+
+fn strategy_pair<'a>(
+    spec: &'a Spec,
+    ends: &Ends,
+    path: &Path,
+) -> miette::Result<(&'a Strategy, &'a Strategy)> {
+    let from = ends
+        .from
+        .clone()
+        .or_else(|| spec.transfer.as_ref().map(|t| t.from.clone()));
+    let to = ends
+        .to
+        .clone()
+        .or_else(|| spec.transfer.as_ref().map(|t| t.to.clone()));
+    let (Some(from), Some(to)) = (from, to) else {
+        return Err(miette::miette!(
+            help = "add `transfer: {from: A, to: B}` to the spec, or pass --from A --to B",
+            "{} names no transfer",
+            path.display()
+        ));
+    };
+    let get = |name: &str| {
+        spec.strategy(name).ok_or_else(|| {
+            let names: Vec<&String> = spec.strategies.keys().collect();
+            miette::miette!(
+                help = format!("strategies in the spec: {names:?}"),
+                "no strategy `{name}` in {}",
+                path.display()
+            )
+        })
+    };
+    Ok((get(&from)?, get(&to)?))
+}
+
+fn plan(
+    path: &Path,
+    ends: &Ends,
+    tensor: Option<&str>,
+    format: Format,
+    output: Option<&Path>,
+    min_files: bool,
+    top: usize,
+) -> miette::Result<ExitCode> {
+    let spec = match load_spec(path)? {
+        Ok(s) => s,
+        Err(code) => return Ok(code),
+    };
+    let (src, dst) = strategy_pair(&spec, ends, path)?;
+    let tensors = match tensor {
+        None => None,
+        Some(pattern) => {
+            let names = select_tensors(&spec, pattern)
+                .map_err(|e| miette::miette!("--tensor {pattern:?}: {e}"))?;
+            if names.is_empty() {
+                return Err(miette::miette!(
+                    help = "globs use * and ?; names are matched whole",
+                    "--tensor {pattern:?} matches no tensor of {}",
+                    path.display()
+                ));
+            }
+            Some(names)
+        }
+    };
+    let config = PlanConfig {
+        replica_choice: if min_files {
+            ReplicaChoice::MinFiles
+        } else {
+            ReplicaChoice::Balance
+        },
+        tensors,
+    };
+    let plan = plan_transfer(src, dst, &config)?;
+    // Every plan the tool emits has passed the independent verifier.
+    verify_plan(&plan, src, dst)
+        .map_err(|d| miette::miette!("internal error, the planner made an invalid plan: {d}"))?;
+    let text = match format {
+        Format::Text => report::plan_report(&plan, top),
+        Format::Json => formats::plan_json::to_json(&plan) + "\n",
+    };
+    match output {
+        Some(out) => {
+            formats::write_atomic(out, text.as_bytes())
+                .into_diagnostic()
+                .wrap_err_with(|| format!("cannot write {}", out.display()))?;
+            let s = plan.summary();
+            eprintln!(
+                "wrote {} ({} pieces, {} network bytes)",
+                out.display(),
+                s.pieces,
+                s.total_bytes
+            );
+        }
+        None => print!("{text}"),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn verify(spec_path: &Path, plan_path: &Path) -> miette::Result<ExitCode> {
+    let spec = match load_spec(spec_path)? {
+        Ok(s) => s,
+        Err(code) => return Ok(code),
+    };
+    let text = read(plan_path)?;
+    let plan = match formats::plan_json::from_json(&plan_path.display().to_string(), &text) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("{:?}", miette::Report::new(e));
+            return Ok(ExitCode::from(1));
+        }
+    };
+    let ends = Ends {
+        from: Some(plan.source.clone()),
+        to: Some(plan.destination.clone()),
+    };
+    let (src, dst) = strategy_pair(&spec, &ends, spec_path)?;
+    match verify_plan(&plan, src, dst) {
+        Ok(v) => {
+            println!(
+                "{}: valid: {} pieces, {} network bytes (= lower bound), {} local bytes",
+                plan_path.display(),
+                v.pieces,
+                v.network_bytes,
+                v.local_bytes
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(defect) => {
+            eprintln!(
+                "{:?}",
+                miette::Report::new(defect)
+                    .wrap_err(format!("{} is not a valid plan", plan_path.display()))
+            );
+            Ok(ExitCode::from(1))
+        }
+    }
+}
+
+fn explain(path: &Path, ends: &Ends, tensor: &str) -> miette::Result<ExitCode> {
+    let spec = match load_spec(path)? {
+        Ok(s) => s,
+        Err(code) => return Ok(code),
+    };
+    let (src, dst) = strategy_pair(&spec, ends, path)?;
+    if src.tensor(tensor).is_none() {
+        return Err(miette::miette!(
+            help = "`shardplan check` lists the tensors; names are matched exactly",
+            "no tensor `{tensor}` in {}",
+            path.display()
+        ));
+    }
+    let config = PlanConfig {
+        replica_choice: ReplicaChoice::Balance,
+        tensors: Some(vec![tensor.to_string()]),
+    };
+    let plan = plan_transfer(src, dst, &config)?;
+    print!("{}", report::explain_tensor(src, dst, &plan.tensors[0]));
     Ok(ExitCode::SUCCESS)
 }

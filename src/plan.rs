@@ -15,6 +15,8 @@ pub struct Piece {
     pub dst_rank: u64,
     /// The box in global tensor coordinates.
     pub dst_box: Region,
+    /// Where the box starts in the destination rank's local buffer.
+    pub dst_local_offset: Vec<u64>,
     /// Source rank.
     pub src_rank: u64,
     /// The same elements as a box of the source rank's local buffer.

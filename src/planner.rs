@@ -18,6 +18,7 @@ use petgraph::graph::NodeIndex;
 
 use crate::bounds::{source_rank_by_device, volume_lower_bound};
 use crate::geometry::Region;
+use crate::layout::TensorLayout;
 use crate::plan::{Piece, ReplicaChoice, SlicePlan, TensorPlan};
 use crate::strategy::Strategy;
 
@@ -39,7 +40,10 @@ pub struct PlanConfig {
 pub enum PlanError {
     /// A tensor of one strategy is missing from the other.
     #[error("tensor `{tensor}` is not in strategy `{strategy}`")]
-    #[diagnostic(code(shardplan::plan::missing_tensor), help("both strategies must lay out the same tensors"))]
+    #[diagnostic(
+        code(shardplan::plan::missing_tensor),
+        help("both strategies must lay out the same tensors")
+    )]
     MissingTensor {
         /// Tensor name.
         tensor: String,
@@ -48,7 +52,10 @@ pub enum PlanError {
     },
     /// The two strategies disagree on a tensor's shape or dtype.
     #[error("tensor `{tensor}` is {src} in the source strategy but {dst} in the destination")]
-    #[diagnostic(code(shardplan::plan::tensor_mismatch), help("a transfer moves bytes; shapes and dtypes must agree"))]
+    #[diagnostic(
+        code(shardplan::plan::tensor_mismatch),
+        help("a transfer moves bytes; shapes and dtypes must agree")
+    )]
     TensorMismatch {
         /// Tensor name.
         tensor: String,
@@ -58,8 +65,13 @@ pub enum PlanError {
         dst: String,
     },
     /// Partial-sum layouts are not planned yet.
-    #[error("tensor `{tensor}` holds partial sums in strategy `{strategy}`; planning reductions is not supported yet")]
-    #[diagnostic(code(shardplan::plan::partial), help("reduce the partial sums in the source before planning"))]
+    #[error(
+        "tensor `{tensor}` holds partial sums in strategy `{strategy}`; planning reductions is not supported yet"
+    )]
+    #[diagnostic(
+        code(shardplan::plan::partial),
+        help("reduce the partial sums in the source before planning")
+    )]
     Partial {
         /// Tensor name.
         tensor: String,
@@ -68,7 +80,12 @@ pub enum PlanError {
     },
     /// The plan would be too large.
     #[error("the plan would have at least {estimate} pieces, over the budget of {max}")]
-    #[diagnostic(code(shardplan::plan::too_many_pieces), help("the layouts cut each other very finely; plan fewer tensors at a time (--tensor) or check the layouts"))]
+    #[diagnostic(
+        code(shardplan::plan::too_many_pieces),
+        help(
+            "the layouts cut each other very finely; plan fewer tensors at a time (--tensor) or check the layouts"
+        )
+    )]
     TooManyPieces {
         /// Pieces counted so far.
         estimate: u64,
@@ -128,7 +145,10 @@ pub fn plan_transfer(
     let mut tensors: Vec<TensorPlan> = Vec::with_capacity(names.len());
     let mut estimate = 0u64;
     for (ti, name) in names.iter().enumerate() {
-        let (sl, dl) = (src.layout(name).expect("checked"), dst.layout(name).expect("checked"));
+        let (sl, dl) = (
+            src.layout(name).expect("checked"),
+            dst.layout(name).expect("checked"),
+        );
         let info = dst.tensor(name).expect("checked");
         let mut plan = TensorPlan {
             name: name.clone(),
@@ -149,7 +169,9 @@ pub fn plan_transfer(
                 .enumerate()
                 .map(|(k, dim)| dim.blocks_overlapping(need.offset()[k], need.end(k)))
                 .collect();
-            let cells = ranges.iter().fold(1u64, |a, r| a.saturating_mul(r.end - r.start));
+            let cells = ranges
+                .iter()
+                .fold(1u64, |a, r| a.saturating_mul(r.end - r.start));
             estimate = estimate.saturating_add(cells);
             if estimate > MAX_PIECES {
                 return Err(PlanError::TooManyPieces {
@@ -173,7 +195,7 @@ pub fn plan_transfer(
                 let cell = Region::new(offset, extent);
                 let holders = sl.holders(cell.offset()).expect("cell inside the tensor");
                 match local_src.filter(|s| holders.contains(s)) {
-                    Some(s) => plan.pieces.push(piece(sl, d, cell, s, true)),
+                    Some(s) => plan.pieces.push(piece(sl, dl, d, cell, s, true)),
                     None => {
                         let next = groups.len();
                         let g = *group_of.entry(holders.clone()).or_insert(next);
@@ -212,10 +234,14 @@ pub fn plan_transfer(
         }
     };
     for (p, src_rank, dst_box) in assignment {
-        let sl = src.layout(&tensors[p.tensor].name).expect("checked");
+        let name = &tensors[p.tensor].name;
+        let (sl, dl) = (
+            src.layout(name).expect("checked"),
+            dst.layout(name).expect("checked"),
+        );
         tensors[p.tensor]
             .pieces
-            .push(piece(sl, p.dst_rank, dst_box, src_rank, false));
+            .push(piece(sl, dl, p.dst_rank, dst_box, src_rank, false));
     }
     for t in &mut tensors {
         coalesce(&mut t.pieces);
@@ -234,16 +260,21 @@ pub fn plan_transfer(
 }
 
 fn piece(
-    sl: &crate::layout::TensorLayout,
+    sl: &TensorLayout,
+    dl: &TensorLayout,
     dst_rank: u64,
     dst_box: Region,
     src_rank: u64,
     local: bool,
 ) -> Piece {
     let held = sl.region_of(src_rank).expect("holder holds the tensor");
+    let need = dl
+        .region_of(dst_rank)
+        .expect("destination holds the tensor");
     Piece {
         dst_rank,
         src_box: dst_box.relative_to(&held),
+        dst_local_offset: dst_box.relative_to(&need).offset().to_vec(),
         dst_box,
         src_rank,
         local,
@@ -335,7 +366,11 @@ fn balance(groups: &[Vec<u64>], demand: &[u64]) -> (Vec<Vec<(u64, u64)>>, u64) {
         for (g, &d) in groups.iter().zip(demand) {
             *load.entry(g[0]).or_default() += d;
         }
-        let quota = groups.iter().zip(demand).map(|(g, &d)| vec![(g[0], d)]).collect();
+        let quota = groups
+            .iter()
+            .zip(demand)
+            .map(|(g, &d)| vec![(g[0], d)])
+            .collect();
         return (quota, load.values().copied().max().unwrap_or(0));
     }
     let ranks: BTreeSet<u64> = groups.iter().flatten().copied().collect();
@@ -497,7 +532,10 @@ fn min_files<'a>(
                 .filter(|&g| groups[g].iter().any(|r| chosen.contains(r)))
                 .collect();
             for g in covered {
-                let r = *groups[g].iter().find(|r| chosen.contains(r)).expect("covered");
+                let r = *groups[g]
+                    .iter()
+                    .find(|r| chosen.contains(r))
+                    .expect("covered");
                 pick.insert(g, r);
                 open.remove(&g);
             }
@@ -557,6 +595,7 @@ fn coalesce(pieces: &mut Vec<Piece>) {
                     ext[k] += p.dst_box.extent()[k];
                     last.dst_box = Region::new(last.dst_box.offset().to_vec(), ext.clone());
                     last.src_box = Region::new(last.src_box.offset().to_vec(), ext);
+                    // dst_local_offset is the start, which does not move.
                     continue;
                 }
             }

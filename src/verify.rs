@@ -14,7 +14,10 @@ use crate::strategy::Strategy;
 pub enum PlanDefect {
     /// The plan names a tensor a strategy lacks, or disagrees on its dtype or shape.
     #[error("tensor `{tensor}`: {reason}")]
-    #[diagnostic(code(shardplan::verify::tensor), help("plan and strategies must describe the same tensors"))]
+    #[diagnostic(
+        code(shardplan::verify::tensor),
+        help("plan and strategies must describe the same tensors")
+    )]
     Tensor {
         /// Tensor.
         tensor: String,
@@ -23,7 +26,12 @@ pub enum PlanDefect {
     },
     /// A piece names a rank outside its strategy, or a malformed box.
     #[error("tensor `{tensor}`: piece {dst_box} from rank {src_rank} to rank {dst_rank}: {reason}")]
-    #[diagnostic(code(shardplan::verify::piece), help("each piece copies a box the source rank holds into the box the destination rank holds"))]
+    #[diagnostic(
+        code(shardplan::verify::piece),
+        help(
+            "each piece copies a box the source rank holds into the box the destination rank holds"
+        )
+    )]
     Piece {
         /// Tensor.
         tensor: String,
@@ -38,7 +46,10 @@ pub enum PlanDefect {
     },
     /// Two pieces write the same elements.
     #[error("tensor `{tensor}`: rank {dst_rank} receives {first} and {second}, which overlap")]
-    #[diagnostic(code(shardplan::verify::overlap), help("every destination element must be written exactly once"))]
+    #[diagnostic(
+        code(shardplan::verify::overlap),
+        help("every destination element must be written exactly once")
+    )]
     Overlap {
         /// Tensor.
         tensor: String,
@@ -50,8 +61,13 @@ pub enum PlanDefect {
         second: Region,
     },
     /// Elements of a destination rank that no piece writes.
-    #[error("tensor `{tensor}`: rank {dst_rank} must hold {region} but the pieces cover {covered} of its {needed} elements")]
-    #[diagnostic(code(shardplan::verify::uncovered), help("every destination element must be written exactly once"))]
+    #[error(
+        "tensor `{tensor}`: rank {dst_rank} must hold {region} but the pieces cover {covered} of its {needed} elements"
+    )]
+    #[diagnostic(
+        code(shardplan::verify::uncovered),
+        help("every destination element must be written exactly once")
+    )]
     Uncovered {
         /// Tensor.
         tensor: String,
@@ -66,7 +82,10 @@ pub enum PlanDefect {
     },
     /// Network volume differs from the lower bound.
     #[error("the plan moves {moved} bytes over the network; the lower bound is {bound}")]
-    #[diagnostic(code(shardplan::verify::volume), help("a piece that could be a local copy is sent over the network"))]
+    #[diagnostic(
+        code(shardplan::verify::volume),
+        help("a piece that could be a local copy is sent over the network")
+    )]
     Volume {
         /// Bytes moved.
         moved: u64,
@@ -96,7 +115,13 @@ pub struct Verified {
 /// # Errors
 ///
 /// The first [`PlanDefect`] found, in tensor and rank order.
-pub fn verify_plan(plan: &SlicePlan, src: &Strategy, dst: &Strategy) -> Result<Verified, PlanDefect> {
+// A defect ends the check once; its size does not matter.
+#[allow(clippy::result_large_err)]
+pub fn verify_plan(
+    plan: &SlicePlan,
+    src: &Strategy,
+    dst: &Strategy,
+) -> Result<Verified, PlanDefect> {
     let mut out = Verified {
         pieces: 0,
         network_bytes: 0,
@@ -135,22 +160,47 @@ pub fn verify_plan(plan: &SlicePlan, src: &Strategy, dst: &Strategy) -> Result<V
                 reason,
             };
             let Some(need) = dl.region_of(p.dst_rank) else {
-                return Err(bad(format!("destination rank {} holds no part of the tensor", p.dst_rank)));
+                return Err(bad(format!(
+                    "destination rank {} holds no part of the tensor",
+                    p.dst_rank
+                )));
             };
             let Some(have) = sl.region_of(p.src_rank) else {
-                return Err(bad(format!("source rank {} holds no part of the tensor", p.src_rank)));
+                return Err(bad(format!(
+                    "source rank {} holds no part of the tensor",
+                    p.src_rank
+                )));
             };
             if p.dst_box.rank() != t.shape.len() || p.src_box.rank() != t.shape.len() {
                 return Err(bad("box rank differs from the tensor rank".into()));
             }
             if p.dst_box.extent() != p.src_box.extent() {
-                return Err(bad(format!("source box {} and destination box differ in extent", p.src_box)));
+                return Err(bad(format!(
+                    "source box {} and destination box differ in extent",
+                    p.src_box
+                )));
             }
             if p.dst_box.is_empty() {
                 return Err(bad("empty box".into()));
             }
             if !need.contains_region(&p.dst_box) {
-                return Err(bad(format!("outside what rank {} holds, {need}", p.dst_rank)));
+                return Err(bad(format!(
+                    "outside what rank {} holds, {need}",
+                    p.dst_rank
+                )));
+            }
+            let local_start: Vec<u64> = p
+                .dst_box
+                .offset()
+                .iter()
+                .zip(need.offset())
+                .map(|(a, b)| a - b)
+                .collect();
+            if p.dst_local_offset != local_start {
+                return Err(bad(format!(
+                    "destination local offset {:?} should be {local_start:?} (rank {} holds {need})",
+                    p.dst_local_offset, p.dst_rank
+                )));
             }
             // The source box, in global coordinates, must be the same
             // elements and lie inside what the source rank holds.
@@ -162,20 +212,28 @@ pub fn verify_plan(plan: &SlicePlan, src: &Strategy, dst: &Strategy) -> Result<V
                 .map(|(a, b)| a.checked_add(*b))
                 .collect();
             let inside = global.as_ref().is_some_and(|g| {
-                (0..g.len()).all(|k| p.src_box.end(k) <= have.extent()[k]) && g.as_slice() == p.dst_box.offset()
+                (0..g.len()).all(|k| p.src_box.end(k) <= have.extent()[k])
+                    && g.as_slice() == p.dst_box.offset()
             });
             if !inside {
-                let reason = if (0..p.src_box.rank()).all(|k| p.src_box.end(k) <= have.extent()[k]) {
+                let reason = if (0..p.src_box.rank()).all(|k| p.src_box.end(k) <= have.extent()[k])
+                {
                     format!(
                         "source box {} of rank {} holds other elements than the destination box",
                         p.src_box, p.src_rank
                     )
                 } else {
-                    format!("source box {} lies outside rank {}'s buffer of extent {:?}", p.src_box, p.src_rank, have.extent())
+                    format!(
+                        "source box {} lies outside rank {}'s buffer of extent {:?}",
+                        p.src_box,
+                        p.src_rank,
+                        have.extent()
+                    )
                 };
                 return Err(bad(reason));
             }
-            let same_device = src.mesh().device_of(p.src_rank).ok() == dst.mesh().device_of(p.dst_rank).ok();
+            let same_device =
+                src.mesh().device_of(p.src_rank).ok() == dst.mesh().device_of(p.dst_rank).ok();
             if p.local != same_device {
                 return Err(bad(format!(
                     "marked {} but the ranks run on {} devices",
@@ -244,7 +302,9 @@ fn find_overlap<'a>(boxes: &[&'a Region]) -> Option<(&'a Region, &'a Region)> {
         1 => {
             let mut v: Vec<&Region> = boxes.to_vec();
             v.sort_by_key(|b| b.offset()[0]);
-            v.windows(2).find(|w| w[0].end(0) > w[1].offset()[0]).map(|w| (w[0], w[1]))
+            v.windows(2)
+                .find(|w| w[0].end(0) > w[1].offset()[0])
+                .map(|w| (w[0], w[1]))
         }
         2 => sweep_2d(boxes),
         _ => sweep_nd(boxes),
@@ -270,15 +330,15 @@ fn sweep_2d<'a>(boxes: &[&'a Region]) -> Option<(&'a Region, &'a Region)> {
             }
             continue;
         }
-        if let Some((_, &j)) = active.range(..=lo).next_back() {
-            if boxes[j].end(1) > lo {
-                return Some((boxes[j], b));
-            }
+        if let Some((_, &j)) = active.range(..=lo).next_back()
+            && boxes[j].end(1) > lo
+        {
+            return Some((boxes[j], b));
         }
-        if let Some((_, &j)) = active.range(lo..).next() {
-            if boxes[j].offset()[1] < hi {
-                return Some((boxes[j], b));
-            }
+        if let Some((_, &j)) = active.range(lo..).next()
+            && boxes[j].offset()[1] < hi
+        {
+            return Some((boxes[j], b));
         }
         active.insert(lo, i);
     }

@@ -1294,3 +1294,19 @@ impl Rule {
         }
     }
 }
+
+/// Names of the spec's tensors that match `pattern` (`*` and `?` globs), in
+/// declaration order.
+///
+/// # Errors
+///
+/// A message when the pattern is empty or malformed.
+pub fn select_tensors(spec: &Spec, pattern: &str) -> Result<Vec<String>, String> {
+    let g = Glob::new(pattern)?;
+    Ok(spec
+        .tensors
+        .iter()
+        .filter(|t| g.matches(&t.name))
+        .map(|t| t.name.clone())
+        .collect())
+}
