@@ -1,0 +1,383 @@
+//! Planner and verifier: every plan verifies and meets the volume bound;
+//! corrupted plans are rejected with the tensor, rank and box named.
+
+use std::sync::Arc;
+
+use proptest::prelude::*;
+use proptest::strategy::Strategy as _;
+use shardplan::{
+    DType, DeviceMesh, DimSplit, LayoutConfig, PlanConfig, PlanDefect, ReplicaChoice, SlicePlan,
+    SplitPolicy, Strategy, TensorInfo, TensorLayout, plan_transfer, verify_plan,
+};
+
+/// A random mesh of 1 to 3 axes and at most 16 ranks, maybe with device ids.
+fn mesh() -> impl proptest::strategy::Strategy<Value = Arc<DeviceMesh>> {
+    (
+        prop::collection::vec(1u64..=3, 0..=3),
+        any::<bool>(),
+        any::<u64>(),
+    )
+        .prop_map(|(sizes, ids, seed)| {
+            let m = DeviceMesh::new(sizes.iter().enumerate().map(|(i, &s)| (format!("a{i}"), s)))
+                .unwrap();
+            let m = if ids {
+                // A rotation of 0..n: some devices shared with the other side.
+                let n = m.rank_count();
+                let k = seed % n;
+                m.with_device_ids((0..n).map(|r| (r + k) % n).collect())
+                    .unwrap()
+            } else {
+                m
+            };
+            Arc::new(m)
+        })
+}
+
+/// A random layout of `shape` on `mesh`: each axis splits a dim, pins, or
+/// replicates; policies random where the size allows.
+fn layout(
+    mesh: Arc<DeviceMesh>,
+    shape: Vec<u64>,
+) -> impl proptest::strategy::Strategy<Value = TensorLayout> {
+    let n = mesh.axes().len();
+    (
+        prop::collection::vec((0usize..=4, any::<u64>()), n),
+        prop::collection::vec(0u8..3, shape.len()),
+    )
+        .prop_map(move |(roles, policies)| {
+            let mut cfg = LayoutConfig {
+                dims: vec![DimSplit::none(); shape.len()],
+                ..Default::default()
+            };
+            for (a, (role, coord)) in roles.iter().enumerate() {
+                let axis = &mesh.axes()[a];
+                match role {
+                    0 if !shape.is_empty() => {}
+                    1 => cfg.pin.push((axis.name.clone(), coord % axis.size)),
+                    r if !shape.is_empty() && *r >= 2 => {
+                        let d = (*r as usize + *coord as usize) % shape.len();
+                        cfg.dims[d].axes.push(axis.name.clone());
+                    }
+                    _ => {}
+                }
+            }
+            for (d, p) in policies.iter().enumerate() {
+                let n: u64 = cfg.dims[d]
+                    .axes
+                    .iter()
+                    .map(|a| mesh.axis_size(mesh.axis_index(a).unwrap()))
+                    .product();
+                cfg.dims[d].policy = match p {
+                    _ if shape[d] % n == 0 && *p == 0 => SplitPolicy::Even,
+                    1 => SplitPolicy::Balanced,
+                    _ => SplitPolicy::Chunk,
+                };
+            }
+            TensorLayout::new(mesh.clone(), &shape, &cfg).unwrap()
+        })
+}
+
+const DTYPES: [DType; 4] = [DType::F32, DType::BF16, DType::I8, DType::F64];
+
+/// Two strategies over the same 1 to 3 random tensors.
+fn strategy_pair() -> impl proptest::strategy::Strategy<Value = (Strategy, Strategy)> {
+    (
+        mesh(),
+        mesh(),
+        prop::collection::vec((prop::collection::vec(1u64..=9, 0..=3), 0usize..4), 1..=3),
+    )
+        .prop_flat_map(|(sm, dm, tensors)| {
+            let infos: Vec<TensorInfo> = tensors
+                .iter()
+                .enumerate()
+                .map(|(i, (shape, dt))| TensorInfo {
+                    name: format!("t{i}"),
+                    shape: shape.clone(),
+                    dtype: DTYPES[*dt],
+                })
+                .collect();
+            let sl: Vec<_> = infos
+                .iter()
+                .map(|t| layout(sm.clone(), t.shape.clone()))
+                .collect();
+            let dl: Vec<_> = infos
+                .iter()
+                .map(|t| layout(dm.clone(), t.shape.clone()))
+                .collect();
+            (Just(infos), Just(sm), Just(dm), sl, dl)
+        })
+        .prop_map(|(infos, sm, dm, sl, dl)| {
+            (
+                Strategy::new("src", sm, infos.clone(), sl).unwrap(),
+                Strategy::new("dst", dm, infos, dl).unwrap(),
+            )
+        })
+}
+
+fn plan(src: &Strategy, dst: &Strategy, choice: ReplicaChoice) -> SlicePlan {
+    let cfg = PlanConfig {
+        replica_choice: choice,
+        tensors: None,
+    };
+    plan_transfer(src, dst, &cfg).unwrap()
+}
+
+/// Corruptions of one piece; each must make the plan invalid.
+#[derive(Debug, Clone, Copy)]
+enum Corruption {
+    Drop,
+    Duplicate,
+    ShiftBox,
+    WrongSource,
+    WrongDType,
+    FlipLocal,
+    WrongLocalOffset,
+}
+
+const CORRUPTIONS: [Corruption; 7] = [
+    Corruption::Drop,
+    Corruption::Duplicate,
+    Corruption::ShiftBox,
+    Corruption::WrongSource,
+    Corruption::WrongDType,
+    Corruption::FlipLocal,
+    Corruption::WrongLocalOffset,
+];
+
+/// Applies `c` to piece `i` of tensor `t`; `None` when it does not apply
+/// (e.g. no rank lacks the piece's elements).
+fn corrupt(
+    plan: &SlicePlan,
+    src: &Strategy,
+    t: usize,
+    i: usize,
+    c: Corruption,
+) -> Option<SlicePlan> {
+    let mut p = plan.clone();
+    let tp = &mut p.tensors[t];
+    let piece = tp.pieces[i].clone();
+    match c {
+        Corruption::Drop => {
+            tp.pieces.remove(i);
+        }
+        Corruption::Duplicate => tp.pieces.push(piece),
+        Corruption::ShiftBox => {
+            let k = piece.dst_box.extent().iter().position(|_| true)?;
+            let mut off = piece.dst_box.offset().to_vec();
+            off[k] += 1;
+            tp.pieces[i].dst_box = shardplan::Region::new(off, piece.dst_box.extent().to_vec());
+        }
+        Corruption::WrongSource => {
+            let sl = src.layout(&tp.name).unwrap();
+            // A rank that does not hold these elements at that offset.
+            let r = (0..src.mesh().rank_count()).find(|&r| {
+                sl.region_of(r).is_none_or(|h| {
+                    !h.contains_region(&piece.dst_box)
+                        || piece.dst_box.relative_to(&h) != piece.src_box
+                })
+            })?;
+            tp.pieces[i].src_rank = r;
+        }
+        Corruption::WrongDType => {
+            tp.dtype = if tp.dtype == DType::F32 {
+                DType::I32
+            } else {
+                DType::F32
+            };
+        }
+        Corruption::FlipLocal => tp.pieces[i].local = !piece.local,
+        Corruption::WrongLocalOffset => {
+            let k = piece.dst_local_offset.iter().position(|_| true)?;
+            tp.pieces[i].dst_local_offset[k] += 1;
+        }
+    }
+    Some(p)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, failure_persistence: None, ..ProptestConfig::default() })]
+
+    #[test]
+    fn plans_verify_and_meet_the_bounds((src, dst) in strategy_pair(), pick in any::<u64>()) {
+        for choice in [ReplicaChoice::Balance, ReplicaChoice::MinFiles] {
+            let p = plan(&src, &dst, choice);
+            let v = verify_plan(&p, &src, &dst);
+            prop_assert!(v.is_ok(), "{choice:?}: {v:?}");
+            let s = p.summary();
+            prop_assert_eq!(s.total_bytes, s.lower_bound_bytes);
+            prop_assert_eq!(v.unwrap().network_bytes, s.lower_bound_bytes);
+            // The largest send is never below its bound.
+            prop_assert!(s.max_send_bytes >= s.max_send_lower_bound_bytes, "{s:?}");
+            if choice == ReplicaChoice::Balance {
+                // Cells are cut only at whole rows, so a send may exceed the
+                // fractional optimum by less than one row per holder boundary.
+                let slack: u64 = p.tensors.iter().map(|t| {
+                    t.pieces.iter().map(|pc| t.piece_bytes(pc)).max().unwrap_or(0)
+                }).sum();
+                prop_assert!(s.max_send_bytes <= s.max_send_lower_bound_bytes + slack, "{s:?}");
+            }
+            // Corrupting any single piece is caught.
+            let pieces: Vec<(usize, usize)> = p.tensors.iter().enumerate()
+                .flat_map(|(t, tp)| (0..tp.pieces.len()).map(move |i| (t, i))).collect();
+            if pieces.is_empty() {
+                continue;
+            }
+            let (t, i) = pieces[(pick % pieces.len() as u64) as usize];
+            for c in CORRUPTIONS {
+                if let Some(bad) = corrupt(&p, &src, t, i, c) {
+                    prop_assert!(verify_plan(&bad, &src, &dst).is_err(), "{c:?} of piece {i} of tensor {t} accepted");
+                }
+            }
+        }
+    }
+}
+
+fn rows(m: &Arc<DeviceMesh>, t: &TensorInfo, axes: &[&str]) -> TensorLayout {
+    let cfg = LayoutConfig {
+        dims: vec![DimSplit::over(axes.iter().copied()), DimSplit::none()],
+        ..Default::default()
+    };
+    TensorLayout::new(m.clone(), &t.shape, &cfg).unwrap()
+}
+
+/// A dp2 x tp2 source (replicated over dp) to tp4: the fixed example for
+/// the corruption messages.
+fn example() -> (Strategy, Strategy, SlicePlan) {
+    let t = TensorInfo {
+        name: "w".into(),
+        shape: vec![8, 4],
+        dtype: DType::F32,
+    };
+    let sm = Arc::new(DeviceMesh::new([("dp", 2), ("tp", 2)]).unwrap());
+    let dm = Arc::new(DeviceMesh::new([("tp", 4)]).unwrap());
+    let src = Strategy::new(
+        "train",
+        sm.clone(),
+        vec![t.clone()],
+        vec![rows(&sm, &t, &["tp"])],
+    )
+    .unwrap();
+    let dst = Strategy::new(
+        "infer",
+        dm.clone(),
+        vec![t.clone()],
+        vec![rows(&dm, &t, &["tp"])],
+    )
+    .unwrap();
+    let p = plan(&src, &dst, ReplicaChoice::Balance);
+    (src, dst, p)
+}
+
+#[test]
+fn corruptions_are_named() {
+    let (src, dst, p) = example();
+    assert!(verify_plan(&p, &src, &dst).is_ok());
+    // Rank 1 needs rows 2..4, held by sources 0 and 2, which share the
+    // sending: row 2 from rank 0. Each corruption of that piece and the
+    // words its message must contain.
+    let cases: [(Corruption, &[&str]); 7] = [
+        (
+            Corruption::Drop,
+            &["`w`", "rank 1", "[2..4, 0..4]", "cover 4 of its 8"],
+        ),
+        (
+            Corruption::Duplicate,
+            &["`w`", "rank 1", "[2..3, 0..4]", "overlap"],
+        ),
+        (Corruption::ShiftBox, &["`w`", "rank 1", "[2..4, 1..5]"]),
+        (
+            Corruption::WrongSource,
+            &["`w`", "rank 1", "[2..3, 0..4]", "other elements"],
+        ),
+        (Corruption::WrongDType, &["`w`", "i32", "f32"]),
+        (
+            Corruption::FlipLocal,
+            &["`w`", "rank 1", "[2..3, 0..4]", "marked local"],
+        ),
+        (
+            Corruption::WrongLocalOffset,
+            &["`w`", "rank 1", "local offset"],
+        ),
+    ];
+    let piece = p.tensors[0]
+        .pieces
+        .iter()
+        .position(|pc| pc.dst_rank == 1 && pc.src_rank == 0)
+        .unwrap();
+    for (c, needles) in cases {
+        let mut bad = corrupt(&p, &src, 0, piece, c).unwrap();
+        if let Corruption::ShiftBox = c {
+            // Shift along dim 1 for a box still inside the tensor's rows.
+            bad = p.clone();
+            let pc = &mut bad.tensors[0].pieces[piece];
+            pc.dst_box = shardplan::Region::new(vec![2, 1], vec![2, 4]);
+        }
+        let err: PlanDefect = verify_plan(&bad, &src, &dst).unwrap_err();
+        let msg = err.to_string();
+        for n in needles {
+            assert!(msg.contains(n), "{c:?}: `{msg}` lacks `{n}`");
+        }
+    }
+}
+
+#[test]
+fn replicas_share_the_sending() {
+    // Sources (dp, tp) hold rows 0..4 (tp 0) or 4..8 (tp 1); each tp4 rank
+    // needs 2 rows of 16 bytes. Ranks 0 and 3 find them on their own
+    // device; ranks 1 and 2 receive 32 bytes each, and the two replicas of
+    // each half send one row each.
+    let (_, _, p) = example();
+    let s = p.summary();
+    assert_eq!(s.lower_bound_bytes, s.total_bytes);
+    assert_eq!(s.total_bytes, 64);
+    assert_eq!(s.local_bytes, 64);
+    assert_eq!(s.max_send_lower_bound_bytes, 16);
+    assert_eq!(s.max_send_bytes, 16);
+    let senders: Vec<(u64, u64)> = p.tensors[0]
+        .pieces
+        .iter()
+        .filter(|pc| !pc.local)
+        .map(|pc| (pc.dst_rank, pc.src_rank))
+        .collect();
+    assert_eq!(senders, vec![(1, 0), (1, 2), (2, 1), (2, 3)]);
+}
+
+#[test]
+fn verifier_sweeps_many_pieces() {
+    // A 2-D tiling by 64 x 64 pieces: the sweep must accept it, and reject
+    // the same tiling with one overlapping box.
+    let t = TensorInfo {
+        name: "g".into(),
+        shape: vec![64, 64],
+        dtype: DType::U8,
+    };
+    let sm = Arc::new(DeviceMesh::new([("r", 64), ("c", 64)]).unwrap());
+    let dm = Arc::new(DeviceMesh::new(Vec::<(String, u64)>::new()).unwrap());
+    let cfg = LayoutConfig {
+        dims: vec![DimSplit::over(["r"]), DimSplit::over(["c"])],
+        ..Default::default()
+    };
+    let src = Strategy::new(
+        "grid",
+        sm.clone(),
+        vec![t.clone()],
+        vec![TensorLayout::new(sm, &t.shape, &cfg).unwrap()],
+    )
+    .unwrap();
+    let dst = Strategy::new(
+        "one",
+        dm.clone(),
+        vec![t.clone()],
+        vec![TensorLayout::replicated(dm, &t.shape).unwrap()],
+    )
+    .unwrap();
+    let p = plan(&src, &dst, ReplicaChoice::Balance);
+    assert_eq!(p.summary().pieces, 64 * 64);
+    assert!(verify_plan(&p, &src, &dst).is_ok());
+    let mut bad = p.clone();
+    bad.tensors[0].pieces[100].dst_box = shardplan::Region::new(vec![1, 37], vec![1, 1]);
+    bad.tensors[0].pieces[100].dst_local_offset = vec![1, 37];
+    bad.tensors[0].pieces[100].src_rank = 64 + 37;
+    let err = verify_plan(&bad, &src, &dst).unwrap_err();
+    assert!(matches!(err, PlanDefect::Overlap { .. }), "{err}");
+}
