@@ -230,7 +230,10 @@ pub fn plan_transfer(
         }
         ReplicaChoice::MinFiles => {
             let (_, bound) = balance(&groups, &demand);
-            (min_files(&pending, &groups, &tensors), bound)
+            (
+                min_files(&pending, &groups, &tensors, src, dst, &by_device),
+                bound,
+            )
         }
     };
     for (p, src_rank, dst_box) in assignment {
@@ -502,19 +505,30 @@ fn split_by_quota<'a>(
     out
 }
 
-/// Per destination rank, a greedy set cover: pick the holder that serves
-/// the most of the rank's remaining groups, preferring files already read.
+/// Per destination rank, a greedy cover of its cells by source files: a
+/// cell some already chosen file holds costs nothing; otherwise the holder
+/// in the same replica group as the destination's own device is taken (on
+/// every replicated axis the same coordinate as that device's source rank,
+/// as MindSpore does), which keeps one destination on one replica.
 fn min_files<'a>(
     pending: &'a [Pending],
     groups: &[Vec<u64>],
     tensors: &[TensorPlan],
+    src: &Strategy,
+    dst: &Strategy,
+    by_device: &HashMap<u64, u64>,
 ) -> Vec<(&'a Pending, u64, Region)> {
     let mut by_dst: std::collections::BTreeMap<u64, Vec<&Pending>> = Default::default();
     for p in pending {
         by_dst.entry(p.dst_rank).or_default().push(p);
     }
     let mut out = Vec::with_capacity(pending.len());
-    for (d, cells) in by_dst {
+    for (d, mut cells) in by_dst {
+        let device = dst.mesh().device_of(d).unwrap_or(d);
+        let own = by_device
+            .get(&device)
+            .copied()
+            .unwrap_or(d % src.mesh().rank_count());
         // Files this rank reads anyway for its local copies.
         let mut chosen: BTreeSet<u64> = tensors
             .iter()
@@ -522,41 +536,31 @@ fn min_files<'a>(
             .filter(|p| p.dst_rank == d)
             .map(|p| p.src_rank)
             .collect();
-        let mut open: BTreeSet<usize> = cells.iter().map(|p| p.group).collect();
-        let mut pick: HashMap<usize, u64> = HashMap::new();
-        while !open.is_empty() {
-            // A group some chosen file already holds costs nothing.
-            let covered: Vec<usize> = open
-                .iter()
-                .copied()
-                .filter(|&g| groups[g].iter().any(|r| chosen.contains(r)))
-                .collect();
-            for g in covered {
-                let r = *groups[g]
-                    .iter()
-                    .find(|r| chosen.contains(r))
-                    .expect("covered");
-                pick.insert(g, r);
-                open.remove(&g);
-            }
-            if open.is_empty() {
-                break;
-            }
-            let mut count: std::collections::BTreeMap<u64, usize> = Default::default();
-            for &g in &open {
-                for &r in &groups[g] {
-                    *count.entry(r).or_default() += 1;
-                }
-            }
-            let best = count
-                .iter()
-                .max_by(|a, b| a.1.cmp(b.1).then(b.0.cmp(a.0)))
-                .map(|(&r, _)| r)
-                .expect("open groups have holders");
-            chosen.insert(best);
-        }
+        // Scarce data first: cells with fewer holders constrain the choice.
+        cells.sort_by_key(|p| groups[p.group].len());
         for p in cells {
-            out.push((p, pick[&p.group], p.dst_box.clone()));
+            let holders = &groups[p.group];
+            let pick = match holders.iter().find(|r| chosen.contains(r)) {
+                Some(&r) => r,
+                None => {
+                    let sl = src.layout(&tensors[p.tensor].name).expect("checked");
+                    let own_coords = sl.mesh().coords(own).ok();
+                    let same_group = |h: u64| {
+                        let (Some(oc), Ok(hc)) = (own_coords.as_ref(), sl.mesh().coords(h)) else {
+                            return false;
+                        };
+                        sl.replica_axes().iter().all(|&a| oc[a] == hc[a])
+                    };
+                    let r = holders
+                        .iter()
+                        .copied()
+                        .find(|&h| same_group(h))
+                        .unwrap_or(holders[0]);
+                    chosen.insert(r);
+                    r
+                }
+            };
+            out.push((p, pick, p.dst_box.clone()));
         }
     }
     out

@@ -193,3 +193,118 @@ fn shared_cases_match_source_slices() {
     assert!(checked >= 35, "expected the 35 cases, found {checked}");
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
+
+/// One side of a case as a strategy over the tensors both sides lay out.
+fn side_strategy(case: &Value, side: &str, names: &[String]) -> shardplan::Strategy {
+    use shardplan::{DType, DeviceMesh, Strategy, TensorInfo, TensorLayout};
+    use std::sync::Arc;
+    let params = case["params"].as_object().unwrap();
+    let devices = case[format!("{side}_device_num")].as_u64().unwrap();
+    let stages = case[format!("{side}_pipeline_stages")].as_u64().unwrap();
+    let layouts = &case[format!("{side}_layouts")];
+    let mesh = Arc::new(if layouts.is_null() {
+        DeviceMesh::new(Vec::<(String, u64)>::new()).unwrap()
+    } else {
+        DeviceMesh::new([("rank", devices)]).unwrap()
+    });
+    let mut infos = Vec::new();
+    let mut ls = Vec::new();
+    for name in names {
+        let shape: Vec<u64> = serde_json::from_value(params[name]["full_shape"].clone()).unwrap();
+        let layout = if layouts.is_null() {
+            TensorLayout::replicated(mesh.clone(), &shape).unwrap()
+        } else {
+            let (s, e) = (0..stages)
+                .find_map(|s| layouts[s as usize].get(name).map(|e| (s, e)))
+                .unwrap();
+            ms_layout(e, s, stages).to_layout(&shape).unwrap()
+        };
+        infos.push(TensorInfo {
+            name: name.clone(),
+            shape,
+            dtype: DType::F32,
+        });
+        ls.push(layout);
+    }
+    Strategy::new(side, mesh, infos, ls).unwrap()
+}
+
+fn laid_out(case: &Value, side: &str, name: &str) -> bool {
+    let l = &case[format!("{side}_layouts")];
+    l.is_null() || l.as_array().unwrap().iter().any(|s| s.get(name).is_some())
+}
+
+/// With `--min-files`, the files each destination rank reads are a subset
+/// of MindSpore's `rank_list_for_transform` and no more than the case's
+/// greedy minimal list. Balanced plans spread reads over replicas and may
+/// read files outside MindSpore's list; they must still verify.
+fn check_file_sets(dir: &Path) -> Result<(), String> {
+    use shardplan::{PlanConfig, ReplicaChoice, plan_transfer, verify_plan};
+    let case: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("case.json")).unwrap()).unwrap();
+    let name = case["name"].as_str().unwrap();
+    if !case["expected_error"].is_null() {
+        return Ok(());
+    }
+    let names: Vec<String> = case["params"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .filter(|p| laid_out(&case, "src", p) && laid_out(&case, "dst", p))
+        .cloned()
+        .collect();
+    let src = side_strategy(&case, "src", &names);
+    let dst = side_strategy(&case, "dst", &names);
+    for choice in [ReplicaChoice::Balance, ReplicaChoice::MinFiles] {
+        let cfg = PlanConfig {
+            replica_choice: choice,
+            tensors: None,
+        };
+        let plan = plan_transfer(&src, &dst, &cfg).map_err(|e| format!("{name}: {e}"))?;
+        verify_plan(&plan, &src, &dst).map_err(|e| format!("{name}: {e}"))?;
+        if choice == ReplicaChoice::Balance {
+            continue;
+        }
+        let (_, recv) = plan.traffic();
+        for (rank, t) in recv {
+            let minimal: Vec<u64> =
+                serde_json::from_value(case["minimal_rank_list"][rank.to_string()].clone())
+                    .unwrap();
+            if t.files.len() > minimal.len() {
+                return Err(format!(
+                    "{name}: rank {rank} reads {:?}, more than the minimal list {minimal:?}",
+                    t.files
+                ));
+            }
+            let allowed: Vec<u64> =
+                serde_json::from_value(case["rank_list_for_transform"][rank.to_string()].clone())
+                    .unwrap();
+            if !t.files.iter().all(|f| allowed.contains(f)) {
+                return Err(format!(
+                    "{name} ({choice:?}): rank {rank} reads {:?}, MindSpore's list is {allowed:?}",
+                    t.files
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn file_sets_within_mindspore_rank_lists() {
+    let mut dirs = case_dirs(&fixture_dir());
+    let root = shared_dir();
+    if root.is_dir() {
+        dirs = case_dirs(&root);
+    } else {
+        eprintln!(
+            "SKIPPED: {} is absent; checking the fixtures only",
+            root.display()
+        );
+    }
+    let failures: Vec<String> = dirs
+        .iter()
+        .filter_map(|d| check_file_sets(d).err())
+        .collect();
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
