@@ -177,10 +177,19 @@ fn render(diags: &[SpecDiagnostic]) -> String {
 
 fn check(files: &[PathBuf], format: Format, strict: bool) -> miette::Result<ExitCode> {
     let mut all = Vec::new();
+    let mut unreadable = false;
     for path in files {
-        let text = read(path)?;
-        let (_, diags) = parse_spec(&path.display().to_string(), &text);
-        all.push((path, diags));
+        // An unreadable file is a usage error, but the others are still checked.
+        match read(path) {
+            Ok(text) => {
+                let (_, diags) = parse_spec(&path.display().to_string(), &text);
+                all.push((path, diags));
+            }
+            Err(e) => {
+                eprintln!("{e:?}");
+                unreadable = true;
+            }
+        }
     }
     let failed = all
         .iter()
@@ -229,7 +238,9 @@ fn check(files: &[PathBuf], format: Format, strict: bool) -> miette::Result<Exit
             .into_diagnostic()?;
         }
     }
-    Ok(if failed {
+    Ok(if unreadable {
+        ExitCode::from(2)
+    } else if failed {
         ExitCode::from(1)
     } else {
         ExitCode::SUCCESS
@@ -240,7 +251,7 @@ fn show(path: &Path, strategy: &str, tensor: &str, width: usize) -> miette::Resu
     let text = read(path)?;
     let (spec, diags) = parse_spec(&path.display().to_string(), &text);
     let Some(spec) = spec else {
-        print!("{}", render(&diags));
+        eprint!("{}", render(&diags));
         return Ok(ExitCode::from(1));
     };
     let s = spec.strategy(strategy).ok_or_else(|| {
@@ -253,7 +264,7 @@ fn show(path: &Path, strategy: &str, tensor: &str, width: usize) -> miette::Resu
     })?;
     let layout = s.layout(tensor).ok_or_else(|| {
         miette::miette!(
-            help = "`shardplan check` lists the tensors; names are matched exactly",
+            help = "names are matched exactly, as listed under `tensors:` in the spec",
             "no tensor `{tensor}` in {}",
             path.display()
         )
@@ -262,7 +273,7 @@ fn show(path: &Path, strategy: &str, tensor: &str, width: usize) -> miette::Resu
         max_width: width,
         max_height: 60,
     };
-    println!("{}", shardplan::show::draw_holdings(layout, &cfg));
+    emit(&(shardplan::show::draw_holdings(layout, &cfg) + "\n"));
     Ok(ExitCode::SUCCESS)
 }
 
@@ -376,7 +387,7 @@ fn plan(
                 s.total_bytes
             );
         }
-        None => print!("{text}"),
+        None => emit(&text),
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -429,7 +440,7 @@ fn explain(path: &Path, ends: &Ends, tensor: &str) -> miette::Result<ExitCode> {
     let (src, dst) = strategy_pair(&spec, ends, path)?;
     if src.tensor(tensor).is_none() {
         return Err(miette::miette!(
-            help = "`shardplan check` lists the tensors; names are matched exactly",
+            help = "names are matched exactly, as listed under `tensors:` in the spec",
             "no tensor `{tensor}` in {}",
             path.display()
         ));
@@ -439,6 +450,12 @@ fn explain(path: &Path, ends: &Ends, tensor: &str) -> miette::Result<ExitCode> {
         tensors: Some(vec![tensor.to_string()]),
     };
     let plan = plan_transfer(src, dst, &config)?;
-    print!("{}", report::explain_tensor(src, dst, &plan.tensors[0]));
+    emit(&report::explain_tensor(src, dst, &plan.tensors[0]));
     Ok(ExitCode::SUCCESS)
+}
+
+/// Writes to stdout; a closed pipe (`| head`) ends the output quietly
+/// instead of panicking.
+fn emit(text: &str) {
+    let _ = std::io::stdout().lock().write_all(text.as_bytes());
 }

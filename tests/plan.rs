@@ -55,7 +55,7 @@ fn layout(
                     0 if !shape.is_empty() => {}
                     1 => cfg.pin.push((axis.name.clone(), coord % axis.size)),
                     r if !shape.is_empty() && *r >= 2 => {
-                        let d = (*r as usize + *coord as usize) % shape.len();
+                        let d = (*r + *coord as usize) % shape.len();
                         cfg.dims[d].axes.push(axis.name.clone());
                     }
                     _ => {}

@@ -196,3 +196,41 @@ strategies:
         "s w: [y, on] on [y=2, on=2]",
     );
 }
+
+#[test]
+fn notations_follow_stages() {
+    // Placements skip the stage axis; MindSpore layouts take their stage
+    // from the layer index.
+    check(
+        r#"
+version: 1
+meshes: {m: {shape: [2, 2], axes: [pp, tp]}}
+tensors:
+  - {name: layers.0.a, shape: [4, 4], dtype: f32}
+  - {name: layers.1.b, shape: [4, 4], dtype: f32}
+  - {name: layers.1.c, shape: [4, 4], dtype: f32}
+strategies:
+  s:
+    mesh: m
+    stages: {axis: pp, layer: "layers.{}.*", layers_per_stage: 1}
+    rules:
+      - {match: "*.a", placements: ["Shard(1)"]}
+      - {match: "*.b", mindspore: {dev_matrix: [2], tensor_map: [0, -1]}}
+      - {match: "*.c", spec: "P(None, 'tp')"}
+"#,
+        "
+s layers.0.a: [-, tp] at pp=0 on [pp=2, tp=2]
+s layers.1.b: [d0, -] at stage=1 on [stage=2, d0=2]
+s layers.1.c: [-, tp] at pp=1 on [pp=2, tp=2]",
+    );
+    let partial_replicated = "version: 1\nmeshes: {m: {shape: [2], axes: [dp]}}\ntensors: [{name: w, shape: [4], dtype: f32}]\nstrategies:\n  s: {mesh: m, rules: [{match: w, dims: replicated, partial: [dp]}]}\n";
+    check_codes(partial_replicated, &DEFAULT_BUDGET, &["rule_form"]);
+    let bad_map = "version: 1\nmeshes: {m: {shape: [2], axes: [dp]}}\ntensors: [{name: w, shape: [4], dtype: f32}]\nstrategies:\n  s: {mesh: m, rules: [{match: w, mindspore: {dev_matrix: [2], tensor_map: [x]}}]}\n";
+    let (_, diags) = parse_spec("t.yaml", bad_map);
+    assert_eq!(diags[0].code.short(), "wrong_type");
+    assert!(
+        !diags[0].message.contains("RawMapEntry"),
+        "{}",
+        diags[0].message
+    );
+}

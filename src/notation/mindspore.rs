@@ -195,7 +195,7 @@ impl MindSporeLayout {
                     format!(
                         "opt_weight_shard_size {size} does not divide into the {r} ranks that hold each model-parallel slice"
                     ),
-                    "the optimizer shard size must divide the product of the replicated device-matrix axes",
+                    "the optimizer shard takes whole replicated axes from the innermost outwards, then a divisor of the next one; pick a size that fits",
                 ));
             }
             // Step check: the rank stride of the innermost axis used.

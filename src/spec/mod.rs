@@ -52,7 +52,7 @@ pub const DEFAULT_BUDGET: SpecBudget = SpecBudget {
     max_depth: 32,
     max_nodes: 1_000_000,
     max_aliases: 1_000,
-    max_tensors: 200_000,
+    max_tensors: 100_000,
     max_rules: 10_000,
 };
 
@@ -253,10 +253,11 @@ impl Cx {
             | E::InvalidScalar { .. }
             | E::NullIntoString { .. }
             | E::InvalidBooleanStrict { .. }
+            | E::Unexpected { .. }
             | E::Message { .. } => (
                 DiagCode::WrongType,
                 "wrong type",
-                "check the value against docs/spec.md (numbers are unquoted, names are strings, lists use [..])",
+                "check the value against docs/spec.md: sizes are integers, names are strings, lists use [..]",
             ),
             _ => (
                 DiagCode::Syntax,
@@ -821,7 +822,22 @@ impl Cx {
         let mut replicated = false;
         if let Some(d) = &r.dims {
             match &d.value {
-                RawDims::Replicated(word) if word == "replicated" => replicated = true,
+                RawDims::Replicated(word) if word == "replicated" => {
+                    if r.split.is_some() || r.partial.is_some() {
+                        self.error(
+                            DiagCode::RuleForm,
+                            pspan,
+                            format!(
+                                "rule `{}`: `split` and `partial` need one `dims` entry per dimension, not `replicated`",
+                                r.pattern.value
+                            ),
+                            "layout form",
+                            "write dims as a list, e.g. [null, null] with partial: [dp]",
+                        );
+                        return None;
+                    }
+                    replicated = true;
+                }
                 RawDims::Replicated(word) => {
                     self.error(
                         DiagCode::WrongType,
@@ -953,42 +969,9 @@ impl Cx {
         } else if replicated {
             Form::Replicated
         } else if let Some(ms) = &r.mindspore {
-            // A MindSpore layout spans one stage: the pin, if any, must be
-            // the mesh's first axis and the device matrix the rest.
-            let stage = match pin.as_slice() {
-                [] => None,
-                [(axis, c)] if mesh.axis_index(axis) == Some(0) => Some((*c, mesh.axis_size(0))),
-                _ => {
-                    self.error(
-                        DiagCode::Notation,
-                        span_of(r.at.as_ref().expect("pin comes from at")),
-                        "a MindSpore layout can only be pinned on the first mesh axis (its pipeline stage)".into(),
-                        "pin",
-                        "put the pipeline axis first in the mesh",
-                    );
-                    return None;
-                }
-            };
-            let (stage, stage_count) = stage.unwrap_or((0, 1));
-            let product = ms
-                .value
-                .dev_matrix
-                .iter()
-                .try_fold(1u64, |a, &b| a.checked_mul(b));
-            if product != Some(mesh.rank_count() / stage_count) {
-                self.error(
-                    DiagCode::Notation,
-                    span_of(ms),
-                    format!(
-                        "dev_matrix {:?} does not span the {} ranks of a stage of mesh {mesh}",
-                        ms.value.dev_matrix,
-                        mesh.rank_count() / stage_count
-                    ),
-                    "device matrix",
-                    "the product of dev_matrix must equal the ranks per stage",
-                );
-                return None;
-            }
+            // The stage (from `at` or `stages`) and the device matrix are
+            // checked per tensor, once the stage is known.
+            let (stage, stage_count) = (0, 1);
             Form::MindSpore(
                 MindSporeLayout {
                     dev_matrix: ms.value.dev_matrix.clone(),
@@ -1026,17 +1009,20 @@ impl Cx {
                     }
                 }
             }
-            let free = mesh.axes().len() - pin.len();
+            // Pinned axes and the stage axis take no placement.
+            let free = mesh
+                .axes()
+                .iter()
+                .filter(|a| !pin.iter().any(|(n, _)| *n == a.name))
+                .filter(|a| stages.is_none_or(|st| st.axis_name != a.name))
+                .count();
             if v.len() != free {
                 self.error(
                     DiagCode::Notation,
                     span_of(p),
-                    format!(
-                        "{} placements for {free} mesh axes not pinned by `at`",
-                        v.len()
-                    ),
+                    format!("{} placements for {free} mesh axes that are neither pinned by `at` nor the stage axis", v.len()),
                     "placement count",
-                    "give one placement per mesh axis, in mesh order, skipping pinned axes",
+                    "give one placement per mesh axis, in mesh order, skipping pinned axes and the stage axis",
                 );
                 return None;
             }
@@ -1224,27 +1210,62 @@ impl Rule {
                 };
                 TensorLayout::new(mesh.clone(), &t.shape, &cfg).map_err(fail)
             }
-            Form::MindSpore(ms, _) => {
-                // The MindSpore layout carries its own mesh (its device
-                // matrix and stage); the rule's pin is already its stage.
+            Form::MindSpore(ms, span) => {
+                // A MindSpore layout spans one stage: the pin, if any, must
+                // be on the mesh's first axis, and the device matrix covers
+                // the ranks of one stage.
+                let mut ms = ms.clone();
+                match pin.as_slice() {
+                    [] => {}
+                    [(axis, c)] if mesh.axis_index(axis) == Some(0) => {
+                        ms.stage = *c;
+                        ms.stage_count = mesh.axis_size(0);
+                    }
+                    _ => {
+                        return Err(Failure {
+                            code: DiagCode::Notation,
+                            span: *span,
+                            message: format!(
+                                "rule `{}` on tensor `{}`: a MindSpore layout can only be pinned on the first mesh axis (its pipeline stage)",
+                                self.pattern, t.name
+                            ),
+                            label: "pin".into(),
+                            help: "put the pipeline axis first in the mesh".into(),
+                        });
+                    }
+                }
+                let per_stage = mesh.rank_count() / ms.stage_count;
+                let product = ms
+                    .dev_matrix
+                    .iter()
+                    .try_fold(1u64, |a, &b| a.checked_mul(b));
+                if product != Some(per_stage) {
+                    return Err(Failure {
+                        code: DiagCode::Notation,
+                        span: *span,
+                        message: format!(
+                            "rule `{}` on tensor `{}`: dev_matrix {:?} does not span the {per_stage} ranks of a stage of mesh {mesh}",
+                            self.pattern, t.name, ms.dev_matrix
+                        ),
+                        label: "device matrix".into(),
+                        help: "the product of dev_matrix must equal the ranks per stage".into(),
+                    });
+                }
                 ms.to_layout(&t.shape).map_err(fail)
             }
             Form::Placements(p, _) => {
-                // Pinned axes take no placement: rebuild on the free axes.
-                let free: Vec<(String, u64)> = mesh
-                    .axes()
-                    .iter()
-                    .filter(|a| !pin.iter().any(|(n, _)| *n == a.name))
-                    .map(|a| (a.name.clone(), a.size))
-                    .collect();
+                // Axes pinned by `at` and the stage axis take no placement.
+                let stage_axis = stages.map(|st| st.axis_name.as_str());
                 let mut full = Vec::with_capacity(mesh.axes().len());
                 let mut it = p.iter();
                 for a in mesh.axes() {
-                    if free.iter().any(|(n, _)| *n == a.name) {
-                        full.push(*it.next().unwrap_or(&Placement::Replicate));
+                    let takes = !self.pin.iter().any(|(n, _)| *n == a.name)
+                        && stage_axis != Some(a.name.as_str());
+                    full.push(if takes {
+                        *it.next().unwrap_or(&Placement::Replicate)
                     } else {
-                        full.push(Placement::Replicate);
-                    }
+                        Placement::Replicate
+                    });
                 }
                 dtensor::to_layout(mesh.clone(), &t.shape, &full)
                     .and_then(with_pin)

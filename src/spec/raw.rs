@@ -83,11 +83,38 @@ pub(crate) struct RawMindSpore {
 }
 
 /// A tensor-map entry: `-1`, `k`, or a nested list `[k1, k2]`.
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
+#[derive(Debug)]
 pub(crate) enum RawMapEntry {
     One(i64),
     Many(Vec<i64>),
+}
+
+impl<'de> Deserialize<'de> for RawMapEntry {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = RawMapEntry;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a tensor-map entry: -1, an axis index, or a list of axis indices")
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<RawMapEntry, E> {
+                Ok(RawMapEntry::One(v))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<RawMapEntry, E> {
+                i64::try_from(v)
+                    .map(RawMapEntry::One)
+                    .map_err(|_| E::custom("tensor-map entry out of range"))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut a: A) -> Result<RawMapEntry, A::Error> {
+                let mut out = Vec::new();
+                while let Some(x) = a.next_element::<i64>()? {
+                    out.push(x);
+                }
+                Ok(RawMapEntry::Many(out))
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 #[derive(Debug, Deserialize)]
