@@ -68,7 +68,7 @@ fn layout(
                     .map(|a| mesh.axis_size(mesh.axis_index(a).unwrap()))
                     .product();
                 cfg.dims[d].policy = match p {
-                    _ if shape[d] % n == 0 && *p == 0 => SplitPolicy::Even,
+                    _ if shape[d].is_multiple_of(n) && *p == 0 => SplitPolicy::Even,
                     1 => SplitPolicy::Balanced,
                     _ => SplitPolicy::Chunk,
                 };
