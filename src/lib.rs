@@ -57,6 +57,7 @@
 mod bounds;
 mod dtype;
 mod error;
+mod execute;
 mod geometry;
 mod layout;
 mod mesh;
@@ -68,6 +69,7 @@ mod verify;
 pub use bounds::volume_lower_bound;
 pub use dtype::{DType, UnknownDType};
 pub use error::LayoutError;
+pub use execute::{ExecError, ExecStats, ShardStore, execute_plan, synthetic_element};
 pub use geometry::{MAX_ELEMENTS, Region, element_count};
 pub use layout::{DimLayout, DimSplit, LayoutConfig, SplitPolicy, TensorLayout};
 pub use mesh::{DeviceMesh, MAX_RANKS, MeshAxis};

@@ -128,6 +128,25 @@ pub fn verify_plan(
         local_bytes: 0,
     };
     let mut bound = 0u64;
+    if plan.src_ranks != src.mesh().rank_count() || plan.dst_ranks != dst.mesh().rank_count() {
+        return Err(PlanDefect::Tensor {
+            tensor: String::new(),
+            reason: format!(
+                "the plan connects {} to {} ranks, the strategies {} to {}",
+                plan.src_ranks,
+                plan.dst_ranks,
+                src.mesh().rank_count(),
+                dst.mesh().rank_count()
+            ),
+        });
+    }
+    let mut seen = std::collections::HashSet::new();
+    if let Some(t) = plan.tensors.iter().find(|t| !seen.insert(t.name.as_str())) {
+        return Err(PlanDefect::Tensor {
+            tensor: t.name.clone(),
+            reason: "listed twice in the plan".into(),
+        });
+    }
     let src_device: HashMap<u64, u64> = (0..src.mesh().rank_count())
         .map(|r| (src.mesh().device_of(r).unwrap_or(r), r))
         .collect();
@@ -286,6 +305,13 @@ pub fn verify_plan(
     if out.network_bytes != bound {
         return Err(PlanDefect::Volume {
             moved: out.network_bytes,
+            bound,
+        });
+    }
+    // The bound the plan reports must be the true one.
+    if plan.lower_bound_bytes != bound {
+        return Err(PlanDefect::Volume {
+            moved: plan.lower_bound_bytes,
             bound,
         });
     }

@@ -381,3 +381,25 @@ fn verifier_sweeps_many_pieces() {
     let err = verify_plan(&bad, &src, &dst).unwrap_err();
     assert!(matches!(err, PlanDefect::Overlap { .. }), "{err}");
 }
+
+#[test]
+fn forged_plans_are_rejected() {
+    let (src, dst, p) = example();
+    let mut twice = p.clone();
+    twice.tensors.push(p.tensors[0].clone());
+    assert!(
+        verify_plan(&twice, &src, &dst)
+            .unwrap_err()
+            .to_string()
+            .contains("listed twice")
+    );
+    let mut bound = p.clone();
+    bound.lower_bound_bytes += 1;
+    assert!(matches!(
+        verify_plan(&bound, &src, &dst),
+        Err(PlanDefect::Volume { .. })
+    ));
+    let mut ranks = p.clone();
+    ranks.src_ranks = 99;
+    assert!(verify_plan(&ranks, &src, &dst).is_err());
+}

@@ -94,7 +94,7 @@ struct PieceJson {
 
 /// A plan file that cannot be read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, miette::Diagnostic)]
-#[error("{file}:{line}:{column}: {message}")]
+#[error("{}{message}", place(file, *line, *column))]
 #[diagnostic(
     code(shardplan::formats::plan_json),
     help(
@@ -110,6 +110,14 @@ pub struct PlanFileError {
     pub column: usize,
     /// What is wrong.
     pub message: String,
+}
+
+fn place(file: &str, line: usize, column: usize) -> String {
+    if line == 0 {
+        format!("{file}: ")
+    } else {
+        format!("{file}:{line}:{column}: ")
+    }
 }
 
 /// The plan as JSON (pretty-printed).
@@ -201,6 +209,22 @@ pub fn from_json(file: &str, text: &str) -> Result<SlicePlan, PlanFileError> {
         column,
         message,
     };
+    // The version first: a newer file may have fields this reader lacks.
+    if let Ok(v) = serde_json::from_str::<serde_json::Value>(text) {
+        let format = v.get("format").and_then(|f| f.as_str());
+        let version = v.get("version").and_then(|f| f.as_u64());
+        if let (Some(f), Some(n)) = (format, version) {
+            if f != FORMAT || n != u64::from(VERSION) {
+                return Err(err(
+                    0,
+                    0,
+                    format!(
+                        "format `{f}` version {n}: this shardplan reads `{FORMAT}` version {VERSION}"
+                    ),
+                ));
+            }
+        }
+    }
     let f: PlanFile = serde_json::from_str(text).map_err(|e| {
         let mut m = e.to_string();
         if let Some(i) = m.rfind(" at line ") {
