@@ -213,16 +213,16 @@ pub fn from_json(file: &str, text: &str) -> Result<SlicePlan, PlanFileError> {
     if let Ok(v) = serde_json::from_str::<serde_json::Value>(text) {
         let format = v.get("format").and_then(|f| f.as_str());
         let version = v.get("version").and_then(|f| f.as_u64());
-        if let (Some(f), Some(n)) = (format, version) {
-            if f != FORMAT || n != u64::from(VERSION) {
-                return Err(err(
-                    0,
-                    0,
-                    format!(
-                        "format `{f}` version {n}: this shardplan reads `{FORMAT}` version {VERSION}"
-                    ),
-                ));
-            }
+        if let (Some(f), Some(n)) = (format, version)
+            && (f != FORMAT || n != u64::from(VERSION))
+        {
+            return Err(err(
+                0,
+                0,
+                format!(
+                    "format `{f}` version {n}: this shardplan reads `{FORMAT}` version {VERSION}"
+                ),
+            ));
         }
     }
     let f: PlanFile = serde_json::from_str(text).map_err(|e| {
