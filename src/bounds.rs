@@ -30,8 +30,17 @@ pub fn volume_lower_bound(src: &Strategy, dst: &Strategy, tensors: &[&str]) -> u
                 .and_then(|&s| sl.region_of(s))
                 .and_then(|have| have.intersect(&need))
                 .map_or(0, |r| r.volume());
-            total = total
-                .saturating_add((need.volume() - held).saturating_mul(info.dtype.size_bytes()));
+            // A partial source sends one summand per term; the own device
+            // holds at most one of them.
+            let terms: u64 = sl
+                .partial()
+                .iter()
+                .map(|&a| sl.mesh().axis_size(a))
+                .product();
+            total = total.saturating_add(
+                (need.volume().saturating_mul(terms) - held)
+                    .saturating_mul(info.dtype.size_bytes()),
+            );
         }
     }
     total

@@ -5,6 +5,7 @@
 //! destination buffer; bytes are moved, never converted. Copies go straight
 //! from source to destination, each byte once.
 
+use crate::dtype::DType;
 use crate::geometry::Region;
 use crate::plan::{Piece, SlicePlan};
 use crate::strategy::Strategy;
@@ -62,7 +63,7 @@ pub enum ExecError {
 impl ShardStore {
     /// Zeroed buffers for every rank's part of every tensor of `strategy`.
     pub fn zeroed(strategy: &Strategy) -> Self {
-        Self::build(strategy, |_, _, region, size| {
+        Self::build(strategy, |_, _, region, size, _| {
             vec![0u8; (region.volume() * size) as usize]
         })
     }
@@ -71,11 +72,19 @@ impl ShardStore {
     /// [`synthetic_element`]): each rank holds exactly the slice its layout
     /// assigns.
     pub fn synthetic(strategy: &Strategy) -> Self {
-        Self::build(strategy, |t, info, region, size| {
+        Self::build(strategy, |t, info, region, size, term| {
             let mut buf = Vec::with_capacity((region.volume() * size) as usize);
             for_each_index(region, |idx| {
                 let flat = flat_index(&info.shape, idx);
-                buf.extend_from_slice(&synthetic_element(t as u64, flat, size as usize));
+                match term {
+                    None => {
+                        buf.extend_from_slice(&synthetic_element(t as u64, flat, size as usize))
+                    }
+                    Some(term) => buf.extend_from_slice(&encode_small(
+                        info.dtype,
+                        partial_term_value(t as u64, flat, term),
+                    )),
+                }
             });
             buf
         })
@@ -83,7 +92,7 @@ impl ShardStore {
 
     fn build(
         strategy: &Strategy,
-        mut fill: impl FnMut(usize, &crate::strategy::TensorInfo, &Region, u64) -> Vec<u8>,
+        mut fill: impl FnMut(usize, &crate::strategy::TensorInfo, &Region, u64, Option<u64>) -> Vec<u8>,
     ) -> Self {
         let ranks = strategy.mesh().rank_count();
         let mut buffers = Vec::new();
@@ -96,9 +105,26 @@ impl ShardStore {
         {
             let size = info.dtype.size_bytes();
             let rs: Vec<Option<Region>> = (0..ranks).map(|r| layout.region_of(r)).collect();
+            // For a partial layout, the linear index of the term each rank holds.
+            let term = |r: u64| -> Option<u64> {
+                if layout.partial().is_empty() {
+                    return None;
+                }
+                let c = layout.mesh().coords(r).ok()?;
+                Some(
+                    layout
+                        .partial()
+                        .iter()
+                        .fold(0, |acc, &a| acc * layout.mesh().axis_size(a) + c[a]),
+                )
+            };
             buffers.push(
                 rs.iter()
-                    .map(|r| r.as_ref().map(|region| fill(t, info, region, size)))
+                    .enumerate()
+                    .map(|(r, reg)| {
+                        reg.as_ref()
+                            .map(|region| fill(t, info, region, size, term(r as u64)))
+                    })
                     .collect(),
             );
             regions.push(rs);
@@ -133,15 +159,28 @@ impl ShardStore {
         self.names.iter().position(|n| n == name)
     }
 
-    /// Checks that every buffer holds exactly the synthetic slice its
-    /// layout assigns.
+    /// Checks that every buffer of `strategy` holds exactly the slice its
+    /// layout assigns of the synthetic tensors that [`ShardStore::synthetic`]
+    /// built for `source` (for a tensor the source holds as partial sums,
+    /// the sum of its terms).
     ///
     /// # Errors
     ///
     /// [`ExecError::WrongElement`] at the first element that differs.
-    pub fn check_synthetic(&self, strategy: &Strategy) -> Result<(), ExecError> {
+    pub fn check_synthetic(&self, strategy: &Strategy, source: &Strategy) -> Result<(), ExecError> {
         for (t, info) in strategy.tensors().iter().enumerate() {
             let size = info.dtype.size_bytes() as usize;
+            let src_t = source
+                .tensors()
+                .iter()
+                .position(|x| x.name == info.name)
+                .unwrap_or(t);
+            let terms: u64 = source
+                .layout(&info.name)
+                .filter(|l| !l.partial().is_empty())
+                .map_or(0, |l| {
+                    l.partial().iter().map(|&a| l.mesh().axis_size(a)).product()
+                });
             for (rank, buf) in self.buffers[t].iter().enumerate() {
                 let (Some(buf), Some(region)) = (buf, &self.regions[t][rank]) else {
                     continue;
@@ -152,7 +191,15 @@ impl ShardStore {
                     if err.is_some() {
                         return;
                     }
-                    let want = synthetic_element(t as u64, flat_index(&info.shape, idx), size);
+                    let flat = flat_index(&info.shape, idx);
+                    let want = if terms == 0 {
+                        synthetic_element(src_t as u64, flat, size)
+                    } else {
+                        let sum: u64 = (0..terms)
+                            .map(|k| partial_term_value(src_t as u64, flat, k))
+                            .sum();
+                        encode_small(info.dtype, sum)
+                    };
                     let got = &buf[pos..pos + size];
                     if got != want.as_slice() {
                         err = Some(ExecError::WrongElement {
@@ -171,6 +218,25 @@ impl ShardStore {
             }
         }
         Ok(())
+    }
+}
+
+/// The value partial term `term` holds at element `flat` of tensor
+/// `tensor`: a small integer, so that sums of a few terms are exact in
+/// every dtype (bf16 included).
+pub fn partial_term_value(tensor: u64, flat: u64, term: u64) -> u64 {
+    (flat.wrapping_mul(3) + tensor.wrapping_mul(5) + term * 7) % 32
+}
+
+/// A small non-negative integer in `dtype`'s bytes.
+fn encode_small(dtype: DType, v: u64) -> Vec<u8> {
+    match dtype {
+        DType::F64 => (v as f64).to_le_bytes().to_vec(),
+        DType::F32 => (v as f32).to_le_bytes().to_vec(),
+        DType::F16 => half::f16::from_f64(v as f64).to_le_bytes().to_vec(),
+        DType::BF16 => half::bf16::from_f64(v as f64).to_le_bytes().to_vec(),
+        DType::Bool => vec![u8::from(v != 0)],
+        other => v.to_le_bytes()[..other.size_bytes() as usize].to_vec(),
     }
 }
 
@@ -259,6 +325,10 @@ pub fn execute_plan(
             .tensor_index(&t.name)
             .ok_or_else(|| mismatch("not in the destination store".into()))?;
         let size = t.dtype.size_bytes() as usize;
+        if t.pieces.iter().any(|p| p.reduce) {
+            stats = reduce_tensor(t, si, di, src, dst, stats)?;
+            continue;
+        }
         for p in &t.pieces {
             let (Some(sbuf), Some(sreg)) = (src.buffer(si, p.src_rank), src.region(si, p.src_rank))
             else {
@@ -309,8 +379,6 @@ fn fits(p: &Piece, sreg: &Region, dreg: &Region) -> bool {
 
 /// Copies box `extent` from `src` (a row-major array of shape `src_shape`,
 /// starting at `src_off`) into `dst` (shape `dst_shape`, at `dst_off`).
-/// Trailing dimensions that are whole in both arrays are fused into one
-/// contiguous run, so a row-split copy is a single `copy_from_slice`.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn copy_box(
     src: &[u8],
@@ -322,21 +390,41 @@ pub(crate) fn copy_box(
     extent: &[u64],
     size: usize,
 ) {
+    for_each_run(
+        src_shape,
+        src_off,
+        dst_shape,
+        dst_off,
+        extent,
+        |so, dof, run| {
+            dst[dof * size..(dof + run) * size].copy_from_slice(&src[so * size..(so + run) * size]);
+        },
+    );
+}
+
+/// Calls `f(src_element, dst_element, run)` for each contiguous run of a
+/// box copy between two row-major arrays. Trailing dimensions that are
+/// whole in both arrays are fused into one run, so a row-split copy is a
+/// single run.
+fn for_each_run(
+    src_shape: &[u64],
+    src_off: &[u64],
+    dst_shape: &[u64],
+    dst_off: &[u64],
+    extent: &[u64],
+    mut f: impl FnMut(usize, usize, usize),
+) {
     let n = extent.len();
     if n == 0 {
-        dst[..size].copy_from_slice(&src[..size]);
+        f(0, 0, 1);
         return;
     }
-    // Fuse trailing dims: run = product of extents from `split` on, where
-    // every fused dim spans both arrays whole.
     let mut split = n - 1;
     let mut run = extent[n - 1] as usize;
     while split > 0 && extent[split] == src_shape[split] && extent[split] == dst_shape[split] {
         split -= 1;
         run *= extent[split] as usize;
     }
-    let run_bytes = run * size;
-    // Strides in elements.
     let strides = |shape: &[u64]| {
         let mut s = vec![1usize; n];
         for k in (0..n - 1).rev() {
@@ -351,25 +439,11 @@ pub(crate) fn copy_box(
             .map(|(o, s)| *o as usize * s)
             .sum::<usize>()
     };
-    let (s0, d0) = (start(src_off, &ss), start(dst_off, &ds));
-    // Odometer over the dims before `split`.
-    let outer: Vec<u64> = extent[..split].to_vec();
+    let (mut so, mut dof) = (start(src_off, &ss), start(dst_off, &ds));
     let mut idx = vec![0u64; split];
     loop {
-        let so = s0
-            + idx
-                .iter()
-                .zip(&ss)
-                .map(|(i, s)| *i as usize * s)
-                .sum::<usize>();
-        let dof = d0
-            + idx
-                .iter()
-                .zip(&ds)
-                .map(|(i, s)| *i as usize * s)
-                .sum::<usize>();
-        dst[dof * size..dof * size + run_bytes]
-            .copy_from_slice(&src[so * size..so * size + run_bytes]);
+        f(so, dof, run);
+        // Odometer over the dims before `split`, offsets kept incrementally.
         let mut k = split;
         loop {
             if k == 0 {
@@ -377,10 +451,140 @@ pub(crate) fn copy_box(
             }
             k -= 1;
             idx[k] += 1;
-            if idx[k] < outer[k] {
+            so += ss[k];
+            dof += ds[k];
+            if idx[k] < extent[k] {
                 break;
             }
+            so -= ss[k] * extent[k] as usize;
+            dof -= ds[k] * extent[k] as usize;
             idx[k] = 0;
+        }
+    }
+}
+
+/// Executes the pieces of a tensor whose source holds partial sums: each
+/// destination buffer is the sum of its pieces, accumulated in f32 for
+/// f16/bf16, in the type itself for f32/f64, and with wrapping arithmetic
+/// for integers.
+fn reduce_tensor(
+    t: &crate::plan::TensorPlan,
+    si: usize,
+    di: usize,
+    src: &ShardStore,
+    dst: &mut ShardStore,
+    mut stats: ExecStats,
+) -> Result<ExecStats, ExecError> {
+    let mismatch = |reason: String| ExecError::Mismatch {
+        tensor: t.name.clone(),
+        reason,
+    };
+    if t.dtype == DType::Bool {
+        return Err(mismatch("partial sums of bool cannot be reduced".into()));
+    }
+    let mut by_dst: std::collections::BTreeMap<u64, Vec<&Piece>> = Default::default();
+    for p in &t.pieces {
+        by_dst.entry(p.dst_rank).or_default().push(p);
+    }
+    let size = t.dtype.size_bytes() as usize;
+    for (d, pieces) in by_dst {
+        let dreg = dst
+            .region(di, d)
+            .cloned()
+            .ok_or_else(|| mismatch(format!("destination rank {d} holds no buffer")))?;
+        let mut acc = Accumulator::new(t.dtype, dreg.volume() as usize);
+        for p in pieces {
+            let (Some(sbuf), Some(sreg)) = (src.buffer(si, p.src_rank), src.region(si, p.src_rank))
+            else {
+                return Err(mismatch(format!(
+                    "source rank {} holds no buffer",
+                    p.src_rank
+                )));
+            };
+            if !fits(p, sreg, &dreg) {
+                return Err(mismatch(format!(
+                    "piece {} from rank {} to rank {} falls outside a buffer",
+                    p.dst_box, p.src_rank, p.dst_rank
+                )));
+            }
+            let (e, so, dofs) = (p.dst_box.extent(), p.src_box.offset(), &p.dst_local_offset);
+            for_each_run(sreg.extent(), so, dreg.extent(), dofs, e, |s0, d0, run| {
+                acc.add(&sbuf[s0 * size..(s0 + run) * size], d0);
+            });
+            stats.pieces += 1;
+            stats.bytes += p.dst_box.volume() * size as u64;
+        }
+        acc.write(dst.buffer_mut(di, d).expect("region implies buffer"));
+    }
+    Ok(stats)
+}
+
+/// Running sums of one destination buffer.
+enum Accumulator {
+    F32(Vec<f32>, DType),
+    F64(Vec<f64>),
+    Int(Vec<i64>, usize),
+}
+
+impl Accumulator {
+    fn new(dtype: DType, n: usize) -> Self {
+        match dtype {
+            DType::F32 | DType::F16 | DType::BF16 => Accumulator::F32(vec![0.0; n], dtype),
+            DType::F64 => Accumulator::F64(vec![0.0; n]),
+            other => Accumulator::Int(vec![0; n], other.size_bytes() as usize),
+        }
+    }
+
+    /// Adds the elements in `bytes` at element offset `at`.
+    fn add(&mut self, bytes: &[u8], at: usize) {
+        match self {
+            Accumulator::F32(acc, dtype) => {
+                let w = dtype.size_bytes() as usize;
+                for (i, c) in bytes.chunks_exact(w).enumerate() {
+                    acc[at + i] += match dtype {
+                        DType::F16 => half::f16::from_le_bytes([c[0], c[1]]).to_f32(),
+                        DType::BF16 => half::bf16::from_le_bytes([c[0], c[1]]).to_f32(),
+                        _ => f32::from_le_bytes([c[0], c[1], c[2], c[3]]),
+                    };
+                }
+            }
+            Accumulator::F64(acc) => {
+                for (i, c) in bytes.chunks_exact(8).enumerate() {
+                    acc[at + i] += f64::from_le_bytes(c.try_into().expect("8 bytes"));
+                }
+            }
+            Accumulator::Int(acc, w) => {
+                for (i, c) in bytes.chunks_exact(*w).enumerate() {
+                    let mut b = [0u8; 8];
+                    b[..*w].copy_from_slice(c);
+                    acc[at + i] = acc[at + i].wrapping_add(i64::from_le_bytes(b));
+                }
+            }
+        }
+    }
+
+    fn write(&self, out: &mut [u8]) {
+        match self {
+            Accumulator::F32(acc, dtype) => {
+                let w = dtype.size_bytes() as usize;
+                for (v, o) in acc.iter().zip(out.chunks_exact_mut(w)) {
+                    match dtype {
+                        DType::F16 => o.copy_from_slice(&half::f16::from_f32(*v).to_le_bytes()),
+                        DType::BF16 => o.copy_from_slice(&half::bf16::from_f32(*v).to_le_bytes()),
+                        _ => o.copy_from_slice(&v.to_le_bytes()),
+                    }
+                }
+            }
+            Accumulator::F64(acc) => {
+                for (v, o) in acc.iter().zip(out.chunks_exact_mut(8)) {
+                    o.copy_from_slice(&v.to_le_bytes());
+                }
+            }
+            Accumulator::Int(acc, w) => {
+                for (v, o) in acc.iter().zip(out.chunks_exact_mut(*w)) {
+                    o.copy_from_slice(&v.to_le_bytes()[..*w]);
+                }
+            }
         }
     }
 }

@@ -24,6 +24,10 @@ pub struct Piece {
     /// True when source and destination run on the same device: a local
     /// copy that costs no network traffic.
     pub local: bool,
+    /// True when the source holds a partial sum: the destination adds the
+    /// box into its accumulator instead of storing it. A destination
+    /// element then receives one piece per partial term.
+    pub reduce: bool,
 }
 
 /// The pieces of one tensor.

@@ -64,13 +64,11 @@ pub enum PlanError {
         /// Shape and dtype in the destination.
         dst: String,
     },
-    /// Partial-sum layouts are not planned yet.
-    #[error(
-        "tensor `{tensor}` holds partial sums in strategy `{strategy}`; planning reductions is not supported yet"
-    )]
+    /// A destination layout with partial-sum axes.
+    #[error("tensor `{tensor}` holds partial sums in the destination strategy `{strategy}`")]
     #[diagnostic(
         code(shardplan::plan::partial),
-        help("reduce the partial sums in the source before planning")
+        help("a destination holds reduced values; drop `partial` from its layout")
     )]
     Partial {
         /// Tensor name.
@@ -194,20 +192,24 @@ pub fn plan_transfer(
                 }
                 let cell = Region::new(offset, extent);
                 let holders = sl.holders(cell.offset()).expect("cell inside the tensor");
-                match local_src.filter(|s| holders.contains(s)) {
-                    Some(s) => plan.pieces.push(piece(sl, dl, d, cell, s, true)),
-                    None => {
-                        let next = groups.len();
-                        let g = *group_of.entry(holders.clone()).or_insert(next);
-                        if g == next {
-                            groups.push(holders);
+                // One contribution per partial term (a single term when the
+                // source holds reduced values).
+                for holders in split_by_term(sl, holders) {
+                    match local_src.filter(|s| holders.contains(s)) {
+                        Some(s) => plan.pieces.push(piece(sl, dl, d, cell.clone(), s, true)),
+                        None => {
+                            let next = groups.len();
+                            let g = *group_of.entry(holders.clone()).or_insert(next);
+                            if g == next {
+                                groups.push(holders);
+                            }
+                            pending.push(Pending {
+                                tensor: ti,
+                                dst_rank: d,
+                                dst_box: cell.clone(),
+                                group: g,
+                            });
                         }
-                        pending.push(Pending {
-                            tensor: ti,
-                            dst_rank: d,
-                            dst_box: cell,
-                            group: g,
-                        });
                     }
                 }
             });
@@ -281,7 +283,23 @@ fn piece(
         dst_box,
         src_rank,
         local,
+        reduce: !sl.partial().is_empty(),
     }
+}
+
+/// Holders grouped by the partial term they hold (their coordinates on the
+/// partial axes), in term order.
+fn split_by_term(sl: &TensorLayout, holders: Vec<u64>) -> Vec<Vec<u64>> {
+    if sl.partial().is_empty() {
+        return vec![holders];
+    }
+    let mut terms: std::collections::BTreeMap<Vec<u64>, Vec<u64>> = Default::default();
+    for h in holders {
+        let c = sl.mesh().coords(h).expect("holder on the mesh");
+        let key = sl.partial().iter().map(|&a| c[a]).collect();
+        terms.entry(key).or_default().push(h);
+    }
+    terms.into_values().collect()
 }
 
 fn selected_tensors(
@@ -326,13 +344,11 @@ fn selected_tensors(
                 dst: format!("{} {:?}", d.dtype, d.shape),
             });
         }
-        for strategy in [src, dst] {
-            if !strategy.layout(name).expect("present").partial().is_empty() {
-                return Err(PlanError::Partial {
-                    tensor: name.clone(),
-                    strategy: strategy.name().to_string(),
-                });
-            }
+        if !dst.layout(name).expect("present").partial().is_empty() {
+            return Err(PlanError::Partial {
+                tensor: name.clone(),
+                strategy: dst.name().to_string(),
+            });
         }
     }
     Ok(names)
@@ -586,6 +602,7 @@ fn coalesce(pieces: &mut Vec<Piece>) {
                 let same_line = last.dst_rank == p.dst_rank
                     && last.src_rank == p.src_rank
                     && last.local == p.local
+                    && last.reduce == p.reduce
                     && (0..rank).all(|j| {
                         j == k
                             || (last.dst_box.offset()[j] == p.dst_box.offset()[j]

@@ -169,7 +169,27 @@ pub fn verify_plan(
         let sl = src.layout(&t.name).expect("tensor present");
         let dl = dst.layout(&t.name).expect("tensor present");
         let size = t.dtype.size_bytes();
-        let mut per_dst: BTreeMap<u64, Vec<&Region>> = BTreeMap::new();
+        // Boxes per destination rank and partial term (the source rank's
+        // coordinates on the partial axes; one empty term without them).
+        let mut per_dst: BTreeMap<(u64, Vec<u64>), Vec<&Region>> = BTreeMap::new();
+        let term_of = |rank: u64| -> Vec<u64> {
+            let c = sl.mesh().coords(rank).unwrap_or_default();
+            sl.partial()
+                .iter()
+                .map(|&a| c.get(a).copied().unwrap_or(0))
+                .collect()
+        };
+        let terms: Vec<Vec<u64>> = sl.partial().iter().fold(vec![Vec::new()], |acc, &a| {
+            acc.into_iter()
+                .flat_map(|t| {
+                    (0..sl.mesh().axis_size(a)).map(move |c| {
+                        let mut t = t.clone();
+                        t.push(c);
+                        t
+                    })
+                })
+                .collect()
+        });
         for p in &t.pieces {
             let bad = |reason: String| PlanDefect::Piece {
                 tensor: t.name.clone(),
@@ -267,30 +287,42 @@ pub fn verify_plan(
                 out.network_bytes += bytes;
             }
             out.pieces += 1;
-            per_dst.entry(p.dst_rank).or_default().push(&p.dst_box);
+            if p.reduce == sl.partial().is_empty() {
+                return Err(bad(format!(
+                    "op is {} but the source layout {} partial sums",
+                    if p.reduce { "sum" } else { "copy" },
+                    if p.reduce { "holds no" } else { "holds" }
+                )));
+            }
+            per_dst
+                .entry((p.dst_rank, term_of(p.src_rank)))
+                .or_default()
+                .push(&p.dst_box);
         }
         for d in 0..dst.mesh().rank_count() {
             let Some(need) = dl.region_of(d) else {
                 continue;
             };
-            let boxes = per_dst.remove(&d).unwrap_or_default();
-            if let Some((a, b)) = find_overlap(&boxes) {
-                return Err(PlanDefect::Overlap {
-                    tensor: t.name.clone(),
-                    dst_rank: d,
-                    first: a.clone(),
-                    second: b.clone(),
-                });
-            }
-            let covered: u64 = boxes.iter().map(|b| b.volume()).sum();
-            if covered != need.volume() {
-                return Err(PlanDefect::Uncovered {
-                    tensor: t.name.clone(),
-                    dst_rank: d,
-                    region: need.clone(),
-                    covered,
-                    needed: need.volume(),
-                });
+            for term in &terms {
+                let boxes = per_dst.remove(&(d, term.clone())).unwrap_or_default();
+                if let Some((a, b)) = find_overlap(&boxes) {
+                    return Err(PlanDefect::Overlap {
+                        tensor: t.name.clone(),
+                        dst_rank: d,
+                        first: a.clone(),
+                        second: b.clone(),
+                    });
+                }
+                let covered: u64 = boxes.iter().map(|b| b.volume()).sum();
+                if covered != need.volume() {
+                    return Err(PlanDefect::Uncovered {
+                        tensor: t.name.clone(),
+                        dst_rank: d,
+                        region: need.clone(),
+                        covered,
+                        needed: need.volume(),
+                    });
+                }
             }
             // What no plan can avoid sending: all but the same-device part.
             let device = dst.mesh().device_of(d).unwrap_or(d);
@@ -299,7 +331,7 @@ pub fn verify_plan(
                 .and_then(|&s| sl.region_of(s))
                 .and_then(|h| h.intersect(&need))
                 .map_or(0, |r| r.volume());
-            bound += (need.volume() - local) * size;
+            bound += (need.volume() * terms.len() as u64 - local) * size;
         }
     }
     if out.network_bytes != bound {

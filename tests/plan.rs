@@ -6,8 +6,9 @@ use std::sync::Arc;
 use proptest::prelude::*;
 use proptest::strategy::Strategy as _;
 use shardplan::{
-    DType, DeviceMesh, DimSplit, LayoutConfig, PlanConfig, PlanDefect, ReplicaChoice, SlicePlan,
-    SplitPolicy, Strategy, TensorInfo, TensorLayout, plan_transfer, verify_plan,
+    DType, DeviceMesh, DimSplit, LayoutConfig, PlanConfig, PlanDefect, ReplicaChoice, ShardStore,
+    SlicePlan, SplitPolicy, Strategy, TensorInfo, TensorLayout, execute_plan, plan_transfer,
+    verify_plan,
 };
 
 /// A random mesh of 1 to 3 axes and at most 16 ranks, maybe with device ids.
@@ -38,6 +39,7 @@ fn mesh() -> impl proptest::strategy::Strategy<Value = Arc<DeviceMesh>> {
 fn layout(
     mesh: Arc<DeviceMesh>,
     shape: Vec<u64>,
+    allow_partial: bool,
 ) -> impl proptest::strategy::Strategy<Value = TensorLayout> {
     let n = mesh.axes().len();
     (
@@ -54,6 +56,7 @@ fn layout(
                 match role {
                     0 if !shape.is_empty() => {}
                     1 => cfg.pin.push((axis.name.clone(), coord % axis.size)),
+                    4 if allow_partial && coord % 3 == 0 => cfg.partial.push(axis.name.clone()),
                     r if !shape.is_empty() && *r >= 2 => {
                         let d = (*r + *coord as usize) % shape.len();
                         cfg.dims[d].axes.push(axis.name.clone());
@@ -77,14 +80,27 @@ fn layout(
         })
 }
 
-const DTYPES: [DType; 4] = [DType::F32, DType::BF16, DType::I8, DType::F64];
+const DTYPES: [DType; 12] = [
+    DType::F64,
+    DType::F32,
+    DType::F16,
+    DType::BF16,
+    DType::I64,
+    DType::I32,
+    DType::I16,
+    DType::I8,
+    DType::U64,
+    DType::U32,
+    DType::U16,
+    DType::U8,
+];
 
 /// Two strategies over the same 1 to 3 random tensors.
 fn strategy_pair() -> impl proptest::strategy::Strategy<Value = (Strategy, Strategy)> {
     (
         mesh(),
         mesh(),
-        prop::collection::vec((prop::collection::vec(1u64..=9, 0..=3), 0usize..4), 1..=3),
+        prop::collection::vec((prop::collection::vec(1u64..=9, 0..=3), 0usize..12), 1..=3),
     )
         .prop_flat_map(|(sm, dm, tensors)| {
             let infos: Vec<TensorInfo> = tensors
@@ -98,11 +114,11 @@ fn strategy_pair() -> impl proptest::strategy::Strategy<Value = (Strategy, Strat
                 .collect();
             let sl: Vec<_> = infos
                 .iter()
-                .map(|t| layout(sm.clone(), t.shape.clone()))
+                .map(|t| layout(sm.clone(), t.shape.clone(), true))
                 .collect();
             let dl: Vec<_> = infos
                 .iter()
-                .map(|t| layout(dm.clone(), t.shape.clone()))
+                .map(|t| layout(dm.clone(), t.shape.clone(), false))
                 .collect();
             (Just(infos), Just(sm), Just(dm), sl, dl)
         })
@@ -208,6 +224,13 @@ proptest! {
             prop_assert_eq!(v.unwrap().network_bytes, s.lower_bound_bytes);
             // The largest send is never below its bound.
             prop_assert!(s.max_send_bytes >= s.max_send_lower_bound_bytes, "{s:?}");
+            // Executed on synthetic buffers, every destination holds exactly
+            // its slice (partial sources reduced).
+            let from = ShardStore::synthetic(&src);
+            let mut to = ShardStore::zeroed(&dst);
+            execute_plan(&p, &from, &mut to).unwrap();
+            let checked = to.check_synthetic(&dst, &src);
+            prop_assert!(checked.is_ok(), "{checked:?}");
             if choice == ReplicaChoice::Balance {
                 // Cells are cut only at whole rows, so a send may exceed the
                 // fractional optimum by less than one row per holder boundary.
@@ -402,4 +425,56 @@ fn forged_plans_are_rejected() {
     let mut ranks = p.clone();
     ranks.src_ranks = 99;
     assert!(verify_plan(&ranks, &src, &dst).is_err());
+}
+
+#[test]
+fn partial_sources_are_reduced() {
+    // Rows over tp, partial sums over dp (a gradient before its
+    // all-reduce): each destination element receives one summand per dp
+    // rank and adds them up.
+    for dtype in [DType::F32, DType::BF16, DType::F16, DType::F64, DType::I32] {
+        let t = TensorInfo {
+            name: "g".into(),
+            shape: vec![4, 3],
+            dtype,
+        };
+        let sm = Arc::new(DeviceMesh::new([("dp", 2), ("tp", 2)]).unwrap());
+        let dm = Arc::new(DeviceMesh::new([("tp", 2)]).unwrap());
+        let cfg = LayoutConfig {
+            dims: vec![DimSplit::over(["tp"]), DimSplit::none()],
+            partial: vec!["dp".into()],
+            pin: Vec::new(),
+        };
+        let sl = TensorLayout::new(sm.clone(), &t.shape, &cfg).unwrap();
+        let src = Strategy::new("grads", sm, vec![t.clone()], vec![sl]).unwrap();
+        let dst = Strategy::new(
+            "infer",
+            dm.clone(),
+            vec![t.clone()],
+            vec![rows(&dm, &t, &["tp"])],
+        )
+        .unwrap();
+        let p = plan(&src, &dst, ReplicaChoice::Balance);
+        verify_plan(&p, &src, &dst).unwrap();
+        assert!(p.tensors[0].pieces.iter().all(|pc| pc.reduce));
+        // Rank 0 holds rows 0..2 of term dp=0 locally and receives term
+        // dp=1 from rank 2; rank 1 likewise from ranks 1 (local) and 3.
+        let s = p.summary();
+        assert_eq!(
+            (s.total_bytes, s.local_bytes),
+            (6 * dtype.size_bytes() * 2, 6 * dtype.size_bytes() * 2)
+        );
+        let from = ShardStore::synthetic(&src);
+        let mut to = ShardStore::zeroed(&dst);
+        execute_plan(&p, &from, &mut to).unwrap();
+        to.check_synthetic(&dst, &src).unwrap();
+        // Dropping one summand leaves a wrong sum, and the check names it.
+        let mut short = p.clone();
+        short.tensors[0].pieces.retain(|pc| pc.src_rank != 2);
+        assert!(verify_plan(&short, &src, &dst).is_err());
+        let mut to = ShardStore::zeroed(&dst);
+        execute_plan(&short, &from, &mut to).unwrap();
+        let err = to.check_synthetic(&dst, &src).unwrap_err().to_string();
+        assert!(err.contains("tensor `g`, rank 0"), "{err}");
+    }
 }

@@ -90,6 +90,7 @@ struct PieceJson {
     extent: Vec<u64>,
     bytes: u64,
     local: bool,
+    op: String,
 }
 
 /// A plan file that cannot be read.
@@ -185,6 +186,7 @@ pub fn to_json(plan: &SlicePlan) -> String {
                         extent: p.dst_box.extent().to_vec(),
                         bytes: t.piece_bytes(p),
                         local: p.local,
+                        op: if p.reduce { "sum" } else { "copy" }.into(),
                     })
                     .collect(),
             })
@@ -283,6 +285,15 @@ pub fn from_json(file: &str, text: &str) -> Result<SlicePlan, PlanFileError> {
                     p.bytes, p.extent
                 )));
             }
+            let reduce = match p.op.as_str() {
+                "copy" => false,
+                "sum" => true,
+                other => {
+                    return Err(piece_err(&format!(
+                        "unknown op `{other}`; expected copy or sum"
+                    )));
+                }
+            };
             pieces.push(Piece {
                 dst_rank: p.dst_rank,
                 dst_box: Region::new(p.dst_offset, p.extent.clone()),
@@ -290,6 +301,7 @@ pub fn from_json(file: &str, text: &str) -> Result<SlicePlan, PlanFileError> {
                 src_rank: p.src_rank,
                 src_box: Region::new(p.src_offset, p.extent),
                 local: p.local,
+                reduce,
             });
         }
         tensors.push(TensorPlan {
