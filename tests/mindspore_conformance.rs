@@ -338,7 +338,7 @@ fn copy_through_strategy(case: &Value, side: &str) -> shardplan::Strategy {
             Some((s, e)) if laid_out(case, "src", name) => {
                 ms_layout(e, s, stages).to_layout(&shape).unwrap()
             }
-            None if side == "dst" && src_entry.is_some() && devices % src_devices == 0 => {
+            None if side == "dst" && src_entry.is_some() && devices.is_multiple_of(src_devices) => {
                 // The source slices, repeated over an outer axis.
                 let mut ms = ms_layout(src_entry.unwrap(), 0, 1);
                 ms.dev_matrix.insert(0, devices / src_devices);
