@@ -356,10 +356,11 @@ fn copy_through_strategy(case: &Value, side: &str) -> shardplan::Strategy {
     Strategy::new(side, mesh, infos, ls).unwrap()
 }
 
+/// Tensors of one rank: name to (shape, bytes).
+type RankTensors = std::collections::BTreeMap<String, (Vec<usize>, Vec<u8>)>;
+
 /// Every tensor of every `rank_<r>/*.safetensors` under `dir`, by rank.
-fn read_ranks(
-    dir: &Path,
-) -> std::collections::BTreeMap<u64, std::collections::BTreeMap<String, (Vec<usize>, Vec<u8>)>> {
+fn read_ranks(dir: &Path) -> std::collections::BTreeMap<u64, RankTensors> {
     let mut out = std::collections::BTreeMap::new();
     for entry in std::fs::read_dir(dir).unwrap() {
         let path = entry.unwrap().path();
