@@ -298,21 +298,45 @@ pub struct ExecStats {
     pub bytes: u64,
 }
 
-/// Carries out `plan`: for every piece, copies the box from the source
-/// rank's buffer in `src` into the destination rank's buffer in `dst`.
-/// `dst` may be reused across calls; every byte a plan covers is
-/// overwritten.
+/// How to execute a plan.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExecConfig {
+    /// Run the destination buffers in parallel (rayon, with the `parallel`
+    /// feature; without it, this is ignored and execution is sequential).
+    pub parallel: bool,
+}
+
+/// Carries out `plan` sequentially; see [`execute_plan_with`].
 ///
 /// # Errors
 ///
-/// [`ExecError::Mismatch`] when a piece names a tensor or rank the stores do
-/// not hold, or a box outside a buffer (a plan that does not verify).
+/// As [`execute_plan_with`].
 pub fn execute_plan(
     plan: &SlicePlan,
     src: &ShardStore,
     dst: &mut ShardStore,
 ) -> Result<ExecStats, ExecError> {
-    let mut stats = ExecStats::default();
+    execute_plan_with(plan, src, dst, &ExecConfig { parallel: false })
+}
+
+/// Carries out `plan`: for every piece, copies the box from the source
+/// rank's buffer in `src` into the destination rank's buffer in `dst` (or,
+/// for a partial-sum source, adds it). `dst` may be reused across calls;
+/// every byte a plan covers is overwritten. Work is split by destination
+/// buffer, so buffers can be filled in parallel without locks.
+///
+/// # Errors
+///
+/// [`ExecError::Mismatch`] when a piece names a tensor or rank the stores do
+/// not hold, or a box outside a buffer (a plan that does not verify).
+pub fn execute_plan_with(
+    plan: &SlicePlan,
+    src: &ShardStore,
+    dst: &mut ShardStore,
+    config: &ExecConfig,
+) -> Result<ExecStats, ExecError> {
+    // One job per destination buffer.
+    let mut jobs: std::collections::BTreeMap<(usize, u64), Job<'_>> = Default::default();
     for t in &plan.tensors {
         let mismatch = |reason: String| ExecError::Mismatch {
             tensor: t.name.clone(),
@@ -324,44 +348,124 @@ pub fn execute_plan(
         let di = dst
             .tensor_index(&t.name)
             .ok_or_else(|| mismatch("not in the destination store".into()))?;
-        let size = t.dtype.size_bytes() as usize;
-        if t.pieces.iter().any(|p| p.reduce) {
-            stats = reduce_tensor(t, si, di, src, dst, stats)?;
-            continue;
-        }
         for p in &t.pieces {
-            let (Some(sbuf), Some(sreg)) = (src.buffer(si, p.src_rank), src.region(si, p.src_rank))
-            else {
+            if dst.region(di, p.dst_rank).is_none() {
                 return Err(mismatch(format!(
-                    "source rank {} holds no buffer",
-                    p.src_rank
-                )));
-            };
-            let dreg = dst.region(di, p.dst_rank).cloned().ok_or_else(|| {
-                mismatch(format!("destination rank {} holds no buffer", p.dst_rank))
-            })?;
-            if !fits(p, sreg, &dreg) {
-                return Err(mismatch(format!(
-                    "piece {} from rank {} to rank {} falls outside a buffer",
-                    p.dst_box, p.src_rank, p.dst_rank
+                    "destination rank {} holds no buffer",
+                    p.dst_rank
                 )));
             }
-            let dbuf = dst
-                .buffer_mut(di, p.dst_rank)
-                .expect("region implies buffer");
-            copy_box(
-                sbuf,
-                sreg.extent(),
-                p.src_box.offset(),
-                dbuf,
-                dreg.extent(),
-                &p.dst_local_offset,
-                p.dst_box.extent(),
-                size,
-            );
-            stats.pieces += 1;
-            stats.bytes += p.dst_box.volume() * size as u64;
+            jobs.entry((di, p.dst_rank))
+                .or_insert_with(|| Job {
+                    tensor: t,
+                    si,
+                    pieces: Vec::new(),
+                })
+                .pieces
+                .push(p);
         }
+    }
+    // Move the destination buffers out, run, and put them back.
+    let mut work: Vec<(Job<'_>, Region, Vec<u8>)> = jobs
+        .into_iter()
+        .map(|((di, r), job)| {
+            let region = dst.regions[di][r as usize].clone().expect("checked above");
+            let buf = dst.buffers[di][r as usize]
+                .take()
+                .expect("region implies buffer");
+            (job, region, buf)
+        })
+        .collect();
+    let run = |(job, region, buf): &mut (Job<'_>, Region, Vec<u8>)| run_job(job, src, region, buf);
+    let results: Vec<Result<ExecStats, ExecError>> = if config.parallel {
+        run_all_parallel(&mut work, run)
+    } else {
+        work.iter_mut().map(run).collect()
+    };
+    for (job, _, buf) in work {
+        let di = dst.tensor_index(&job.tensor.name).expect("checked above");
+        let r = job.pieces[0].dst_rank as usize;
+        dst.buffers[di][r] = Some(buf);
+    }
+    let mut stats = ExecStats::default();
+    for r in results {
+        let s = r?;
+        stats.pieces += s.pieces;
+        stats.bytes += s.bytes;
+    }
+    Ok(stats)
+}
+
+#[cfg(feature = "parallel")]
+fn run_all_parallel<T: Send, R: Send>(
+    work: &mut [T],
+    f: impl Fn(&mut T) -> R + Sync + Send,
+) -> Vec<R> {
+    use rayon::prelude::*;
+    work.par_iter_mut().map(f).collect()
+}
+
+#[cfg(not(feature = "parallel"))]
+fn run_all_parallel<T, R>(work: &mut [T], f: impl Fn(&mut T) -> R) -> Vec<R> {
+    work.iter_mut().map(f).collect()
+}
+
+/// The pieces that fill one destination buffer.
+struct Job<'a> {
+    tensor: &'a crate::plan::TensorPlan,
+    si: usize,
+    pieces: Vec<&'a Piece>,
+}
+
+fn run_job(
+    job: &Job<'_>,
+    src: &ShardStore,
+    dreg: &Region,
+    dbuf: &mut [u8],
+) -> Result<ExecStats, ExecError> {
+    let t = job.tensor;
+    let mismatch = |reason: String| ExecError::Mismatch {
+        tensor: t.name.clone(),
+        reason,
+    };
+    let size = t.dtype.size_bytes() as usize;
+    let reduce = job.pieces.iter().any(|p| p.reduce);
+    if reduce && t.dtype == DType::Bool {
+        return Err(mismatch("partial sums of bool cannot be reduced".into()));
+    }
+    let mut acc = reduce.then(|| Accumulator::new(t.dtype, dreg.volume() as usize));
+    let mut stats = ExecStats::default();
+    for p in &job.pieces {
+        let (Some(sbuf), Some(sreg)) = (
+            src.buffer(job.si, p.src_rank),
+            src.region(job.si, p.src_rank),
+        ) else {
+            return Err(mismatch(format!(
+                "source rank {} holds no buffer",
+                p.src_rank
+            )));
+        };
+        if !fits(p, sreg, dreg) {
+            return Err(mismatch(format!(
+                "piece {} from rank {} to rank {} falls outside a buffer",
+                p.dst_box, p.src_rank, p.dst_rank
+            )));
+        }
+        let (e, so, dofs) = (p.dst_box.extent(), p.src_box.offset(), &p.dst_local_offset);
+        match acc.as_mut() {
+            Some(acc) => for_each_run(sreg.extent(), so, dreg.extent(), dofs, e, |s0, d0, run| {
+                acc.add(&sbuf[s0 * size..(s0 + run) * size], d0);
+            }),
+            None => for_each_run(sreg.extent(), so, dreg.extent(), dofs, e, |s0, d0, run| {
+                dbuf[d0 * size..(d0 + run) * size]
+                    .copy_from_slice(&sbuf[s0 * size..(s0 + run) * size]);
+            }),
+        }
+        stats.pieces += 1;
+        stats.bytes += p.dst_box.volume() * size as u64;
+    }
+    if let Some(acc) = acc {
+        acc.write(dbuf);
     }
     Ok(stats)
 }
@@ -375,31 +479,6 @@ fn fits(p: &Piece, sreg: &Region, dreg: &Region) -> bool {
             p.src_box.offset()[k] + e[k] <= sreg.extent()[k]
                 && p.dst_local_offset[k] + e[k] <= dreg.extent()[k]
         })
-}
-
-/// Copies box `extent` from `src` (a row-major array of shape `src_shape`,
-/// starting at `src_off`) into `dst` (shape `dst_shape`, at `dst_off`).
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn copy_box(
-    src: &[u8],
-    src_shape: &[u64],
-    src_off: &[u64],
-    dst: &mut [u8],
-    dst_shape: &[u64],
-    dst_off: &[u64],
-    extent: &[u64],
-    size: usize,
-) {
-    for_each_run(
-        src_shape,
-        src_off,
-        dst_shape,
-        dst_off,
-        extent,
-        |so, dof, run| {
-            dst[dof * size..(dof + run) * size].copy_from_slice(&src[so * size..(so + run) * size]);
-        },
-    );
 }
 
 /// Calls `f(src_element, dst_element, run)` for each contiguous run of a
@@ -461,62 +540,6 @@ fn for_each_run(
             idx[k] = 0;
         }
     }
-}
-
-/// Executes the pieces of a tensor whose source holds partial sums: each
-/// destination buffer is the sum of its pieces, accumulated in f32 for
-/// f16/bf16, in the type itself for f32/f64, and with wrapping arithmetic
-/// for integers.
-fn reduce_tensor(
-    t: &crate::plan::TensorPlan,
-    si: usize,
-    di: usize,
-    src: &ShardStore,
-    dst: &mut ShardStore,
-    mut stats: ExecStats,
-) -> Result<ExecStats, ExecError> {
-    let mismatch = |reason: String| ExecError::Mismatch {
-        tensor: t.name.clone(),
-        reason,
-    };
-    if t.dtype == DType::Bool {
-        return Err(mismatch("partial sums of bool cannot be reduced".into()));
-    }
-    let mut by_dst: std::collections::BTreeMap<u64, Vec<&Piece>> = Default::default();
-    for p in &t.pieces {
-        by_dst.entry(p.dst_rank).or_default().push(p);
-    }
-    let size = t.dtype.size_bytes() as usize;
-    for (d, pieces) in by_dst {
-        let dreg = dst
-            .region(di, d)
-            .cloned()
-            .ok_or_else(|| mismatch(format!("destination rank {d} holds no buffer")))?;
-        let mut acc = Accumulator::new(t.dtype, dreg.volume() as usize);
-        for p in pieces {
-            let (Some(sbuf), Some(sreg)) = (src.buffer(si, p.src_rank), src.region(si, p.src_rank))
-            else {
-                return Err(mismatch(format!(
-                    "source rank {} holds no buffer",
-                    p.src_rank
-                )));
-            };
-            if !fits(p, sreg, &dreg) {
-                return Err(mismatch(format!(
-                    "piece {} from rank {} to rank {} falls outside a buffer",
-                    p.dst_box, p.src_rank, p.dst_rank
-                )));
-            }
-            let (e, so, dofs) = (p.dst_box.extent(), p.src_box.offset(), &p.dst_local_offset);
-            for_each_run(sreg.extent(), so, dreg.extent(), dofs, e, |s0, d0, run| {
-                acc.add(&sbuf[s0 * size..(s0 + run) * size], d0);
-            });
-            stats.pieces += 1;
-            stats.bytes += p.dst_box.volume() * size as u64;
-        }
-        acc.write(dst.buffer_mut(di, d).expect("region implies buffer"));
-    }
-    Ok(stats)
 }
 
 /// Running sums of one destination buffer.

@@ -69,7 +69,10 @@ mod verify;
 pub use bounds::volume_lower_bound;
 pub use dtype::{DType, UnknownDType};
 pub use error::LayoutError;
-pub use execute::{ExecError, ExecStats, ShardStore, execute_plan, synthetic_element};
+pub use execute::{
+    ExecConfig, ExecError, ExecStats, ShardStore, execute_plan, execute_plan_with,
+    partial_term_value, synthetic_element,
+};
 pub use geometry::{MAX_ELEMENTS, Region, element_count};
 pub use layout::{DimLayout, DimSplit, LayoutConfig, SplitPolicy, TensorLayout};
 pub use mesh::{DeviceMesh, MAX_RANKS, MeshAxis};

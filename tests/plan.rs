@@ -6,9 +6,9 @@ use std::sync::Arc;
 use proptest::prelude::*;
 use proptest::strategy::Strategy as _;
 use shardplan::{
-    DType, DeviceMesh, DimSplit, LayoutConfig, PlanConfig, PlanDefect, ReplicaChoice, ShardStore,
-    SlicePlan, SplitPolicy, Strategy, TensorInfo, TensorLayout, execute_plan, plan_transfer,
-    verify_plan,
+    DType, DeviceMesh, DimSplit, ExecConfig, LayoutConfig, PlanConfig, PlanDefect, ReplicaChoice,
+    ShardStore, SlicePlan, SplitPolicy, Strategy, TensorInfo, TensorLayout, execute_plan,
+    execute_plan_with, plan_transfer, verify_plan,
 };
 
 /// A random mesh of 1 to 3 axes and at most 16 ranks, maybe with device ids.
@@ -231,6 +231,10 @@ proptest! {
             execute_plan(&p, &from, &mut to).unwrap();
             let checked = to.check_synthetic(&dst, &src);
             prop_assert!(checked.is_ok(), "{checked:?}");
+            // In parallel, into a reused store: the same bytes.
+            let mut again = ShardStore::synthetic(&dst);
+            execute_plan_with(&p, &from, &mut again, &ExecConfig { parallel: true }).unwrap();
+            prop_assert_eq!(&again, &to);
             if choice == ReplicaChoice::Balance {
                 // Cells are cut only at whole rows, so a send may exceed the
                 // fractional optimum by less than one row per holder boundary.
