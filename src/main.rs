@@ -7,7 +7,10 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 use miette::{GraphicalReportHandler, GraphicalTheme, IntoDiagnostic, WrapErr};
 use shardplan::spec::{Spec, SpecDiagnostic, parse_spec, select_tensors};
-use shardplan::{PlanConfig, ReplicaChoice, Strategy, formats, plan_transfer, report, verify_plan};
+use shardplan::{
+    ExecConfig, PlanConfig, ReplicaChoice, ShardStore, Strategy, execute_plan_with, formats,
+    plan_transfer, report, verify_plan,
+};
 
 #[derive(Parser)]
 #[command(
@@ -81,6 +84,26 @@ enum Command {
         /// Plan file (JSON).
         plan: PathBuf,
     },
+    /// Plan, verify and execute a transfer on synthetic buffers in memory,
+    /// and check every destination element; exit 1 on any mismatch.
+    Simulate {
+        /// Spec file.
+        spec: PathBuf,
+        #[command(flatten)]
+        ends: Ends,
+        /// Simulate only the tensors matching this glob.
+        #[arg(long)]
+        tensor: Option<String>,
+        /// Pick replicas to minimise files read instead of balancing sends.
+        #[arg(long)]
+        min_files: bool,
+        /// Execute the destination buffers in parallel.
+        #[arg(long)]
+        parallel: bool,
+        /// Refuse to allocate more than this many MiB of buffers.
+        #[arg(long, default_value_t = 4096)]
+        max_memory_mib: u64,
+    },
     /// Explain in words why a tensor moves what it moves.
     Explain {
         /// Spec file.
@@ -142,6 +165,21 @@ fn main() -> ExitCode {
             top,
         ),
         Command::Verify { spec, plan } => verify(&spec, &plan),
+        Command::Simulate {
+            spec,
+            ends,
+            tensor,
+            min_files,
+            parallel,
+            max_memory_mib,
+        } => simulate(
+            &spec,
+            &ends,
+            tensor.as_deref(),
+            min_files,
+            parallel,
+            max_memory_mib,
+        ),
         Command::Explain { spec, ends, tensor } => explain(&spec, &ends, &tensor),
     };
     match result {
@@ -458,4 +496,89 @@ fn explain(path: &Path, ends: &Ends, tensor: &str) -> miette::Result<ExitCode> {
 /// instead of panicking.
 fn emit(text: &str) {
     let _ = std::io::stdout().lock().write_all(text.as_bytes());
+}
+
+fn simulate(
+    path: &Path,
+    ends: &Ends,
+    tensor: Option<&str>,
+    min_files: bool,
+    parallel: bool,
+    max_memory_mib: u64,
+) -> miette::Result<ExitCode> {
+    let spec = match load_spec(path)? {
+        Ok(s) => s,
+        Err(code) => return Ok(code),
+    };
+    let (src, dst) = strategy_pair(&spec, ends, path)?;
+    let names = match tensor {
+        None => spec.tensors.iter().map(|t| t.name.clone()).collect(),
+        Some(pattern) => select_tensors(&spec, pattern)
+            .map_err(|e| miette::miette!("--tensor {pattern:?}: {e}"))?,
+    };
+    // The buffers of both sides must fit in memory.
+    let footprint = |s: &Strategy| -> u64 {
+        names
+            .iter()
+            .filter_map(|n| Some((s.layout(n)?, s.tensor(n)?)))
+            .map(|(l, t)| {
+                (0..s.mesh().rank_count())
+                    .filter_map(|r| l.region_of(r))
+                    .map(|r| r.volume().saturating_mul(t.dtype.size_bytes()))
+                    .sum::<u64>()
+            })
+            .sum()
+    };
+    let needed = footprint(src).saturating_add(footprint(dst));
+    if needed > max_memory_mib << 20 {
+        return Err(miette::miette!(
+            help = "simulate fewer tensors (--tensor GLOB) or raise --max-memory-mib",
+            "simulating needs {} of buffers, over the limit of {max_memory_mib} MiB",
+            report::human_bytes(needed)
+        ));
+    }
+    let config = PlanConfig {
+        replica_choice: if min_files {
+            ReplicaChoice::MinFiles
+        } else {
+            ReplicaChoice::Balance
+        },
+        tensors: Some(names),
+    };
+    let t0 = std::time::Instant::now();
+    let plan = plan_transfer(src, dst, &config)?;
+    let planned = t0.elapsed();
+    verify_plan(&plan, src, dst)
+        .map_err(|d| miette::miette!("internal error, the planner made an invalid plan: {d}"))?;
+    let from = ShardStore::synthetic(src);
+    let mut to = ShardStore::zeroed(dst);
+    let t1 = std::time::Instant::now();
+    let stats = execute_plan_with(&plan, &from, &mut to, &ExecConfig { parallel })?;
+    let executed = t1.elapsed();
+    let s = plan.summary();
+    let mut out = format!(
+        "simulate {} -> {}: {} tensors, {} pieces\n  planned in {:.1} ms; executed in {:.1} ms: {} copied ({:.2} GB/s), {} over the network, {} local\n",
+        plan.source,
+        plan.destination,
+        plan.tensors.len(),
+        stats.pieces,
+        planned.as_secs_f64() * 1e3,
+        executed.as_secs_f64() * 1e3,
+        report::human_bytes(stats.bytes),
+        stats.bytes as f64 / executed.as_secs_f64().max(1e-9) / 1e9,
+        report::human_bytes(s.total_bytes),
+        report::human_bytes(s.local_bytes),
+    );
+    let code = match to.check_synthetic(dst, src) {
+        Ok(()) => {
+            out.push_str("  every destination element checked: ok\n");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            out.push_str(&format!("  MISMATCH: {e}\n"));
+            ExitCode::from(1)
+        }
+    };
+    emit(&out);
+    Ok(code)
 }
