@@ -160,6 +160,7 @@ pub fn plan_transfer(
             };
             let device = dst.mesh().device_of(d).unwrap_or(d);
             let local_src = by_device.get(&device).copied().filter(|&s| sl.holds(s));
+            let local_region = local_src.and_then(|s| sl.region_of(s));
             // Per dimension, the source blocks the box overlaps.
             let ranges: Vec<std::ops::Range<u64>> = sl
                 .dims()
@@ -196,7 +197,13 @@ pub fn plan_transfer(
                 // source holds reduced values).
                 for holders in split_by_term(sl, holders) {
                     match local_src.filter(|s| holders.contains(s)) {
-                        Some(s) => plan.pieces.push(piece(sl, dl, d, cell.clone(), s, true)),
+                        Some(s) => {
+                            let held = local_region
+                                .as_ref()
+                                .expect("local source holds the tensor");
+                            plan.pieces
+                                .push(piece(sl, &need, held, d, cell.clone(), s, true));
+                        }
                         None => {
                             let next = groups.len();
                             let g = *group_of.entry(holders.clone()).or_insert(next);
@@ -238,15 +245,31 @@ pub fn plan_transfer(
             )
         }
     };
+    // Regions are looked up once per (tensor, rank).
+    let layouts: Vec<(&TensorLayout, &TensorLayout)> = tensors
+        .iter()
+        .map(|t| {
+            (
+                src.layout(&t.name).expect("checked"),
+                dst.layout(&t.name).expect("checked"),
+            )
+        })
+        .collect();
+    let mut src_regions: HashMap<(usize, u64), Region> = HashMap::new();
+    let mut dst_regions: HashMap<(usize, u64), Region> = HashMap::new();
     for (p, src_rank, dst_box) in assignment {
-        let name = &tensors[p.tensor].name;
-        let (sl, dl) = (
-            src.layout(name).expect("checked"),
-            dst.layout(name).expect("checked"),
-        );
-        tensors[p.tensor]
-            .pieces
-            .push(piece(sl, dl, p.dst_rank, dst_box, src_rank, false));
+        let (sl, dl) = layouts[p.tensor];
+        let held = src_regions
+            .entry((p.tensor, src_rank))
+            .or_insert_with(|| sl.region_of(src_rank).expect("holder holds the tensor"));
+        let need = dst_regions
+            .entry((p.tensor, p.dst_rank))
+            .or_insert_with(|| {
+                dl.region_of(p.dst_rank)
+                    .expect("destination holds the tensor")
+            });
+        let pc = piece(sl, need, held, p.dst_rank, dst_box, src_rank, false);
+        tensors[p.tensor].pieces.push(pc);
     }
     for t in &mut tensors {
         coalesce(&mut t.pieces);
@@ -264,22 +287,21 @@ pub fn plan_transfer(
     })
 }
 
+/// A piece of `dst_box` from `src_rank` (holding `held`) to `dst_rank`
+/// (holding `need`).
 fn piece(
     sl: &TensorLayout,
-    dl: &TensorLayout,
+    need: &Region,
+    held: &Region,
     dst_rank: u64,
     dst_box: Region,
     src_rank: u64,
     local: bool,
 ) -> Piece {
-    let held = sl.region_of(src_rank).expect("holder holds the tensor");
-    let need = dl
-        .region_of(dst_rank)
-        .expect("destination holds the tensor");
     Piece {
         dst_rank,
-        src_box: dst_box.relative_to(&held),
-        dst_local_offset: dst_box.relative_to(&need).offset().to_vec(),
+        src_box: dst_box.relative_to(held),
+        dst_local_offset: dst_box.relative_to(need).offset().to_vec(),
         dst_box,
         src_rank,
         local,
@@ -379,31 +401,62 @@ fn for_each_cell(ranges: &[std::ops::Range<u64>], mut f: impl FnMut(&[u64])) {
 
 /// Bytes each source sends for each group: `quota[g]` lists `(rank,
 /// bytes)`. Returns the quotas and the smallest feasible largest send.
+///
+/// Groups with one holder fix that holder's load; only groups with a
+/// choice go into the max-flow, whose feasibility is searched over the
+/// largest load.
 fn balance(groups: &[Vec<u64>], demand: &[u64]) -> (Vec<Vec<(u64, u64)>>, u64) {
-    if groups.iter().all(|g| g.len() == 1) {
-        let mut load: HashMap<u64, u64> = HashMap::new();
-        for (g, &d) in groups.iter().zip(demand) {
-            *load.entry(g[0]).or_default() += d;
-        }
-        let quota = groups
-            .iter()
-            .zip(demand)
-            .map(|(g, &d)| vec![(g[0], d)])
-            .collect();
-        return (quota, load.values().copied().max().unwrap_or(0));
-    }
-    let ranks: BTreeSet<u64> = groups.iter().flatten().copied().collect();
-    let total: u64 = demand.iter().sum();
-    // Any feasible T is at least the average load and each group's share.
-    let mut lo = total.div_ceil(ranks.len().max(1) as u64);
+    let mut fixed: HashMap<u64, u64> = HashMap::new();
     for (g, &d) in groups.iter().zip(demand) {
-        lo = lo.max(d.div_ceil(g.len() as u64));
+        if g.len() == 1 {
+            *fixed.entry(g[0]).or_default() += d;
+        }
     }
-    let mut hi = total.max(lo);
-    let mut best = flow_at(groups, demand, &ranks, hi).expect("the total is always feasible");
+    let multi: Vec<usize> = (0..groups.len()).filter(|&g| groups[g].len() > 1).collect();
+    let max_fixed = fixed.values().copied().max().unwrap_or(0);
+    let mut quota: Vec<Vec<(u64, u64)>> = groups
+        .iter()
+        .zip(demand)
+        .map(|(g, &d)| {
+            if g.len() == 1 {
+                vec![(g[0], d)]
+            } else {
+                Vec::new()
+            }
+        })
+        .collect();
+    if multi.is_empty() {
+        return (quota, max_fixed);
+    }
+    let ranks: BTreeSet<u64> = multi
+        .iter()
+        .flat_map(|&g| groups[g].iter().copied())
+        .collect();
+    let flexible: u64 = multi.iter().map(|&g| demand[g]).sum();
+    // Lower bounds on any feasible T: the fixed loads, and the flexible
+    // bytes plus the fixed loads of their holders spread evenly.
+    let fixed_on_ranks: u64 = ranks
+        .iter()
+        .map(|r| fixed.get(r).copied().unwrap_or(0))
+        .sum();
+    let mut lo = max_fixed.max((flexible + fixed_on_ranks).div_ceil(ranks.len() as u64));
+    for &g in &multi {
+        lo = lo.max(demand[g].div_ceil(groups[g].len() as u64));
+    }
+    let mut hi = lo.max(max_fixed + flexible);
+    let cap = |t: u64| -> HashMap<u64, u64> {
+        ranks
+            .iter()
+            .map(|&r| (r, t.saturating_sub(fixed.get(&r).copied().unwrap_or(0))))
+            .collect()
+    };
+    let sub_groups: Vec<Vec<u64>> = multi.iter().map(|&g| groups[g].clone()).collect();
+    let sub_demand: Vec<u64> = multi.iter().map(|&g| demand[g]).collect();
+    let mut best =
+        flow_at(&sub_groups, &sub_demand, &cap(hi)).expect("the total is always feasible");
     while lo < hi {
         let mid = lo + (hi - lo) / 2;
-        match flow_at(groups, demand, &ranks, mid) {
+        match flow_at(&sub_groups, &sub_demand, &cap(mid)) {
             Some(q) => {
                 hi = mid;
                 best = q;
@@ -411,28 +464,30 @@ fn balance(groups: &[Vec<u64>], demand: &[u64]) -> (Vec<Vec<(u64, u64)>>, u64) {
             None => lo = mid + 1,
         }
     }
-    (best, hi)
+    for (&g, q) in multi.iter().zip(best) {
+        quota[g] = q;
+    }
+    (quota, hi)
 }
 
-/// A flow that routes every group's demand to its holders with at most `cap`
-/// bytes per holder, or `None` when there is none.
+/// A flow that routes every group's demand to its holders within each
+/// holder's capacity, or `None` when there is none.
 fn flow_at(
     groups: &[Vec<u64>],
     demand: &[u64],
-    ranks: &BTreeSet<u64>,
-    cap: u64,
+    capacity: &HashMap<u64, u64>,
 ) -> Option<Vec<Vec<(u64, u64)>>> {
     let mut g: Graph<(), u64> = Graph::new();
     let source = g.add_node(());
     let sink = g.add_node(());
-    let rank_node: HashMap<u64, NodeIndex> = ranks
-        .iter()
-        .map(|&r| {
-            let n = g.add_node(());
-            g.add_edge(n, sink, cap);
-            (r, n)
-        })
-        .collect();
+    let mut rank_node: HashMap<u64, NodeIndex> = HashMap::new();
+    let mut ranks: Vec<&u64> = capacity.keys().collect();
+    ranks.sort_unstable();
+    for &r in ranks {
+        let n = g.add_node(());
+        g.add_edge(n, sink, capacity[&r]);
+        rank_node.insert(r, n);
+    }
     let mut group_edges = Vec::with_capacity(groups.len());
     for (holders, &d) in groups.iter().zip(demand) {
         let n = g.add_node(());
@@ -586,6 +641,18 @@ fn min_files<'a>(
 /// dimension and equal along the others; then sorts by destination.
 fn coalesce(pieces: &mut Vec<Piece>) {
     let rank = pieces.first().map_or(0, |p| p.dst_box.rank());
+    // Only pieces between the same two ranks can merge; usually there are none.
+    let mut pairs: Vec<(u64, u64, bool, bool)> = pieces
+        .iter()
+        .map(|p| (p.dst_rank, p.src_rank, p.local, p.reduce))
+        .collect();
+    pairs.sort_unstable();
+    if pairs.windows(2).all(|w| w[0] != w[1]) {
+        pieces.sort_by(|a, b| {
+            (a.dst_rank, &a.dst_box, a.src_rank).cmp(&(b.dst_rank, &b.dst_box, b.src_rank))
+        });
+        return;
+    }
     for k in (0..rank).rev() {
         let key = |p: &Piece| {
             let mut other: Vec<(u64, u64)> = (0..rank)
