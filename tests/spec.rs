@@ -234,3 +234,65 @@ s layers.1.c: [-, tp] at pp=1 on [pp=2, tp=2]",
         diags[0].message
     );
 }
+
+/// Every bundled spec, written back with one rule per tensor, reads as the
+/// same layouts.
+#[test]
+fn written_specs_read_back_the_same() {
+    use shardplan::spec::write::{SpecOut, StrategyOut, write_spec};
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("specs");
+    let mut n = 0;
+    for entry in std::fs::read_dir(&root).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|e| e != "yaml") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).unwrap();
+        let (spec, diags) = parse_spec(&path.display().to_string(), &text);
+        let spec = spec.unwrap_or_else(|| panic!("{diags:?}"));
+        let mesh_name = |m: &std::sync::Arc<shardplan::DeviceMesh>| -> &str {
+            spec.meshes
+                .iter()
+                .find(|(_, x)| std::sync::Arc::ptr_eq(x, m))
+                .map(|(k, _)| k.as_str())
+                .unwrap()
+        };
+        let out = SpecOut {
+            comment: format!("written from {}", path.display()),
+            meshes: spec
+                .meshes
+                .iter()
+                .map(|(k, m)| (k.as_str(), m.clone()))
+                .collect(),
+            strategies: spec
+                .strategies
+                .iter()
+                .map(|(k, s)| StrategyOut {
+                    name: k,
+                    mesh: mesh_name(s.mesh()),
+                    strategy: s,
+                })
+                .collect(),
+            transfer: spec
+                .transfer
+                .as_ref()
+                .map(|t| (t.from.as_str(), t.to.as_str())),
+        };
+        let yaml = write_spec(&out).unwrap();
+        let (again, diags) = parse_spec("written.yaml", &yaml);
+        let again = again.unwrap_or_else(|| panic!("{}: {diags:?}\n{yaml}", path.display()));
+        for (name, s) in &spec.strategies {
+            let s2 = &again.strategies[name];
+            for (t, l) in s.tensors().iter().zip(s.layouts()) {
+                assert!(
+                    l.same_placement(s2.layout(&t.name).unwrap()),
+                    "{}: {name} {}",
+                    path.display(),
+                    t.name
+                );
+            }
+        }
+        n += 1;
+    }
+    assert!(n >= 6);
+}

@@ -10,6 +10,7 @@ mod budget;
 mod diag;
 mod glob;
 mod raw;
+pub mod write;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
