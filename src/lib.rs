@@ -81,6 +81,7 @@ pub use planner::{MAX_PIECES, PlanConfig, PlanError, plan_transfer};
 pub use strategy::{Strategy, StrategyError, TensorInfo};
 pub use verify::{PlanDefect, Verified, verify_plan};
 pub mod formats;
+pub mod model;
 pub mod notation;
 pub mod report;
 pub mod show;
