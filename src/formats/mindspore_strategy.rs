@@ -385,13 +385,11 @@ impl StrategyFile {
         for t in tensors {
             let layout = match by_name.get(t.name.as_str()) {
                 Some(p) => {
-                    if let Some(s) = &p.shape {
-                        if s != &t.shape {
-                            return Err(format!(
-                                "parameter `{}` has shape {s:?} in the strategy but {:?} in the checkpoint",
-                                t.name, t.shape
-                            ));
-                        }
+                    if let Some(s) = p.shape.as_ref().filter(|s| **s != t.shape) {
+                        return Err(format!(
+                            "parameter `{}` has shape {s:?} in the strategy but {:?} in the checkpoint",
+                            t.name, t.shape
+                        ));
                     }
                     p.layout(&t.shape, self.stage_count)?
                 }

@@ -1,6 +1,7 @@
 //! File formats at the edge of the crate: each converts between bytes and
 //! the core types, and nothing else reads or writes files.
 
+pub mod checkpoint;
 pub mod mindspore_strategy;
 pub mod plan_json;
 
