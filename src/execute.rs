@@ -485,7 +485,7 @@ fn fits(p: &Piece, sreg: &Region, dreg: &Region) -> bool {
 /// box copy between two row-major arrays. Trailing dimensions that are
 /// whole in both arrays are fused into one run, so a row-split copy is a
 /// single run.
-fn for_each_run(
+pub(crate) fn for_each_run(
     src_shape: &[u64],
     src_off: &[u64],
     dst_shape: &[u64],

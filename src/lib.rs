@@ -84,5 +84,6 @@ pub mod formats;
 pub mod model;
 pub mod notation;
 pub mod report;
+pub mod reshard;
 pub mod show;
 pub mod spec;

@@ -1,0 +1,738 @@
+//! Streaming N-to-M checkpoint resharding, file by file. This module is at
+//! the edge: it reads checkpoint and strategy files and writes checkpoints;
+//! the plan it follows comes from the core planner and verifier.
+//!
+//! Each destination rank reads only the source files its pieces name, and
+//! only the byte ranges the pieces cover (in windows of at most
+//! [`ReshardConfig::window_bytes`]); it holds one destination tensor slice
+//! at a time. Outputs are written to a temporary name, fsynced and renamed;
+//! a manifest per rank records each file's size and checksum, so an
+//! interrupted run resumes where it stopped. Sources are only ever opened
+//! for reading.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::execute::for_each_run;
+use crate::formats::checkpoint::{
+    CheckpointFormat, CheckpointWriter, TensorEntry, rank_files, read_index,
+};
+use crate::formats::mindspore_strategy::{StrategyFile, read_strategy_files};
+use crate::layout::TensorLayout;
+use crate::mesh::DeviceMesh;
+use crate::notation::mindspore::MindSporeLayout;
+use crate::plan::{ReplicaChoice, SlicePlan};
+use crate::planner::{PlanConfig, plan_transfer};
+use crate::strategy::{Strategy, TensorInfo};
+
+/// Where a side's layouts come from.
+#[derive(Debug, Clone)]
+pub enum LayoutSource {
+    /// One device holding every tensor whole (MindSpore's `None`).
+    SingleDevice,
+    /// MindSpore strategy files: one file, a merged file, or one per stage.
+    MindSpore(Vec<PathBuf>),
+    /// A strategy already built (e.g. from a spec).
+    Strategy(Box<Strategy>),
+}
+
+/// What to reshard and how.
+#[derive(Debug, Clone)]
+pub struct ReshardConfig {
+    /// Source directory of `rank_<r>/` folders.
+    pub src_dir: PathBuf,
+    /// Source layouts.
+    pub src: LayoutSource,
+    /// Destination layouts.
+    pub dst: LayoutSource,
+    /// Output directory (created; must not be inside the source).
+    pub out_dir: PathBuf,
+    /// Output format; `None` keeps the source's.
+    pub format: Option<CheckpointFormat>,
+    /// Destination ranks to produce; `None` produces all.
+    pub ranks: Option<Vec<u64>>,
+    /// How replicas are chosen (default: fewest files read).
+    pub replica_choice: ReplicaChoice,
+    /// Largest read window, in bytes.
+    pub window_bytes: u64,
+    /// Allow device counts that do not divide each other, which MindSpore
+    /// refuses.
+    pub any_device_count: bool,
+}
+
+/// Why a reshard failed. Nothing is written under a final name then.
+#[derive(Debug, thiserror::Error, miette::Diagnostic)]
+#[non_exhaustive]
+pub enum ReshardError {
+    /// A source or strategy file is unreadable or malformed.
+    #[error("{0}")]
+    #[diagnostic(code(shardplan::reshard::input))]
+    Input(String),
+    /// Files disagree with each other or with the strategies.
+    #[error("{message}")]
+    #[diagnostic(code(shardplan::reshard::mismatch), help("{help}"))]
+    Mismatch {
+        /// What disagrees, naming file, tensor and rank.
+        message: String,
+        /// How to fix it.
+        help: String,
+    },
+    /// Planning failed.
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Plan(#[from] crate::planner::PlanError),
+    /// Writing failed.
+    #[error("{path}: {source}")]
+    #[diagnostic(code(shardplan::reshard::io))]
+    Io {
+        /// The file.
+        path: String,
+        /// The error.
+        source: std::io::Error,
+    },
+}
+
+fn mismatch(message: impl Into<String>, help: impl Into<String>) -> ReshardError {
+    ReshardError::Mismatch {
+        message: message.into(),
+        help: help.into(),
+    }
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ReshardError + '_ {
+    move |source| ReshardError::Io {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+/// One source tensor: its file and where its data lies.
+#[derive(Debug, Clone)]
+struct Located {
+    path: PathBuf,
+    entry: TensorEntry,
+}
+
+/// Everything known before writing: sources indexed and checked, the
+/// strategies, the verified plan, warnings.
+#[derive(Debug)]
+pub struct Prepared {
+    /// The source strategy.
+    pub src: Strategy,
+    /// The destination strategy.
+    pub dst: Strategy,
+    /// The verified plan.
+    pub plan: SlicePlan,
+    /// Messages about parameters handled by MindSpore's copy-through rules.
+    pub warnings: Vec<String>,
+    sources: BTreeMap<u64, BTreeMap<String, Located>>,
+    format: CheckpointFormat,
+}
+
+/// Reads and checks every input and plans the transfer, without writing.
+///
+/// # Errors
+///
+/// [`ReshardError`] naming the file, tensor or rank at fault: unreadable,
+/// truncated or corrupt checkpoints, duplicate or missing rank folders, a
+/// tensor missing from a rank that should hold it, a dtype or shape that
+/// does not match the strategy, device counts MindSpore refuses.
+pub fn prepare(cfg: &ReshardConfig) -> Result<Prepared, ReshardError> {
+    let files = rank_files(&cfg.src_dir).map_err(|e| ReshardError::Input(e.to_string()))?;
+    let mut sources: BTreeMap<u64, BTreeMap<String, Located>> = BTreeMap::new();
+    let mut format = None;
+    for (rank, paths) in &files {
+        let mut tensors = BTreeMap::new();
+        for p in paths {
+            let idx = read_index(p).map_err(|e| ReshardError::Input(e.to_string()))?;
+            format.get_or_insert(idx.format);
+            for (name, entry) in idx.tensors {
+                if tensors.contains_key(&name) {
+                    return Err(mismatch(
+                        format!("rank {rank}: tensor `{name}` is in two files"),
+                        "keep one copy per rank",
+                    ));
+                }
+                tensors.insert(
+                    name,
+                    Located {
+                        path: p.clone(),
+                        entry,
+                    },
+                );
+            }
+        }
+        sources.insert(*rank, tensors);
+    }
+    let src_file = match &cfg.src {
+        LayoutSource::MindSpore(paths) => {
+            let refs: Vec<&Path> = paths.iter().map(PathBuf::as_path).collect();
+            Some(read_strategy_files(&refs).map_err(|e| ReshardError::Input(e.to_string()))?)
+        }
+        _ => None,
+    };
+    let dst_file = match &cfg.dst {
+        LayoutSource::MindSpore(paths) => {
+            let refs: Vec<&Path> = paths.iter().map(PathBuf::as_path).collect();
+            Some(read_strategy_files(&refs).map_err(|e| ReshardError::Input(e.to_string()))?)
+        }
+        _ => None,
+    };
+    let tensors = global_tensors(&cfg.src, src_file.as_ref(), &sources)?;
+    let mut warnings = Vec::new();
+    let src = match (&cfg.src, &src_file) {
+        (LayoutSource::Strategy(s), _) => (**s).clone(),
+        (LayoutSource::MindSpore(_), Some(f)) => f
+            .to_strategy("source", &tensors)
+            .map_err(|m| mismatch(m, "check the source strategy against the checkpoints"))?,
+        _ => single_device("source", &tensors)?,
+    };
+    let dst = match (&cfg.dst, &dst_file) {
+        (LayoutSource::Strategy(s), _) => (**s).clone(),
+        (LayoutSource::MindSpore(_), Some(f)) => {
+            copy_through(&src, src_file.as_ref(), f, &tensors, &mut warnings)?
+        }
+        _ => single_device("destination", &tensors)?,
+    };
+    let (n, m) = (src.mesh().rank_count(), dst.mesh().rank_count());
+    if !cfg.any_device_count && n % m != 0 && m % n != 0 {
+        return Err(mismatch(
+            format!("{n} source ranks and {m} destination ranks: neither count divides the other"),
+            "MindSpore refuses such transfers; pass --any-device-count to reshard anyway",
+        ));
+    }
+    if files.len() as u64 != n {
+        return Err(mismatch(
+            format!(
+                "{} has {} rank folders but the source strategy has {n} ranks",
+                cfg.src_dir.display(),
+                files.len()
+            ),
+            "pass the checkpoint directory and strategy of the same run",
+        ));
+    }
+    // Every rank that holds a tensor has it, with the layout's shape and the dtype.
+    for (t, l) in src.tensors().iter().zip(src.layouts()) {
+        for r in 0..n {
+            let Some(region) = l.region_of(r) else {
+                continue;
+            };
+            let loc = sources[&r].get(&t.name).ok_or_else(|| {
+                mismatch(
+                    format!(
+                        "rank {r} should hold tensor `{}` but its checkpoint lacks it",
+                        t.name
+                    ),
+                    "check that the strategy belongs to this checkpoint",
+                )
+            })?;
+            if loc.entry.shape != region.extent() || loc.entry.dtype != t.dtype {
+                return Err(mismatch(
+                    format!(
+                        "{}: tensor `{}` is {} {:?}, the strategy gives rank {r} {} {:?}",
+                        loc.path.display(),
+                        t.name,
+                        loc.entry.dtype,
+                        loc.entry.shape,
+                        t.dtype,
+                        region.extent()
+                    ),
+                    "check that the strategy belongs to this checkpoint",
+                ));
+            }
+        }
+    }
+    let plan = plan_transfer(
+        &src,
+        &dst,
+        &PlanConfig {
+            replica_choice: cfg.replica_choice,
+            tensors: None,
+        },
+    )?;
+    crate::verify::verify_plan(&plan, &src, &dst)
+        .map_err(|d| mismatch(format!("internal error, invalid plan: {d}"), "report this"))?;
+    Ok(Prepared {
+        src,
+        dst,
+        plan,
+        warnings,
+        sources,
+        format: cfg.format.or(format).unwrap_or(CheckpointFormat::Ckpt),
+    })
+}
+
+/// Global tensors (name, full shape, dtype) from the source checkpoints:
+/// a laid-out tensor's full shape is its slice times the blocks of each
+/// dimension (or the recorded `tensor_shape`); other tensors are whole.
+fn global_tensors(
+    src: &LayoutSource,
+    file: Option<&StrategyFile>,
+    sources: &BTreeMap<u64, BTreeMap<String, Located>>,
+) -> Result<Vec<TensorInfo>, ReshardError> {
+    if let LayoutSource::Strategy(s) = src {
+        return Ok(s.tensors().to_vec());
+    }
+    let by_name: BTreeMap<&str, &crate::formats::mindspore_strategy::ParamEntry> = file
+        .map(|f| f.params.iter().map(|p| (p.name.as_str(), p)).collect())
+        .unwrap_or_default();
+    let mut out: BTreeMap<String, TensorInfo> = BTreeMap::new();
+    for tensors in sources.values() {
+        for (name, loc) in tensors {
+            if out.contains_key(name) {
+                continue;
+            }
+            let shape = match by_name.get(name.as_str()) {
+                None => loc.entry.shape.clone(),
+                Some(p) => match &p.shape {
+                    Some(s) => s.clone(),
+                    None => full_shape(p, &loc.entry.shape).ok_or_else(|| {
+                        mismatch(format!("{}: cannot size tensor `{name}` from its slice {:?} and its layout", loc.path.display(), loc.entry.shape), "check that the strategy belongs to this checkpoint")
+                    })?,
+                },
+            };
+            out.insert(
+                name.clone(),
+                TensorInfo {
+                    name: name.clone(),
+                    shape,
+                    dtype: loc.entry.dtype,
+                },
+            );
+        }
+    }
+    Ok(out.into_values().collect())
+}
+
+/// The full shape of a protobuf-strategy parameter (no `tensor_shape`)
+/// from one slice: each dimension times its block count.
+fn full_shape(
+    p: &crate::formats::mindspore_strategy::ParamEntry,
+    local: &[u64],
+) -> Option<Vec<u64>> {
+    let rank = local.len();
+    let tm: Vec<Vec<i64>> = match p.tensor_map.as_slice() {
+        [flat] if flat.len() == rank => flat.iter().map(|&k| vec![k]).collect(),
+        per if per.len() == rank => per.to_vec(),
+        _ => return None,
+    };
+    let n = p.dev_matrix.len();
+    let mut shape = Vec::with_capacity(rank);
+    for (d, entry) in tm.iter().enumerate() {
+        let mut blocks: u64 = entry
+            .iter()
+            .filter(|&&k| k >= 0)
+            .map(|&k| p.dev_matrix.get(n.checked_sub(1 + k as usize)?).copied())
+            .try_fold(1u64, |a, b| a.checked_mul(b?))?;
+        if d == 0 && p.opt_weight_shard_size > 1 {
+            blocks = blocks.checked_mul(p.opt_weight_shard_size as u64)?;
+        }
+        shape.push(if d == 0 && !p.param_split_shape.is_empty() {
+            p.param_split_shape.iter().sum()
+        } else {
+            local[d].checked_mul(blocks)?
+        });
+    }
+    Some(shape)
+}
+
+fn single_device(name: &str, tensors: &[TensorInfo]) -> Result<Strategy, ReshardError> {
+    let mesh = Arc::new(DeviceMesh::new(Vec::<(String, u64)>::new()).expect("a mesh without axes"));
+    let layouts = tensors
+        .iter()
+        .map(|t| TensorLayout::replicated(mesh.clone(), &t.shape))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| mismatch(e.to_string(), "check the checkpoint"))?;
+    Strategy::new(name, mesh, tensors.to_vec(), layouts)
+        .map_err(|e| mismatch(e.to_string(), "check the checkpoint"))
+}
+
+/// The destination strategy with MindSpore's rules for parameters missing
+/// from one side: with no source layout, a parameter is copied through
+/// whole; with no destination layout, destination rank k keeps what source
+/// rank k % n holds.
+fn copy_through(
+    src: &Strategy,
+    src_file: Option<&StrategyFile>,
+    dst_file: &StrategyFile,
+    tensors: &[TensorInfo],
+    warnings: &mut Vec<String>,
+) -> Result<Strategy, ReshardError> {
+    let mut dst = dst_file
+        .to_strategy("destination", tensors)
+        .map_err(|m| mismatch(m, "check the destination strategy"))?;
+    let in_dst: std::collections::BTreeSet<&str> =
+        dst_file.params.iter().map(|p| p.name.as_str()).collect();
+    let in_src: std::collections::BTreeSet<&str> = src_file
+        .map(|f| f.params.iter().map(|p| p.name.as_str()).collect())
+        .unwrap_or_default();
+    let m = dst.mesh().rank_count();
+    let n = src.mesh().rank_count();
+    let mut layouts = dst.layouts().to_vec();
+    let mut changed = false;
+    for (i, t) in tensors.iter().enumerate() {
+        let (s, d) = (
+            in_src.contains(t.name.as_str()),
+            in_dst.contains(t.name.as_str()),
+        );
+        if src_file.is_some() && !s && d {
+            warnings.push(format!(
+                "tensor `{}` has no source layout: copied through whole, as MindSpore does",
+                t.name
+            ));
+            layouts[i] = TensorLayout::replicated(dst.mesh().clone(), &t.shape)
+                .map_err(|e| mismatch(e.to_string(), ""))?;
+            changed = true;
+        } else if s && !d {
+            warnings.push(format!(
+                "tensor `{}` has no destination layout: destination rank k keeps source rank k % {n}'s slice, as MindSpore does",
+                t.name
+            ));
+            let p = src_file
+                .and_then(|f| f.params.iter().find(|p| p.name == t.name))
+                .expect("in source");
+            if m % n != 0 || src.layout(&t.name).is_some_and(|l| !l.pin().is_empty()) {
+                return Err(mismatch(
+                    format!(
+                        "tensor `{}` has no destination layout and cannot keep its source slices on {m} ranks",
+                        t.name
+                    ),
+                    "give it a destination layout",
+                ));
+            }
+            let tensor_map = p.tensor_map.clone();
+            let per_dim: Vec<Vec<i64>> = match tensor_map.as_slice() {
+                [flat] if flat.len() == t.shape.len() => flat.iter().map(|&k| vec![k]).collect(),
+                per => per.to_vec(),
+            };
+            let mut dev = p.dev_matrix.clone();
+            dev.insert(0, m / n);
+            let ms = MindSporeLayout {
+                dev_matrix: dev,
+                tensor_map: per_dim,
+                opt_weight_shard_size: p.opt_weight_shard_size,
+                opt_weight_shard_step: 0,
+                param_split_shape: p.param_split_shape.clone(),
+                stage: 0,
+                stage_count: 1,
+            };
+            layouts[i] = ms
+                .to_layout(&t.shape)
+                .map_err(|e| mismatch(format!("tensor `{}`: {e}", t.name), ""))?;
+            changed = true;
+        }
+    }
+    if changed {
+        dst = Strategy::new("destination", dst.mesh().clone(), tensors.to_vec(), layouts)
+            .map_err(|e| mismatch(e.to_string(), ""))?;
+    }
+    Ok(dst)
+}
+
+/// What one destination rank's run did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RankOutcome {
+    /// Destination rank.
+    pub rank: u64,
+    /// The file written (or found complete).
+    pub path: PathBuf,
+    /// Bytes of the file.
+    pub bytes: u64,
+    /// True when a previous run had already completed it.
+    pub resumed: bool,
+}
+
+/// A 64-bit checksum over 8-byte words (multiply-xorshift), fast enough to
+/// run at copy speed; detects corruption, not tampering.
+#[derive(Debug, Clone, Copy)]
+pub struct Checksum(u64, u64);
+
+impl Default for Checksum {
+    fn default() -> Self {
+        Checksum(0x243F_6A88_85A3_08D3, 0)
+    }
+}
+
+impl Checksum {
+    /// Adds bytes.
+    pub fn update(&mut self, bytes: &[u8]) {
+        let mut chunks = bytes.chunks_exact(8);
+        for c in &mut chunks {
+            let w = u64::from_le_bytes(c.try_into().expect("8 bytes"));
+            self.0 = (self.0 ^ w)
+                .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+                .rotate_left(29);
+        }
+        for &b in chunks.remainder() {
+            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x0100_0000_01B3);
+        }
+        self.1 += bytes.len() as u64;
+    }
+
+    /// The checksum, as 16 hex digits.
+    pub fn hex(&self) -> String {
+        let mut z = self.0 ^ self.1;
+        z = (z ^ (z >> 33)).wrapping_mul(0xFF51_AFD7_ED55_8CCD);
+        z ^= z >> 33;
+        format!("{z:016x}")
+    }
+}
+
+fn file_checksum(path: &Path) -> std::io::Result<(u64, String)> {
+    use std::io::Read;
+    let mut f = File::open(path)?;
+    let mut sum = Checksum::default();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        sum.update(&buf[..n]);
+    }
+    Ok((sum.1, sum.hex()))
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Manifest {
+    file: String,
+    bytes: u64,
+    checksum: String,
+}
+
+impl Prepared {
+    /// Output path of destination rank `rank`.
+    pub fn output_path(&self, out_dir: &Path, rank: u64) -> PathBuf {
+        out_dir.join(format!(
+            "rank_{rank}/checkpoint_{rank}.{}",
+            self.format.extension()
+        ))
+    }
+
+    /// Writes destination rank `rank`'s checkpoint under `out_dir`, or
+    /// finds it complete from an earlier run. `progress` receives the bytes
+    /// of each tensor written.
+    ///
+    /// # Errors
+    ///
+    /// [`ReshardError::Io`] naming the file; the temporary file is removed.
+    pub fn write_rank(
+        &self,
+        out_dir: &Path,
+        rank: u64,
+        window: u64,
+        progress: &mut dyn FnMut(u64),
+    ) -> Result<RankOutcome, ReshardError> {
+        let path = self.output_path(out_dir, rank);
+        let dir = path.parent().expect("rank folder").to_path_buf();
+        std::fs::create_dir_all(&dir).map_err(io(&dir))?;
+        let manifest_path = dir.join("MANIFEST.json");
+        // Resume: a file the manifest vouches for is kept.
+        if let (Ok(text), true) = (std::fs::read_to_string(&manifest_path), path.is_file()) {
+            if let Ok(m) = serde_json::from_str::<Manifest>(&text) {
+                if let Ok((bytes, sum)) = file_checksum(&path) {
+                    if m.bytes == bytes && m.checksum == sum {
+                        return Ok(RankOutcome {
+                            rank,
+                            path,
+                            bytes,
+                            resumed: true,
+                        });
+                    }
+                }
+            }
+        }
+        // Leftovers of an interrupted run carry a temporary name.
+        if let Ok(entries) = std::fs::read_dir(&dir) {
+            for e in entries.flatten() {
+                if e.file_name().to_string_lossy().contains(".tmp-") {
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
+        }
+        let tmp = dir.join(format!(
+            ".{}.tmp-{}",
+            path.file_name().expect("file").to_string_lossy(),
+            std::process::id()
+        ));
+        let result = self.write_rank_to(&tmp, rank, window, progress);
+        if let Err(e) = result {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e);
+        }
+        let (bytes, sum) = file_checksum(&tmp).map_err(io(&tmp))?;
+        std::fs::rename(&tmp, &path).map_err(io(&path))?;
+        let manifest = Manifest {
+            file: path
+                .file_name()
+                .expect("file")
+                .to_string_lossy()
+                .into_owned(),
+            bytes,
+            checksum: sum,
+        };
+        crate::formats::write_atomic(
+            &manifest_path,
+            serde_json::to_string_pretty(&manifest)
+                .expect("serializes")
+                .as_bytes(),
+        )
+        .map_err(io(&manifest_path))?;
+        Ok(RankOutcome {
+            rank,
+            path,
+            bytes,
+            resumed: false,
+        })
+    }
+
+    fn write_rank_to(
+        &self,
+        tmp: &Path,
+        rank: u64,
+        window: u64,
+        progress: &mut dyn FnMut(u64),
+    ) -> Result<(), ReshardError> {
+        // The tensors this rank holds, in strategy order, with their pieces.
+        let mut held = Vec::new();
+        for (t, l) in self.dst.tensors().iter().zip(self.dst.layouts()) {
+            if let Some(region) = l.region_of(rank) {
+                let plan = self
+                    .plan
+                    .tensors
+                    .iter()
+                    .find(|p| p.name == t.name)
+                    .expect("planned");
+                held.push((t, region, plan));
+            }
+        }
+        let file = File::create(tmp).map_err(io(tmp))?;
+        let decl = held
+            .iter()
+            .map(|(t, r, _)| (t.name.clone(), t.dtype, r.extent().to_vec()))
+            .collect();
+        let mut writer = CheckpointWriter::new(file, self.format, decl).map_err(io(tmp))?;
+        let mut scratch = Vec::new();
+        let mut open: BTreeMap<PathBuf, File> = BTreeMap::new();
+        for (t, region, tp) in held {
+            let size = t.dtype.size_bytes();
+            let mut buf = vec![0u8; (region.volume() * size) as usize];
+            for p in tp.pieces.iter().filter(|p| p.dst_rank == rank) {
+                let loc = &self.sources[&p.src_rank][&t.name];
+                let f = match open.get(&loc.path) {
+                    Some(f) => f,
+                    None => {
+                        let f = File::open(&loc.path).map_err(io(&loc.path))?;
+                        open.entry(loc.path.clone()).or_insert(f)
+                    }
+                };
+                read_box(
+                    f,
+                    &loc.entry,
+                    p.src_box.offset(),
+                    p.dst_box.extent(),
+                    &mut buf,
+                    region.extent(),
+                    &p.dst_local_offset,
+                    window,
+                    &mut scratch,
+                )
+                .map_err(io(&loc.path))?;
+            }
+            writer.write_tensor(&buf).map_err(io(tmp))?;
+            progress(buf.len() as u64);
+        }
+        writer.finish().map_err(io(tmp))?;
+        Ok(())
+    }
+}
+
+/// Copies box `extent` at `src_off` of the slice stored at `entry` in `f`
+/// into `dst` (shape `dst_shape`, at `dst_off`), reading the enclosing byte
+/// range in windows of at most `window` bytes.
+#[allow(clippy::too_many_arguments)]
+fn read_box(
+    f: &File,
+    entry: &TensorEntry,
+    src_off: &[u64],
+    extent: &[u64],
+    dst: &mut [u8],
+    dst_shape: &[u64],
+    dst_off: &[u64],
+    window: u64,
+    scratch: &mut Vec<u8>,
+) -> std::io::Result<()> {
+    let size = entry.dtype.size_bytes();
+    let rank = extent.len();
+    // Element strides of the source slice.
+    let mut strides = vec![1u64; rank];
+    for k in (0..rank.saturating_sub(1)).rev() {
+        strides[k] = strides[k + 1] * entry.shape[k + 1];
+    }
+    let first: u64 = src_off.iter().zip(&strides).map(|(o, s)| o * s).sum();
+    let last: u64 = (0..rank)
+        .map(|k| (src_off[k] + extent[k] - 1) * strides[k])
+        .sum();
+    let (start, end) = (first * size, (last + 1) * size);
+    if end - start > window && extent.iter().any(|&e| e > 1) {
+        // Halve the outermost dimension that has more than one index.
+        let k = extent.iter().position(|&e| e > 1).expect("checked");
+        let half = extent[k] / 2;
+        let (mut e1, mut e2) = (extent.to_vec(), extent.to_vec());
+        e1[k] = half;
+        e2[k] = extent[k] - half;
+        let (mut s2, mut d2) = (src_off.to_vec(), dst_off.to_vec());
+        s2[k] += half;
+        d2[k] += half;
+        read_box(
+            f, entry, src_off, &e1, dst, dst_shape, dst_off, window, scratch,
+        )?;
+        return read_box(f, entry, &s2, &e2, dst, dst_shape, &d2, window, scratch);
+    }
+    scratch.resize((end - start) as usize, 0);
+    f.read_exact_at(scratch, entry.offset + start)?;
+    let sz = size as usize;
+    for_each_run(
+        &entry.shape,
+        src_off,
+        dst_shape,
+        dst_off,
+        extent,
+        |so, dof, run| {
+            let s = so * sz - start as usize;
+            dst[dof * sz..(dof + run) * sz].copy_from_slice(&scratch[s..s + run * sz]);
+        },
+    );
+    Ok(())
+}
+
+/// The destination ranks this process produces: `--rank`, else the
+/// launcher's rank among its world (`RANK`/`WORLD_SIZE`,
+/// `SLURM_PROCID`/`SLURM_NTASKS`, `OMPI_COMM_WORLD_RANK`/`OMPI_COMM_WORLD_SIZE`)
+/// taking every world-size-th rank, else all.
+pub fn ranks_for_process(
+    explicit: Option<u64>,
+    ranks: u64,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Vec<u64> {
+    if let Some(r) = explicit {
+        return vec![r];
+    }
+    for (rank_var, size_var) in [
+        ("RANK", "WORLD_SIZE"),
+        ("SLURM_PROCID", "SLURM_NTASKS"),
+        ("OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE"),
+    ] {
+        if let Some(r) = env(rank_var).and_then(|v| v.trim().parse::<u64>().ok()) {
+            let world = env(size_var)
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .filter(|&w| w > 0)
+                .unwrap_or(ranks);
+            return (r..ranks).step_by(world as usize).collect();
+        }
+    }
+    (0..ranks).collect()
+}
