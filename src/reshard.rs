@@ -531,19 +531,21 @@ impl Prepared {
         std::fs::create_dir_all(&dir).map_err(io(&dir))?;
         let manifest_path = dir.join("MANIFEST.json");
         // Resume: a file the manifest vouches for is kept.
-        if let (Ok(text), true) = (std::fs::read_to_string(&manifest_path), path.is_file()) {
-            if let Ok(m) = serde_json::from_str::<Manifest>(&text) {
-                if let Ok((bytes, sum)) = file_checksum(&path) {
-                    if m.bytes == bytes && m.checksum == sum {
-                        return Ok(RankOutcome {
-                            rank,
-                            path,
-                            bytes,
-                            resumed: true,
-                        });
-                    }
-                }
-            }
+        let vouched = std::fs::read_to_string(&manifest_path)
+            .ok()
+            .and_then(|text| serde_json::from_str::<Manifest>(&text).ok())
+            .filter(|_| path.is_file())
+            .and_then(|m| {
+                let (bytes, sum) = file_checksum(&path).ok()?;
+                (m.bytes == bytes && m.checksum == sum).then_some(bytes)
+            });
+        if let Some(bytes) = vouched {
+            return Ok(RankOutcome {
+                rank,
+                path,
+                bytes,
+                resumed: true,
+            });
         }
         // Leftovers of an interrupted run carry a temporary name.
         if let Ok(entries) = std::fs::read_dir(&dir) {
