@@ -10,14 +10,16 @@ use shardplan::reshard::{LayoutSource, ReshardConfig, prepare, ranks_for_process
 
 fn cases() -> Vec<PathBuf> {
     let shared = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/conformance/mindspore");
-    if !shared.is_dir() {
+    let root = if shared.is_dir() {
+        shared
+    } else {
         eprintln!(
-            "SKIPPED: {} is absent; the end-to-end cases need it",
+            "SKIPPED: {} is absent; running the copies in tests/fixtures/mindspore only",
             shared.display()
         );
-        return Vec::new();
-    }
-    let mut v: Vec<PathBuf> = std::fs::read_dir(&shared)
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/mindspore")
+    };
+    let mut v: Vec<PathBuf> = std::fs::read_dir(&root)
         .unwrap()
         .map(|e| e.unwrap().path())
         .filter(|p| p.join("case.json").is_file())
@@ -118,9 +120,8 @@ fn conformance_cases_end_to_end() {
             ran += 1;
         }
     }
-    if ran > 0 {
-        assert!(ran >= 60, "ran {ran}");
-    }
+    // 33 cases with outputs, two source forms each; 9 in the fixtures.
+    assert!(ran >= 18, "ran {ran}");
 }
 
 /// An interrupted run (a temporary file left behind, a final file whose
@@ -128,12 +129,10 @@ fn conformance_cases_end_to_end() {
 /// kept.
 #[test]
 fn interrupted_runs_resume() {
-    let Some(dir) = cases()
+    let dir = cases()
         .into_iter()
         .find(|d| d.ends_with("tp4_row_to_tp2_row"))
-    else {
-        return;
-    };
+        .expect("the case is in the fixtures");
     let case: Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("case.json")).unwrap()).unwrap();
     let out = tmp("resume");
@@ -169,12 +168,10 @@ fn interrupted_runs_resume() {
 
 #[test]
 fn bad_inputs_are_refused_before_writing() {
-    let Some(dir) = cases()
+    let dir = cases()
         .into_iter()
         .find(|d| d.ends_with("tp4_row_to_tp2_row"))
-    else {
-        return;
-    };
+        .expect("the case is in the fixtures");
     let case: Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("case.json")).unwrap()).unwrap();
     let work = tmp("bad");
