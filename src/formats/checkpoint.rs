@@ -196,9 +196,26 @@ pub fn read_index(path: &Path) -> Result<CheckpointIndex, CheckpointError> {
     // be modified while a reshard runs.
     let map = unsafe { memmap2::Mmap::map(&file) }
         .map_err(|e| bad(path, e.to_string(), "check the file"))?;
+    parse_index(path, &map, format)
+}
+
+/// The index of checkpoint bytes already in memory (`path` only names them
+/// in errors). [`read_index`] calls this on a memory map.
+///
+/// # Errors
+///
+/// As [`read_index`], for the content checks.
+pub fn parse_index(
+    path: &Path,
+    bytes: &[u8],
+    format: CheckpointFormat,
+) -> Result<CheckpointIndex, CheckpointError> {
+    if bytes.is_empty() {
+        return Err(bad(path, "the file is empty", CORRUPT));
+    }
     let tensors = match format {
-        CheckpointFormat::Ckpt => index_ckpt(path, &map)?,
-        CheckpointFormat::Safetensors => index_safetensors(path, &map)?,
+        CheckpointFormat::Ckpt => index_ckpt(path, bytes)?,
+        CheckpointFormat::Safetensors => index_safetensors(path, bytes)?,
     };
     Ok(CheckpointIndex {
         path: path.to_path_buf(),
