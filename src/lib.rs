@@ -81,6 +81,8 @@ pub use planner::{MAX_PIECES, PlanConfig, PlanError, plan_transfer};
 pub use strategy::{Strategy, StrategyError, TensorInfo};
 pub use verify::{PlanDefect, Verified, verify_plan};
 pub mod formats;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod model;
 pub mod notation;
 pub mod report;

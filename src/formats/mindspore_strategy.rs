@@ -471,7 +471,9 @@ pub fn write_strategy_file(
             t.name.clone()
         }
     };
-    let current = stages.iter().map(|(s, _)| *s).max().unwrap_or(0);
+    // The last stage's index, as merge_pipeline_strategys writes it; it
+    // also carries the stage count when the last stage holds no parameter.
+    let current = stages.iter().map(|(_, n)| *n).max().unwrap_or(1) - 1;
     match format {
         StrategyFormat::Json => {
             let mut items = serde_json::Map::new();

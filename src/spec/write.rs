@@ -72,7 +72,12 @@ pub fn write_spec(spec: &SpecOut<'_>) -> Result<String, WriteError> {
         let _ = writeln!(out, "# {line}");
     }
     let _ = writeln!(out, "version: 1");
-    let _ = writeln!(out, "meshes:");
+    // Empty collections are written as `{}` / `[]`: a bare key reads as null.
+    let _ = writeln!(
+        out,
+        "meshes:{}",
+        if spec.meshes.is_empty() { " {}" } else { "" }
+    );
     for (name, mesh) in &spec.meshes {
         let _ = write!(
             out,
@@ -86,7 +91,15 @@ pub fn write_spec(spec: &SpecOut<'_>) -> Result<String, WriteError> {
         }
         let _ = writeln!(out, "}}");
     }
-    let _ = writeln!(out, "tensors:");
+    let tensor_count = spec
+        .strategies
+        .first()
+        .map_or(0, |s| s.strategy.tensors().len());
+    let _ = writeln!(
+        out,
+        "tensors:{}",
+        if tensor_count == 0 { " []" } else { "" }
+    );
     if let Some(first) = spec.strategies.first() {
         for t in first.strategy.tensors() {
             let _ = writeln!(
@@ -98,11 +111,27 @@ pub fn write_spec(spec: &SpecOut<'_>) -> Result<String, WriteError> {
             );
         }
     }
-    let _ = writeln!(out, "strategies:");
+    let _ = writeln!(
+        out,
+        "strategies:{}",
+        if spec.strategies.is_empty() {
+            " {}"
+        } else {
+            ""
+        }
+    );
     for s in &spec.strategies {
         let _ = writeln!(out, "  {}:", quote(s.name));
         let _ = writeln!(out, "    mesh: {}", quote(s.mesh));
-        let _ = writeln!(out, "    rules:");
+        let _ = writeln!(
+            out,
+            "    rules:{}",
+            if s.strategy.tensors().is_empty() {
+                " []"
+            } else {
+                ""
+            }
+        );
         for (t, l) in s.strategy.tensors().iter().zip(s.strategy.layouts()) {
             let err = |reason: String| WriteError {
                 strategy: s.name.to_string(),

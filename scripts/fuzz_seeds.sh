@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Rebuilds the fuzz seed corpora in fuzz/seeds/ from the bundled specs, the
+# MindSpore fixtures and freshly made plans. Run from the repository root.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+seeds=fuzz/seeds
+rm -rf "$seeds"
+mkdir -p "$seeds"/{spec_parse,strategy_file,checkpoint_index,plan_json,plan_execute}
+for f in specs/*.yaml specs/invalid/*.yaml; do
+    # Large generated specs add nothing the small ones lack.
+    [ "$(wc -c < "$f")" -lt 20000 ] && cp "$f" "$seeds/spec_parse/$(basename "$f")"
+done
+i=0
+for f in tests/fixtures/mindspore/*/*_strategy/*; do
+    cp "$f" "$seeds/strategy_file/$i-$(basename "$f")"; i=$((i + 1))
+done
+i=0
+for f in tests/fixtures/mindspore/*/src/rank_0/*.ckpt; do
+    { printf '\x00'; cat "$f"; } > "$seeds/checkpoint_index/ckpt-$i"; i=$((i + 1))
+done
+for f in tests/fixtures/mindspore/*/src_safetensors/rank_0/*.safetensors; do
+    { printf '\x01'; cat "$f"; } > "$seeds/checkpoint_index/st-$i"; i=$((i + 1))
+done
+cargo build -q --release
+for f in specs/mindspore-notation.yaml specs/uneven-vocab.yaml specs/jax-notation.yaml; do
+    target/release/shardplan plan "$f" --format json > "$seeds/plan_json/$(basename "$f" .yaml).json"
+done
+printf '\x01\x02\x01\x00\x02\x03\x04\x05\x06\x07\x08\x09' > "$seeds/plan_execute/small"
+echo "seeds: $(find "$seeds" -type f | wc -l) files"
