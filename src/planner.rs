@@ -141,7 +141,7 @@ pub fn plan_transfer(
     let mut group_of: HashMap<Vec<u64>, usize> = HashMap::new();
     let mut pending: Vec<Pending> = Vec::new();
     let mut tensors: Vec<TensorPlan> = Vec::with_capacity(names.len());
-    let mut estimate = 0u64;
+    check_piece_budget(src, dst, &names)?;
     for (ti, name) in names.iter().enumerate() {
         let (sl, dl) = (
             src.layout(name).expect("checked"),
@@ -168,16 +168,7 @@ pub fn plan_transfer(
                 .enumerate()
                 .map(|(k, dim)| dim.blocks_overlapping(need.offset()[k], need.end(k)))
                 .collect();
-            let cells = ranges
-                .iter()
-                .fold(1u64, |a, r| a.saturating_mul(r.end - r.start));
-            estimate = estimate.saturating_add(cells);
-            if estimate > MAX_PIECES {
-                return Err(PlanError::TooManyPieces {
-                    estimate,
-                    max: MAX_PIECES,
-                });
-            }
+
             for_each_cell(&ranges, |blocks| {
                 let mut offset = Vec::with_capacity(blocks.len());
                 let mut extent = Vec::with_capacity(blocks.len());
@@ -322,6 +313,46 @@ fn split_by_term(sl: &TensorLayout, holders: Vec<u64>) -> Vec<Vec<u64>> {
         terms.entry(key).or_default().push(h);
     }
     terms.into_values().collect()
+}
+
+/// Refuses, before any work, a plan whose cells (pieces before replica
+/// splitting) would exceed [`MAX_PIECES`]: counting them costs one box per
+/// destination rank and tensor.
+fn check_piece_budget(src: &Strategy, dst: &Strategy, names: &[String]) -> Result<(), PlanError> {
+    let mut estimate = 0u64;
+    for name in names {
+        let (sl, dl) = (
+            src.layout(name).expect("checked"),
+            dst.layout(name).expect("checked"),
+        );
+        let terms: u64 = sl
+            .partial()
+            .iter()
+            .map(|&a| sl.mesh().axis_size(a))
+            .product();
+        for d in 0..dst.mesh().rank_count() {
+            let Some(need) = dl.region_of(d) else {
+                continue;
+            };
+            let cells = sl
+                .dims()
+                .iter()
+                .enumerate()
+                .map(|(k, dim)| {
+                    let r = dim.blocks_overlapping(need.offset()[k], need.end(k));
+                    r.end - r.start
+                })
+                .fold(terms, u64::saturating_mul);
+            estimate = estimate.saturating_add(cells);
+            if estimate > MAX_PIECES {
+                return Err(PlanError::TooManyPieces {
+                    estimate,
+                    max: MAX_PIECES,
+                });
+            }
+        }
+    }
+    Ok(())
 }
 
 fn selected_tensors(

@@ -482,3 +482,51 @@ fn partial_sources_are_reduced() {
         assert!(err.contains("tensor `g`, rank 0"), "{err}");
     }
 }
+
+#[test]
+fn a_billion_pieces_is_refused_before_planning() {
+    // 2^20 source ranks each hold one row; 1024 destination ranks each want
+    // a column block: every destination box crosses every source row, 2^30
+    // cells in all.
+    let t = TensorInfo {
+        name: "huge".into(),
+        shape: vec![1 << 20, 1 << 10],
+        dtype: DType::U8,
+    };
+    let sm = Arc::new(DeviceMesh::new([("r", 1 << 20)]).unwrap());
+    let dm = Arc::new(DeviceMesh::new([("c", 1 << 10)]).unwrap());
+    let sl = TensorLayout::new(
+        sm.clone(),
+        &t.shape,
+        &LayoutConfig {
+            dims: vec![DimSplit::over(["r"]), DimSplit::none()],
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let dl = TensorLayout::new(
+        dm.clone(),
+        &t.shape,
+        &LayoutConfig {
+            dims: vec![DimSplit::none(), DimSplit::over(["c"])],
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let src = Strategy::new("rows", sm, vec![t.clone()], vec![sl]).unwrap();
+    let dst = Strategy::new("cols", dm, vec![t], vec![dl]).unwrap();
+    let err = plan_transfer(
+        &src,
+        &dst,
+        &PlanConfig {
+            replica_choice: ReplicaChoice::Balance,
+            tensors: None,
+        },
+    )
+    .unwrap_err();
+    assert!(
+        matches!(err, shardplan::PlanError::TooManyPieces { .. }),
+        "{err}"
+    );
+    assert!(err.to_string().contains("budget"), "{err}");
+}
