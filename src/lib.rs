@@ -80,6 +80,7 @@ pub use plan::{Piece, PlanSummary, RankTraffic, ReplicaChoice, SlicePlan, Tensor
 pub use planner::{MAX_PIECES, PlanConfig, PlanError, plan_transfer};
 pub use strategy::{Strategy, StrategyError, TensorInfo};
 pub use verify::{PlanDefect, Verified, verify_plan};
+pub mod derive;
 pub mod formats;
 #[doc(hidden)]
 pub mod fuzzing;

@@ -9,7 +9,10 @@ type Check = fn(&[u8]);
 
 const TARGETS: [(&str, Check); 4] = [
     ("spec_parse", shardplan::fuzzing::spec_round_trip),
-    ("strategy_file", shardplan::fuzzing::strategy_file_round_trip),
+    (
+        "strategy_file",
+        shardplan::fuzzing::strategy_file_round_trip,
+    ),
     ("checkpoint_index", shardplan::fuzzing::checkpoint_index),
     ("plan_json", shardplan::fuzzing::plan_json_round_trip),
 ];
@@ -39,5 +42,8 @@ fn stored_inputs_pass_their_checks() {
         regressions += replay(&root.join("tests/fuzz_regressions").join(target), check);
         seeds += replay(&root.join("fuzz/seeds").join(target), check);
     }
-    assert!(regressions >= 2 && seeds >= 50, "{regressions} regressions, {seeds} seeds");
+    assert!(
+        regressions >= 2 && seeds >= 50,
+        "{regressions} regressions, {seeds} seeds"
+    );
 }

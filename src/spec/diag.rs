@@ -56,11 +56,12 @@ pub enum DiagCode {
     BadStages,
     PinOutOfRange,
     UnknownStrategy,
+    BadOperator,
 }
 
 impl DiagCode {
     /// Every code, in documentation order.
-    pub const ALL: [DiagCode; 27] = [
+    pub const ALL: [DiagCode; 28] = [
         DiagCode::Syntax,
         DiagCode::UnknownField,
         DiagCode::WrongType,
@@ -88,6 +89,7 @@ impl DiagCode {
         DiagCode::BadStages,
         DiagCode::PinOutOfRange,
         DiagCode::UnknownStrategy,
+        DiagCode::BadOperator,
     ];
 
     /// The stable code string.
@@ -120,6 +122,7 @@ impl DiagCode {
             DiagCode::BadStages => "shardplan::spec::bad_stages",
             DiagCode::PinOutOfRange => "shardplan::spec::pin_out_of_range",
             DiagCode::UnknownStrategy => "shardplan::spec::unknown_strategy",
+            DiagCode::BadOperator => "shardplan::spec::bad_operator",
         }
     }
 

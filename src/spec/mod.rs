@@ -8,7 +8,7 @@
 
 mod budget;
 mod diag;
-mod glob;
+pub(crate) mod glob;
 mod raw;
 pub mod write;
 
@@ -19,6 +19,10 @@ pub use diag::{DiagCode, Severity, Span, SpecDiagnostic};
 use glob::{Glob, LayerPattern};
 use raw::{RawDim, RawDims, RawMapEntry, RawPolicy, RawRule, RawSpec, RawSplit, RawStrategy, S};
 
+use crate::derive::ops::{
+    ActivationInput, DimSize, OpKind, Operator, OperatorGraph, RepeatSide, derive_from_operators,
+};
+use crate::derive::{DeriveRules, Fallback};
 use crate::dtype::DType;
 use crate::error::LayoutError;
 use crate::geometry::element_count;
@@ -79,6 +83,26 @@ pub struct Spec {
     pub decided_by: BTreeMap<String, Vec<usize>>,
     /// The default transfer.
     pub transfer: Option<Transfer>,
+    /// The `derive:` section: rules for `shardplan derive`.
+    pub derive: Option<DeriveRules>,
+    /// The `operators:` section: MindSpore operator shard strategies, for
+    /// `shardplan derive --operators`.
+    pub operators: Option<OperatorGraph>,
+    /// For each strategy with a `stages` section, its axis and layer pattern.
+    pub stages: BTreeMap<String, StageSpec>,
+    /// For each strategy, the optimizer-shard size (`opt_weight_shard_size`,
+    /// 0 = none) of every tensor a `mindspore` rule decides.
+    pub optimizer_shards: BTreeMap<String, BTreeMap<String, u64>>,
+}
+
+/// A strategy's `stages` section, as written: the stage axis and the layer
+/// pattern.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StageSpec {
+    /// The stage axis.
+    pub axis: String,
+    /// The layer pattern, with `{}` where the layer index is.
+    pub layer: String,
 }
 
 impl Spec {
@@ -310,10 +334,12 @@ impl Cx {
         let tensors = self.lower_tensors(&raw, budget)?;
         let mut strategies = BTreeMap::new();
         let mut decided_by = BTreeMap::new();
+        let mut optimizer_shards = BTreeMap::new();
         for (name, rs) in &raw.strategies {
-            if let Some((s, d)) = self.lower_strategy(name, rs, &meshes, &tensors, budget) {
+            if let Some((s, d, o)) = self.lower_strategy(name, rs, &meshes, &tensors, budget) {
                 strategies.insert(name.clone(), s);
                 decided_by.insert(name.clone(), d);
+                optimizer_shards.insert(name.clone(), o);
             }
         }
         let transfer = raw.transfer.as_ref().map(|t| {
@@ -337,7 +363,35 @@ impl Cx {
                 to: t.to.value.clone(),
             }
         });
+        let derive = raw
+            .derive
+            .as_ref()
+            .and_then(|d| self.lower_derive(d, &meshes));
+        let operators = raw
+            .operators
+            .as_ref()
+            .and_then(|o| self.lower_operators(o, &tensors));
+        let stages = raw
+            .strategies
+            .iter()
+            .filter(|(name, _)| strategies.contains_key(*name))
+            .filter_map(|(name, rs)| {
+                rs.stages.as_ref().map(|st| {
+                    (
+                        name.clone(),
+                        StageSpec {
+                            axis: st.axis.value.clone(),
+                            layer: st.layer.value.clone(),
+                        },
+                    )
+                })
+            })
+            .collect();
         Some(Spec {
+            derive,
+            operators,
+            stages,
+            optimizer_shards,
             meshes: meshes
                 .into_iter()
                 .filter_map(|(k, v)| v.map(|m| (k, m)))
@@ -347,6 +401,310 @@ impl Cx {
             decided_by,
             transfer,
         })
+    }
+
+    /// Checks the `derive:` section: axes on some mesh and with one role,
+    /// a known fallback, a layer pattern, ranges and globs.
+    fn lower_derive(
+        &mut self,
+        d: &S<raw::RawDerive>,
+        meshes: &BTreeMap<String, Option<Arc<DeviceMesh>>>,
+    ) -> Option<DeriveRules> {
+        let raw = &d.value;
+        let mut ok = true;
+        // An axis may be on a mesh that failed to lower; then it is not
+        // reported as unknown.
+        let all_meshes_ok = meshes.values().all(Option::is_some);
+        let mut known: Vec<&str> = meshes
+            .values()
+            .flatten()
+            .flat_map(|m| m.axes().iter().map(|a| a.name.as_str()))
+            .collect();
+        known.sort_unstable();
+        known.dedup();
+        let mut seen: Vec<(&str, &str, Span)> = Vec::new();
+        let roles = raw
+            .tp_axes
+            .iter()
+            .map(|a| (a, "tp_axes"))
+            .chain(raw.dp_axes.iter().map(|a| (a, "dp_axes")))
+            .chain(raw.pp_axis.iter().map(|a| (a, "pp_axis")));
+        for (axis, role) in roles {
+            let span = span_of(axis);
+            if all_meshes_ok && !known.contains(&axis.value.as_str()) {
+                self.error(
+                    DiagCode::UnknownAxis,
+                    span,
+                    format!("derive: axis `{}` is on no mesh of the spec", axis.value),
+                    "unknown axis",
+                    &format!("axes of the spec's meshes: {}", known.join(", ")),
+                );
+                ok = false;
+                continue;
+            }
+            if let Some((_, first_role, first)) =
+                seen.iter().find(|(n, _, _)| *n == axis.value.as_str())
+            {
+                let (line, col) = diag::line_col(&self.text, first.offset);
+                self.error(
+                    DiagCode::AxisReused,
+                    span,
+                    format!(
+                        "derive: axis `{}` is in `{role}` and already in `{first_role}` (line {line}, column {col})",
+                        axis.value
+                    ),
+                    "second role",
+                    "give each axis one role: tensor-parallel, data-parallel or pipeline",
+                );
+                ok = false;
+                continue;
+            }
+            seen.push((axis.value.as_str(), role, span));
+        }
+        let fallback = match &raw.fallback {
+            None => Fallback::Error,
+            Some(f) => match f.value.parse::<Fallback>() {
+                Ok(f) => f,
+                Err(e) => {
+                    self.error(
+                        DiagCode::BadPolicy,
+                        span_of(f),
+                        format!("derive: {e}"),
+                        "unknown fallback",
+                        "`fallback` is error (refuse), replicate or chunk",
+                    );
+                    ok = false;
+                    Fallback::Error
+                }
+            },
+        };
+        if let Some(l) = &raw.layer
+            && let Err(e) = LayerPattern::new(&l.value)
+        {
+            self.error(
+                DiagCode::BadStages,
+                span_of(l),
+                format!("derive: layer pattern `{}`: {e}", l.value),
+                "bad layer pattern",
+                "write e.g. \"model.layers.{}.*\", with {} where the layer index is",
+            );
+            ok = false;
+        }
+        if let Some(r) = &raw.ranges {
+            for w in &r.value {
+                if w.value[0] > w.value[1] {
+                    self.error(
+                        DiagCode::BadStages,
+                        span_of(w),
+                        format!("derive: range [{}, {}] is empty", w.value[0], w.value[1]),
+                        "empty range",
+                        "ranges are [first, last] layer, inclusive, one per target stage",
+                    );
+                    ok = false;
+                }
+            }
+        }
+        for g in raw.shared.iter().chain(&raw.replicate) {
+            if let Err(e) = Glob::new(&g.value) {
+                self.error(
+                    DiagCode::BadPattern,
+                    span_of(g),
+                    format!("derive: pattern `{}`: {e}", g.value),
+                    "bad pattern",
+                    "`*` matches any characters, `?` one character",
+                );
+                ok = false;
+            }
+        }
+        let names = |v: &[S<String>]| v.iter().map(|a| a.value.clone()).collect();
+        ok.then(|| DeriveRules {
+            tp_axes: names(&raw.tp_axes),
+            dp_axes: names(&raw.dp_axes),
+            pp_axis: raw.pp_axis.as_ref().map(|a| a.value.clone()),
+            fallback,
+            layer: raw.layer.as_ref().map(|l| l.value.clone()),
+            ranges: raw
+                .ranges
+                .as_ref()
+                .map(|r| r.value.iter().map(|w| w.value).collect()),
+            shared: names(&raw.shared),
+            replicate: names(&raw.replicate),
+            optimizer_shards: BTreeMap::new(),
+        })
+    }
+
+    /// Checks the `operators:` section and lays the operators out, so that
+    /// a spec that checks also derives.
+    fn lower_operators(
+        &mut self,
+        o: &S<raw::RawOperators>,
+        tensors: &[(TensorInfo, Span)],
+    ) -> Option<OperatorGraph> {
+        let raw = &o.value;
+        let mut ok = true;
+        let help = "see docs/derive.md: operators take weights, graph inputs or earlier outputs, one strategy per input";
+        if raw.devices.value == 0 {
+            self.error(
+                DiagCode::BadOperator,
+                span_of(&raw.devices),
+                "operators: `devices` is 0".into(),
+                "no devices",
+                "give the devices of the stage the strategies are written for",
+            );
+            ok = false;
+        }
+        if raw.batch.as_ref().is_some_and(|b| b.value == 0) {
+            self.error(
+                DiagCode::BadOperator,
+                raw.batch.as_ref().map_or(span_of(o), span_of),
+                "operators: `batch` is 0".into(),
+                "empty batch",
+                "the batch is at least 1",
+            );
+            ok = false;
+        }
+        let repeated_calc = match &raw.repeated_calc {
+            None => RepeatSide::Right,
+            Some(r) => r.value.parse().unwrap_or_else(|e: String| {
+                self.error(
+                    DiagCode::BadOperator,
+                    span_of(r),
+                    format!("operators: {e}"),
+                    "unknown side",
+                    "`repeated_calc` is right (MindSpore 2.x) or left (earlier versions)",
+                );
+                ok = false;
+                RepeatSide::Right
+            }),
+        };
+        let mut inputs = Vec::new();
+        for a in &raw.inputs {
+            let a = &a.value;
+            if tensors.iter().any(|(t, _)| t.name == a.name.value)
+                || inputs
+                    .iter()
+                    .any(|i: &ActivationInput| i.name == a.name.value)
+            {
+                self.error(
+                    DiagCode::BadOperator,
+                    span_of(&a.name),
+                    format!(
+                        "operators: graph input `{}` is already a tensor or another input",
+                        a.name.value
+                    ),
+                    "name taken",
+                    "give graph inputs names of their own",
+                );
+                ok = false;
+                continue;
+            }
+            let dtype = match a.dtype.value.parse::<DType>() {
+                Ok(d) => d,
+                Err(_) => {
+                    let names: Vec<&str> = DType::ALL.iter().map(|d| d.name()).collect();
+                    self.error(
+                        DiagCode::UnknownDType,
+                        span_of(&a.dtype),
+                        format!(
+                            "graph input `{}` has unknown dtype `{}`",
+                            a.name.value, a.dtype.value
+                        ),
+                        "unknown dtype",
+                        &format!("use one of: {}", names.join(", ")),
+                    );
+                    ok = false;
+                    continue;
+                }
+            };
+            let mut shape = Vec::new();
+            for d in &a.shape.value {
+                match &d.value {
+                    raw::RawSize::Fixed(n) => shape.push(DimSize::Fixed(*n)),
+                    raw::RawSize::Word(w) if w == "batch" => shape.push(DimSize::Batch),
+                    raw::RawSize::Word(w) => {
+                        self.error(
+                            DiagCode::BadOperator,
+                            span_of(d),
+                            format!("operators: `{w}` in the shape of `{}` is neither a size nor `batch`", a.name.value),
+                            "not a size",
+                            "write sizes as integers, and `batch` for the batch dimension",
+                        );
+                        ok = false;
+                    }
+                }
+            }
+            inputs.push(ActivationInput {
+                name: a.name.value.clone(),
+                shape,
+                dtype,
+            });
+        }
+        let mut ops = Vec::new();
+        for (i, op) in raw.ops.value.iter().enumerate() {
+            let r = &op.value;
+            let kind = match r.op.value.parse::<OpKind>() {
+                Ok(k) => k,
+                Err(e) => {
+                    self.error(
+                        DiagCode::BadOperator,
+                        span_of(&r.op),
+                        format!("operators: {e}"),
+                        "unknown operator",
+                        help,
+                    );
+                    ok = false;
+                    continue;
+                }
+            };
+            let name = r
+                .name
+                .as_ref()
+                .map_or_else(|| format!("{kind}#{i}"), |n| n.value.clone());
+            ops.push(Operator {
+                kind,
+                output: r
+                    .output
+                    .as_ref()
+                    .map_or_else(|| name.clone(), |n| n.value.clone()),
+                name,
+                inputs: r.inputs.value.iter().map(|n| n.value.clone()).collect(),
+                strategy: r.strategy.value.clone(),
+                transpose_b: r.transpose_b,
+            });
+        }
+        if !ok {
+            return None;
+        }
+        let graph = OperatorGraph {
+            devices: raw.devices.value,
+            batch: raw.batch.as_ref().map_or(1, |b| b.value),
+            repeated_calc,
+            inputs,
+            ops,
+        };
+        let infos: Vec<TensorInfo> = tensors.iter().map(|(t, _)| t.clone()).collect();
+        if let Err(e) = derive_from_operators(&graph, &infos) {
+            let at_input = |(op, input): (usize, Option<usize>)| {
+                let r = raw.ops.value.get(op)?;
+                Some(match input.and_then(|k| r.value.inputs.value.get(k)) {
+                    Some(i) => (span_of(i), "this input"),
+                    None => (span_of(&r.value.op), "this operator"),
+                })
+            };
+            let (span, label) = e
+                .location()
+                .and_then(at_input)
+                .unwrap_or((span_of(o), "operators"));
+            self.error(
+                DiagCode::BadOperator,
+                span,
+                format!("operators: {e}"),
+                label,
+                &miette_help(&e),
+            );
+            return None;
+        }
+        Some(graph)
     }
 
     fn lower_meshes(&mut self, raw: &RawSpec) -> BTreeMap<String, Option<Arc<DeviceMesh>>> {
@@ -497,7 +855,7 @@ impl Cx {
         meshes: &BTreeMap<String, Option<Arc<DeviceMesh>>>,
         tensors: &[(TensorInfo, Span)],
         budget: &SpecBudget,
-    ) -> Option<(Strategy, Vec<usize>)> {
+    ) -> Option<(Strategy, Vec<usize>, BTreeMap<String, u64>)> {
         let mesh = match meshes.get(&rs.mesh.value) {
             Some(Some(m)) => m.clone(),
             Some(None) => return None, // already reported
@@ -621,9 +979,21 @@ impl Cx {
         if !ok || rules.iter().any(Option::is_none) {
             return None;
         }
+        // The optimizer shard each `mindspore` rule states: the layout
+        // alone cannot tell it from a tensor-map split of a whole axis.
+        let optimizer_shards = tensors
+            .iter()
+            .zip(&decided)
+            .filter_map(|((t, _), &i)| match &rules[i].as_ref()?.form {
+                Form::MindSpore(ms, _) => {
+                    Some((t.name.clone(), ms.opt_weight_shard_size.max(0) as u64))
+                }
+                _ => None,
+            })
+            .collect();
         let infos = tensors.iter().map(|(t, _)| t.clone()).collect();
         match Strategy::new(name, mesh, infos, layouts) {
-            Ok(s) => Some((s, decided)),
+            Ok(s) => Some((s, decided, optimizer_shards)),
             Err(e) => {
                 self.error(
                     DiagCode::Notation,

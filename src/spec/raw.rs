@@ -20,6 +20,92 @@ pub(crate) struct RawSpec {
     #[serde(default)]
     pub strategies: BTreeMap<String, RawStrategy>,
     pub transfer: Option<RawTransfer>,
+    pub derive: Option<S<RawDerive>>,
+    pub operators: Option<S<RawOperators>>,
+}
+
+/// The `operators:` section: MindSpore operator shard strategies.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawOperators {
+    pub devices: S<u64>,
+    pub batch: Option<S<u64>>,
+    pub repeated_calc: Option<S<String>>,
+    #[serde(default)]
+    pub inputs: Vec<S<RawActivation>>,
+    pub ops: S<Vec<S<RawOp>>>,
+}
+
+/// A graph input: name, shape (sizes or the word `batch`), dtype.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawActivation {
+    pub name: S<String>,
+    pub shape: S<Vec<S<RawSize>>>,
+    pub dtype: S<String>,
+}
+
+/// One operator with its shard strategy.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawOp {
+    pub op: S<String>,
+    pub name: Option<S<String>>,
+    pub inputs: S<Vec<S<String>>>,
+    pub strategy: S<Vec<Vec<u64>>>,
+    #[serde(default)]
+    pub transpose_b: bool,
+    pub output: Option<S<String>>,
+}
+
+/// A dimension of a graph input: a size, or a word (`batch`).
+#[derive(Debug)]
+pub(crate) enum RawSize {
+    Fixed(u64),
+    Word(String),
+}
+
+impl<'de> Deserialize<'de> for RawSize {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = RawSize;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a dimension size or `batch`")
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<RawSize, E> {
+                Ok(RawSize::Fixed(v))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<RawSize, E> {
+                u64::try_from(v)
+                    .map(RawSize::Fixed)
+                    .map_err(|_| E::custom("a dimension size cannot be negative"))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<RawSize, E> {
+                Ok(RawSize::Word(v.to_string()))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// The `derive:` section: how `shardplan derive` reads the training
+/// strategy's axes and what it does with what does not fit.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawDerive {
+    #[serde(default)]
+    pub tp_axes: Vec<S<String>>,
+    #[serde(default)]
+    pub dp_axes: Vec<S<String>>,
+    pub pp_axis: Option<S<String>>,
+    pub fallback: Option<S<String>>,
+    pub layer: Option<S<String>>,
+    pub ranges: Option<S<Vec<S<[u64; 2]>>>>,
+    #[serde(default)]
+    pub shared: Vec<S<String>>,
+    #[serde(default)]
+    pub replicate: Vec<S<String>>,
 }
 
 #[derive(Debug, Deserialize)]
