@@ -219,8 +219,8 @@ pub struct DeriveRules {
     /// own cannot tell an optimizer shard over a whole replicated axis from
     /// a tensor-map split of dimension 0 over that axis; this says which.
     /// Without an entry, the reading of
-    /// [`MindSporeLayout::from_layout`] is used (an optimizer shard where
-    /// one fits). [`rules_for`] fills it from the spec's `mindspore` rules.
+    /// [`MindSporeLayout::from_layout`] is used (an optimizer shard only
+    /// for the trailing axes of a dimension 0 split several ways). [`rules_for`] fills it from the spec's `mindspore` rules.
     pub optimizer_shards: BTreeMap<String, u64>,
 }
 

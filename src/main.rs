@@ -104,6 +104,51 @@ enum Command {
         #[arg(long, default_value_t = 4096)]
         max_memory_mib: u64,
     },
+    /// Reshard checkpoints file by file: N source ranks to M destination
+    /// ranks, each output written atomically and recorded in a manifest.
+    Reshard(ReshardArgs),
+    /// Turn MindSpore strategy files into a spec.
+    Import {
+        /// Strategy files (one, a merged one, or one per pipeline stage).
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// Output spec.
+        #[arg(short, long)]
+        output: PathBuf,
+        /// Name of the strategy (and its mesh) in the spec.
+        #[arg(long, default_value = "mindspore")]
+        name: String,
+        /// Take shapes and dtypes from this checkpoint directory (rank_<r>/
+        /// folders) instead of the files (protobuf files record none).
+        #[arg(long)]
+        shapes_from: Option<PathBuf>,
+        /// Dtype of the tensors when the shapes come from the files.
+        #[arg(long, default_value = "f32")]
+        dtype: String,
+    },
+    /// Write a strategy of a spec as a MindSpore strategy file.
+    Export {
+        /// Spec file (or a strategy file).
+        spec: PathBuf,
+        /// Strategy name.
+        #[arg(long)]
+        strategy: String,
+        /// Output form.
+        #[arg(long, value_enum)]
+        format: ExportFormat,
+        /// Output file; stdout when absent.
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+    },
+    /// Merge per-stage strategy files into one (MindSpore's
+    /// merge_pipeline_strategys).
+    MergeStages {
+        /// Directory holding one strategy file per stage.
+        dir: PathBuf,
+        /// Output file; `.json` writes JSON, anything else protobuf.
+        #[arg(short, long)]
+        output: PathBuf,
+    },
     /// Explain in words why a tensor moves what it moves.
     Explain {
         /// Spec file.
@@ -177,6 +222,50 @@ struct Ends {
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum ExportFormat {
+    MindsporeJson,
+    MindsporePb,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum CkptFormat {
+    Ckpt,
+    Safetensors,
+}
+
+#[derive(clap::Args)]
+struct ReshardArgs {
+    /// Source directory of rank_<r>/ folders.
+    #[arg(long)]
+    src: PathBuf,
+    /// Source strategy: MindSpore strategy file(s) (repeat for per-stage
+    /// files), or a spec (its transfer's `from`, or SPEC#strategy). Absent:
+    /// one device holding whole tensors.
+    #[arg(long)]
+    src_strategy: Vec<PathBuf>,
+    /// Destination strategy, likewise (a spec's transfer `to`). Absent: one
+    /// device.
+    #[arg(long)]
+    dst_strategy: Vec<PathBuf>,
+    /// Output directory.
+    #[arg(long)]
+    out: PathBuf,
+    /// Output format; the source's when absent.
+    #[arg(long, value_enum)]
+    format: Option<CkptFormat>,
+    /// Produce only this destination rank (else RANK, SLURM_PROCID or
+    /// OMPI_COMM_WORLD_RANK when set, else all).
+    #[arg(long)]
+    rank: Option<u64>,
+    /// Balance sends over replicas instead of reading the fewest files.
+    #[arg(long)]
+    balance: bool,
+    /// Allow device counts that do not divide each other (MindSpore refuses).
+    #[arg(long)]
+    any_device_count: bool,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Format {
     Text,
     Json,
@@ -230,6 +319,21 @@ fn main() -> ExitCode {
             max_memory_mib,
         ),
         Command::Explain { spec, ends, tensor } => explain(&spec, &ends, &tensor),
+        Command::Reshard(args) => reshard(&args),
+        Command::Import {
+            files,
+            output,
+            name,
+            shapes_from,
+            dtype,
+        } => import(&files, &output, &name, shapes_from.as_deref(), &dtype),
+        Command::Export {
+            spec,
+            strategy,
+            format,
+            output,
+        } => export(&spec, &strategy, format, output.as_deref()),
+        Command::MergeStages { dir, output } => merge_stages(&dir, &output),
         Command::Derive {
             spec,
             from,
@@ -396,7 +500,20 @@ fn show(path: &Path, strategy: &str, tensor: &str, width: usize) -> miette::Resu
 
 /// Reads and checks a spec; invalid specs print their diagnostics.
 fn load_spec(path: &Path) -> miette::Result<Result<Spec, ExitCode>> {
-    let text = read(path)?;
+    let text = if is_strategy_file(path) {
+        // A MindSpore strategy file where a spec is expected: imported with
+        // the shapes it records.
+        let name = path
+            .file_stem()
+            .map_or("imported".into(), |s| s.to_string_lossy().into_owned());
+        formats::import::import_spec(
+            &[path],
+            formats::import::ShapeSource::Recorded(shardplan::DType::F32),
+            &name,
+        )?
+    } else {
+        read(path)?
+    };
     let (spec, diags) = parse_spec(&path.display().to_string(), &text);
     match spec {
         Some(s) => {
@@ -413,11 +530,7 @@ fn load_spec(path: &Path) -> miette::Result<Result<Spec, ExitCode>> {
     }
 }
 
-fn strategy_pair<'a>(
-    spec: &'a Spec,
-    ends: &Ends,
-    path: &Path,
-) -> miette::Result<(&'a Strategy, &'a Strategy)> {
+fn strategy_pair(spec: &Spec, ends: &Ends, path: &Path) -> miette::Result<(Strategy, Strategy)> {
     let from = ends
         .from
         .clone()
@@ -433,17 +546,35 @@ fn strategy_pair<'a>(
             path.display()
         ));
     };
-    let get = |name: &str| {
-        spec.strategy(name).ok_or_else(|| {
-            let names: Vec<&String> = spec.strategies.keys().collect();
+    Ok((
+        named_strategy(spec, &from, path)?,
+        named_strategy(spec, &to, path)?,
+    ))
+}
+
+/// A strategy of the spec, or a MindSpore strategy file laying out the
+/// spec's tensors: wherever a strategy name is expected, a file works too.
+fn named_strategy(spec: &Spec, name: &str, path: &Path) -> miette::Result<Strategy> {
+    if let Some(s) = spec.strategy(name) {
+        return Ok(s.clone());
+    }
+    let file = Path::new(name);
+    if file.is_file() {
+        let f = shardplan::formats::mindspore_strategy::read_strategy_files(&[file])?;
+        return f.to_strategy(name, &spec.tensors).map_err(|m| {
             miette::miette!(
-                help = format!("strategies in the spec: {names:?}"),
-                "no strategy `{name}` in {}",
-                path.display()
+                help = "the file must lay out the spec's tensors",
+                "{name}: {m}"
             )
-        })
-    };
-    Ok((get(&from)?, get(&to)?))
+        });
+    }
+    let names: Vec<&String> = spec.strategies.keys().collect();
+    Err(miette::miette!(
+        help =
+            format!("strategies in the spec: {names:?}; a MindSpore strategy file path works too"),
+        "no strategy `{name}` in {}",
+        path.display()
+    ))
 }
 
 fn plan(
@@ -460,6 +591,7 @@ fn plan(
         Err(code) => return Ok(code),
     };
     let (src, dst) = strategy_pair(&spec, ends, path)?;
+    let (src, dst) = (&src, &dst);
     let tensors = match tensor {
         None => None,
         Some(pattern) => {
@@ -527,6 +659,7 @@ fn verify(spec_path: &Path, plan_path: &Path) -> miette::Result<ExitCode> {
         to: Some(plan.destination.clone()),
     };
     let (src, dst) = strategy_pair(&spec, &ends, spec_path)?;
+    let (src, dst) = (&src, &dst);
     match verify_plan(&plan, src, dst) {
         Ok(v) => {
             println!(
@@ -555,6 +688,7 @@ fn explain(path: &Path, ends: &Ends, tensor: &str) -> miette::Result<ExitCode> {
         Err(code) => return Ok(code),
     };
     let (src, dst) = strategy_pair(&spec, ends, path)?;
+    let (src, dst) = (&src, &dst);
     if src.tensor(tensor).is_none() {
         return Err(miette::miette!(
             help = "names are matched exactly, as listed under `tensors:` in the spec",
@@ -590,6 +724,7 @@ fn simulate(
         Err(code) => return Ok(code),
     };
     let (src, dst) = strategy_pair(&spec, ends, path)?;
+    let (src, dst) = (&src, &dst);
     let names = match tensor {
         None => spec.tensors.iter().map(|t| t.name.clone()).collect(),
         Some(pattern) => select_tensors(&spec, pattern)
@@ -890,4 +1025,270 @@ fn derive_operators(path: &Path, args: &DeriveArgs) -> miette::Result<ExitCode> 
         eprintln!("{summary}");
     }
     write_derived(&yaml, &derived.strategy, args, &summary, explanation)
+}
+
+/// A MindSpore strategy file rather than a YAML spec: anything but `.yaml`
+/// / `.yml` whose content is JSON with `parallel_layout_item` or binary.
+fn is_strategy_file(path: &Path) -> bool {
+    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
+    if matches!(ext, "yaml" | "yml") {
+        return false;
+    }
+    std::fs::read(path).is_ok_and(|b| {
+        let text = String::from_utf8_lossy(&b[..b.len().min(4096)]);
+        text.contains("parallel_layout_item") || ext == "ckpt" || ext == "pb"
+    })
+}
+
+/// A side's layouts for `reshard`: strategy files, or a spec (optionally
+/// `SPEC#strategy`; else its transfer's end), or one device.
+fn layout_source(
+    args: &[PathBuf],
+    end: fn(&shardplan::spec::Transfer) -> &str,
+) -> miette::Result<shardplan::reshard::LayoutSource> {
+    use shardplan::reshard::LayoutSource;
+    let Some(first) = args.first() else {
+        return Ok(LayoutSource::SingleDevice);
+    };
+    let text = first.to_string_lossy();
+    let (path, name) = match text.split_once('#') {
+        Some((p, n)) => (PathBuf::from(p), Some(n.to_string())),
+        None => (first.clone(), None),
+    };
+    let is_spec = matches!(
+        path.extension().and_then(|e| e.to_str()),
+        Some("yaml" | "yml")
+    );
+    if !is_spec {
+        return Ok(LayoutSource::MindSpore(args.to_vec()));
+    }
+    let spec = match load_spec(&path)? {
+        Ok(s) => s,
+        Err(_) => return Err(miette::miette!("{} is not a valid spec", path.display())),
+    };
+    let name = name
+        .or_else(|| spec.transfer.as_ref().map(|t| end(t).to_string()))
+        .ok_or_else(|| {
+            miette::miette!(
+                help = "write SPEC#strategy",
+                "{} names no transfer",
+                path.display()
+            )
+        })?;
+    Ok(LayoutSource::Strategy(Box::new(named_strategy(
+        &spec, &name, &path,
+    )?)))
+}
+
+fn reshard(args: &ReshardArgs) -> miette::Result<ExitCode> {
+    use shardplan::formats::checkpoint::CheckpointFormat;
+    use shardplan::reshard::{ReshardConfig, prepare, ranks_for_process};
+    let src_dir = args
+        .src
+        .canonicalize()
+        .into_diagnostic()
+        .wrap_err_with(|| format!("cannot read {}", args.src.display()))?;
+    // The output is created only once every input has been checked.
+    let out = std::path::absolute(&args.out).into_diagnostic()?;
+    if out.starts_with(&src_dir) || src_dir.starts_with(&out) {
+        return Err(miette::miette!(
+            help = "write the output elsewhere; sources are never modified",
+            "the output {} overlaps the source {}",
+            out.display(),
+            src_dir.display()
+        ));
+    }
+    let cfg = ReshardConfig {
+        src_dir,
+        src: layout_source(&args.src_strategy, |t| &t.from)?,
+        dst: layout_source(&args.dst_strategy, |t| &t.to)?,
+        out_dir: out.clone(),
+        format: args.format.map(|f| match f {
+            CkptFormat::Ckpt => CheckpointFormat::Ckpt,
+            CkptFormat::Safetensors => CheckpointFormat::Safetensors,
+        }),
+        ranks: None,
+        replica_choice: if args.balance {
+            ReplicaChoice::Balance
+        } else {
+            ReplicaChoice::MinFiles
+        },
+        window_bytes: 64 << 20,
+        any_device_count: args.any_device_count,
+    };
+    let prepared = match prepare(&cfg) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("{:?}", miette::Report::new(e));
+            return Ok(ExitCode::from(1));
+        }
+    };
+    std::fs::create_dir_all(&out)
+        .into_diagnostic()
+        .wrap_err_with(|| format!("cannot create {}", out.display()))?;
+    for w in &prepared.warnings {
+        eprintln!("warning: {w}");
+    }
+    let ranks = ranks_for_process(args.rank, prepared.dst.mesh().rank_count(), &|k| {
+        std::env::var(k).ok()
+    });
+    let total: u64 = ranks
+        .iter()
+        .map(|&r| {
+            prepared
+                .dst
+                .tensors()
+                .iter()
+                .zip(prepared.dst.layouts())
+                .filter_map(|(t, l)| l.region_of(r).map(|g| g.volume() * t.dtype.size_bytes()))
+                .sum::<u64>()
+        })
+        .sum();
+    let bar = if std::io::stderr().is_terminal() {
+        let b = indicatif::ProgressBar::new(total);
+        b.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        b
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    let t0 = std::time::Instant::now();
+    let mut written = 0u64;
+    for r in &ranks {
+        let o = prepared.write_rank(&out, *r, 64 << 20, &mut |n| bar.inc(n))?;
+        if o.resumed {
+            bar.inc(
+                prepared
+                    .dst
+                    .tensors()
+                    .iter()
+                    .zip(prepared.dst.layouts())
+                    .filter_map(|(t, l)| l.region_of(*r).map(|g| g.volume() * t.dtype.size_bytes()))
+                    .sum(),
+            );
+        } else {
+            written += o.bytes;
+        }
+        if !std::io::stderr().is_terminal() {
+            eprintln!(
+                "rank {r}: {} {}",
+                o.path.display(),
+                if o.resumed {
+                    "(complete from an earlier run)"
+                } else {
+                    "written"
+                }
+            );
+        }
+    }
+    bar.finish_and_clear();
+    let secs = t0.elapsed().as_secs_f64();
+    emit(&format!(
+        "resharded {} to {} ranks ({} produced here): {} written in {:.2} s ({:.2} GB/s)\n",
+        prepared.src.mesh().rank_count(),
+        prepared.dst.mesh().rank_count(),
+        ranks.len(),
+        report::human_bytes(written),
+        secs,
+        written as f64 / secs.max(1e-9) / 1e9
+    ));
+    Ok(ExitCode::SUCCESS)
+}
+
+fn import(
+    files: &[PathBuf],
+    output: &Path,
+    name: &str,
+    shapes_from: Option<&Path>,
+    dtype: &str,
+) -> miette::Result<ExitCode> {
+    use shardplan::formats::import::{ShapeSource, import_spec};
+    let refs: Vec<&Path> = files.iter().map(PathBuf::as_path).collect();
+    let dtype: shardplan::DType = dtype.parse().map_err(|e| miette::miette!("--dtype: {e}"))?;
+    let tensors = match shapes_from {
+        Some(dir) => {
+            let f = shardplan::formats::mindspore_strategy::read_strategy_files(&refs)?;
+            Some(shardplan::reshard::tensors_from_checkpoints(dir, Some(&f))?)
+        }
+        None => None,
+    };
+    let shapes = match &tensors {
+        Some(t) => ShapeSource::Tensors(t),
+        None => ShapeSource::Recorded(dtype),
+    };
+    let yaml = import_spec(&refs, shapes, name)?;
+    formats::write_atomic(output, yaml.as_bytes())
+        .into_diagnostic()
+        .wrap_err_with(|| format!("cannot write {}", output.display()))?;
+    eprintln!("wrote {}", output.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+fn export(
+    path: &Path,
+    strategy: &str,
+    format: ExportFormat,
+    output: Option<&Path>,
+) -> miette::Result<ExitCode> {
+    use shardplan::formats::mindspore_strategy::{StrategyFormat, write_strategy_file};
+    let spec = match load_spec(path)? {
+        Ok(s) => s,
+        Err(code) => return Ok(code),
+    };
+    let s = named_strategy(&spec, strategy, path)?;
+    let bytes = write_strategy_file(
+        &s,
+        match format {
+            ExportFormat::MindsporeJson => StrategyFormat::Json,
+            ExportFormat::MindsporePb => StrategyFormat::Protobuf,
+        },
+    )?;
+    match output {
+        Some(out) => {
+            formats::write_atomic(out, &bytes)
+                .into_diagnostic()
+                .wrap_err_with(|| format!("cannot write {}", out.display()))?;
+            eprintln!("wrote {}", out.display());
+        }
+        None => {
+            let _ = std::io::stdout().lock().write_all(&bytes);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn merge_stages(dir: &Path, output: &Path) -> miette::Result<ExitCode> {
+    use shardplan::formats::mindspore_strategy::{StrategyFormat, read_strategy_files};
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .into_diagnostic()
+        .wrap_err_with(|| format!("cannot read {}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_file())
+        .collect();
+    files.sort();
+    if files.is_empty() {
+        return Err(miette::miette!("{} holds no strategy files", dir.display()));
+    }
+    let refs: Vec<&Path> = files.iter().map(PathBuf::as_path).collect();
+    let merged = read_strategy_files(&refs)?;
+    let format = if output.extension().is_some_and(|e| e == "json") {
+        StrategyFormat::Json
+    } else {
+        StrategyFormat::Protobuf
+    };
+    let bytes = merged.write_merged(format)?;
+    formats::write_atomic(output, &bytes)
+        .into_diagnostic()
+        .wrap_err_with(|| format!("cannot write {}", output.display()))?;
+    eprintln!(
+        "merged {} files, {} stages, into {}",
+        files.len(),
+        merged.stage_count,
+        output.display()
+    );
+    Ok(ExitCode::SUCCESS)
 }

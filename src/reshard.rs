@@ -265,6 +265,43 @@ pub fn prepare(cfg: &ReshardConfig) -> Result<Prepared, ReshardError> {
     })
 }
 
+/// Global tensors (name, full shape, dtype) of the checkpoints in
+/// `src_dir` (`rank_<r>/` folders) laid out by `file` (or whole, without
+/// one), e.g. to give a protobuf strategy its shapes.
+///
+/// # Errors
+///
+/// [`ReshardError`] for unreadable checkpoints or a slice that its layout
+/// cannot size.
+pub fn tensors_from_checkpoints(
+    src_dir: &Path,
+    file: Option<&StrategyFile>,
+) -> Result<Vec<TensorInfo>, ReshardError> {
+    let files = rank_files(src_dir).map_err(|e| ReshardError::Input(e.to_string()))?;
+    let mut sources: BTreeMap<u64, BTreeMap<String, Located>> = BTreeMap::new();
+    for (rank, paths) in &files {
+        let mut tensors = BTreeMap::new();
+        for p in paths {
+            let idx = read_index(p).map_err(|e| ReshardError::Input(e.to_string()))?;
+            for (name, entry) in idx.tensors {
+                tensors.insert(
+                    name,
+                    Located {
+                        path: p.clone(),
+                        entry,
+                    },
+                );
+            }
+        }
+        sources.insert(*rank, tensors);
+    }
+    let src = match file {
+        Some(_) => LayoutSource::MindSpore(Vec::new()),
+        None => LayoutSource::SingleDevice,
+    };
+    global_tensors(&src, file, &sources)
+}
+
 /// Global tensors (name, full shape, dtype) from the source checkpoints:
 /// a laid-out tensor's full shape is its slice times the blocks of each
 /// dimension (or the recorded `tensor_shape`); other tensors are whole.

@@ -125,3 +125,170 @@ fn usage_errors() {
     let out = shardplan(&["plan", "specs/invalid/unknown_axis.yaml"]);
     assert_eq!(out.status.code(), Some(1));
 }
+
+fn conformance(case: &str) -> Option<std::path::PathBuf> {
+    let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/mindspore")
+        .join(case);
+    fixtures.is_dir().then_some(fixtures)
+}
+
+#[test]
+fn reshard_import_export_merge() {
+    let case = conformance("tp4_row_to_tp2_row").expect("fixture");
+    let c = case.to_str().unwrap();
+    let tmp = std::env::temp_dir().join(format!("shardplan-cli-files-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    let out = tmp.join("out");
+    let o = out.to_str().unwrap();
+    let args = |extra: &[&str]| {
+        let mut a = vec![
+            "reshard".to_string(),
+            "--src".into(),
+            format!("{c}/src"),
+            "--src-strategy".into(),
+            format!("{c}/src_strategy/strategy.json"),
+            "--dst-strategy".into(),
+            format!("{c}/dst_strategy/strategy.json"),
+            "--out".into(),
+            o.into(),
+        ];
+        a.extend(extra.iter().map(|s| s.to_string()));
+        a
+    };
+    let run = |a: Vec<String>| shardplan(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    let r = run(args(&["--format", "safetensors"]));
+    assert_eq!(r.status.code(), Some(0), "{}", text(&r));
+    assert!(out.join("rank_1/checkpoint_1.safetensors").is_file());
+    // Again: both ranks found complete.
+    let r = run(args(&["--format", "safetensors"]));
+    assert!(
+        text(&r).contains("complete from an earlier run"),
+        "{}",
+        text(&r)
+    );
+    // One rank only, chosen by the launcher's variable.
+    let _ = std::fs::remove_dir_all(&out);
+    let r = Command::new(env!("CARGO_BIN_EXE_shardplan"))
+        .args(args(&[]))
+        .env("SLURM_PROCID", "1")
+        .env("SLURM_NTASKS", "2")
+        .output()
+        .unwrap();
+    assert_eq!(r.status.code(), Some(0), "{}", text(&r));
+    assert!(out.join("rank_1/checkpoint_1.ckpt").is_file() && !out.join("rank_0").exists());
+    // The output may not overlap the source.
+    let r = run(vec![
+        "reshard".into(),
+        "--src".into(),
+        format!("{c}/src"),
+        "--out".into(),
+        format!("{c}/src/x"),
+    ]);
+    assert_eq!(r.status.code(), Some(2), "{}", text(&r));
+    assert!(!case.join("src/x").exists());
+
+    // Import a strategy file into a spec; export it back; both read alike.
+    let spec = tmp.join("imported.yaml");
+    let r = shardplan(&[
+        "import",
+        &format!("{c}/src_strategy/strategy.json"),
+        "-o",
+        spec.to_str().unwrap(),
+    ]);
+    assert_eq!(r.status.code(), Some(0), "{}", text(&r));
+    assert_eq!(
+        shardplan(&["check", spec.to_str().unwrap()]).status.code(),
+        Some(0)
+    );
+    let exported = tmp.join("exported.json");
+    let r = shardplan(&[
+        "export",
+        spec.to_str().unwrap(),
+        "--strategy",
+        "mindspore",
+        "--format",
+        "mindspore-json",
+        "-o",
+        exported.to_str().unwrap(),
+    ]);
+    assert_eq!(r.status.code(), Some(0), "{}", text(&r));
+    let a: serde_json::Value = serde_json::from_slice(&std::fs::read(&exported).unwrap()).unwrap();
+    assert_eq!(
+        a["parallel_layout_item"]["w"]["tensor_map"],
+        serde_json::json!([0, -1])
+    );
+    // A strategy file works where a spec is expected, and the reverse.
+    let r = shardplan(&[
+        "plan",
+        &format!("{c}/src_strategy/strategy.json"),
+        "--from",
+        "strategy",
+        "--to",
+        &format!("{c}/dst_strategy/strategy.json"),
+    ]);
+    assert_eq!(r.status.code(), Some(0), "{}", text(&r));
+    let r = shardplan(&[
+        "plan",
+        spec.to_str().unwrap(),
+        "--from",
+        "mindspore",
+        "--to",
+        &format!("{c}/dst_strategy/strategy.json"),
+    ]);
+    assert_eq!(r.status.code(), Some(0), "{}", text(&r));
+
+    // Merge per-stage files.
+    let stages = conformance("pp2_to_pp1_tp2").expect("fixture");
+    let dir = tmp.join("stages");
+    std::fs::create_dir_all(&dir).unwrap();
+    for f in ["strategy_stage0.json", "strategy_stage1.json"] {
+        std::fs::copy(stages.join("src_strategy").join(f), dir.join(f)).unwrap();
+    }
+    let merged = tmp.join("merged.json");
+    let r = shardplan(&[
+        "merge-stages",
+        dir.to_str().unwrap(),
+        "-o",
+        merged.to_str().unwrap(),
+    ]);
+    assert_eq!(r.status.code(), Some(0), "{}", text(&r));
+    let m: serde_json::Value = serde_json::from_slice(&std::fs::read(&merged).unwrap()).unwrap();
+    let keys: Vec<&String> = m["parallel_layout_item"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .collect();
+    assert_eq!(keys, ["0-layer0.w", "1-layer1.w"]);
+    std::fs::remove_dir_all(&tmp).unwrap();
+}
+
+#[test]
+fn reshard_refuses_what_mindspore_refuses() {
+    let shared = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared/conformance/mindspore/err_4_to_3_devices");
+    if !shared.is_dir() {
+        eprintln!("SKIPPED: {} is absent", shared.display());
+        return;
+    }
+    let c = shared.to_str().unwrap();
+    let out = std::env::temp_dir().join(format!("shardplan-cli-refuse-{}", std::process::id()));
+    let r = shardplan(&[
+        "reshard",
+        "--src",
+        &format!("{c}/src"),
+        "--src-strategy",
+        &format!("{c}/src_strategy/strategy.json"),
+        "--dst-strategy",
+        &format!("{c}/dst_strategy/strategy.json"),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(r.status.code(), Some(1), "{}", text(&r));
+    assert!(
+        text(&r).contains("neither count divides the other"),
+        "{}",
+        text(&r)
+    );
+    assert!(!out.exists(), "nothing is written on refusal");
+}

@@ -1048,16 +1048,18 @@ fn mindspore_optimizer_shards_need_the_record() {
     // recorded size decides.
     let s = ms_strategy();
     let t = DeriveTarget::from_degrees(2, 2, 1).unwrap();
-    let opt = derive_strategy(&s, &t, &DeriveRules::default()).unwrap();
+    let rules = DeriveRules {
+        optimizer_shards: [("w".to_string(), 2)].into(),
+        ..Default::default()
+    };
+    let opt = derive_strategy(&s, &t, &rules).unwrap();
     assert_eq!(
         notes(&opt, "w"),
         "[-, tp]  optimizer shard over d1 (2 ways) dropped; tp split of dim 1 kept: 2 -> 2"
     );
-    let rules = DeriveRules {
-        optimizer_shards: [("w".to_string(), 0)].into(),
-        ..Default::default()
-    };
-    let tm = derive_strategy(&s, &t, &rules).unwrap();
+    // Without a record, a single axis on dimension 0 reads as a
+    // tensor-map split.
+    let tm = derive_strategy(&s, &t, &DeriveRules::default()).unwrap();
     assert_eq!(
         notes(&tm, "w"),
         "[tp, -]  tp split of dim 1 (2 ways) dropped: dim 0 keeps the split; tp split of dim 0 kept: 2 -> 2"

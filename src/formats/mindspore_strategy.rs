@@ -427,6 +427,104 @@ impl StrategyFile {
     }
 }
 
+impl StrategyFile {
+    /// The parameters as one merged file (names prefixed `"<stage>-"`), the
+    /// counterpart of MindSpore's `merge_pipeline_strategys`. Works on the
+    /// entries as read, so protobuf files without shapes merge too.
+    ///
+    /// # Errors
+    ///
+    /// [`StrategyFileError`] for a nested tensor map in JSON, or a value
+    /// that does not fit protobuf's integer fields.
+    pub fn write_merged(&self, format: StrategyFormat) -> Result<Vec<u8>, StrategyFileError> {
+        let what = "merged strategy";
+        let current = self.stage_count.max(1) - 1;
+        let name = |p: &ParamEntry| format!("{}-{}", p.stage, p.name);
+        match format {
+            StrategyFormat::Json => {
+                let mut items = serde_json::Map::new();
+                for p in &self.params {
+                    let [flat] = p.tensor_map.as_slice() else {
+                        return Err(fail(
+                            what,
+                            format!("parameter `{}` has a nested tensor map", p.name),
+                            "merge into the protobuf form (.ckpt)",
+                        ));
+                    };
+                    let l = JsonLayout {
+                        dev_matrix: p.dev_matrix.clone(),
+                        tensor_map: flat.iter().map(|&k| serde_json::Value::from(k)).collect(),
+                        tensor_shape: p.shape.clone(),
+                        field: 0,
+                        opt_weight_shard_step: p.opt_weight_shard_step,
+                        opt_weight_shard_size: p.opt_weight_shard_size,
+                        param_split_shape: p.param_split_shape.clone(),
+                        indices_offset: Vec::new(),
+                    };
+                    items.insert(name(p), serde_json::to_value(l).expect("serializes"));
+                }
+                let doc = JsonFile {
+                    current_stage: current,
+                    parallel_strategy_item: serde_json::Map::new(),
+                    parallel_layout_item: items,
+                };
+                Ok(serde_json::to_vec(&doc).expect("serializes"))
+            }
+            StrategyFormat::Protobuf => {
+                let int = |v: i64, p: &ParamEntry| {
+                    i32::try_from(v).map_err(|_| {
+                        fail(
+                            what,
+                            format!("parameter `{}`: {v} does not fit int32", p.name),
+                            "MindSpore stores it as int32",
+                        )
+                    })
+                };
+                let mut items = Vec::new();
+                for p in &self.params {
+                    items.push(pb::ParallelLayoutItem {
+                        param_name: name(p),
+                        parallel_layouts: pb::ParallelLayouts {
+                            dev_matrix: vec![pb::DevMatrix {
+                                dim: p
+                                    .dev_matrix
+                                    .iter()
+                                    .map(|&d| u32::try_from(d).unwrap_or(u32::MAX))
+                                    .collect(),
+                            }],
+                            tensor_map: p
+                                .tensor_map
+                                .iter()
+                                .map(|e| {
+                                    Ok(pb::TensorMap {
+                                        dim: e
+                                            .iter()
+                                            .map(|&k| int(k, p))
+                                            .collect::<Result<_, _>>()?,
+                                    })
+                                })
+                                .collect::<Result<_, StrategyFileError>>()?,
+                            param_split_shape: vec![pb::ParamSplitShape {
+                                dim: p.param_split_shape.iter().map(|&x| x as i64).collect(),
+                            }],
+                            indices_offset: vec![pb::IndicesOffset { dim: Vec::new() }],
+                            field: 0,
+                            opt_weight_shard_step: int(p.opt_weight_shard_step, p)?,
+                            opt_weight_shard_size: int(p.opt_weight_shard_size, p)?,
+                        },
+                    });
+                }
+                let map = pb::ParallelStrategyMap {
+                    current_stage: u32::try_from(current).unwrap_or(u32::MAX),
+                    parallel_strategy_item: Vec::new(),
+                    parallel_layout_item: items,
+                };
+                Ok(map.encode_to_vec())
+            }
+        }
+    }
+}
+
 /// Output form of [`write_strategy_file`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StrategyFormat {

@@ -312,7 +312,10 @@ impl MindSporeLayout {
             .is_some_and(|d| is_even_blocks(d, layout.shape()[0]));
         if let Some(d0) = dims.first().filter(|_| d0_even) {
             let replicated = layout.replica_axes();
-            for take in (1..=d0.len()).rev() {
+            // A single axis stays a tensor-map entry; only the trailing axes of
+            // a dimension split several ways become an optimizer shard, so
+            // the flat (JSON) form can hold the layout.
+            for take in (1..d0.len()).rev() {
                 let suffix = &d0[d0.len() - take..];
                 let mut pool: Vec<usize> = replicated.iter().chain(suffix).copied().collect();
                 pool.sort_unstable();
