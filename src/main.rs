@@ -103,6 +103,11 @@ enum Command {
         /// Refuse to allocate more than this many MiB of buffers.
         #[arg(long, default_value_t = 4096)]
         max_memory_mib: u64,
+        /// Also run the spec's model (a Llama-like transformer; see
+        /// `shardplan::model`) on one device and under the destination
+        /// layout, from weights moved by the plan, and compare the logits.
+        #[arg(long)]
+        model: bool,
     },
     /// Reshard checkpoints file by file: N source ranks to M destination
     /// ranks, each output written atomically and recorded in a manifest.
@@ -310,6 +315,7 @@ fn main() -> ExitCode {
             min_files,
             parallel,
             max_memory_mib,
+            model,
         } => simulate(
             &spec,
             &ends,
@@ -317,6 +323,7 @@ fn main() -> ExitCode {
             min_files,
             parallel,
             max_memory_mib,
+            model,
         ),
         Command::Explain { spec, ends, tensor } => explain(&spec, &ends, &tensor),
         Command::Reshard(args) => reshard(&args),
@@ -718,6 +725,7 @@ fn simulate(
     min_files: bool,
     parallel: bool,
     max_memory_mib: u64,
+    model: bool,
 ) -> miette::Result<ExitCode> {
     let spec = match load_spec(path)? {
         Ok(s) => s,
@@ -783,7 +791,7 @@ fn simulate(
         report::human_bytes(s.total_bytes),
         report::human_bytes(s.local_bytes),
     );
-    let code = match to.check_synthetic(dst, src) {
+    let mut code = match to.check_synthetic(dst, src) {
         Ok(()) => {
             out.push_str("  every destination element checked: ok\n");
             ExitCode::SUCCESS
@@ -793,6 +801,29 @@ fn simulate(
             ExitCode::from(1)
         }
     };
+    if model {
+        use shardplan::model::{DEFAULT_TOLERANCE, EMBED, check_model};
+        // A fixed batch: two sequences of different lengths.
+        let vocab = spec
+            .tensors
+            .iter()
+            .find(|t| t.name == EMBED)
+            .map_or(1, |t| t.shape[0].max(1)) as u32;
+        let tokens: Vec<Vec<u32>> = vec![
+            (0..7).map(|i| (i * 5 + 1) % vocab).collect(),
+            (0..4).map(|i| (i * 11 + 3) % vocab).collect(),
+        ];
+        match check_model(&spec, src, dst, &tokens, DEFAULT_TOLERANCE) {
+            Ok(r) => out.push_str(&format!(
+                "  model: logits match the single-device run: max abs error {:.3e}, max relative error {:.3e} (tolerance {DEFAULT_TOLERANCE:e})\n",
+                r.max_abs_err, r.max_rel_err
+            )),
+            Err(e) => {
+                out.push_str(&format!("  MODEL MISMATCH: {e}\n"));
+                code = ExitCode::from(1);
+            }
+        }
+    }
     emit(&out);
     Ok(code)
 }

@@ -292,3 +292,24 @@ fn reshard_refuses_what_mindspore_refuses() {
     );
     assert!(!out.exists(), "nothing is written on refusal");
 }
+
+#[test]
+fn simulate_runs_the_model() {
+    let out = shardplan(&["simulate", "specs/tiny-model.yaml", "--model"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        text(&out).contains("model: logits match the single-device run"),
+        "{}",
+        text(&out)
+    );
+    // The training layout is no inference layout for the model: caught.
+    let out = shardplan(&[
+        "simulate",
+        "specs/tiny-model.yaml",
+        "--model",
+        "--to",
+        "train",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("MODEL MISMATCH"), "{}", text(&out));
+}
