@@ -48,11 +48,15 @@
 //! - [`spec`] reads YAML strategy specs with located diagnostics;
 //!   [`formats`] reads and writes files; [`report`] and [`show`] make text.
 //!
-//! # Not supported yet
+//! - [`execute_plan`] carries a plan out on real buffers ([`ShardStore`]),
+//!   reducing partial sums; [`model`] runs a small transformer under any
+//!   layout to check numerics; [`derive`] derives inference layouts;
+//!   [`reshard`] moves real checkpoints file by file.
 //!
-//! Planning from or to layouts with partial-sum axes (reductions), executing
-//! plans on real buffers, MindSpore strategy and checkpoint files: each is
-//! an open issue.
+//! # Not supported
+//!
+//! Destination layouts that hold partial sums (a destination holds reduced
+//! values); pipeline stages in operator-based derivation.
 
 mod bounds;
 mod dtype;
