@@ -141,7 +141,11 @@ pub fn parse_strategy_file(file: &str, bytes: &[u8]) -> Result<StrategyFile, Str
             p.name = name;
         }
         if p.name.is_empty() {
-            return Err(fail(file, "a parameter has an empty name", "every parameter needs a name"));
+            return Err(fail(
+                file,
+                "a parameter has an empty name",
+                "every parameter needs a name",
+            ));
         }
         if !seen.insert(p.name.clone()) {
             return Err(fail(
