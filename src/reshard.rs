@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use crate::execute::for_each_run;
 use crate::formats::checkpoint::{
-    CheckpointFormat, CheckpointWriter, TensorEntry, rank_files, read_index,
+    CheckpointFormat, CheckpointWriter, Checksum, TensorEntry, rank_files, read_index,
 };
 use crate::formats::mindspore_strategy::{StrategyFile, read_strategy_files};
 use crate::layout::TensorLayout;
@@ -482,42 +482,6 @@ pub struct RankOutcome {
     pub resumed: bool,
 }
 
-/// A 64-bit checksum over 8-byte words (multiply-xorshift), fast enough to
-/// run at copy speed; detects corruption, not tampering.
-#[derive(Debug, Clone, Copy)]
-pub struct Checksum(u64, u64);
-
-impl Default for Checksum {
-    fn default() -> Self {
-        Checksum(0x243F_6A88_85A3_08D3, 0)
-    }
-}
-
-impl Checksum {
-    /// Adds bytes.
-    pub fn update(&mut self, bytes: &[u8]) {
-        let mut chunks = bytes.chunks_exact(8);
-        for c in &mut chunks {
-            let w = u64::from_le_bytes(c.try_into().expect("8 bytes"));
-            self.0 = (self.0 ^ w)
-                .wrapping_mul(0x9E37_79B9_7F4A_7C15)
-                .rotate_left(29);
-        }
-        for &b in chunks.remainder() {
-            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x0100_0000_01B3);
-        }
-        self.1 += bytes.len() as u64;
-    }
-
-    /// The checksum, as 16 hex digits.
-    pub fn hex(&self) -> String {
-        let mut z = self.0 ^ self.1;
-        z = (z ^ (z >> 33)).wrapping_mul(0xFF51_AFD7_ED55_8CCD);
-        z ^= z >> 33;
-        format!("{z:016x}")
-    }
-}
-
 fn file_checksum(path: &Path) -> std::io::Result<(u64, String)> {
     use std::io::Read;
     let mut f = File::open(path)?;
@@ -530,7 +494,7 @@ fn file_checksum(path: &Path) -> std::io::Result<(u64, String)> {
         }
         sum.update(&buf[..n]);
     }
-    Ok((sum.1, sum.hex()))
+    Ok((sum.len(), sum.hex()))
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -597,12 +561,15 @@ impl Prepared {
             path.file_name().expect("file").to_string_lossy(),
             std::process::id()
         ));
-        let result = self.write_rank_to(&tmp, rank, window, progress);
-        if let Err(e) = result {
-            let _ = std::fs::remove_file(&tmp);
-            return Err(e);
-        }
-        let (bytes, sum) = file_checksum(&tmp).map_err(io(&tmp))?;
+        let sum = match self.write_rank_to(&tmp, rank, window, progress) {
+            Ok(sum) => sum,
+            Err(e) => {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(e);
+            }
+        };
+        // Summed on the way out: the file is not read again.
+        let (bytes, sum) = (sum.len(), sum.hex());
         std::fs::rename(&tmp, &path).map_err(io(&path))?;
         let manifest = Manifest {
             file: path
@@ -634,7 +601,7 @@ impl Prepared {
         rank: u64,
         window: u64,
         progress: &mut dyn FnMut(u64),
-    ) -> Result<(), ReshardError> {
+    ) -> Result<Checksum, ReshardError> {
         // The tensors this rank holds, in strategy order, with their pieces.
         let mut held = Vec::new();
         for (t, l) in self.dst.tensors().iter().zip(self.dst.layouts()) {
@@ -684,8 +651,8 @@ impl Prepared {
             writer.write_tensor(&buf).map_err(io(tmp))?;
             progress(buf.len() as u64);
         }
-        writer.finish().map_err(io(tmp))?;
-        Ok(())
+        let (_, sum) = writer.finish_summed().map_err(io(tmp))?;
+        Ok(sum)
     }
 }
 

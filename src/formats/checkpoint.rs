@@ -495,7 +495,7 @@ fn index_safetensors(
 /// each record's framing (ckpt) is written from the declared tensors, so
 /// data can be added one tensor at a time.
 pub struct CheckpointWriter {
-    out: BufWriter<File>,
+    out: Summed<BufWriter<File>>,
     format: CheckpointFormat,
     pending: Vec<(String, DType, Vec<u64>)>,
     next: usize,
@@ -513,7 +513,10 @@ impl CheckpointWriter {
         format: CheckpointFormat,
         tensors: Vec<(String, DType, Vec<u64>)>,
     ) -> std::io::Result<Self> {
-        let mut out = BufWriter::with_capacity(1 << 20, file);
+        let mut out = Summed {
+            inner: BufWriter::with_capacity(1 << 20, file),
+            sum: Checksum::default(),
+        };
         if format == CheckpointFormat::Safetensors {
             let mut header = serde_json::Map::new();
             let mut meta = serde_json::Map::new();
@@ -602,15 +605,26 @@ impl CheckpointWriter {
     ///
     /// IO errors; `InvalidInput` when declared tensors are missing.
     pub fn finish(self) -> std::io::Result<File> {
+        self.finish_summed().map(|(f, _)| f)
+    }
+
+    /// As [`CheckpointWriter::finish`], also returning the checksum of every
+    /// byte written, computed on the way out (no second read of the file).
+    ///
+    /// # Errors
+    ///
+    /// As [`CheckpointWriter::finish`].
+    pub fn finish_summed(self) -> std::io::Result<(File, Checksum)> {
         if self.next != self.pending.len() {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::InvalidInput,
                 "fewer tensors than declared",
             ));
         }
-        let file = self.out.into_inner().map_err(|e| e.into_error())?;
+        let sum = self.out.sum;
+        let file = self.out.inner.into_inner().map_err(|e| e.into_error())?;
         file.sync_all()?;
-        Ok(file)
+        Ok((file, sum))
     }
 }
 
@@ -702,4 +716,100 @@ pub fn rank_files(dir: &Path) -> Result<BTreeMap<u64, Vec<PathBuf>>, CheckpointE
         ));
     }
     Ok(out)
+}
+
+/// A 64-bit checksum over 8-byte words (multiply-xorshift), fast enough to
+/// run at copy speed; detects corruption, not tampering. Bytes may arrive in
+/// pieces of any size.
+#[derive(Debug, Clone, Copy)]
+pub struct Checksum {
+    state: u64,
+    len: u64,
+    tail: [u8; 8],
+    tail_len: usize,
+}
+
+impl Default for Checksum {
+    fn default() -> Self {
+        Checksum {
+            state: 0x243F_6A88_85A3_08D3,
+            len: 0,
+            tail: [0; 8],
+            tail_len: 0,
+        }
+    }
+}
+
+impl Checksum {
+    fn word(&mut self, w: u64) {
+        self.state = (self.state ^ w)
+            .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+            .rotate_left(29);
+    }
+
+    /// Adds bytes.
+    pub fn update(&mut self, mut bytes: &[u8]) {
+        self.len += bytes.len() as u64;
+        if self.tail_len > 0 {
+            let take = (8 - self.tail_len).min(bytes.len());
+            self.tail[self.tail_len..self.tail_len + take].copy_from_slice(&bytes[..take]);
+            self.tail_len += take;
+            bytes = &bytes[take..];
+            if self.tail_len < 8 {
+                return;
+            }
+            let w = u64::from_le_bytes(self.tail);
+            self.word(w);
+            self.tail_len = 0;
+        }
+        let mut chunks = bytes.chunks_exact(8);
+        for c in &mut chunks {
+            self.word(u64::from_le_bytes(c.try_into().expect("8 bytes")));
+        }
+        let rest = chunks.remainder();
+        self.tail[..rest.len()].copy_from_slice(rest);
+        self.tail_len = rest.len();
+    }
+
+    /// Bytes seen.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// True when no byte was added.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The checksum, as 16 hex digits.
+    pub fn hex(&self) -> String {
+        let mut c = *self;
+        if c.tail_len > 0 {
+            let mut t = [0u8; 8];
+            t[..c.tail_len].copy_from_slice(&c.tail[..c.tail_len]);
+            c.word(u64::from_le_bytes(t) ^ (c.tail_len as u64) << 56);
+        }
+        let mut z = c.state ^ c.len;
+        z = (z ^ (z >> 33)).wrapping_mul(0xFF51_AFD7_ED55_8CCD);
+        z ^= z >> 33;
+        format!("{z:016x}")
+    }
+}
+
+/// A writer that sums what passes through it.
+struct Summed<W> {
+    inner: W,
+    sum: Checksum,
+}
+
+impl<W: Write> Write for Summed<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.sum.update(&buf[..n]);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
 }
