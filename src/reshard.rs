@@ -622,10 +622,15 @@ impl Prepared {
             .collect();
         let mut writer = CheckpointWriter::new(file, self.format, decl).map_err(io(tmp))?;
         let mut scratch = Vec::new();
+        let mut buf: Vec<u8> = Vec::new();
         let mut open: BTreeMap<PathBuf, File> = BTreeMap::new();
         for (t, region, tp) in held {
             let size = t.dtype.size_bytes();
-            let mut buf = vec![0u8; (region.volume() * size) as usize];
+            // One buffer, grown to the largest slice, serves every tensor:
+            // fresh allocations of that size cost a page fault per page.
+            let n = (region.volume() * size) as usize;
+            buf.clear();
+            buf.resize(n, 0);
             for p in tp.pieces.iter().filter(|p| p.dst_rank == rank) {
                 let loc = &self.sources[&p.src_rank][&t.name];
                 let f = match open.get(&loc.path) {
