@@ -668,13 +668,7 @@ impl Derived {
     ///
     /// None in practice: the strategy is rebuilt from its own parts.
     pub fn renamed(self, name: &str) -> Result<Self, DeriveError> {
-        let s = &self.strategy;
-        let strategy = Strategy::new(
-            name,
-            s.mesh().clone(),
-            s.tensors().to_vec(),
-            s.layouts().to_vec(),
-        )?;
+        let strategy = self.strategy.renamed(name);
         Ok(Derived { strategy, ..self })
     }
 

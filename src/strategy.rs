@@ -166,6 +166,15 @@ impl Strategy {
         })
     }
 
+    /// The same strategy under another name. The parts were checked when
+    /// the strategy was built, so nothing can fail.
+    pub fn renamed(&self, name: impl Into<String>) -> Strategy {
+        Strategy {
+            name: name.into(),
+            ..self.clone()
+        }
+    }
+
     /// Name of the strategy.
     pub fn name(&self) -> &str {
         &self.name

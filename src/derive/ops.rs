@@ -384,13 +384,7 @@ impl OperatorDerivation {
     ///
     /// None in practice: the strategy is rebuilt from its own parts.
     pub fn renamed(self, name: &str) -> Result<Self, OpsError> {
-        let s = &self.strategy;
-        let strategy = Strategy::new(
-            name,
-            s.mesh().clone(),
-            s.tensors().to_vec(),
-            s.layouts().to_vec(),
-        )?;
+        let strategy = self.strategy.renamed(name);
         Ok(OperatorDerivation { strategy, ..self })
     }
 
