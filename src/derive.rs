@@ -20,8 +20,10 @@
 //! - tensors with a layer index go to the pipeline stage that holds their
 //!   layer, each stage holding a contiguous range of layers; other pinned
 //!   tensors keep their relative stage (first stays first, last stays
-//!   last); shared tensors and tensors on every training stage go to every
-//!   stage;
+//!   last), and a tensor on several training stages (a tied embedding)
+//!   goes to each of their counterparts; a shared tensor goes to the
+//!   stages of the layers that use it ([`SharedTensors`]), or to every
+//!   stage, and so does a tensor on every training stage;
 //! - a one-device target gets every tensor whole.
 //!
 //! For every tensor the result lists the rules that decided it
@@ -208,9 +210,9 @@ pub struct DeriveRules {
     /// Inclusive layer ranges of the target's pipeline stages, one per
     /// stage; `None` = balanced contiguous ranges.
     pub ranges: Option<Vec<[u64; 2]>>,
-    /// Globs of tensors several stages use (tied embeddings): on every
-    /// target stage.
-    pub shared: Vec<String>,
+    /// Tensors several stages use (tied embeddings): on the stages holding
+    /// the layers that use them, or on every target stage.
+    pub shared: Vec<SharedTensors>,
     /// Globs of tensors to replicate over the target's tensor-parallel
     /// ranks whatever training did.
     pub replicate: Vec<String>,
@@ -222,6 +224,49 @@ pub struct DeriveRules {
     /// [`MindSporeLayout::from_layout`] is used (an optimizer shard only
     /// for the trailing axes of a dimension 0 split several ways). [`rules_for`] fills it from the spec's `mindspore` rules.
     pub optimizer_shards: BTreeMap<String, u64>,
+}
+
+/// A `derive.shared` entry: tensors used by several pipeline stages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SharedTensors {
+    /// Glob of tensor names.
+    pub pattern: String,
+    /// The layers that use them: the tensors go to the stages holding
+    /// these layers. Empty = every stage.
+    pub layers: Vec<LayerRef>,
+}
+
+impl SharedTensors {
+    /// Tensors matching `pattern`, on every stage.
+    pub fn everywhere(pattern: impl Into<String>) -> Self {
+        SharedTensors {
+            pattern: pattern.into(),
+            layers: Vec::new(),
+        }
+    }
+}
+
+/// A layer named in a rule: by index, or the first or last layer of the
+/// model (a tied embedding is used before the first layer and after the
+/// last).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LayerRef {
+    /// Layer `i`.
+    Index(u64),
+    /// Layer 0.
+    First,
+    /// The highest layer index found.
+    Last,
+}
+
+impl fmt::Display for LayerRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LayerRef::Index(i) => write!(f, "{i}"),
+            LayerRef::First => f.write_str("first"),
+            LayerRef::Last => f.write_str("last"),
+        }
+    }
 }
 
 impl DeriveRules {
@@ -500,26 +545,38 @@ pub enum DeriveNote {
         /// Last layer of the stage.
         last: u64,
     },
-    /// A training stage without a layer index, mapped by relative position.
+    /// Training stages without a layer index, mapped by relative position
+    /// (several for a tensor on several stages, such as a tied embedding).
     StageMapped {
-        /// Training stage.
-        from: u64,
+        /// Training stages, ascending.
+        from: Vec<u64>,
         /// Training stage count.
         from_count: u64,
-        /// Target stage.
-        to: u64,
+        /// Target stages, ascending.
+        to: Vec<u64>,
         /// Target stage count.
         to_count: u64,
     },
     /// Training stages merged: the target has one stage.
     StagesMerged {
-        /// Training stage.
-        from: u64,
+        /// Training stages, ascending.
+        from: Vec<u64>,
         /// Training stage count.
         from_count: u64,
     },
-    /// A shared tensor (`derive.shared`): on every target stage.
+    /// A shared tensor (`derive.shared`) without layers: on every target
+    /// stage.
     Shared {
+        /// Target stage count.
+        stages: u64,
+    },
+    /// A shared tensor (`derive.shared`) used by the given layers: on the
+    /// stages holding them.
+    SharedByLayers {
+        /// Layer indices, ascending.
+        layers: Vec<u64>,
+        /// Target stages, ascending.
+        to: Vec<u64>,
         /// Target stage count.
         stages: u64,
     },
@@ -610,19 +667,43 @@ impl fmt::Display for DeriveNote {
                 to_count,
             } => write!(
                 f,
-                "stage {from} of {from_count} -> stage {to} of {to_count}"
+                "{} of {from_count} -> {} of {to_count}",
+                stage_list(from),
+                stage_list(to)
             ),
             DeriveNote::StagesMerged { from, from_count } => {
-                write!(f, "stage {from} of {from_count} -> the single stage")
+                write!(
+                    f,
+                    "{} of {from_count} -> the single stage",
+                    stage_list(from)
+                )
             }
             DeriveNote::Shared { stages } => {
                 write!(f, "shared (derive.shared): on all {stages} stages")
+            }
+            DeriveNote::SharedByLayers { layers, to, stages } => {
+                let l: Vec<String> = layers.iter().map(u64::to_string).collect();
+                write!(
+                    f,
+                    "shared (derive.shared) by layers {}: {} of {stages}",
+                    l.join(", "),
+                    stage_list(to)
+                )
             }
             DeriveNote::EveryStage { stages } => write!(
                 f,
                 "no layer index, on every training stage: on all {stages} stages"
             ),
         }
+    }
+}
+
+/// `stage 3`, or `stages 0, 3`.
+fn stage_list(stages: &[u64]) -> String {
+    let v: Vec<String> = stages.iter().map(u64::to_string).collect();
+    match v.len() {
+        1 => format!("stage {}", v[0]),
+        _ => format!("stages {}", v.join(", ")),
     }
 }
 
@@ -919,8 +1000,8 @@ impl SrcDim {
 #[derive(Debug, Default)]
 struct SrcView {
     dims: Vec<SrcDim>,
-    /// (stage, stage count).
-    stage: Option<(u64, u64)>,
+    /// (stages, ascending; stage count).
+    stage: Option<(Vec<u64>, u64)>,
     partial: Vec<String>,
     dropped_pins: Vec<(String, u64)>,
 }
@@ -1033,7 +1114,10 @@ fn view_native(
         .collect();
     for &(a, c) in l.pin() {
         if roles[a] == AxisRole::Pipeline {
-            view.stage = Some((c, mesh.axis_size(a)));
+            view.stage
+                .get_or_insert_with(|| (Vec::new(), mesh.axis_size(a)))
+                .0
+                .push(c);
         } else {
             view.dropped_pins.push((l.axis_name(a).to_string(), c));
         }
@@ -1078,7 +1162,7 @@ fn view_own(
             }
             out
         }
-        None => match MindSporeLayout::from_layout(l) {
+        None => match MindSporeLayout::from_layout(&first_stage_only(l)) {
             Ok(ms) => {
                 let first = usize::from(ms.stage_count > 1);
                 let n = mesh.axes().len() - first;
@@ -1123,6 +1207,13 @@ fn view_own(
         d0.opt = !opt.is_empty();
     }
     Ok(view)
+}
+
+/// `l` with each pinned axis at its first coordinate only: a MindSpore
+/// layout describes one stage, and a parameter on several stages is cut
+/// alike on each.
+fn first_stage_only(l: &TensorLayout) -> TensorLayout {
+    l.split_pins().swap_remove(0)
 }
 
 /// Contiguous layer ranges of the target stages.
@@ -1308,43 +1399,63 @@ impl Cx<'_> {
         dims
     }
 
-    /// The target stage of tensor `t` (in layer `layer`), as a pin on the
-    /// target's pipeline axis; `None` = every stage.
+    /// The target stages of tensor `t` (in layer `layer`), as pins on the
+    /// target's pipeline axis; empty = every stage.
     fn stage(
         &self,
         t: &TensorInfo,
         layer: Option<u64>,
         view: &SrcView,
         notes: &mut Vec<DeriveNote>,
-    ) -> Result<Option<(String, u64)>, DeriveError> {
+    ) -> Result<Vec<(String, u64)>, DeriveError> {
         let stages = self.target.pp_degree();
         if stages == 1 {
-            if let Some((from, from_count)) = view.stage {
-                notes.push(DeriveNote::StagesMerged { from, from_count });
+            if let Some((from, from_count)) = &view.stage {
+                notes.push(DeriveNote::StagesMerged {
+                    from: from.clone(),
+                    from_count: *from_count,
+                });
             }
-            return Ok(None);
+            return Ok(Vec::new());
         }
         let pp = self.target.pp_axis.clone().unwrap_or_default();
-        if self.shared.iter().any(|g| g.matches(&t.name)) {
-            notes.push(DeriveNote::Shared { stages });
-            return Ok(None);
+        let pins = |to: &[u64]| to.iter().map(|&s| (pp.clone(), s)).collect();
+        if let Some((_, rule)) = self
+            .shared
+            .iter()
+            .zip(&self.rules.shared)
+            .find(|(g, _)| g.matches(&t.name))
+        {
+            if rule.layers.is_empty() {
+                notes.push(DeriveNote::Shared { stages });
+                return Ok(Vec::new());
+            }
+            let mut layers: Vec<u64> = rule
+                .layers
+                .iter()
+                .map(|r| match r {
+                    LayerRef::Index(i) => *i,
+                    LayerRef::First => 0,
+                    LayerRef::Last => self.layers.saturating_sub(1),
+                })
+                .collect();
+            layers.sort_unstable();
+            layers.dedup();
+            let mut to = Vec::with_capacity(layers.len());
+            for &l in &layers {
+                to.push(self.stage_of_layer(&t.name, l)?);
+            }
+            to.sort_unstable();
+            to.dedup();
+            notes.push(DeriveNote::SharedByLayers {
+                layers,
+                to: to.clone(),
+                stages,
+            });
+            return Ok(pins(&to));
         }
         if let Some(layer) = layer {
-            let explicit = self.rules.ranges.is_some();
-            let s = self
-                .ranges
-                .iter()
-                .zip(0u64..)
-                .find(|([a, b], s)| {
-                    *a <= layer && layer <= *b && (explicit || non_empty(self.layers, stages, *s))
-                })
-                .map(|(_, s)| s)
-                .ok_or_else(|| DeriveError::Ranges {
-                    reason: format!(
-                        "tensor `{}` is in layer {layer}, which no range holds",
-                        t.name
-                    ),
-                })?;
+            let s = self.stage_of_layer(&t.name, layer)?;
             let [first, last] = self.ranges[s as usize];
             notes.push(DeriveNote::StageByLayer {
                 layer,
@@ -1353,25 +1464,47 @@ impl Cx<'_> {
                 first,
                 last,
             });
-            return Ok(Some((pp, s)));
+            return Ok(pins(&[s]));
         }
-        let Some((from, from_count)) = view.stage else {
+        let Some((from, from_count)) = &view.stage else {
             notes.push(DeriveNote::EveryStage { stages });
-            return Ok(None);
+            return Ok(Vec::new());
         };
         // Relative position; the last stage stays last.
-        let to = if from + 1 == from_count {
-            stages - 1
-        } else {
-            from * stages / from_count
-        };
+        let mut to: Vec<u64> = from
+            .iter()
+            .map(|&f| {
+                if f + 1 == *from_count {
+                    stages - 1
+                } else {
+                    f * stages / from_count
+                }
+            })
+            .collect();
+        to.dedup();
         notes.push(DeriveNote::StageMapped {
-            from,
-            from_count,
-            to,
+            from: from.clone(),
+            from_count: *from_count,
+            to: to.clone(),
             to_count: stages,
         });
-        Ok(Some((pp, to)))
+        Ok(pins(&to))
+    }
+
+    /// The target stage whose layer range holds `layer`.
+    fn stage_of_layer(&self, tensor: &str, layer: u64) -> Result<u64, DeriveError> {
+        let stages = self.target.pp_degree();
+        let explicit = self.rules.ranges.is_some();
+        self.ranges
+            .iter()
+            .zip(0u64..)
+            .find(|([a, b], s)| {
+                *a <= layer && layer <= *b && (explicit || non_empty(self.layers, stages, *s))
+            })
+            .map(|(_, s)| s)
+            .ok_or_else(|| DeriveError::Ranges {
+                reason: format!("tensor `{tensor}` is in layer {layer}, which no range holds"),
+            })
     }
 }
 
@@ -1396,7 +1529,8 @@ pub fn derive_strategy(
     rules: &DeriveRules,
 ) -> Result<Derived, DeriveError> {
     let roles = strategy_roles(train, rules)?;
-    let shared = compile_globs(&rules.shared)?;
+    let shared_patterns: Vec<String> = rules.shared.iter().map(|r| r.pattern.clone()).collect();
+    let shared = compile_globs(&shared_patterns)?;
     let replicate = compile_globs(&rules.replicate)?;
     let pattern = rules
         .layer
@@ -1453,7 +1587,7 @@ pub fn derive_strategy(
         let cfg = LayoutConfig {
             dims,
             partial: Vec::new(),
-            pin: pin.into_iter().collect(),
+            pin,
         };
         let layout = TensorLayout::new(target.mesh.clone(), &t.shape, &cfg).map_err(|source| {
             DeriveError::Layout {

@@ -121,7 +121,9 @@ pub struct LayoutConfig {
     /// Axes along which the values are partial sums still to be reduced.
     pub partial: Vec<String>,
     /// Fixed coordinates: the tensor lives only on the ranks whose
-    /// coordinate along each named axis equals the value (a pipeline stage).
+    /// coordinate along each named axis is one of the values given for it
+    /// (a pipeline stage; several entries for one axis place the tensor on
+    /// several stages, as a tied embedding used by the first and the last).
     pub pin: Vec<(String, u64)>,
 }
 
@@ -271,9 +273,13 @@ impl TensorLayout {
             .iter()
             .map(|a| take(a, "partial"))
             .collect::<Result<Vec<_>, _>>()?;
-        let mut pin = Vec::with_capacity(config.pin.len());
+        let mut pin: Vec<(usize, u64)> = Vec::with_capacity(config.pin.len());
         for (name, coord) in &config.pin {
-            let i = take(name, "a pin")?;
+            // Several coordinates of one axis are one pin to a set.
+            let i = match mesh.axis_index(name) {
+                Some(i) if pin.iter().any(|&(p, _)| p == i) => i,
+                _ => take(name, "a pin")?,
+            };
             if !(*coord < mesh.axis_size(i)) {
                 return Err(LayoutError::PinOutOfRange {
                     axis: name.clone(),
@@ -284,6 +290,7 @@ impl TensorLayout {
             pin.push((i, *coord));
         }
         pin.sort_unstable();
+        pin.dedup();
         Ok(TensorLayout {
             mesh,
             shape: shape.to_vec(),
@@ -344,7 +351,8 @@ impl TensorLayout {
         &self.partial
     }
 
-    /// Pinned `(axis index, coordinate)` pairs, sorted by axis.
+    /// Pinned `(axis index, coordinate)` pairs, sorted and distinct; an
+    /// axis with several pairs holds the tensor at each of them.
     pub fn pin(&self) -> &[(usize, u64)] {
         &self.pin
     }
@@ -364,14 +372,15 @@ impl TensorLayout {
     }
 
     /// How many ranks hold each element: the product of the sizes of the
-    /// replica and partial axes.
+    /// replica and partial axes and of the number of coordinates of each
+    /// pinned axis.
     pub fn replica_count(&self) -> u64 {
         (0..self.mesh.axes().len())
-            .filter(|a| {
-                !self.dims.iter().any(|d| d.axes.contains(a))
-                    && !self.pin.iter().any(|(p, _)| p == a)
+            .filter(|a| !self.dims.iter().any(|d| d.axes.contains(a)))
+            .map(|a| match self.pinned_coords(a).count() {
+                0 => self.mesh.axis_size(a),
+                k => k as u64,
             })
-            .map(|a| self.mesh.axis_size(a))
             .product()
     }
 
@@ -380,8 +389,20 @@ impl TensorLayout {
         rank < self.mesh.rank_count() && self.on_pin(&self.mesh.coords_unchecked(rank))
     }
 
+    /// The coordinates axis `a` is pinned to, empty when it is not pinned.
+    pub fn pinned_coords(&self, a: usize) -> impl Iterator<Item = u64> + '_ {
+        self.pin
+            .iter()
+            .filter(move |&&(p, _)| p == a)
+            .map(|&(_, c)| c)
+    }
+
     fn on_pin(&self, coords: &[u64]) -> bool {
-        self.pin.iter().all(|&(a, c)| coords[a] == c)
+        // Pins are sorted by axis: each run of one axis must contain its
+        // coordinate.
+        self.pin
+            .chunk_by(|x, y| x.0 == y.0)
+            .all(|run| run.iter().any(|&(a, c)| coords[a] == c))
     }
 
     /// The box of the global tensor that `rank` holds, or `None` when the
@@ -432,14 +453,16 @@ impl TensorLayout {
                 b /= size;
             }
         }
-        for &(a, c) in &self.pin {
-            fixed[a] = Some(c);
-        }
         let mut ranks = vec![0u64];
         for (a, f) in fixed.iter().enumerate() {
             let stride = self.mesh.stride(a);
+            let pinned = self.pin.iter().any(|&(p, _)| p == a);
             ranks = match f {
                 Some(c) => ranks.into_iter().map(|r| r + c * stride).collect(),
+                None if pinned => ranks
+                    .into_iter()
+                    .flat_map(|r| self.pinned_coords(a).map(move |c| r + c * stride))
+                    .collect(),
                 None => ranks
                     .into_iter()
                     .flat_map(|r| (0..self.mesh.axis_size(a)).map(move |c| r + c * stride))
@@ -490,6 +513,44 @@ impl TensorLayout {
         v
     }
 
+    /// The layout once per combination of its pinned coordinates, each
+    /// pinned to one coordinate per axis: a tensor on stages 0 and 3 gives
+    /// a layout at stage 0 and one at stage 3, cut alike (formats that
+    /// record a tensor per stage write one entry for each).
+    pub fn split_pins(&self) -> Vec<TensorLayout> {
+        let mut out = vec![Vec::<(usize, u64)>::new()];
+        for run in self.pin.chunk_by(|x, y| x.0 == y.0) {
+            out = out
+                .into_iter()
+                .flat_map(|prefix| {
+                    run.iter().map(move |&p| {
+                        let mut v = prefix.clone();
+                        v.push(p);
+                        v
+                    })
+                })
+                .collect();
+        }
+        out.into_iter()
+            .map(|pin| TensorLayout {
+                pin,
+                ..self.clone()
+            })
+            .collect()
+    }
+
+    /// The pins as text, `pp=0|3, x=1`; empty when nothing is pinned.
+    pub fn pin_text(&self) -> String {
+        self.pin
+            .chunk_by(|x, y| x.0 == y.0)
+            .map(|run| {
+                let coords: Vec<String> = run.iter().map(|&(_, c)| c.to_string()).collect();
+                format!("{}={}", self.axis_name(run[0].0), coords.join("|"))
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
     /// Name of axis `a` of the layout's mesh.
     pub fn axis_name(&self, a: usize) -> &str {
         &self.mesh.axes()[a].name
@@ -521,8 +582,8 @@ impl std::fmt::Display for TensorLayout {
             let names: Vec<&str> = self.partial.iter().map(|&a| self.axis_name(a)).collect();
             write!(f, " partial({})", names.join(", "))?;
         }
-        for &(a, c) in &self.pin {
-            write!(f, " at {}={}", self.axis_name(a), c)?;
+        if !self.pin.is_empty() {
+            write!(f, " at {}", self.pin_text())?;
         }
         Ok(())
     }
@@ -590,6 +651,37 @@ mod tests {
         assert_eq!(l.holders(&[3]).unwrap(), vec![5, 7]);
         assert_eq!(l.replica_count(), 2);
         assert_eq!(l.to_string(), "[tp] partial(dp) at pp=1");
+    }
+
+    #[test]
+    fn pin_to_several_stages() {
+        // A tied embedding on the first and last of 4 stages.
+        let m = mesh(&[("pp", 4), ("tp", 2)]);
+        let cfg = LayoutConfig {
+            dims: vec![DimSplit::over(["tp"]), DimSplit::none()],
+            pin: vec![("pp".into(), 3), ("pp".into(), 0), ("pp".into(), 3)],
+            ..Default::default()
+        };
+        let l = TensorLayout::new(m.clone(), &[4, 2], &cfg).unwrap();
+        let holding: Vec<u64> = (0..8).filter(|&r| l.holds(r)).collect();
+        assert_eq!(holding, vec![0, 1, 6, 7]);
+        assert_eq!(l.region_of(7).unwrap().to_string(), "[2..4, 0..2]");
+        assert_eq!(l.holders(&[2, 1]).unwrap(), vec![1, 7]);
+        assert_eq!(l.replica_count(), 2);
+        assert_eq!(l.pin(), &[(0, 0), (0, 3)]);
+        assert_eq!(l.to_string(), "[tp, -] at pp=0|3");
+        assert_eq!(
+            TensorLayout::new(m.clone(), &[4, 2], &l.to_config()).unwrap(),
+            l
+        );
+        let split: Vec<String> = l.split_pins().iter().map(|x| x.to_string()).collect();
+        assert_eq!(split, ["[tp, -] at pp=0", "[tp, -] at pp=3"]);
+        // Still one role per axis: a split axis cannot also pin.
+        let bad = LayoutConfig {
+            pin: vec![("pp".into(), 0), ("tp".into(), 1)],
+            ..cfg
+        };
+        assert!(TensorLayout::new(m, &[4, 2], &bad).is_err());
     }
 
     #[test]

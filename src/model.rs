@@ -979,15 +979,11 @@ fn axis_names(l: &TensorLayout, axes: &[usize]) -> String {
     }
 }
 
-fn pin_text(l: &TensorLayout, pins: &[(usize, u64)]) -> String {
-    if pins.is_empty() {
+fn pin_text(l: &TensorLayout) -> String {
+    if l.pin().is_empty() {
         return "every stage".into();
     }
-    let p: Vec<String> = pins
-        .iter()
-        .map(|&(a, c)| format!("{}={}", l.axis_name(a), c))
-        .collect();
-    p.join(", ")
+    l.pin_text()
 }
 
 /// Rows (dim 0) of `r`, as a range.
@@ -1066,32 +1062,46 @@ impl<'a> Checker<'a> {
         Ok(l)
     }
 
-    /// The union of the pins of `names`: the stage the block runs on.
+    /// The stage the block of `names` runs on: on each pinned axis, the
+    /// first coordinate every tensor pinning that axis is on (a tensor on
+    /// several stages, such as a tied embedding, joins the block's stage).
     fn stage(&self, names: &[String], reason: &str) -> Result<Vec<(usize, u64)>, ModelError> {
-        let mut pins: BTreeMap<usize, (u64, &str)> = BTreeMap::new();
+        // Per axis: the coordinates still shared, and the tensor that
+        // narrowed them last (for the error).
+        let mut pins: BTreeMap<usize, (Vec<u64>, &str)> = BTreeMap::new();
         for name in names {
             let l = self.layout(name)?;
-            for &(a, c) in l.pin() {
-                match pins.get(&a) {
-                    Some(&(c0, first)) if c0 != c => {
-                        let other = self.s.layout(first).expect("checked");
-                        return Err(ModelError::Stages {
-                            strategy: self.s.name().to_string(),
-                            tensor: name.clone(),
-                            pin: pin_text(l, l.pin()),
-                            other: first.to_string(),
-                            other_pin: pin_text(other, other.pin()),
-                            reason: reason.to_string(),
-                        });
+            for run in l.pin().chunk_by(|x, y| x.0 == y.0) {
+                let a = run[0].0;
+                let mine: Vec<u64> = run.iter().map(|&(_, c)| c).collect();
+                match pins.get_mut(&a) {
+                    Some((common, first)) => {
+                        let kept: Vec<u64> = common
+                            .iter()
+                            .copied()
+                            .filter(|c| mine.contains(c))
+                            .collect();
+                        if kept.is_empty() {
+                            let other = self.s.layout(first).expect("checked");
+                            return Err(ModelError::Stages {
+                                strategy: self.s.name().to_string(),
+                                tensor: name.clone(),
+                                pin: pin_text(l),
+                                other: first.to_string(),
+                                other_pin: pin_text(other),
+                                reason: reason.to_string(),
+                            });
+                        }
+                        *common = kept;
+                        *first = name;
                     }
-                    Some(_) => {}
                     None => {
-                        pins.insert(a, (c, name));
+                        pins.insert(a, (mine, name));
                     }
                 }
             }
         }
-        Ok(pins.into_iter().map(|(a, (c, _))| (a, c)).collect())
+        Ok(pins.into_iter().map(|(a, (c, _))| (a, c[0])).collect())
     }
 
     /// The ranks of one replica of a block: pinned axes at the stage,
@@ -1144,7 +1154,7 @@ impl<'a> Checker<'a> {
                     return Err(ModelError::Stages {
                         strategy: self.s.name().to_string(),
                         tensor: name.clone(),
-                        pin: pin_text(l, l.pin()),
+                        pin: pin_text(l),
                         other: lead.to_string(),
                         other_pin: format!("rank {rank}"),
                         reason: "the block's rank does not hold the tensor".into(),

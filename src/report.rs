@@ -238,11 +238,7 @@ pub fn explain_tensor(src: &Strategy, dst: &Strategy, t: &TensorPlan) -> String 
             if l.pin().is_empty() {
                 "every rank of the mesh".into()
             } else {
-                l.pin()
-                    .iter()
-                    .map(|&(a, c)| format!("{}={c}", l.axis_name(a)))
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                l.pin_text()
             }
         };
         let _ = writeln!(

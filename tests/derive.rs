@@ -18,8 +18,8 @@ use std::sync::Arc;
 
 use serde_json::Value;
 use shardplan::derive::{
-    DeriveError, DeriveRules, DeriveTarget, Derived, Fallback, derive_strategy, derived_spec_yaml,
-    rules_for,
+    DeriveError, DeriveRules, DeriveTarget, Derived, Fallback, LayerRef, SharedTensors,
+    derive_strategy, derived_spec_yaml, rules_for,
 };
 use shardplan::notation::mindspore::MindSporeLayout;
 use shardplan::spec::{Spec, parse_spec};
@@ -741,6 +741,139 @@ fn pipeline_rules() {
     plan_and_simulate(spec.strategy("train").unwrap(), &d.strategy, SMALL);
 }
 
+/// A tied embedding (`tied.weight`: looked up before layer 0 and used as
+/// the output projection after the last layer) goes to the stages that use
+/// it, not to every stage: from a training strategy that keeps it on two
+/// stages, and from a `derive.shared` rule naming its layers.
+#[test]
+fn tied_embeddings_go_to_the_stages_that_use_them() {
+    let with_tied = |derive: &str| {
+        parse(&(PIPE.replace(
+            "      - {match: \"*\", dims: [tp, null]}\n",
+            "      - {match: tied.weight, dims: [tp, null], at: {pp: [0, 3]}}\n      - {match: \"*\", dims: [tp, null]}\n",
+        ).replace(
+            "  - {name: head.weight",
+            "  - {name: tied.weight, shape: [64, 16], dtype: f32}\n  - {name: head.weight",
+        ) + derive))
+    };
+    let spec = with_tied("");
+    let train = spec.strategy("train").unwrap();
+    let tl = train.layout("tied.weight").unwrap();
+    assert_eq!(tl.to_string(), "[tp, -] at pp=0|3");
+    // Stages 1 and 2 of training hold nothing of it.
+    let holders: Vec<u64> = (0..16).filter(|&r| tl.holds(r)).collect();
+    assert_eq!(holders, vec![0, 1, 2, 3, 12, 13, 14, 15]);
+
+    // From the training pins: each training stage maps to its counterpart.
+    let rules = rules_for(&spec, "train");
+    for (target, want) in [
+        (
+            DeriveTarget::from_degrees(4, 2, 2).unwrap(),
+            "[tp, -] at pp=0|1  tp split of dim 0 kept: 2 -> 2; stages 0, 3 of 4 -> stages 0, 1 of 2",
+        ),
+        (
+            DeriveTarget::from_degrees(16, 2, 8).unwrap(),
+            "[tp, -] at pp=0|7  tp split of dim 0 kept: 2 -> 2; stages 0, 3 of 4 -> stages 0, 7 of 8",
+        ),
+        (
+            DeriveTarget::from_degrees(2, 2, 1).unwrap(),
+            "[tp, -]  tp split of dim 0 kept: 2 -> 2; stages 0, 3 of 4 -> the single stage",
+        ),
+    ] {
+        let d = derive_strategy(train, &target, &rules).unwrap();
+        assert_eq!(notes(&d, "tied.weight"), want, "{target}");
+        // Only the ranks of those stages receive it.
+        let l = d.strategy.layout("tied.weight").unwrap();
+        let count = (0..target.mesh().rank_count())
+            .filter(|&r| l.holds(r))
+            .count();
+        let stages = if target.pp_degree() == 1 { 1 } else { 2 };
+        assert_eq!(count as u64, stages * target.tp_degree(), "{target}");
+        plan_and_simulate(train, &d.strategy, SMALL);
+    }
+
+    // From a rule naming the layers that use it, whatever training did.
+    let spec =
+        with_tied("derive: {shared: [{match: tied.weight, layers: [first, last]}, norm.weight]}\n");
+    let rules = rules_for(&spec, "train");
+    assert_eq!(
+        rules.shared[0].layers,
+        vec![LayerRef::First, LayerRef::Last]
+    );
+    let train = spec.strategy("train").unwrap();
+    let d = derive_strategy(train, &DeriveTarget::from_degrees(8, 2, 4).unwrap(), &rules).unwrap();
+    assert_eq!(
+        notes(&d, "tied.weight"),
+        "[tp, -] at pp=0|3  tp split of dim 0 kept: 2 -> 2; shared (derive.shared) by layers 0, 4: stages 0, 3 of 4"
+    );
+    assert_eq!(
+        notes(&d, "norm.weight"),
+        "[-]  no tensor-parallel split in training: not split; shared (derive.shared): on all 4 stages"
+    );
+    plan_and_simulate(train, &d.strategy, SMALL);
+    // Two layers on one stage give that stage once.
+    let rules = DeriveRules {
+        shared: vec![SharedTensors {
+            pattern: "tied.weight".into(),
+            layers: vec![LayerRef::Index(3), LayerRef::Last],
+        }],
+        ..rules
+    };
+    let d = derive_strategy(train, &DeriveTarget::from_degrees(4, 2, 2).unwrap(), &rules).unwrap();
+    assert_eq!(
+        notes(&d, "tied.weight"),
+        "[tp, -] at pp=1  tp split of dim 0 kept: 2 -> 2; shared (derive.shared) by layers 3, 4: stage 1 of 2"
+    );
+
+    // The derived spec writes the pins as a list and reads back alike.
+    let d = derive_strategy(
+        train,
+        &DeriveTarget::from_degrees(8, 2, 4).unwrap(),
+        &rules_for(&spec, "train"),
+    )
+    .unwrap();
+    let yaml = derived_spec_yaml(&spec, Some("train"), &d.strategy, "").unwrap();
+    assert!(yaml.contains(r#"at: {"pp": [0, 3]}"#), "{yaml}");
+    let back = parse(&yaml);
+    let again = back
+        .strategy("derived")
+        .unwrap()
+        .layout("tied.weight")
+        .unwrap();
+    assert!(again.same_placement(d.strategy.layout("tied.weight").unwrap()));
+
+    // MindSpore keeps a parameter once per stage file: export refuses.
+    let e = MindSporeLayout::from_layout(tl).unwrap_err().to_string();
+    assert!(e.contains("several pipeline stages"), "{e}");
+
+    // Bad entries are located and explained.
+    let bad = [
+        (
+            "derive: {shared: [{match: tied.weight, layers: [middle]}]}\n",
+            "bad_stages",
+        ),
+        ("derive: {shared: [{layers: [first]}]}\n", "missing_field"),
+    ];
+    for (section, want) in bad {
+        let (s, diags) = parse_spec("t.yaml", &format!("{PIPE}{section}"));
+        assert!(s.is_none(), "{section}");
+        assert!(
+            diags.iter().any(|d| d.code.short() == want),
+            "{section}: {diags:?}"
+        );
+    }
+    for (at, want) in [("[]", "no coordinate"), ("[0, 9]", "beyond axis")] {
+        let text = PIPE.replace("at: {pp: 2}", &format!("at: {{pp: {at}}}"));
+        let (s, diags) = parse_spec("t.yaml", &text);
+        assert!(s.is_none(), "{at}");
+        let d = diags
+            .iter()
+            .find(|d| d.code.short() == "pin_out_of_range")
+            .unwrap();
+        assert!(d.message.contains(want), "{at}: {}", d.message);
+    }
+}
+
 #[test]
 fn several_tp_dims_keep_the_widest() {
     let spec = parse(
@@ -959,7 +1092,7 @@ strategies: {s: {mesh: m, rules: [{match: v, dims: replicated}]}}
                 flat_train,
                 &deg(2, 2, 1),
                 &DeriveRules {
-                    shared: vec![String::new()],
+                    shared: vec![SharedTensors::everywhere("")],
                     ..Default::default()
                 },
             ),
@@ -1130,7 +1263,7 @@ strategies: {s: {mesh: m, rules: [{match: w, dims: [tp, null]}]}}
             Fallback::Chunk,
             Some("l.{}.*".to_string()),
             Some(vec![[0, 3]]),
-            vec!["e".to_string()],
+            vec![SharedTensors::everywhere("e")],
             vec!["*.b".to_string()]
         )
     );

@@ -26,7 +26,7 @@ const MAX_TEST_RANKS: u64 = 64;
 /// Cases per proptest property.
 const CASES: u32 = 512;
 /// Cases of the deterministic (fixed-seed) coverage tests.
-const FIXED_CASES: usize = 400;
+const FIXED_CASES: usize = 600;
 
 fn config() -> Config {
     Config {
@@ -223,15 +223,18 @@ enum Role {
     /// Splits tensor dimension `d`.
     Dim(usize),
     Partial,
-    /// Pinned; the coordinate is taken modulo the axis size.
-    Pin(u64),
+    /// Pinned; the coordinates are taken modulo the axis size. The first
+    /// is always pinned, the bits of the second add more coordinates (a
+    /// tensor on several stages).
+    Pin(u64, u8),
     Replica,
 }
 
 fn role(rank: usize) -> BoxedStrategy<Role> {
     let other = prop_oneof![
         1 => Just(Role::Partial),
-        1 => (0u64..4).prop_map(Role::Pin),
+        1 => (0u64..4, prop_oneof![3 => Just(0u8), 1 => any::<u8>()])
+            .prop_map(|(c, more)| Role::Pin(c, more)),
         3 => Just(Role::Replica),
     ];
     if rank == 0 {
@@ -290,9 +293,15 @@ impl Case {
             .collect();
         let pin = order
             .iter()
-            .filter_map(|&a| match roles[a] {
-                Role::Pin(c) => Some((axis_name(a), c % mesh.sizes[a])),
-                _ => None,
+            .flat_map(|&a| {
+                let size = mesh.sizes[a];
+                let coords: Vec<u64> = match roles[a] {
+                    Role::Pin(c, more) => std::iter::once(c % size)
+                        .chain((0..8u64).filter(|b| more >> b & 1 == 1).map(|b| b % size))
+                        .collect(),
+                    _ => Vec::new(),
+                };
+                coords.into_iter().map(move |c| (axis_name(a), c))
             })
             .collect();
         Case {
@@ -335,10 +344,19 @@ impl Case {
             .collect()
     }
 
+    /// True when `rank` is on the pinned sub-mesh: on each pinned axis,
+    /// at one of the coordinates pinned for it.
+    fn on_pin(&self, rank: u64) -> bool {
+        let coords = ref_coords(&self.mesh.sizes, rank);
+        let pins = self.pins();
+        pins.iter()
+            .all(|&(a, _)| pins.iter().any(|&(b, c)| b == a && coords[a] == c))
+    }
+
     /// Reference region of `rank`.
     fn region(&self, rank: u64) -> Option<Region> {
         let coords = ref_coords(&self.mesh.sizes, rank);
-        if self.pins().iter().any(|&(a, c)| coords[a] != c) {
+        if !self.on_pin(rank) {
             return None;
         }
         let (offset, extent) = (0..self.shape.len())
@@ -412,6 +430,7 @@ impl Case {
             .is_none_or(|ids| ids.iter().enumerate().all(|(r, &d)| r as u64 == d));
         self.config.partial.is_empty()
             && self.pins().iter().all(|&(a, _)| a == 0)
+            && self.pins().len() <= 1
             && identity_ids
             && (1..self.shape.len()).all(|d| is_even(&self.blocks(d), self.shape[d]))
     }
@@ -452,8 +471,7 @@ fn check_model(case: &Case) {
     let whole = Region::whole(shape);
     for (r, region) in regions.iter().enumerate() {
         let r = r as u64;
-        let coords = layout.mesh().coords(r).unwrap();
-        let on_pin = layout.pin().iter().all(|&(a, c)| coords[a] == c);
+        let on_pin = case.on_pin(r);
         assert_eq!(region.is_some(), on_pin, "rank {r} of {case:?}");
         assert_eq!(layout.holds(r), on_pin, "holds({r}) of {case:?}");
         assert_eq!(region, &case.region(r), "region of rank {r} of {case:?}");
@@ -808,8 +826,8 @@ fn fixed_cases<S: Strategy>(strategy: S, count: usize) -> Vec<S::Value> {
 fn round_trips_are_exercised() {
     let cases = fixed_cases(layout_case(), FIXED_CASES);
     let (mut jax, mut dt, mut ms, mut ms_opt, mut ms_blocks) = (0, 0, 0, 0, 0);
-    let (mut partial, mut pinned, mut ids, mut uneven, mut nested, mut scalars) =
-        (0, 0, 0, 0, 0, 0);
+    let (mut partial, mut pinned, mut multi_pinned, mut ids, mut uneven, mut nested, mut scalars) =
+        (0, 0, 0, 0, 0, 0, 0);
     for case in &cases {
         check_model(case);
         let e = check_round_trips(case);
@@ -820,6 +838,7 @@ fn round_trips_are_exercised() {
         ms_blocks += usize::from(e.mindspore_blocks);
         partial += usize::from(!case.config.partial.is_empty());
         pinned += usize::from(!case.config.pin.is_empty());
+        multi_pinned += usize::from(case.pins().windows(2).any(|w| w[0].0 == w[1].0));
         ids += usize::from(case.mesh.ids.is_some());
         uneven +=
             usize::from((0..case.shape.len()).any(|d| !is_even(&case.blocks(d), case.shape[d])));
@@ -830,7 +849,7 @@ fn round_trips_are_exercised() {
     eprintln!(
         "{n} cases: exported jax {jax}, dtensor {dt}, mindspore {ms} \
          ({ms_opt} optimizer-sharded, {ms_blocks} with param_split_shape); \
-         partial {partial}, pinned {pinned}, device ids {ids}, uneven {uneven}, \
+         partial {partial}, pinned {pinned} ({multi_pinned} to several coordinates), device ids {ids}, uneven {uneven}, \
          nested {nested}, scalars {scalars}"
     );
     for (what, count, min_percent) in [
@@ -843,6 +862,7 @@ fn round_trips_are_exercised() {
         ("mindspore param_split_shape", ms_blocks, 5),
         ("partial layouts", partial, 10),
         ("pinned layouts", pinned, 10),
+        ("pinned to several coordinates of an axis", multi_pinned, 2),
         ("meshes with device ids", ids, 10),
         ("uneven layouts", uneven, 10),
         ("nested splits", nested, 10),

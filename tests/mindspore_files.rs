@@ -181,6 +181,133 @@ fn names_with_dashes_survive_the_merged_form() {
     assert_eq!(f.params[0].name, "lm-head");
 }
 
+/// A parameter on two stages (a tied embedding in the first and the last
+/// stage's file) is one tensor held by both stages, in the merged form and
+/// across per-stage files, and is written back once per stage.
+#[test]
+fn a_parameter_on_two_stages_is_one_tensor() {
+    let entry = |name: &str, map: &str| {
+        format!(
+            r#""{name}": {{"dev_matrix": [2], "tensor_map": {map}, "tensor_shape": [8, 4], "field": 0, "opt_weight_shard_step": 0, "opt_weight_shard_size": 0}}"#
+        )
+    };
+    let file = |stage: u64, entries: &[String]| {
+        format!(
+            r#"{{"current_stage": {stage}, "parallel_strategy_item": {{}}, "parallel_layout_item": {{{}}}}}"#,
+            entries.join(", ")
+        )
+    };
+    let tensors = vec![
+        TensorInfo {
+            name: "tied".into(),
+            shape: vec![8, 4],
+            dtype: DType::F32,
+        },
+        TensorInfo {
+            name: "mid".into(),
+            shape: vec![8, 4],
+            dtype: DType::F32,
+        },
+    ];
+    let merged = file(
+        3,
+        &[
+            entry("0-tied", "[0, -1]"),
+            entry("1-mid", "[-1, 0]"),
+            entry("3-tied", "[0, -1]"),
+        ],
+    );
+    let f = parse_strategy_file("merged.json", merged.as_bytes()).unwrap();
+    assert_eq!(f.params.len(), 2);
+    assert_eq!(
+        (f.params[0].stage, f.params[0].also_on.clone()),
+        (0, vec![3])
+    );
+    let s = f.to_strategy("s", &tensors).unwrap();
+    let l = s.layout("tied").unwrap();
+    assert_eq!(l.to_string(), "[d0, -] at stage=0|3");
+    let holding: Vec<u64> = (0..8).filter(|&r| l.holds(r)).collect();
+    assert_eq!(holding, vec![0, 1, 6, 7]);
+
+    // Per-stage files give the same.
+    let dir = std::env::temp_dir().join(format!("shardplan-tied-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let paths: Vec<PathBuf> = [
+        file(0, &[entry("tied", "[0, -1]")]),
+        file(1, &[entry("mid", "[-1, 0]")]),
+        file(3, &[entry("tied", "[0, -1]")]),
+    ]
+    .iter()
+    .enumerate()
+    .map(|(i, text)| {
+        let p = dir.join(format!("stage{i}.json"));
+        std::fs::write(&p, text).unwrap();
+        p
+    })
+    .collect();
+    let refs: Vec<&Path> = paths.iter().map(PathBuf::as_path).collect();
+    let g = read_strategy_files(&refs).unwrap();
+    let t = g.to_strategy("t", &tensors).unwrap();
+    assert_eq!(t.layout("tied"), s.layout("tied"));
+
+    // Written back: one entry per stage, in both forms; read back alike.
+    for format in [StrategyFormat::Json, StrategyFormat::Protobuf] {
+        let bytes = write_strategy_file(&s, format).unwrap();
+        let back = parse_strategy_file("back", &bytes).unwrap();
+        assert_eq!(back.params.len(), 2, "{format:?}");
+        let b = back.to_strategy("b", &tensors).unwrap();
+        assert_eq!(b.layout("tied"), s.layout("tied"), "{format:?}");
+        let again = parse_strategy_file("again", &f.write_merged(format).unwrap()).unwrap();
+        assert_eq!(
+            again.params,
+            f.params
+                .iter()
+                .map(|p| {
+                    let mut p = p.clone();
+                    if format == StrategyFormat::Protobuf {
+                        p.shape = None;
+                    }
+                    p
+                })
+                .collect::<Vec<_>>(),
+            "{format:?}"
+        );
+    }
+
+    // Differing layouts, or the same stage twice, are refused by name.
+    let cases = [
+        (
+            file(
+                3,
+                &[entry("0-tied", "[0, -1]"), entry("3-tied", "[-1, -1]")],
+            ),
+            "`tied` is on stages 0 and 3 with different layouts",
+        ),
+        (
+            file(
+                3,
+                &[
+                    entry("0-tied", "[0, -1]"),
+                    entry("3-tied", "[0, -1]"),
+                    entry("3-mid", "[-1, 0]"),
+                    entry("0-mid", "[-1, -1]"),
+                ],
+            ),
+            "`mid` is on stages 3 and 0 with different layouts",
+        ),
+    ];
+    for (text, want) in cases {
+        let e = parse_strategy_file("bad.json", text.as_bytes())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(want), "{e}");
+    }
+    std::fs::write(&paths[1], file(0, &[entry("tied", "[0, -1]")])).unwrap();
+    let e = read_strategy_files(&refs).unwrap_err().to_string();
+    assert!(e.contains("listed twice for stage 0"), "{e}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 #[test]
 fn bad_strategy_files_name_the_fault() {
     let cases: &[(&[u8], &str)] = &[

@@ -27,6 +27,9 @@ pub struct ParamEntry {
     pub name: String,
     /// Pipeline stage.
     pub stage: u64,
+    /// Further stages holding the same parameter with the same layout
+    /// (a tied embedding used by the first and the last stage), ascending.
+    pub also_on: Vec<u64>,
     /// Device matrix of one stage.
     pub dev_matrix: Vec<u64>,
     /// Tensor map as stored: one list holding every dimension's entry, or
@@ -129,8 +132,7 @@ pub fn parse_strategy_file(file: &str, bytes: &[u8]) -> Result<StrategyFile, Str
         parse_pb(file, bytes)?
     };
     let merged = !raw.is_empty() && raw.iter().all(|(n, _)| stage_prefix(n).is_some());
-    let mut params = Vec::with_capacity(raw.len());
-    let mut seen = BTreeSet::new();
+    let mut params: Vec<ParamEntry> = Vec::with_capacity(raw.len());
     for (name, mut p) in raw {
         if merged {
             let (stage, bare) = stage_prefix(&name).expect("checked");
@@ -147,14 +149,7 @@ pub fn parse_strategy_file(file: &str, bytes: &[u8]) -> Result<StrategyFile, Str
                 "every parameter needs a name",
             ));
         }
-        if !seen.insert(p.name.clone()) {
-            return Err(fail(
-                file,
-                format!("parameter `{}` is listed twice", p.name),
-                "each parameter has one layout",
-            ));
-        }
-        params.push(p);
+        add_param(&mut params, p).map_err(|(message, help)| fail(file, message, help))?;
     }
     let stage_count = params
         .iter()
@@ -166,6 +161,54 @@ pub fn parse_strategy_file(file: &str, bytes: &[u8]) -> Result<StrategyFile, Str
         params,
         stage_count,
     })
+}
+
+/// Adds `p` to `params`, or, when the parameter is already there for
+/// another stage with the same layout, records the stage on that entry.
+///
+/// # Errors
+///
+/// A message and a hint when the parameter is listed twice for one stage,
+/// or on two stages with different layouts.
+fn add_param(params: &mut Vec<ParamEntry>, p: ParamEntry) -> Result<(), (String, &'static str)> {
+    let Some(old) = params.iter_mut().find(|q| q.name == p.name) else {
+        params.push(p);
+        return Ok(());
+    };
+    if old.stage == p.stage || old.also_on.contains(&p.stage) {
+        return Err((
+            format!(
+                "parameter `{}` is listed twice for stage {}",
+                p.name, p.stage
+            ),
+            "each parameter has one layout per stage",
+        ));
+    }
+    let same_cut = old.dev_matrix == p.dev_matrix
+        && old.tensor_map == p.tensor_map
+        && old.opt_weight_shard_size == p.opt_weight_shard_size
+        && old.opt_weight_shard_step == p.opt_weight_shard_step
+        && old.param_split_shape == p.param_split_shape
+        && (old.shape.is_none() || p.shape.is_none() || old.shape == p.shape);
+    if !same_cut {
+        return Err((
+            format!(
+                "parameter `{}` is on stages {} and {} with different layouts",
+                p.name, old.stage, p.stage
+            ),
+            "a parameter shared by several stages (a tied embedding) must be cut alike on each",
+        ));
+    }
+    old.shape = old.shape.take().or(p.shape);
+    // Keep the lowest stage first and the others ascending.
+    let mut all: Vec<u64> = std::iter::once(old.stage)
+        .chain(old.also_on.iter().copied())
+        .chain([p.stage])
+        .collect();
+    all.sort_unstable();
+    old.stage = all[0];
+    old.also_on = all[1..].to_vec();
+    Ok(())
 }
 
 type Parsed = (u64, Vec<(String, ParamEntry)>);
@@ -205,6 +248,7 @@ fn parse_json(file: &str, bytes: &[u8]) -> Result<Parsed, StrategyFileError> {
             ParamEntry {
                 name,
                 stage: 0,
+                also_on: Vec::new(),
                 dev_matrix: l.dev_matrix,
                 tensor_map: vec![flat],
                 shape: l.tensor_shape,
@@ -244,6 +288,7 @@ fn parse_pb(file: &str, bytes: &[u8]) -> Result<Parsed, StrategyFileError> {
             ParamEntry {
                 name: item.param_name,
                 stage: 0,
+                also_on: Vec::new(),
                 dev_matrix: dev,
                 tensor_map: l
                     .tensor_map
@@ -272,7 +317,6 @@ pub fn read_strategy_files(paths: &[&Path]) -> Result<StrategyFile, StrategyFile
         params: Vec::new(),
         stage_count: 1,
     };
-    let mut seen = BTreeSet::new();
     for path in paths {
         let name = path.display().to_string();
         let bytes =
@@ -280,14 +324,22 @@ pub fn read_strategy_files(paths: &[&Path]) -> Result<StrategyFile, StrategyFile
         let f = parse_strategy_file(&name, &bytes)?;
         all.stage_count = all.stage_count.max(f.stage_count);
         for p in f.params {
-            if !seen.insert(p.name.clone()) {
-                return Err(fail(
-                    &name,
-                    format!("parameter `{}` is also in another file", p.name),
-                    "pass each stage's file once",
-                ));
+            // Stages one by one: a parameter on several stages is in
+            // several files.
+            for stage in std::iter::once(p.stage).chain(p.also_on.iter().copied()) {
+                let one = ParamEntry {
+                    stage,
+                    also_on: Vec::new(),
+                    ..p.clone()
+                };
+                add_param(&mut all.params, one).map_err(|(message, _)| {
+                    fail(
+                        &name,
+                        format!("{message}, counting the other files"),
+                        "pass each stage's file once",
+                    )
+                })?;
             }
-            all.params.push(p);
         }
     }
     Ok(all)
@@ -327,8 +379,22 @@ impl ParamEntry {
             stage: self.stage,
             stage_count,
         };
-        ms.to_layout(shape)
-            .map_err(|e| format!("parameter `{}`: {e}", self.name))
+        let one = ms
+            .to_layout(shape)
+            .map_err(|e| format!("parameter `{}`: {e}", self.name))?;
+        if self.also_on.is_empty() {
+            return Ok(one);
+        }
+        let mut cfg = one.to_config();
+        let axis = cfg.pin.first().map(|(a, _)| a.clone()).unwrap_or_default();
+        cfg.pin
+            .extend(self.also_on.iter().map(|&s| (axis.clone(), s)));
+        TensorLayout::new(one.mesh().clone(), shape, &cfg).map_err(|e| {
+            format!(
+                "parameter `{}` on stages {:?}: {e}",
+                self.name, self.also_on
+            )
+        })
     }
 }
 
@@ -447,10 +513,24 @@ impl StrategyFile {
         let what = "merged strategy";
         let current = self.stage_count.max(1) - 1;
         let name = |p: &ParamEntry| format!("{}-{}", p.stage, p.name);
+        // One entry per stage of a parameter on several.
+        let per_stage: Vec<ParamEntry> = self
+            .params
+            .iter()
+            .flat_map(|p| {
+                std::iter::once(p.stage)
+                    .chain(p.also_on.iter().copied())
+                    .map(|stage| ParamEntry {
+                        stage,
+                        also_on: Vec::new(),
+                        ..p.clone()
+                    })
+            })
+            .collect();
         match format {
             StrategyFormat::Json => {
                 let mut items = serde_json::Map::new();
-                for p in &self.params {
+                for p in &per_stage {
                     let [flat] = p.tensor_map.as_slice() else {
                         return Err(fail(
                             what,
@@ -488,7 +568,7 @@ impl StrategyFile {
                     })
                 };
                 let mut items = Vec::new();
-                for p in &self.params {
+                for p in &per_stage {
                     items.push(pb::ParallelLayoutItem {
                         param_name: name(p),
                         parallel_layouts: pb::ParallelLayouts {
@@ -558,15 +638,18 @@ pub fn write_strategy_file(
     let mut entries = Vec::new();
     let mut stages = BTreeSet::new();
     for (t, l) in strategy.tensors().iter().zip(strategy.layouts()) {
-        let ms = MindSporeLayout::from_layout(l).map_err(|e| {
-            fail(
-                &what,
-                format!("tensor `{}`: {e}", t.name),
-                "express the layout in MindSpore terms or leave it out",
-            )
-        })?;
-        stages.insert((ms.stage, ms.stage_count));
-        entries.push((t, ms));
+        // A tensor on several stages is one entry per stage.
+        for one in l.split_pins() {
+            let ms = MindSporeLayout::from_layout(&one).map_err(|e| {
+                fail(
+                    &what,
+                    format!("tensor `{}`: {e}", t.name),
+                    "express the layout in MindSpore terms or leave it out",
+                )
+            })?;
+            stages.insert((ms.stage, ms.stage_count));
+            entries.push((t, ms));
+        }
     }
     let merged = entries.iter().any(|(_, ms)| ms.stage_count > 1);
     let name_of = |t: &TensorInfo, ms: &MindSporeLayout| {

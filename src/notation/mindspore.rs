@@ -290,6 +290,12 @@ impl MindSporeLayout {
         let (stage, stage_count, first) = match layout.pin() {
             [] => (0, 1, 0),
             [(0, c)] => (*c, mesh.axis_size(0), 1),
+            [(0, _), (0, _), ..] => {
+                return Err(bad(
+                    format!("layout {layout} is on several pipeline stages"),
+                    "a MindSpore strategy file holds a parameter once per stage file: export the stages separately, or place the tensor on one stage",
+                ));
+            }
             _ => {
                 return Err(bad(
                     format!(

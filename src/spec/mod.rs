@@ -22,7 +22,7 @@ use raw::{RawDim, RawDims, RawMapEntry, RawPolicy, RawRule, RawSpec, RawSplit, R
 use crate::derive::ops::{
     ActivationInput, DimSize, OpKind, Operator, OperatorGraph, RepeatSide, derive_from_operators,
 };
-use crate::derive::{DeriveRules, Fallback};
+use crate::derive::{DeriveRules, Fallback, LayerRef, SharedTensors};
 use crate::dtype::DType;
 use crate::error::LayoutError;
 use crate::geometry::element_count;
@@ -504,17 +504,48 @@ impl Cx {
                 }
             }
         }
-        for g in raw.shared.iter().chain(&raw.replicate) {
-            if let Err(e) = Glob::new(&g.value) {
+        let shared_patterns = raw
+            .shared
+            .iter()
+            .map(|g| (g.value.pattern.as_str(), span_of(g)));
+        let replicate_patterns = raw.replicate.iter().map(|g| (g.value.as_str(), span_of(g)));
+        for (g, span) in shared_patterns.chain(replicate_patterns) {
+            if let Err(e) = Glob::new(g) {
                 self.error(
                     DiagCode::BadPattern,
-                    span_of(g),
-                    format!("derive: pattern `{}`: {e}", g.value),
+                    span,
+                    format!("derive: pattern `{g}`: {e}"),
                     "bad pattern",
                     "`*` matches any characters, `?` one character",
                 );
                 ok = false;
             }
+        }
+        let mut shared = Vec::with_capacity(raw.shared.len());
+        for g in &raw.shared {
+            let mut layers = Vec::with_capacity(g.value.layers.len());
+            for l in &g.value.layers {
+                layers.push(match l {
+                    raw::RawLayerRef::Index(i) => LayerRef::Index(*i),
+                    raw::RawLayerRef::Word(w) if w == "first" => LayerRef::First,
+                    raw::RawLayerRef::Word(w) if w == "last" => LayerRef::Last,
+                    raw::RawLayerRef::Word(w) => {
+                        self.error(
+                            DiagCode::BadStages,
+                            span_of(g),
+                            format!("derive: shared `{}`: `{w}` is not a layer", g.value.pattern),
+                            "unknown layer",
+                            "name layers by index, or `first` / `last`",
+                        );
+                        ok = false;
+                        continue;
+                    }
+                });
+            }
+            shared.push(SharedTensors {
+                pattern: g.value.pattern.clone(),
+                layers,
+            });
         }
         let names = |v: &[S<String>]| v.iter().map(|a| a.value.clone()).collect();
         ok.then(|| DeriveRules {
@@ -527,7 +558,7 @@ impl Cx {
                 .ranges
                 .as_ref()
                 .map(|r| r.value.iter().map(|w| w.value).collect()),
-            shared: names(&raw.shared),
+            shared,
             replicate: names(&raw.replicate),
             optimizer_shards: BTreeMap::new(),
         })
@@ -1252,20 +1283,29 @@ impl Cx {
                     continue;
                 }
                 let size = mesh.axis_size(mesh.axis_index(axis).unwrap_or(0));
-                if !(coord.value < size) {
+                if coord.value.0.is_empty() {
                     self.error(
                         DiagCode::PinOutOfRange,
                         span_of(coord),
-                        format!(
-                            "`at: {{{axis}: {}}}` is beyond axis `{axis}` of size {size}",
-                            coord.value
-                        ),
-                        "out of range",
-                        &format!("coordinates count from 0 to {}", size - 1),
+                        format!("`at: {{{axis}: []}}` places the tensor on no coordinate"),
+                        "empty list",
+                        "give at least one coordinate, or drop the axis from `at`",
                     );
                     ok = false;
                 }
-                pin.push((axis.clone(), coord.value));
+                for &c in &coord.value.0 {
+                    if !(c < size) {
+                        self.error(
+                            DiagCode::PinOutOfRange,
+                            span_of(coord),
+                            format!("`at: {{{axis}: {c}}}` is beyond axis `{axis}` of size {size}"),
+                            "out of range",
+                            &format!("coordinates count from 0 to {}", size - 1),
+                        );
+                        ok = false;
+                    }
+                    pin.push((axis.clone(), c));
+                }
             }
         }
         if let Some(st) = stages {
@@ -1588,7 +1628,9 @@ impl Rule {
                 let mut ms = ms.clone();
                 match pin.as_slice() {
                     [] => {}
-                    [(axis, c)] if mesh.axis_index(axis) == Some(0) => {
+                    [(_, c), ..] if pin.iter().all(|(a, _)| mesh.axis_index(a) == Some(0)) => {
+                        // Several stages (a tied embedding): cut alike on
+                        // each; the others are added after the first.
                         ms.stage = *c;
                         ms.stage_count = mesh.axis_size(0);
                     }
@@ -1622,7 +1664,15 @@ impl Rule {
                         help: "the product of dev_matrix must equal the ranks per stage".into(),
                     });
                 }
-                ms.to_layout(&t.shape).map_err(fail)
+                let one = ms.to_layout(&t.shape).map_err(fail)?;
+                if pin.len() < 2 {
+                    return Ok(one);
+                }
+                let mut cfg = one.to_config();
+                let stage_axis = one.axis_name(0).to_string();
+                cfg.pin
+                    .extend(pin[1..].iter().map(|(_, c)| (stage_axis.clone(), *c)));
+                TensorLayout::new(one.mesh().clone(), &t.shape, &cfg).map_err(fail)
             }
             Form::Placements(p, _) => {
                 // Axes pinned by `at` and the stage axis take no placement.

@@ -103,9 +103,79 @@ pub(crate) struct RawDerive {
     pub layer: Option<S<String>>,
     pub ranges: Option<S<Vec<S<[u64; 2]>>>>,
     #[serde(default)]
-    pub shared: Vec<S<String>>,
+    pub shared: Vec<S<RawShared>>,
     #[serde(default)]
     pub replicate: Vec<S<String>>,
+}
+
+/// A `derive.shared` entry: a glob (every stage), or
+/// `{match: GLOB, layers: [first, 12, last]}`.
+#[derive(Debug)]
+pub(crate) struct RawShared {
+    pub pattern: String,
+    pub layers: Vec<RawLayerRef>,
+}
+
+/// A layer in a rule: an index, `first` or `last` (checked later).
+#[derive(Debug)]
+pub(crate) enum RawLayerRef {
+    Index(u64),
+    Word(String),
+}
+
+impl<'de> Deserialize<'de> for RawLayerRef {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = RawLayerRef;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a layer index, `first` or `last`")
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<RawLayerRef, E> {
+                Ok(RawLayerRef::Index(v))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<RawLayerRef, E> {
+                Ok(RawLayerRef::Word(v.to_string()))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl<'de> Deserialize<'de> for RawShared {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = RawShared;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a tensor pattern, or `{match: PATTERN, layers: [first, last]}`")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<RawShared, E> {
+                Ok(RawShared {
+                    pattern: v.to_string(),
+                    layers: Vec::new(),
+                })
+            }
+            fn visit_map<A: de::MapAccess<'de>>(self, mut a: A) -> Result<RawShared, A::Error> {
+                let (mut pattern, mut layers) = (None, None);
+                while let Some(key) = a.next_key::<String>()? {
+                    match key.as_str() {
+                        "match" if pattern.is_none() => pattern = Some(a.next_value::<String>()?),
+                        "layers" if layers.is_none() => {
+                            layers = Some(a.next_value::<Vec<RawLayerRef>>()?)
+                        }
+                        "match" | "layers" => return Err(de::Error::duplicate_field("match")),
+                        other => return Err(de::Error::unknown_field(other, &["match", "layers"])),
+                    }
+                }
+                Ok(RawShared {
+                    pattern: pattern.ok_or_else(|| de::Error::missing_field("match"))?,
+                    layers: layers.unwrap_or_default(),
+                })
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -149,7 +219,7 @@ pub(crate) struct RawRule {
     pub dims: Option<S<RawDims>>,
     pub split: Option<S<RawSplit>>,
     pub partial: Option<S<Vec<S<String>>>>,
-    pub at: Option<S<BTreeMap<String, S<u64>>>>,
+    pub at: Option<S<BTreeMap<String, S<RawCoords>>>>,
     pub mindspore: Option<S<RawMindSpore>>,
     pub placements: Option<S<Vec<S<String>>>>,
     pub spec: Option<S<String>>,
@@ -197,6 +267,34 @@ impl<'de> Deserialize<'de> for RawMapEntry {
                     out.push(x);
                 }
                 Ok(RawMapEntry::Many(out))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// Pinned coordinates of one axis: `1`, or a list `[0, 3]` for a tensor on
+/// several stages.
+#[derive(Debug)]
+pub(crate) struct RawCoords(pub Vec<u64>);
+
+impl<'de> Deserialize<'de> for RawCoords {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = RawCoords;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a coordinate or a list of coordinates")
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<RawCoords, E> {
+                Ok(RawCoords(vec![v]))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut a: A) -> Result<RawCoords, A::Error> {
+                let mut out = Vec::new();
+                while let Some(x) = a.next_element::<u64>()? {
+                    out.push(x);
+                }
+                Ok(RawCoords(out))
             }
         }
         d.deserialize_any(V)

@@ -203,10 +203,20 @@ fn native_rule(l: &TensorLayout) -> String {
         );
     }
     if !cfg.pin.is_empty() {
-        let pins: Vec<String> = cfg
-            .pin
+        // Axes in first-seen order; several coordinates become a list.
+        let mut axes: Vec<(&str, Vec<u64>)> = Vec::new();
+        for (a, c) in &cfg.pin {
+            match axes.iter_mut().find(|(n, _)| n == a) {
+                Some((_, cs)) => cs.push(*c),
+                None => axes.push((a, vec![*c])),
+            }
+        }
+        let pins: Vec<String> = axes
             .iter()
-            .map(|(a, c)| format!("{}: {c}", quote(a)))
+            .map(|(a, cs)| match cs.as_slice() {
+                [c] => format!("{}: {c}", quote(a)),
+                _ => format!("{}: {}", quote(a), list(cs.iter().map(u64::to_string))),
+            })
             .collect();
         let _ = write!(body, ", at: {{{}}}", pins.join(", "));
     }
