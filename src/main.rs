@@ -1025,12 +1025,16 @@ fn derive_operators(path: &Path, args: &DeriveArgs) -> miette::Result<ExitCode> 
             return Ok(ExitCode::from(1));
         }
     };
+    let devices = if graph.stages > 1 {
+        format!("{} stages of {} devices", graph.stages, graph.devices)
+    } else {
+        format!("{} devices", graph.devices)
+    };
     let comment = format!(
-        "Written by `shardplan derive --operators` from {}:\nstrategy `{}` laid out by {} operators on {} devices, batch {}.",
+        "Written by `shardplan derive --operators` from {}:\nstrategy `{}` laid out by {} operators on {devices}, batch {}.",
         path.display(),
         args.name,
         graph.ops.len(),
-        graph.devices,
         graph.batch
     );
     let yaml = match derived_spec_yaml(&spec, from.as_deref(), &derived.strategy, &comment) {
@@ -1042,11 +1046,10 @@ fn derive_operators(path: &Path, args: &DeriveArgs) -> miette::Result<ExitCode> 
     };
     let laid_out = derived.weights.iter().flatten().count();
     let summary = format!(
-        "strategy `{}`: {laid_out} of {} tensors laid out by {} operators on {} devices; {} redistribution(s) of activations, {} B; {} weight conflict(s)",
+        "strategy `{}`: {laid_out} of {} tensors laid out by {} operators on {devices}; {} redistribution(s) of activations, {} B; {} weight conflict(s)",
         args.name,
         derived.strategy.tensors().len(),
         graph.ops.len(),
-        graph.devices,
         derived.redistributions.len(),
         derived.redistribution_bytes(),
         derived.conflicts.len()

@@ -1709,6 +1709,7 @@ mod operators {
         }
         let graph = OperatorGraph {
             devices,
+            stages: 1,
             batch: 1,
             repeated_calc: side,
             inputs,
@@ -1718,6 +1719,8 @@ mod operators {
                 inputs: names,
                 strategy: strategy.iter().map(|s| s.to_vec()).collect(),
                 transpose_b,
+                transpose_a: false,
+                stage: 0,
                 output: "y".into(),
             }],
         };
@@ -1914,6 +1917,7 @@ operators:
         }];
         let graph = OperatorGraph {
             devices: 4,
+            stages: 1,
             batch: 8,
             repeated_calc: RepeatSide::Right,
             inputs: vec![ActivationInput {
@@ -1928,6 +1932,8 @@ operators:
                     inputs: vec!["embed".into(), "ids".into()],
                     strategy: vec![vec![1, 4], vec![1]],
                     transpose_b: false,
+                    transpose_a: false,
+                    stage: 0,
                     output: "h".into(),
                 },
                 Operator {
@@ -1936,6 +1942,8 @@ operators:
                     inputs: vec!["h".into(), "embed".into()],
                     strategy: vec![vec![1, 1], vec![4, 1]],
                     transpose_b: true,
+                    transpose_a: false,
+                    stage: 0,
                     output: "y".into(),
                 },
             ],
@@ -2229,5 +2237,162 @@ operators:
 
     fn text_of(o: &Output) -> String {
         text(o)
+    }
+
+    const STAGED: &str = "
+version: 1
+meshes:
+  one: {shape: [1], axes: [r]}
+tensors:
+  - {name: embed.weight, shape: [64, 16], dtype: f32}
+  - {name: w0, shape: [16, 16], dtype: f32}
+  - {name: w1, shape: [16, 16], dtype: f32}
+strategies:
+  whole: {mesh: one, rules: [{match: \"*\", dims: replicated}]}
+operators:
+  devices: 2
+  stages: 2
+  batch: 4
+  inputs:
+    - {name: tokens, shape: [batch], dtype: i32}
+  ops:
+    - {op: Gather, name: embed, inputs: [embed.weight, tokens], strategy: [[2, 1], [1]], stage: 0, output: h}
+    - {op: MatMul, name: fc0, inputs: [h, w0], strategy: [[1, 1], [1, 2]], stage: 0, output: h0}
+    - {op: MatMul, name: fc1, inputs: [h0, w1], strategy: [[1, 2], [2, 1]], stage: 1, output: h1}
+    - {op: MatMul, name: head, inputs: [h1, embed.weight], strategy: [[1, 1], [2, 1]], transpose_b: true, stage: 1, output: logits}
+";
+
+    /// Operators on two pipeline stages: each weight lives on the stage
+    /// that reads it, and the tied embedding (looked up on stage 0,
+    /// multiplied with on stage 1, cut alike) on both.
+    #[test]
+    fn operators_on_pipeline_stages() {
+        let spec = parse(STAGED);
+        let graph = spec.operators.clone().unwrap();
+        assert_eq!((graph.stages, graph.ops[3].stage), (2, 1));
+        let d = derive_from_operators(&graph, &spec.tensors).unwrap();
+        let holders = |n: &str| -> Vec<u64> {
+            let l = d.strategy.layout(n).unwrap();
+            (0..4).filter(|&r| l.holds(r)).collect()
+        };
+        assert_eq!(holders("embed.weight"), vec![0, 1, 2, 3]);
+        assert_eq!(holders("w0"), vec![0, 1]);
+        assert_eq!(holders("w1"), vec![2, 3]);
+        let e = d.strategy.layout("embed.weight").unwrap();
+        assert_eq!(e.region_of(1), e.region_of(3));
+        assert_eq!(e.region_of(3).unwrap().to_string(), "[32..64, 0..16]");
+        assert_eq!(d.weights[0].as_ref().unwrap().stages, vec![0, 1]);
+        let report = d.report(&graph);
+        assert!(report.contains("on 2 stages of 2 devices"), "{report}");
+        assert!(report.contains("#3 MatMul `head` (stage 1)"), "{report}");
+        assert!(
+            report.contains("(input 0 of #0 `embed`) on stage 0, 1"),
+            "{report}"
+        );
+        // The activation handed from stage 0 to stage 1 is compared on the
+        // consumer's devices: fc0 leaves h0 split by columns, as fc1 needs.
+        assert!(
+            d.redistributions.iter().all(|r| r.activation != "h0"),
+            "{report}"
+        );
+        // Plans to and from the derived strategy pass the verifier.
+        let whole = spec.strategy("whole").unwrap();
+        plan_and_simulate(whole, &d.strategy, SMALL);
+        plan_and_simulate(&d.strategy, whole, SMALL);
+
+        // A cut that differs between the stages is a conflict, not a
+        // second stage.
+        let text = STAGED.replace(
+            "strategy: [[1, 1], [2, 1]], transpose_b: true",
+            "strategy: [[1, 2], [1, 2]], transpose_b: true",
+        );
+        let spec2 = parse(&text);
+        let d2 = derive_from_operators(spec2.operators.as_ref().unwrap(), &spec2.tensors).unwrap();
+        assert_eq!(d2.conflicts.len(), 1);
+        assert_eq!(d2.weights[0].as_ref().unwrap().stages, vec![0]);
+        let l = d2.strategy.layout("embed.weight").unwrap();
+        assert!(!l.holds(2));
+
+        // Refusals, located on the operator.
+        let cases = [
+            (
+                "stage: 1, output: h1",
+                "stage: 2, output: h1",
+                "stage 2 is beyond the graph's 2 stages",
+            ),
+            ("stage: 0, output: h0", "stage: 1, output: h0", ""),
+            ("stage: 1, output: h1", "stage: 0, output: h1", ""),
+            (
+                "stage: 0, output: h}",
+                "stage: 1, output: h}",
+                "reads `h`, which operator #0 produces on the later stage 1",
+            ),
+            (
+                "transpose_b: true, stage: 1",
+                "transpose_b: true, transpose_a: true, stage: 1",
+                "transpose_a is not supported",
+            ),
+            ("stages: 2", "stages: 0", "`stages` is 0"),
+        ];
+        for (from, to, want) in cases {
+            let (s, diags) = parse_spec("t.yaml", &STAGED.replacen(from, to, 1));
+            if want.is_empty() {
+                // Stage order kept: still fine.
+                assert!(s.is_some(), "{to}: {diags:?}");
+                continue;
+            }
+            assert!(s.is_none(), "{to}");
+            let d = &diags[0];
+            assert_eq!(d.code.short(), "bad_operator", "{to}");
+            assert!(d.message.contains(want), "{to}: {}", d.message);
+        }
+    }
+
+    /// MindSpore's special case of a 2-D MatMul whose two inputs have the
+    /// same strategy over every device: that strategy is the device matrix
+    /// and both inputs keep it ([1, 0] maps), where the general rule would
+    /// refuse the mismatched reduction split.
+    #[test]
+    fn matmul_with_equal_strategies_over_all_devices() {
+        let (t, g) = one_op(
+            OpKind::MatMul,
+            &[&[8, 8], &[8, 8]],
+            &[&[2, 2], &[2, 2]],
+            false,
+            4,
+            RepeatSide::Right,
+        );
+        let d = derive_from_operators(&g, &t).unwrap();
+        assert_eq!(d.ops[0].dev_matrix, vec![2, 2]);
+        assert_eq!(d.ops[0].inputs, vec![vec![1, 0], vec![1, 0]]);
+        assert_eq!(d.ops[0].output, vec![1, 0]);
+        assert!(d.ops[0].forward.is_none());
+        let w = d.strategy.layout("w1").unwrap();
+        assert_eq!(w.region_of(1).unwrap().to_string(), "[0..4, 4..8]");
+        // Over all 8 devices the special case applies; on 16 (repeated
+        // calculation) it does not, and the general rule refuses a's
+        // columns split 4 ways against b's rows split 2.
+        let (t, g) = one_op(
+            OpKind::MatMul,
+            &[&[8, 8], &[8, 8]],
+            &[&[2, 4], &[2, 4]],
+            false,
+            8,
+            RepeatSide::Right,
+        );
+        assert!(derive_from_operators(&g, &t).is_ok());
+        let (t, g) = one_op(
+            OpKind::MatMul,
+            &[&[8, 8], &[8, 8]],
+            &[&[2, 4], &[2, 4]],
+            false,
+            16,
+            RepeatSide::Right,
+        );
+        let e = derive_from_operators(&g, &t).unwrap_err().to_string();
+        assert!(
+            e.contains("reduction dimension is split 4 ways in the first input and 2"),
+            "{e}"
+        );
     }
 }

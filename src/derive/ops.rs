@@ -63,6 +63,7 @@
 //! let w = TensorInfo { name: "w".into(), shape: vec![64, 32], dtype: DType::F32 };
 //! let graph = OperatorGraph {
 //!     devices: 8,
+//!     stages: 1,
 //!     batch: 16,
 //!     repeated_calc: RepeatSide::Right,
 //!     inputs: vec![ActivationInput {
@@ -76,6 +77,8 @@
 //!         inputs: vec!["x".into(), "w".into()],
 //!         strategy: vec![vec![2, 1], vec![1, 4]],
 //!         transpose_b: false,
+//!         transpose_a: false,
+//!         stage: 0,
 //!         output: "y".into(),
 //!     }],
 //! };
@@ -230,16 +233,25 @@ pub struct Operator {
     pub strategy: Vec<Vec<u64>>,
     /// `MatMul`/`BatchMatMul`: the second input is `[.., N, K]`.
     pub transpose_b: bool,
+    /// `MatMul`/`BatchMatMul`: the first input is `[.., K, M]`. MindSpore's
+    /// semi-auto parallel refuses it (`MatMulInfo`), and so does
+    /// [`derive_from_operators`].
+    pub transpose_a: bool,
+    /// Pipeline stage the operator runs on (`< OperatorGraph::stages`).
+    pub stage: u64,
     /// Name of the output.
     pub output: String,
 }
 
-/// Operators in execution order, for one pipeline stage of `devices`
-/// devices.
+/// Operators in execution order, on `stages` pipeline stages of `devices`
+/// devices each.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OperatorGraph {
-    /// Devices of the stage.
+    /// Devices of each stage.
     pub devices: u64,
+    /// Pipeline stages (1 = none). Operators run on the stage they name,
+    /// in non-decreasing stage order along the data flow.
+    pub stages: u64,
     /// The batch size in graph-input shapes.
     pub batch: u64,
     /// Where the repeated-calculation factor goes.
@@ -323,8 +335,12 @@ pub struct WeightSource {
     pub op: usize,
     /// Position of the weight among its inputs.
     pub input: usize,
-    /// The layout, in MindSpore terms.
+    /// The layout, in MindSpore terms (of its first stage).
     pub layout: MindSporeLayout,
+    /// The stages whose operators read it, ascending: several for a tied
+    /// embedding read by a `Gather` on the first stage and a `MatMul` on
+    /// the last.
+    pub stages: Vec<u64>,
 }
 
 /// An activation an operator needs in another layout than its producer
@@ -398,9 +414,15 @@ impl OperatorDerivation {
     pub fn report(&self, graph: &OperatorGraph) -> String {
         use std::fmt::Write;
         let mut out = String::new();
+        let staged = graph.stages > 1;
         let _ = writeln!(
             out,
-            "operators on {} devices, batch {} (repeated calculation: {})",
+            "operators on {}{} devices, batch {} (repeated calculation: {})",
+            if staged {
+                format!("{} stages of ", graph.stages)
+            } else {
+                String::new()
+            },
             graph.devices,
             graph.batch,
             match graph.repeated_calc {
@@ -415,11 +437,11 @@ impl OperatorDerivation {
                 .zip(&l.inputs)
                 .map(|(n, m)| format!("{n} {m:?}"))
                 .collect();
-            let _ = write!(
-                out,
-                "  #{i} {} `{}`: dev_matrix {:?}",
-                op.kind, op.name, l.dev_matrix
-            );
+            let _ = write!(out, "  #{i} {} `{}`", op.kind, op.name);
+            if staged {
+                let _ = write!(out, " (stage {})", op.stage);
+            }
+            let _ = write!(out, ": dev_matrix {:?}", l.dev_matrix);
             if l.repeat > 1 {
                 let _ = write!(out, " (repeated x{})", l.repeat);
             }
@@ -446,7 +468,7 @@ impl OperatorDerivation {
         for (t, w) in self.strategy.tensors().iter().zip(&self.weights) {
             match w {
                 Some(w) => {
-                    let _ = writeln!(
+                    let _ = write!(
                         out,
                         "  {}: {} (input {} of #{} `{}`)",
                         t.name,
@@ -455,6 +477,11 @@ impl OperatorDerivation {
                         w.op,
                         graph.ops[w.op].name
                     );
+                    if staged {
+                        let st: Vec<String> = w.stages.iter().map(u64::to_string).collect();
+                        let _ = write!(out, " on stage {}", st.join(", "));
+                    }
+                    out.push('\n');
                 }
                 None => {
                     let _ = writeln!(out, "  {}: replicated (no operator reads it)", t.name);
@@ -579,6 +606,58 @@ pub enum OpsError {
         /// What is wrong.
         reason: String,
     },
+    /// `transpose_a: true`, which MindSpore's semi-auto parallel refuses.
+    #[error("operator #{op} ({kind}): transpose_a is not supported in semi-auto parallel")]
+    #[diagnostic(
+        code(shardplan::ops::transpose_a),
+        help(
+            "MindSpore's MatMulInfo refuses transpose_a=true; transpose the input beforehand (a Transpose operator, or a weight stored [M, K])"
+        )
+    )]
+    TransposeA {
+        /// Operator.
+        op: usize,
+        /// Its kind.
+        kind: OpKind,
+    },
+    /// An operator on a stage the graph does not have.
+    #[error("operator #{op}: stage {stage} is beyond the graph's {stages} stages")]
+    #[diagnostic(
+        code(shardplan::ops::stage),
+        help("stages count from 0; raise `stages` or lower the operator's `stage`")
+    )]
+    Stage {
+        /// Operator.
+        op: usize,
+        /// Its stage.
+        stage: u64,
+        /// Stages of the graph.
+        stages: u64,
+    },
+    /// An activation flowing to an earlier stage.
+    #[error(
+        "operator #{op} on stage {stage} reads `{name}`, which operator #{producer} produces on the later stage {producer_stage}"
+    )]
+    #[diagnostic(
+        code(shardplan::ops::stage_order),
+        help(
+            "a pipeline runs its stages in order: an operator may read outputs of its own or earlier stages only"
+        )
+    )]
+    StageOrder {
+        /// Operator.
+        op: usize,
+        /// Position of the input.
+        input: usize,
+        /// The activation.
+        name: String,
+        /// Its stage.
+        stage: u64,
+        /// The producer.
+        producer: usize,
+        /// The producer's stage.
+        producer_stage: u64,
+    },
     /// A strategy whose device count does not divide the stage's.
     #[error(
         "operator #{op}: the strategy uses {product} devices, which does not divide the stage's {devices}"
@@ -642,9 +721,12 @@ impl OpsError {
     pub fn location(&self) -> Option<(usize, Option<usize>)> {
         match self {
             OpsError::UnknownInput { op, input, .. } => Some((*op, Some(*input))),
+            OpsError::StageOrder { op, input, .. } => Some((*op, Some(*input))),
             OpsError::Strategy { op, input, .. } => Some((*op, *input)),
             OpsError::Indivisible { op, input, .. } => Some((*op, *input)),
             OpsError::DuplicateOutput { op, .. }
+            | OpsError::TransposeA { op, .. }
+            | OpsError::Stage { op, .. }
             | OpsError::Devices { op, .. }
             | OpsError::Layout { op, .. } => Some((*op, None)),
             OpsError::Empty { .. }
@@ -692,6 +774,7 @@ fn matmul(
     shapes: &[&[u64]],
     st: &[Vec<u64>],
     tb: bool,
+    devices: u64,
 ) -> Result<Raw, OpsError> {
     let bad = |input: Option<usize>, reason: String| OpsError::Strategy {
         op,
@@ -725,6 +808,21 @@ fn matmul(
             Some(1),
             format!("the reduction dimensions differ: {k_a} and {k_b} (transpose_b: {tb})"),
         ));
+    }
+    // MindSpore's special case: a 2-D MatMul whose inputs have the same
+    // strategy using every device of the stage keeps that strategy as the
+    // device matrix, with maps [1, 0] on both inputs and the output and no
+    // collective of its own.
+    if kind == OpKind::MatMul && !tb && st[0] == st[1] && product(&st[0]) == devices {
+        return Ok(Raw {
+            dev: st[0].clone(),
+            out_dev: st[0].clone(),
+            inputs: vec![vec![1, 0], vec![1, 0]],
+            output: vec![1, 0],
+            output_shape: vec![a[0], b[1]],
+            forward: None,
+            side: None,
+        });
     }
     let s_kb = if tb { sb[lb - 1] } else { sb[lb - 2] };
     if sa[la - 1] != s_kb {
@@ -1081,6 +1179,7 @@ pub fn derive_from_operators(
     if devices == 0 || batch == 0 {
         return Err(OpsError::Empty { devices, batch });
     }
+    let stages = graph.stages.max(1);
     let mesh = Arc::new(DeviceMesh::new([("rank", devices)]).map_err(OpsError::Mesh)?);
     let mut values: BTreeMap<String, Value> = BTreeMap::new();
     for (i, t) in tensors.iter().enumerate() {
@@ -1117,6 +1216,7 @@ pub fn derive_from_operators(
             },
         );
     }
+    // Per weight: who decided it, its layout on one stage.
     let mut weights: Vec<Option<(WeightSource, TensorLayout)>> = vec![None; tensors.len()];
     let mut ops = Vec::with_capacity(graph.ops.len());
     let mut redistributions = Vec::new();
@@ -1128,6 +1228,13 @@ pub fn derive_from_operators(
             kind: op.kind,
             reason,
         };
+        if op.stage >= stages {
+            return Err(OpsError::Stage {
+                op: o,
+                stage: op.stage,
+                stages,
+            });
+        }
         if !op.kind.arity().contains(&op.inputs.len()) {
             return Err(strat_err(
                 None,
@@ -1170,12 +1277,30 @@ pub fn derive_from_operators(
             if s.contains(&0) {
                 return Err(strat_err(Some(k), "a strategy entry is 0".into()));
             }
+            if let Some((producer, _)) = &v.produced
+                && graph.ops[*producer].stage > op.stage
+            {
+                return Err(OpsError::StageOrder {
+                    op: o,
+                    input: k,
+                    name: name.clone(),
+                    stage: op.stage,
+                    producer: *producer,
+                    producer_stage: graph.ops[*producer].stage,
+                });
+            }
             ins.push(v.clone());
         }
         let shapes: Vec<&[u64]> = ins.iter().map(|v| v.shape.as_slice()).collect();
         let raw = match op.kind {
             OpKind::MatMul | OpKind::BatchMatMul => {
-                matmul(o, op.kind, &shapes, &op.strategy, op.transpose_b)?
+                if op.transpose_a {
+                    return Err(OpsError::TransposeA {
+                        op: o,
+                        kind: op.kind,
+                    });
+                }
+                matmul(o, op.kind, &shapes, &op.strategy, op.transpose_b, devices)?
             }
             OpKind::Gather => gather(o, &shapes, &op.strategy, devices)?,
             OpKind::Add | OpKind::Mul => elementwise(o, op.kind, &shapes, &op.strategy)?,
@@ -1232,8 +1357,9 @@ pub fn derive_from_operators(
                                 op: o,
                                 input: k,
                                 layout: want_ms,
+                                stages: vec![op.stage],
                             },
-                            want,
+                            want.clone(),
                         ));
                     }
                     Some((first, have)) if !have.same_placement(&want) => {
@@ -1246,6 +1372,15 @@ pub fn derive_from_operators(
                         });
                     }
                     Some(_) => {}
+                }
+                // Read on another stage alike: that stage holds it too (a
+                // different cut is the conflict above instead).
+                if let Some((src, have)) = &mut weights[w]
+                    && have.same_placement(&want)
+                    && !src.stages.contains(&op.stage)
+                {
+                    src.stages.push(op.stage);
+                    src.stages.sort_unstable();
                 }
             } else if let Some((producer, from_ms)) = &v.produced {
                 let from = layout_of(from_ms, &v.shape, name, None)?;
@@ -1305,17 +1440,36 @@ pub fn derive_from_operators(
             }),
         });
     }
+    // With stages, each weight lives on the stages that read it; the
+    // activations' comparisons above stay within one stage's devices.
+    let mesh = if stages > 1 {
+        Arc::new(DeviceMesh::new([("stage", stages), ("rank", devices)]).map_err(OpsError::Mesh)?)
+    } else {
+        mesh
+    };
     let mut layouts = Vec::with_capacity(tensors.len());
     for (t, w) in tensors.iter().zip(&weights) {
+        let fail = |source| OpsError::Layout {
+            op: w.as_ref().map_or(0, |(s, _)| s.op),
+            tensor: t.name.clone(),
+            source,
+        };
         layouts.push(match w {
-            Some((_, l)) => l.clone(),
-            None => TensorLayout::replicated(mesh.clone(), &t.shape).map_err(|source| {
-                OpsError::Layout {
-                    op: 0,
-                    tensor: t.name.clone(),
-                    source,
-                }
-            })?,
+            Some((_, l)) if stages == 1 => l.clone(),
+            Some((src, _)) => {
+                let staged = MindSporeLayout {
+                    stage: src.stages[0],
+                    stage_count: stages,
+                    ..src.layout.clone()
+                };
+                let first = staged.to_layout(&t.shape).map_err(fail)?;
+                let mut cfg = first.to_config();
+                let axis = first.axis_name(0).to_string();
+                cfg.pin
+                    .extend(src.stages[1..].iter().map(|&s| (axis.clone(), s)));
+                TensorLayout::new(first.mesh().clone(), &t.shape, &cfg).map_err(fail)?
+            }
+            None => TensorLayout::replicated(mesh.clone(), &t.shape).map_err(fail)?,
         });
     }
     let strategy = Strategy::new("derived", mesh, tensors.to_vec(), layouts)?;

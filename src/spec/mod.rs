@@ -584,6 +584,16 @@ impl Cx {
             );
             ok = false;
         }
+        if let Some(st) = raw.stages.as_ref().filter(|s| s.value == 0) {
+            self.error(
+                DiagCode::BadOperator,
+                span_of(st),
+                "operators: `stages` is 0".into(),
+                "no stages",
+                "give the pipeline stages (1 without a pipeline)",
+            );
+            ok = false;
+        }
         if raw.batch.as_ref().is_some_and(|b| b.value == 0) {
             self.error(
                 DiagCode::BadOperator,
@@ -701,6 +711,8 @@ impl Cx {
                 inputs: r.inputs.value.iter().map(|n| n.value.clone()).collect(),
                 strategy: r.strategy.value.clone(),
                 transpose_b: r.transpose_b,
+                transpose_a: r.transpose_a,
+                stage: r.stage.as_ref().map_or(0, |s| s.value),
             });
         }
         if !ok {
@@ -708,6 +720,7 @@ impl Cx {
         }
         let graph = OperatorGraph {
             devices: raw.devices.value,
+            stages: raw.stages.as_ref().map_or(1, |s| s.value),
             batch: raw.batch.as_ref().map_or(1, |b| b.value),
             repeated_calc,
             inputs,

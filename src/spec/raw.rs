@@ -29,6 +29,7 @@ pub(crate) struct RawSpec {
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawOperators {
     pub devices: S<u64>,
+    pub stages: Option<S<u64>>,
     pub batch: Option<S<u64>>,
     pub repeated_calc: Option<S<String>>,
     #[serde(default)]
@@ -55,6 +56,9 @@ pub(crate) struct RawOp {
     pub strategy: S<Vec<Vec<u64>>>,
     #[serde(default)]
     pub transpose_b: bool,
+    #[serde(default)]
+    pub transpose_a: bool,
+    pub stage: Option<S<u64>>,
     pub output: Option<S<String>>,
 }
 
