@@ -268,6 +268,11 @@ struct ReshardArgs {
     /// Allow device counts that do not divide each other (MindSpore refuses).
     #[arg(long)]
     any_device_count: bool,
+    /// Write through the page cache instead of with direct IO (which
+    /// keeps the sources cached while a large output is written; used
+    /// only where the file system supports it).
+    #[arg(long)]
+    no_direct_io: bool,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -1114,6 +1119,9 @@ fn layout_source(
     )?)))
 }
 
+/// Output window of `reshard`: four are in memory.
+const WINDOW_BYTES: u64 = 32 << 20;
+
 fn reshard(args: &ReshardArgs) -> miette::Result<ExitCode> {
     use shardplan::formats::checkpoint::CheckpointFormat;
     use shardplan::reshard::{ReshardConfig, prepare, ranks_for_process};
@@ -1147,7 +1155,8 @@ fn reshard(args: &ReshardArgs) -> miette::Result<ExitCode> {
         } else {
             ReplicaChoice::MinFiles
         },
-        window_bytes: 64 << 20,
+        window_bytes: WINDOW_BYTES,
+        direct_io: !args.no_direct_io,
         any_device_count: args.any_device_count,
     };
     let prepared = match prepare(&cfg) {
@@ -1193,7 +1202,7 @@ fn reshard(args: &ReshardArgs) -> miette::Result<ExitCode> {
     let t0 = std::time::Instant::now();
     let mut written = 0u64;
     for r in &ranks {
-        let o = prepared.write_rank(&out, *r, 64 << 20, &mut |n| bar.inc(n))?;
+        let o = prepared.write_rank(&out, *r, WINDOW_BYTES, &mut |n| bar.inc(n))?;
         if o.resumed {
             bar.inc(
                 prepared

@@ -3,16 +3,17 @@
 //! the plan it follows comes from the core planner and verifier.
 //!
 //! Each destination rank reads only the source files its pieces name, and
-//! only the byte ranges the pieces cover (in windows of at most
-//! [`ReshardConfig::window_bytes`]); it holds one destination tensor slice
-//! at a time. Outputs are written to a temporary name, fsynced and renamed;
+//! only the bytes the pieces cover, straight into the output's windows
+//! ([`ReshardConfig::window_bytes`], four in memory), which background
+//! threads write (with direct IO where possible, see
+//! [`crate::formats::stream`]). Outputs are written to a temporary name,
+//! fsynced and renamed;
 //! a manifest per rank records each file's size and checksum, so an
 //! interrupted run resumes where it stopped. Sources are only ever opened
 //! for reading.
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -56,8 +57,13 @@ pub struct ReshardConfig {
     pub ranks: Option<Vec<u64>>,
     /// How replicas are chosen (default: fewest files read).
     pub replica_choice: ReplicaChoice,
-    /// Largest read window, in bytes.
+    /// Bytes of each output window: the writer fills one while two are
+    /// written, four in all (rounded up to 4 KiB).
     pub window_bytes: u64,
+    /// Write outputs with direct IO (Linux `O_DIRECT`) where the file
+    /// system allows it: they bypass the page cache, which then keeps the
+    /// sources.
+    pub direct_io: bool,
     /// Allow device counts that do not divide each other, which MindSpore
     /// refuses.
     pub any_device_count: bool,
@@ -130,6 +136,7 @@ pub struct Prepared {
     pub warnings: Vec<String>,
     sources: BTreeMap<u64, BTreeMap<String, Located>>,
     format: CheckpointFormat,
+    direct_io: bool,
 }
 
 /// Reads and checks every input and plans the transfer, without writing.
@@ -262,6 +269,7 @@ pub fn prepare(cfg: &ReshardConfig) -> Result<Prepared, ReshardError> {
         warnings,
         sources,
         format: cfg.format.or(format).unwrap_or(CheckpointFormat::Ckpt),
+        direct_io: cfg.direct_io,
     })
 }
 
@@ -615,109 +623,233 @@ impl Prepared {
                 held.push((t, region, plan));
             }
         }
-        let file = File::create(tmp).map_err(io(tmp))?;
         let decl = held
             .iter()
             .map(|(t, r, _)| (t.name.clone(), t.dtype, r.extent().to_vec()))
             .collect();
-        let mut writer = CheckpointWriter::new(file, self.format, decl).map_err(io(tmp))?;
-        let mut scratch = Vec::new();
-        let mut buf: Vec<u8> = Vec::new();
-        let mut open: BTreeMap<PathBuf, File> = BTreeMap::new();
+        let window = usize::try_from(window).unwrap_or(usize::MAX);
+        let mut writer =
+            CheckpointWriter::create_streamed(tmp, self.format, decl, window, self.direct_io)
+                .map_err(io(tmp))?;
+        let mut files: Vec<(PathBuf, File)> = Vec::new();
         for (t, region, tp) in held {
             let size = t.dtype.size_bytes();
-            // One buffer, grown to the largest slice, serves every tensor:
-            // fresh allocations of that size cost a page fault per page.
-            let n = (region.volume() * size) as usize;
-            buf.clear();
-            buf.resize(n, 0);
+            // Each piece as runs of bytes: contiguous in the source file and
+            // in the destination slice, ascending in both.
+            let mut pieces: Vec<(usize, Vec<Run>)> = Vec::new();
             for p in tp.pieces.iter().filter(|p| p.dst_rank == rank) {
                 let loc = &self.sources[&p.src_rank][&t.name];
-                let f = match open.get(&loc.path) {
-                    Some(f) => f,
+                let file = match files.iter().position(|(path, _)| *path == loc.path) {
+                    Some(i) => i,
                     None => {
                         let f = File::open(&loc.path).map_err(io(&loc.path))?;
-                        open.entry(loc.path.clone()).or_insert(f)
+                        files.push((loc.path.clone(), f));
+                        files.len() - 1
                     }
                 };
-                read_box(
-                    f,
-                    &loc.entry,
+                let mut runs: Vec<Run> = Vec::new();
+                for_each_run(
+                    &loc.entry.shape,
                     p.src_box.offset(),
-                    p.dst_box.extent(),
-                    &mut buf,
                     region.extent(),
                     &p.dst_local_offset,
-                    window,
-                    &mut scratch,
-                )
-                .map_err(io(&loc.path))?;
+                    p.dst_box.extent(),
+                    |so, dof, run| {
+                        let r = Run {
+                            src: loc.entry.offset + so as u64 * size,
+                            dst: dof as u64 * size,
+                            len: run as u64 * size,
+                        };
+                        match runs.last_mut() {
+                            Some(l) if l.src + l.len == r.src && l.dst + l.len == r.dst => {
+                                l.len += r.len;
+                            }
+                            _ => runs.push(r),
+                        }
+                    },
+                );
+                pieces.push((file, runs));
             }
-            writer.write_tensor(&buf).map_err(io(tmp))?;
-            progress(buf.len() as u64);
+            // A failed read names its source file, a failed write the output.
+            let mut read_error = None;
+            let written = writer.write_tensor_with(|at, dst| {
+                fill_range(&files, &pieces, at, dst).map_err(|(path, e)| {
+                    let kind = e.kind();
+                    read_error = Some(io(path)(e));
+                    std::io::Error::new(kind, "reading a source failed")
+                })
+            });
+            if let Err(e) = written {
+                return Err(read_error.unwrap_or_else(|| io(tmp)(e)));
+            }
+            progress(region.volume() * size);
         }
         let (_, sum) = writer.finish_summed().map_err(io(tmp))?;
         Ok(sum)
     }
 }
 
-/// Copies box `extent` at `src_off` of the slice stored at `entry` in `f`
-/// into `dst` (shape `dst_shape`, at `dst_off`), reading the enclosing byte
-/// range in windows of at most `window` bytes.
-#[allow(clippy::too_many_arguments)]
-fn read_box(
-    f: &File,
-    entry: &TensorEntry,
-    src_off: &[u64],
-    extent: &[u64],
-    dst: &mut [u8],
-    dst_shape: &[u64],
-    dst_off: &[u64],
-    window: u64,
-    scratch: &mut Vec<u8>,
-) -> std::io::Result<()> {
-    let size = entry.dtype.size_bytes();
-    let rank = extent.len();
-    // Element strides of the source slice.
-    let mut strides = vec![1u64; rank];
-    for k in (0..rank.saturating_sub(1)).rev() {
-        strides[k] = strides[k + 1] * entry.shape[k + 1];
+/// Bytes `len` at file offset `src` of a source file, which go to byte
+/// `dst` of a destination slice.
+#[derive(Debug, Clone, Copy)]
+struct Run {
+    src: u64,
+    dst: u64,
+    len: u64,
+}
+
+/// Fills `out`, bytes `at..at + out.len()` of a destination slice, from
+/// the pieces' runs: each piece's runs that overlap the range, clipped,
+/// read with one vectored positional read per stretch of contiguous
+/// source bytes (a piece of whole source rows scattering into strided
+/// destination rows is one read per 1024 rows), straight into `out`.
+///
+/// # Errors
+///
+/// The source file and the error of a failed read.
+fn fill_range<'a>(
+    files: &'a [(PathBuf, File)],
+    pieces: &[(usize, Vec<Run>)],
+    at: u64,
+    out: &mut [u8],
+) -> Result<(), (&'a Path, std::io::Error)> {
+    let end = at + out.len() as u64;
+    for (file, runs) in pieces {
+        let (path, f) = &files[*file];
+        // Runs ascend in dst: skip those ending before the range.
+        let first = runs.partition_point(|r| r.dst + r.len <= at);
+        let mut batch = ReadBatch::new(f);
+        // `out` is carved front to back; `rest` starts at `rest_at`.
+        let mut rest: &mut [u8] = &mut *out;
+        let mut rest_at = at;
+        for r in &runs[first..] {
+            if r.dst >= end {
+                break;
+            }
+            let a = r.dst.max(at);
+            let b = (r.dst + r.len).min(end);
+            let src = r.src + (a - r.dst);
+            let (_, tail) = std::mem::take(&mut rest).split_at_mut((a - rest_at) as usize);
+            let (piece, tail) = tail.split_at_mut((b - a) as usize);
+            rest = tail;
+            rest_at = b;
+            batch.push(src, piece).map_err(|e| (path.as_path(), e))?;
+        }
+        batch.flush().map_err(|e| (path.as_path(), e))?;
     }
-    let first: u64 = src_off.iter().zip(&strides).map(|(o, s)| o * s).sum();
-    let last: u64 = (0..rank)
-        .map(|k| (src_off[k] + extent[k] - 1) * strides[k])
-        .sum();
-    let (start, end) = (first * size, (last + 1) * size);
-    if end - start > window && extent.iter().any(|&e| e > 1) {
-        // Halve the outermost dimension that has more than one index.
-        let k = extent.iter().position(|&e| e > 1).expect("checked");
-        let half = extent[k] / 2;
-        let (mut e1, mut e2) = (extent.to_vec(), extent.to_vec());
-        e1[k] = half;
-        e2[k] = extent[k] - half;
-        let (mut s2, mut d2) = (src_off.to_vec(), dst_off.to_vec());
-        s2[k] += half;
-        d2[k] += half;
-        read_box(
-            f, entry, src_off, &e1, dst, dst_shape, dst_off, window, scratch,
-        )?;
-        return read_box(f, entry, &s2, &e2, dst, dst_shape, &d2, window, scratch);
-    }
-    scratch.resize((end - start) as usize, 0);
-    f.read_exact_at(scratch, entry.offset + start)?;
-    let sz = size as usize;
-    for_each_run(
-        &entry.shape,
-        src_off,
-        dst_shape,
-        dst_off,
-        extent,
-        |so, dof, run| {
-            let s = so * sz - start as usize;
-            dst[dof * sz..(dof + run) * sz].copy_from_slice(&scratch[s..s + run * sz]);
-        },
-    );
     Ok(())
+}
+
+/// Destination slices that a stretch of contiguous source bytes fills,
+/// read together.
+struct ReadBatch<'f, 'b> {
+    file: &'f File,
+    /// Source offset of the first slice and of the byte after the last.
+    start: u64,
+    next: u64,
+    bufs: Vec<std::io::IoSliceMut<'b>>,
+}
+
+/// Slices per vectored read (Linux's `IOV_MAX`).
+const MAX_SLICES: usize = 1024;
+
+impl<'f, 'b> ReadBatch<'f, 'b> {
+    fn new(file: &'f File) -> Self {
+        ReadBatch {
+            file,
+            start: 0,
+            next: 0,
+            bufs: Vec::new(),
+        }
+    }
+
+    fn push(&mut self, src: u64, buf: &'b mut [u8]) -> std::io::Result<()> {
+        if !self.bufs.is_empty() && (src != self.next || self.bufs.len() == MAX_SLICES) {
+            self.flush()?;
+        }
+        if self.bufs.is_empty() {
+            self.start = src;
+            self.next = src;
+        }
+        self.next += buf.len() as u64;
+        self.bufs.push(std::io::IoSliceMut::new(buf));
+        Ok(())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        read_exact_vectored_at(self.file, &mut self.bufs, self.start)?;
+        self.bufs.clear();
+        Ok(())
+    }
+}
+
+/// Reads `bufs.len()` slices' worth of bytes at `offset`, in order, until
+/// every slice is full.
+fn read_exact_vectored_at(
+    file: &File,
+    mut bufs: &mut [std::io::IoSliceMut<'_>],
+    mut offset: u64,
+) -> std::io::Result<()> {
+    std::io::IoSliceMut::advance_slices(&mut bufs, 0);
+    while !bufs.is_empty() {
+        let n = read_vectored_at(file, bufs, offset)?;
+        if n == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "the file ends before the tensor data",
+            ));
+        }
+        offset += n as u64;
+        std::io::IoSliceMut::advance_slices(&mut bufs, n);
+    }
+    Ok(())
+}
+
+#[cfg(target_os = "linux")]
+fn read_vectored_at(
+    file: &File,
+    bufs: &mut [std::io::IoSliceMut<'_>],
+    offset: u64,
+) -> std::io::Result<usize> {
+    use std::os::fd::AsRawFd;
+    let count = bufs.len().min(MAX_SLICES) as libc::c_int;
+    let offset = libc::off_t::try_from(offset)
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidInput, "offset too large"))?;
+    loop {
+        // SAFETY: `IoSliceMut` is ABI-compatible with `iovec` on Unix (its
+        // documented guarantee); the slices are valid, exclusively borrowed
+        // buffers for the duration of the call, and `count` does not exceed
+        // their number.
+        let n = unsafe {
+            libc::preadv(
+                file.as_raw_fd(),
+                bufs.as_mut_ptr().cast::<libc::iovec>(),
+                count,
+                offset,
+            )
+        };
+        if n >= 0 {
+            return Ok(n as usize);
+        }
+        let e = std::io::Error::last_os_error();
+        if e.kind() != std::io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
+/// Without `preadv`: the first non-empty slice by itself.
+#[cfg(not(target_os = "linux"))]
+fn read_vectored_at(
+    file: &File,
+    bufs: &mut [std::io::IoSliceMut<'_>],
+    offset: u64,
+) -> std::io::Result<usize> {
+    use std::os::unix::fs::FileExt;
+    match bufs.iter_mut().find(|b| !b.is_empty()) {
+        Some(b) => file.read_at(b, offset),
+        None => Ok(0),
+    }
 }
 
 /// The destination ranks this process produces: `--rank`, else the

@@ -84,7 +84,11 @@ fn conformance_cases_end_to_end() {
                 format: Some(format),
                 ranks: None,
                 replica_choice: ReplicaChoice::MinFiles,
+                // The smallest window (4 KiB) puts window boundaries
+                // inside most tensors.
                 window_bytes: 64,
+                // Both write paths: through the page cache and direct.
+                direct_io: format == CheckpointFormat::Safetensors,
                 any_device_count: false,
             };
             let refused = !case["expected_error"].is_null();
@@ -100,7 +104,6 @@ fn conformance_cases_end_to_end() {
             }
             let p = prepared.unwrap_or_else(|e| panic!("{name} {src_dir}: {e}"));
             for r in 0..p.dst.mesh().rank_count() {
-                // A tiny read window exercises the windowed reads.
                 p.write_rank(&out, r, 64, &mut |_| {})
                     .unwrap_or_else(|e| panic!("{name}: {e}"));
             }
@@ -145,6 +148,7 @@ fn interrupted_runs_resume() {
         ranks: None,
         replica_choice: ReplicaChoice::MinFiles,
         window_bytes: 1 << 20,
+        direct_io: true,
         any_device_count: false,
     };
     let p = prepare(&cfg).unwrap();
@@ -194,6 +198,7 @@ fn bad_inputs_are_refused_before_writing() {
         ranks: None,
         replica_choice: ReplicaChoice::MinFiles,
         window_bytes: 1 << 20,
+        direct_io: true,
         any_device_count: false,
     };
     assert!(prepare(&cfg(&src)).is_ok());

@@ -8,6 +8,7 @@ use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
+use super::stream::StreamFile;
 use crate::dtype::DType;
 
 /// Checkpoint file format.
@@ -495,7 +496,7 @@ fn index_safetensors(
 /// each record's framing (ckpt) is written from the declared tensors, so
 /// data can be added one tensor at a time.
 pub struct CheckpointWriter {
-    out: Summed<BufWriter<File>>,
+    out: Out,
     format: CheckpointFormat,
     pending: Vec<(String, DType, Vec<u64>)>,
     next: usize,
@@ -513,10 +514,43 @@ impl CheckpointWriter {
         format: CheckpointFormat,
         tensors: Vec<(String, DType, Vec<u64>)>,
     ) -> std::io::Result<Self> {
-        let mut out = Summed {
+        let out = Out::Buffered(Summed {
             inner: BufWriter::with_capacity(1 << 20, file),
             sum: Checksum::default(),
-        };
+        });
+        Self::start(out, format, tensors)
+    }
+
+    /// Creates `path` and starts writing `tensors` to it through a
+    /// [`StreamFile`]: windows of `window` bytes filled in place
+    /// ([`CheckpointWriter::write_tensor_with`]) and written by background
+    /// threads, with direct IO when `direct` is asked and the file system
+    /// supports it.
+    ///
+    /// # Errors
+    ///
+    /// IO errors.
+    pub fn create_streamed(
+        path: &Path,
+        format: CheckpointFormat,
+        tensors: Vec<(String, DType, Vec<u64>)>,
+        window: usize,
+        direct: bool,
+    ) -> std::io::Result<Self> {
+        let out = Out::Stream(StreamFile::create(path, window, direct)?);
+        Self::start(out, format, tensors)
+    }
+
+    /// True when the output bypasses the page cache (direct IO).
+    pub fn is_direct(&self) -> bool {
+        matches!(&self.out, Out::Stream(s) if s.is_direct())
+    }
+
+    fn start(
+        mut out: Out,
+        format: CheckpointFormat,
+        tensors: Vec<(String, DType, Vec<u64>)>,
+    ) -> std::io::Result<Self> {
         if format == CheckpointFormat::Safetensors {
             let mut header = serde_json::Map::new();
             let mut meta = serde_json::Map::new();
@@ -554,21 +588,77 @@ impl CheckpointWriter {
     /// IO errors; `InvalidInput` when the data's length does not match the
     /// declared tensor or all tensors are written.
     pub fn write_tensor(&mut self, data: &[u8]) -> std::io::Result<()> {
-        let (name, dtype, shape) = self.pending.get(self.next).ok_or_else(|| {
-            std::io::Error::new(
-                std::io::ErrorKind::InvalidInput,
-                "more tensors than declared",
-            )
-        })?;
-        let want = shape.iter().product::<u64>() * dtype.size_bytes();
+        let want = self.next_len()?;
         if data.len() as u64 != want {
+            let name = &self.pending[self.next].0;
             return Err(std::io::Error::new(
                 std::io::ErrorKind::InvalidInput,
                 format!("tensor `{name}`: {} bytes, declared {want}", data.len()),
             ));
         }
+        self.framing(want)?;
+        self.out.write_all(data)?;
+        self.next += 1;
+        Ok(())
+    }
+
+    /// Appends the data of the next declared tensor, filled in place:
+    /// `fill(offset, bytes)` must fill `bytes` with the tensor's data from
+    /// byte `offset` on. It is called for consecutive ranges covering the
+    /// tensor, each at most a window long.
+    ///
+    /// # Errors
+    ///
+    /// IO errors, `fill`'s errors, and `InvalidInput` when all tensors are
+    /// written.
+    pub fn write_tensor_with(
+        &mut self,
+        mut fill: impl FnMut(u64, &mut [u8]) -> std::io::Result<()>,
+    ) -> std::io::Result<()> {
+        let len = self.next_len()?;
+        self.framing(len)?;
+        let mut at = 0u64;
+        match &mut self.out {
+            Out::Stream(s) => {
+                while at < len {
+                    let space = s.space();
+                    let k = (space.len() as u64).min(len - at) as usize;
+                    fill(at, &mut space[..k])?;
+                    s.commit(k)?;
+                    at += k as u64;
+                }
+            }
+            Out::Buffered(w) => {
+                let mut buf = vec![0u8; (len.min(1 << 20)) as usize];
+                while at < len {
+                    let k = (buf.len() as u64).min(len - at) as usize;
+                    fill(at, &mut buf[..k])?;
+                    w.write_all(&buf[..k])?;
+                    at += k as u64;
+                }
+            }
+        }
+        self.next += 1;
+        Ok(())
+    }
+
+    /// Bytes of the next declared tensor.
+    fn next_len(&self) -> std::io::Result<u64> {
+        let (_, dtype, shape) = self.pending.get(self.next).ok_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "more tensors than declared",
+            )
+        })?;
+        Ok(shape.iter().product::<u64>() * dtype.size_bytes())
+    }
+
+    /// Writes what precedes the next tensor's `len` data bytes: nothing in
+    /// safetensors (the header declared it), the record framing in ckpt.
+    fn framing(&mut self, len: u64) -> std::io::Result<()> {
+        let (name, dtype, shape) = &self.pending[self.next];
         match self.format {
-            CheckpointFormat::Safetensors => self.out.write_all(data)?,
+            CheckpointFormat::Safetensors => {}
             CheckpointFormat::Ckpt => {
                 let mut tensor = Vec::new();
                 for &d in shape {
@@ -578,24 +668,19 @@ impl CheckpointWriter {
                 put_bytes(&mut tensor, 2, ms_dtype_name(*dtype).as_bytes());
                 // tensor_content header; the data follows without a copy.
                 put_varint(&mut tensor, (3 << 3) | 2);
-                put_varint(&mut tensor, data.len() as u64);
+                put_varint(&mut tensor, len);
                 let mut value = Vec::new();
                 put_bytes(&mut value, 1, name.as_bytes());
                 put_varint(&mut value, (2 << 3) | 2);
-                put_varint(&mut value, tensor.len() as u64 + data.len() as u64);
+                put_varint(&mut value, tensor.len() as u64 + len);
                 let mut record = Vec::new();
                 put_varint(&mut record, (1 << 3) | 2);
-                put_varint(
-                    &mut record,
-                    value.len() as u64 + tensor.len() as u64 + data.len() as u64,
-                );
+                put_varint(&mut record, value.len() as u64 + tensor.len() as u64 + len);
                 self.out.write_all(&record)?;
                 self.out.write_all(&value)?;
                 self.out.write_all(&tensor)?;
-                self.out.write_all(data)?;
             }
         }
-        self.next += 1;
         Ok(())
     }
 
@@ -621,10 +706,30 @@ impl CheckpointWriter {
                 "fewer tensors than declared",
             ));
         }
-        let sum = self.out.sum;
-        let file = self.out.inner.into_inner().map_err(|e| e.into_error())?;
-        file.sync_all()?;
-        Ok((file, sum))
+        match self.out {
+            Out::Buffered(w) => {
+                let sum = w.sum;
+                let file = w.inner.into_inner().map_err(|e| e.into_error())?;
+                file.sync_all()?;
+                Ok((file, sum))
+            }
+            Out::Stream(s) => s.finish().map(|(file, _, sum)| (file, sum)),
+        }
+    }
+}
+
+/// Where a [`CheckpointWriter`]'s bytes go.
+enum Out {
+    Buffered(Summed<BufWriter<File>>),
+    Stream(StreamFile),
+}
+
+impl Out {
+    fn write_all(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        match self {
+            Out::Buffered(w) => w.write_all(bytes),
+            Out::Stream(s) => s.put(bytes),
+        }
     }
 }
 

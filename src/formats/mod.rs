@@ -5,6 +5,7 @@ pub mod checkpoint;
 pub mod import;
 pub mod mindspore_strategy;
 pub mod plan_json;
+pub mod stream;
 
 use std::io::Write;
 use std::path::Path;
