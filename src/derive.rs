@@ -951,6 +951,26 @@ pub enum DeriveError {
         /// What is wrong.
         reason: String,
     },
+    /// A `derive.shared` entry naming a layer the model does not have.
+    #[error(
+        "derive.shared `{pattern}` (tensor `{tensor}`): layer {layer} is not a layer of the model, which has {layers} layer(s)"
+    )]
+    #[diagnostic(
+        code(shardplan::derive::shared_layer),
+        help(
+            "name layers by index from 0 to the last, or write `first` / `last`; the layer pattern decides which tensors are layers"
+        )
+    )]
+    SharedLayer {
+        /// The entry's glob.
+        pattern: String,
+        /// A tensor it matched.
+        tensor: String,
+        /// The layer named.
+        layer: String,
+        /// Layers found by the layer pattern.
+        layers: u64,
+    },
     /// A derived layout the core refuses (an internal inconsistency).
     #[error("tensor `{tensor}`: {source}")]
     #[diagnostic(code(shardplan::derive::layout))]
@@ -1430,15 +1450,23 @@ impl Cx<'_> {
                 notes.push(DeriveNote::Shared { stages });
                 return Ok(Vec::new());
             }
-            let mut layers: Vec<u64> = rule
-                .layers
-                .iter()
-                .map(|r| match r {
+            let mut layers: Vec<u64> = Vec::with_capacity(rule.layers.len());
+            for r in &rule.layers {
+                let l = match r {
                     LayerRef::Index(i) => *i,
                     LayerRef::First => 0,
                     LayerRef::Last => self.layers.saturating_sub(1),
-                })
-                .collect();
+                };
+                if l >= self.layers {
+                    return Err(DeriveError::SharedLayer {
+                        pattern: rule.pattern.clone(),
+                        tensor: t.name.clone(),
+                        layer: r.to_string(),
+                        layers: self.layers,
+                    });
+                }
+                layers.push(l);
+            }
             layers.sort_unstable();
             layers.dedup();
             let mut to = Vec::with_capacity(layers.len());

@@ -182,8 +182,10 @@ impl DimLayout {
 /// tensor to a sub-mesh (a pipeline stage).
 ///
 /// Invariants, checked by [`TensorLayout::new`]: one split per dimension;
-/// every axis named exists and is used at most once across dims, partial and
-/// pin; the element count fits [`crate::MAX_ELEMENTS`]; block sizes follow
+/// every axis named exists and has one role across dims, partial and pin (a
+/// pinned axis may list several coordinates, each within the axis, kept
+/// sorted and distinct, and an axis listing all of them is unpinned); the
+/// element count fits [`crate::MAX_ELEMENTS`]; block sizes follow
 /// the policy and sum to the dimension.
 ///
 /// # Example
@@ -291,6 +293,14 @@ impl TensorLayout {
         }
         pin.sort_unstable();
         pin.dedup();
+        // An axis pinned to every one of its coordinates restricts nothing:
+        // it holds copies, like an axis with no role.
+        let whole: Vec<usize> = pin
+            .chunk_by(|x, y| x.0 == y.0)
+            .filter(|run| run.len() as u64 == mesh.axis_size(run[0].0))
+            .map(|run| run[0].0)
+            .collect();
+        pin.retain(|(a, _)| !whole.contains(a));
         Ok(TensorLayout {
             mesh,
             shape: shape.to_vec(),
@@ -676,6 +686,14 @@ mod tests {
         );
         let split: Vec<String> = l.split_pins().iter().map(|x| x.to_string()).collect();
         assert_eq!(split, ["[tp, -] at pp=0", "[tp, -] at pp=3"]);
+        // Every stage listed is no pin at all.
+        let all = LayoutConfig {
+            pin: (0..4).map(|c| ("pp".to_string(), c)).collect(),
+            ..cfg.clone()
+        };
+        let l = TensorLayout::new(m.clone(), &[4, 2], &all).unwrap();
+        assert!(l.pin().is_empty());
+        assert_eq!(l.replica_axes(), vec![0]);
         // Still one role per axis: a split axis cannot also pin.
         let bad = LayoutConfig {
             pin: vec![("pp".into(), 0), ("tp".into(), 1)],

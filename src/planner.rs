@@ -647,11 +647,19 @@ fn min_files<'a>(
                 None => {
                     let sl = src.layout(&tensors[p.tensor].name).expect("checked");
                     let own_coords = sl.mesh().coords(own).ok();
+                    // Copies lie along replica axes and along axes pinned
+                    // to several coordinates (a tensor on several stages):
+                    // keep to own's position on both.
+                    let mut copy_axes = sl.replica_axes();
+                    copy_axes.extend(
+                        (0..sl.mesh().axes().len())
+                            .filter(|&a| sl.pinned_coords(a).nth(1).is_some()),
+                    );
                     let same_group = |h: u64| {
                         let (Some(oc), Ok(hc)) = (own_coords.as_ref(), sl.mesh().coords(h)) else {
                             return false;
                         };
-                        sl.replica_axes().iter().all(|&a| oc[a] == hc[a])
+                        copy_axes.iter().all(|&a| oc[a] == hc[a])
                     };
                     let r = holders
                         .iter()

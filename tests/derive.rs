@@ -769,7 +769,7 @@ fn tied_embeddings_go_to_the_stages_that_use_them() {
     for (target, want) in [
         (
             DeriveTarget::from_degrees(4, 2, 2).unwrap(),
-            "[tp, -] at pp=0|1  tp split of dim 0 kept: 2 -> 2; stages 0, 3 of 4 -> stages 0, 1 of 2",
+            "[tp, -]  tp split of dim 0 kept: 2 -> 2; stages 0, 3 of 4 -> stages 0, 1 of 2",
         ),
         (
             DeriveTarget::from_degrees(16, 2, 8).unwrap(),
@@ -842,6 +842,22 @@ fn tied_embeddings_go_to_the_stages_that_use_them() {
         .unwrap();
     assert!(again.same_placement(d.strategy.layout("tied.weight").unwrap()));
 
+    // A layer the model does not have is refused by the entry's name.
+    let rules = DeriveRules {
+        shared: vec![SharedTensors {
+            pattern: "tied.*".into(),
+            layers: vec![LayerRef::First, LayerRef::Index(100)],
+        }],
+        ..rules_for(&spec, "train")
+    };
+    let e =
+        derive_strategy(train, &DeriveTarget::from_degrees(4, 2, 2).unwrap(), &rules).unwrap_err();
+    assert!(
+        matches!(e, DeriveError::SharedLayer { layers: 5, .. }),
+        "{e}"
+    );
+    assert!(e.to_string().contains("derive.shared `tied.*`"), "{e}");
+
     // MindSpore keeps a parameter once per stage file: export refuses.
     let e = MindSporeLayout::from_layout(tl).unwrap_err().to_string();
     assert!(e.contains("several pipeline stages"), "{e}");
@@ -853,6 +869,10 @@ fn tied_embeddings_go_to_the_stages_that_use_them() {
             "bad_stages",
         ),
         ("derive: {shared: [{layers: [first]}]}\n", "missing_field"),
+        (
+            "derive: {shared: [{match: tied.weight, layers: []}]}\n",
+            "bad_stages",
+        ),
     ];
     for (section, want) in bad {
         let (s, diags) = parse_spec("t.yaml", &format!("{PIPE}{section}"));
@@ -2251,7 +2271,7 @@ strategies:
   whole: {mesh: one, rules: [{match: \"*\", dims: replicated}]}
 operators:
   devices: 2
-  stages: 2
+  stages: 3
   batch: 4
   inputs:
     - {name: tokens, shape: [batch], dtype: i32}
@@ -2259,34 +2279,34 @@ operators:
     - {op: Gather, name: embed, inputs: [embed.weight, tokens], strategy: [[2, 1], [1]], stage: 0, output: h}
     - {op: MatMul, name: fc0, inputs: [h, w0], strategy: [[1, 1], [1, 2]], stage: 0, output: h0}
     - {op: MatMul, name: fc1, inputs: [h0, w1], strategy: [[1, 2], [2, 1]], stage: 1, output: h1}
-    - {op: MatMul, name: head, inputs: [h1, embed.weight], strategy: [[1, 1], [2, 1]], transpose_b: true, stage: 1, output: logits}
+    - {op: MatMul, name: head, inputs: [h1, embed.weight], strategy: [[1, 1], [2, 1]], transpose_b: true, stage: 2, output: logits}
 ";
 
-    /// Operators on two pipeline stages: each weight lives on the stage
+    /// Operators on three pipeline stages: each weight lives on the stage
     /// that reads it, and the tied embedding (looked up on stage 0,
-    /// multiplied with on stage 1, cut alike) on both.
+    /// multiplied with on stage 2, cut alike) on both, not on stage 1.
     #[test]
     fn operators_on_pipeline_stages() {
         let spec = parse(STAGED);
         let graph = spec.operators.clone().unwrap();
-        assert_eq!((graph.stages, graph.ops[3].stage), (2, 1));
+        assert_eq!((graph.stages, graph.ops[3].stage), (3, 2));
         let d = derive_from_operators(&graph, &spec.tensors).unwrap();
         let holders = |n: &str| -> Vec<u64> {
             let l = d.strategy.layout(n).unwrap();
-            (0..4).filter(|&r| l.holds(r)).collect()
+            (0..6).filter(|&r| l.holds(r)).collect()
         };
-        assert_eq!(holders("embed.weight"), vec![0, 1, 2, 3]);
+        assert_eq!(holders("embed.weight"), vec![0, 1, 4, 5]);
         assert_eq!(holders("w0"), vec![0, 1]);
         assert_eq!(holders("w1"), vec![2, 3]);
         let e = d.strategy.layout("embed.weight").unwrap();
-        assert_eq!(e.region_of(1), e.region_of(3));
-        assert_eq!(e.region_of(3).unwrap().to_string(), "[32..64, 0..16]");
-        assert_eq!(d.weights[0].as_ref().unwrap().stages, vec![0, 1]);
+        assert_eq!(e.region_of(1), e.region_of(5));
+        assert_eq!(e.region_of(5).unwrap().to_string(), "[32..64, 0..16]");
+        assert_eq!(d.weights[0].as_ref().unwrap().stages, vec![0, 2]);
         let report = d.report(&graph);
-        assert!(report.contains("on 2 stages of 2 devices"), "{report}");
-        assert!(report.contains("#3 MatMul `head` (stage 1)"), "{report}");
+        assert!(report.contains("on 3 stages of 2 devices"), "{report}");
+        assert!(report.contains("#3 MatMul `head` (stage 2)"), "{report}");
         assert!(
-            report.contains("(input 0 of #0 `embed`) on stage 0, 1"),
+            report.contains("(input 0 of #0 `embed`) on stage 0, 2"),
             "{report}"
         );
         // The activation handed from stage 0 to stage 1 is compared on the
@@ -2299,6 +2319,12 @@ operators:
         let whole = spec.strategy("whole").unwrap();
         plan_and_simulate(whole, &d.strategy, SMALL);
         plan_and_simulate(&d.strategy, whole, SMALL);
+        // Written as a spec (the table on both stages), it reads back alike.
+        let d = d.renamed("staged").unwrap();
+        let yaml = derived_spec_yaml(&spec, Some("whole"), &d.strategy, "").unwrap();
+        assert!(yaml.contains(r#"at: {"stage": [0, 2]}"#), "{yaml}");
+        let back = parse(&yaml);
+        assert!(differences(&d.strategy, back.strategy("staged").unwrap()).is_empty());
 
         // A cut that differs between the stages is a conflict, not a
         // second stage.
@@ -2311,14 +2337,14 @@ operators:
         assert_eq!(d2.conflicts.len(), 1);
         assert_eq!(d2.weights[0].as_ref().unwrap().stages, vec![0]);
         let l = d2.strategy.layout("embed.weight").unwrap();
-        assert!(!l.holds(2));
+        assert!(!l.holds(4));
 
         // Refusals, located on the operator.
         let cases = [
             (
                 "stage: 1, output: h1",
-                "stage: 2, output: h1",
-                "stage 2 is beyond the graph's 2 stages",
+                "stage: 3, output: h1",
+                "stage 3 is beyond the graph's 3 stages",
             ),
             ("stage: 0, output: h0", "stage: 1, output: h0", ""),
             ("stage: 1, output: h1", "stage: 0, output: h1", ""),
@@ -2327,15 +2353,12 @@ operators:
                 "stage: 1, output: h}",
                 "reads `h`, which operator #0 produces on the later stage 1",
             ),
-            (
-                "transpose_b: true, stage: 1",
-                "transpose_b: true, transpose_a: true, stage: 1",
-                "transpose_a is not supported",
-            ),
-            ("stages: 2", "stages: 0", "`stages` is 0"),
+            ("stages: 3", "stages: 0", "`stages` is 0"),
         ];
         for (from, to, want) in cases {
-            let (s, diags) = parse_spec("t.yaml", &STAGED.replacen(from, to, 1));
+            let text = STAGED.replacen(from, to, 1);
+            assert_ne!(text, STAGED, "{from}");
+            let (s, diags) = parse_spec("t.yaml", &text);
             if want.is_empty() {
                 // Stage order kept: still fine.
                 assert!(s.is_some(), "{to}: {diags:?}");
@@ -2346,6 +2369,32 @@ operators:
             assert_eq!(d.code.short(), "bad_operator", "{to}");
             assert!(d.message.contains(want), "{to}: {}", d.message);
         }
+    }
+
+    /// `transpose_a`: the first input stored `[K, M]` with its strategy in
+    /// that order; the device matrix is built as for `[M, K]` and the map
+    /// swapped back.
+    #[test]
+    fn transpose_a_swaps_the_first_input() {
+        // x [K=16, M=8], strategy [k=2, m=4]; w [K=16, N=4], strategy [2, 1].
+        let (t, mut g) = one_op(
+            OpKind::MatMul,
+            &[&[16, 8], &[16, 4]],
+            &[&[2, 4], &[2, 1]],
+            false,
+            8,
+            RepeatSide::Right,
+        );
+        assert!(
+            derive_from_operators(&g, &t).is_err(),
+            "without transpose_a the reduction is split 4 ways against 2"
+        );
+        g.ops[0].transpose_a = true;
+        let d = derive_from_operators(&g, &t).unwrap();
+        assert_eq!(d.ops[0].dev_matrix, vec![4, 2, 1]);
+        assert_eq!(d.ops[0].inputs, vec![vec![1, 2], vec![1, 0]]);
+        assert_eq!(d.ops[0].output_shape, vec![8, 4]);
+        assert_eq!(d.ops[0].forward.unwrap().ranks, 2);
     }
 
     /// MindSpore's special case of a 2-D MatMul whose two inputs have the

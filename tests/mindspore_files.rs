@@ -5,6 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use serde_json::Value;
+use shardplan::formats::import::{ShapeSource, import_spec};
 use shardplan::formats::mindspore_strategy::{
     StrategyFormat, parse_strategy_file, read_strategy_files, write_strategy_file,
 };
@@ -273,6 +274,31 @@ fn a_parameter_on_two_stages_is_one_tensor() {
             "{format:?}"
         );
     }
+
+    // Imported as a spec, the tied parameter reads back on both stages.
+    let yaml = import_spec(&refs, ShapeSource::Tensors(&tensors), "imp").unwrap();
+    assert!(yaml.contains(r#"at: {"stage": [0, 3]}"#), "{yaml}");
+    let (spec, diags) = shardplan::spec::parse_spec("imp.yaml", &yaml);
+    let spec = spec.unwrap_or_else(|| panic!("{diags:?}"));
+    let back = spec.strategy("imp").unwrap().layout("tied").unwrap();
+    assert!(back.same_placement(s.layout("tied").unwrap()));
+
+    // The stage count counts every stage a parameter is on.
+    let gap = file(
+        0,
+        &[
+            entry("0-tied", "[0, -1]"),
+            entry("1-mid", "[-1, 0]"),
+            entry("2-tied", "[0, -1]"),
+        ],
+    );
+    let g = parse_strategy_file("gap.json", gap.as_bytes()).unwrap();
+    assert_eq!(g.stage_count, 3);
+    let l = g.to_strategy("g", &tensors).unwrap();
+    assert_eq!(
+        l.layout("tied").unwrap().to_string(),
+        "[d0, -] at stage=0|2"
+    );
 
     // Differing layouts, or the same stage twice, are refused by name.
     let cases = [

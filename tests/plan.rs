@@ -343,6 +343,44 @@ fn corruptions_are_named() {
     }
 }
 
+/// With `min-files`, a tensor kept on two stages (a tied embedding) is read
+/// from the holder on the destination's own stage, as a replica is read
+/// from the destination's own replica group.
+#[test]
+fn min_files_reads_a_tied_tensor_on_its_own_stage() {
+    let t = TensorInfo {
+        name: "tied".into(),
+        shape: vec![4, 4],
+        dtype: DType::F32,
+    };
+    let sm = Arc::new(DeviceMesh::new([("pp", 2), ("tp", 2)]).unwrap());
+    let cfg = LayoutConfig {
+        dims: vec![DimSplit::over(["tp"]), DimSplit::none()],
+        pin: vec![("pp".into(), 0), ("pp".into(), 1)],
+        ..Default::default()
+    };
+    let sl = TensorLayout::new(sm.clone(), &t.shape, &cfg).unwrap();
+    let src = Strategy::new("src", sm, vec![t.clone()], vec![sl]).unwrap();
+    // One destination rank on device 3 (stage 1, tp 1): rows 2..4 are on its
+    // own device; rows 0..2 are on ranks 0 (stage 0) and 2 (stage 1).
+    let dm = Arc::new(
+        DeviceMesh::new([("r", 1)])
+            .unwrap()
+            .with_device_ids(vec![3])
+            .unwrap(),
+    );
+    let dl = TensorLayout::replicated(dm.clone(), &t.shape).unwrap();
+    let dst = Strategy::new("dst", dm, vec![t], vec![dl]).unwrap();
+    let p = plan(&src, &dst, ReplicaChoice::MinFiles);
+    verify_plan(&p, &src, &dst).unwrap();
+    let reads: Vec<(u64, bool)> = p.tensors[0]
+        .pieces
+        .iter()
+        .map(|pc| (pc.src_rank, pc.local))
+        .collect();
+    assert_eq!(reads, vec![(2, false), (3, true)]);
+}
+
 #[test]
 fn replicas_share_the_sending() {
     // Sources (dp, tp) hold rows 0..4 (tp 0) or 4..8 (tp 1); each tp4 rank

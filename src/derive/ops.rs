@@ -233,9 +233,10 @@ pub struct Operator {
     pub strategy: Vec<Vec<u64>>,
     /// `MatMul`/`BatchMatMul`: the second input is `[.., N, K]`.
     pub transpose_b: bool,
-    /// `MatMul`/`BatchMatMul`: the first input is `[.., K, M]`. MindSpore's
-    /// semi-auto parallel refuses it (`MatMulInfo`), and so does
-    /// [`derive_from_operators`].
+    /// `MatMul`/`BatchMatMul`: the first input is `[.., K, M]`, its strategy
+    /// given in that stored order. Some MindSpore versions refuse it in
+    /// semi-auto parallel; later ones swap the last two entries of the
+    /// first input's strategy and tensor map, as modelled here.
     pub transpose_a: bool,
     /// Pipeline stage the operator runs on (`< OperatorGraph::stages`).
     pub stage: u64,
@@ -606,20 +607,6 @@ pub enum OpsError {
         /// What is wrong.
         reason: String,
     },
-    /// `transpose_a: true`, which MindSpore's semi-auto parallel refuses.
-    #[error("operator #{op} ({kind}): transpose_a is not supported in semi-auto parallel")]
-    #[diagnostic(
-        code(shardplan::ops::transpose_a),
-        help(
-            "MindSpore's MatMulInfo refuses transpose_a=true; transpose the input beforehand (a Transpose operator, or a weight stored [M, K])"
-        )
-    )]
-    TransposeA {
-        /// Operator.
-        op: usize,
-        /// Its kind.
-        kind: OpKind,
-    },
     /// An operator on a stage the graph does not have.
     #[error("operator #{op}: stage {stage} is beyond the graph's {stages} stages")]
     #[diagnostic(
@@ -725,7 +712,6 @@ impl OpsError {
             OpsError::Strategy { op, input, .. } => Some((*op, *input)),
             OpsError::Indivisible { op, input, .. } => Some((*op, *input)),
             OpsError::DuplicateOutput { op, .. }
-            | OpsError::TransposeA { op, .. }
             | OpsError::Stage { op, .. }
             | OpsError::Devices { op, .. }
             | OpsError::Layout { op, .. } => Some((*op, None)),
@@ -773,7 +759,7 @@ fn matmul(
     kind: OpKind,
     shapes: &[&[u64]],
     st: &[Vec<u64>],
-    tb: bool,
+    (ta, tb): (bool, bool),
     devices: u64,
 ) -> Result<Raw, OpsError> {
     let bad = |input: Option<usize>, reason: String| OpsError::Strategy {
@@ -782,8 +768,30 @@ fn matmul(
         kind,
         reason,
     };
-    let (a, b) = (shapes[0], shapes[1]);
-    let (sa, sb) = (&st[0], &st[1]);
+    if shapes[0].len() < 2 || shapes[1].len() < 2 {
+        let (a, b) = (shapes[0], shapes[1]);
+        return Err(bad(
+            Some(usize::from(a.len() >= 2)),
+            format!("inputs need at least 2 dimensions, got {a:?} and {b:?}"),
+        ));
+    }
+    // With transpose_a, `a` is stored [.., K, M]: reason on [.., M, K] and
+    // swap its tensor map back at the end.
+    let swapped = |v: &[u64]| {
+        let mut v = v.to_vec();
+        let n = v.len();
+        v.swap(n - 1, n - 2);
+        v
+    };
+    let (a_t, sa_t);
+    let (a, sa): (&[u64], &[u64]) = if ta {
+        a_t = swapped(shapes[0]);
+        sa_t = swapped(&st[0]);
+        (&a_t, &sa_t)
+    } else {
+        (shapes[0], &st[0])
+    };
+    let (b, sb): (&[u64], &[u64]) = (shapes[1], &st[1]);
     if a.len() < 2 || b.len() < 2 {
         return Err(bad(
             Some(usize::from(a.len() >= 2)),
@@ -813,7 +821,7 @@ fn matmul(
     // strategy using every device of the stage keeps that strategy as the
     // device matrix, with maps [1, 0] on both inputs and the output and no
     // collective of its own.
-    if kind == OpKind::MatMul && !tb && st[0] == st[1] && product(&st[0]) == devices {
+    if kind == OpKind::MatMul && !ta && !tb && st[0] == st[1] && product(&st[0]) == devices {
         return Ok(Raw {
             dev: st[0].clone(),
             out_dev: st[0].clone(),
@@ -867,6 +875,9 @@ fn matmul(
     let mut a_map = index.clone();
     a_map.pop();
     a_map.drain(..size - 1 - la);
+    if ta {
+        a_map.swap(la - 1, la - 2);
+    }
     let mut b_map = index.clone();
     b_map.remove(size - 3);
     b_map.drain(..size - 1 - lb);
@@ -1294,13 +1305,8 @@ pub fn derive_from_operators(
         let shapes: Vec<&[u64]> = ins.iter().map(|v| v.shape.as_slice()).collect();
         let raw = match op.kind {
             OpKind::MatMul | OpKind::BatchMatMul => {
-                if op.transpose_a {
-                    return Err(OpsError::TransposeA {
-                        op: o,
-                        kind: op.kind,
-                    });
-                }
-                matmul(o, op.kind, &shapes, &op.strategy, op.transpose_b, devices)?
+                let t = (op.transpose_a, op.transpose_b);
+                matmul(o, op.kind, &shapes, &op.strategy, t, devices)?
             }
             OpKind::Gather => gather(o, &shapes, &op.strategy, devices)?,
             OpKind::Add | OpKind::Mul => elementwise(o, op.kind, &shapes, &op.strategy)?,

@@ -17,14 +17,35 @@ pub enum ShapeSource<'a> {
     Tensors(&'a [TensorInfo]),
 }
 
-/// An import that cannot be made.
+/// An import that cannot be made: the message, and what to do about it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, miette::Diagnostic)]
 #[error("{0}")]
-#[diagnostic(
-    code(shardplan::formats::import),
-    help("protobuf strategies record no shapes: give them with --shapes-from CKPT_DIR")
-)]
-pub struct ImportError(pub String);
+#[diagnostic(code(shardplan::formats::import))]
+pub struct ImportError(pub String, #[help] pub String);
+
+impl ImportError {
+    fn reading(message: impl Into<String>) -> Self {
+        ImportError(
+            message.into(),
+            "pass the strategy files MindSpore wrote: one file, the merged file, or one per stage"
+                .into(),
+        )
+    }
+
+    fn shapes(message: impl Into<String>) -> Self {
+        ImportError(
+            message.into(),
+            "protobuf strategies record no shapes: give them with --shapes-from CKPT_DIR".into(),
+        )
+    }
+
+    fn layout(message: impl Into<String>) -> Self {
+        ImportError(
+            message.into(),
+            "the layout named does not fit its tensor; check the strategy files against the checkpoint".into(),
+        )
+    }
+}
 
 /// The strategy in `paths` (one file, a merged file, or one per stage) as
 /// the text of a spec with one strategy called `name` on a mesh of the same
@@ -39,12 +60,15 @@ pub fn import_spec(
     shapes: ShapeSource<'_>,
     name: &str,
 ) -> Result<String, ImportError> {
-    let file: StrategyFile = read_strategy_files(paths).map_err(|e| ImportError(e.to_string()))?;
+    let file: StrategyFile =
+        read_strategy_files(paths).map_err(|e| ImportError::reading(e.to_string()))?;
     let tensors = match shapes {
-        ShapeSource::Recorded(dtype) => file.tensors(dtype).map_err(ImportError)?,
+        ShapeSource::Recorded(dtype) => file.tensors(dtype).map_err(ImportError::shapes)?,
         ShapeSource::Tensors(t) => t.to_vec(),
     };
-    let strategy = file.to_strategy(name, &tensors).map_err(ImportError)?;
+    let strategy = file
+        .to_strategy(name, &tensors)
+        .map_err(ImportError::layout)?;
     let list: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
     let out = SpecOut {
         comment: format!(
@@ -59,5 +83,5 @@ pub fn import_spec(
         }],
         transfer: None,
     };
-    write_spec(&out).map_err(|e| ImportError(e.to_string()))
+    write_spec(&out).map_err(|e| ImportError::layout(e.to_string()))
 }

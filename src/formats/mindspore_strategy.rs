@@ -153,7 +153,7 @@ pub fn parse_strategy_file(file: &str, bytes: &[u8]) -> Result<StrategyFile, Str
     }
     let stage_count = params
         .iter()
-        .map(|p| p.stage + 1)
+        .map(|p| p.also_on.last().copied().unwrap_or(p.stage) + 1)
         .max()
         .unwrap_or(1)
         .max(current + 1);
@@ -386,7 +386,12 @@ impl ParamEntry {
             return Ok(one);
         }
         let mut cfg = one.to_config();
-        let axis = cfg.pin.first().map(|(a, _)| a.clone()).unwrap_or_default();
+        let Some(axis) = cfg.pin.first().map(|(a, _)| a.clone()) else {
+            return Err(format!(
+                "parameter `{}` is on stages {} and {:?}, but the strategy has {stage_count} stage(s)",
+                self.name, self.stage, self.also_on
+            ));
+        };
         cfg.pin
             .extend(self.also_on.iter().map(|&s| (axis.clone(), s)));
         TensorLayout::new(one.mesh().clone(), shape, &cfg).map_err(|e| {

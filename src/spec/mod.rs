@@ -542,6 +542,16 @@ impl Cx {
                     }
                 });
             }
+            if g.value.layers_given && g.value.layers.is_empty() {
+                self.error(
+                    DiagCode::BadStages,
+                    span_of(g),
+                    format!("derive: shared `{}` has an empty `layers` list", g.value.pattern),
+                    "no layers",
+                    "name the layers that use the tensors (e.g. [first, last]), or drop `layers` to put them on every stage",
+                );
+                ok = false;
+            }
             shared.push(SharedTensors {
                 pattern: g.value.pattern.clone(),
                 layers,

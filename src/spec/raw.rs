@@ -118,6 +118,8 @@ pub(crate) struct RawDerive {
 pub(crate) struct RawShared {
     pub pattern: String,
     pub layers: Vec<RawLayerRef>,
+    /// `layers` was written (possibly empty).
+    pub layers_given: bool,
 }
 
 /// A layer in a rule: an index, `first` or `last` (checked later).
@@ -158,6 +160,7 @@ impl<'de> Deserialize<'de> for RawShared {
                 Ok(RawShared {
                     pattern: v.to_string(),
                     layers: Vec::new(),
+                    layers_given: false,
                 })
             }
             fn visit_map<A: de::MapAccess<'de>>(self, mut a: A) -> Result<RawShared, A::Error> {
@@ -168,12 +171,14 @@ impl<'de> Deserialize<'de> for RawShared {
                         "layers" if layers.is_none() => {
                             layers = Some(a.next_value::<Vec<RawLayerRef>>()?)
                         }
-                        "match" | "layers" => return Err(de::Error::duplicate_field("match")),
+                        "match" => return Err(de::Error::duplicate_field("match")),
+                        "layers" => return Err(de::Error::duplicate_field("layers")),
                         other => return Err(de::Error::unknown_field(other, &["match", "layers"])),
                     }
                 }
                 Ok(RawShared {
                     pattern: pattern.ok_or_else(|| de::Error::missing_field("match"))?,
+                    layers_given: layers.is_some(),
                     layers: layers.unwrap_or_default(),
                 })
             }

@@ -224,9 +224,11 @@ fn native_rule(l: &TensorLayout) -> String {
 }
 
 /// A layout on a mesh of its own, written in MindSpore notation; its stage
-/// becomes a pin on the strategy mesh's first axis.
+/// becomes a pin on the strategy mesh's first axis (a list for a tensor on
+/// several stages, each cut alike).
 fn mindspore_rule(l: &TensorLayout, strategy_mesh: &DeviceMesh) -> Result<String, String> {
-    let ms = MindSporeLayout::from_layout(l).map_err(|e| e.to_string())?;
+    let per_stage = l.split_pins();
+    let ms = MindSporeLayout::from_layout(&per_stage[0]).map_err(|e| e.to_string())?;
     let tm: Vec<String> = ms
         .tensor_map
         .iter()
@@ -262,7 +264,15 @@ fn mindspore_rule(l: &TensorLayout, strategy_mesh: &DeviceMesh) -> Result<String
                     ms.stage, ms.stage_count
                 )
             })?;
-        let _ = write!(body, ", at: {{{}: {}}}", quote(&first.name), ms.stage);
+        let stages: Vec<u64> = match per_stage.len() {
+            1 => vec![ms.stage],
+            _ => l.pin().iter().map(|&(_, c)| c).collect(),
+        };
+        let at = match stages.as_slice() {
+            [one] => one.to_string(),
+            many => list(many),
+        };
+        let _ = write!(body, ", at: {{{}: {at}}}", quote(&first.name));
     }
     Ok(body)
 }
