@@ -576,8 +576,8 @@ pub enum OpsError {
         name: String,
     },
     /// The stage's mesh cannot be built (too many devices).
-    #[error("the stage's mesh: {0}")]
-    #[diagnostic(code(shardplan::ops::mesh), help("use fewer devices"))]
+    #[error("the mesh of the operators (stages x devices): {0}")]
+    #[diagnostic(code(shardplan::ops::mesh), help("use fewer devices or stages"))]
     Mesh(#[source] LayoutError),
     /// A graph input whose name is a tensor's or another input's.
     #[error("graph input `{name}` is already a tensor or another graph input")]
