@@ -1231,11 +1231,11 @@ fn reshard(args: &ReshardArgs) -> miette::Result<ExitCode> {
     bar.finish_and_clear();
     let secs = t0.elapsed().as_secs_f64();
     emit(&format!(
-        "resharded {} to {} ranks ({} produced here): {} written in {:.2} s ({:.2} GB/s)\n",
+        "resharded {} to {} ranks ({} produced here): {:.2} GB written in {:.2} s ({:.2} GB/s)\n",
         prepared.src.mesh().rank_count(),
         prepared.dst.mesh().rank_count(),
         ranks.len(),
-        report::human_bytes(written),
+        written as f64 / 1e9,
         secs,
         written as f64 / secs.max(1e-9) / 1e9
     ));
