@@ -4,7 +4,9 @@
 //! The model: a token embedding, `layers` transformer blocks (RMSNorm,
 //! causal multi-head attention with rotary position embeddings and q/k/v/o
 //! projections, RMSNorm, a SwiGLU MLP `down(silu(gate(x)) * up(x))`, each
-//! with a residual connection), a final RMSNorm and an output projection.
+//! with a residual connection), a final RMSNorm and an output projection,
+//! which is the token embedding itself when the weights are tied
+//! ([`ModelConfig::tie_embeddings`]: a spec without `lm_head.weight`).
 //! Tensors carry Hugging Face Llama names and `[out, in]` weights
 //! (`y = x @ W^T`); the rows of q/k/v are head-major, so rows
 //! `h * head_dim .. (h + 1) * head_dim` are head `h`.
@@ -44,7 +46,9 @@
 //!
 //! Uneven split policies are fine as long as these conditions hold rank by
 //! rank. Pins place blocks on pipeline stages: every tensor of a layer must
-//! be on the same stage (the final norm and the output projection too), and
+//! be on the same stage (the final norm and the output projection too; a
+//! tied embedding is on the first stage for the lookup and on the final
+//! norm's stage for the logits, `at: {pp: [0, 2]}`), and
 //! the blocks run in model order, each on the ranks of its stage, the
 //! activations handed from stage to stage. Axes that neither split nor pin
 //! a block's tensors hold replicas (data parallelism); the run uses the
@@ -74,7 +78,7 @@
 //! use shardplan::model::{ModelConfig, Weights, forward_sharded, forward_single};
 //! use shardplan::{DeviceMesh, Strategy, TensorLayout};
 //!
-//! let config = ModelConfig { vocab: 16, hidden: 8, layers: 1, heads: 2, kv_heads: 2, head_dim: 4, intermediate: 16 };
+//! let config = ModelConfig { vocab: 16, hidden: 8, layers: 1, heads: 2, kv_heads: 2, head_dim: 4, intermediate: 16, tie_embeddings: false };
 //! let weights = Weights::generate(&config, 7)?;
 //! let mesh = Arc::new(DeviceMesh::new(Vec::<(&str, u64)>::new())?);
 //! let tensors = config.tensors();
@@ -163,6 +167,10 @@ pub struct ModelConfig {
     pub head_dim: usize,
     /// MLP inner size: rows of gate and up, columns of down.
     pub intermediate: usize,
+    /// The output projection is the token embedding (tied weights, as in
+    /// Gemma or Qwen2-0.5B): there is no `lm_head.weight`, and the logits
+    /// are `h @ embed^T`.
+    pub tie_embeddings: bool,
 }
 
 impl ModelConfig {
@@ -177,7 +185,14 @@ impl ModelConfig {
             kv_heads: 4,
             head_dim: 8,
             intermediate: 64,
+            tie_embeddings: false,
         }
+    }
+
+    /// The output projection's tensor: `lm_head.weight`, or the embedding
+    /// when the weights are tied.
+    pub fn head_tensor(&self) -> &'static str {
+        if self.tie_embeddings { EMBED } else { LM_HEAD }
     }
 
     /// Reads the sizes from the shapes of `tensors` (a spec's tensor list),
@@ -247,6 +262,9 @@ impl ModelConfig {
             kv_heads,
             head_dim,
             intermediate,
+            // Tied models (Hugging Face's `tie_word_embeddings`) store no
+            // output projection.
+            tie_embeddings: !by_name.contains_key(LM_HEAD),
         };
         config.validate()?;
         for want in config.tensors() {
@@ -333,7 +351,9 @@ impl ModelConfig {
             }
         }
         out.push(t(FINAL_NORM.into(), &[h]));
-        out.push(t(LM_HEAD.into(), &[self.vocab, h]));
+        if !self.tie_embeddings {
+            out.push(t(LM_HEAD.into(), &[self.vocab, h]));
+        }
         out
     }
 }
@@ -949,7 +969,7 @@ pub fn forward_single(weights: &Weights, tokens: &[Vec<u32>]) -> Result<Vec<f32>
         add_into(&mut x, &d);
     }
     let h = rmsnorm(&x, hd, weights.need(FINAL_NORM));
-    Ok(linear(&h, n, hd, weights.need(LM_HEAD), c.vocab))
+    Ok(linear(&h, n, hd, weights.need(c.head_tensor()), c.vocab))
 }
 
 // ---------------------------------------------------------------------------
@@ -1433,16 +1453,19 @@ impl<'a> Checker<'a> {
             )?;
             layers.push((self.attention(i, &stage)?, self.mlp(i, &stage)?));
         }
-        let head_names = [FINAL_NORM.to_string(), LM_HEAD.to_string()];
+        // With tied weights the embedding is the output projection too: it
+        // must also be on the final norm's stage.
+        let head_tensor = self.config.head_tensor();
+        let head_names = [FINAL_NORM.to_string(), head_tensor.to_string()];
         self.whole(FINAL_NORM)?;
-        self.layout(LM_HEAD)?;
+        self.layout(head_tensor)?;
         let head_stage = self.stage(
             &head_names,
             "the final norm and the output projection must be on one pipeline stage",
         )?;
-        let (head_dim, head_axes) = self.split_axes(LM_HEAD)?;
+        let (head_dim, head_axes) = self.split_axes(head_tensor)?;
         let head = (
-            self.group(&head_stage, head_axes, LM_HEAD, &head_names)?,
+            self.group(&head_stage, head_axes, head_tensor, &head_names)?,
             head_dim,
         );
         Ok(Schedule {
@@ -1629,7 +1652,7 @@ pub fn forward_sharded(
     for &r in head_ranks {
         let (_, norm) = sh.local(FINAL_NORM, r)?;
         let h = rmsnorm(&x, hd, &norm);
-        let (reg, w) = sh.local(LM_HEAD, r)?;
+        let (reg, w) = sh.local(config.head_tensor(), r)?;
         let (rows, cols) = (span(&reg, 0), span(&reg, 1));
         let (vr, width) = (
             (rows.end - rows.start) as usize,
@@ -1817,8 +1840,21 @@ mod tests {
             Err(ModelError::Config { .. })
         ));
         let mut t = c.tensors();
-        t.retain(|t| t.name != LM_HEAD);
+        t.retain(|t| t.name != FINAL_NORM);
         let err = ModelConfig::from_tensors(&t, 8).unwrap_err();
-        assert!(err.to_string().contains(LM_HEAD), "{err}");
+        assert!(err.to_string().contains(FINAL_NORM), "{err}");
+        // Without an output projection the weights are tied: the logits
+        // come from the embedding.
+        let tied = ModelConfig {
+            tie_embeddings: true,
+            ..c
+        };
+        assert!(!tied.tensors().iter().any(|t| t.name == LM_HEAD));
+        assert_eq!(ModelConfig::from_tensors(&tied.tensors(), 8).unwrap(), tied);
+        assert_eq!(tied.head_tensor(), EMBED);
+        let w = Weights::generate(&tied, 1).unwrap();
+        let tokens = vec![vec![1u32, 5, 9]];
+        let logits = forward_single(&w, &tokens).unwrap();
+        assert_eq!(logits.len(), 3 * tied.vocab);
     }
 }

@@ -352,3 +352,110 @@ fn bad_inputs_are_refused() {
         "{err}"
     );
 }
+
+/// The tiny model with tied weights (no `lm_head.weight`; the logits come
+/// from the embedding) on 3 pipeline stages: the embedding is looked up on
+/// stage 0 and multiplied with on stage 2, after the final norm, so both
+/// stages hold it and stage 1 does not.
+fn tied_spec() -> Spec {
+    let mut text = tiny_text();
+    for (from, to) in [
+        (
+            "  - {name: lm_head.weight, shape: [64, 32], dtype: f32}\n",
+            "",
+        ),
+        (
+            "train: {shape: [2, 2, 2], axes: [pp, dp, tp]}",
+            "train: {shape: [3, 2, 2], axes: [pp, dp, tp]}",
+        ),
+        (
+            "infer: {shape: [2, 2], axes: [pp, tp]}",
+            "infer: {shape: [3, 2], axes: [pp, tp]}",
+        ),
+        (
+            "{match: \"model.embed_tokens.weight\", dims: [[tp, dp], null], at: {pp: 0}}",
+            "{match: \"model.embed_tokens.weight\", dims: [[tp, dp], null], at: {pp: [0, 2]}}",
+        ),
+        (
+            "      - {match: \"lm_head.weight\", dims: [[tp, dp], null], at: {pp: 1}}\n",
+            "",
+        ),
+        (
+            "{match: \"model.norm.weight\", dims: [dp], at: {pp: 1}}",
+            "{match: \"model.norm.weight\", dims: [dp], at: {pp: 2}}",
+        ),
+        (
+            "{match: \"model.embed_tokens.weight\", dims: [tp, null], at: {pp: 0}}",
+            "{match: \"model.embed_tokens.weight\", dims: [tp, null], at: {pp: [0, 2]}}",
+        ),
+        (
+            "      - {match: \"lm_head.weight\", dims: [tp, null], at: {pp: 1}}             # vocab-parallel\n",
+            "",
+        ),
+        (
+            "{match: \"model.norm.weight\", dims: replicated, at: {pp: 1}}",
+            "{match: \"model.norm.weight\", dims: replicated, at: {pp: 2}}",
+        ),
+    ] {
+        assert!(text.contains(from), "{from}");
+        text = text.replace(from, to);
+    }
+    let (spec, diags) = parse_spec("tied.yaml", &text);
+    spec.unwrap_or_else(|| panic!("{diags:?}"))
+}
+
+#[test]
+fn tied_embeddings_on_the_first_and_last_stage_match_single_device() {
+    use shardplan::derive::{DeriveTarget, derive_strategy, rules_for};
+    let spec = tied_spec();
+    let config = ModelConfig::from_tensors(&spec.tensors, 8).unwrap();
+    assert!(config.tie_embeddings);
+    let (train, infer) = (
+        spec.strategy("train").unwrap(),
+        spec.strategy("infer").unwrap(),
+    );
+    let embed = infer.layout("model.embed_tokens.weight").unwrap();
+    let holders: Vec<u64> = (0..6).filter(|&r| embed.holds(r)).collect();
+    assert_eq!(holders, vec![0, 1, 4, 5]);
+    let r = check_model(&spec, train, infer, &tokens(), DEFAULT_TOLERANCE).unwrap();
+    assert!(r.max_abs_logit > 0.5, "{}", r.max_abs_logit);
+    // Derived for 3, 2 and 1 stages: the embedding follows its training
+    // stages (0 and 2 of 3), and the logits still match.
+    let rules = rules_for(&spec, "train");
+    for (devices, tp, pp) in [(6, 2, 3), (4, 2, 2), (2, 2, 1), (1, 1, 1)] {
+        let target = DeriveTarget::from_degrees(devices, tp, pp).unwrap();
+        let d = derive_strategy(train, &target, &rules).unwrap();
+        let r = check_model(&spec, train, &d.strategy, &tokens(), DEFAULT_TOLERANCE)
+            .unwrap_or_else(|e| panic!("{target}: {e}"));
+        assert!(r.max_rel_err <= DEFAULT_TOLERANCE, "{target}");
+    }
+    // An embedding missing from the head's stage is refused by name.
+    let bad = infer_without_last_stage(&spec);
+    let err = check_layout(&config, &bad).unwrap_err().to_string();
+    assert!(err.contains("model.embed_tokens.weight"), "{err}");
+}
+
+/// `infer` with the embedding on stage 0 only.
+fn infer_without_last_stage(spec: &Spec) -> shardplan::Strategy {
+    let infer = spec.strategy("infer").unwrap();
+    let layouts: Vec<shardplan::TensorLayout> = infer
+        .tensors()
+        .iter()
+        .zip(infer.layouts())
+        .map(|(t, l)| {
+            if t.name != "model.embed_tokens.weight" {
+                return l.clone();
+            }
+            let mut cfg = l.to_config();
+            cfg.pin = vec![("pp".into(), 0)];
+            shardplan::TensorLayout::new(l.mesh().clone(), &t.shape, &cfg).unwrap()
+        })
+        .collect();
+    shardplan::Strategy::new(
+        "bad",
+        infer.mesh().clone(),
+        infer.tensors().to_vec(),
+        layouts,
+    )
+    .unwrap()
+}
