@@ -17,7 +17,6 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::execute::for_each_run;
 use crate::formats::checkpoint::{
     CheckpointFormat, CheckpointWriter, Checksum, TensorEntry, rank_files, read_index,
 };
@@ -569,7 +568,7 @@ impl Prepared {
             path.file_name().expect("file").to_string_lossy(),
             std::process::id()
         ));
-        let sum = match self.write_rank_to(&tmp, rank, window, progress) {
+        let sum = match self.write_rank_to(&tmp, &path, rank, window, progress) {
             Ok(sum) => sum,
             Err(e) => {
                 let _ = std::fs::remove_file(&tmp);
@@ -606,6 +605,7 @@ impl Prepared {
     fn write_rank_to(
         &self,
         tmp: &Path,
+        out: &Path,
         rank: u64,
         window: u64,
         progress: &mut dyn FnMut(u64),
@@ -630,13 +630,11 @@ impl Prepared {
         let window = usize::try_from(window).unwrap_or(usize::MAX);
         let mut writer =
             CheckpointWriter::create_streamed(tmp, self.format, decl, window, self.direct_io)
-                .map_err(io(tmp))?;
+                .map_err(io(out))?;
         let mut files: Vec<(PathBuf, File)> = Vec::new();
         for (t, region, tp) in held {
             let size = t.dtype.size_bytes();
-            // Each piece as runs of bytes: contiguous in the source file and
-            // in the destination slice, ascending in both.
-            let mut pieces: Vec<(usize, Vec<Run>)> = Vec::new();
+            let mut pieces: Vec<PieceRuns> = Vec::new();
             for p in tp.pieces.iter().filter(|p| p.dst_rank == rank) {
                 let loc = &self.sources[&p.src_rank][&t.name];
                 let file = match files.iter().position(|(path, _)| *path == loc.path) {
@@ -647,29 +645,23 @@ impl Prepared {
                         files.len() - 1
                     }
                 };
-                let mut runs: Vec<Run> = Vec::new();
-                for_each_run(
+                pieces.push(PieceRuns::new(
+                    file,
+                    loc.entry.offset,
+                    size,
                     &loc.entry.shape,
                     p.src_box.offset(),
                     region.extent(),
                     &p.dst_local_offset,
                     p.dst_box.extent(),
-                    |so, dof, run| {
-                        let r = Run {
-                            src: loc.entry.offset + so as u64 * size,
-                            dst: dof as u64 * size,
-                            len: run as u64 * size,
-                        };
-                        match runs.last_mut() {
-                            Some(l) if l.src + l.len == r.src && l.dst + l.len == r.dst => {
-                                l.len += r.len;
-                            }
-                            _ => runs.push(r),
-                        }
-                    },
-                );
-                pieces.push((file, runs));
+                ));
             }
+            // The verified plan covers the slice exactly once: the runs add
+            // up to it (windows are reused, so a gap would leave old bytes).
+            debug_assert_eq!(
+                pieces.iter().map(|p| p.count * p.run).sum::<u64>(),
+                region.volume() * size
+            );
             // A failed read names its source file, a failed write the output.
             let mut read_error = None;
             let written = writer.write_tensor_with(|at, dst| {
@@ -680,22 +672,112 @@ impl Prepared {
                 })
             });
             if let Err(e) = written {
-                return Err(read_error.unwrap_or_else(|| io(tmp)(e)));
+                return Err(read_error.unwrap_or_else(|| io(out)(e)));
             }
             progress(region.volume() * size);
         }
-        let (_, sum) = writer.finish_summed().map_err(io(tmp))?;
+        let (_, sum) = writer.finish_summed().map_err(io(out))?;
         Ok(sum)
     }
 }
 
-/// Bytes `len` at file offset `src` of a source file, which go to byte
-/// `dst` of a destination slice.
-#[derive(Debug, Clone, Copy)]
-struct Run {
-    src: u64,
-    dst: u64,
-    len: u64,
+/// The byte runs of one piece, computed on demand: the piece's box in
+/// row-major order is `count` runs of `run` bytes, contiguous in the source
+/// file and in the destination slice, ascending in both. Run `r` is found
+/// from its index, so a window seeks to its first run by bisection and no
+/// list of runs is kept (a box of many short rows would make one larger
+/// than the data).
+#[derive(Debug)]
+struct PieceRuns {
+    file: usize,
+    count: u64,
+    /// Bytes per run.
+    run: u64,
+    /// Byte offsets of run 0 in the source file and the destination slice.
+    src0: u64,
+    dst0: u64,
+    /// Per outer dimension (before the fused trailing ones): extent and the
+    /// byte strides in the source and the destination.
+    outer: Vec<(u64, u64, u64)>,
+}
+
+impl PieceRuns {
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        file: usize,
+        base: u64,
+        size: u64,
+        src_shape: &[u64],
+        src_off: &[u64],
+        dst_shape: &[u64],
+        dst_off: &[u64],
+        extent: &[u64],
+    ) -> Self {
+        let n = extent.len();
+        let strides = |shape: &[u64]| {
+            let mut s = vec![size; n];
+            for k in (0..n.saturating_sub(1)).rev() {
+                s[k] = s[k + 1] * shape[k + 1];
+            }
+            s
+        };
+        let (ss, ds) = (strides(src_shape), strides(dst_shape));
+        let dot = |off: &[u64], st: &[u64]| off.iter().zip(st).map(|(o, s)| o * s).sum::<u64>();
+        // Trailing dimensions whole in both arrays fuse into one run, as in
+        // the executor.
+        let mut split = n;
+        let mut run = size;
+        if n > 0 {
+            split = n - 1;
+            run *= extent[n - 1];
+            while split > 0
+                && extent[split] == src_shape[split]
+                && extent[split] == dst_shape[split]
+            {
+                split -= 1;
+                run *= extent[split];
+            }
+        }
+        let outer: Vec<(u64, u64, u64)> = (0..split).map(|k| (extent[k], ss[k], ds[k])).collect();
+        PieceRuns {
+            file,
+            count: if extent.contains(&0) {
+                0
+            } else {
+                outer.iter().map(|o| o.0).product()
+            },
+            run,
+            src0: base + dot(src_off, &ss),
+            dst0: dot(dst_off, &ds),
+            outer,
+        }
+    }
+
+    /// Source file offset and destination byte of run `r`.
+    fn at(&self, mut r: u64) -> (u64, u64) {
+        let (mut s, mut d) = (self.src0, self.dst0);
+        for &(e, ss, ds) in self.outer.iter().rev() {
+            let i = r % e;
+            r /= e;
+            s += i * ss;
+            d += i * ds;
+        }
+        (s, d)
+    }
+
+    /// The first run ending after destination byte `at`.
+    fn first_after(&self, at: u64) -> u64 {
+        let (mut lo, mut hi) = (0, self.count);
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            if self.at(mid).1 + self.run <= at {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
+        lo
+    }
 }
 
 /// Fills `out`, bytes `at..at + out.len()` of a destination slice, from
@@ -709,31 +791,31 @@ struct Run {
 /// The source file and the error of a failed read.
 fn fill_range<'a>(
     files: &'a [(PathBuf, File)],
-    pieces: &[(usize, Vec<Run>)],
+    pieces: &[PieceRuns],
     at: u64,
     out: &mut [u8],
 ) -> Result<(), (&'a Path, std::io::Error)> {
     let end = at + out.len() as u64;
-    for (file, runs) in pieces {
-        let (path, f) = &files[*file];
-        // Runs ascend in dst: skip those ending before the range.
-        let first = runs.partition_point(|r| r.dst + r.len <= at);
+    for p in pieces {
+        let (path, f) = &files[p.file];
         let mut batch = ReadBatch::new(f);
         // `out` is carved front to back; `rest` starts at `rest_at`.
         let mut rest: &mut [u8] = &mut *out;
         let mut rest_at = at;
-        for r in &runs[first..] {
-            if r.dst >= end {
+        for r in p.first_after(at)..p.count {
+            let (src, dst) = p.at(r);
+            if dst >= end {
                 break;
             }
-            let a = r.dst.max(at);
-            let b = (r.dst + r.len).min(end);
-            let src = r.src + (a - r.dst);
+            let a = dst.max(at);
+            let b = (dst + p.run).min(end);
             let (_, tail) = std::mem::take(&mut rest).split_at_mut((a - rest_at) as usize);
             let (piece, tail) = tail.split_at_mut((b - a) as usize);
             rest = tail;
             rest_at = b;
-            batch.push(src, piece).map_err(|e| (path.as_path(), e))?;
+            batch
+                .push(src + (a - dst), piece)
+                .map_err(|e| (path.as_path(), e))?;
         }
         batch.flush().map_err(|e| (path.as_path(), e))?;
     }

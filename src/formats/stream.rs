@@ -47,8 +47,8 @@ struct Aligned {
 impl Aligned {
     fn new(len: usize) -> Self {
         let raw = vec![0u8; len + ALIGN];
-        // The offset that aligns the allocation; at most ALIGN - 1.
-        let start = raw.as_ptr().align_offset(ALIGN).min(ALIGN);
+        // The offset that aligns the allocation, from its address.
+        let start = (ALIGN - raw.as_ptr() as usize % ALIGN) % ALIGN;
         Aligned { raw, start, len }
     }
 
@@ -118,9 +118,7 @@ impl StreamFile {
                             Err(_) => return,
                         };
                         let Ok(job) = job else { return };
-                        let r = file
-                            .write_all_at(&job.buf.bytes()[..job.len], job.offset)
-                            .map(|()| job.buf);
+                        let r = write_window(&file, &job).map(|()| job.buf);
                         if ret_tx.send(r).is_err() {
                             return;
                         }
@@ -279,6 +277,42 @@ impl Drop for StreamFile {
     }
 }
 
+/// Writes one window. A file system may accept `O_DIRECT` at open and
+/// refuse the writes (it needs larger blocks than [`ALIGN`]); then the file
+/// is switched to buffered writes and the window written again (offsets and
+/// lengths stay valid either way).
+fn write_window(file: &File, job: &Job) -> io::Result<()> {
+    let data = &job.buf.bytes()[..job.len];
+    match file.write_all_at(data, job.offset) {
+        #[cfg(target_os = "linux")]
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) && clear_direct(file)? => {
+            file.write_all_at(data, job.offset)
+        }
+        r => r,
+    }
+}
+
+/// Turns `O_DIRECT` off on `file`; false when it was not on.
+#[cfg(target_os = "linux")]
+fn clear_direct(file: &File) -> io::Result<bool> {
+    use std::os::fd::AsRawFd;
+    let fd = file.as_raw_fd();
+    // SAFETY: fcntl on a descriptor this `File` owns, with the documented
+    // F_GETFL / F_SETFL commands and an int argument.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    if flags < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if flags & libc::O_DIRECT == 0 {
+        return Ok(false);
+    }
+    // SAFETY: as above.
+    if unsafe { libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_DIRECT) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(true)
+}
+
 /// Opens `path` for writing, with `O_DIRECT` when asked and supported.
 fn open(path: &Path, direct: bool) -> io::Result<(File, bool)> {
     let mut opts = OpenOptions::new();
@@ -358,6 +392,45 @@ mod tests {
             assert_eq!(sum.hex(), want.hex());
         }
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A file whose writes are refused under direct IO is switched to
+    /// buffered writes: simulated by a misaligned write, which direct IO
+    /// refuses with EINVAL.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn refused_direct_writes_fall_back() {
+        let dir = std::env::temp_dir().join(format!("shardplan-stream-d-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("f");
+        let (file, direct) = open(&path, true).unwrap();
+        if direct {
+            let mut buf = Aligned::new(2 * ALIGN);
+            buf.bytes_mut()[..3].copy_from_slice(b"abc");
+            // Length 3 at offset 1: not aligned.
+            let job = Job {
+                buf,
+                len: 3,
+                offset: 1,
+            };
+            write_window(&file, &job).unwrap();
+            assert!(!clear_direct(&file).unwrap(), "O_DIRECT is off now");
+            let mut back = Vec::new();
+            File::open(&path).unwrap().read_to_end(&mut back).unwrap();
+            assert_eq!(back, b"\0abc");
+        } else {
+            eprintln!("SKIPPED: {} does not support O_DIRECT", dir.display());
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn buffers_are_aligned() {
+        for len in [1, 4096, 10_000] {
+            let mut b = Aligned::new(len);
+            assert_eq!(b.bytes_mut().as_ptr() as usize % ALIGN, 0);
+            assert_eq!(b.bytes().len(), len);
+        }
     }
 
     #[test]
