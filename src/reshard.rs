@@ -928,9 +928,14 @@ fn read_vectored_at(
     offset: u64,
 ) -> std::io::Result<usize> {
     use std::os::unix::fs::FileExt;
-    match bufs.iter_mut().find(|b| !b.is_empty()) {
-        Some(b) => file.read_at(b, offset),
-        None => Ok(0),
+    let Some(b) = bufs.iter_mut().find(|b| !b.is_empty()) else {
+        return Ok(0);
+    };
+    loop {
+        match file.read_at(&mut b[..], offset) {
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            r => return r,
+        }
     }
 }
 
