@@ -966,3 +966,81 @@ pub fn ranks_for_process(
     }
     (0..ranks).collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::PieceRuns;
+    use proptest::prelude::*;
+
+    /// Source shape and offset, destination shape and offset, extent.
+    type BoxCopy = (Vec<u64>, Vec<u64>, Vec<u64>, Vec<u64>, Vec<u64>);
+
+    /// A box copy between two row-major arrays, the box inside both.
+    fn box_copy() -> impl Strategy<Value = BoxCopy> {
+        (0usize..=3)
+            .prop_flat_map(|n| {
+                proptest::collection::vec((1u64..=5, 1u64..=5, 0u64..=5, 0u64..=5, 0u64..=5), n)
+            })
+            .prop_map(|dims| {
+                let (mut ss, mut ds, mut so, mut dof, mut ext) =
+                    (vec![], vec![], vec![], vec![], vec![]);
+                for (s, d, a, b, e) in dims {
+                    // The extent fits both arrays; offsets within the rest.
+                    let e = e.min(s).min(d);
+                    ss.push(s);
+                    ds.push(d);
+                    so.push(a % (s - e + 1));
+                    dof.push(b % (d - e + 1));
+                    ext.push(e);
+                }
+                (ss, so, ds, dof, ext)
+            })
+    }
+
+    proptest! {
+        /// The runs, expanded element by element, are the box's elements
+        /// in row-major order at their source and destination bytes; the
+        /// bisection finds the first run ending after any byte.
+        #[test]
+        fn runs_are_the_box_in_order((ss, so, ds, dof, ext) in box_copy(), size in 1u64..=4, base in 0u64..100) {
+            let p = PieceRuns::new(0, base, size, &ss, &so, &ds, &dof, &ext);
+            let mut got = Vec::new();
+            for r in 0..p.count {
+                let (s, d) = p.at(r);
+                prop_assert_eq!(p.run % size, 0);
+                for k in 0..p.run / size {
+                    got.push((s + k * size, d + k * size));
+                }
+            }
+            let n = ext.len();
+            let flat = |shape: &[u64], idx: &[u64]| (0..n).fold(0u64, |acc, k| acc * shape[k] + idx[k]);
+            let mut want = Vec::new();
+            let total: u64 = ext.iter().product();
+            let mut idx = vec![0u64; n];
+            for _ in 0..total {
+                let si: Vec<u64> = (0..n).map(|k| so[k] + idx[k]).collect();
+                let di: Vec<u64> = (0..n).map(|k| dof[k] + idx[k]).collect();
+                want.push((base + flat(&ss, &si) * size, flat(&ds, &di) * size));
+                for k in (0..n).rev() {
+                    idx[k] += 1;
+                    if idx[k] < ext[k] {
+                        break;
+                    }
+                    idx[k] = 0;
+                }
+            }
+            prop_assert_eq!(got, want);
+            // Every run's first and last byte and the bytes around them.
+            let mut probes = vec![0u64];
+            for r in 0..p.count {
+                let d = p.at(r).1;
+                probes.extend([d.saturating_sub(1), d, d + p.run - 1, d + p.run]);
+            }
+            for probe in probes {
+                let r = p.first_after(probe);
+                prop_assert!(r == p.count || p.at(r).1 + p.run > probe, "{} {}", probe, r);
+                prop_assert!(r == 0 || p.at(r - 1).1 + p.run <= probe, "{} {}", probe, r);
+            }
+        }
+    }
+}
