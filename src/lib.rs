@@ -50,7 +50,7 @@
 //!
 //! - [`execute_plan`] carries a plan out on real buffers ([`ShardStore`]),
 //!   reducing partial sums; [`model`] runs a small transformer under any
-//!   layout to check numerics; [`derive`] derives inference layouts;
+//!   layout to check numerics; [`derive`](mod@derive) derives inference layouts;
 //!   [`reshard`] moves real checkpoints file by file.
 //!
 //! # Not supported

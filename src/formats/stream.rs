@@ -17,6 +17,27 @@
 //! Without direct IO the same pipeline writes through the page cache.
 //!
 //! Memory: four windows.
+//!
+//! # Example
+//!
+//! ```
+//! use shardplan::formats::stream::StreamFile;
+//!
+//! let dir = std::env::temp_dir().join(format!("shardplan-doc-stream-{}", std::process::id()));
+//! std::fs::create_dir_all(&dir)?;
+//! let path = dir.join("out.bin");
+//! let mut f = StreamFile::create(&path, 4096, true)?;
+//! f.put(b"header")?;
+//! // Filled in place: a prefix of the room left in the window.
+//! f.space()[..4].copy_from_slice(b"data");
+//! f.commit(4)?;
+//! let (_, len, sum) = f.finish()?;
+//! assert_eq!(len, 10);
+//! assert_eq!(std::fs::read(&path)?, b"headerdata");
+//! assert_eq!(sum.len(), 10);
+//! std::fs::remove_dir_all(&dir)?;
+//! # Ok::<(), std::io::Error>(())
+//! ```
 
 use std::fs::{File, OpenOptions};
 use std::io;
