@@ -1,23 +1,10 @@
 //! The plan, verify, explain and simulate commands end to end.
 
-use std::process::{Command, Output};
+mod common;
 
-fn shardplan(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_shardplan"))
-        .args(args)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .env("NO_COLOR", "1")
-        .output()
-        .expect("run shardplan")
-}
+use std::process::Command;
 
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
+use common::{shardplan, text};
 
 #[test]
 fn plan_report_names_the_bounds() {
@@ -265,8 +252,7 @@ fn reshard_import_export_merge() {
 
 #[test]
 fn reshard_refuses_what_mindspore_refuses() {
-    let shared = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../shared/conformance/mindspore/err_4_to_3_devices");
+    let shared = common::shared_cases_dir().join("err_4_to_3_devices");
     if !shared.is_dir() {
         eprintln!("SKIPPED: {} is absent", shared.display());
         return;

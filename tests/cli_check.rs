@@ -2,17 +2,11 @@
 //! spec in `specs/invalid/` produces the diagnostic its file is named after,
 //! rendered as the snapshot in `tests/snapshots/`.
 
-use std::path::Path;
-use std::process::{Command, Output};
+mod common;
 
-fn shardplan(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_shardplan"))
-        .args(args)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .env("NO_COLOR", "1")
-        .output()
-        .expect("run shardplan")
-}
+use std::path::Path;
+
+use common::shardplan;
 
 fn yaml_files(dir: &str) -> Vec<String> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));

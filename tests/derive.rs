@@ -13,9 +13,12 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 use std::sync::Arc;
 
+mod common;
+
+use common::{ms_layout, shardplan, shared_cases_dir, text};
 use serde_json::Value;
 use shardplan::derive::{
     DeriveError, DeriveRules, DeriveTarget, Derived, Fallback, LayerRef, SharedTensors,
@@ -367,38 +370,6 @@ fn tiny_model_runs_through_derived_strategies() {
 // ---------------------------------------------------------------------------
 // MindSpore conformance
 
-fn conformance_dir() -> PathBuf {
-    root().join("../shared/conformance/mindspore")
-}
-
-fn ms_layout(entry: &Value, stage: u64, stage_count: u64) -> MindSporeLayout {
-    let ints = |v: &Value| -> Vec<i64> {
-        match v {
-            Value::Array(a) => a.iter().map(|x| x.as_i64().unwrap()).collect(),
-            x => vec![x.as_i64().unwrap()],
-        }
-    };
-    MindSporeLayout {
-        dev_matrix: entry["dev_matrix"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|x| x.as_u64().unwrap())
-            .collect(),
-        tensor_map: entry["tensor_map"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(ints)
-            .collect(),
-        opt_weight_shard_size: entry["opt_weight_shard_size"].as_i64().unwrap_or(0),
-        opt_weight_shard_step: entry["opt_weight_shard_step"].as_i64().unwrap_or(0),
-        param_split_shape: Vec::new(),
-        stage,
-        stage_count,
-    }
-}
-
 /// One side of a case: its strategy over every parameter (a parameter in
 /// no layout is whole on every rank), the recorded optimizer shards, and
 /// whether every parameter has a layout.
@@ -537,7 +508,7 @@ const NOT_PLAIN: &[(&str, &str)] = &[
 
 #[test]
 fn conformance_plain_inference_targets() {
-    let dir = conformance_dir();
+    let dir = shared_cases_dir();
     if !dir.is_dir() {
         eprintln!("SKIPPED: {} is absent", dir.display());
         return;
@@ -1293,23 +1264,6 @@ strategies: {s: {mesh: m, rules: [{match: w, dims: [tp, null]}]}}
 
 // ---------------------------------------------------------------------------
 // The command line
-
-fn shardplan(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_shardplan"))
-        .args(args)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .env("NO_COLOR", "1")
-        .output()
-        .expect("run shardplan")
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
 
 #[test]
 fn cli_writes_a_spec_that_plan_and_simulate_accept() {

@@ -4,56 +4,15 @@
 //! A few cases are copied to `tests/fixtures/mindspore` so the test always
 //! runs; the full set runs when `../shared` is present.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
+mod common;
+
+use common::{
+    case_dirs, fixture_cases_dir as fixture_dir, ms_layout, shared_cases_dir as shared_dir,
+};
 use serde_json::Value;
 use shardplan::Region;
-use shardplan::notation::mindspore::MindSporeLayout;
-
-fn shared_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/conformance/mindspore")
-}
-
-fn fixture_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/mindspore")
-}
-
-fn case_dirs(root: &Path) -> Vec<PathBuf> {
-    let mut dirs: Vec<PathBuf> = std::fs::read_dir(root)
-        .unwrap_or_else(|e| panic!("cannot list {}: {e}", root.display()))
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.join("case.json").is_file())
-        .collect();
-    dirs.sort();
-    dirs
-}
-
-/// The layout of a parameter in a case's `src_layouts`, with its stage.
-fn ms_layout(entry: &Value, stage: u64, stage_count: u64) -> MindSporeLayout {
-    let tensor_map = entry["tensor_map"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| match e {
-            Value::Array(a) => a.iter().map(|x| x.as_i64().unwrap()).collect(),
-            x => vec![x.as_i64().unwrap()],
-        })
-        .collect();
-    MindSporeLayout {
-        dev_matrix: entry["dev_matrix"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|x| x.as_u64().unwrap())
-            .collect(),
-        tensor_map,
-        opt_weight_shard_size: entry["opt_weight_shard_size"].as_i64().unwrap_or(0),
-        opt_weight_shard_step: entry["opt_weight_shard_step"].as_i64().unwrap_or(0),
-        param_split_shape: Vec::new(),
-        stage,
-        stage_count,
-    }
-}
 
 /// `float32(arange(numel) + base)` restricted to `region`, as little-endian bytes.
 fn expected_slice(shape: &[u64], base: f32, region: &Region) -> Vec<u8> {

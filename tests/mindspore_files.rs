@@ -4,6 +4,9 @@
 
 use std::path::{Path, PathBuf};
 
+mod common;
+
+use common::conformance_cases;
 use serde_json::Value;
 use shardplan::formats::import::{ShapeSource, import_spec};
 use shardplan::formats::mindspore_strategy::{
@@ -11,26 +14,6 @@ use shardplan::formats::mindspore_strategy::{
 };
 use shardplan::notation::mindspore::MindSporeLayout;
 use shardplan::{DType, TensorInfo};
-
-fn case_dirs() -> Vec<PathBuf> {
-    let shared = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/conformance/mindspore");
-    let root = if shared.is_dir() {
-        shared
-    } else {
-        eprintln!(
-            "SKIPPED: {} is absent; reading the fixtures only",
-            shared.display()
-        );
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/mindspore")
-    };
-    let mut v: Vec<PathBuf> = std::fs::read_dir(&root)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.join("case.json").is_file())
-        .collect();
-    v.sort();
-    v
-}
 
 fn tensors(case: &Value) -> Vec<TensorInfo> {
     case["params"]
@@ -76,7 +59,7 @@ fn expected_layout(
 #[test]
 fn strategy_files_read_as_the_cases_state() {
     let mut files = 0;
-    for dir in case_dirs() {
+    for dir in conformance_cases() {
         let case: Value =
             serde_json::from_str(&std::fs::read_to_string(dir.join("case.json")).unwrap()).unwrap();
         let name = case["name"].as_str().unwrap();
@@ -372,7 +355,7 @@ mod checkpoints {
     #[test]
     fn ckpt_and_safetensors_agree() {
         let mut n = 0;
-        for dir in case_dirs() {
+        for dir in conformance_cases() {
             let (Ok(ckpt), Ok(st)) = (
                 rank_files(&dir.join("src")),
                 rank_files(&dir.join("src_safetensors")),

@@ -3,30 +3,13 @@
 
 use std::path::{Path, PathBuf};
 
+mod common;
+
+use common::conformance_cases;
 use serde_json::Value;
 use shardplan::ReplicaChoice;
 use shardplan::formats::checkpoint::{CheckpointFormat, rank_files, read_index};
 use shardplan::reshard::{LayoutSource, ReshardConfig, prepare, ranks_for_process};
-
-fn cases() -> Vec<PathBuf> {
-    let shared = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/conformance/mindspore");
-    let root = if shared.is_dir() {
-        shared
-    } else {
-        eprintln!(
-            "SKIPPED: {} is absent; running the copies in tests/fixtures/mindspore only",
-            shared.display()
-        );
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/mindspore")
-    };
-    let mut v: Vec<PathBuf> = std::fs::read_dir(&root)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.join("case.json").is_file())
-        .collect();
-    v.sort();
-    v
-}
 
 fn strategy(dir: &Path, case: &Value, side: &str) -> LayoutSource {
     match case["files"][format!("{side}_strategy_file")].as_str() {
@@ -63,7 +46,7 @@ const SUSPECT: [&str; 2] = ["opt_permuted_tm", "opt_permuted_tm_indep_src"];
 #[test]
 fn conformance_cases_end_to_end() {
     let mut ran = 0;
-    for dir in cases() {
+    for dir in conformance_cases() {
         let case: Value =
             serde_json::from_str(&std::fs::read_to_string(dir.join("case.json")).unwrap()).unwrap();
         let name = case["name"].as_str().unwrap().to_string();
@@ -132,7 +115,7 @@ fn conformance_cases_end_to_end() {
 /// kept.
 #[test]
 fn interrupted_runs_resume() {
-    let dir = cases()
+    let dir = conformance_cases()
         .into_iter()
         .find(|d| d.ends_with("tp4_row_to_tp2_row"))
         .expect("the case is in the fixtures");
@@ -172,7 +155,7 @@ fn interrupted_runs_resume() {
 
 #[test]
 fn bad_inputs_are_refused_before_writing() {
-    let dir = cases()
+    let dir = conformance_cases()
         .into_iter()
         .find(|d| d.ends_with("tp4_row_to_tp2_row"))
         .expect("the case is in the fixtures");
