@@ -57,7 +57,7 @@ pub struct ReshardConfig {
     /// How replicas are chosen (default: fewest files read).
     pub replica_choice: ReplicaChoice,
     /// Bytes of each output window: the writer fills one while two are
-    /// written, four in all (rounded up to 4 KiB).
+    /// written, four in all (rounded up to 4 KiB, at most 1 GiB).
     pub window_bytes: u64,
     /// Write outputs with direct IO (Linux `O_DIRECT`) where the file
     /// system allows it: they bypass the page cache, which then keeps the

@@ -331,6 +331,20 @@ fn bad_strategy_files_name_the_fault() {
             "is not an integer",
         ),
     ];
+    // The largest stage numbers parse, and fail as a strategy, not a panic.
+    for json in [
+        r#"{"current_stage": 0, "parallel_layout_item": {"18446744073709551615-w": {"dev_matrix": [2], "tensor_map": [0], "tensor_shape": [4]}}}"#,
+        r#"{"current_stage": 18446744073709551615, "parallel_layout_item": {"w": {"dev_matrix": [2], "tensor_map": [0], "tensor_shape": [4]}}}"#,
+    ] {
+        let f = parse_strategy_file("huge.json", json.as_bytes()).unwrap();
+        assert_eq!(f.stage_count, u64::MAX);
+        let t = vec![TensorInfo {
+            name: "w".into(),
+            shape: vec![4],
+            dtype: DType::F32,
+        }];
+        assert!(f.to_strategy("s", &t).is_err());
+    }
     for (bytes, needle) in cases {
         let err = parse_strategy_file("s.json", bytes)
             .unwrap_err()

@@ -1468,12 +1468,9 @@ pub fn derive_from_operators(
                     stage_count: stages,
                     ..src.layout.clone()
                 };
-                let first = staged.to_layout(&t.shape).map_err(fail)?;
-                let mut cfg = first.to_config();
-                let axis = first.axis_name(0).to_string();
-                cfg.pin
-                    .extend(src.stages[1..].iter().map(|&s| (axis.clone(), s)));
-                TensorLayout::new(first.mesh().clone(), &t.shape, &cfg).map_err(fail)?
+                staged
+                    .to_layout_on_stages(&t.shape, &src.stages[1..])
+                    .map_err(fail)?
             }
             None => TensorLayout::replicated(mesh.clone(), &t.shape).map_err(fail)?,
         });

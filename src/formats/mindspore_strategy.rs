@@ -151,12 +151,20 @@ pub fn parse_strategy_file(file: &str, bytes: &[u8]) -> Result<StrategyFile, Str
         }
         add_param(&mut params, p).map_err(|(message, help)| fail(file, message, help))?;
     }
+    // Stage numbers come from the file: a huge one must fail later, when
+    // its mesh is built, not overflow here.
     let stage_count = params
         .iter()
-        .map(|p| p.also_on.last().copied().unwrap_or(p.stage) + 1)
+        .map(|p| {
+            p.also_on
+                .last()
+                .copied()
+                .unwrap_or(p.stage)
+                .saturating_add(1)
+        })
         .max()
         .unwrap_or(1)
-        .max(current + 1);
+        .max(current.saturating_add(1));
     Ok(StrategyFile {
         params,
         stage_count,
@@ -326,12 +334,7 @@ pub fn read_strategy_files(paths: &[&Path]) -> Result<StrategyFile, StrategyFile
         for p in f.params {
             // Stages one by one: a parameter on several stages is in
             // several files.
-            for stage in std::iter::once(p.stage).chain(p.also_on.iter().copied()) {
-                let one = ParamEntry {
-                    stage,
-                    also_on: Vec::new(),
-                    ..p.clone()
-                };
+            for one in p.per_stage() {
                 add_param(&mut all.params, one).map_err(|(message, _)| {
                     fail(
                         &name,
@@ -346,6 +349,17 @@ pub fn read_strategy_files(paths: &[&Path]) -> Result<StrategyFile, StrategyFile
 }
 
 impl ParamEntry {
+    /// The entry once per stage it is on, each on that stage alone.
+    fn per_stage(&self) -> impl Iterator<Item = ParamEntry> + '_ {
+        std::iter::once(self.stage)
+            .chain(self.also_on.iter().copied())
+            .map(|stage| ParamEntry {
+                stage,
+                also_on: Vec::new(),
+                ..self.clone()
+            })
+    }
+
     /// The tensor map per dimension, resolved against a tensor of `rank`
     /// dimensions.
     fn tensor_map_for(&self, rank: usize) -> Option<Vec<Vec<i64>>> {
@@ -379,27 +393,8 @@ impl ParamEntry {
             stage: self.stage,
             stage_count,
         };
-        let one = ms
-            .to_layout(shape)
-            .map_err(|e| format!("parameter `{}`: {e}", self.name))?;
-        if self.also_on.is_empty() {
-            return Ok(one);
-        }
-        let mut cfg = one.to_config();
-        let Some(axis) = cfg.pin.first().map(|(a, _)| a.clone()) else {
-            return Err(format!(
-                "parameter `{}` is on stages {} and {:?}, but the strategy has {stage_count} stage(s)",
-                self.name, self.stage, self.also_on
-            ));
-        };
-        cfg.pin
-            .extend(self.also_on.iter().map(|&s| (axis.clone(), s)));
-        TensorLayout::new(one.mesh().clone(), shape, &cfg).map_err(|e| {
-            format!(
-                "parameter `{}` on stages {:?}: {e}",
-                self.name, self.also_on
-            )
-        })
+        ms.to_layout_on_stages(shape, &self.also_on)
+            .map_err(|e| format!("parameter `{}`: {e}", self.name))
     }
 }
 
@@ -519,19 +514,8 @@ impl StrategyFile {
         let current = self.stage_count.max(1) - 1;
         let name = |p: &ParamEntry| format!("{}-{}", p.stage, p.name);
         // One entry per stage of a parameter on several.
-        let per_stage: Vec<ParamEntry> = self
-            .params
-            .iter()
-            .flat_map(|p| {
-                std::iter::once(p.stage)
-                    .chain(p.also_on.iter().copied())
-                    .map(|stage| ParamEntry {
-                        stage,
-                        also_on: Vec::new(),
-                        ..p.clone()
-                    })
-            })
-            .collect();
+        let per_stage: Vec<ParamEntry> =
+            self.params.iter().flat_map(ParamEntry::per_stage).collect();
         match format {
             StrategyFormat::Json => {
                 let mut items = serde_json::Map::new();

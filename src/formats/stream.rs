@@ -58,6 +58,15 @@ const BUFFERS: usize = 4;
 /// Writer threads.
 const WRITERS: usize = 2;
 
+/// The largest window: four of them are in memory.
+pub const MAX_WINDOW: usize = 1 << 30;
+
+/// The window size used for a requested `window`: a multiple of [`ALIGN`],
+/// at least one block and at most [`MAX_WINDOW`].
+fn window_size(window: usize) -> usize {
+    window.clamp(1, MAX_WINDOW).div_ceil(ALIGN) * ALIGN
+}
+
 /// A zeroed buffer whose usable part starts on an [`ALIGN`] boundary.
 struct Aligned {
     raw: Vec<u8>,
@@ -109,7 +118,7 @@ pub struct StreamFile {
 impl StreamFile {
     /// Creates (truncating) `path`, with direct IO when `direct` is asked
     /// and the file system supports it. `window` is rounded up to a
-    /// multiple of [`ALIGN`].
+    /// multiple of [`ALIGN`] and held to at most [`MAX_WINDOW`].
     ///
     /// # Errors
     ///
@@ -117,7 +126,7 @@ impl StreamFile {
     pub fn create(path: &Path, window: usize, direct: bool) -> io::Result<Self> {
         let (file, direct) = open(path, direct)?;
         let file = Arc::new(file);
-        let window = window.max(1).div_ceil(ALIGN) * ALIGN;
+        let window = window_size(window);
         let (jobs_tx, jobs_rx) = sync_channel::<Job>(BUFFERS);
         let jobs_rx = Arc::new(Mutex::new(jobs_rx));
         let (ret_tx, returned) = sync_channel::<io::Result<Aligned>>(BUFFERS);
@@ -443,6 +452,21 @@ mod tests {
             eprintln!("SKIPPED: {} does not support O_DIRECT", dir.display());
         }
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn window_sizes_are_whole_blocks_and_bounded() {
+        let cases = [
+            (0, ALIGN),
+            (1, ALIGN),
+            (ALIGN, ALIGN),
+            (ALIGN + 1, 2 * ALIGN),
+            (MAX_WINDOW, MAX_WINDOW),
+            (usize::MAX, MAX_WINDOW),
+        ];
+        for (asked, got) in cases {
+            assert_eq!(window_size(asked), got, "{asked}");
+        }
     }
 
     #[test]

@@ -95,6 +95,40 @@ fn axis_name(k: usize) -> String {
 }
 
 impl MindSporeLayout {
+    /// The layout of a tensor that is on `stage` and also on the stages
+    /// `also_on`, cut alike on each (a tied embedding used by the first and
+    /// the last stage): [`MindSporeLayout::to_layout`] with the stage axis
+    /// pinned to every one of them.
+    ///
+    /// # Errors
+    ///
+    /// As [`MindSporeLayout::to_layout`]; [`LayoutError::Notation`] when
+    /// `also_on` is not empty but the layout has one stage;
+    /// [`LayoutError::PinOutOfRange`] for a stage beyond `stage_count`.
+    pub fn to_layout_on_stages(
+        &self,
+        shape: &[u64],
+        also_on: &[u64],
+    ) -> Result<TensorLayout, LayoutError> {
+        let one = self.to_layout(shape)?;
+        if also_on.is_empty() {
+            return Ok(one);
+        }
+        if self.stage_count <= 1 {
+            return Err(bad(
+                format!(
+                    "the tensor is on stages {} and {also_on:?}, but the layout has one stage",
+                    self.stage
+                ),
+                "give the strategy's stage count (stage_count)",
+            ));
+        }
+        let mut cfg = one.to_config();
+        let axis = one.axis_name(0).to_string();
+        cfg.pin.extend(also_on.iter().map(|&s| (axis.clone(), s)));
+        TensorLayout::new(one.mesh().clone(), shape, &cfg)
+    }
+
     /// The layout of a tensor of `shape`.
     ///
     /// The mesh has an axis `stage` first when `stage_count > 1`, then one
@@ -434,6 +468,21 @@ mod tests {
         check_rows(ms(&[4], &[&[-1], &[-1]], 4, 1), &[8, 4], &[0, 2, 4, 6]);
         // Nested map [[1, 0], -1]: axis 1 outer.
         check_rows(ms(&[2, 2], &[&[1, 0], &[-1]], 0, 0), &[8, 4], &[0, 2, 4, 6]);
+    }
+
+    #[test]
+    fn several_stages() {
+        let mut l = ms(&[2], &[&[0], &[-1]], 0, 0);
+        // One stage: no other stage to add.
+        assert!(l.to_layout_on_stages(&[4, 2], &[2]).is_err());
+        l.stage_count = 3;
+        let t = l.to_layout_on_stages(&[4, 2], &[2]).unwrap();
+        assert_eq!(t.to_string(), "[d0, -] at stage=0|2");
+        assert_eq!(
+            l.to_layout_on_stages(&[4, 2], &[]).unwrap(),
+            l.to_layout(&[4, 2]).unwrap()
+        );
+        assert!(l.to_layout_on_stages(&[4, 2], &[3]).is_err());
     }
 
     #[test]

@@ -1687,15 +1687,8 @@ impl Rule {
                         help: "the product of dev_matrix must equal the ranks per stage".into(),
                     });
                 }
-                let one = ms.to_layout(&t.shape).map_err(fail)?;
-                if pin.len() < 2 {
-                    return Ok(one);
-                }
-                let mut cfg = one.to_config();
-                let stage_axis = one.axis_name(0).to_string();
-                cfg.pin
-                    .extend(pin[1..].iter().map(|(_, c)| (stage_axis.clone(), *c)));
-                TensorLayout::new(one.mesh().clone(), &t.shape, &cfg).map_err(fail)
+                let also_on: Vec<u64> = pin.iter().skip(1).map(|&(_, c)| c).collect();
+                ms.to_layout_on_stages(&t.shape, &also_on).map_err(fail)
             }
             Form::Placements(p, _) => {
                 // Axes pinned by `at` and the stage axis take no placement.
