@@ -1175,18 +1175,7 @@ fn reshard(args: &ReshardArgs) -> miette::Result<ExitCode> {
     let ranks = ranks_for_process(args.rank, prepared.dst.mesh().rank_count(), &|k| {
         std::env::var(k).ok()
     });
-    let total: u64 = ranks
-        .iter()
-        .map(|&r| {
-            prepared
-                .dst
-                .tensors()
-                .iter()
-                .zip(prepared.dst.layouts())
-                .filter_map(|(t, l)| l.region_of(r).map(|g| g.volume() * t.dtype.size_bytes()))
-                .sum::<u64>()
-        })
-        .sum();
+    let total: u64 = ranks.iter().map(|&r| prepared.rank_bytes(r)).sum();
     let bar = if std::io::stderr().is_terminal() {
         let b = indicatif::ProgressBar::new(total);
         b.set_style(
@@ -1204,15 +1193,7 @@ fn reshard(args: &ReshardArgs) -> miette::Result<ExitCode> {
     for r in &ranks {
         let o = prepared.write_rank(&out, *r, WINDOW_BYTES, &mut |n| bar.inc(n))?;
         if o.resumed {
-            bar.inc(
-                prepared
-                    .dst
-                    .tensors()
-                    .iter()
-                    .zip(prepared.dst.layouts())
-                    .filter_map(|(t, l)| l.region_of(*r).map(|g| g.volume() * t.dtype.size_bytes()))
-                    .sum(),
-            );
+            bar.inc(prepared.rank_bytes(*r));
         } else {
             written += o.bytes;
         }

@@ -23,7 +23,6 @@ use crate::formats::checkpoint::{
 use crate::formats::mindspore_strategy::{StrategyFile, read_strategy_files};
 use crate::layout::TensorLayout;
 use crate::mesh::DeviceMesh;
-use crate::notation::mindspore::MindSporeLayout;
 use crate::plan::{ReplicaChoice, SlicePlan};
 use crate::planner::{PlanConfig, plan_transfer};
 use crate::strategy::{Strategy, TensorInfo};
@@ -131,6 +130,8 @@ pub struct Prepared {
     pub dst: Strategy,
     /// The verified plan.
     pub plan: SlicePlan,
+    /// Tensors without a destination layout, copied unchanged.
+    pub copies: Vec<CopyThrough>,
     /// Messages about parameters handled by MindSpore's copy-through rules.
     pub warnings: Vec<String>,
     sources: BTreeMap<u64, BTreeMap<String, Located>>,
@@ -196,12 +197,12 @@ pub fn prepare(cfg: &ReshardConfig) -> Result<Prepared, ReshardError> {
             .map_err(|m| mismatch(m, "check the source strategy against the checkpoints"))?,
         _ => single_device("source", &tensors)?,
     };
-    let dst = match (&cfg.dst, &dst_file) {
-        (LayoutSource::Strategy(s), _) => (**s).clone(),
+    let (dst, copies) = match (&cfg.dst, &dst_file) {
+        (LayoutSource::Strategy(s), _) => ((**s).clone(), Vec::new()),
         (LayoutSource::MindSpore(_), Some(f)) => {
             copy_through(&src, src_file.as_ref(), f, &tensors, &mut warnings)?
         }
-        _ => single_device("destination", &tensors)?,
+        _ => (single_device("destination", &tensors)?, Vec::new()),
     };
     let (n, m) = (src.mesh().rank_count(), dst.mesh().rank_count());
     if !cfg.any_device_count && n % m != 0 && m % n != 0 {
@@ -251,12 +252,15 @@ pub fn prepare(cfg: &ReshardConfig) -> Result<Prepared, ReshardError> {
             }
         }
     }
+    // Tensors copied through are not planned: the plan moves the others.
+    let planned =
+        (!copies.is_empty()).then(|| dst.tensors().iter().map(|t| t.name.clone()).collect());
     let plan = plan_transfer(
         &src,
         &dst,
         &PlanConfig {
             replica_choice: cfg.replica_choice,
-            tensors: None,
+            tensors: planned,
         },
     )?;
     crate::verify::verify_plan(&plan, &src, &dst)
@@ -265,6 +269,7 @@ pub fn prepare(cfg: &ReshardConfig) -> Result<Prepared, ReshardError> {
         src,
         dst,
         plan,
+        copies,
         warnings,
         sources,
         format: cfg.format.or(format).unwrap_or(CheckpointFormat::Ckpt),
@@ -352,35 +357,12 @@ fn global_tensors(
 }
 
 /// The full shape of a protobuf-strategy parameter (no `tensor_shape`)
-/// from one slice: each dimension times its block count.
+/// from one slice.
 fn full_shape(
     p: &crate::formats::mindspore_strategy::ParamEntry,
     local: &[u64],
 ) -> Option<Vec<u64>> {
-    let rank = local.len();
-    let tm: Vec<Vec<i64>> = match p.tensor_map.as_slice() {
-        [flat] if flat.len() == rank => flat.iter().map(|&k| vec![k]).collect(),
-        per if per.len() == rank => per.to_vec(),
-        _ => return None,
-    };
-    let n = p.dev_matrix.len();
-    let mut shape = Vec::with_capacity(rank);
-    for (d, entry) in tm.iter().enumerate() {
-        let mut blocks: u64 = entry
-            .iter()
-            .filter(|&&k| k >= 0)
-            .map(|&k| p.dev_matrix.get(n.checked_sub(1 + k as usize)?).copied())
-            .try_fold(1u64, |a, b| a.checked_mul(b?))?;
-        if d == 0 && p.opt_weight_shard_size > 1 {
-            blocks = blocks.checked_mul(p.opt_weight_shard_size as u64)?;
-        }
-        shape.push(if d == 0 && !p.param_split_shape.is_empty() {
-            p.param_split_shape.iter().sum()
-        } else {
-            local[d].checked_mul(blocks)?
-        });
-    }
-    Some(shape)
+    p.mindspore_layout(local.len(), 1).ok()?.full_shape(local)
 }
 
 fn single_device(name: &str, tensors: &[TensorInfo]) -> Result<Strategy, ReshardError> {
@@ -394,35 +376,65 @@ fn single_device(name: &str, tensors: &[TensorInfo]) -> Result<Strategy, Reshard
         .map_err(|e| mismatch(e.to_string(), "check the checkpoint"))
 }
 
+/// A tensor that the destination strategy does not lay out. MindSpore copies
+/// it unchanged to every destination rank: rank `k` receives the slice of
+/// the source rank with the same position inside its stage, stage-local
+/// rank `(k mod dst_stage_devices) mod src_stage_devices` of the first
+/// source stage holding the tensor. The copy is not planned: its bytes are
+/// one source tensor's, whole.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CopyThrough {
+    /// The tensor, with its global shape.
+    pub tensor: TensorInfo,
+    /// Per destination rank, the source rank whose slice it receives.
+    pub from: Vec<u64>,
+}
+
+/// The source rank whose slice destination rank `k` receives under the
+/// copy-through rule, or `None` when no source stage holds the tensor.
+fn copy_source(
+    k: u64,
+    dst_stage_devices: u64,
+    src_stage_devices: u64,
+    src: &TensorLayout,
+) -> Option<u64> {
+    let position = (k % dst_stage_devices.max(1)) % src_stage_devices.max(1);
+    let stages = src.mesh().rank_count() / src_stage_devices.max(1);
+    (0..stages)
+        .map(|s| s * src_stage_devices + position)
+        .find(|&g| src.holds(g))
+}
+
 /// The destination strategy with MindSpore's rules for parameters missing
 /// from one side: with no source layout, a parameter is copied through
-/// whole; with no destination layout, destination rank k keeps what source
-/// rank k % n holds.
+/// whole (replicated); with no destination layout, it is left out of the
+/// strategy and copied as [`CopyThrough`] says.
 fn copy_through(
     src: &Strategy,
     src_file: Option<&StrategyFile>,
     dst_file: &StrategyFile,
     tensors: &[TensorInfo],
     warnings: &mut Vec<String>,
-) -> Result<Strategy, ReshardError> {
-    let mut dst = dst_file
-        .to_strategy("destination", tensors)
-        .map_err(|m| mismatch(m, "check the destination strategy"))?;
+) -> Result<(Strategy, Vec<CopyThrough>), ReshardError> {
     let in_dst: std::collections::BTreeSet<&str> =
         dst_file.params.iter().map(|p| p.name.as_str()).collect();
     let in_src: std::collections::BTreeSet<&str> = src_file
         .map(|f| f.params.iter().map(|p| p.name.as_str()).collect())
         .unwrap_or_default();
-    let m = dst.mesh().rank_count();
-    let n = src.mesh().rank_count();
+    let (copied, laid_out): (Vec<TensorInfo>, Vec<TensorInfo>) = tensors
+        .iter()
+        .cloned()
+        .partition(|t| in_src.contains(t.name.as_str()) && !in_dst.contains(t.name.as_str()));
+    let mut dst = dst_file
+        .to_strategy("destination", &laid_out)
+        .map_err(|m| mismatch(m, "check the destination strategy"))?;
     let mut layouts = dst.layouts().to_vec();
     let mut changed = false;
-    for (i, t) in tensors.iter().enumerate() {
-        let (s, d) = (
-            in_src.contains(t.name.as_str()),
-            in_dst.contains(t.name.as_str()),
-        );
-        if src_file.is_some() && !s && d {
+    for (i, t) in laid_out.iter().enumerate() {
+        if src_file.is_some()
+            && !in_src.contains(t.name.as_str())
+            && in_dst.contains(t.name.as_str())
+        {
             warnings.push(format!(
                 "tensor `{}` has no source layout: copied through whole, as MindSpore does",
                 t.name
@@ -430,50 +442,44 @@ fn copy_through(
             layouts[i] = TensorLayout::replicated(dst.mesh().clone(), &t.shape)
                 .map_err(|e| mismatch(e.to_string(), ""))?;
             changed = true;
-        } else if s && !d {
-            warnings.push(format!(
-                "tensor `{}` has no destination layout: destination rank k keeps source rank k % {n}'s slice, as MindSpore does",
-                t.name
-            ));
-            let p = src_file
-                .and_then(|f| f.params.iter().find(|p| p.name == t.name))
-                .expect("in source");
-            if m % n != 0 || src.layout(&t.name).is_some_and(|l| !l.pin().is_empty()) {
-                return Err(mismatch(
-                    format!(
-                        "tensor `{}` has no destination layout and cannot keep its source slices on {m} ranks",
-                        t.name
-                    ),
-                    "give it a destination layout",
-                ));
-            }
-            let tensor_map = p.tensor_map.clone();
-            let per_dim: Vec<Vec<i64>> = match tensor_map.as_slice() {
-                [flat] if flat.len() == t.shape.len() => flat.iter().map(|&k| vec![k]).collect(),
-                per => per.to_vec(),
-            };
-            let mut dev = p.dev_matrix.clone();
-            dev.insert(0, m / n);
-            let ms = MindSporeLayout {
-                dev_matrix: dev,
-                tensor_map: per_dim,
-                opt_weight_shard_size: p.opt_weight_shard_size,
-                opt_weight_shard_step: 0,
-                param_split_shape: p.param_split_shape.clone(),
-                stage: 0,
-                stage_count: 1,
-            };
-            layouts[i] = ms
-                .to_layout(&t.shape)
-                .map_err(|e| mismatch(format!("tensor `{}`: {e}", t.name), ""))?;
-            changed = true;
         }
     }
     if changed {
-        dst = Strategy::new("destination", dst.mesh().clone(), tensors.to_vec(), layouts)
+        dst = Strategy::new("destination", dst.mesh().clone(), laid_out, layouts)
             .map_err(|e| mismatch(e.to_string(), ""))?;
     }
-    Ok(dst)
+    let m = dst.mesh().rank_count();
+    let dst_stage = dst_file
+        .stage_devices()
+        .map_err(|e| mismatch(e, "check the destination strategy"))?;
+    let src_stage = match src_file {
+        Some(f) => f
+            .stage_devices()
+            .map_err(|e| mismatch(e, "check the source strategy"))?,
+        None => src.mesh().rank_count(),
+    };
+    let mut copies = Vec::with_capacity(copied.len());
+    for t in copied {
+        let l = src.layout(&t.name).expect("a source tensor");
+        let from = (0..m)
+            .map(|k| copy_source(k, dst_stage, src_stage, l))
+            .collect::<Option<Vec<u64>>>()
+            .ok_or_else(|| {
+                mismatch(
+                    format!(
+                        "tensor `{}` has no destination layout and no source rank holds it",
+                        t.name
+                    ),
+                    "give it a destination layout",
+                )
+            })?;
+        warnings.push(format!(
+            "tensor `{}` has no destination layout: destination rank k receives the slice of source stage-local rank (k mod {dst_stage}) mod {src_stage}, unchanged, as MindSpore does",
+            t.name
+        ));
+        copies.push(CopyThrough { tensor: t, from });
+    }
+    Ok((dst, copies))
 }
 
 /// What one destination rank's run did.
@@ -512,6 +518,39 @@ struct Manifest {
 }
 
 impl Prepared {
+    /// The tensors copied through to destination rank `rank`, with the
+    /// source tensor each is copied from.
+    fn copied_to(&self, rank: u64) -> Vec<(&TensorInfo, &Located)> {
+        self.copies
+            .iter()
+            .filter_map(|c| {
+                let from = *c.from.get(usize::try_from(rank).ok()?)?;
+                Some((&c.tensor, self.sources.get(&from)?.get(&c.tensor.name)?))
+            })
+            .collect()
+    }
+
+    /// Bytes of tensor data destination rank `rank` receives: its slices
+    /// under the destination strategy and the tensors copied through.
+    pub fn rank_bytes(&self, rank: u64) -> u64 {
+        let planned: u64 = self
+            .dst
+            .tensors()
+            .iter()
+            .zip(self.dst.layouts())
+            .filter_map(|(t, l)| {
+                l.region_of(rank)
+                    .map(|g| g.volume().saturating_mul(t.dtype.size_bytes()))
+            })
+            .sum();
+        let copied: u64 = self
+            .copied_to(rank)
+            .iter()
+            .map(|(_, loc)| loc.entry.len)
+            .sum();
+        planned.saturating_add(copied)
+    }
+
     /// Output path of destination rank `rank`.
     pub fn output_path(&self, out_dir: &Path, rank: u64) -> PathBuf {
         out_dir.join(format!(
@@ -623,30 +662,28 @@ impl Prepared {
                 held.push((t, region, plan));
             }
         }
+        let copied = self.copied_to(rank);
         let decl = held
             .iter()
             .map(|(t, r, _)| (t.name.clone(), t.dtype, r.extent().to_vec()))
+            .chain(
+                copied
+                    .iter()
+                    .map(|(t, loc)| (t.name.clone(), t.dtype, loc.entry.shape.clone())),
+            )
             .collect();
         let window = usize::try_from(window).unwrap_or(usize::MAX);
         let mut writer =
             CheckpointWriter::create_streamed(tmp, self.format, decl, window, self.direct_io)
                 .map_err(io(out))?;
-        let mut files: Vec<(PathBuf, File)> = Vec::new();
+        let mut files = SourceFiles::default();
         for (t, region, tp) in held {
             let size = t.dtype.size_bytes();
             let mut pieces: Vec<PieceRuns> = Vec::new();
             for p in tp.pieces.iter().filter(|p| p.dst_rank == rank) {
                 let loc = &self.sources[&p.src_rank][&t.name];
-                let file = match files.iter().position(|(path, _)| *path == loc.path) {
-                    Some(i) => i,
-                    None => {
-                        let f = File::open(&loc.path).map_err(io(&loc.path))?;
-                        files.push((loc.path.clone(), f));
-                        files.len() - 1
-                    }
-                };
                 pieces.push(PieceRuns::new(
-                    file,
+                    files.open(&loc.path)?,
                     loc.entry.offset,
                     size,
                     &loc.entry.shape,
@@ -662,22 +699,66 @@ impl Prepared {
                 pieces.iter().map(|p| p.count * p.run).sum::<u64>(),
                 region.volume() * size
             );
-            // A failed read names its source file, a failed write the output.
-            let mut read_error = None;
-            let written = writer.write_tensor_with(|at, dst| {
-                fill_range(&files, &pieces, at, dst).map_err(|(path, e)| {
-                    let kind = e.kind();
-                    read_error = Some(io(path)(e));
-                    std::io::Error::new(kind, "reading a source failed")
-                })
-            });
-            if let Err(e) = written {
-                return Err(read_error.unwrap_or_else(|| io(out)(e)));
-            }
+            write_tensor(&mut writer, &files, &pieces, out)?;
             progress(region.volume() * size);
+        }
+        for (t, loc) in copied {
+            // The whole source tensor, as it is.
+            let shape = &loc.entry.shape;
+            let zeros = vec![0; shape.len()];
+            let piece = PieceRuns::new(
+                files.open(&loc.path)?,
+                loc.entry.offset,
+                t.dtype.size_bytes(),
+                shape,
+                &zeros,
+                shape,
+                &zeros,
+                shape,
+            );
+            write_tensor(&mut writer, &files, std::slice::from_ref(&piece), out)?;
+            progress(loc.entry.len);
         }
         let (_, sum) = writer.finish_summed().map_err(io(out))?;
         Ok(sum)
+    }
+}
+
+/// The source files one destination rank reads, each opened once.
+#[derive(Default)]
+struct SourceFiles(Vec<(PathBuf, File)>);
+
+impl SourceFiles {
+    /// The index of `path`, opening it on first use.
+    fn open(&mut self, path: &Path) -> Result<usize, ReshardError> {
+        if let Some(i) = self.0.iter().position(|(p, _)| p == path) {
+            return Ok(i);
+        }
+        let f = File::open(path).map_err(io(path))?;
+        self.0.push((path.to_path_buf(), f));
+        Ok(self.0.len() - 1)
+    }
+}
+
+/// Streams one output tensor from `pieces`. A failed read names its source
+/// file, a failed write the output `out`.
+fn write_tensor(
+    writer: &mut CheckpointWriter,
+    files: &SourceFiles,
+    pieces: &[PieceRuns],
+    out: &Path,
+) -> Result<(), ReshardError> {
+    let mut read_error = None;
+    let written = writer.write_tensor_with(|at, dst| {
+        fill_range(&files.0, pieces, at, dst).map_err(|(path, e)| {
+            let kind = e.kind();
+            read_error = Some(io(path)(e));
+            std::io::Error::new(kind, "reading a source failed")
+        })
+    });
+    match written {
+        Ok(()) => Ok(()),
+        Err(e) => Err(read_error.unwrap_or_else(|| io(out)(e))),
     }
 }
 

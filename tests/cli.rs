@@ -252,11 +252,12 @@ fn reshard_import_export_merge() {
 
 #[test]
 fn reshard_refuses_what_mindspore_refuses() {
-    let shared = common::shared_cases_dir().join("err_4_to_3_devices");
-    if !shared.is_dir() {
-        eprintln!("SKIPPED: {} is absent", shared.display());
+    let Some(shared) = common::shared_or_skip(
+        &common::shared_cases_dir().join("err_4_to_3_devices"),
+        "the refusal is not checked",
+    ) else {
         return;
-    }
+    };
     let c = shared.to_str().unwrap();
     let out = std::env::temp_dir().join(format!("shardplan-cli-refuse-{}", std::process::id()));
     let r = shardplan(&[

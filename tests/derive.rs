@@ -399,7 +399,7 @@ fn case_side(case: &Value, side: &str) -> (Strategy, BTreeMap<String, u64>, bool
             Some((s, e)) => {
                 opt.insert(
                     name.clone(),
-                    e["opt_weight_shard_size"].as_u64().unwrap_or(0),
+                    ms_layout(e, s, stages).opt_shard_group_size().unwrap(),
                 );
                 ms_layout(e, s, stages).to_layout(&shape).unwrap()
             }
@@ -508,11 +508,10 @@ const NOT_PLAIN: &[(&str, &str)] = &[
 
 #[test]
 fn conformance_plain_inference_targets() {
-    let dir = shared_cases_dir();
-    if !dir.is_dir() {
-        eprintln!("SKIPPED: {} is absent", dir.display());
+    let Some(dir) = common::shared_or_skip(&shared_cases_dir(), "no inference target is derived")
+    else {
         return;
-    }
+    };
     let mut checked = Vec::new();
     let mut failures = Vec::new();
     let mut entries: Vec<PathBuf> = std::fs::read_dir(&dir)
@@ -1154,6 +1153,7 @@ fn ms_strategy() -> Strategy {
         dev_matrix: vec![2, 2],
         tensor_map: vec![vec![-1], vec![0]],
         opt_weight_shard_size: 2,
+        opt_weight_shard_step: 2,
         ..Default::default()
     };
     let w = TensorInfo {

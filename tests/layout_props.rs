@@ -928,18 +928,37 @@ fn ms_opt_factors(replicated: &[u64], opt: u64) -> bool {
     opt == inner
 }
 
-/// Rank stride inside an optimizer-shard group: the stride of the innermost
-/// replicated device-matrix axis larger than 1 (MindSpore's
-/// `opt_weight_shard_step`).
+/// MindSpore's `opt_weight_shard_step`: over rank 0's optimizer group (the
+/// first `size` ranks, ascending, whose coordinates are 0 on every axis the
+/// tensor map uses), `(last - first) / (len - 1)`. Enumerates the ranks.
 fn ms_group_step(ms: &MindSporeLayout) -> i64 {
     let n = ms.dev_matrix.len();
-    (0..n)
-        .rev()
-        .find(|&i| {
-            let k = (n - 1 - i) as i64;
-            ms.dev_matrix[i] > 1 && !ms.tensor_map.iter().any(|e| e.contains(&k))
+    let per_stage: u64 = ms.dev_matrix.iter().product();
+    let used = |i: usize| {
+        let k = (n - 1 - i) as i64;
+        ms.tensor_map.iter().any(|e| e.contains(&k))
+    };
+    let group: Vec<u64> = (0..per_stage)
+        .filter(|&r| {
+            let c = ref_coords(&ms.dev_matrix, r);
+            (0..n).all(|i| !used(i) || c[i] == 0)
         })
-        .map_or(1, |i| ms.dev_matrix[i + 1..].iter().product::<u64>() as i64)
+        .take(ms_ref_opt(ms) as usize)
+        .collect();
+    match group.as_slice() {
+        [first, .., last] => ((last - first) / (group.len() as u64 - 1)) as i64,
+        _ => 0,
+    }
+}
+
+/// The optimizer-shard group size as MindSpore reads the two fields: `-1`
+/// is every replica, a size or step of 0 is none.
+fn ms_ref_opt(ms: &MindSporeLayout) -> u64 {
+    match (ms.opt_weight_shard_size, ms.opt_weight_shard_step) {
+        (_, 0) => 1,
+        (-1, _) => ms_replicated(ms).iter().product(),
+        (s, _) => s.max(1) as u64,
+    }
 }
 
 /// An exported MindSpore layout records the step of its optimizer groups
@@ -1000,8 +1019,12 @@ fn ms_case() -> impl Strategy<Value = MsCase> {
                     .filter(|d| replicated.is_multiple_of(*d))
                     .collect();
                 if rank > 0 && !divisors.is_empty() && opt_seed % 3 != 0 {
-                    let opt = divisors[(opt_seed / 3) as usize % divisors.len()];
-                    ms.opt_weight_shard_size = opt as i64;
+                    // Now and then the whole group, as real files write it.
+                    let opt = match opt_seed % 7 {
+                        1 => -1,
+                        _ => divisors[(opt_seed / 3) as usize % divisors.len()] as i64,
+                    };
+                    ms = ms.with_optimizer_shard(opt).unwrap();
                 }
                 let shape = (0..rank)
                     .map(|d| {
@@ -1010,11 +1033,7 @@ fn ms_case() -> impl Strategy<Value = MsCase> {
                             .filter(|&&k| k >= 0)
                             .map(|&k| dev[n - 1 - k as usize])
                             .product();
-                        let opt = if d == 0 {
-                            ms.opt_weight_shard_size.max(1) as u64
-                        } else {
-                            1
-                        };
+                        let opt = if d == 0 { ms_ref_opt(&ms) } else { 1 };
                         split * opt * factors[d]
                     })
                     .collect();
@@ -1030,7 +1049,7 @@ fn ms_ref_regions(case: &MsCase) -> Vec<Option<Region>> {
     let ms = &case.ms;
     let n = ms.dev_matrix.len();
     let per_stage: u64 = ms.dev_matrix.iter().product();
-    let opt = ms.opt_weight_shard_size.max(1) as u64;
+    let opt = ms_ref_opt(ms);
     // Model-parallel slice of each local rank: block index per dimension.
     let mp: Vec<Vec<u64>> = (0..per_stage)
         .map(|r| {
@@ -1081,7 +1100,7 @@ fn ms_ref_regions(case: &MsCase) -> Vec<Option<Region>> {
 #[track_caller]
 fn check_ms_case(case: &MsCase) -> bool {
     let ms = &case.ms;
-    let opt = ms.opt_weight_shard_size.max(1) as u64;
+    let opt = ms_ref_opt(ms);
     let factors = ms_opt_factors(&ms_replicated(ms), opt);
     let layout = match ms.to_layout(&case.shape) {
         Ok(l) => l,
@@ -1231,7 +1250,8 @@ fn mindspore_opt_step_of_size1_axis() {
         dev_matrix: vec![3, 2, 1],
         tensor_map: vec![vec![0], vec![1]],
         opt_weight_shard_size: 3,
-        opt_weight_shard_step: 0,
+        // Group {0, 2, 4}.
+        opt_weight_shard_step: 2,
         ..MindSporeLayout::default()
     };
     let layout = ms.to_layout(&[6, 2]).unwrap();

@@ -133,14 +133,12 @@ fn fixture_cases_match_source_slices() {
 
 #[test]
 fn shared_cases_match_source_slices() {
-    let root = shared_dir();
-    if !root.is_dir() {
-        eprintln!(
-            "SKIPPED: {} is absent; only the copies in tests/fixtures/mindspore were checked",
-            root.display()
-        );
+    let Some(root) = common::shared_or_skip(
+        &shared_dir(),
+        "only the copies in tests/fixtures/mindspore were checked",
+    ) else {
         return;
-    }
+    };
     let mut failures = Vec::new();
     let mut checked = 0;
     for dir in case_dirs(&root) {
@@ -251,16 +249,10 @@ fn check_file_sets(dir: &Path) -> Result<(), String> {
 
 #[test]
 fn file_sets_within_mindspore_rank_lists() {
-    let mut dirs = case_dirs(&fixture_dir());
-    let root = shared_dir();
-    if root.is_dir() {
-        dirs = case_dirs(&root);
-    } else {
-        eprintln!(
-            "SKIPPED: {} is absent; checking the fixtures only",
-            root.display()
-        );
-    }
+    let dirs = match common::shared_or_skip(&shared_dir(), "checking the fixtures only") {
+        Some(root) => case_dirs(&root),
+        None => case_dirs(&fixture_dir()),
+    };
     let failures: Vec<String> = dirs
         .iter()
         .filter_map(|d| check_file_sets(d).err())
@@ -418,15 +410,9 @@ const SUSPECT: [&str; 2] = ["opt_permuted_tm", "opt_permuted_tm_indep_src"];
 
 #[test]
 fn executed_plans_match_mindspore_outputs() {
-    let root = shared_dir();
-    let dirs = if root.is_dir() {
-        case_dirs(&root)
-    } else {
-        eprintln!(
-            "SKIPPED: {} is absent; executing the fixtures only",
-            root.display()
-        );
-        case_dirs(&fixture_dir())
+    let dirs = match common::shared_or_skip(&shared_dir(), "executing the fixtures only") {
+        Some(root) => case_dirs(&root),
+        None => case_dirs(&fixture_dir()),
     };
     let mut failures = Vec::new();
     let mut ran = 0;

@@ -361,13 +361,47 @@ impl ParamEntry {
     }
 
     /// The tensor map per dimension, resolved against a tensor of `rank`
-    /// dimensions.
+    /// dimensions. A single stored map is flat (an entry per dimension), as
+    /// MindSpore reads it; several are nested (one per dimension), where
+    /// the empty entries are dropped: MindSpore's writer pads the nested map
+    /// of a 1-D tensor with an empty one so that it is not read as flat.
     fn tensor_map_for(&self, rank: usize) -> Option<Vec<Vec<i64>>> {
         match self.tensor_map.as_slice() {
             [flat] if flat.len() == rank => Some(flat.iter().map(|&k| vec![k]).collect()),
-            per_dim if per_dim.len() == rank => Some(per_dim.to_vec()),
-            _ => None,
+            nested => {
+                let per_dim: Vec<Vec<i64>> =
+                    nested.iter().filter(|e| !e.is_empty()).cloned().collect();
+                (per_dim.len() == rank).then_some(per_dim)
+            }
         }
+    }
+
+    /// This entry in MindSpore's notation, for a tensor of `rank`
+    /// dimensions on a strategy of `stage_count` stages.
+    ///
+    /// # Errors
+    ///
+    /// A message when the tensor map does not fit that many dimensions.
+    pub fn mindspore_layout(
+        &self,
+        rank: usize,
+        stage_count: u64,
+    ) -> Result<MindSporeLayout, String> {
+        let tensor_map = self.tensor_map_for(rank).ok_or_else(|| {
+            format!(
+                "parameter `{}`: tensor_map {:?} does not fit a tensor of {rank} dimensions",
+                self.name, self.tensor_map
+            )
+        })?;
+        Ok(MindSporeLayout {
+            dev_matrix: self.dev_matrix.clone(),
+            tensor_map,
+            opt_weight_shard_size: self.opt_weight_shard_size,
+            opt_weight_shard_step: self.opt_weight_shard_step,
+            param_split_shape: self.param_split_shape.clone(),
+            stage: self.stage,
+            stage_count,
+        })
     }
 
     /// The layout of this parameter for a tensor of `shape` on a strategy of
@@ -378,21 +412,9 @@ impl ParamEntry {
     /// A message when the tensor map does not fit the shape or the layout
     /// is inconsistent.
     pub fn layout(&self, shape: &[u64], stage_count: u64) -> Result<TensorLayout, String> {
-        let tensor_map = self.tensor_map_for(shape.len()).ok_or_else(|| {
-            format!(
-                "parameter `{}`: tensor_map {:?} does not fit a tensor of shape {shape:?}",
-                self.name, self.tensor_map
-            )
-        })?;
-        let ms = MindSporeLayout {
-            dev_matrix: self.dev_matrix.clone(),
-            tensor_map,
-            opt_weight_shard_size: self.opt_weight_shard_size,
-            opt_weight_shard_step: self.opt_weight_shard_step,
-            param_split_shape: self.param_split_shape.clone(),
-            stage: self.stage,
-            stage_count,
-        };
+        let ms = self
+            .mindspore_layout(shape.len(), stage_count)
+            .map_err(|e| format!("{e} of shape {shape:?}"))?;
         ms.to_layout_on_stages(shape, &self.also_on)
             .map_err(|e| format!("parameter `{}`: {e}", self.name))
     }
@@ -719,7 +741,8 @@ pub fn write_strategy_file(
                             .collect::<Result<_, _>>()?,
                     }]
                 } else {
-                    ms.tensor_map
+                    let mut nested = ms
+                        .tensor_map
                         .iter()
                         .map(|e| {
                             Ok(pb::TensorMap {
@@ -729,7 +752,14 @@ pub fn write_strategy_file(
                                     .collect::<Result<_, _>>()?,
                             })
                         })
-                        .collect::<Result<_, StrategyFileError>>()?
+                        .collect::<Result<Vec<_>, StrategyFileError>>()?;
+                    if nested.len() == 1 {
+                        // MindSpore reads a single map as flat: a 1-D
+                        // tensor's nested map gets an empty one after it,
+                        // as MindSpore's writer does.
+                        nested.push(pb::TensorMap { dim: Vec::new() });
+                    }
+                    nested
                 };
                 items.push(pb::ParallelLayoutItem {
                     param_name: name_of(t, ms),

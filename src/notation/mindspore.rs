@@ -8,13 +8,20 @@
 //! - `tensor_map` entry `k` names `dev_matrix[len - 1 - k]` (counted from the
 //!   right); `-1` leaves the dimension unsplit; several entries on one
 //!   dimension split it outermost first;
-//! - optimizer sharding (`opt_weight_shard_size` > 1) cuts dimension 0 of
-//!   the model-parallel slice further over the ranks that hold the same
-//!   slice: taken in ascending rank order, consecutive groups of
+//! - optimizer sharding cuts dimension 0 of the model-parallel slice further
+//!   over the ranks that hold the same slice (the replica group: the ranks
+//!   of the stage whose coordinates agree on every axis the tensor map
+//!   uses): taken in ascending rank order, consecutive groups of
 //!   `opt_weight_shard_size` ranks share one slice, and the i-th rank of a
 //!   group holds the i-th part. That is the innermost factor of the
 //!   replicated axes, so it becomes the innermost split of dimension 0, and
-//!   a replicated axis only partly used is factored in two.
+//!   a replicated axis only partly used is factored in two. A size of `-1`
+//!   is the whole replica group; a size or a step of `0` (or a size of 1)
+//!   means no optimizer shard, whatever the other field says;
+//! - `opt_weight_shard_step` is what MindSpore's C++ records for the group
+//!   of rank 0, `(last - first) / (len - 1)` in integer division
+//!   ([`MindSporeLayout::recorded_step`]): with replicated axes on both
+//!   sides of a model-parallel axis it is not the stride of any one axis.
 
 use std::sync::Arc;
 
@@ -58,10 +65,12 @@ pub struct MindSporeLayout {
     /// Per tensor dimension, the device-matrix axes (counted from the right)
     /// splitting it; `[-1]` or `[]` = not split.
     pub tensor_map: Vec<Vec<i64>>,
-    /// Ranks sharing one optimizer-sharded slice group; 0 or 1 = none.
+    /// Ranks sharing one optimizer-sharded slice group; `-1` = every rank
+    /// holding the same model-parallel slice; 0 or 1 = none.
     pub opt_weight_shard_size: i64,
-    /// Rank stride inside an optimizer-shard group, as MindSpore records it;
-    /// 0 = not recorded (then it is not checked).
+    /// The group's rank step as MindSpore records it
+    /// ([`MindSporeLayout::recorded_step`]); 0 = no optimizer shard, as
+    /// MindSpore reads it.
     pub opt_weight_shard_step: i64,
     /// Explicit block sizes of dimension 0 (`param_split_shape`); empty = even.
     pub param_split_shape: Vec<u64>,
@@ -194,14 +203,14 @@ impl MindSporeLayout {
         // Replicated axes, in mesh order, as map indices.
         let replicated: Vec<usize> = (0..n).rev().filter(|&k| !used[k]).collect();
         let mut factored: Option<(usize, u64)> = None; // (map index, inner size)
-        if self.opt_weight_shard_size > 1 {
+        let size = self.opt_shard_group_size()?;
+        if size > 1 {
             if shape.is_empty() {
                 return Err(bad(
                     "optimizer sharding of a scalar",
                     "drop opt_weight_shard_size for scalars",
                 ));
             }
-            let size = self.opt_weight_shard_size as u64;
             let mut rest = size;
             let mut inner_axes = Vec::new();
             for &k in replicated.iter().rev() {
@@ -221,36 +230,23 @@ impl MindSporeLayout {
                 }
             }
             if rest != 1 {
-                let r: u64 = replicated
-                    .iter()
-                    .map(|&k| self.dev_matrix[n - 1 - k])
-                    .product();
                 return Err(bad(
                     format!(
-                        "opt_weight_shard_size {size} does not divide into the {r} ranks that hold each model-parallel slice"
+                        "opt_weight_shard_size {size} does not divide into the {} ranks that hold each model-parallel slice",
+                        self.replica_count()
                     ),
-                    "the optimizer shard takes whole replicated axes from the innermost outwards, then a divisor of the next one; pick a size that fits",
+                    "the optimizer shard takes whole replicated axes from the innermost outwards, then a divisor of the next one; pick a size that fits, or -1 for all of them",
                 ));
             }
-            // Step check: the rank stride of the innermost axis used.
-            if self.opt_weight_shard_step > 0 {
-                let innermost = replicated
-                    .iter()
-                    .rev()
-                    .find(|&&k| self.dev_matrix[n - 1 - k] > 1)
-                    .copied();
-                let stride = innermost
-                    .map(|k| self.dev_matrix[n - k..].iter().product::<u64>())
-                    .unwrap_or(1);
-                if stride != self.opt_weight_shard_step as u64 {
-                    return Err(bad(
-                        format!(
-                            "opt_weight_shard_step {} disagrees with the group rule, which gives a stride of {stride}",
-                            self.opt_weight_shard_step
-                        ),
-                        "check that dev_matrix and tensor_map belong to this parameter",
-                    ));
-                }
+            let recorded = self.recorded_step()?;
+            if self.opt_weight_shard_step != recorded {
+                return Err(bad(
+                    format!(
+                        "opt_weight_shard_step {} is not what MindSpore records for this group: {recorded} ((last - first) / (len - 1) over the {size} ranks of rank 0's group)",
+                        self.opt_weight_shard_step
+                    ),
+                    "check that dev_matrix, tensor_map and opt_weight_shard_size belong to this parameter",
+                ));
             }
             inner_axes.reverse();
             dims[0].axes.extend(inner_axes);
@@ -386,20 +382,9 @@ impl MindSporeLayout {
                 ));
             }
         }
-        // The recorded step is the rank stride of the innermost axis that
-        // actually varies (size-1 axes have no neighbours).
         let size = opt.iter().map(|&a| mesh.axis_size(a)).product::<u64>();
-        let step = opt
-            .iter()
-            .rev()
-            .find(|&&a| mesh.axis_size(a) > 1)
-            .map_or(0, |&a| mesh.stride(a));
-        let (size, step) = if opt.is_empty() {
-            (0, 0)
-        } else {
-            (size as i64, step as i64)
-        };
-        Ok(MindSporeLayout {
+        let size = if opt.is_empty() { 0 } else { size as i64 };
+        let mut ms = MindSporeLayout {
             dev_matrix: mesh.shape()[first..].to_vec(),
             tensor_map: dims
                 .iter()
@@ -412,11 +397,199 @@ impl MindSporeLayout {
                 })
                 .collect(),
             opt_weight_shard_size: size,
-            opt_weight_shard_step: step,
+            opt_weight_shard_step: 0,
             param_split_shape,
             stage,
             stage_count,
+        };
+        if size > 1 {
+            // The step MindSpore would record; a group of size-1 axes only
+            // has step 0, which reads as no shard, as it is.
+            ms.opt_weight_shard_step = ms.recorded_step()?;
+            if ms.opt_weight_shard_step == 0 {
+                ms.opt_weight_shard_size = 0;
+            }
+        }
+        Ok(ms)
+    }
+
+    /// Per device-matrix position (outermost first), whether the tensor map
+    /// names it.
+    fn used_positions(&self) -> Vec<bool> {
+        let n = self.dev_matrix.len();
+        let mut used = vec![false; n];
+        for &k in self.tensor_map.iter().flatten() {
+            if let Ok(k) = usize::try_from(k)
+                && k < n
+            {
+                used[n - 1 - k] = true;
+            }
+        }
+        used
+    }
+
+    /// Ranks of a stage that hold each model-parallel slice: the product of
+    /// the device-matrix axes the tensor map does not use (1 for a tensor
+    /// map that names axes outside the device matrix; `to_layout` refuses
+    /// those).
+    pub fn replica_count(&self) -> u64 {
+        let used = self.used_positions();
+        self.dev_matrix
+            .iter()
+            .zip(&used)
+            .filter(|&(_, &u)| !u)
+            .map(|(&d, _)| d)
+            .try_fold(1u64, |a, d| a.checked_mul(d))
+            .unwrap_or(1)
+    }
+
+    /// The number of ranks that share one optimizer-sharded slice, as
+    /// MindSpore reads the two fields: 1 (no shard) when the size or the
+    /// step is 0 or the size is 1; the whole replica group
+    /// ([`MindSporeLayout::replica_count`]) for a size of `-1`.
+    ///
+    /// # Errors
+    ///
+    /// [`LayoutError::Notation`] for a size below `-1` or a negative step.
+    pub fn opt_shard_group_size(&self) -> Result<u64, LayoutError> {
+        let (size, step) = (self.opt_weight_shard_size, self.opt_weight_shard_step);
+        if size < -1 || step < 0 {
+            return Err(bad(
+                format!("opt_weight_shard_size {size} with opt_weight_shard_step {step}"),
+                "the size is -1 (the whole group), 0 (none) or a group size; the step is 0 (none) or positive",
+            ));
+        }
+        Ok(match size {
+            _ if step == 0 => 1,
+            0 | 1 => 1,
+            -1 => self.replica_count(),
+            s => s as u64,
         })
+    }
+
+    /// This layout with an optimizer shard of `size` ranks (`-1` = the
+    /// whole replica group) and the step MindSpore records for it, as a
+    /// strategy file written by MindSpore would hold them.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use shardplan::notation::mindspore::MindSporeLayout;
+    ///
+    /// let ms = MindSporeLayout {
+    ///     dev_matrix: vec![4, 2],
+    ///     tensor_map: vec![vec![-1], vec![0]],
+    ///     ..MindSporeLayout::default()
+    /// }
+    /// .with_optimizer_shard(2)
+    /// .unwrap();
+    /// assert_eq!(ms.opt_weight_shard_step, 2);
+    /// assert!(ms.clone().with_optimizer_shard(-3).is_err());
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`MindSporeLayout::opt_shard_group_size`].
+    pub fn with_optimizer_shard(self, size: i64) -> Result<Self, LayoutError> {
+        let mut ms = MindSporeLayout {
+            opt_weight_shard_size: size,
+            ..self
+        };
+        ms.opt_weight_shard_step = ms.recorded_step()?;
+        Ok(ms)
+    }
+
+    /// The step MindSpore records for this layout's optimizer shard: over
+    /// the group of rank 0 (the first `opt_shard_group_size` ranks, in
+    /// ascending order, of the ranks holding rank 0's model-parallel
+    /// slice), `(last - first) / (len - 1)` in integer division; 0 without
+    /// an optimizer shard. The recorded step does not enter the layout: a
+    /// file is checked against it. The step field itself is ignored here
+    /// except where it is 0 (no shard).
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use shardplan::notation::mindspore::MindSporeLayout;
+    ///
+    /// // dev [2, 4, 2]; the middle axis splits dimension 1, the two outer
+    /// // ones are replicas: rank 0's group is {0, 1, 8, 9}, step 9 / 3.
+    /// let ms = MindSporeLayout {
+    ///     dev_matrix: vec![2, 4, 2],
+    ///     tensor_map: vec![vec![-1], vec![1]],
+    ///     opt_weight_shard_size: -1,
+    ///     opt_weight_shard_step: 1,
+    ///     ..MindSporeLayout::default()
+    /// };
+    /// assert_eq!(ms.recorded_step().unwrap(), 3);
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`MindSporeLayout::opt_shard_group_size`].
+    pub fn recorded_step(&self) -> Result<i64, LayoutError> {
+        // Ask for the size as if the step were set: the step is what is
+        // being computed.
+        let probe = MindSporeLayout {
+            opt_weight_shard_step: self.opt_weight_shard_step.max(1),
+            ..self.clone()
+        };
+        let size = probe.opt_shard_group_size()?;
+        if size <= 1 {
+            return Ok(0);
+        }
+        // The (size - 1)-th replica of rank 0 in ascending order: index
+        // size - 1 in the mixed radix of the replicated axes, innermost
+        // fastest.
+        let n = self.dev_matrix.len();
+        let used = self.used_positions();
+        let mut index = size - 1;
+        let mut last: u64 = 0;
+        let mut stride: u64 = 1;
+        for i in (0..n).rev() {
+            let d = self.dev_matrix[i];
+            if !used[i] && d > 0 {
+                last = last.saturating_add((index % d).saturating_mul(stride));
+                index /= d;
+            }
+            stride = stride.saturating_mul(d);
+        }
+        Ok(i64::try_from(last / (size - 1)).unwrap_or(i64::MAX))
+    }
+
+    /// The full shape of a tensor of which one rank holds a slice of shape
+    /// `local`: each dimension times its block count (dimension 0 also
+    /// times the optimizer-shard group), or the sum of `param_split_shape`.
+    /// `None` when the tensor map does not fit `local`, names an axis
+    /// outside the device matrix, or a product overflows.
+    pub fn full_shape(&self, local: &[u64]) -> Option<Vec<u64>> {
+        if self.tensor_map.len() != local.len() {
+            return None;
+        }
+        let n = self.dev_matrix.len();
+        let opt = self.opt_shard_group_size().ok()?;
+        let mut shape = Vec::with_capacity(local.len());
+        for (d, entry) in self.tensor_map.iter().enumerate() {
+            let mut blocks = entry
+                .iter()
+                .filter(|&&k| k >= 0)
+                .map(|&k| {
+                    let k = usize::try_from(k).ok()?;
+                    self.dev_matrix.get(n.checked_sub(1 + k)?).copied()
+                })
+                .try_fold(1u64, |a, b| a.checked_mul(b?))?;
+            if d == 0 {
+                blocks = blocks.checked_mul(opt)?;
+            }
+            shape.push(if d == 0 && !self.param_split_shape.is_empty() {
+                self.param_split_shape
+                    .iter()
+                    .try_fold(0u64, |a, &b| a.checked_add(b))?
+            } else {
+                local[d].checked_mul(blocks)?
+            });
+        }
+        Some(shape)
     }
 
     /// True when every dimension has at most one tensor-map entry, as the
@@ -470,6 +643,52 @@ mod tests {
         check_rows(ms(&[2, 2], &[&[1, 0], &[-1]], 0, 0), &[8, 4], &[0, 2, 4, 6]);
     }
 
+    /// `-1` is the whole replica group; a step or size of 0 is no shard,
+    /// whatever the other field says (as MindSpore reads real files).
+    #[test]
+    fn whole_group_and_unsharded() {
+        // dev [4, 2], tm [-1, 0]: the group is all 4 replicas {0, 2, 4, 6}.
+        check_rows(
+            ms(&[4, 2], &[&[-1], &[0]], -1, 2),
+            &[8, 4],
+            &[0, 0, 2, 2, 4, 4, 6, 6],
+        );
+        // Real files write `step 0, size -1` for unsharded parameters.
+        check_rows(ms(&[4], &[&[-1], &[-1]], -1, 0), &[8, 4], &[0, 0, 0, 0]);
+        check_rows(ms(&[4], &[&[-1], &[-1]], 0, 1), &[8, 4], &[0, 0, 0, 0]);
+        // Without replicas, -1 shards nothing.
+        check_rows(ms(&[4], &[&[0], &[-1]], -1, 1), &[8, 4], &[0, 2, 4, 6]);
+    }
+
+    /// The step MindSpore records, `(last - first) / (len - 1)` over rank
+    /// 0's group, is accepted; with replicas on both sides of a
+    /// model-parallel axis it is the stride of no axis.
+    #[test]
+    fn recorded_steps() {
+        #[track_caller]
+        fn step(dev: &[u64], tm: &[&[i64]], size: i64) -> i64 {
+            ms(dev, tm, size, 1).recorded_step().unwrap()
+        }
+        // {0, 1, 8, 9}: 9 / 3.
+        assert_eq!(step(&[2, 4, 2], &[&[-1], &[1]], -1), 3);
+        // {0, 1}: the innermost axis only.
+        assert_eq!(step(&[2, 4, 2], &[&[-1], &[1]], 2), 1);
+        // {0, 1, 4, 5}: 5 / 3 = 1 in integer division.
+        assert_eq!(step(&[2, 2, 2], &[&[-1], &[1]], 4), 1);
+        // {0, 2, 4, 6}.
+        assert_eq!(step(&[4, 2], &[&[-1], &[0]], -1), 2);
+        // No shard: no step.
+        assert_eq!(step(&[4], &[&[0], &[-1]], -1), 0);
+        // Rows of [8, 4] on dev [2, 4, 2] with -1: rank r's part of dim 0 is
+        // its index in {0, 1, 8, 9} (and the translates of that group).
+        let l = ms(&[2, 4, 2], &[&[-1], &[1]], -1, 3);
+        check_rows(
+            l,
+            &[8, 4],
+            &[0, 2, 0, 2, 0, 2, 0, 2, 4, 6, 4, 6, 4, 6, 4, 6],
+        );
+    }
+
     #[test]
     fn several_stages() {
         let mut l = ms(&[2], &[&[0], &[-1]], 0, 0);
@@ -492,7 +711,22 @@ mod tests {
             (ms(&[4], &[&[0], &[0]], 0, 0), "twice"),
             (ms(&[4], &[&[-1]], 0, 0), "entries"),
             (ms(&[3], &[&[-1], &[-1]], 2, 1), "does not divide"),
-            (ms(&[4, 2], &[&[-1], &[0]], 2, 4), "disagrees"),
+            (
+                ms(&[4, 2], &[&[-1], &[0]], 2, 4),
+                "records for this group: 2",
+            ),
+            (
+                ms(&[2, 4, 2], &[&[-1], &[1]], -1, 1),
+                "records for this group: 3",
+            ),
+            (
+                ms(&[4, 2], &[&[-1], &[0]], -2, 2),
+                "opt_weight_shard_size -2",
+            ),
+            (
+                ms(&[4, 2], &[&[-1], &[0]], 2, -1),
+                "opt_weight_shard_step -1",
+            ),
         ];
         for (layout, needle) in cases {
             let err = layout.to_layout(&[8, 4]).unwrap_err().to_string();

@@ -1040,7 +1040,7 @@ impl Cx {
             .zip(&decided)
             .filter_map(|((t, _), &i)| match &rules[i].as_ref()?.form {
                 Form::MindSpore(ms, _) => {
-                    Some((t.name.clone(), ms.opt_weight_shard_size.max(0) as u64))
+                    Some((t.name.clone(), ms.opt_shard_group_size().unwrap_or(1)))
                 }
                 _ => None,
             })
@@ -1406,26 +1406,30 @@ impl Cx {
             // The stage (from `at` or `stages`) and the device matrix are
             // checked per tensor, once the stage is known.
             let (stage, stage_count) = (0, 1);
-            Form::MindSpore(
-                MindSporeLayout {
-                    dev_matrix: ms.value.dev_matrix.clone(),
-                    tensor_map: ms
-                        .value
-                        .tensor_map
-                        .iter()
-                        .map(|e| match e {
-                            RawMapEntry::One(k) => vec![*k],
-                            RawMapEntry::Many(v) => v.clone(),
-                        })
-                        .collect(),
-                    opt_weight_shard_size: ms.value.opt_weight_shard_size,
-                    opt_weight_shard_step: ms.value.opt_weight_shard_step,
-                    param_split_shape: ms.value.param_split_shape.clone(),
-                    stage,
-                    stage_count,
-                },
-                span_of(ms),
-            )
+            let mut layout = MindSporeLayout {
+                dev_matrix: ms.value.dev_matrix.clone(),
+                tensor_map: ms
+                    .value
+                    .tensor_map
+                    .iter()
+                    .map(|e| match e {
+                        RawMapEntry::One(k) => vec![*k],
+                        RawMapEntry::Many(v) => v.clone(),
+                    })
+                    .collect(),
+                opt_weight_shard_size: ms.value.opt_weight_shard_size,
+                opt_weight_shard_step: ms.value.opt_weight_shard_step.unwrap_or(0),
+                param_split_shape: ms.value.param_split_shape.clone(),
+                stage,
+                stage_count,
+            };
+            if ms.value.opt_weight_shard_step.is_none() {
+                // Not written: the step MindSpore would record, so the
+                // size alone states the shard. A size that cannot be read
+                // keeps a step, so that the layout reports it.
+                layout.opt_weight_shard_step = layout.recorded_step().unwrap_or(1);
+            }
+            Form::MindSpore(layout, span_of(ms))
         } else if let Some(p) = &r.placements {
             let mut v = Vec::new();
             for s in &p.value {

@@ -241,8 +241,9 @@ pub(crate) struct RawMindSpore {
     pub tensor_map: Vec<RawMapEntry>,
     #[serde(default)]
     pub opt_weight_shard_size: i64,
+    /// Absent: the step MindSpore would record (not checked).
     #[serde(default)]
-    pub opt_weight_shard_step: i64,
+    pub opt_weight_shard_step: Option<i64>,
     #[serde(default)]
     pub param_split_shape: Vec<u64>,
 }
