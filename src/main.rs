@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use miette::{GraphicalReportHandler, GraphicalTheme, IntoDiagnostic, WrapErr};
-use shardplan::spec::{Spec, SpecDiagnostic, parse_spec, select_tensors};
+use shardplan::spec::{Spec, SpecDiagnostic, parse_spec, parse_spec_bytes, select_tensors};
 use shardplan::{
     ExecConfig, PlanConfig, ReplicaChoice, ShardStore, Strategy, execute_plan_with, formats,
     plan_transfer, report, verify_plan,
@@ -408,29 +408,49 @@ fn render(diags: &[SpecDiagnostic]) -> String {
     out
 }
 
-fn check(files: &[PathBuf], format: Format, strict: bool) -> miette::Result<ExitCode> {
-    let mut all = Vec::new();
-    let mut unreadable = false;
-    for path in files {
-        // An unreadable file is a usage error, but the others are still checked.
-        match read(path) {
-            Ok(text) => {
-                let (_, diags) = parse_spec(&path.display().to_string(), &text);
-                all.push((path, diags));
-            }
-            Err(e) => {
-                eprintln!("{e:?}");
-                unreadable = true;
-            }
+/// One file given to `check`: its diagnostics, or why it could not be read.
+enum CheckedFile {
+    Parsed(Vec<SpecDiagnostic>),
+    Unreadable(String),
+}
+
+impl CheckedFile {
+    fn is_valid(&self, strict: bool) -> bool {
+        match self {
+            CheckedFile::Parsed(ds) => !ds.iter().any(|d| d.is_error() || strict),
+            CheckedFile::Unreadable(_) => false,
         }
     }
-    let failed = all
+}
+
+fn check(files: &[PathBuf], format: Format, strict: bool) -> miette::Result<ExitCode> {
+    let mut all = Vec::new();
+    for path in files {
+        // An unreadable file is a usage error, but the others are still
+        // checked; a file that reads but is not text is an invalid spec.
+        let checked = match std::fs::read(path) {
+            Ok(bytes) => {
+                CheckedFile::Parsed(parse_spec_bytes(&path.display().to_string(), &bytes).1)
+            }
+            Err(e) => CheckedFile::Unreadable(format!("cannot read {}: {e}", path.display())),
+        };
+        all.push((path, checked));
+    }
+    let unreadable = all
         .iter()
-        .any(|(_, ds)| ds.iter().any(|d| d.is_error() || strict));
+        .any(|(_, c)| matches!(c, CheckedFile::Unreadable(_)));
+    let failed = all.iter().any(|(_, c)| !c.is_valid(strict));
     let mut stdout = std::io::stdout().lock();
     match format {
         Format::Text => {
-            for (path, diags) in &all {
+            for (path, checked) in &all {
+                let diags = match checked {
+                    CheckedFile::Parsed(ds) => ds,
+                    CheckedFile::Unreadable(e) => {
+                        eprintln!("error: {e}");
+                        continue;
+                    }
+                };
                 write!(stdout, "{}", render(diags)).into_diagnostic()?;
                 let errors = diags.iter().filter(|d| d.is_error()).count();
                 let warnings = diags.len() - errors;
@@ -447,22 +467,44 @@ fn check(files: &[PathBuf], format: Format, strict: bool) -> miette::Result<Exit
             }
         }
         Format::Json => {
+            let diag_json = |d: &SpecDiagnostic| {
+                serde_json::json!({
+                    "code": d.code.as_str(),
+                    "severity": d.severity.as_str(),
+                    "message": d.message,
+                    "file": d.file,
+                    "line": d.line,
+                    "column": d.column,
+                    "help": d.help,
+                })
+            };
             let items: Vec<serde_json::Value> = all
                 .iter()
-                .flat_map(|(_, ds)| ds.iter())
-                .map(|d| {
-                    serde_json::json!({
-                        "code": d.code.as_str(),
-                        "severity": d.severity.as_str(),
-                        "message": d.message,
-                        "file": d.file,
-                        "line": d.line,
-                        "column": d.column,
-                        "help": d.help,
-                    })
+                .filter_map(|(_, c)| match c {
+                    CheckedFile::Parsed(ds) => Some(ds.iter().map(diag_json)),
+                    CheckedFile::Unreadable(_) => None,
+                })
+                .flatten()
+                .collect();
+            // Every file gets an entry, an unreadable one with its error.
+            let entries: Vec<serde_json::Value> = all
+                .iter()
+                .map(|(path, c)| match c {
+                    CheckedFile::Parsed(ds) => serde_json::json!({
+                        "file": path.display().to_string(),
+                        "valid": c.is_valid(strict),
+                        "errors": ds.iter().filter(|d| d.is_error()).count(),
+                        "warnings": ds.iter().filter(|d| !d.is_error()).count(),
+                    }),
+                    CheckedFile::Unreadable(e) => serde_json::json!({
+                        "file": path.display().to_string(),
+                        "valid": false,
+                        "unreadable": e,
+                    }),
                 })
                 .collect();
-            let doc = serde_json::json!({ "valid": !failed, "diagnostics": items });
+            let doc =
+                serde_json::json!({ "valid": !failed, "files": entries, "diagnostics": items });
             writeln!(
                 stdout,
                 "{}",

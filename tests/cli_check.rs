@@ -104,6 +104,116 @@ fn exit_codes() {
     );
 }
 
+/// A file that opens but is not a spec (binary bytes, text that is not
+/// YAML) is an invalid spec, exit 1, with the file and where; only files
+/// that cannot be read exit 2. The JSON form gives every file an entry and
+/// never says valid for a run that fails.
+#[test]
+fn garbage_is_invalid_and_json_lists_every_file() {
+    let dir = std::env::temp_dir().join(format!("shardplan-check-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cases: [(&str, &[u8], &str, u64); 3] = [
+        (
+            "png.yaml",
+            b"\x89PNG\r\n\x1a\n\x00\x00",
+            "shardplan::spec::encoding",
+            1,
+        ),
+        (
+            "late.yaml",
+            b"version: 1\nmeshes: \xc3\x28",
+            "shardplan::spec::encoding",
+            2,
+        ),
+        (
+            "nul.yaml",
+            b"\x00\x01{{[ :: ]]",
+            "shardplan::spec::syntax",
+            1,
+        ),
+    ];
+    for (name, bytes, code, line) in cases {
+        let path = dir.join(name);
+        std::fs::write(&path, bytes).unwrap();
+        let p = path.to_str().unwrap();
+        let out = shardplan(&["check", "--format", "json", p]);
+        assert_eq!(out.status.code(), Some(1), "{name}");
+        let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(doc["valid"], false, "{name}");
+        let d = &doc["diagnostics"][0];
+        assert_eq!(d["code"], code, "{name}: {d}");
+        assert_eq!(
+            (d["file"].as_str(), d["line"].as_u64()),
+            (Some(p), Some(line)),
+            "{name}"
+        );
+        if code.ends_with("encoding") {
+            let at = bytes.iter().position(|b| *b >= 0x80).unwrap();
+            assert!(
+                d["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains(&format!("byte {at} ")),
+                "{d}"
+            );
+        }
+    }
+    // A valid file, an unreadable one, a binary one: exit 2, not valid, an
+    // entry each.
+    let png = dir.join("png.yaml");
+    let out = shardplan(&[
+        "check",
+        "--format",
+        "json",
+        "specs/single-device.yaml",
+        "no/such/file.yaml",
+        png.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc["valid"], false);
+    let files: Vec<(&str, bool)> = doc["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| (f["file"].as_str().unwrap(), f["valid"].as_bool().unwrap()))
+        .collect();
+    assert_eq!(
+        files,
+        [
+            ("specs/single-device.yaml", true),
+            ("no/such/file.yaml", false),
+            (png.to_str().unwrap(), false),
+        ]
+    );
+    assert!(
+        doc["files"][1]["unreadable"]
+            .as_str()
+            .unwrap()
+            .contains("cannot read")
+    );
+    // Valid alone: valid.
+    let out = shardplan(&["check", "--format", "json", "specs/single-device.yaml"]);
+    assert_eq!(out.status.code(), Some(0));
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc["valid"], true);
+    // A warning under --strict fails, and says so.
+    let out = shardplan(&[
+        "check",
+        "--strict",
+        "--format",
+        "json",
+        "specs/invalid/unused_rule.yaml",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (doc["valid"].as_bool(), doc["files"][0]["valid"].as_bool()),
+        (Some(false), Some(false))
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 #[test]
 fn show_draws_a_grid() {
     let out = shardplan(&[

@@ -24,11 +24,10 @@ fn tmp(name: &str) -> PathBuf {
     d
 }
 
-/// Every tensor of every file under `dir`'s rank folders: (rank, name) to
-/// (shape, bytes).
 /// Every tensor of a checkpoint tree: (rank, name) to (shape, bytes).
 type Contents = std::collections::BTreeMap<(u64, String), (Vec<u64>, Vec<u8>)>;
 
+/// Every tensor of every file under `dir`'s rank folders.
 fn contents(dir: &Path) -> Contents {
     let mut out = std::collections::BTreeMap::new();
     for (rank, files) in rank_files(dir).unwrap() {

@@ -48,6 +48,7 @@ pub enum DiagCode {
     BadPattern,
     BadPolicy,
     UnmatchedTensor,
+    NoSuchTensor,
     UnusedRule,
     DimCount,
     UnevenSplit,
@@ -57,11 +58,12 @@ pub enum DiagCode {
     PinOutOfRange,
     UnknownStrategy,
     BadOperator,
+    Encoding,
 }
 
 impl DiagCode {
     /// Every code, in documentation order.
-    pub const ALL: [DiagCode; 28] = [
+    pub const ALL: [DiagCode; 30] = [
         DiagCode::Syntax,
         DiagCode::UnknownField,
         DiagCode::WrongType,
@@ -81,6 +83,7 @@ impl DiagCode {
         DiagCode::BadPattern,
         DiagCode::BadPolicy,
         DiagCode::UnmatchedTensor,
+        DiagCode::NoSuchTensor,
         DiagCode::UnusedRule,
         DiagCode::DimCount,
         DiagCode::UnevenSplit,
@@ -90,6 +93,7 @@ impl DiagCode {
         DiagCode::PinOutOfRange,
         DiagCode::UnknownStrategy,
         DiagCode::BadOperator,
+        DiagCode::Encoding,
     ];
 
     /// The stable code string.
@@ -114,6 +118,7 @@ impl DiagCode {
             DiagCode::BadPattern => "shardplan::spec::bad_pattern",
             DiagCode::BadPolicy => "shardplan::spec::bad_policy",
             DiagCode::UnmatchedTensor => "shardplan::spec::unmatched_tensor",
+            DiagCode::NoSuchTensor => "shardplan::spec::no_such_tensor",
             DiagCode::UnusedRule => "shardplan::spec::unused_rule",
             DiagCode::DimCount => "shardplan::spec::dim_count",
             DiagCode::UnevenSplit => "shardplan::spec::uneven_split",
@@ -123,6 +128,7 @@ impl DiagCode {
             DiagCode::PinOutOfRange => "shardplan::spec::pin_out_of_range",
             DiagCode::UnknownStrategy => "shardplan::spec::unknown_strategy",
             DiagCode::BadOperator => "shardplan::spec::bad_operator",
+            DiagCode::Encoding => "shardplan::spec::encoding",
         }
     }
 

@@ -135,6 +135,53 @@ pub fn parse_spec(file: &str, text: &str) -> (Option<Spec>, Vec<SpecDiagnostic>)
     parse_spec_with_budget(file, text, &DEFAULT_BUDGET)
 }
 
+/// [`parse_spec`] on the bytes of a file: bytes that are not UTF-8 text
+/// give one [`DiagCode::Encoding`] error naming the byte offset.
+///
+/// # Example
+///
+/// ```
+/// use shardplan::spec::{DiagCode, parse_spec_bytes};
+///
+/// let (spec, diags) = parse_spec_bytes("garbage.yaml", b"version: 1\n\xff\xfe");
+/// assert!(spec.is_none());
+/// assert_eq!(diags[0].code, DiagCode::Encoding);
+/// assert_eq!((diags[0].line, diags[0].column), (2, 1));
+/// ```
+pub fn parse_spec_bytes(file: &str, bytes: &[u8]) -> (Option<Spec>, Vec<SpecDiagnostic>) {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => parse_spec(file, text),
+        Err(e) => {
+            let at = e.valid_up_to();
+            // The valid prefix is shown; the offset names the first bad byte.
+            let prefix = std::str::from_utf8(&bytes[..at]).unwrap_or_default();
+            let mut cx = Cx {
+                file: file.to_string(),
+                text: Arc::new(prefix.to_string()),
+                diags: Vec::new(),
+            };
+            cx.error(
+                DiagCode::Encoding,
+                Span { offset: at, len: 0 },
+                format!("byte {at} (0x{:02x}) is not UTF-8 text: this is not a YAML spec", bytes[at]),
+                "not text",
+                "pass a YAML spec (UTF-8 text); MindSpore strategy files are read by `import` and `reshard`",
+            );
+            (None, cx.diags)
+        }
+    }
+}
+
+/// The name in `names` closest to `pattern` by edit distance (ignoring the
+/// glob's `*` and `?`), for a help line.
+fn closest_name<'a>(pattern: &str, names: impl Iterator<Item = &'a str>) -> Option<&'a str> {
+    let plain: String = pattern
+        .chars()
+        .filter(|c| !matches!(c, '*' | '?'))
+        .collect();
+    names.min_by_key(|n| strsim::levenshtein(&plain, n))
+}
+
 /// [`parse_spec`] with an explicit budget.
 pub fn parse_spec_with_budget(
     file: &str,
@@ -1019,14 +1066,43 @@ impl Cx {
             );
         }
         for (i, r) in rs.rules.value.iter().enumerate() {
-            if !used[i] && Glob::new(&r.pattern.value).is_ok() {
+            let Some(glob) = Glob::new(&r.pattern.value).ok().filter(|_| !used[i]) else {
+                continue;
+            };
+            if !tensors.iter().any(|(t, _)| glob.matches(&t.name)) {
+                // Matching no name at all is a typo, not a shadowed rule:
+                // the tensor meant gets another rule's layout silently.
+                let help = match closest_name(
+                    &r.pattern.value,
+                    tensors.iter().map(|(t, _)| t.name.as_str()),
+                ) {
+                    Some(near) => format!(
+                        "the closest tensor name is `{near}`; fix the glob, or remove the rule"
+                    ),
+                    None => "the spec has no tensors; remove the rule".to_string(),
+                };
+                self.error(
+                    DiagCode::NoSuchTensor,
+                    span_of(&r.pattern),
+                    format!(
+                        "rule `{}` of strategy `{name}` matches no tensor name",
+                        r.pattern.value
+                    ),
+                    "matches no tensor",
+                    &help,
+                );
+                ok = false;
+            } else {
                 self.push(
                     DiagCode::UnusedRule,
                     Severity::Warning,
                     span_of(&r.pattern),
-                    format!("rule `{}` of strategy `{name}` matches no tensor", r.pattern.value),
-                    "matches nothing",
-                    "fix the glob, or remove the rule; earlier rules may already match everything it would",
+                    format!(
+                        "rule `{}` of strategy `{name}` is never used: earlier rules match every tensor it matches",
+                        r.pattern.value
+                    ),
+                    "shadowed",
+                    "earlier rules match every tensor it matches: reorder the rules, or remove this one",
                 );
             }
         }
