@@ -518,3 +518,190 @@ mod checkpoints {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
+
+/// A one-tensor strategy on `ms`'s own mesh.
+fn one_tensor(ms: &MindSporeLayout, shape: &[u64]) -> shardplan::Strategy {
+    let layout = ms.to_layout(shape).unwrap();
+    let t = TensorInfo {
+        name: "w".into(),
+        shape: shape.to_vec(),
+        dtype: DType::F32,
+    };
+    shardplan::Strategy::new("s", layout.mesh().clone(), vec![t], vec![layout]).unwrap()
+}
+
+/// Written in `format`, read back: the same slices on every rank.
+#[track_caller]
+fn round_trip(s: &shardplan::Strategy, format: StrategyFormat) -> Vec<u8> {
+    let bytes = write_strategy_file(s, format).unwrap();
+    let back = parse_strategy_file("written", &bytes)
+        .unwrap()
+        .to_strategy("back", s.tensors())
+        .unwrap();
+    assert!(
+        back.layout("w")
+            .unwrap()
+            .same_placement(s.layout("w").unwrap()),
+        "{format:?}: {} vs {}",
+        back.layout("w").unwrap(),
+        s.layout("w").unwrap()
+    );
+    bytes
+}
+
+/// Rank r's first row of `w` under the strategy.
+fn rows(s: &shardplan::Strategy) -> Vec<u64> {
+    let l = s.layout("w").unwrap();
+    (0..l.mesh().rank_count())
+        .map(|r| l.region_of(r).unwrap().offset()[0])
+        .collect()
+}
+
+/// `opt_weight_shard_size: -1` (the whole group) and the step MindSpore
+/// records over replicas on both sides of a model-parallel axis, as real
+/// files hold them: read with the right slices, written and read back the
+/// same in both forms.
+#[test]
+fn whole_group_shards_and_recorded_steps_round_trip() {
+    // dev [2, 4, 2], the middle axis splits dim 1; rank 0's group is
+    // {0, 1, 8, 9}, so MindSpore records step 9 / 3 = 3.
+    let json = br#"{"current_stage": 0, "parallel_layout_item": {"w": {"dev_matrix": [2, 4, 2], "tensor_map": [-1, 1], "tensor_shape": [8, 4], "field": 0, "opt_weight_shard_step": 3, "opt_weight_shard_size": -1}}}"#;
+    let f = parse_strategy_file("strategy.json", json).unwrap();
+    let tensors = vec![TensorInfo {
+        name: "w".into(),
+        shape: vec![8, 4],
+        dtype: DType::F32,
+    }];
+    let s = f.to_strategy("s", &tensors).unwrap();
+    // Rank r's part of dim 0 is its index in its group of 4.
+    assert_eq!(rows(&s), [0, 2, 0, 2, 0, 2, 0, 2, 4, 6, 4, 6, 4, 6, 4, 6]);
+    for format in [StrategyFormat::Json, StrategyFormat::Protobuf] {
+        round_trip(&s, format);
+    }
+    // A step no group gives is refused with the expected value.
+    let bad = String::from_utf8(json.to_vec()).unwrap().replace(
+        "\"opt_weight_shard_step\": 3",
+        "\"opt_weight_shard_step\": 2",
+    );
+    let err = parse_strategy_file("strategy.json", bad.as_bytes())
+        .unwrap()
+        .to_strategy("s", &tensors)
+        .unwrap_err();
+    assert!(err.contains("records for this group: 3"), "{err}");
+    // Unsharded parameters as MindSpore writes them: step 0, size -1.
+    let plain = String::from_utf8(json.to_vec()).unwrap().replace(
+        "\"opt_weight_shard_step\": 3",
+        "\"opt_weight_shard_step\": 0",
+    );
+    let s0 = parse_strategy_file("strategy.json", plain.as_bytes())
+        .unwrap()
+        .to_strategy("s", &tensors)
+        .unwrap();
+    assert_eq!(rows(&s0), [0; 16]);
+    // Built in code with -1, exported and read back in both forms.
+    let ms = MindSporeLayout {
+        dev_matrix: vec![4, 2],
+        tensor_map: vec![vec![-1], vec![0]],
+        ..MindSporeLayout::default()
+    }
+    .with_optimizer_shard(-1)
+    .unwrap();
+    let s = one_tensor(&ms, &[8, 4]);
+    assert_eq!(rows(&s), [0, 0, 2, 2, 4, 4, 6, 6]);
+    for format in [StrategyFormat::Json, StrategyFormat::Protobuf] {
+        round_trip(&s, format);
+    }
+}
+
+/// A 1-D tensor with a nested map is written as MindSpore writes it, with
+/// an empty TensorMap after the one entry (MindSpore reads a single map as
+/// flat), and read back; MindSpore's own bytes read the same.
+#[test]
+fn one_dim_nested_maps_carry_the_trailing_empty_map() {
+    use prost::Message;
+    use shardplan::formats::mindspore_strategy::pb;
+    // Dim 0 over the two outer axes, the inner one replicated: no
+    // optimizer shard can state it, so the map stays nested.
+    let ms = MindSporeLayout {
+        dev_matrix: vec![2, 2, 2],
+        tensor_map: vec![vec![2, 1]],
+        ..MindSporeLayout::default()
+    };
+    let s = one_tensor(&ms, &[8]);
+    assert_eq!(rows(&s), [0, 0, 2, 2, 4, 4, 6, 6]);
+    let bytes = round_trip(&s, StrategyFormat::Protobuf);
+    let map = pb::ParallelStrategyMap::decode(bytes.as_slice()).unwrap();
+    let tm: Vec<Vec<i32>> = map.parallel_layout_item[0]
+        .parallel_layouts
+        .tensor_map
+        .iter()
+        .map(|t| t.dim.clone())
+        .collect();
+    assert_eq!(tm, [vec![2, 1], vec![]]);
+    // The flat 1-D map stays one TensorMap.
+    let flat = MindSporeLayout {
+        dev_matrix: vec![4],
+        tensor_map: vec![vec![0]],
+        ..MindSporeLayout::default()
+    };
+    let bytes = round_trip(&one_tensor(&flat, &[8]), StrategyFormat::Protobuf);
+    let map = pb::ParallelStrategyMap::decode(bytes.as_slice()).unwrap();
+    assert_eq!(
+        map.parallel_layout_item[0]
+            .parallel_layouts
+            .tensor_map
+            .len(),
+        1
+    );
+    // MindSpore's own bytes for it read the same; without the padding the
+    // single map is flat, a 2-D map, and does not fit.
+    let written = |maps: Vec<Vec<i32>>| {
+        pb::ParallelStrategyMap {
+            current_stage: 0,
+            parallel_strategy_item: Vec::new(),
+            parallel_layout_item: vec![pb::ParallelLayoutItem {
+                param_name: "w".into(),
+                parallel_layouts: pb::ParallelLayouts {
+                    dev_matrix: vec![pb::DevMatrix { dim: vec![2, 2, 2] }],
+                    tensor_map: maps.into_iter().map(|dim| pb::TensorMap { dim }).collect(),
+                    ..Default::default()
+                },
+            }],
+        }
+        .encode_to_vec()
+    };
+    let ours = parse_strategy_file("strategy.ckpt", &written(vec![vec![2, 1], vec![]]))
+        .unwrap()
+        .to_strategy("ms", s.tensors())
+        .unwrap();
+    assert!(
+        ours.layout("w")
+            .unwrap()
+            .same_placement(s.layout("w").unwrap())
+    );
+    let t2 = vec![TensorInfo {
+        name: "w".into(),
+        shape: vec![8, 2],
+        dtype: DType::F32,
+    }];
+    let flat2 = parse_strategy_file("strategy.ckpt", &written(vec![vec![2, 1]]))
+        .unwrap()
+        .to_strategy("ms", &t2)
+        .unwrap();
+    assert_eq!(flat2.layout("w").unwrap().to_string(), "[d2, d1]");
+    // A 2-D nested map has one TensorMap per dimension and no padding.
+    let two = MindSporeLayout {
+        dev_matrix: vec![2, 2, 2],
+        tensor_map: vec![vec![2, 1], vec![-1]],
+        ..MindSporeLayout::default()
+    };
+    let bytes = round_trip(&one_tensor(&two, &[8, 2]), StrategyFormat::Protobuf);
+    let map = pb::ParallelStrategyMap::decode(bytes.as_slice()).unwrap();
+    assert_eq!(
+        map.parallel_layout_item[0]
+            .parallel_layouts
+            .tensor_map
+            .len(),
+        2
+    );
+}
