@@ -296,3 +296,40 @@ fn written_specs_read_back_the_same() {
     }
     assert!(n >= 6);
 }
+
+/// `mindspore` rules read the optimizer-shard fields as MindSpore does:
+/// `-1` is the whole group, a step of 0 no shard, an absent step the one
+/// MindSpore would record, a wrong step a `notation` error.
+#[test]
+fn mindspore_rules_read_optimizer_shards_as_mindspore() {
+    let spec = |fields: &str| {
+        format!(
+            "version: 1\nmeshes: {{m: {{shape: [8], axes: [r]}}}}\ntensors: [{{name: w, shape: [8, 4], dtype: f32}}]\nstrategies:\n  s: {{mesh: m, rules: [{{match: w, mindspore: {{dev_matrix: [4, 2], tensor_map: [-1, 0]{fields}}}}}]}}\n"
+        )
+    };
+    // Groups {0, 2, 4, 6} and {1, 3, 5, 7}: dim 0 over d1 (4 ways).
+    let whole = "s w: [d1, d0] on [d1=4, d0=2]";
+    check(&spec(", opt_weight_shard_size: -1"), whole);
+    check(
+        &spec(", opt_weight_shard_size: -1, opt_weight_shard_step: 2"),
+        whole,
+    );
+    check(&spec(", opt_weight_shard_size: 4"), whole);
+    // Step 0: no shard, whatever the size says.
+    let none = "s w: [-, d0] on [d1=4, d0=2]";
+    check(
+        &spec(", opt_weight_shard_size: -1, opt_weight_shard_step: 0"),
+        none,
+    );
+    check(&spec(""), none);
+    let (_, diags) = parse_spec(
+        "t.yaml",
+        &spec(", opt_weight_shard_size: -1, opt_weight_shard_step: 3"),
+    );
+    assert_eq!(diags[0].code.short(), "notation");
+    assert!(
+        diags[0].message.contains("records for this group: 2"),
+        "{}",
+        diags[0].message
+    );
+}
