@@ -579,24 +579,19 @@ fn whole_group_shards_and_recorded_steps_round_trip() {
         round_trip(&s, format);
     }
     // A step no group gives is refused with the expected value.
-    let bad = String::from_utf8(json.to_vec()).unwrap().replace(
-        "\"opt_weight_shard_step\": 3",
-        "\"opt_weight_shard_step\": 2",
-    );
-    let err = parse_strategy_file("strategy.json", bad.as_bytes())
-        .unwrap()
-        .to_strategy("s", &tensors)
-        .unwrap_err();
+    let with_step = |step: u32| {
+        let text = String::from_utf8(json.to_vec()).unwrap().replace(
+            "\"opt_weight_shard_step\": 3",
+            &format!("\"opt_weight_shard_step\": {step}"),
+        );
+        parse_strategy_file("strategy.json", text.as_bytes())
+            .unwrap()
+            .to_strategy("s", &tensors)
+    };
+    let err = with_step(2).unwrap_err();
     assert!(err.contains("records for this group: 3"), "{err}");
     // Unsharded parameters as MindSpore writes them: step 0, size -1.
-    let plain = String::from_utf8(json.to_vec()).unwrap().replace(
-        "\"opt_weight_shard_step\": 3",
-        "\"opt_weight_shard_step\": 0",
-    );
-    let s0 = parse_strategy_file("strategy.json", plain.as_bytes())
-        .unwrap()
-        .to_strategy("s", &tensors)
-        .unwrap();
+    let s0 = with_step(0).unwrap();
     assert_eq!(rows(&s0), [0; 16]);
     // Built in code with -1, exported and read back in both forms.
     let ms = MindSporeLayout {
@@ -611,6 +606,19 @@ fn whole_group_shards_and_recorded_steps_round_trip() {
     for format in [StrategyFormat::Json, StrategyFormat::Protobuf] {
         round_trip(&s, format);
     }
+}
+
+/// The tensor maps of the first parameter of protobuf strategy bytes.
+fn tensor_maps(bytes: &[u8]) -> Vec<Vec<i32>> {
+    use prost::Message;
+    shardplan::formats::mindspore_strategy::pb::ParallelStrategyMap::decode(bytes)
+        .unwrap()
+        .parallel_layout_item[0]
+        .parallel_layouts
+        .tensor_map
+        .iter()
+        .map(|t| t.dim.clone())
+        .collect()
 }
 
 /// A 1-D tensor with a nested map is written as MindSpore writes it, with
@@ -630,14 +638,7 @@ fn one_dim_nested_maps_carry_the_trailing_empty_map() {
     let s = one_tensor(&ms, &[8]);
     assert_eq!(rows(&s), [0, 0, 2, 2, 4, 4, 6, 6]);
     let bytes = round_trip(&s, StrategyFormat::Protobuf);
-    let map = pb::ParallelStrategyMap::decode(bytes.as_slice()).unwrap();
-    let tm: Vec<Vec<i32>> = map.parallel_layout_item[0]
-        .parallel_layouts
-        .tensor_map
-        .iter()
-        .map(|t| t.dim.clone())
-        .collect();
-    assert_eq!(tm, [vec![2, 1], vec![]]);
+    assert_eq!(tensor_maps(&bytes), [vec![2, 1], vec![]]);
     // The flat 1-D map stays one TensorMap.
     let flat = MindSporeLayout {
         dev_matrix: vec![4],
@@ -645,14 +646,7 @@ fn one_dim_nested_maps_carry_the_trailing_empty_map() {
         ..MindSporeLayout::default()
     };
     let bytes = round_trip(&one_tensor(&flat, &[8]), StrategyFormat::Protobuf);
-    let map = pb::ParallelStrategyMap::decode(bytes.as_slice()).unwrap();
-    assert_eq!(
-        map.parallel_layout_item[0]
-            .parallel_layouts
-            .tensor_map
-            .len(),
-        1
-    );
+    assert_eq!(tensor_maps(&bytes), [vec![0]]);
     // MindSpore's own bytes for it read the same; without the padding the
     // single map is flat, a 2-D map, and does not fit.
     let written = |maps: Vec<Vec<i32>>| {
@@ -696,12 +690,5 @@ fn one_dim_nested_maps_carry_the_trailing_empty_map() {
         ..MindSporeLayout::default()
     };
     let bytes = round_trip(&one_tensor(&two, &[8, 2]), StrategyFormat::Protobuf);
-    let map = pb::ParallelStrategyMap::decode(bytes.as_slice()).unwrap();
-    assert_eq!(
-        map.parallel_layout_item[0]
-            .parallel_layouts
-            .tensor_map
-            .len(),
-        2
-    );
+    assert_eq!(tensor_maps(&bytes), [vec![2, 1], vec![-1]]);
 }
