@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Executor benchmarks and their peers, measured side by side in one run:
 #
-#   1. benches/executor.rs (divan), single-thread parts pinned to core 0:
+#   1. crates/shardplan-core/benches/executor.rs (divan), single-thread parts pinned to core 0:
 #      memcpy::one_thread, memcpy::per_buffer, execute::sequential,
 #      execute::sequential_alloc and the
 #      hand-written copies of the cols8 pattern (pattern::*);
@@ -48,7 +48,7 @@ fi
 
 # Build first, unpinned, so that only the measurements run on the one core,
 # and run that one binary for both parts (others may edit src/ meanwhile).
-BIN=$(cargo bench --bench executor --no-run --message-format=json \
+BIN=$(cargo bench -p shardplan-core --bench executor --no-run --message-format=json \
     | "$PYTHON" -c 'import json, sys
 exes = [m["executable"] for m in map(json.loads, sys.stdin)
         if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "executor"

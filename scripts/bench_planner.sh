@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs the planner benchmarks (benches/planner.rs) pinned to one core, so the
+# Runs the planner benchmarks (crates/shardplan-core/benches/planner.rs) pinned to one core, so the
 # numbers are single-core numbers, and prints the output. Extra arguments are
 # passed to the benchmark binary (e.g. a filter: `scripts/bench_planner.sh train70b`).
 #
@@ -12,12 +12,12 @@ echo "machine: $(nproc) cores; $(lscpu 2>/dev/null | grep 'Model name' | sed 's/
 echo "toolchain: $(rustc --version)"
 
 # Build first, unpinned, so that only the measurement runs on the one core.
-cargo bench --bench planner --no-run
+cargo bench -p shardplan-core --bench planner --no-run
 
 if command -v taskset >/dev/null 2>&1; then
-    echo "pinned to core 0: taskset -c 0 cargo bench --bench planner"
-    taskset -c 0 cargo bench --bench planner -- "$@"
+    echo "pinned to core 0: taskset -c 0 cargo bench -p shardplan-core --bench planner"
+    taskset -c 0 cargo bench -p shardplan-core --bench planner -- "$@"
 else
     echo "taskset not available; running unpinned"
-    cargo bench --bench planner -- "$@"
+    cargo bench -p shardplan-core --bench planner -- "$@"
 fi

@@ -1,0 +1,2405 @@
+//! `shardplan derive`: inference layouts derived from training strategies.
+//!
+//! - The derived layouts of every spec in `specs/` are snapshot-tested
+//!   (`tests/snapshots/derive__*.snap`), and where a spec has a
+//!   hand-written inference strategy the derivation is compared with it.
+//! - Every derived strategy is planned and verified; the small ones are
+//!   simulated on synthetic buffers, and the tiny model is run through it.
+//! - The written spec reads back with the same layouts.
+//! - The MindSpore conformance cases that are plain inference targets
+//!   derive exactly the destination layouts MindSpore used.
+//! - Rules (shared tensors, forced replication, fallbacks, stage ranges and
+//!   relative stages), every error code, and the `derive:` diagnostics.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use std::sync::Arc;
+
+use crate::common;
+use shardplan::spec::{derived_spec_yaml, rules_for};
+
+use common::{ms_layout, shardplan, shared_cases_dir, text};
+use serde_json::Value;
+use shardplan::derive::{
+    DeriveError, DeriveRules, DeriveTarget, Derived, Fallback, LayerRef, SharedTensors,
+    derive_strategy,
+};
+use shardplan::notation::mindspore::MindSporeLayout;
+use shardplan::spec::{Spec, parse_spec};
+use shardplan::{
+    DType, DeviceMesh, PlanConfig, ReplicaChoice, ShardStore, Strategy, TensorInfo, TensorLayout,
+    execute_plan, plan_transfer, verify_plan,
+};
+
+fn root() -> std::path::PathBuf {
+    crate::common::repo_root()
+}
+
+fn load(path: &str) -> Spec {
+    let text = std::fs::read_to_string(root().join(path)).unwrap();
+    let (spec, diags) = parse_spec(path, &text);
+    spec.unwrap_or_else(|| panic!("{path}: {diags:?}"))
+}
+
+fn parse(text: &str) -> Spec {
+    let (spec, diags) = parse_spec("test.yaml", text);
+    spec.unwrap_or_else(|| panic!("{diags:?}"))
+}
+
+fn bundled_specs() -> Vec<String> {
+    let mut files: Vec<String> = std::fs::read_dir(root().join("specs"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .map(|p| format!("specs/{}", p.file_name().unwrap().to_str().unwrap()))
+        .collect();
+    files.sort();
+    files
+}
+
+/// Bytes of all buffers of a strategy (what simulating it allocates).
+fn footprint(s: &Strategy) -> u64 {
+    s.tensors()
+        .iter()
+        .zip(s.layouts())
+        .map(|(t, l)| {
+            (0..s.mesh().rank_count())
+                .filter_map(|r| l.region_of(r))
+                .map(|r| r.volume() * t.dtype.size_bytes())
+                .sum::<u64>()
+        })
+        .sum()
+}
+
+/// Plans and verifies `src -> dst`; simulates it when the buffers take at
+/// most `limit` bytes. Returns whether it simulated.
+fn plan_and_simulate(src: &Strategy, dst: &Strategy, limit: u64) -> bool {
+    let config = PlanConfig {
+        replica_choice: ReplicaChoice::Balance,
+        tensors: None,
+    };
+    let plan = plan_transfer(src, dst, &config)
+        .unwrap_or_else(|e| panic!("{} -> {}: {e}", src.name(), dst.name()));
+    verify_plan(&plan, src, dst)
+        .unwrap_or_else(|e| panic!("{} -> {}: {e}", src.name(), dst.name()));
+    if footprint(src) + footprint(dst) > limit {
+        return false;
+    }
+    let from = ShardStore::synthetic(src);
+    let mut to = ShardStore::zeroed(dst);
+    execute_plan(&plan, &from, &mut to).unwrap();
+    to.check_synthetic(dst, src)
+        .unwrap_or_else(|e| panic!("{} -> {}: {e}", src.name(), dst.name()));
+    true
+}
+
+/// The tensors whose derived layout differs from the strategy's.
+fn differences(derived: &Strategy, other: &Strategy) -> Vec<String> {
+    derived
+        .tensors()
+        .iter()
+        .zip(derived.layouts())
+        .filter(|(t, l)| !other.layout(&t.name).is_some_and(|o| o.same_placement(l)))
+        .map(|(t, _)| t.name.clone())
+        .collect()
+}
+
+/// `model.layers.17.mlp` -> `model.layers.N.mlp`, and `layer 17 ->` ->
+/// `layer N ->`: collapses repeated layers in summaries.
+fn normalize_layers(s: &str) -> String {
+    let mut out = String::new();
+    let mut chars = s.chars().peekable();
+    let mut prev = ' ';
+    while let Some(c) = chars.next() {
+        if c.is_ascii_digit() && (prev == '.' || out.ends_with("layer ")) {
+            while chars.peek().is_some_and(|c| c.is_ascii_digit()) {
+                chars.next();
+            }
+            out.push('N');
+            prev = 'N';
+            continue;
+        }
+        out.push(c);
+        prev = c;
+    }
+    out
+}
+
+/// A compact, deterministic description of a derivation: per group of
+/// tensors with the same (layer-normalised) name, layout and reason, one
+/// line with the count.
+fn summary(d: &Derived, source: &str) -> String {
+    let mut groups: Vec<(String, String, String, usize)> = Vec::new();
+    for (r, l) in d.reasons.iter().zip(d.strategy.layouts()) {
+        let key = (
+            normalize_layers(&r.tensor),
+            l.to_string(),
+            normalize_layers(&r.to_string()),
+        );
+        match groups
+            .iter_mut()
+            .find(|g| (&g.0, &g.1, &g.2) == (&key.0, &key.1, &key.2))
+        {
+            Some(g) => g.3 += 1,
+            None => groups.push((key.0, key.1, key.2, 1)),
+        }
+    }
+    let mut out = d
+        .explain(source)
+        .lines()
+        .take(2)
+        .collect::<Vec<_>>()
+        .join("\n");
+    out.push('\n');
+    for (name, layout, reason, n) in groups {
+        out.push_str(&format!("{n:>3} x {name}  {layout}  {reason}\n"));
+    }
+    out
+}
+
+/// The spec's inference targets: the mesh of its transfer's destination,
+/// plus one device.
+fn targets(spec: &Spec) -> Vec<(String, Option<String>)> {
+    let to = spec.transfer.as_ref().unwrap().to.clone();
+    let mesh = spec
+        .meshes
+        .iter()
+        .find(|(_, m)| Arc::ptr_eq(m, spec.strategy(&to).unwrap().mesh()))
+        .map(|(n, _)| n.clone())
+        .unwrap();
+    vec![(mesh, Some(to)), ("single device".into(), None)]
+}
+
+fn derive_for(spec: &Spec, from: &str, target: &str) -> Derived {
+    let rules = rules_for(spec, from);
+    let t = match spec.meshes.get(target) {
+        Some(m) => DeriveTarget::from_mesh(m.clone(), &rules).unwrap(),
+        None => DeriveTarget::from_degrees(1, 1, 1).unwrap(),
+    };
+    derive_strategy(spec.strategy(from).unwrap(), &t, &rules)
+        .unwrap_or_else(|e| panic!("{from} -> {target}: {e}"))
+}
+
+/// Hand-written inference strategies that the derivation reproduces
+/// exactly, and the tensors where it knowingly differs.
+const EXPECTED_DIFFERENCES: &[(&str, &[&str])] = &[
+    // Training used `chunk` blocks; the hand-written target uses explicit
+    // padded blocks. derive keeps the training policy.
+    (
+        "specs/uneven-vocab.yaml",
+        &["embed.weight", "lm_head.weight", "lm_head.bias"],
+    ),
+];
+
+#[test]
+fn bundled_specs_derive_their_inference_strategies() {
+    let files = bundled_specs();
+    assert!(files.len() >= 8, "{files:?}");
+    for file in files {
+        let spec = load(&file);
+        let from = spec.transfer.as_ref().unwrap().from.clone();
+        let stem = Path::new(&file).file_stem().unwrap().to_str().unwrap();
+        let mut snap = String::new();
+        for (target, handwritten) in targets(&spec) {
+            let d = derive_for(&spec, &from, &target);
+            snap.push_str(&summary(&d, &from));
+            if let Some(h) = handwritten {
+                let diff = differences(&d.strategy, spec.strategy(&h).unwrap());
+                let expected = EXPECTED_DIFFERENCES
+                    .iter()
+                    .find(|(f, _)| *f == file)
+                    .map_or(&[][..], |(_, d)| *d);
+                assert_eq!(diff, expected, "{file}: derived vs hand-written `{h}`");
+                snap.push_str(&format!(
+                    "same as hand-written `{h}`: {} of {} tensors\n",
+                    d.strategy.tensors().len() - diff.len(),
+                    d.strategy.tensors().len()
+                ));
+            } else {
+                // One device: every tensor whole.
+                for (t, l) in d.strategy.tensors().iter().zip(d.strategy.layouts()) {
+                    assert_eq!(l.region_of(0).unwrap().extent(), t.shape.as_slice());
+                }
+            }
+            snap.push('\n');
+        }
+        insta::assert_snapshot!(format!("specs_{stem}"), snap);
+    }
+}
+
+#[test]
+fn small_spec_explanations() {
+    // The full per-tensor explanation of the small specs.
+    for file in [
+        "specs/mindspore-notation.yaml",
+        "specs/tiny-model.yaml",
+        "specs/dtensor-notation.yaml",
+    ] {
+        let spec = load(file);
+        let stem = Path::new(file).file_stem().unwrap().to_str().unwrap();
+        let from = spec.transfer.as_ref().unwrap().from.clone();
+        let (target, _) = targets(&spec).remove(0);
+        let d = derive_for(&spec, &from, &target);
+        insta::assert_snapshot!(format!("explain_{stem}"), d.explain(&from));
+    }
+}
+
+/// Targets given by degrees, for every bundled spec: what plan and
+/// simulate must accept.
+const DEGREES: &[(u64, u64, u64)] = &[(1, 1, 1), (2, 2, 1), (4, 2, 2), (8, 4, 2), (8, 8, 1)];
+
+/// Buffers simulated for every derived strategy (about a second in a
+/// debug build).
+const SMALL: u64 = 16 << 20;
+/// Buffers simulated for the derivation to a spec's own inference mesh
+/// (the medium specs, about ten seconds each in a debug build; the
+/// Llama-sized ones are only planned and verified).
+const MEDIUM: u64 = 320 << 20;
+
+#[test]
+fn every_derived_strategy_plans_verifies_and_simulates() {
+    // One thread per spec: simulation is slow in a debug build.
+    let counts: Vec<(usize, usize)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = bundled_specs()
+            .into_iter()
+            .map(|file| scope.spawn(move || plan_spec_targets(&file)))
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let planned: usize = counts.iter().map(|c| c.0).sum();
+    let simulated: usize = counts.iter().map(|c| c.1).sum();
+    assert!(planned >= 40, "{planned}");
+    assert!(simulated >= 15, "{simulated}");
+}
+
+/// Derives `file`'s training strategy for its own targets and for
+/// [`DEGREES`]; plans, verifies and (within the limits) simulates each.
+fn plan_spec_targets(file: &str) -> (usize, usize) {
+    let spec = load(file);
+    let from = spec.transfer.as_ref().unwrap().from.clone();
+    let mut rules = rules_for(&spec, &from);
+    // Degrees that do not divide a tensor replicate it.
+    rules.fallback = Fallback::Replicate;
+    let train = spec.strategy(&from).unwrap();
+    let mut derived = Vec::new();
+    for (i, (target, _)) in targets(&spec).into_iter().enumerate() {
+        derived.push((
+            derive_for(&spec, &from, &target),
+            if i == 0 { MEDIUM } else { SMALL },
+        ));
+    }
+    for &(n, tp, pp) in DEGREES {
+        let t = DeriveTarget::from_degrees(n, tp, pp).unwrap();
+        match derive_strategy(train, &t, &rules) {
+            Ok(d) => derived.push((d, SMALL)),
+            // A pipelined target needs a layer pattern or training stages.
+            Err(DeriveError::NoLayerPattern { .. }) => assert!(pp > 1, "{file}"),
+            Err(e) => panic!("{file}: {n} devices, tp {tp}, pp {pp}: {e}"),
+        }
+    }
+    let mut simulated = 0;
+    for (d, limit) in &derived {
+        simulated += usize::from(plan_and_simulate(train, &d.strategy, *limit));
+    }
+    (derived.len(), simulated)
+}
+
+#[test]
+fn derived_specs_read_back() {
+    for file in bundled_specs() {
+        let spec = load(&file);
+        let from = spec.transfer.as_ref().unwrap().from.clone();
+        for (target, _) in targets(&spec) {
+            let d = derive_for(&spec, &from, &target)
+                .renamed("derived_for_test")
+                .unwrap();
+            let yaml =
+                derived_spec_yaml(&spec, Some(&from), &d.strategy, "derived\nfor a test").unwrap();
+            assert!(yaml.starts_with("# derived\n# for a test\n"), "{yaml}");
+            let back = parse(&yaml);
+            let t = back.transfer.as_ref().unwrap();
+            assert_eq!(
+                (t.from.as_str(), t.to.as_str()),
+                (from.as_str(), "derived_for_test")
+            );
+            assert!(
+                differences(&d.strategy, back.strategy("derived_for_test").unwrap()).is_empty()
+            );
+            // The spec's own strategies are written too, unchanged.
+            for (name, s) in &spec.strategies {
+                assert!(
+                    differences(s, back.strategy(name).unwrap()).is_empty(),
+                    "{name}"
+                );
+            }
+            // A taken name is refused.
+            let d = d.renamed(&from).unwrap();
+            let err = derived_spec_yaml(&spec, Some(&from), &d.strategy, "").unwrap_err();
+            assert!(
+                matches!(err, shardplan::spec::DerivedSpecError::NameTaken(_)),
+                "{err}"
+            );
+        }
+    }
+}
+
+#[test]
+fn tiny_model_runs_through_derived_strategies() {
+    use shardplan::model::{DEFAULT_TOLERANCE, check_model};
+    let spec = load("specs/tiny-model.yaml");
+    let train = spec.strategy("train").unwrap();
+    let rules = rules_for(&spec, "train");
+    let tokens = vec![vec![1, 17, 42, 63, 0, 33], vec![5, 5, 60, 12, 31, 32]];
+    let mut targets: Vec<DeriveTarget> = [
+        (1, 1, 1),
+        (2, 2, 1),
+        (4, 2, 2),
+        (4, 4, 1),
+        (8, 4, 2),
+        (4, 2, 1),
+    ]
+    .iter()
+    .map(|&(n, tp, pp)| DeriveTarget::from_degrees(n, tp, pp).unwrap())
+    .collect();
+    targets.push(DeriveTarget::from_mesh(spec.meshes["infer"].clone(), &rules).unwrap());
+    for t in targets {
+        let d = derive_strategy(train, &t, &rules).unwrap();
+        let r = check_model(train, &d.strategy, &tokens, DEFAULT_TOLERANCE)
+            .unwrap_or_else(|e| panic!("{t}: {e}"));
+        assert!(r.max_rel_err <= DEFAULT_TOLERANCE, "{t}: {}", r.max_rel_err);
+    }
+}
+
+// ---------------------------------------------------------------------------
+// MindSpore conformance
+
+/// One side of a case: its strategy over every parameter (a parameter in
+/// no layout is whole on every rank), the recorded optimizer shards, and
+/// whether every parameter has a layout.
+fn case_side(case: &Value, side: &str) -> (Strategy, BTreeMap<String, u64>, bool) {
+    let params = case["params"].as_object().unwrap();
+    let devices = case[format!("{side}_device_num")].as_u64().unwrap();
+    let stages = case[format!("{side}_pipeline_stages")].as_u64().unwrap();
+    let layouts = &case[format!("{side}_layouts")];
+    let mesh = Arc::new(if layouts.is_null() {
+        DeviceMesh::new(Vec::<(String, u64)>::new()).unwrap()
+    } else {
+        DeviceMesh::new([("rank", devices)]).unwrap()
+    });
+    let mut infos = Vec::new();
+    let mut ls = Vec::new();
+    let mut opt = BTreeMap::new();
+    let mut complete = true;
+    for (name, info) in params {
+        let shape: Vec<u64> = serde_json::from_value(info["full_shape"].clone()).unwrap();
+        let entry = (0..stages).find_map(|s| {
+            layouts
+                .as_array()
+                .and_then(|a| a[s as usize].get(name))
+                .map(|e| (s, e))
+        });
+        let layout = match entry {
+            Some((s, e)) => {
+                opt.insert(
+                    name.clone(),
+                    ms_layout(e, s, stages).opt_shard_group_size().unwrap(),
+                );
+                ms_layout(e, s, stages).to_layout(&shape).unwrap()
+            }
+            None => {
+                complete &= layouts.is_null();
+                TensorLayout::replicated(mesh.clone(), &shape).unwrap()
+            }
+        };
+        infos.push(TensorInfo {
+            name: name.clone(),
+            shape,
+            dtype: DType::F32,
+        });
+        ls.push(layout);
+    }
+    (Strategy::new(side, mesh, infos, ls).unwrap(), opt, complete)
+}
+
+/// Cases whose destination is a plain inference target of the source:
+/// deriving for the destination's devices and stages (tp = devices /
+/// stages) gives exactly the destination layouts.
+const PLAIN: &[(&str, &str)] = &[
+    ("tp4_row_to_tp2_row", "tp shrink"),
+    ("tp4_col_to_tp2_col", "tp shrink"),
+    ("pb_tp4_to_tp2", "tp shrink, protobuf"),
+    ("tp2_row_to_tp4_row", "tp grow"),
+    ("devmat_2x4_rows_by_axis0", "dp 2 x tp 4 served at tp 8"),
+    ("pb_nested_2axes_dim0", "nested tp split, same degree"),
+    ("tp4_row_to_single", "single device"),
+    ("tp4_col_to_single", "single device"),
+    ("dp2tp2_to_tp2", "dp dropped"),
+    ("opt_dp2tp2_to_tp2", "optimizer shard and dp dropped"),
+    (
+        "pb_opt_dp2tp2_to_tp2",
+        "optimizer shard and dp dropped, protobuf",
+    ),
+    ("opt_partial_dp4_size2", "partial optimizer shard dropped"),
+    ("opt_pure_dp4_to_single", "optimizer shard, single device"),
+    (
+        "opt_permuted_tm",
+        "single device (the case is suspect for values, not placement)",
+    ),
+    ("opt_permuted_tm_indep_src", "single device"),
+    ("pp2_to_single", "pipeline merge, single device"),
+    ("pp2_to_pp2_tp_change", "pipeline kept, tp shrink"),
+    ("pp1_to_pp2", "pipeline split by layer"),
+];
+
+/// Cases whose destination is not what an inference derivation gives.
+const NOT_PLAIN: &[(&str, &str)] = &[
+    (
+        "bias_1d",
+        "the destination replicates a bias training split over tp",
+    ),
+    (
+        "opt_bias_1d",
+        "the destination splits a bias training only optimizer-sharded",
+    ),
+    (
+        "pp2_to_pp1_tp2",
+        "the destination moves layer0's split from rows to columns",
+    ),
+    (
+        "multi_param_mixed",
+        "the destination re-splits 2-D tp and splits a replicated table",
+    ),
+    ("grid_2x4_to_4x2", "2-D tensor parallelism re-factored"),
+    ("grid_permute_tensor_map", "2-D tensor parallelism permuted"),
+    (
+        "grow_1_to_8_dev_2x2x2",
+        "a single-device source has no tp to keep",
+    ),
+    (
+        "opt_dst_is_opt_sharded",
+        "the destination is a training layout (optimizer shard)",
+    ),
+    (
+        "pb_nested_dst",
+        "the destination moves the split to the other dimension",
+    ),
+    (
+        "replicated_to_split",
+        "the destination splits what training replicated",
+    ),
+    (
+        "split_to_replicated",
+        "the destination replicates what training split",
+    ),
+    (
+        "threeD_tensor_last_dim",
+        "the destination moves the split to another dimension",
+    ),
+    (
+        "tp4_row_to_tp4_col",
+        "the destination moves the split to the other dimension",
+    ),
+    (
+        "dst_missing_param",
+        "the destination lays out only some parameters",
+    ),
+    (
+        "src_strategy_subset_by_stage",
+        "the source lays out only some parameters",
+    ),
+];
+
+#[test]
+fn conformance_plain_inference_targets() {
+    let Some(dir) = common::shared_or_skip(&shared_cases_dir(), "no inference target is derived")
+    else {
+        return;
+    };
+    let mut checked = Vec::new();
+    let mut failures = Vec::new();
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.join("case.json").is_file())
+        .collect();
+    entries.sort();
+    for case_dir in entries {
+        let case: Value =
+            serde_json::from_str(&std::fs::read_to_string(case_dir.join("case.json")).unwrap())
+                .unwrap();
+        let name = case["name"].as_str().unwrap().to_string();
+        if !case["expected_error"].is_null() {
+            eprintln!("{name}: skipped, MindSpore refuses the transform");
+            continue;
+        }
+        let plain = PLAIN.iter().find(|(n, _)| *n == name);
+        let not_plain = NOT_PLAIN.iter().find(|(n, _)| *n == name);
+        if plain.is_none() && not_plain.is_none() {
+            eprintln!("{name}: not classified as a plain inference target or not; skipped");
+            continue;
+        }
+        let (src, opt, src_complete) = case_side(&case, "src");
+        let (dst, _, dst_complete) = case_side(&case, "dst");
+        let devices = case["dst_device_num"].as_u64().unwrap();
+        let stages = case["dst_pipeline_stages"].as_u64().unwrap();
+        let target = DeriveTarget::from_degrees(devices, devices / stages, stages).unwrap();
+        let rules = DeriveRules {
+            layer: Some("layer{}.*".into()),
+            optimizer_shards: opt,
+            ..Default::default()
+        };
+        let derived = derive_strategy(&src, &target, &rules);
+        let same = src_complete
+            && dst_complete
+            && derived
+                .as_ref()
+                .is_ok_and(|d| differences(&d.strategy, &dst).is_empty());
+        match (plain, same) {
+            (Some(_), true) | (None, false) => checked.push(name),
+            (Some((_, why)), false) => failures.push(format!(
+                "{name} ({why}): derived {:?} differs from the destination",
+                derived.map(|d| d
+                    .strategy
+                    .layouts()
+                    .iter()
+                    .map(|l| l.to_string())
+                    .collect::<Vec<_>>())
+            )),
+            (None, true) => failures.push(format!(
+                "{name}: classified as not plain ({}), but derivation gives the destination",
+                not_plain.unwrap().1
+            )),
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    for (n, _) in PLAIN.iter().chain(NOT_PLAIN) {
+        assert!(checked.iter().any(|c| c == n), "case {n} not found");
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Rules
+
+const PIPE: &str = "
+version: 1
+meshes:
+  train: {shape: [4, 2, 2], axes: [pp, dp, tp]}
+tensors:
+  - {name: embed.weight, shape: [64, 16], dtype: f32}
+  - {name: layers.0.w, shape: [32, 16], dtype: f32}
+  - {name: layers.1.w, shape: [32, 16], dtype: f32}
+  - {name: layers.2.w, shape: [32, 16], dtype: f32}
+  - {name: layers.3.w, shape: [32, 16], dtype: f32}
+  - {name: layers.4.w, shape: [32, 16], dtype: f32}
+  - {name: mid.weight, shape: [16], dtype: f32}
+  - {name: mid2.weight, shape: [16], dtype: f32}
+  - {name: norm.weight, shape: [16], dtype: f32}
+  - {name: bias, shape: [6], dtype: f32}
+  - {name: head.weight, shape: [64, 16], dtype: f32}
+strategies:
+  train:
+    mesh: train
+    stages: {axis: pp, layer: \"layers.{}.*\", ranges: [[0, 1], [2, 2], [3, 3], [4, 4]]}
+    rules:
+      - {match: embed.weight, dims: [[tp, dp], null], at: {pp: 0}}
+      - {match: mid.weight, dims: [dp], at: {pp: 1}}
+      - {match: mid2.weight, dims: replicated, at: {pp: 2}}
+      - {match: norm.weight, dims: replicated}
+      - {match: bias, dims: [tp], at: {pp: 3}}
+      - {match: head.weight, dims: [tp, null], partial: [dp], at: {pp: 3}}
+      - {match: \"*\", dims: [tp, null]}
+transfer: {from: train, to: train}
+";
+
+fn pipe(derive: &str) -> Spec {
+    parse(&format!("{PIPE}{derive}"))
+}
+
+fn notes(d: &Derived, tensor: &str) -> String {
+    let l = d.strategy.layout(tensor).unwrap();
+    format!("{l}  {}", d.reason(tensor).unwrap())
+}
+
+#[test]
+fn pipeline_rules() {
+    let spec = pipe("derive: {fallback: replicate}\n");
+    let rules = rules_for(&spec, "train");
+    assert_eq!(rules.layer.as_deref(), Some("layers.{}.*"));
+    assert_eq!(rules.pp_axis.as_deref(), Some("pp"));
+    let train = spec.strategy("train").unwrap();
+    // 4 stages -> 2: layers balanced 3 + 2; relative stages for the rest.
+    let d = derive_strategy(train, &DeriveTarget::from_degrees(4, 2, 2).unwrap(), &rules).unwrap();
+    let cases = [
+        (
+            "embed.weight",
+            "[tp, -] at pp=0  optimizer shard over dp (2 ways) dropped; tp split of dim 0 kept: 2 -> 2; stage 0 of 4 -> stage 0 of 2",
+        ),
+        (
+            "layers.2.w",
+            "[tp, -] at pp=0  tp split of dim 0 kept: 2 -> 2; layer 2 -> stage 0 of 2 (layers 0-2)",
+        ),
+        (
+            "layers.3.w",
+            "[tp, -] at pp=1  tp split of dim 0 kept: 2 -> 2; layer 3 -> stage 1 of 2 (layers 3-4)",
+        ),
+        (
+            "mid.weight",
+            "[-] at pp=0  optimizer shard over dp (2 ways) dropped; no tensor-parallel split in training: not split; stage 1 of 4 -> stage 0 of 2",
+        ),
+        (
+            "mid2.weight",
+            "[-] at pp=1  no tensor-parallel split in training: not split; stage 2 of 4 -> stage 1 of 2",
+        ),
+        (
+            "norm.weight",
+            "[-]  no tensor-parallel split in training: not split; no layer index, on every training stage: on all 2 stages",
+        ),
+        (
+            "bias",
+            "[tp] at pp=1  tp split of dim 0 kept: 2 -> 2; stage 3 of 4 -> stage 1 of 2",
+        ),
+        (
+            "head.weight",
+            "[tp, -] at pp=1  partial sums over dp reduced; tp split of dim 0 kept: 2 -> 2; stage 3 of 4 -> stage 1 of 2",
+        ),
+    ];
+    for (t, want) in cases {
+        assert_eq!(notes(&d, t), want, "{t}");
+    }
+    plan_and_simulate(train, &d.strategy, SMALL);
+
+    // 4 stages -> 8: the last stays last; layers spread 1 per stage.
+    let d = derive_strategy(
+        train,
+        &DeriveTarget::from_degrees(32, 4, 8).unwrap(),
+        &rules,
+    )
+    .unwrap();
+    assert_eq!(
+        notes(&d, "bias"),
+        "[-] at pp=7  dim 0 (6) not divisible by tp 4: replicated (fallback); stage 3 of 4 -> stage 7 of 8"
+    );
+    assert!(notes(&d, "head.weight").ends_with("stage 3 of 4 -> stage 7 of 8"));
+    assert!(notes(&d, "mid.weight").ends_with("stage 1 of 4 -> stage 2 of 8"));
+    assert!(notes(&d, "layers.4.w").ends_with("layer 4 -> stage 4 of 8 (layers 4-4)"));
+    plan_and_simulate(train, &d.strategy, SMALL);
+
+    // Explicit ranges, a shared tensor and a forced replication.
+    let spec = pipe(
+        "derive: {ranges: [[0, 0], [1, 4]], shared: [\"embed.*\"], replicate: [\"head.*\"], fallback: chunk}\n",
+    );
+    let rules = rules_for(&spec, "train");
+    let d = derive_strategy(
+        spec.strategy("train").unwrap(),
+        &DeriveTarget::from_degrees(8, 4, 2).unwrap(),
+        &rules,
+    )
+    .unwrap();
+    assert_eq!(
+        notes(&d, "embed.weight"),
+        "[tp, -]  optimizer shard over dp (2 ways) dropped; tp split of dim 0 kept: 2 -> 4; shared (derive.shared): on all 2 stages"
+    );
+    assert_eq!(
+        notes(&d, "layers.1.w"),
+        "[tp, -] at pp=1  tp split of dim 0 kept: 2 -> 4; layer 1 -> stage 1 of 2 (layers 1-4)"
+    );
+    assert_eq!(
+        notes(&d, "head.weight"),
+        "[-, -] at pp=1  partial sums over dp reduced; replicated (derive.replicate); stage 3 of 4 -> stage 1 of 2"
+    );
+    assert_eq!(
+        notes(&d, "bias"),
+        "[tp chunk] at pp=1  dim 0 (6) not divisible by tp 4: chunk split (fallback); stage 3 of 4 -> stage 1 of 2"
+    );
+    plan_and_simulate(spec.strategy("train").unwrap(), &d.strategy, SMALL);
+}
+
+/// A tied embedding (`tied.weight`: looked up before layer 0 and used as
+/// the output projection after the last layer) goes to the stages that use
+/// it, not to every stage: from a training strategy that keeps it on two
+/// stages, and from a `derive.shared` rule naming its layers.
+#[test]
+fn tied_embeddings_go_to_the_stages_that_use_them() {
+    let with_tied = |derive: &str| {
+        parse(&(PIPE.replace(
+            "      - {match: \"*\", dims: [tp, null]}\n",
+            "      - {match: tied.weight, dims: [tp, null], at: {pp: [0, 3]}}\n      - {match: \"*\", dims: [tp, null]}\n",
+        ).replace(
+            "  - {name: head.weight",
+            "  - {name: tied.weight, shape: [64, 16], dtype: f32}\n  - {name: head.weight",
+        ) + derive))
+    };
+    let spec = with_tied("");
+    let train = spec.strategy("train").unwrap();
+    let tl = train.layout("tied.weight").unwrap();
+    assert_eq!(tl.to_string(), "[tp, -] at pp=0|3");
+    // Stages 1 and 2 of training hold nothing of it.
+    let holders: Vec<u64> = (0..16).filter(|&r| tl.holds(r)).collect();
+    assert_eq!(holders, vec![0, 1, 2, 3, 12, 13, 14, 15]);
+
+    // From the training pins: each training stage maps to its counterpart.
+    let rules = rules_for(&spec, "train");
+    for (target, want) in [
+        (
+            DeriveTarget::from_degrees(4, 2, 2).unwrap(),
+            "[tp, -]  tp split of dim 0 kept: 2 -> 2; stages 0, 3 of 4 -> stages 0, 1 of 2",
+        ),
+        (
+            DeriveTarget::from_degrees(16, 2, 8).unwrap(),
+            "[tp, -] at pp=0|7  tp split of dim 0 kept: 2 -> 2; stages 0, 3 of 4 -> stages 0, 7 of 8",
+        ),
+        (
+            DeriveTarget::from_degrees(2, 2, 1).unwrap(),
+            "[tp, -]  tp split of dim 0 kept: 2 -> 2; stages 0, 3 of 4 -> the single stage",
+        ),
+    ] {
+        let d = derive_strategy(train, &target, &rules).unwrap();
+        assert_eq!(notes(&d, "tied.weight"), want, "{target}");
+        // Only the ranks of those stages receive it.
+        let l = d.strategy.layout("tied.weight").unwrap();
+        let count = (0..target.mesh().rank_count())
+            .filter(|&r| l.holds(r))
+            .count();
+        let stages = if target.pp_degree() == 1 { 1 } else { 2 };
+        assert_eq!(count as u64, stages * target.tp_degree(), "{target}");
+        plan_and_simulate(train, &d.strategy, SMALL);
+    }
+
+    // From a rule naming the layers that use it, whatever training did.
+    let spec =
+        with_tied("derive: {shared: [{match: tied.weight, layers: [first, last]}, norm.weight]}\n");
+    let rules = rules_for(&spec, "train");
+    assert_eq!(
+        rules.shared[0].layers,
+        vec![LayerRef::First, LayerRef::Last]
+    );
+    let train = spec.strategy("train").unwrap();
+    let d = derive_strategy(train, &DeriveTarget::from_degrees(8, 2, 4).unwrap(), &rules).unwrap();
+    assert_eq!(
+        notes(&d, "tied.weight"),
+        "[tp, -] at pp=0|3  tp split of dim 0 kept: 2 -> 2; shared (derive.shared) by layers 0, 4: stages 0, 3 of 4"
+    );
+    assert_eq!(
+        notes(&d, "norm.weight"),
+        "[-]  no tensor-parallel split in training: not split; shared (derive.shared): on all 4 stages"
+    );
+    plan_and_simulate(train, &d.strategy, SMALL);
+    // Two layers on one stage give that stage once.
+    let rules = DeriveRules {
+        shared: vec![SharedTensors {
+            pattern: "tied.weight".into(),
+            layers: vec![LayerRef::Index(3), LayerRef::Last],
+        }],
+        ..rules
+    };
+    let d = derive_strategy(train, &DeriveTarget::from_degrees(4, 2, 2).unwrap(), &rules).unwrap();
+    assert_eq!(
+        notes(&d, "tied.weight"),
+        "[tp, -] at pp=1  tp split of dim 0 kept: 2 -> 2; shared (derive.shared) by layers 3, 4: stage 1 of 2"
+    );
+
+    // The derived spec writes the pins as a list and reads back alike.
+    let d = derive_strategy(
+        train,
+        &DeriveTarget::from_degrees(8, 2, 4).unwrap(),
+        &rules_for(&spec, "train"),
+    )
+    .unwrap();
+    let yaml = derived_spec_yaml(&spec, Some("train"), &d.strategy, "").unwrap();
+    assert!(yaml.contains(r#"at: {"pp": [0, 3]}"#), "{yaml}");
+    let back = parse(&yaml);
+    let again = back
+        .strategy("derived")
+        .unwrap()
+        .layout("tied.weight")
+        .unwrap();
+    assert!(again.same_placement(d.strategy.layout("tied.weight").unwrap()));
+
+    // A layer the model does not have is refused by the entry's name.
+    let rules = DeriveRules {
+        shared: vec![SharedTensors {
+            pattern: "tied.*".into(),
+            layers: vec![LayerRef::First, LayerRef::Index(100)],
+        }],
+        ..rules_for(&spec, "train")
+    };
+    let e =
+        derive_strategy(train, &DeriveTarget::from_degrees(4, 2, 2).unwrap(), &rules).unwrap_err();
+    assert!(
+        matches!(e, DeriveError::SharedLayer { layers: 5, .. }),
+        "{e}"
+    );
+    assert!(e.to_string().contains("derive.shared `tied.*`"), "{e}");
+
+    // MindSpore keeps a parameter once per stage file: export refuses.
+    let e = MindSporeLayout::from_layout(tl).unwrap_err().to_string();
+    assert!(e.contains("several pipeline stages"), "{e}");
+
+    // Bad entries are located and explained.
+    let bad = [
+        (
+            "derive: {shared: [{match: tied.weight, layers: [middle]}]}\n",
+            "bad_stages",
+        ),
+        ("derive: {shared: [{layers: [first]}]}\n", "missing_field"),
+        (
+            "derive: {shared: [{match: tied.weight, layers: []}]}\n",
+            "bad_stages",
+        ),
+    ];
+    for (section, want) in bad {
+        let (s, diags) = parse_spec("t.yaml", &format!("{PIPE}{section}"));
+        assert!(s.is_none(), "{section}");
+        assert!(
+            diags.iter().any(|d| d.code.short() == want),
+            "{section}: {diags:?}"
+        );
+    }
+    for (at, want) in [("[]", "no coordinate"), ("[0, 9]", "beyond axis")] {
+        let text = PIPE.replace("at: {pp: 2}", &format!("at: {{pp: {at}}}"));
+        let (s, diags) = parse_spec("t.yaml", &text);
+        assert!(s.is_none(), "{at}");
+        let d = diags
+            .iter()
+            .find(|d| d.code.short() == "pin_out_of_range")
+            .unwrap();
+        assert!(d.message.contains(want), "{at}: {}", d.message);
+    }
+}
+
+#[test]
+fn several_tp_dims_keep_the_widest() {
+    let spec = parse(
+        "
+version: 1
+meshes:
+  m: {shape: [2, 4], axes: [tpa, tpb]}
+tensors:
+  - {name: a, shape: [8, 8], dtype: f32}
+  - {name: b, shape: [8, 8], dtype: f32}
+strategies:
+  s:
+    mesh: m
+    rules:
+      - {match: a, dims: [tpa, tpb]}
+      - {match: b, dims: [tpb, tpa]}
+derive: {tp_axes: [tpa, tpb]}
+",
+    );
+    let rules = rules_for(&spec, "s");
+    let d = derive_strategy(
+        spec.strategy("s").unwrap(),
+        &DeriveTarget::from_degrees(2, 2, 1).unwrap(),
+        &rules,
+    )
+    .unwrap();
+    assert_eq!(
+        notes(&d, "a"),
+        "[-, tp]  tp split of dim 0 (2 ways) dropped: dim 1 keeps the split; tp split of dim 1 kept: 4 -> 2"
+    );
+    assert_eq!(
+        notes(&d, "b"),
+        "[tp, -]  tp split of dim 1 (2 ways) dropped: dim 0 keeps the split; tp split of dim 0 kept: 4 -> 2"
+    );
+    // A target with two tensor-parallel axes splits over both.
+    let mesh = Arc::new(DeviceMesh::new([("x", 2), ("y", 2)]).unwrap());
+    let t = DeriveTarget::new(mesh, vec!["y".into(), "x".into()], None).unwrap();
+    assert_eq!(t.tp_axes(), ["x", "y"]);
+    let d = derive_strategy(spec.strategy("s").unwrap(), &t, &rules).unwrap();
+    assert_eq!(d.strategy.layout("a").unwrap().to_string(), "[-, (x, y)]");
+}
+
+#[test]
+fn axis_roles_by_name_config_and_use() {
+    let spec = parse(
+        "
+version: 1
+meshes:
+  m: {shape: [2, 2, 2], axes: [fsdp, sp, rows]}
+tensors:
+  - {name: w, shape: [8, 8], dtype: f32}
+  - {name: v, shape: [8], dtype: f32}
+strategies:
+  s:
+    mesh: m
+    rules:
+      - {match: w, dims: [fsdp, sp]}
+      - {match: v, dims: replicated, at: {rows: 1}}
+",
+    );
+    let rules = rules_for(&spec, "s");
+    let t = DeriveTarget::from_degrees(2, 2, 1).unwrap();
+    let d = derive_strategy(spec.strategy("s").unwrap(), &t, &rules).unwrap();
+    // fsdp by name, sp by use (splits), rows by use (only pins).
+    let roles: Vec<String> = d.roles.iter().map(|(a, r)| format!("{a}={r}")).collect();
+    assert_eq!(roles, ["fsdp=dp", "sp=tp", "rows=pp"]);
+    assert_eq!(
+        notes(&d, "w"),
+        "[-, tp]  optimizer shard over fsdp (2 ways) dropped; tp split of dim 1 kept: 2 -> 2"
+    );
+    assert_eq!(
+        notes(&d, "v"),
+        "[-]  no tensor-parallel split in training: not split; stage 1 of 2 -> the single stage"
+    );
+    // Configured roles win over names.
+    let rules = DeriveRules {
+        tp_axes: vec!["fsdp".into()],
+        dp_axes: vec!["sp".into(), "rows".into()],
+        ..rules
+    };
+    let d = derive_strategy(spec.strategy("s").unwrap(), &t, &rules).unwrap();
+    assert_eq!(
+        notes(&d, "w"),
+        "[tp, -]  data-parallel split of dim 1 over sp (2 ways) dropped; tp split of dim 0 kept: 2 -> 2"
+    );
+    assert_eq!(
+        notes(&d, "v"),
+        "[-]  pin rows=1 dropped; no tensor-parallel split in training: not split"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Errors
+
+fn code(e: &DeriveError) -> String {
+    miette::Diagnostic::code(e).unwrap().to_string()
+}
+
+#[test]
+fn errors_have_stable_codes() {
+    let pipe_spec = pipe("");
+    let pipe_rules = rules_for(&pipe_spec, "train");
+    let pipe_train = pipe_spec.strategy("train").unwrap();
+    let tiny = load("specs/tiny-model.yaml");
+    let tiny_rules = rules_for(&tiny, "train");
+    let tiny_train = tiny.strategy("train").unwrap();
+    let flat = load("specs/single-device.yaml");
+    let flat_train = flat.strategy("train").unwrap();
+    let split_pp = parse(
+        "
+version: 1
+meshes: {m: {shape: [2, 2], axes: [pp, tp]}}
+tensors: [{name: w, shape: [8, 8], dtype: f32}]
+strategies: {s: {mesh: m, rules: [{match: w, dims: [pp, tp]}]}}
+",
+    );
+    let two_roles = parse(
+        "
+version: 1
+meshes: {m: {shape: [2, 2], axes: [x, y]}}
+tensors: [{name: w, shape: [8, 8], dtype: f32}, {name: v, shape: [8], dtype: f32}]
+strategies: {s: {mesh: m, rules: [{match: w, dims: [x, y]}, {match: v, dims: replicated, at: {x: 1}}]}}
+",
+    );
+    let two_pp = parse(
+        "
+version: 1
+meshes: {m: {shape: [2, 2], axes: [pp, stage]}}
+tensors: [{name: v, shape: [8], dtype: f32}]
+strategies: {s: {mesh: m, rules: [{match: v, dims: replicated}]}}
+",
+    );
+    let deg = |n, tp, pp| DeriveTarget::from_degrees(n, tp, pp).unwrap();
+    let cases: Vec<(&str, Result<Derived, DeriveError>)> = vec![
+        (
+            "target_shape",
+            DeriveTarget::from_degrees(6, 4, 1).map(|_| unreachable!()),
+        ),
+        (
+            "target_shape",
+            DeriveTarget::from_degrees(4, 0, 1).map(|_| unreachable!()),
+        ),
+        (
+            "target_shape",
+            DeriveTarget::from_degrees(4, u64::MAX, 2).map(|_| unreachable!()),
+        ),
+        (
+            "target_mesh",
+            DeriveTarget::from_degrees(1 << 21, 1, 1).map(|_| unreachable!()),
+        ),
+        (
+            "unknown_axis",
+            DeriveTarget::new(deg(2, 2, 1).mesh().clone(), vec!["zz".into()], None)
+                .map(|_| unreachable!()),
+        ),
+        (
+            "target_roles",
+            DeriveTarget::new(
+                deg(2, 2, 1).mesh().clone(),
+                vec!["tp".into()],
+                Some("tp".into()),
+            )
+            .map(|_| unreachable!()),
+        ),
+        (
+            "target_roles",
+            DeriveTarget::from_mesh(two_pp.meshes["m"].clone(), &DeriveRules::default())
+                .map(|_| unreachable!()),
+        ),
+        (
+            "indivisible",
+            derive_strategy(tiny_train, &deg(7, 7, 1), &tiny_rules),
+        ),
+        (
+            "pipeline_split",
+            derive_strategy(
+                split_pp.strategy("s").unwrap(),
+                &deg(2, 2, 1),
+                &DeriveRules::default(),
+            ),
+        ),
+        (
+            "axis_roles",
+            derive_strategy(
+                two_roles.strategy("s").unwrap(),
+                &deg(2, 2, 1),
+                &DeriveRules::default(),
+            ),
+        ),
+        (
+            "axis_roles",
+            derive_strategy(
+                two_pp.strategy("s").unwrap(),
+                &deg(2, 2, 1),
+                &DeriveRules::default(),
+            ),
+        ),
+        (
+            "no_layer_pattern",
+            derive_strategy(flat_train, &deg(4, 2, 2), &DeriveRules::default()),
+        ),
+        (
+            "pattern",
+            derive_strategy(
+                flat_train,
+                &deg(2, 2, 1),
+                &DeriveRules {
+                    layer: Some("no index".into()),
+                    ..Default::default()
+                },
+            ),
+        ),
+        (
+            "pattern",
+            derive_strategy(
+                flat_train,
+                &deg(2, 2, 1),
+                &DeriveRules {
+                    shared: vec![SharedTensors::everywhere("")],
+                    ..Default::default()
+                },
+            ),
+        ),
+        (
+            "ranges",
+            derive_strategy(
+                pipe_train,
+                &deg(4, 2, 2),
+                &DeriveRules {
+                    ranges: Some(vec![[0, 4]]),
+                    ..pipe_rules.clone()
+                },
+            ),
+        ),
+        (
+            "ranges",
+            derive_strategy(
+                pipe_train,
+                &deg(4, 2, 2),
+                &DeriveRules {
+                    ranges: Some(vec![[0, 1], [2, 3]]),
+                    ..pipe_rules.clone()
+                },
+            ),
+        ),
+        (
+            "ranges",
+            derive_strategy(
+                pipe_train,
+                &deg(4, 2, 2),
+                &DeriveRules {
+                    ranges: Some(vec![[0, 1], [3, 2]]),
+                    ..pipe_rules.clone()
+                },
+            ),
+        ),
+        (
+            "axis_roles",
+            derive_strategy(
+                &ms_strategy(),
+                &deg(2, 2, 1),
+                &DeriveRules {
+                    optimizer_shards: [("w".to_string(), 4)].into(),
+                    ..Default::default()
+                },
+            ),
+        ),
+    ];
+    for (want, got) in cases {
+        let err = got.err().unwrap_or_else(|| panic!("{want}: no error"));
+        assert_eq!(code(&err), format!("shardplan::derive::{want}"), "{err}");
+        // Every error says how to fix it.
+        assert!(miette::Diagnostic::help(&err).is_some(), "{want}: no help");
+    }
+    // The indivisible error lists every tensor, the first few by name.
+    let err = derive_strategy(tiny_train, &deg(7, 7, 1), &tiny_rules).unwrap_err();
+    let DeriveError::Indivisible { tp, tensors } = &err else {
+        panic!("{err}")
+    };
+    assert_eq!((*tp, tensors.len()), (7, 16));
+    assert!(err.to_string().contains("and 11 more"), "{err}");
+}
+
+/// A MindSpore layout with an optimizer shard of 2 (dev [2, 2], tm [-1, 0]).
+fn ms_strategy() -> Strategy {
+    let ms = MindSporeLayout {
+        dev_matrix: vec![2, 2],
+        tensor_map: vec![vec![-1], vec![0]],
+        opt_weight_shard_size: 2,
+        opt_weight_shard_step: 2,
+        ..Default::default()
+    };
+    let w = TensorInfo {
+        name: "w".into(),
+        shape: vec![8, 4],
+        dtype: DType::F32,
+    };
+    let l = ms.to_layout(&w.shape).unwrap();
+    let mesh = Arc::new(DeviceMesh::new([("rank", 4)]).unwrap());
+    Strategy::new("s", mesh, vec![w], vec![l]).unwrap()
+}
+
+#[test]
+fn mindspore_optimizer_shards_need_the_record() {
+    // The same placement is an optimizer shard or a tensor-map split: the
+    // recorded size decides.
+    let s = ms_strategy();
+    let t = DeriveTarget::from_degrees(2, 2, 1).unwrap();
+    let rules = DeriveRules {
+        optimizer_shards: [("w".to_string(), 2)].into(),
+        ..Default::default()
+    };
+    let opt = derive_strategy(&s, &t, &rules).unwrap();
+    assert_eq!(
+        notes(&opt, "w"),
+        "[-, tp]  optimizer shard over d1 (2 ways) dropped; tp split of dim 1 kept: 2 -> 2"
+    );
+    // Without a record, a single axis on dimension 0 reads as a
+    // tensor-map split.
+    let tm = derive_strategy(&s, &t, &DeriveRules::default()).unwrap();
+    assert_eq!(
+        notes(&tm, "w"),
+        "[tp, -]  tp split of dim 1 (2 ways) dropped: dim 0 keeps the split; tp split of dim 0 kept: 2 -> 2"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// The `derive:` section
+
+#[test]
+fn derive_section_diagnostics() {
+    let base = "
+version: 1
+meshes:
+  m: {shape: [2, 2], axes: [dp, tp]}
+tensors: [{name: w, shape: [8, 8], dtype: f32}]
+strategies: {s: {mesh: m, rules: [{match: w, dims: [tp, null]}]}}
+";
+    let cases = [
+        (
+            "derive: {tp_axes: [tp], dp_axes: [dp], pp_axis: pp}",
+            "unknown_axis",
+            (7, 49),
+        ),
+        (
+            "derive: {tp_axes: [tp, dp], dp_axes: [dp]}",
+            "axis_reused",
+            (7, 39),
+        ),
+        ("derive: {tp_axes: [tp, tp]}", "axis_reused", (7, 24)),
+        ("derive: {fallback: pad}", "bad_policy", (7, 20)),
+        ("derive: {layer: \"layers.*\"}", "bad_stages", (7, 17)),
+        ("derive: {ranges: [[0, 1], [3, 2]]}", "bad_stages", (7, 27)),
+        ("derive: {shared: [\"\"]}", "bad_pattern", (7, 19)),
+        ("derive: {replicate: [\"a{}\"]}", "bad_pattern", (7, 22)),
+        ("derive: {tp: [tp]}", "unknown_field", (7, 10)),
+        ("derive: {fallback: [chunk]}", "wrong_type", (7, 20)),
+    ];
+    for (section, want, at) in cases {
+        let text = format!("{base}{section}\n");
+        let (spec, diags) = parse_spec("x.yaml", &text);
+        assert!(spec.is_none(), "{section}");
+        let d = diags
+            .iter()
+            .find(|d| d.code.short() == want)
+            .unwrap_or_else(|| panic!("{section}: {diags:?}"));
+        assert_eq!((d.line, d.column), at, "{section}: {}", d.one_line());
+        assert!(!d.help.is_empty());
+    }
+    // A valid section is read as written.
+    let spec = parse(&format!(
+        "{base}derive: {{tp_axes: [tp], dp_axes: [dp], fallback: chunk, layer: \"l.{{}}.*\", ranges: [[0, 3]], shared: [e], replicate: [\"*.b\"]}}\n"
+    ));
+    let r = spec.derive.unwrap();
+    assert_eq!(
+        (
+            r.tp_axes,
+            r.dp_axes,
+            r.fallback,
+            r.layer,
+            r.ranges,
+            r.shared,
+            r.replicate
+        ),
+        (
+            vec!["tp".to_string()],
+            vec!["dp".to_string()],
+            Fallback::Chunk,
+            Some("l.{}.*".to_string()),
+            Some(vec![[0, 3]]),
+            vec![SharedTensors::everywhere("e")],
+            vec!["*.b".to_string()]
+        )
+    );
+    // Specs without the section keep working, without rules.
+    assert!(parse(base).derive.is_none());
+}
+
+// ---------------------------------------------------------------------------
+// The command line
+
+#[test]
+fn cli_writes_a_spec_that_plan_and_simulate_accept() {
+    let dir = std::env::temp_dir().join(format!("shardplan-derive-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let runs: &[(&str, &[&str])] = &[
+        ("specs/tiny-model.yaml", &["--target", "infer"]),
+        (
+            "specs/tiny-model.yaml",
+            &["--devices", "8", "--tp", "4", "--pp", "2"],
+        ),
+        ("specs/mindspore-notation.yaml", &["--devices", "2"]),
+        ("specs/mindspore-notation.yaml", &["--devices", "1"]),
+        (
+            "specs/tiny-model.yaml",
+            &["--from", "train", "--target", "single"],
+        ),
+    ];
+    for (i, (spec, args)) in runs.iter().enumerate() {
+        let out = dir.join(format!("derived-{i}.yaml"));
+        let o = out.to_str().unwrap();
+        let mut argv = vec!["derive", spec];
+        argv.extend_from_slice(args);
+        argv.extend_from_slice(&["--name", "serve", "-o", o, "--explain"]);
+        let r = shardplan(&argv);
+        assert_eq!(r.status.code(), Some(0), "{argv:?}: {}", text(&r));
+        let stdout = String::from_utf8_lossy(&r.stdout);
+        assert!(stdout.starts_with("derive `"), "{stdout}");
+        assert!(
+            String::from_utf8_lossy(&r.stderr).contains("wrote "),
+            "{}",
+            text(&r)
+        );
+        for cmd in [vec!["check", o], vec!["plan", o], vec!["simulate", o]] {
+            let r = shardplan(&cmd);
+            assert_eq!(r.status.code(), Some(0), "{cmd:?}: {}", text(&r));
+        }
+        let r = shardplan(&["simulate", o]);
+        assert!(text(&r).contains("every destination element checked: ok"));
+    }
+    // Without -o, the spec goes to stdout and the explanation to stderr.
+    let r = shardplan(&[
+        "derive",
+        "specs/tiny-model.yaml",
+        "--devices",
+        "2",
+        "--explain",
+    ]);
+    assert_eq!(r.status.code(), Some(0), "{}", text(&r));
+    let yaml = String::from_utf8_lossy(&r.stdout);
+    let spec = parse(&yaml);
+    assert!(spec.strategy("derived").is_some());
+    assert!(String::from_utf8_lossy(&r.stderr).contains("tp split of dim 0 kept: 2 -> 2"));
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn cli_exit_codes() {
+    let cases: &[(&[&str], i32, &str)] = &[
+        (
+            &["derive", "specs/tiny-model.yaml", "--devices", "7"],
+            1,
+            "shardplan::derive::indivisible",
+        ),
+        (
+            &[
+                "derive",
+                "specs/tiny-model.yaml",
+                "--devices",
+                "6",
+                "--tp",
+                "4",
+            ],
+            1,
+            "target_shape",
+        ),
+        (
+            &[
+                "derive",
+                "specs/tiny-model.yaml",
+                "--devices",
+                "2",
+                "--name",
+                "infer",
+            ],
+            1,
+            "name_taken",
+        ),
+        (
+            &[
+                "derive",
+                "specs/invalid/unknown_axis.yaml",
+                "--devices",
+                "2",
+            ],
+            1,
+            "unknown_axis",
+        ),
+        (
+            &["derive", "specs/tiny-model.yaml", "--target", "nope"],
+            2,
+            "no mesh `nope`",
+        ),
+        (
+            &[
+                "derive",
+                "specs/tiny-model.yaml",
+                "--from",
+                "nope",
+                "--devices",
+                "2",
+            ],
+            2,
+            "no strategy `nope`",
+        ),
+        (&["derive", "specs/tiny-model.yaml"], 2, "--target <TARGET>"),
+        (
+            &[
+                "derive",
+                "specs/tiny-model.yaml",
+                "--target",
+                "infer",
+                "--devices",
+                "2",
+            ],
+            2,
+            "cannot be used with",
+        ),
+        (
+            &["derive", "no/such.yaml", "--devices", "2"],
+            2,
+            "cannot read",
+        ),
+    ];
+    for (args, status, needle) in cases {
+        let r = shardplan(args);
+        assert_eq!(r.status.code(), Some(*status), "{args:?}: {}", text(&r));
+        assert!(text(&r).contains(needle), "{args:?}: {}", text(&r));
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Operators (MindSpore semi-auto-parallel strategies)
+
+mod operators {
+    use super::*;
+    use shardplan::derive::ops::{
+        ActivationInput, Collective, DimSize, OpKind, Operator, OperatorGraph, OpsError,
+        RepeatSide, derive_from_operators,
+    };
+
+    /// One operator on inputs of the given shapes (the first input is an
+    /// activation `x`, the others weights `w1`, `w2`), on `devices`.
+    struct Case {
+        kind: OpKind,
+        shapes: &'static [&'static [u64]],
+        strategy: &'static [&'static [u64]],
+        transpose_b: bool,
+        devices: u64,
+        side: RepeatSide,
+        dev: &'static [u64],
+        maps: &'static [&'static [i64]],
+        out: &'static [i64],
+        forward: Option<(Collective, u64)>,
+    }
+
+    const CASES: &[Case] = &[
+        // [[a, b], [b, c]] -> dev [a, b, c]; maps [2, 1], [1, 0]; out [2, 0].
+        Case {
+            kind: OpKind::MatMul,
+            shapes: &[&[16, 64], &[64, 32]],
+            strategy: &[&[2, 1], &[1, 4]],
+            transpose_b: false,
+            devices: 8,
+            side: RepeatSide::Right,
+            dev: &[2, 1, 4],
+            maps: &[&[2, 1], &[1, 0]],
+            out: &[2, 0],
+            forward: None,
+        },
+        // transpose_b: the weight [N, K] has strategy [c, b] and map [0, 1].
+        Case {
+            kind: OpKind::MatMul,
+            shapes: &[&[16, 64], &[32, 64]],
+            strategy: &[&[2, 1], &[4, 1]],
+            transpose_b: true,
+            devices: 8,
+            side: RepeatSide::Right,
+            dev: &[2, 1, 4],
+            maps: &[&[2, 1], &[0, 1]],
+            out: &[2, 0],
+            forward: None,
+        },
+        // A split reduction dimension: the output is all-reduced.
+        Case {
+            kind: OpKind::MatMul,
+            shapes: &[&[16, 64], &[64, 32]],
+            strategy: &[&[2, 4], &[4, 1]],
+            transpose_b: false,
+            devices: 8,
+            side: RepeatSide::Right,
+            dev: &[2, 4, 1],
+            maps: &[&[2, 1], &[1, 0]],
+            out: &[2, 0],
+            forward: Some((Collective::AllReduce, 4)),
+        },
+        // Repeated calculation x2, MindSpore 2.x: last axis, maps + 1.
+        Case {
+            kind: OpKind::MatMul,
+            shapes: &[&[16, 64], &[64, 32]],
+            strategy: &[&[1, 1], &[1, 4]],
+            transpose_b: false,
+            devices: 8,
+            side: RepeatSide::Right,
+            dev: &[1, 1, 4, 2],
+            maps: &[&[3, 2], &[2, 1]],
+            out: &[3, 1],
+            forward: None,
+        },
+        // Repeated calculation x2, earlier MindSpore: first axis.
+        Case {
+            kind: OpKind::MatMul,
+            shapes: &[&[16, 64], &[64, 32]],
+            strategy: &[&[1, 1], &[1, 4]],
+            transpose_b: false,
+            devices: 8,
+            side: RepeatSide::Left,
+            dev: &[2, 1, 1, 4],
+            maps: &[&[2, 1], &[1, 0]],
+            out: &[2, 0],
+            forward: None,
+        },
+        Case {
+            kind: OpKind::BatchMatMul,
+            shapes: &[&[4, 16, 8], &[4, 8, 16]],
+            strategy: &[&[2, 1, 1], &[2, 1, 2]],
+            transpose_b: false,
+            devices: 4,
+            side: RepeatSide::Right,
+            dev: &[2, 1, 1, 2],
+            maps: &[&[3, 2, 1], &[3, 1, 0]],
+            out: &[3, 2, 0],
+            forward: None,
+        },
+        // Broadcast: a 2-D weight under a 3-D activation.
+        Case {
+            kind: OpKind::BatchMatMul,
+            shapes: &[&[4, 16, 8], &[8, 16]],
+            strategy: &[&[2, 1, 2], &[2, 1]],
+            transpose_b: false,
+            devices: 4,
+            side: RepeatSide::Right,
+            dev: &[2, 1, 2, 1],
+            maps: &[&[3, 2, 1], &[1, 0]],
+            out: &[3, 2, 0],
+            forward: Some((Collective::AllReduce, 2)),
+        },
+        // Gather, vocabulary not split: dev = indices ++ table strategy.
+        Case {
+            kind: OpKind::Gather,
+            shapes: &[&[64, 32], &[8, 16]],
+            strategy: &[&[1, 4], &[2, 1]],
+            transpose_b: false,
+            devices: 8,
+            side: RepeatSide::Right,
+            dev: &[2, 1, 1, 4],
+            maps: &[&[1, 0], &[3, 2]],
+            out: &[3, 2, 0],
+            forward: None,
+        },
+        // Gather, vocabulary split over all devices: reduce-scatter.
+        Case {
+            kind: OpKind::Gather,
+            shapes: &[&[64, 32], &[8, 16]],
+            strategy: &[&[4, 1], &[1, 1]],
+            transpose_b: false,
+            devices: 4,
+            side: RepeatSide::Right,
+            dev: &[4, 1],
+            maps: &[&[1, 0], &[-1, -1]],
+            out: &[1, -1, 0],
+            forward: Some((Collective::ReduceScatter, 4)),
+        },
+        // ... over half the devices: the repeat goes left, whatever the side.
+        Case {
+            kind: OpKind::Gather,
+            shapes: &[&[64, 32], &[8, 16]],
+            strategy: &[&[4, 1], &[1, 1]],
+            transpose_b: false,
+            devices: 8,
+            side: RepeatSide::Right,
+            dev: &[2, 4, 1],
+            maps: &[&[1, 0], &[-1, -1]],
+            out: &[1, -1, 0],
+            forward: Some((Collective::ReduceScatter, 4)),
+        },
+        // ... batch 6 does not split 4 ways: all-reduce, replicated output.
+        Case {
+            kind: OpKind::Gather,
+            shapes: &[&[64, 32], &[6, 16]],
+            strategy: &[&[4, 1], &[1, 1]],
+            transpose_b: false,
+            devices: 4,
+            side: RepeatSide::Right,
+            dev: &[4, 1],
+            maps: &[&[1, 0], &[-1, -1]],
+            out: &[-1, -1, 0],
+            forward: Some((Collective::AllReduce, 4)),
+        },
+        // Shard batch and axis: [[v, 1], [b, 1]], v * b = devices.
+        Case {
+            kind: OpKind::Gather,
+            shapes: &[&[64, 32], &[8, 16]],
+            strategy: &[&[4, 1], &[2, 1]],
+            transpose_b: false,
+            devices: 8,
+            side: RepeatSide::Right,
+            dev: &[2, 4],
+            maps: &[&[0, -1], &[1, -1]],
+            out: &[1, -1, -1],
+            forward: Some((Collective::AllReduce, 4)),
+        },
+        Case {
+            kind: OpKind::Add,
+            shapes: &[&[16, 32], &[32]],
+            strategy: &[&[2, 4], &[4]],
+            transpose_b: false,
+            devices: 8,
+            side: RepeatSide::Right,
+            dev: &[2, 4],
+            maps: &[&[1, 0], &[0]],
+            out: &[1, 0],
+            forward: None,
+        },
+        // A broadcast dimension of size 1 is not split.
+        Case {
+            kind: OpKind::Mul,
+            shapes: &[&[16, 32], &[1, 32]],
+            strategy: &[&[2, 4], &[1, 4]],
+            transpose_b: false,
+            devices: 8,
+            side: RepeatSide::Right,
+            dev: &[2, 4],
+            maps: &[&[1, 0], &[-1, 0]],
+            out: &[1, 0],
+            forward: None,
+        },
+        Case {
+            kind: OpKind::Mul,
+            shapes: &[&[16, 32], &[16, 32]],
+            strategy: &[&[2, 1], &[2, 1]],
+            transpose_b: false,
+            devices: 8,
+            side: RepeatSide::Right,
+            dev: &[2, 1, 4],
+            maps: &[&[2, 1], &[2, 1]],
+            out: &[2, 1],
+            forward: None,
+        },
+        Case {
+            kind: OpKind::RmsNorm,
+            shapes: &[&[16, 32], &[32]],
+            strategy: &[&[4, 1], &[1]],
+            transpose_b: false,
+            devices: 4,
+            side: RepeatSide::Right,
+            dev: &[4, 1],
+            maps: &[&[1, 0], &[0]],
+            out: &[1, 0],
+            forward: None,
+        },
+        Case {
+            kind: OpKind::LayerNorm,
+            shapes: &[&[2, 8, 32], &[32], &[32]],
+            strategy: &[&[2, 2, 1], &[1], &[1]],
+            transpose_b: false,
+            devices: 4,
+            side: RepeatSide::Right,
+            dev: &[2, 2, 1],
+            maps: &[&[2, 1, 0], &[0], &[0]],
+            out: &[2, 1, 0],
+            forward: None,
+        },
+    ];
+
+    /// Weights `w1`, `w2` (all inputs but the first) and the graph. For a
+    /// Gather the table comes first and the indices are the activation.
+    fn one_op(
+        kind: OpKind,
+        shapes: &[&[u64]],
+        strategy: &[&[u64]],
+        transpose_b: bool,
+        devices: u64,
+        side: RepeatSide,
+    ) -> (Vec<TensorInfo>, OperatorGraph) {
+        let act = if kind == OpKind::Gather { 1 } else { 0 };
+        let mut tensors = Vec::new();
+        let mut inputs = Vec::new();
+        let mut names = Vec::new();
+        for (k, s) in shapes.iter().enumerate() {
+            if k == act {
+                inputs.push(ActivationInput {
+                    name: "x".into(),
+                    shape: s.iter().map(|&n| DimSize::Fixed(n)).collect(),
+                    dtype: DType::F32,
+                });
+                names.push("x".to_string());
+            } else {
+                let name = format!("w{k}");
+                tensors.push(TensorInfo {
+                    name: name.clone(),
+                    shape: s.to_vec(),
+                    dtype: DType::F32,
+                });
+                names.push(name);
+            }
+        }
+        let graph = OperatorGraph {
+            devices,
+            stages: 1,
+            batch: 1,
+            repeated_calc: side,
+            inputs,
+            ops: vec![Operator {
+                kind,
+                name: "op".into(),
+                inputs: names,
+                strategy: strategy.iter().map(|s| s.to_vec()).collect(),
+                transpose_b,
+                transpose_a: false,
+                stage: 0,
+                output: "y".into(),
+            }],
+        };
+        (tensors, graph)
+    }
+
+    #[test]
+    fn device_matrices_and_tensor_maps() {
+        for (i, c) in CASES.iter().enumerate() {
+            let (tensors, graph) = one_op(
+                c.kind,
+                c.shapes,
+                c.strategy,
+                c.transpose_b,
+                c.devices,
+                c.side,
+            );
+            let d = derive_from_operators(&graph, &tensors)
+                .unwrap_or_else(|e| panic!("case {i} ({}): {e}", c.kind));
+            let l = &d.ops[0];
+            assert_eq!(l.dev_matrix, c.dev, "case {i} ({})", c.kind);
+            let maps: Vec<&[i64]> = l.inputs.iter().map(Vec::as_slice).collect();
+            assert_eq!(maps, c.maps, "case {i} ({})", c.kind);
+            assert_eq!(l.output, c.out, "case {i} ({})", c.kind);
+            assert_eq!(
+                l.forward.map(|f| (f.collective, f.ranks)),
+                c.forward,
+                "case {i} ({})",
+                c.kind
+            );
+            assert_eq!(
+                l.dev_matrix.iter().product::<u64>(),
+                c.devices,
+                "case {i}: the device matrix spans the stage"
+            );
+            // Every weight's layout is its input's: dev matrix and map.
+            for (t, w) in d.strategy.tensors().iter().zip(&d.weights) {
+                let w = w.as_ref().unwrap();
+                let tm: Vec<i64> = w.layout.tensor_map.iter().map(|e| e[0]).collect();
+                assert_eq!(
+                    (w.layout.dev_matrix.as_slice(), tm.as_slice()),
+                    (c.dev, c.maps[w.input]),
+                    "case {i}: {}",
+                    t.name
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn placements_follow_the_device_matrix() {
+        // MatMul [[2, 1], [1, 4]] on 8 devices: rank = a * 4 + c; the
+        // weight's columns follow c, its rows are whole.
+        let (t, g) = one_op(
+            OpKind::MatMul,
+            CASES[0].shapes,
+            CASES[0].strategy,
+            false,
+            8,
+            RepeatSide::Right,
+        );
+        let d = derive_from_operators(&g, &t).unwrap();
+        let w = d.strategy.layout("w1").unwrap();
+        for r in 0..8 {
+            let c = r % 4;
+            assert_eq!(
+                w.region_of(r).unwrap().to_string(),
+                format!("[0..64, {}..{}]", c * 8, c * 8 + 8)
+            );
+        }
+        // With the repeated calculation on the right, consecutive ranks
+        // repeat; on the left, ranks 4 apart do.
+        let (t, g) = one_op(
+            OpKind::MatMul,
+            CASES[3].shapes,
+            CASES[3].strategy,
+            false,
+            8,
+            RepeatSide::Right,
+        );
+        let right = derive_from_operators(&g, &t).unwrap();
+        let w = right.strategy.layout("w1").unwrap();
+        assert_eq!(w.region_of(0), w.region_of(1));
+        assert_ne!(w.region_of(0), w.region_of(4));
+        let (t, g) = one_op(
+            OpKind::MatMul,
+            CASES[4].shapes,
+            CASES[4].strategy,
+            false,
+            8,
+            RepeatSide::Left,
+        );
+        let left = derive_from_operators(&g, &t).unwrap();
+        let w = left.strategy.layout("w1").unwrap();
+        assert_ne!(w.region_of(0), w.region_of(1));
+        assert_eq!(w.region_of(0), w.region_of(4));
+    }
+
+    fn tiny_with_ops() -> Spec {
+        let text = std::fs::read_to_string(root().join("specs/tiny-model.yaml")).unwrap();
+        parse(&format!("{text}{TINY_OPS}"))
+    }
+
+    const TINY_OPS: &str = "
+operators:
+  devices: 4
+  batch: 8
+  inputs:
+    - {name: tokens, shape: [batch], dtype: i32}
+  ops:
+    - {op: Gather, name: embed, inputs: [model.embed_tokens.weight, tokens], strategy: [[4, 1], [1]], output: h}
+    - {op: RmsNorm, name: norm0, inputs: [h, model.layers.0.input_layernorm.weight], strategy: [[4, 1], [1]], output: hn}
+    - {op: MatMul, name: q, inputs: [hn, model.layers.0.self_attn.q_proj.weight], strategy: [[1, 1], [4, 1]], transpose_b: true}
+    - {op: MatMul, name: o, inputs: [q, model.layers.0.self_attn.o_proj.weight], strategy: [[1, 4], [1, 4]], transpose_b: true}
+    - {op: Add, name: residual, inputs: [h, o], strategy: [[4, 1], [4, 1]]}
+";
+
+    #[test]
+    fn weights_and_redistributions_of_a_layer() {
+        let spec = tiny_with_ops();
+        let graph = spec.operators.clone().unwrap();
+        assert_eq!(graph.ops[2].output, "q");
+        let d = derive_from_operators(&graph, &spec.tensors).unwrap();
+        // Vocabulary-parallel embedding, column-parallel q, row-parallel o.
+        let layout = |n: &str| d.strategy.layout(n).unwrap().clone();
+        let rows = |l: &TensorLayout, r: u64| l.region_of(r).unwrap().to_string();
+        assert_eq!(
+            rows(&layout("model.embed_tokens.weight"), 2),
+            "[32..48, 0..32]"
+        );
+        assert_eq!(
+            rows(&layout("model.layers.0.self_attn.q_proj.weight"), 1),
+            "[8..16, 0..32]"
+        );
+        assert_eq!(
+            rows(&layout("model.layers.0.self_attn.o_proj.weight"), 3),
+            "[0..32, 24..32]"
+        );
+        assert_eq!(rows(&layout("lm_head.weight"), 3), "[0..64, 0..32]");
+        assert!(
+            d.weights[spec
+                .tensors
+                .iter()
+                .position(|t| t.name == "lm_head.weight")
+                .unwrap()]
+            .is_none()
+        );
+        // hn: row-split by the norm, needed whole by q: each of 4 ranks
+        // fetches the 3/4 it lacks of 8 x 32 f32 (1024 B).
+        let r: Vec<(&str, usize, usize, u64)> = d
+            .redistributions
+            .iter()
+            .map(|r| (r.activation.as_str(), r.producer, r.consumer, r.bytes))
+            .collect();
+        assert_eq!(r, [("hn", 1, 2, 3072), ("o", 3, 4, 0)]);
+        assert!(d.conflicts.is_empty());
+        insta::assert_snapshot!("operators_tiny_layer", d.report(&graph));
+
+        // Changing the devices and the batch re-derives.
+        let mut g8 = graph.clone();
+        g8.devices = 8;
+        let d8 = derive_from_operators(&g8, &spec.tensors).unwrap();
+        assert_eq!(d8.ops[0].dev_matrix, [2, 4, 1]); // Gather: repeat on the left
+        assert_eq!(d8.ops[1].dev_matrix, [4, 1, 2]); // others: on the right
+        assert_eq!(d8.redistributions.len(), 4);
+        let mut g16 = graph.clone();
+        g16.batch = 16;
+        let d16 = derive_from_operators(&g16, &spec.tensors).unwrap();
+        assert_eq!(d16.redistributions[0].bytes, 2 * 3072);
+        let mut g6 = graph;
+        g6.batch = 6;
+        let e = derive_from_operators(&g6, &spec.tensors).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                OpsError::Indivisible {
+                    op: 1,
+                    dim: 0,
+                    size: 6,
+                    ways: 4,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn tied_embedding_conflict() {
+        let tensors = vec![TensorInfo {
+            name: "embed".into(),
+            shape: vec![64, 32],
+            dtype: DType::BF16,
+        }];
+        let graph = OperatorGraph {
+            devices: 4,
+            stages: 1,
+            batch: 8,
+            repeated_calc: RepeatSide::Right,
+            inputs: vec![ActivationInput {
+                name: "ids".into(),
+                shape: vec![DimSize::Batch],
+                dtype: DType::I32,
+            }],
+            ops: vec![
+                Operator {
+                    kind: OpKind::Gather,
+                    name: "lookup".into(),
+                    inputs: vec!["embed".into(), "ids".into()],
+                    strategy: vec![vec![1, 4], vec![1]],
+                    transpose_b: false,
+                    transpose_a: false,
+                    stage: 0,
+                    output: "h".into(),
+                },
+                Operator {
+                    kind: OpKind::MatMul,
+                    name: "logits".into(),
+                    inputs: vec!["h".into(), "embed".into()],
+                    strategy: vec![vec![1, 1], vec![4, 1]],
+                    transpose_b: true,
+                    transpose_a: false,
+                    stage: 0,
+                    output: "y".into(),
+                },
+            ],
+        };
+        let d = derive_from_operators(&graph, &tensors).unwrap();
+        // The lookup keeps the table split by columns; the output
+        // projection wants it split by rows: every rank lacks 3/4 of its
+        // rows' other columns.
+        assert_eq!(d.conflicts.len(), 1);
+        let c = &d.conflicts[0];
+        assert_eq!((c.tensor.as_str(), c.first, c.other), ("embed", 0, 1));
+        assert_eq!(c.bytes, 4 * (16 * 32 * 2) * 3 / 4);
+        // h leaves the lookup split by columns; logits needs it whole.
+        assert_eq!(d.redistributions.len(), 1);
+        assert!(
+            d.report(&graph)
+                .contains("conflict: embed is read by #1 `logits`")
+        );
+    }
+
+    #[test]
+    fn errors_name_the_operator() {
+        let mm = |s: &[&[u64]], devices| {
+            one_op(
+                OpKind::MatMul,
+                &[&[16, 64], &[64, 32]],
+                s,
+                false,
+                devices,
+                RepeatSide::Right,
+            )
+        };
+        let cases: Vec<(&str, (Vec<TensorInfo>, OperatorGraph))> = vec![
+            ("strategy", mm(&[&[1, 2], &[4, 1]], 8)),
+            ("strategy", mm(&[&[1, 1]], 8)),
+            ("strategy", mm(&[&[1, 1, 1], &[1, 1]], 8)),
+            ("strategy", mm(&[&[1, 0], &[0, 1]], 8)),
+            ("devices", mm(&[&[3, 1], &[1, 1]], 8)),
+            ("devices", mm(&[&[4, 2], &[2, 2]], 8)),
+            ("indivisible", mm(&[&[32, 1], &[1, 1]], 32)),
+            ("empty", mm(&[&[1, 1], &[1, 1]], 0)),
+            ("mesh", mm(&[&[1, 1], &[1, 1]], 1 << 21)),
+            (
+                "strategy",
+                one_op(
+                    OpKind::MatMul,
+                    &[&[2, 16, 64], &[64, 32]],
+                    &[&[1, 1, 1], &[1, 1]],
+                    false,
+                    1,
+                    RepeatSide::Right,
+                ),
+            ),
+            (
+                "strategy",
+                one_op(
+                    OpKind::MatMul,
+                    &[&[16, 64], &[32, 32]],
+                    &[&[1, 1], &[1, 1]],
+                    false,
+                    1,
+                    RepeatSide::Right,
+                ),
+            ),
+            (
+                "strategy",
+                one_op(
+                    OpKind::Gather,
+                    &[&[64, 32], &[8, 16]],
+                    &[&[4, 1], &[2, 1]],
+                    false,
+                    4,
+                    RepeatSide::Right,
+                ),
+            ),
+            (
+                "strategy",
+                one_op(
+                    OpKind::Gather,
+                    &[&[64, 32], &[8]],
+                    &[&[2, 2], &[1]],
+                    false,
+                    8,
+                    RepeatSide::Right,
+                ),
+            ),
+            (
+                "strategy",
+                one_op(
+                    OpKind::Add,
+                    &[&[16, 32], &[16, 32]],
+                    &[&[2, 1], &[1, 2]],
+                    false,
+                    4,
+                    RepeatSide::Right,
+                ),
+            ),
+            (
+                "strategy",
+                one_op(
+                    OpKind::Add,
+                    &[&[16, 32], &[8, 32]],
+                    &[&[1, 1], &[1, 1]],
+                    false,
+                    4,
+                    RepeatSide::Right,
+                ),
+            ),
+            (
+                "strategy",
+                one_op(
+                    OpKind::RmsNorm,
+                    &[&[16, 32], &[32]],
+                    &[&[1, 4], &[4]],
+                    false,
+                    4,
+                    RepeatSide::Right,
+                ),
+            ),
+            (
+                "strategy",
+                one_op(
+                    OpKind::RmsNorm,
+                    &[&[16, 32], &[16]],
+                    &[&[1, 1], &[1]],
+                    false,
+                    4,
+                    RepeatSide::Right,
+                ),
+            ),
+            (
+                "strategy",
+                one_op(
+                    OpKind::Add,
+                    &[&[16, 32], &[32], &[32]],
+                    &[&[1, 1], &[1], &[1]],
+                    false,
+                    4,
+                    RepeatSide::Right,
+                ),
+            ),
+        ];
+        for (want, (tensors, graph)) in cases {
+            let e = derive_from_operators(&graph, &tensors).unwrap_err();
+            assert_eq!(code_of(&e), format!("shardplan::ops::{want}"), "{e}");
+            assert!(miette::Diagnostic::help(&e).is_some(), "{e}");
+            if want != "empty" && want != "mesh" {
+                assert_eq!(e.location().map(|l| l.0), Some(0), "{e}");
+            }
+        }
+        // Names: unknown inputs, reused outputs and inputs.
+        let (tensors, mut graph) = mm(&[&[1, 1], &[1, 1]], 1);
+        graph.ops[0].inputs[1] = "nope".into();
+        let e = derive_from_operators(&graph, &tensors).unwrap_err();
+        assert_eq!(
+            (code_of(&e), e.location()),
+            ("shardplan::ops::unknown_input".into(), Some((0, Some(1))))
+        );
+        let (tensors, mut graph) = mm(&[&[1, 1], &[1, 1]], 1);
+        graph.ops[0].output = "w1".into();
+        assert_eq!(
+            code_of(&derive_from_operators(&graph, &tensors).unwrap_err()),
+            "shardplan::ops::duplicate_output"
+        );
+        let (tensors, mut graph) = mm(&[&[1, 1], &[1, 1]], 1);
+        graph.inputs[0].name = "w1".into();
+        assert_eq!(
+            code_of(&derive_from_operators(&graph, &tensors).unwrap_err()),
+            "shardplan::ops::duplicate_input"
+        );
+    }
+
+    fn code_of(e: &OpsError) -> String {
+        miette::Diagnostic::code(e).unwrap().to_string()
+    }
+
+    #[test]
+    fn operators_section_diagnostics() {
+        let base = "
+version: 1
+tensors: [{name: w, shape: [64, 32], dtype: f32}]
+operators:
+  devices: 8
+";
+        let cases = [
+            (
+                "  ops: [{op: Matmul, inputs: [x, w], strategy: [[1, 1], [1, 1]]}]",
+                "bad_operator",
+                (6, 14),
+            ),
+            (
+                "  ops: [{op: MatMul, inputs: [x, w], strategy: [[1, 1], [1, 1]]}]",
+                "bad_operator",
+                (6, 31),
+            ),
+            (
+                "  inputs: [{name: x, shape: [seq, 64], dtype: f32}]\n  ops: []",
+                "bad_operator",
+                (6, 30),
+            ),
+            (
+                "  inputs: [{name: w, shape: [8, 64], dtype: f32}]\n  ops: []",
+                "bad_operator",
+                (6, 19),
+            ),
+            (
+                "  inputs: [{name: x, shape: [8, 64], dtype: f99}]\n  ops: []",
+                "unknown_dtype",
+                (6, 45),
+            ),
+            (
+                "  repeated_calc: middle\n  ops: []",
+                "bad_operator",
+                (6, 18),
+            ),
+            ("  batch: 0\n  ops: []", "bad_operator", (6, 10)),
+            (
+                "  inputs: [{name: x, shape: [batch, 64], dtype: f32}]\n  ops: [{op: MatMul, inputs: [x, w], strategy: [[1, 3], [3, 1]]}]",
+                "bad_operator",
+                (7, 14),
+            ),
+            (
+                "  ops: [{op: MatMul, inputs: [x, w], strategy: [[1, 1], [1, 1]], transpose: true}]",
+                "unknown_field",
+                (6, 66),
+            ),
+        ];
+        for (tail, want, at) in cases {
+            let text = format!("{base}{tail}\n");
+            let (spec, diags) = parse_spec("x.yaml", &text);
+            assert!(spec.is_none(), "{tail}");
+            let d = diags
+                .iter()
+                .find(|d| d.code.short() == want)
+                .unwrap_or_else(|| panic!("{tail}: {diags:?}"));
+            assert_eq!((d.line, d.column), at, "{tail}: {}", d.one_line());
+        }
+        let devices0 = base.replace("devices: 8", "devices: 0") + "  ops: []\n";
+        let (_, diags) = parse_spec("x.yaml", &devices0);
+        assert_eq!(diags[0].code.short(), "bad_operator");
+        let no_devices = "version: 1\noperators: {ops: []}\n";
+        let (_, diags) = parse_spec("x.yaml", no_devices);
+        assert_eq!(diags[0].code.short(), "missing_field");
+    }
+
+    #[test]
+    fn cli_derives_from_operators() {
+        let dir = std::env::temp_dir().join(format!("shardplan-ops-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let spec_file = dir.join("tiny-ops.yaml");
+        let text = std::fs::read_to_string(root().join("specs/tiny-model.yaml")).unwrap();
+        std::fs::write(&spec_file, format!("{text}{TINY_OPS}")).unwrap();
+        let s = spec_file.to_str().unwrap();
+        for (i, extra) in [&[][..], &["--devices", "8", "--batch", "16"][..]]
+            .iter()
+            .enumerate()
+        {
+            let out = dir.join(format!("derived-{i}.yaml"));
+            let o = out.to_str().unwrap();
+            let mut argv = vec!["derive", s, "--operators", "-o", o, "--explain"];
+            argv.extend_from_slice(extra);
+            let r = shardplan(&argv);
+            assert_eq!(r.status.code(), Some(0), "{argv:?}: {}", text_of(&r));
+            let stdout = String::from_utf8_lossy(&r.stdout);
+            assert!(stdout.contains("redistributions:"), "{stdout}");
+            assert!(
+                String::from_utf8_lossy(&r.stderr).contains("redistribution(s) of activations")
+            );
+            for cmd in [vec!["check", o], vec!["plan", o], vec!["simulate", o]] {
+                let r = shardplan(&cmd);
+                assert_eq!(r.status.code(), Some(0), "{cmd:?}: {}", text_of(&r));
+            }
+        }
+        let fails: &[(&[&str], i32, &str)] = &[
+            (&["--batch", "6"], 1, "shardplan::ops::indivisible"),
+            (&["--devices", "6"], 1, "shardplan::ops::devices"),
+            (&["--tp", "2"], 2, "cannot be used with"),
+        ];
+        for (extra, status, needle) in fails {
+            let mut argv = vec!["derive", s, "--operators"];
+            argv.extend_from_slice(extra);
+            let r = shardplan(&argv);
+            assert_eq!(r.status.code(), Some(*status), "{argv:?}: {}", text_of(&r));
+            assert!(text_of(&r).contains(needle), "{argv:?}: {}", text_of(&r));
+        }
+        let r = shardplan(&["derive", "specs/tiny-model.yaml", "--operators"]);
+        assert_eq!(r.status.code(), Some(2));
+        assert!(text_of(&r).contains("has no `operators:` section"));
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    fn text_of(o: &Output) -> String {
+        text(o)
+    }
+
+    const STAGED: &str = "
+version: 1
+meshes:
+  one: {shape: [1], axes: [r]}
+tensors:
+  - {name: embed.weight, shape: [64, 16], dtype: f32}
+  - {name: w0, shape: [16, 16], dtype: f32}
+  - {name: w1, shape: [16, 16], dtype: f32}
+strategies:
+  whole: {mesh: one, rules: [{match: \"*\", dims: replicated}]}
+operators:
+  devices: 2
+  stages: 3
+  batch: 4
+  inputs:
+    - {name: tokens, shape: [batch], dtype: i32}
+  ops:
+    - {op: Gather, name: embed, inputs: [embed.weight, tokens], strategy: [[2, 1], [1]], stage: 0, output: h}
+    - {op: MatMul, name: fc0, inputs: [h, w0], strategy: [[1, 1], [1, 2]], stage: 0, output: h0}
+    - {op: MatMul, name: fc1, inputs: [h0, w1], strategy: [[1, 2], [2, 1]], stage: 1, output: h1}
+    - {op: MatMul, name: head, inputs: [h1, embed.weight], strategy: [[1, 1], [2, 1]], transpose_b: true, stage: 2, output: logits}
+";
+
+    /// Operators on three pipeline stages: each weight lives on the stage
+    /// that reads it, and the tied embedding (looked up on stage 0,
+    /// multiplied with on stage 2, cut alike) on both, not on stage 1.
+    #[test]
+    fn operators_on_pipeline_stages() {
+        let spec = parse(STAGED);
+        let graph = spec.operators.clone().unwrap();
+        assert_eq!((graph.stages, graph.ops[3].stage), (3, 2));
+        let d = derive_from_operators(&graph, &spec.tensors).unwrap();
+        let holders = |n: &str| -> Vec<u64> {
+            let l = d.strategy.layout(n).unwrap();
+            (0..6).filter(|&r| l.holds(r)).collect()
+        };
+        assert_eq!(holders("embed.weight"), vec![0, 1, 4, 5]);
+        assert_eq!(holders("w0"), vec![0, 1]);
+        assert_eq!(holders("w1"), vec![2, 3]);
+        let e = d.strategy.layout("embed.weight").unwrap();
+        assert_eq!(e.region_of(1), e.region_of(5));
+        assert_eq!(e.region_of(5).unwrap().to_string(), "[32..64, 0..16]");
+        assert_eq!(d.weights[0].as_ref().unwrap().stages, vec![0, 2]);
+        let report = d.report(&graph);
+        assert!(report.contains("on 3 stages of 2 devices"), "{report}");
+        assert!(report.contains("#3 MatMul `head` (stage 2)"), "{report}");
+        assert!(
+            report.contains("(input 0 of #0 `embed`) on stage 0, 2"),
+            "{report}"
+        );
+        // The activation handed from stage 0 to stage 1 is compared on the
+        // consumer's devices: fc0 leaves h0 split by columns, as fc1 needs.
+        assert!(
+            d.redistributions.iter().all(|r| r.activation != "h0"),
+            "{report}"
+        );
+        // Plans to and from the derived strategy pass the verifier.
+        let whole = spec.strategy("whole").unwrap();
+        plan_and_simulate(whole, &d.strategy, SMALL);
+        plan_and_simulate(&d.strategy, whole, SMALL);
+        // Written as a spec (the table on both stages), it reads back alike.
+        let d = d.renamed("staged").unwrap();
+        let yaml = derived_spec_yaml(&spec, Some("whole"), &d.strategy, "").unwrap();
+        assert!(yaml.contains(r#"at: {"stage": [0, 2]}"#), "{yaml}");
+        let back = parse(&yaml);
+        assert!(differences(&d.strategy, back.strategy("staged").unwrap()).is_empty());
+
+        // A cut that differs between the stages is a conflict, not a
+        // second stage.
+        let text = STAGED.replace(
+            "strategy: [[1, 1], [2, 1]], transpose_b: true",
+            "strategy: [[1, 2], [1, 2]], transpose_b: true",
+        );
+        let spec2 = parse(&text);
+        let d2 = derive_from_operators(spec2.operators.as_ref().unwrap(), &spec2.tensors).unwrap();
+        assert_eq!(d2.conflicts.len(), 1);
+        assert_eq!(d2.weights[0].as_ref().unwrap().stages, vec![0]);
+        let l = d2.strategy.layout("embed.weight").unwrap();
+        assert!(!l.holds(4));
+
+        // Refusals, located on the operator.
+        let cases = [
+            (
+                "stage: 1, output: h1",
+                "stage: 3, output: h1",
+                "stage 3 is beyond the graph's 3 stages",
+            ),
+            ("stage: 0, output: h0", "stage: 1, output: h0", ""),
+            ("stage: 1, output: h1", "stage: 0, output: h1", ""),
+            (
+                "stage: 0, output: h}",
+                "stage: 1, output: h}",
+                "reads `h`, which operator #0 produces on the later stage 1",
+            ),
+            ("stages: 3", "stages: 0", "`stages` is 0"),
+        ];
+        for (from, to, want) in cases {
+            let text = STAGED.replacen(from, to, 1);
+            assert_ne!(text, STAGED, "{from}");
+            let (s, diags) = parse_spec("t.yaml", &text);
+            if want.is_empty() {
+                // Stage order kept: still fine.
+                assert!(s.is_some(), "{to}: {diags:?}");
+                continue;
+            }
+            assert!(s.is_none(), "{to}");
+            let d = &diags[0];
+            assert_eq!(d.code.short(), "bad_operator", "{to}");
+            assert!(d.message.contains(want), "{to}: {}", d.message);
+        }
+    }
+
+    /// `transpose_a`: the first input stored `[K, M]` with its strategy in
+    /// that order; the device matrix is built as for `[M, K]` and the map
+    /// swapped back.
+    #[test]
+    fn transpose_a_swaps_the_first_input() {
+        // x [K=16, M=8], strategy [k=2, m=4]; w [K=16, N=4], strategy [2, 1].
+        let (t, mut g) = one_op(
+            OpKind::MatMul,
+            &[&[16, 8], &[16, 4]],
+            &[&[2, 4], &[2, 1]],
+            false,
+            8,
+            RepeatSide::Right,
+        );
+        assert!(
+            derive_from_operators(&g, &t).is_err(),
+            "without transpose_a the reduction is split 4 ways against 2"
+        );
+        g.ops[0].transpose_a = true;
+        let d = derive_from_operators(&g, &t).unwrap();
+        assert_eq!(d.ops[0].dev_matrix, vec![4, 2, 1]);
+        assert_eq!(d.ops[0].inputs, vec![vec![1, 2], vec![1, 0]]);
+        assert_eq!(d.ops[0].output_shape, vec![8, 4]);
+        assert_eq!(d.ops[0].forward.unwrap().ranks, 2);
+    }
+
+    /// MindSpore's special case of a 2-D MatMul whose two inputs have the
+    /// same strategy over every device: that strategy is the device matrix
+    /// and both inputs keep it ([1, 0] maps), where the general rule would
+    /// refuse the mismatched reduction split.
+    #[test]
+    fn matmul_with_equal_strategies_over_all_devices() {
+        let (t, g) = one_op(
+            OpKind::MatMul,
+            &[&[8, 8], &[8, 8]],
+            &[&[2, 2], &[2, 2]],
+            false,
+            4,
+            RepeatSide::Right,
+        );
+        let d = derive_from_operators(&g, &t).unwrap();
+        assert_eq!(d.ops[0].dev_matrix, vec![2, 2]);
+        assert_eq!(d.ops[0].inputs, vec![vec![1, 0], vec![1, 0]]);
+        assert_eq!(d.ops[0].output, vec![1, 0]);
+        assert!(d.ops[0].forward.is_none());
+        let w = d.strategy.layout("w1").unwrap();
+        assert_eq!(w.region_of(1).unwrap().to_string(), "[0..4, 4..8]");
+        // Over all 8 devices the special case applies; on 16 (repeated
+        // calculation) it does not, and the general rule refuses a's
+        // columns split 4 ways against b's rows split 2.
+        let (t, g) = one_op(
+            OpKind::MatMul,
+            &[&[8, 8], &[8, 8]],
+            &[&[2, 4], &[2, 4]],
+            false,
+            8,
+            RepeatSide::Right,
+        );
+        assert!(derive_from_operators(&g, &t).is_ok());
+        let (t, g) = one_op(
+            OpKind::MatMul,
+            &[&[8, 8], &[8, 8]],
+            &[&[2, 4], &[2, 4]],
+            false,
+            16,
+            RepeatSide::Right,
+        );
+        let e = derive_from_operators(&g, &t).unwrap_err().to_string();
+        assert!(
+            e.contains("reduction dimension is split 4 ways in the first input and 2"),
+            "{e}"
+        );
+    }
+}

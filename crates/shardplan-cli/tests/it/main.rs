@@ -1,0 +1,21 @@
+//! The integration tests of the workspace, one binary (each file under
+//! `tests/` would be its own binary linking every crate): the library
+//! through its public API, and the `shardplan` binary as users run it. Test
+//! data is beside this file (`fixtures/`, `fuzz_regressions/`,
+//! `snapshots/`); specs and docs are read from the repository root.
+
+mod architecture;
+mod cli;
+mod cli_check;
+mod common;
+mod derive;
+mod fuzz_regressions;
+mod layout_props;
+mod mindspore_conformance;
+mod mindspore_files;
+mod model;
+mod plan;
+mod plan_format;
+mod reshard;
+mod spec;
+mod spec_docs;

@@ -1,0 +1,694 @@
+//! MindSpore strategy files: every conformance case's strategy files read
+//! back as the layouts its `case.json` states; written files read back the
+//! same.
+
+use std::path::{Path, PathBuf};
+
+use crate::common;
+
+use common::conformance_cases;
+use serde_json::Value;
+use shardplan::formats::import::{ShapeSource, import_spec};
+use shardplan::formats::mindspore_strategy::{
+    StrategyFormat, parse_strategy_file, read_strategy_files, write_strategy_file,
+};
+use shardplan::notation::mindspore::MindSporeLayout;
+use shardplan::{DType, TensorInfo};
+
+fn tensors(case: &Value) -> Vec<TensorInfo> {
+    case["params"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(n, p)| TensorInfo {
+            name: n.clone(),
+            shape: serde_json::from_value(p["full_shape"].clone()).unwrap(),
+            dtype: DType::F32,
+        })
+        .collect()
+}
+
+fn expected_layout(
+    entry: &Value,
+    stage: u64,
+    stages: u64,
+    shape: &[u64],
+) -> shardplan::TensorLayout {
+    let tensor_map = entry["tensor_map"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| match e {
+            Value::Array(a) => a.iter().map(|x| x.as_i64().unwrap()).collect(),
+            x => vec![x.as_i64().unwrap()],
+        })
+        .collect();
+    MindSporeLayout {
+        dev_matrix: serde_json::from_value(entry["dev_matrix"].clone()).unwrap(),
+        tensor_map,
+        opt_weight_shard_size: entry["opt_weight_shard_size"].as_i64().unwrap(),
+        opt_weight_shard_step: entry["opt_weight_shard_step"].as_i64().unwrap(),
+        param_split_shape: Vec::new(),
+        stage,
+        stage_count: stages,
+    }
+    .to_layout(shape)
+    .unwrap()
+}
+
+#[test]
+fn strategy_files_read_as_the_cases_state() {
+    let mut files = 0;
+    for dir in conformance_cases() {
+        let case: Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("case.json")).unwrap()).unwrap();
+        let name = case["name"].as_str().unwrap();
+        for side in ["src", "dst"] {
+            let info = &case[format!("{side}_strategy")];
+            if info.is_null() || !info.is_object() {
+                continue;
+            }
+            // The file to pass, and the per-stage files together.
+            let mut sets: Vec<Vec<PathBuf>> =
+                vec![vec![dir.join(info["file_to_pass"].as_str().unwrap())]];
+            let stage_files: Vec<PathBuf> = info["stage_files"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|f| dir.join(f.as_str().unwrap()))
+                .collect();
+            if stage_files.len() > 1 {
+                sets.push(stage_files);
+            }
+            let stages = case[format!("{side}_pipeline_stages")].as_u64().unwrap();
+            let layouts = &case[format!("{side}_layouts")];
+            for set in sets {
+                let paths: Vec<&Path> = set.iter().map(PathBuf::as_path).collect();
+                let f = read_strategy_files(&paths).unwrap_or_else(|e| panic!("{name}: {e}"));
+                assert_eq!(f.stage_count, stages, "{name} {side}");
+                let all = tensors(&case);
+                if name == "err_uneven_dim" {
+                    // MindSpore would not cut it; neither do we.
+                    assert!(
+                        f.to_strategy(side, &all)
+                            .unwrap_err()
+                            .contains("does not split evenly")
+                    );
+                    continue;
+                }
+                let s = f
+                    .to_strategy(side, &all)
+                    .unwrap_or_else(|e| panic!("{name}: {e}"));
+                for t in &all {
+                    let Some((stage, entry)) =
+                        (0..stages).find_map(|k| layouts[k as usize].get(&t.name).map(|e| (k, e)))
+                    else {
+                        continue;
+                    };
+                    let want = expected_layout(entry, stage, stages, &t.shape);
+                    assert!(
+                        s.layout(&t.name).unwrap().same_placement(&want),
+                        "{name} {side} {}",
+                        t.name
+                    );
+                }
+                // Written back in both forms, the layouts read the same.
+                for format in [StrategyFormat::Json, StrategyFormat::Protobuf] {
+                    let bytes = match write_strategy_file(&s, format) {
+                        Ok(b) => b,
+                        // Nested maps have no JSON form.
+                        Err(e)
+                            if format == StrategyFormat::Json
+                                && e.to_string().contains("several axes") =>
+                        {
+                            continue;
+                        }
+                        Err(e) => panic!("{name}: {e}"),
+                    };
+                    let back = parse_strategy_file("written", &bytes)
+                        .unwrap()
+                        .to_strategy(side, &all)
+                        .unwrap();
+                    for t in &all {
+                        assert!(
+                            back.layout(&t.name)
+                                .unwrap()
+                                .same_placement(s.layout(&t.name).unwrap()),
+                            "{name} {format:?} {}",
+                            t.name
+                        );
+                    }
+                }
+                files += 1;
+            }
+        }
+    }
+    assert!(files >= 5);
+}
+
+#[test]
+fn names_with_dashes_survive_the_merged_form() {
+    let json = r#"{"current_stage": 1, "parallel_strategy_item": {}, "parallel_layout_item": {
+        "0-model.layer-norm.weight": {"dev_matrix": [2], "tensor_map": [-1], "tensor_shape": [8], "field": 0, "opt_weight_shard_step": 0, "opt_weight_shard_size": 0},
+        "1-lm-head": {"dev_matrix": [2], "tensor_map": [0, -1], "tensor_shape": [8, 4], "field": 0, "opt_weight_shard_step": 0, "opt_weight_shard_size": 0}}}"#;
+    let f = parse_strategy_file("merged.json", json.as_bytes()).unwrap();
+    let names: Vec<(&str, u64)> = f
+        .params
+        .iter()
+        .map(|p| (p.name.as_str(), p.stage))
+        .collect();
+    assert_eq!(names, vec![("model.layer-norm.weight", 0), ("lm-head", 1)]);
+    assert_eq!(f.stage_count, 2);
+    // Not merged: a single name with a dash keeps it.
+    let json = r#"{"current_stage": 0, "parallel_layout_item": {"lm-head": {"dev_matrix": [2], "tensor_map": [0, -1], "tensor_shape": [8, 4]}}}"#;
+    let f = parse_strategy_file("one.json", json.as_bytes()).unwrap();
+    assert_eq!(f.params[0].name, "lm-head");
+}
+
+/// A parameter on two stages (a tied embedding in the first and the last
+/// stage's file) is one tensor held by both stages, in the merged form and
+/// across per-stage files, and is written back once per stage.
+#[test]
+fn a_parameter_on_two_stages_is_one_tensor() {
+    let entry = |name: &str, map: &str| {
+        format!(
+            r#""{name}": {{"dev_matrix": [2], "tensor_map": {map}, "tensor_shape": [8, 4], "field": 0, "opt_weight_shard_step": 0, "opt_weight_shard_size": 0}}"#
+        )
+    };
+    let file = |stage: u64, entries: &[String]| {
+        format!(
+            r#"{{"current_stage": {stage}, "parallel_strategy_item": {{}}, "parallel_layout_item": {{{}}}}}"#,
+            entries.join(", ")
+        )
+    };
+    let tensors = vec![
+        TensorInfo {
+            name: "tied".into(),
+            shape: vec![8, 4],
+            dtype: DType::F32,
+        },
+        TensorInfo {
+            name: "mid".into(),
+            shape: vec![8, 4],
+            dtype: DType::F32,
+        },
+    ];
+    let merged = file(
+        3,
+        &[
+            entry("0-tied", "[0, -1]"),
+            entry("1-mid", "[-1, 0]"),
+            entry("3-tied", "[0, -1]"),
+        ],
+    );
+    let f = parse_strategy_file("merged.json", merged.as_bytes()).unwrap();
+    assert_eq!(f.params.len(), 2);
+    assert_eq!(
+        (f.params[0].stage, f.params[0].also_on.clone()),
+        (0, vec![3])
+    );
+    let s = f.to_strategy("s", &tensors).unwrap();
+    let l = s.layout("tied").unwrap();
+    assert_eq!(l.to_string(), "[d0, -] at stage=0|3");
+    let holding: Vec<u64> = (0..8).filter(|&r| l.holds(r)).collect();
+    assert_eq!(holding, vec![0, 1, 6, 7]);
+
+    // Per-stage files give the same.
+    let dir = std::env::temp_dir().join(format!("shardplan-tied-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let paths: Vec<PathBuf> = [
+        file(0, &[entry("tied", "[0, -1]")]),
+        file(1, &[entry("mid", "[-1, 0]")]),
+        file(3, &[entry("tied", "[0, -1]")]),
+    ]
+    .iter()
+    .enumerate()
+    .map(|(i, text)| {
+        let p = dir.join(format!("stage{i}.json"));
+        std::fs::write(&p, text).unwrap();
+        p
+    })
+    .collect();
+    let refs: Vec<&Path> = paths.iter().map(PathBuf::as_path).collect();
+    let g = read_strategy_files(&refs).unwrap();
+    let t = g.to_strategy("t", &tensors).unwrap();
+    assert_eq!(t.layout("tied"), s.layout("tied"));
+
+    // Written back: one entry per stage, in both forms; read back alike.
+    for format in [StrategyFormat::Json, StrategyFormat::Protobuf] {
+        let bytes = write_strategy_file(&s, format).unwrap();
+        let back = parse_strategy_file("back", &bytes).unwrap();
+        assert_eq!(back.params.len(), 2, "{format:?}");
+        let b = back.to_strategy("b", &tensors).unwrap();
+        assert_eq!(b.layout("tied"), s.layout("tied"), "{format:?}");
+        let again = parse_strategy_file("again", &f.write_merged(format).unwrap()).unwrap();
+        assert_eq!(
+            again.params,
+            f.params
+                .iter()
+                .map(|p| {
+                    let mut p = p.clone();
+                    if format == StrategyFormat::Protobuf {
+                        p.shape = None;
+                    }
+                    p
+                })
+                .collect::<Vec<_>>(),
+            "{format:?}"
+        );
+    }
+
+    // Imported as a spec, the tied parameter reads back on both stages.
+    let yaml = import_spec(&refs, ShapeSource::Tensors(&tensors), "imp").unwrap();
+    assert!(yaml.contains(r#"at: {"stage": [0, 3]}"#), "{yaml}");
+    let (spec, diags) = shardplan::spec::parse_spec("imp.yaml", &yaml);
+    let spec = spec.unwrap_or_else(|| panic!("{diags:?}"));
+    let back = spec.strategy("imp").unwrap().layout("tied").unwrap();
+    assert!(back.same_placement(s.layout("tied").unwrap()));
+
+    // The stage count counts every stage a parameter is on.
+    let gap = file(
+        0,
+        &[
+            entry("0-tied", "[0, -1]"),
+            entry("1-mid", "[-1, 0]"),
+            entry("2-tied", "[0, -1]"),
+        ],
+    );
+    let g = parse_strategy_file("gap.json", gap.as_bytes()).unwrap();
+    assert_eq!(g.stage_count, 3);
+    let l = g.to_strategy("g", &tensors).unwrap();
+    assert_eq!(
+        l.layout("tied").unwrap().to_string(),
+        "[d0, -] at stage=0|2"
+    );
+
+    // Differing layouts, or the same stage twice, are refused by name.
+    let cases = [
+        (
+            file(
+                3,
+                &[entry("0-tied", "[0, -1]"), entry("3-tied", "[-1, -1]")],
+            ),
+            "`tied` is on stages 0 and 3 with different layouts",
+        ),
+        (
+            file(
+                3,
+                &[
+                    entry("0-tied", "[0, -1]"),
+                    entry("3-tied", "[0, -1]"),
+                    entry("3-mid", "[-1, 0]"),
+                    entry("0-mid", "[-1, -1]"),
+                ],
+            ),
+            "`mid` is on stages 3 and 0 with different layouts",
+        ),
+    ];
+    for (text, want) in cases {
+        let e = parse_strategy_file("bad.json", text.as_bytes())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(want), "{e}");
+    }
+    std::fs::write(&paths[1], file(0, &[entry("tied", "[0, -1]")])).unwrap();
+    let e = read_strategy_files(&refs).unwrap_err().to_string();
+    assert!(e.contains("listed twice for stage 0"), "{e}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn bad_strategy_files_name_the_fault() {
+    let cases: &[(&[u8], &str)] = &[
+        (b"{\"parallel_layout_item\": {", "line 1"),
+        (
+            b"{\"parallel_layout_item\": {\"w\": {\"dev_matrix\": [2]}}}",
+            "parameter `w`",
+        ),
+        (b"\x0a\xff\xff\xff", "neither JSON nor a protobuf"),
+        (
+            b"{\"parallel_layout_item\": {\"w\": {\"dev_matrix\": [2], \"tensor_map\": [[0, 1]]}}}",
+            "is not an integer",
+        ),
+    ];
+    // The largest stage numbers parse, and fail as a strategy, not a panic.
+    for json in [
+        r#"{"current_stage": 0, "parallel_layout_item": {"18446744073709551615-w": {"dev_matrix": [2], "tensor_map": [0], "tensor_shape": [4]}}}"#,
+        r#"{"current_stage": 18446744073709551615, "parallel_layout_item": {"w": {"dev_matrix": [2], "tensor_map": [0], "tensor_shape": [4]}}}"#,
+    ] {
+        let f = parse_strategy_file("huge.json", json.as_bytes()).unwrap();
+        assert_eq!(f.stage_count, u64::MAX);
+        let t = vec![TensorInfo {
+            name: "w".into(),
+            shape: vec![4],
+            dtype: DType::F32,
+        }];
+        assert!(f.to_strategy("s", &t).is_err());
+    }
+    for (bytes, needle) in cases {
+        let err = parse_strategy_file("s.json", bytes)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(needle) && err.starts_with("s.json"), "{err}");
+    }
+}
+
+mod checkpoints {
+    use super::*;
+    use shardplan::formats::checkpoint::{
+        CheckpointFormat, CheckpointWriter, rank_files, read_index,
+    };
+
+    fn bytes_of(path: &Path, e: &shardplan::formats::checkpoint::TensorEntry) -> Vec<u8> {
+        let all = std::fs::read(path).unwrap();
+        all[e.offset as usize..(e.offset + e.len) as usize].to_vec()
+    }
+
+    /// The .ckpt and safetensors copies of every source rank hold the same
+    /// tensors, bytes and shapes.
+    #[test]
+    fn ckpt_and_safetensors_agree() {
+        let mut n = 0;
+        for dir in conformance_cases() {
+            let (Ok(ckpt), Ok(st)) = (
+                rank_files(&dir.join("src")),
+                rank_files(&dir.join("src_safetensors")),
+            ) else {
+                continue;
+            };
+            for (rank, files) in &ckpt {
+                let a = read_index(&files[0]).unwrap();
+                let b = read_index(&st[rank][0]).unwrap();
+                assert_eq!(
+                    a.tensors.keys().collect::<Vec<_>>(),
+                    b.tensors.keys().collect::<Vec<_>>()
+                );
+                for (name, ea) in &a.tensors {
+                    let eb = &b.tensors[name];
+                    assert_eq!(
+                        (ea.dtype, &ea.shape),
+                        (eb.dtype, &eb.shape),
+                        "{}",
+                        dir.display()
+                    );
+                    assert_eq!(bytes_of(&a.path, ea), bytes_of(&b.path, eb));
+                    n += 1;
+                }
+            }
+        }
+        assert!(n > 0);
+    }
+
+    fn write(
+        dir: &Path,
+        format: CheckpointFormat,
+        tensors: &[(&str, DType, Vec<u64>, Vec<u8>)],
+    ) -> PathBuf {
+        let path = dir.join(format!("t.{}", format.extension()));
+        let f = std::fs::File::create(&path).unwrap();
+        let decl = tensors
+            .iter()
+            .map(|(n, d, s, _)| (n.to_string(), *d, s.clone()))
+            .collect();
+        let mut w = CheckpointWriter::new(f, format, decl).unwrap();
+        for (_, _, _, data) in tensors {
+            w.write_tensor(data).unwrap();
+        }
+        w.finish().unwrap();
+        path
+    }
+
+    #[test]
+    fn written_checkpoints_read_back() {
+        let dir = std::env::temp_dir().join(format!("shardplan-ckpt-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let tensors = vec![
+            (
+                "w",
+                DType::F32,
+                vec![2u64, 3],
+                (0u8..24).collect::<Vec<u8>>(),
+            ),
+            ("model.layer-norm.b", DType::BF16, vec![4], vec![7u8; 8]),
+            ("step", DType::I64, vec![], 42u64.to_le_bytes().to_vec()),
+            ("mask", DType::Bool, vec![3], vec![1, 0, 1]),
+        ];
+        for format in [CheckpointFormat::Ckpt, CheckpointFormat::Safetensors] {
+            let path = write(&dir, format, &tensors);
+            let idx = read_index(&path).unwrap();
+            for (name, dtype, shape, data) in &tensors {
+                let e = &idx.tensors[*name];
+                assert_eq!((e.dtype, &e.shape), (*dtype, shape));
+                assert_eq!(&bytes_of(&path, e), data);
+            }
+            if format == CheckpointFormat::Safetensors {
+                // The reference reader agrees.
+                let bytes = std::fs::read(&path).unwrap();
+                let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+                assert_eq!(st.tensor("w").unwrap().data(), &tensors[0].3[..]);
+            }
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn bad_checkpoints_name_the_fault() {
+        let dir = std::env::temp_dir().join(format!("shardplan-bad-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let good_st = write(
+            &dir,
+            CheckpointFormat::Safetensors,
+            &[("w", DType::F32, vec![2, 2], vec![0u8; 16])],
+        );
+        let st = std::fs::read(&good_st).unwrap();
+        let good_ck = write(
+            &dir,
+            CheckpointFormat::Ckpt,
+            &[("w", DType::F32, vec![2, 2], vec![0u8; 16])],
+        );
+        let ck = std::fs::read(&good_ck).unwrap();
+        let mut lying = st.clone();
+        let hdr = String::from_utf8_lossy(&st[8..]).replace("[2,2]", "[2,3]");
+        lying.truncate(8);
+        lying.extend_from_slice(hdr.as_bytes());
+        let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+            ("trunc.safetensors", st[..st.len() - 4].to_vec(), "outside"),
+            ("short.safetensors", st[..5].to_vec(), "8-byte header"),
+            (
+                "magic.safetensors",
+                [&st[..8], b"[".as_slice(), &st[9..]].concat(),
+                "wrong magic",
+            ),
+            (
+                "huge.safetensors",
+                [&u64::MAX.to_le_bytes()[..], &st[8..]].concat(),
+                "header claims",
+            ),
+            (
+                "lying.safetensors",
+                lying,
+                "needs 24 bytes but the file holds 16",
+            ),
+            (
+                "trunc.ckpt",
+                ck[..ck.len() - 3].to_vec(),
+                "runs past the end",
+            ),
+            ("empty.ckpt", Vec::new(), "empty"),
+            (
+                "junk.ckpt",
+                vec![0xff; 10],
+                "not a valid MindSpore checkpoint",
+            ),
+        ];
+        for (name, bytes, needle) in cases {
+            let p = dir.join(name);
+            std::fs::write(&p, bytes).unwrap();
+            let err = read_index(&p).unwrap_err().to_string();
+            assert!(err.contains(name) && err.contains(needle), "{name}: {err}");
+        }
+        // Rank folders: a gap is named.
+        let ranks = dir.join("ranks");
+        for r in [0, 2] {
+            std::fs::create_dir_all(ranks.join(format!("rank_{r}"))).unwrap();
+            std::fs::copy(&good_ck, ranks.join(format!("rank_{r}/c.ckpt"))).unwrap();
+        }
+        let err = rank_files(&ranks).unwrap_err().to_string();
+        assert!(err.contains("skip"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
+
+/// A one-tensor strategy on `ms`'s own mesh.
+fn one_tensor(ms: &MindSporeLayout, shape: &[u64]) -> shardplan::Strategy {
+    let layout = ms.to_layout(shape).unwrap();
+    let t = TensorInfo {
+        name: "w".into(),
+        shape: shape.to_vec(),
+        dtype: DType::F32,
+    };
+    shardplan::Strategy::new("s", layout.mesh().clone(), vec![t], vec![layout]).unwrap()
+}
+
+/// Written in `format`, read back: the same slices on every rank.
+#[track_caller]
+fn round_trip(s: &shardplan::Strategy, format: StrategyFormat) -> Vec<u8> {
+    let bytes = write_strategy_file(s, format).unwrap();
+    let back = parse_strategy_file("written", &bytes)
+        .unwrap()
+        .to_strategy("back", s.tensors())
+        .unwrap();
+    assert!(
+        back.layout("w")
+            .unwrap()
+            .same_placement(s.layout("w").unwrap()),
+        "{format:?}: {} vs {}",
+        back.layout("w").unwrap(),
+        s.layout("w").unwrap()
+    );
+    bytes
+}
+
+/// Rank r's first row of `w` under the strategy.
+fn rows(s: &shardplan::Strategy) -> Vec<u64> {
+    let l = s.layout("w").unwrap();
+    (0..l.mesh().rank_count())
+        .map(|r| l.region_of(r).unwrap().offset()[0])
+        .collect()
+}
+
+/// `opt_weight_shard_size: -1` (the whole group) and the step MindSpore
+/// records over replicas on both sides of a model-parallel axis, as real
+/// files hold them: read with the right slices, written and read back the
+/// same in both forms.
+#[test]
+fn whole_group_shards_and_recorded_steps_round_trip() {
+    // dev [2, 4, 2], the middle axis splits dim 1; rank 0's group is
+    // {0, 1, 8, 9}, so MindSpore records step 9 / 3 = 3.
+    let json = br#"{"current_stage": 0, "parallel_layout_item": {"w": {"dev_matrix": [2, 4, 2], "tensor_map": [-1, 1], "tensor_shape": [8, 4], "field": 0, "opt_weight_shard_step": 3, "opt_weight_shard_size": -1}}}"#;
+    let f = parse_strategy_file("strategy.json", json).unwrap();
+    let tensors = vec![TensorInfo {
+        name: "w".into(),
+        shape: vec![8, 4],
+        dtype: DType::F32,
+    }];
+    let s = f.to_strategy("s", &tensors).unwrap();
+    // Rank r's part of dim 0 is its index in its group of 4.
+    assert_eq!(rows(&s), [0, 2, 0, 2, 0, 2, 0, 2, 4, 6, 4, 6, 4, 6, 4, 6]);
+    for format in [StrategyFormat::Json, StrategyFormat::Protobuf] {
+        round_trip(&s, format);
+    }
+    // A step no group gives is refused with the expected value.
+    let with_step = |step: u32| {
+        let text = String::from_utf8(json.to_vec()).unwrap().replace(
+            "\"opt_weight_shard_step\": 3",
+            &format!("\"opt_weight_shard_step\": {step}"),
+        );
+        parse_strategy_file("strategy.json", text.as_bytes())
+            .unwrap()
+            .to_strategy("s", &tensors)
+    };
+    let err = with_step(2).unwrap_err();
+    assert!(err.contains("records for this group: 3"), "{err}");
+    // Unsharded parameters as MindSpore writes them: step 0, size -1.
+    let s0 = with_step(0).unwrap();
+    assert_eq!(rows(&s0), [0; 16]);
+    // Built in code with -1, exported and read back in both forms.
+    let ms = MindSporeLayout {
+        dev_matrix: vec![4, 2],
+        tensor_map: vec![vec![-1], vec![0]],
+        ..MindSporeLayout::default()
+    }
+    .with_optimizer_shard(-1)
+    .unwrap();
+    let s = one_tensor(&ms, &[8, 4]);
+    assert_eq!(rows(&s), [0, 0, 2, 2, 4, 4, 6, 6]);
+    for format in [StrategyFormat::Json, StrategyFormat::Protobuf] {
+        round_trip(&s, format);
+    }
+}
+
+/// The tensor maps of the first parameter of protobuf strategy bytes.
+fn tensor_maps(bytes: &[u8]) -> Vec<Vec<i32>> {
+    use prost::Message;
+    shardplan::formats::mindspore_strategy::pb::ParallelStrategyMap::decode(bytes)
+        .unwrap()
+        .parallel_layout_item[0]
+        .parallel_layouts
+        .tensor_map
+        .iter()
+        .map(|t| t.dim.clone())
+        .collect()
+}
+
+/// A 1-D tensor with a nested map is written as MindSpore writes it, with
+/// an empty TensorMap after the one entry (MindSpore reads a single map as
+/// flat), and read back; MindSpore's own bytes read the same.
+#[test]
+fn one_dim_nested_maps_carry_the_trailing_empty_map() {
+    use prost::Message;
+    use shardplan::formats::mindspore_strategy::pb;
+    // Dim 0 over the two outer axes, the inner one replicated: no
+    // optimizer shard can state it, so the map stays nested.
+    let ms = MindSporeLayout {
+        dev_matrix: vec![2, 2, 2],
+        tensor_map: vec![vec![2, 1]],
+        ..MindSporeLayout::default()
+    };
+    let s = one_tensor(&ms, &[8]);
+    assert_eq!(rows(&s), [0, 0, 2, 2, 4, 4, 6, 6]);
+    let bytes = round_trip(&s, StrategyFormat::Protobuf);
+    assert_eq!(tensor_maps(&bytes), [vec![2, 1], vec![]]);
+    // The flat 1-D map stays one TensorMap.
+    let flat = MindSporeLayout {
+        dev_matrix: vec![4],
+        tensor_map: vec![vec![0]],
+        ..MindSporeLayout::default()
+    };
+    let bytes = round_trip(&one_tensor(&flat, &[8]), StrategyFormat::Protobuf);
+    assert_eq!(tensor_maps(&bytes), [vec![0]]);
+    // MindSpore's own bytes for it read the same; without the padding the
+    // single map is flat, a 2-D map, and does not fit.
+    let written = |maps: Vec<Vec<i32>>| {
+        pb::ParallelStrategyMap {
+            current_stage: 0,
+            parallel_strategy_item: Vec::new(),
+            parallel_layout_item: vec![pb::ParallelLayoutItem {
+                param_name: "w".into(),
+                parallel_layouts: pb::ParallelLayouts {
+                    dev_matrix: vec![pb::DevMatrix { dim: vec![2, 2, 2] }],
+                    tensor_map: maps.into_iter().map(|dim| pb::TensorMap { dim }).collect(),
+                    ..Default::default()
+                },
+            }],
+        }
+        .encode_to_vec()
+    };
+    let ours = parse_strategy_file("strategy.ckpt", &written(vec![vec![2, 1], vec![]]))
+        .unwrap()
+        .to_strategy("ms", s.tensors())
+        .unwrap();
+    assert!(
+        ours.layout("w")
+            .unwrap()
+            .same_placement(s.layout("w").unwrap())
+    );
+    let t2 = vec![TensorInfo {
+        name: "w".into(),
+        shape: vec![8, 2],
+        dtype: DType::F32,
+    }];
+    let flat2 = parse_strategy_file("strategy.ckpt", &written(vec![vec![2, 1]]))
+        .unwrap()
+        .to_strategy("ms", &t2)
+        .unwrap();
+    assert_eq!(flat2.layout("w").unwrap().to_string(), "[d2, d1]");
+    // A 2-D nested map has one TensorMap per dimension and no padding.
+    let two = MindSporeLayout {
+        dev_matrix: vec![2, 2, 2],
+        tensor_map: vec![vec![2, 1], vec![-1]],
+        ..MindSporeLayout::default()
+    };
+    let bytes = round_trip(&one_tensor(&two, &[8, 2]), StrategyFormat::Protobuf);
+    assert_eq!(tensor_maps(&bytes), [vec![2, 1], vec![-1]]);
+}

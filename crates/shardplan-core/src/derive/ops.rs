@@ -1,0 +1,1486 @@
+//! Inference layouts from MindSpore operator shard strategies (semi-auto
+//! parallel).
+//!
+//! An [`OperatorGraph`] lists operators in execution order, each with its
+//! inputs (weights of the spec, graph inputs, or outputs of earlier
+//! operators) and one shard strategy per input, as
+//! `ops.MatMul().shard(((2, 1), (1, 4)))` states it. For each operator,
+//! [`derive_from_operators`] builds the device matrix and tensor maps the
+//! way MindSpore's operator infos do (`MatMulBase`, `GatherInfo`,
+//! `ArithmeticBase`, the norm infos), including the repeated-calculation
+//! factor when the strategy uses fewer devices than the stage has; gives
+//! every weight the layout of the first operator that reads it; and lists
+//! where an operator needs an activation in another layout than its
+//! producer left it in: a redistribution the runtime inserts, with the
+//! bytes it must move over the network.
+//!
+//! # Operators
+//!
+//! Tensor maps count device-matrix axes from the right; `-1` = not split.
+//!
+//! - `MatMul`, `BatchMatMul` (`a [.., M, K]`, `b [.., K, N]`, or
+//!   `b [.., N, K]` with `transpose_b`): strategies `sa`, `sb`; the device
+//!   matrix is the batch strategy of the longer input, then `sa[-2]`,
+//!   `sa[-1]`, and `sb[-1]` (`sb[-2]` with `transpose_b`). `sa[-1]` must
+//!   equal the strategy of `b`'s reduction dimension, and the batch
+//!   strategies must agree. With `[[a, b], [b, c]]` the device matrix is
+//!   `[a, b, c]`, `a`'s map `[2, 1]`, `b`'s `[1, 0]` (`[0, 1]` transposed),
+//!   the output's `[2, 0]`. A split reduction dimension (`b > 1`) makes the
+//!   output partial: the operator all-reduces it over `b` ranks.
+//! - `Gather` (`table [V, ..]`, `indices [..]`, axis 0): with the
+//!   vocabulary not split (`[[1, h], [i..]]`) the device matrix is the
+//!   indices strategy followed by the table's, and the output `[i.., h]`
+//!   keeps both splits. With the vocabulary split over `v` ranks the
+//!   indices must not be split (the device matrix is the table's strategy,
+//!   and the output, reduce-scattered over the `v` ranks, is split along
+//!   its first dimension, or all-reduced and replicated when `v` does not
+//!   divide it), except in MindSpore's "shard batch and axis" mode
+//!   (`[[v, 1], [b, 1]]` with `v * b` the stage's devices): device matrix
+//!   `[b, v]`, all-reduced output split along the batch over `b`.
+//! - `Add`, `Mul` (broadcasting): the strategies, right-aligned, must be
+//!   equal where both dimensions have the same size, and 1 on a
+//!   broadcast dimension of size 1; the device matrix is the larger of the
+//!   two per dimension, a dimension whose strategy is 1 under a larger
+//!   device-matrix entry is not split.
+//! - `RmsNorm`, `LayerNorm` (`x`, `gamma`, optional `beta`): the device
+//!   matrix is `x`'s strategy; the normalized (trailing, `gamma`-shaped)
+//!   dimensions must not be split; the output has `x`'s layout.
+//!
+//! **Repeated calculation.** When a strategy's product `P` is less than
+//! the stage's devices `N` (it must divide them), the device matrix gets
+//! one more axis of size `N / P`. MindSpore 2.x puts it last (rightmost,
+//! [`RepeatSide::Right`], the default: every tensor-map entry then moves up
+//! by one); earlier MindSpore versions, and 2.x's `Gather` when the table's
+//! strategy uses neither one nor all devices, put it first
+//! ([`RepeatSide::Left`]).
+//!
+//! # Example
+//!
+//! ```
+//! use shardplan_core::derive::ops::*;
+//! use shardplan_core::{DType, TensorInfo};
+//!
+//! let w = TensorInfo { name: "w".into(), shape: vec![64, 32], dtype: DType::F32 };
+//! let graph = OperatorGraph {
+//!     devices: 8,
+//!     stages: 1,
+//!     batch: 16,
+//!     repeated_calc: RepeatSide::Right,
+//!     inputs: vec![ActivationInput {
+//!         name: "x".into(),
+//!         shape: vec![DimSize::Batch, DimSize::Fixed(64)],
+//!         dtype: DType::F32,
+//!     }],
+//!     ops: vec![Operator {
+//!         kind: OpKind::MatMul,
+//!         name: "fc".into(),
+//!         inputs: vec!["x".into(), "w".into()],
+//!         strategy: vec![vec![2, 1], vec![1, 4]],
+//!         transpose_b: false,
+//!         transpose_a: false,
+//!         stage: 0,
+//!         output: "y".into(),
+//!     }],
+//! };
+//! let d = derive_from_operators(&graph, &[w])?;
+//! // dev_matrix [a, b, c] = [2, 1, 4]; w = [K, N] has tensor map [1, 0].
+//! assert_eq!(d.ops[0].dev_matrix, vec![2, 1, 4]);
+//! assert_eq!(d.ops[0].inputs[1], vec![1, 0]);
+//! let l = d.strategy.layout("w").unwrap();
+//! assert_eq!(l.region_of(1).unwrap().to_string(), "[0..64, 8..16]");
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+
+use crate::bounds::volume_lower_bound;
+use crate::dtype::DType;
+use crate::error::LayoutError;
+use crate::layout::TensorLayout;
+use crate::mesh::DeviceMesh;
+use crate::notation::mindspore::MindSporeLayout;
+use crate::strategy::{Strategy, StrategyError, TensorInfo};
+
+/// An operator kind, by its MindSpore primitive name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum OpKind {
+    /// `MatMul`: two inputs, the second usually a weight.
+    MatMul,
+    /// `BatchMatMul`: as `MatMul`, with batch dimensions.
+    BatchMatMul,
+    /// `Gather` on axis 0: an embedding lookup (table, indices).
+    Gather,
+    /// Element-wise `Add`, broadcasting.
+    Add,
+    /// Element-wise `Mul`, broadcasting.
+    Mul,
+    /// `RmsNorm` (x, gamma).
+    RmsNorm,
+    /// `LayerNorm` (x, gamma, beta).
+    LayerNorm,
+}
+
+impl OpKind {
+    /// Every kind, as written in specs.
+    pub const ALL: [OpKind; 7] = [
+        OpKind::MatMul,
+        OpKind::BatchMatMul,
+        OpKind::Gather,
+        OpKind::Add,
+        OpKind::Mul,
+        OpKind::RmsNorm,
+        OpKind::LayerNorm,
+    ];
+
+    /// The MindSpore primitive name.
+    pub fn name(self) -> &'static str {
+        match self {
+            OpKind::MatMul => "MatMul",
+            OpKind::BatchMatMul => "BatchMatMul",
+            OpKind::Gather => "Gather",
+            OpKind::Add => "Add",
+            OpKind::Mul => "Mul",
+            OpKind::RmsNorm => "RmsNorm",
+            OpKind::LayerNorm => "LayerNorm",
+        }
+    }
+
+    /// Accepted input counts.
+    fn arity(self) -> &'static [usize] {
+        match self {
+            OpKind::LayerNorm => &[2, 3],
+            _ => &[2],
+        }
+    }
+}
+
+impl std::str::FromStr for OpKind {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        OpKind::ALL
+            .into_iter()
+            .find(|k| k.name() == s)
+            .ok_or_else(|| {
+                let names: Vec<&str> = OpKind::ALL.iter().map(|k| k.name()).collect();
+                format!("unknown operator `{s}`: use one of {}", names.join(", "))
+            })
+    }
+}
+
+impl fmt::Display for OpKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Where the repeated-calculation factor goes in the device matrix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum RepeatSide {
+    /// Last (rightmost): MindSpore 2.x's default.
+    #[default]
+    Right,
+    /// First (leftmost, outermost): earlier MindSpore versions.
+    Left,
+}
+
+impl std::str::FromStr for RepeatSide {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "right" => Ok(RepeatSide::Right),
+            "left" => Ok(RepeatSide::Left),
+            other => Err(format!(
+                "unknown repeated_calc `{other}`: use right (MindSpore 2.x) or left"
+            )),
+        }
+    }
+}
+
+/// A dimension of a graph input: a size, or the batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DimSize {
+    /// A fixed size.
+    Fixed(u64),
+    /// [`OperatorGraph::batch`].
+    Batch,
+}
+
+/// A graph input that is not a weight (token ids, hidden states).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ActivationInput {
+    /// Name the operators use.
+    pub name: String,
+    /// Shape; [`DimSize::Batch`] entries take the graph's batch.
+    pub shape: Vec<DimSize>,
+    /// Element type.
+    pub dtype: DType,
+}
+
+/// One operator.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Operator {
+    /// Kind.
+    pub kind: OpKind,
+    /// Name for reports.
+    pub name: String,
+    /// Input names: weights, graph inputs, or earlier outputs.
+    pub inputs: Vec<String>,
+    /// One strategy per input, one entry per input dimension.
+    pub strategy: Vec<Vec<u64>>,
+    /// `MatMul`/`BatchMatMul`: the second input is `[.., N, K]`.
+    pub transpose_b: bool,
+    /// `MatMul`/`BatchMatMul`: the first input is `[.., K, M]`, its strategy
+    /// given in that stored order. Some MindSpore versions refuse it in
+    /// semi-auto parallel; later ones swap the last two entries of the
+    /// first input's strategy and tensor map, as modelled here.
+    pub transpose_a: bool,
+    /// Pipeline stage the operator runs on (`< OperatorGraph::stages`).
+    pub stage: u64,
+    /// Name of the output.
+    pub output: String,
+}
+
+/// Operators in execution order, on `stages` pipeline stages of `devices`
+/// devices each.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OperatorGraph {
+    /// Devices of each stage.
+    pub devices: u64,
+    /// Pipeline stages (1 = none). Operators run on the stage they name,
+    /// in non-decreasing stage order along the data flow.
+    pub stages: u64,
+    /// The batch size in graph-input shapes.
+    pub batch: u64,
+    /// Where the repeated-calculation factor goes.
+    pub repeated_calc: RepeatSide,
+    /// Graph inputs that are not weights.
+    pub inputs: Vec<ActivationInput>,
+    /// The operators.
+    pub ops: Vec<Operator>,
+}
+
+/// A collective an operator performs on its own output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Collective {
+    /// All-reduce of partial sums.
+    AllReduce,
+    /// Reduce-scatter of partial sums.
+    ReduceScatter,
+}
+
+impl fmt::Display for Collective {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Collective::AllReduce => "all-reduce",
+            Collective::ReduceScatter => "reduce-scatter",
+        })
+    }
+}
+
+/// The forward communication inside an operator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ForwardComm {
+    /// Which collective.
+    pub collective: Collective,
+    /// Ranks per group.
+    pub ranks: u64,
+    /// Bytes of the operator's (full) output.
+    pub output_bytes: u64,
+}
+
+/// Device matrix and tensor maps of one operator, as MindSpore builds them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpLayout {
+    /// Device matrix of the inputs, repeated-calculation axis included.
+    pub dev_matrix: Vec<u64>,
+    /// The repeated-calculation factor (1 = none).
+    pub repeat: u64,
+    /// Tensor map of each input.
+    pub inputs: Vec<Vec<i64>>,
+    /// Device matrix of the output (differs for a vocabulary-split Gather).
+    pub output_dev_matrix: Vec<u64>,
+    /// Tensor map of the output.
+    pub output: Vec<i64>,
+    /// Shape of the output.
+    pub output_shape: Vec<u64>,
+    /// The operator's own collective, if any.
+    pub forward: Option<ForwardComm>,
+}
+
+/// A layout as MindSpore states it: device matrix and tensor map.
+fn ms(dev: &[u64], map: &[i64]) -> MindSporeLayout {
+    MindSporeLayout {
+        dev_matrix: dev.to_vec(),
+        tensor_map: map.iter().map(|&k| vec![k]).collect(),
+        ..MindSporeLayout::default()
+    }
+}
+
+fn show_ms(l: &MindSporeLayout) -> String {
+    let tm: Vec<String> = l
+        .tensor_map
+        .iter()
+        .map(|e| e.first().copied().unwrap_or(-1).to_string())
+        .collect();
+    format!("dev {:?} map [{}]", l.dev_matrix, tm.join(", "))
+}
+
+/// Which operator decided a weight's layout.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WeightSource {
+    /// Index of the operator.
+    pub op: usize,
+    /// Position of the weight among its inputs.
+    pub input: usize,
+    /// The layout, in MindSpore terms (of its first stage).
+    pub layout: MindSporeLayout,
+    /// The stages whose operators read it, ascending: several for a tied
+    /// embedding read by a `Gather` on the first stage and a `MatMul` on
+    /// the last.
+    pub stages: Vec<u64>,
+}
+
+/// An activation an operator needs in another layout than its producer
+/// left it in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Redistribution {
+    /// The activation.
+    pub activation: String,
+    /// Index of the producing operator.
+    pub producer: usize,
+    /// Index of the consuming operator.
+    pub consumer: usize,
+    /// Layout the producer leaves.
+    pub from: MindSporeLayout,
+    /// Layout the consumer needs.
+    pub to: MindSporeLayout,
+    /// Bytes that must cross the network (the lower bound, which
+    /// [`crate::plan_transfer`] attains).
+    pub bytes: u64,
+}
+
+/// A weight two operators read in different layouts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WeightConflict {
+    /// The weight.
+    pub tensor: String,
+    /// The operator whose layout it keeps.
+    pub first: usize,
+    /// The operator that wants another one.
+    pub other: usize,
+    /// The layout the other operator wants.
+    pub wanted: MindSporeLayout,
+    /// Bytes the other operator must fetch each time (lower bound).
+    pub bytes: u64,
+}
+
+/// The result of [`derive_from_operators`].
+#[derive(Debug, Clone)]
+pub struct OperatorDerivation {
+    /// The weights' layouts (weights no operator reads are replicated),
+    /// named `derived`, on the mesh `[rank=devices]`.
+    pub strategy: Strategy,
+    /// Per operator, its device matrix and tensor maps.
+    pub ops: Vec<OpLayout>,
+    /// Per tensor of the strategy, the operator that decided its layout.
+    pub weights: Vec<Option<WeightSource>>,
+    /// Activation layout changes between operators.
+    pub redistributions: Vec<Redistribution>,
+    /// Weights read in two layouts.
+    pub conflicts: Vec<WeightConflict>,
+}
+
+impl OperatorDerivation {
+    /// The same derivation with the strategy called `name`.
+    ///
+    /// # Errors
+    ///
+    /// None in practice: the strategy is rebuilt from its own parts.
+    pub fn renamed(self, name: &str) -> Result<Self, OpsError> {
+        let strategy = self.strategy.renamed(name);
+        Ok(OperatorDerivation { strategy, ..self })
+    }
+
+    /// Total bytes of the redistributions.
+    pub fn redistribution_bytes(&self) -> u64 {
+        self.redistributions.iter().map(|r| r.bytes).sum()
+    }
+
+    /// A text report: every operator's device matrix and tensor maps, each
+    /// weight's source, and the redistributions.
+    pub fn report(&self, graph: &OperatorGraph) -> String {
+        use std::fmt::Write;
+        let mut out = String::new();
+        let staged = graph.stages > 1;
+        let _ = writeln!(
+            out,
+            "operators on {}{} devices, batch {} (repeated calculation: {})",
+            if staged {
+                format!("{} stages of ", graph.stages)
+            } else {
+                String::new()
+            },
+            graph.devices,
+            graph.batch,
+            match graph.repeated_calc {
+                RepeatSide::Right => "right",
+                RepeatSide::Left => "left",
+            }
+        );
+        for (i, (op, l)) in graph.ops.iter().zip(&self.ops).enumerate() {
+            let maps: Vec<String> = op
+                .inputs
+                .iter()
+                .zip(&l.inputs)
+                .map(|(n, m)| format!("{n} {m:?}"))
+                .collect();
+            let _ = write!(out, "  #{i} {} `{}`", op.kind, op.name);
+            if staged {
+                let _ = write!(out, " (stage {})", op.stage);
+            }
+            let _ = write!(out, ": dev_matrix {:?}", l.dev_matrix);
+            if l.repeat > 1 {
+                let _ = write!(out, " (repeated x{})", l.repeat);
+            }
+            let _ = write!(
+                out,
+                "; {}; -> {} {:?}",
+                maps.join(", "),
+                op.output,
+                l.output
+            );
+            if l.output_dev_matrix != l.dev_matrix {
+                let _ = write!(out, " on {:?}", l.output_dev_matrix);
+            }
+            if let Some(c) = l.forward {
+                let _ = write!(
+                    out,
+                    "; {} over {} ranks of {} B",
+                    c.collective, c.ranks, c.output_bytes
+                );
+            }
+            out.push('\n');
+        }
+        let _ = writeln!(out, "weights:");
+        for (t, w) in self.strategy.tensors().iter().zip(&self.weights) {
+            match w {
+                Some(w) => {
+                    let _ = write!(
+                        out,
+                        "  {}: {} (input {} of #{} `{}`)",
+                        t.name,
+                        show_ms(&w.layout),
+                        w.input,
+                        w.op,
+                        graph.ops[w.op].name
+                    );
+                    if staged {
+                        let st: Vec<String> = w.stages.iter().map(u64::to_string).collect();
+                        let _ = write!(out, " on stage {}", st.join(", "));
+                    }
+                    out.push('\n');
+                }
+                None => {
+                    let _ = writeln!(out, "  {}: replicated (no operator reads it)", t.name);
+                }
+            }
+        }
+        for c in &self.conflicts {
+            let _ = writeln!(
+                out,
+                "conflict: {} is read by #{} `{}` as {}, {} B to fetch; it keeps the layout of #{} `{}`",
+                c.tensor,
+                c.other,
+                graph.ops[c.other].name,
+                show_ms(&c.wanted),
+                c.bytes,
+                c.first,
+                graph.ops[c.first].name
+            );
+        }
+        let _ = writeln!(
+            out,
+            "redistributions: {} ({} B)",
+            self.redistributions.len(),
+            self.redistribution_bytes()
+        );
+        for r in &self.redistributions {
+            let _ = writeln!(
+                out,
+                "  {}: #{} `{}` leaves {}, #{} `{}` needs {}: {} B",
+                r.activation,
+                r.producer,
+                graph.ops[r.producer].name,
+                show_ms(&r.from),
+                r.consumer,
+                graph.ops[r.consumer].name,
+                show_ms(&r.to),
+                r.bytes
+            );
+        }
+        out
+    }
+}
+
+/// Why operators could not be laid out. Each variant names the operator
+/// (its index in [`OperatorGraph::ops`]) and has a stable code.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, miette::Diagnostic)]
+#[non_exhaustive]
+pub enum OpsError {
+    /// Zero devices or a zero batch.
+    #[error(
+        "operators need at least one device and a batch of at least 1 (devices {devices}, batch {batch})"
+    )]
+    #[diagnostic(
+        code(shardplan::ops::empty),
+        help("set `operators: {{devices: N, batch: B}}` with N, B >= 1")
+    )]
+    Empty {
+        /// Devices.
+        devices: u64,
+        /// Batch.
+        batch: u64,
+    },
+    /// An input that is neither a weight, a graph input nor an earlier output.
+    #[error(
+        "operator #{op}: input `{name}` is not a tensor of the spec, a graph input or the output of an earlier operator"
+    )]
+    #[diagnostic(
+        code(shardplan::ops::unknown_input),
+        help("list graph inputs under `operators.inputs`, and operators in execution order")
+    )]
+    UnknownInput {
+        /// Operator.
+        op: usize,
+        /// Position among its inputs.
+        input: usize,
+        /// The name.
+        name: String,
+    },
+    /// An output name that is already taken.
+    #[error(
+        "operator #{op}: output `{name}` is already a tensor, a graph input or another operator's output"
+    )]
+    #[diagnostic(
+        code(shardplan::ops::duplicate_output),
+        help("give every operator output a new name")
+    )]
+    DuplicateOutput {
+        /// Operator.
+        op: usize,
+        /// The name.
+        name: String,
+    },
+    /// The stage's mesh cannot be built (too many devices).
+    #[error("the mesh of the operators (stages x devices): {0}")]
+    #[diagnostic(code(shardplan::ops::mesh), help("use fewer devices or stages"))]
+    Mesh(#[source] LayoutError),
+    /// A graph input whose name is a tensor's or another input's.
+    #[error("graph input `{name}` is already a tensor or another graph input")]
+    #[diagnostic(
+        code(shardplan::ops::duplicate_input),
+        help("give graph inputs names of their own")
+    )]
+    DuplicateInput {
+        /// The name.
+        name: String,
+    },
+    /// A strategy that does not fit the operator or its inputs.
+    #[error("operator #{op} ({kind}): {reason}")]
+    #[diagnostic(
+        code(shardplan::ops::strategy),
+        help(
+            "give one strategy per input, one entry per input dimension, consistent as the operator requires (see docs/derive.md)"
+        )
+    )]
+    Strategy {
+        /// Operator.
+        op: usize,
+        /// Its input, when one is at fault.
+        input: Option<usize>,
+        /// Its kind.
+        kind: OpKind,
+        /// What is wrong.
+        reason: String,
+    },
+    /// An operator on a stage the graph does not have.
+    #[error("operator #{op}: stage {stage} is beyond the graph's {stages} stages")]
+    #[diagnostic(
+        code(shardplan::ops::stage),
+        help("stages count from 0; raise `stages` or lower the operator's `stage`")
+    )]
+    Stage {
+        /// Operator.
+        op: usize,
+        /// Its stage.
+        stage: u64,
+        /// Stages of the graph.
+        stages: u64,
+    },
+    /// An activation flowing to an earlier stage.
+    #[error(
+        "operator #{op} on stage {stage} reads `{name}`, which operator #{producer} produces on the later stage {producer_stage}"
+    )]
+    #[diagnostic(
+        code(shardplan::ops::stage_order),
+        help(
+            "a pipeline runs its stages in order: an operator may read outputs of its own or earlier stages only"
+        )
+    )]
+    StageOrder {
+        /// Operator.
+        op: usize,
+        /// Position of the input.
+        input: usize,
+        /// The activation.
+        name: String,
+        /// Its stage.
+        stage: u64,
+        /// The producer.
+        producer: usize,
+        /// The producer's stage.
+        producer_stage: u64,
+    },
+    /// A strategy whose device count does not divide the stage's.
+    #[error(
+        "operator #{op}: the strategy uses {product} devices, which does not divide the stage's {devices}"
+    )]
+    #[diagnostic(
+        code(shardplan::ops::devices),
+        help(
+            "the product of a strategy's entries (its device matrix) must divide the devices of the stage"
+        )
+    )]
+    Devices {
+        /// Operator.
+        op: usize,
+        /// Devices the strategy uses.
+        product: u64,
+        /// Devices of the stage.
+        devices: u64,
+    },
+    /// A dimension its strategy does not divide.
+    #[error("operator #{op}: input `{tensor}` dimension {dim} ({size}) does not split {ways} ways")]
+    #[diagnostic(
+        code(shardplan::ops::indivisible),
+        help(
+            "MindSpore splits evenly: pick a strategy entry that divides the dimension, or another batch"
+        )
+    )]
+    Indivisible {
+        /// Operator.
+        op: usize,
+        /// Position of the input (or `None` for the output).
+        input: Option<usize>,
+        /// Tensor or activation.
+        tensor: String,
+        /// Dimension.
+        dim: usize,
+        /// Its size.
+        size: u64,
+        /// Ways.
+        ways: u64,
+    },
+    /// A layout the core refuses (an internal inconsistency).
+    #[error("operator #{op}: `{tensor}`: {source}")]
+    #[diagnostic(code(shardplan::ops::layout))]
+    Layout {
+        /// Operator.
+        op: usize,
+        /// Tensor.
+        tensor: String,
+        /// The refusal.
+        #[source]
+        source: LayoutError,
+    },
+    /// The derived strategy could not be built.
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    StrategyBuild(#[from] StrategyError),
+}
+
+impl OpsError {
+    /// The operator at fault and, when one is, its input position.
+    pub fn location(&self) -> Option<(usize, Option<usize>)> {
+        match self {
+            OpsError::UnknownInput { op, input, .. } => Some((*op, Some(*input))),
+            OpsError::StageOrder { op, input, .. } => Some((*op, Some(*input))),
+            OpsError::Strategy { op, input, .. } => Some((*op, *input)),
+            OpsError::Indivisible { op, input, .. } => Some((*op, *input)),
+            OpsError::DuplicateOutput { op, .. }
+            | OpsError::Stage { op, .. }
+            | OpsError::Devices { op, .. }
+            | OpsError::Layout { op, .. } => Some((*op, None)),
+            OpsError::Empty { .. }
+            | OpsError::Mesh(_)
+            | OpsError::DuplicateInput { .. }
+            | OpsError::StrategyBuild(_) => None,
+        }
+    }
+}
+
+/// A value flowing between operators.
+#[derive(Debug, Clone)]
+struct Value {
+    shape: Vec<u64>,
+    dtype: DType,
+    /// Producer and its output layout; `None` for weights and graph inputs.
+    produced: Option<(usize, MindSporeLayout)>,
+    /// Index into the weights, for weights.
+    weight: Option<usize>,
+}
+
+/// Device matrix without repetition, input maps, output device matrix and
+/// map, collective, and the repeat side for this operator.
+struct Raw {
+    dev: Vec<u64>,
+    inputs: Vec<Vec<i64>>,
+    out_dev: Vec<u64>,
+    output: Vec<i64>,
+    output_shape: Vec<u64>,
+    forward: Option<(Collective, u64)>,
+    side: Option<RepeatSide>,
+}
+
+fn descending(n: usize) -> Vec<i64> {
+    (0..n).rev().map(|k| k as i64).collect()
+}
+
+fn product(v: &[u64]) -> u64 {
+    v.iter().product()
+}
+
+fn matmul(
+    op: usize,
+    kind: OpKind,
+    shapes: &[&[u64]],
+    st: &[Vec<u64>],
+    (ta, tb): (bool, bool),
+    devices: u64,
+) -> Result<Raw, OpsError> {
+    let bad = |input: Option<usize>, reason: String| OpsError::Strategy {
+        op,
+        input,
+        kind,
+        reason,
+    };
+    if shapes[0].len() < 2 || shapes[1].len() < 2 {
+        let (a, b) = (shapes[0], shapes[1]);
+        return Err(bad(
+            Some(usize::from(a.len() >= 2)),
+            format!("inputs need at least 2 dimensions, got {a:?} and {b:?}"),
+        ));
+    }
+    // With transpose_a, `a` is stored [.., K, M]: reason on [.., M, K] and
+    // swap its tensor map back at the end.
+    let swapped = |v: &[u64]| {
+        let mut v = v.to_vec();
+        let n = v.len();
+        v.swap(n - 1, n - 2);
+        v
+    };
+    let (a_t, sa_t);
+    let (a, sa): (&[u64], &[u64]) = if ta {
+        a_t = swapped(shapes[0]);
+        sa_t = swapped(&st[0]);
+        (&a_t, &sa_t)
+    } else {
+        (shapes[0], &st[0])
+    };
+    let (b, sb): (&[u64], &[u64]) = (shapes[1], &st[1]);
+    if a.len() < 2 || b.len() < 2 {
+        return Err(bad(
+            Some(usize::from(a.len() >= 2)),
+            format!("inputs need at least 2 dimensions, got {a:?} and {b:?}"),
+        ));
+    }
+    if kind == OpKind::MatMul && (a.len() != 2 || b.len() != 2) {
+        return Err(bad(
+            None,
+            format!("MatMul multiplies 2-D inputs, got {a:?} and {b:?}; use BatchMatMul"),
+        ));
+    }
+    let (la, lb) = (a.len(), b.len());
+    // Shapes: a [.., M, K], b [.., K, N] (or [.., N, K]).
+    let (k_a, k_b, n) = (
+        a[la - 1],
+        if tb { b[lb - 1] } else { b[lb - 2] },
+        if tb { b[lb - 2] } else { b[lb - 1] },
+    );
+    if k_a != k_b {
+        return Err(bad(
+            Some(1),
+            format!("the reduction dimensions differ: {k_a} and {k_b} (transpose_b: {tb})"),
+        ));
+    }
+    // MindSpore's special case: a 2-D MatMul whose inputs have the same
+    // strategy using every device of the stage keeps that strategy as the
+    // device matrix, with maps [1, 0] on both inputs and the output and no
+    // collective of its own.
+    if kind == OpKind::MatMul && !ta && !tb && st[0] == st[1] && product(&st[0]) == devices {
+        return Ok(Raw {
+            dev: st[0].clone(),
+            out_dev: st[0].clone(),
+            inputs: vec![vec![1, 0], vec![1, 0]],
+            output: vec![1, 0],
+            output_shape: vec![a[0], b[1]],
+            forward: None,
+            side: None,
+        });
+    }
+    let s_kb = if tb { sb[lb - 1] } else { sb[lb - 2] };
+    if sa[la - 1] != s_kb {
+        return Err(bad(
+            Some(1),
+            format!(
+                "the reduction dimension is split {} ways in the first input and {s_kb} in the second",
+                sa[la - 1]
+            ),
+        ));
+    }
+    // Batch dimensions, right-aligned, must agree where both have them.
+    let (long, short, ls) = if la >= lb { (a, b, sa) } else { (b, a, sb) };
+    let diff = long.len() - short.len();
+    let ss = if la >= lb { sb } else { sa };
+    for j in 0..short.len() - 2 {
+        if ls[diff + j] != ss[j] {
+            return Err(bad(
+                None,
+                format!(
+                    "batch dimension {j} is split {} and {} ways; the strategies of batch dimensions must be equal",
+                    ls[diff + j],
+                    ss[j]
+                ),
+            ));
+        }
+        if long[diff + j] != short[j] {
+            return Err(bad(
+                None,
+                format!("batch dimensions differ: {:?} and {:?}", long, short),
+            ));
+        }
+    }
+    let mut dev: Vec<u64> = ls[..ls.len() - 2].to_vec();
+    dev.push(sa[la - 2]);
+    dev.push(sa[la - 1]);
+    dev.push(if tb { sb[lb - 2] } else { sb[lb - 1] });
+    let size = dev.len();
+    let index = descending(size);
+    let mut out = index.clone();
+    out.remove(size - 2);
+    let mut a_map = index.clone();
+    a_map.pop();
+    a_map.drain(..size - 1 - la);
+    if ta {
+        a_map.swap(la - 1, la - 2);
+    }
+    let mut b_map = index.clone();
+    b_map.remove(size - 3);
+    b_map.drain(..size - 1 - lb);
+    if tb {
+        let n = b_map.len();
+        b_map.swap(n - 1, n - 2);
+    }
+    let mut output_shape: Vec<u64> = long[..long.len() - 2].to_vec();
+    output_shape.push(a[la - 2]);
+    output_shape.push(n);
+    let forward = (sa[la - 1] > 1).then_some((Collective::AllReduce, sa[la - 1]));
+    Ok(Raw {
+        out_dev: dev.clone(),
+        dev,
+        inputs: vec![a_map, b_map],
+        output: out,
+        output_shape,
+        forward,
+        side: None,
+    })
+}
+
+fn gather(op: usize, shapes: &[&[u64]], st: &[Vec<u64>], devices: u64) -> Result<Raw, OpsError> {
+    let bad = |input: Option<usize>, reason: String| OpsError::Strategy {
+        op,
+        input,
+        kind: OpKind::Gather,
+        reason,
+    };
+    let (p, i) = (shapes[0], shapes[1]);
+    let (ps, is) = (&st[0], &st[1]);
+    if p.is_empty() {
+        return Err(bad(Some(0), "the table cannot be a scalar".into()));
+    }
+    let mut output_shape = i.to_vec();
+    output_shape.extend_from_slice(&p[1..]);
+    if ps[0] == 1 {
+        // Normal mode: dev = indices ++ table strategy.
+        let mut dev = is.clone();
+        dev.extend_from_slice(ps);
+        let tmp = descending(i.len() + p.len());
+        let param_map = tmp[i.len()..].to_vec();
+        let indices_map = tmp[..i.len()].to_vec();
+        let mut out = indices_map.clone();
+        out.extend_from_slice(&param_map[1..]);
+        return Ok(Raw {
+            out_dev: dev.clone(),
+            dev,
+            inputs: vec![param_map, indices_map],
+            output: out,
+            output_shape,
+            forward: None,
+            side: None,
+        });
+    }
+    // The vocabulary is split.
+    if p.len() == 2
+        && i.len() == 2
+        && ps[1] == 1
+        && is[1] == 1
+        && ps[0] * is[0] == devices
+        && ps[0] != devices
+        && is[0] != devices
+    {
+        // Shard batch and axis: dev [b, v], forward all-reduce.
+        let dev = vec![is[0], ps[0]];
+        return Ok(Raw {
+            out_dev: dev.clone(),
+            dev,
+            inputs: vec![vec![0, -1], vec![1, -1]],
+            output: vec![1, -1, -1],
+            output_shape,
+            forward: Some((Collective::AllReduce, ps[0])),
+            side: None,
+        });
+    }
+    if p.len() > 2 {
+        return Err(bad(
+            Some(0),
+            "a table split along the vocabulary must have 1 or 2 dimensions".into(),
+        ));
+    }
+    if product(is) != 1 {
+        return Err(bad(
+            Some(1),
+            "with the vocabulary split, the indices cannot be split (except [[v, 1], [b, 1]] with v * b = devices)".into(),
+        ));
+    }
+    let pp = product(ps);
+    if pp != devices && p.len() == 2 && ps[1] != 1 {
+        return Err(bad(
+            Some(0),
+            "with the vocabulary split and the hidden dimension split too, the table's strategy must use every device (no repeated calculation)".into(),
+        ));
+    }
+    let param_map = descending(p.len());
+    let indices_map = vec![-1; i.len()];
+    // Reduce-scatter along the first output dimension when it divides.
+    let all_reduce = i.first().is_none_or(|&d| !d.is_multiple_of(ps[0]));
+    let mut out = vec![if all_reduce { -1 } else { p.len() as i64 - 1 }];
+    out.extend(std::iter::repeat_n(-1, i.len().saturating_sub(1)));
+    out.extend(param_map[1..].iter().copied());
+    if i.is_empty() {
+        // A scalar index: the output is the table's other dimensions.
+        out = param_map[1..].to_vec();
+    }
+    let side = if pp == devices || pp == 1 {
+        RepeatSide::Right
+    } else {
+        RepeatSide::Left
+    };
+    Ok(Raw {
+        out_dev: ps.clone(),
+        dev: ps.clone(),
+        inputs: vec![param_map, indices_map],
+        output: out,
+        output_shape,
+        forward: Some((
+            if all_reduce {
+                Collective::AllReduce
+            } else {
+                Collective::ReduceScatter
+            },
+            ps[0],
+        )),
+        side: Some(side),
+    })
+}
+
+fn elementwise(
+    op: usize,
+    kind: OpKind,
+    shapes: &[&[u64]],
+    st: &[Vec<u64>],
+) -> Result<Raw, OpsError> {
+    let n = shapes[0].len().max(shapes[1].len());
+    let expand = |v: &[u64]| -> Vec<u64> {
+        let mut e = vec![1; n - v.len()];
+        e.extend_from_slice(v);
+        e
+    };
+    let (a, b) = (expand(shapes[0]), expand(shapes[1]));
+    let (sa, sb) = (expand(&st[0]), expand(&st[1]));
+    let mut dev = Vec::with_capacity(n);
+    let mut output_shape = Vec::with_capacity(n);
+    for d in 0..n {
+        let (x, y) = (a[d], b[d]);
+        if x != y && x != 1 && y != 1 {
+            return Err(OpsError::Strategy {
+                op,
+                input: None,
+                kind,
+                reason: format!(
+                    "shapes {:?} and {:?} do not broadcast",
+                    shapes[0], shapes[1]
+                ),
+            });
+        }
+        let ok = if x == y {
+            sa[d] == sb[d]
+        } else if x == 1 {
+            sa[d] == 1
+        } else {
+            sb[d] == 1
+        };
+        if !ok {
+            return Err(OpsError::Strategy {
+                op,
+                input: Some(1),
+                kind,
+                reason: format!(
+                    "dimension {d} (right-aligned) is split {} and {} ways; equal sizes need equal strategies, and a broadcast dimension of size 1 is not split",
+                    sa[d], sb[d]
+                ),
+            });
+        }
+        dev.push(sa[d].max(sb[d]));
+        output_shape.push(x.max(y));
+    }
+    let index = descending(n);
+    let map = |s: &[u64], rank: usize| -> Vec<i64> {
+        let full: Vec<i64> = (0..n)
+            .map(|d| {
+                if s[d] == 1 && dev[d] > 1 {
+                    -1
+                } else {
+                    index[d]
+                }
+            })
+            .collect();
+        full[n - rank..].to_vec()
+    };
+    Ok(Raw {
+        inputs: vec![map(&sa, shapes[0].len()), map(&sb, shapes[1].len())],
+        out_dev: dev.clone(),
+        dev,
+        output: index,
+        output_shape,
+        forward: None,
+        side: None,
+    })
+}
+
+fn norm(op: usize, kind: OpKind, shapes: &[&[u64]], st: &[Vec<u64>]) -> Result<Raw, OpsError> {
+    let x = shapes[0];
+    let n = x.len();
+    let mut inputs = vec![descending(n)];
+    for (k, (g, sg)) in shapes.iter().zip(st).enumerate().skip(1) {
+        if g.len() > n || x[n - g.len()..] != **g {
+            return Err(OpsError::Strategy {
+                op,
+                input: Some(k),
+                kind,
+                reason: format!("{g:?} is not the trailing part of the input's shape {x:?}"),
+            });
+        }
+        if sg.iter().chain(&st[0][n - g.len()..]).any(|&s| s != 1) {
+            return Err(OpsError::Strategy {
+                op,
+                input: Some(k),
+                kind,
+                reason: "the normalized dimensions cannot be split".into(),
+            });
+        }
+        inputs.push(descending(g.len()));
+    }
+    Ok(Raw {
+        dev: st[0].clone(),
+        out_dev: st[0].clone(),
+        inputs,
+        output: descending(n),
+        output_shape: x.to_vec(),
+        forward: None,
+        side: None,
+    })
+}
+
+/// Adds the repeated-calculation axis.
+fn with_repeat(dev: &[u64], repeat: u64, side: RepeatSide) -> Vec<u64> {
+    let mut d = dev.to_vec();
+    if repeat > 1 {
+        match side {
+            RepeatSide::Right => d.push(repeat),
+            RepeatSide::Left => d.insert(0, repeat),
+        }
+    }
+    d
+}
+
+fn shift(map: &[i64], repeat: u64, side: RepeatSide) -> Vec<i64> {
+    if repeat > 1 && side == RepeatSide::Right {
+        map.iter()
+            .map(|&k| if k >= 0 { k + 1 } else { k })
+            .collect()
+    } else {
+        map.to_vec()
+    }
+}
+
+/// A one-tensor strategy for measuring a redistribution.
+fn single(
+    name: &str,
+    info: &TensorInfo,
+    layout: TensorLayout,
+    mesh: &Arc<DeviceMesh>,
+) -> Option<Strategy> {
+    let info = TensorInfo {
+        name: name.to_string(),
+        ..info.clone()
+    };
+    Strategy::new(name, mesh.clone(), vec![info], vec![layout]).ok()
+}
+
+fn moved_bytes(
+    name: &str,
+    shape: &[u64],
+    dtype: DType,
+    from: &TensorLayout,
+    to: &TensorLayout,
+    mesh: &Arc<DeviceMesh>,
+) -> u64 {
+    let info = TensorInfo {
+        name: name.to_string(),
+        shape: shape.to_vec(),
+        dtype,
+    };
+    match (
+        single(name, &info, from.clone(), mesh),
+        single(name, &info, to.clone(), mesh),
+    ) {
+        (Some(a), Some(b)) => volume_lower_bound(&a, &b, &[name]),
+        _ => 0,
+    }
+}
+
+/// Lays out every operator of `graph` over `graph.devices` devices, gives
+/// each weight in `tensors` the layout of the first operator that reads it
+/// (others are replicated), and measures the redistributions between
+/// operators.
+///
+/// # Errors
+///
+/// [`OpsError`] for the first operator whose inputs, strategy or output do
+/// not fit, naming it.
+pub fn derive_from_operators(
+    graph: &OperatorGraph,
+    tensors: &[TensorInfo],
+) -> Result<OperatorDerivation, OpsError> {
+    let (devices, batch) = (graph.devices, graph.batch);
+    if devices == 0 || batch == 0 {
+        return Err(OpsError::Empty { devices, batch });
+    }
+    let stages = graph.stages.max(1);
+    let mesh = Arc::new(DeviceMesh::new([("rank", devices)]).map_err(OpsError::Mesh)?);
+    let mut values: BTreeMap<String, Value> = BTreeMap::new();
+    for (i, t) in tensors.iter().enumerate() {
+        values.insert(
+            t.name.clone(),
+            Value {
+                shape: t.shape.clone(),
+                dtype: t.dtype,
+                produced: None,
+                weight: Some(i),
+            },
+        );
+    }
+    for a in &graph.inputs {
+        if values.contains_key(&a.name) {
+            return Err(OpsError::DuplicateInput {
+                name: a.name.clone(),
+            });
+        }
+        values.insert(
+            a.name.clone(),
+            Value {
+                shape: a
+                    .shape
+                    .iter()
+                    .map(|d| match d {
+                        DimSize::Fixed(n) => *n,
+                        DimSize::Batch => batch,
+                    })
+                    .collect(),
+                dtype: a.dtype,
+                produced: None,
+                weight: None,
+            },
+        );
+    }
+    // Per weight: who decided it, its layout on one stage.
+    let mut weights: Vec<Option<(WeightSource, TensorLayout)>> = vec![None; tensors.len()];
+    let mut ops = Vec::with_capacity(graph.ops.len());
+    let mut redistributions = Vec::new();
+    let mut conflicts = Vec::new();
+    for (o, op) in graph.ops.iter().enumerate() {
+        let strat_err = |input: Option<usize>, reason: String| OpsError::Strategy {
+            op: o,
+            input,
+            kind: op.kind,
+            reason,
+        };
+        if op.stage >= stages {
+            return Err(OpsError::Stage {
+                op: o,
+                stage: op.stage,
+                stages,
+            });
+        }
+        if !op.kind.arity().contains(&op.inputs.len()) {
+            return Err(strat_err(
+                None,
+                format!(
+                    "takes {:?} inputs, got {}",
+                    op.kind.arity(),
+                    op.inputs.len()
+                ),
+            ));
+        }
+        if op.strategy.len() != op.inputs.len() {
+            return Err(strat_err(
+                None,
+                format!(
+                    "{} strategies for {} inputs",
+                    op.strategy.len(),
+                    op.inputs.len()
+                ),
+            ));
+        }
+        let mut ins: Vec<Value> = Vec::with_capacity(op.inputs.len());
+        for (k, name) in op.inputs.iter().enumerate() {
+            let v = values.get(name).ok_or_else(|| OpsError::UnknownInput {
+                op: o,
+                input: k,
+                name: name.clone(),
+            })?;
+            let s = &op.strategy[k];
+            if s.len() != v.shape.len() {
+                return Err(strat_err(
+                    Some(k),
+                    format!(
+                        "input `{name}` has {} dimensions {:?}, its strategy {} entries",
+                        v.shape.len(),
+                        v.shape,
+                        s.len()
+                    ),
+                ));
+            }
+            if s.contains(&0) {
+                return Err(strat_err(Some(k), "a strategy entry is 0".into()));
+            }
+            if let Some((producer, _)) = &v.produced
+                && graph.ops[*producer].stage > op.stage
+            {
+                return Err(OpsError::StageOrder {
+                    op: o,
+                    input: k,
+                    name: name.clone(),
+                    stage: op.stage,
+                    producer: *producer,
+                    producer_stage: graph.ops[*producer].stage,
+                });
+            }
+            ins.push(v.clone());
+        }
+        let shapes: Vec<&[u64]> = ins.iter().map(|v| v.shape.as_slice()).collect();
+        let raw = match op.kind {
+            OpKind::MatMul | OpKind::BatchMatMul => {
+                let t = (op.transpose_a, op.transpose_b);
+                matmul(o, op.kind, &shapes, &op.strategy, t, devices)?
+            }
+            OpKind::Gather => gather(o, &shapes, &op.strategy, devices)?,
+            OpKind::Add | OpKind::Mul => elementwise(o, op.kind, &shapes, &op.strategy)?,
+            OpKind::RmsNorm | OpKind::LayerNorm => norm(o, op.kind, &shapes, &op.strategy)?,
+        };
+        let used = raw
+            .dev
+            .iter()
+            .try_fold(1u64, |a, &b| a.checked_mul(b))
+            .unwrap_or(u64::MAX);
+        if used > devices || !devices.is_multiple_of(used) {
+            return Err(OpsError::Devices {
+                op: o,
+                product: used,
+                devices,
+            });
+        }
+        let repeat = devices / used;
+        let side = raw.side.unwrap_or(graph.repeated_calc);
+        let dev = with_repeat(&raw.dev, repeat, side);
+        let out_dev = with_repeat(&raw.out_dev, repeat, side);
+        let in_maps: Vec<Vec<i64>> = raw.inputs.iter().map(|m| shift(m, repeat, side)).collect();
+        let out_map = shift(&raw.output, repeat, side);
+        let layout_of = |ml: &MindSporeLayout,
+                         shape: &[u64],
+                         name: &str,
+                         input: Option<usize>|
+         -> Result<TensorLayout, OpsError> {
+            ml.to_layout(shape).map_err(|e| match e {
+                LayoutError::UnevenSplit { dim, size, blocks } => OpsError::Indivisible {
+                    op: o,
+                    input,
+                    tensor: name.to_string(),
+                    dim,
+                    size,
+                    ways: blocks,
+                },
+                source => OpsError::Layout {
+                    op: o,
+                    tensor: name.to_string(),
+                    source,
+                },
+            })
+        };
+        for (k, (v, map)) in ins.iter().zip(&in_maps).enumerate() {
+            let name = &op.inputs[k];
+            let want_ms = ms(&dev, map);
+            let want = layout_of(&want_ms, &v.shape, name, Some(k))?;
+            if let Some(w) = v.weight {
+                match &weights[w] {
+                    None => {
+                        weights[w] = Some((
+                            WeightSource {
+                                op: o,
+                                input: k,
+                                layout: want_ms,
+                                stages: vec![op.stage],
+                            },
+                            want.clone(),
+                        ));
+                    }
+                    Some((first, have)) if !have.same_placement(&want) => {
+                        conflicts.push(WeightConflict {
+                            tensor: name.clone(),
+                            first: first.op,
+                            other: o,
+                            bytes: moved_bytes(name, &v.shape, v.dtype, have, &want, &mesh),
+                            wanted: want_ms,
+                        });
+                    }
+                    Some(_) => {}
+                }
+                // Read on another stage alike: that stage holds it too (a
+                // different cut is the conflict above instead).
+                if let Some((src, have)) = &mut weights[w]
+                    && have.same_placement(&want)
+                    && !src.stages.contains(&op.stage)
+                {
+                    src.stages.push(op.stage);
+                    src.stages.sort_unstable();
+                }
+            } else if let Some((producer, from_ms)) = &v.produced {
+                let from = layout_of(from_ms, &v.shape, name, None)?;
+                if !from.same_placement(&want) {
+                    redistributions.push(Redistribution {
+                        activation: name.clone(),
+                        producer: *producer,
+                        consumer: o,
+                        from: from_ms.clone(),
+                        to: want_ms,
+                        bytes: moved_bytes(name, &v.shape, v.dtype, &from, &want, &mesh),
+                    });
+                }
+            }
+        }
+        let out_ms = ms(&out_dev, &out_map);
+        layout_of(&out_ms, &raw.output_shape, &op.output, None)?;
+        let dtype = match op.kind {
+            OpKind::Gather => ins[0].dtype,
+            _ => ins
+                .iter()
+                .map(|v| v.dtype)
+                .find(|d| matches!(d, DType::F64 | DType::F32 | DType::F16 | DType::BF16))
+                .unwrap_or(ins[0].dtype),
+        };
+        let out_bytes = raw
+            .output_shape
+            .iter()
+            .try_fold(dtype.size_bytes(), |a, &b| a.checked_mul(b))
+            .unwrap_or(u64::MAX);
+        if values.contains_key(&op.output) {
+            return Err(OpsError::DuplicateOutput {
+                op: o,
+                name: op.output.clone(),
+            });
+        }
+        values.insert(
+            op.output.clone(),
+            Value {
+                shape: raw.output_shape.clone(),
+                dtype,
+                produced: Some((o, out_ms)),
+                weight: None,
+            },
+        );
+        ops.push(OpLayout {
+            dev_matrix: dev,
+            repeat,
+            inputs: in_maps,
+            output_dev_matrix: out_dev,
+            output: out_map,
+            output_shape: raw.output_shape,
+            forward: raw.forward.map(|(collective, ranks)| ForwardComm {
+                collective,
+                ranks,
+                output_bytes: out_bytes,
+            }),
+        });
+    }
+    // With stages, each weight lives on the stages that read it; the
+    // activations' comparisons above stay within one stage's devices.
+    let mesh = if stages > 1 {
+        Arc::new(DeviceMesh::new([("stage", stages), ("rank", devices)]).map_err(OpsError::Mesh)?)
+    } else {
+        mesh
+    };
+    let mut layouts = Vec::with_capacity(tensors.len());
+    for (t, w) in tensors.iter().zip(&weights) {
+        let fail = |source| OpsError::Layout {
+            op: w.as_ref().map_or(0, |(s, _)| s.op),
+            tensor: t.name.clone(),
+            source,
+        };
+        layouts.push(match w {
+            Some((_, l)) if stages == 1 => l.clone(),
+            Some((src, _)) => {
+                let staged = MindSporeLayout {
+                    stage: src.stages[0],
+                    stage_count: stages,
+                    ..src.layout.clone()
+                };
+                staged
+                    .to_layout_on_stages(&t.shape, &src.stages[1..])
+                    .map_err(fail)?
+            }
+            None => TensorLayout::replicated(mesh.clone(), &t.shape).map_err(fail)?,
+        });
+    }
+    let strategy = Strategy::new("derived", mesh, tensors.to_vec(), layouts)?;
+    Ok(OperatorDerivation {
+        strategy,
+        ops,
+        weights: weights.into_iter().map(|w| w.map(|(s, _)| s)).collect(),
+        redistributions,
+        conflicts,
+    })
+}

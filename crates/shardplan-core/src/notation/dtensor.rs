@@ -1,0 +1,202 @@
+//! PyTorch DTensor placements: one of `Shard(d)`, `Replicate()`, `Partial()`
+//! per mesh dimension.
+
+use std::sync::Arc;
+
+use super::{is_chunk_blocks, is_even_blocks};
+use crate::error::LayoutError;
+use crate::layout::{DimSplit, LayoutConfig, SplitPolicy, TensorLayout};
+use crate::mesh::DeviceMesh;
+
+/// What one mesh dimension does to a tensor.
+///
+/// # Example
+///
+/// ```
+/// use shardplan_core::notation::dtensor::Placement;
+///
+/// assert_eq!("Shard(1)".parse::<Placement>().unwrap(), Placement::Shard(1));
+/// assert_eq!(Placement::Partial.to_string(), "Partial()");
+/// assert!("Shard(x)".parse::<Placement>().is_err());
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Placement {
+    /// Splits tensor dimension `d` (negative counts from the end).
+    Shard(i64),
+    /// Holds a full copy.
+    Replicate,
+    /// Holds a partial sum.
+    Partial,
+}
+
+fn bad(reason: impl Into<String>) -> LayoutError {
+    LayoutError::notation(
+        "dtensor",
+        reason,
+        "write one placement per mesh dimension: Shard(d), Replicate() or Partial()",
+    )
+}
+
+impl std::str::FromStr for Placement {
+    type Err = LayoutError;
+
+    fn from_str(text: &str) -> Result<Self, LayoutError> {
+        let t: String = text.chars().filter(|c| !c.is_whitespace()).collect();
+        let t = t.strip_prefix("torch.distributed.tensor.").unwrap_or(&t);
+        match t {
+            "Replicate()" | "R" => return Ok(Placement::Replicate),
+            "Partial()" | "Partial(sum)" | "Partial('sum')" | "Partial(\"sum\")" | "P" => {
+                return Ok(Placement::Partial);
+            }
+            _ => {}
+        }
+        let dim = t
+            .strip_prefix("Shard(")
+            .or_else(|| t.strip_prefix("S("))
+            .and_then(|s| s.strip_suffix(')'))
+            .and_then(|s| s.strip_prefix("dim=").unwrap_or(s).parse::<i64>().ok())
+            .ok_or_else(|| bad(format!("`{text}` is not a placement")))?;
+        Ok(Placement::Shard(dim))
+    }
+}
+
+impl std::fmt::Display for Placement {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Placement::Shard(d) => write!(f, "Shard({d})"),
+            Placement::Replicate => write!(f, "Replicate()"),
+            Placement::Partial => write!(f, "Partial()"),
+        }
+    }
+}
+
+/// The layout of a tensor of `shape` with `placements` on `mesh`.
+///
+/// Several mesh dimensions sharding one tensor dimension split it in mesh
+/// order (the first mesh dimension outermost), as DTensor does. A single
+/// shard follows `torch.chunk`; several on a size they do not divide are
+/// refused, because DTensor's nested chunking has no flat equivalent.
+///
+/// # Errors
+///
+/// [`LayoutError::Notation`] when the placement count differs from the mesh
+/// rank, or a `Shard` dimension is out of range or uneven over several axes.
+///
+/// # Example
+///
+/// ```
+/// use std::sync::Arc;
+/// use shardplan_core::DeviceMesh;
+/// use shardplan_core::notation::dtensor::{Placement, to_layout};
+///
+/// let mesh = Arc::new(DeviceMesh::new([("dp", 2), ("tp", 2)]).unwrap());
+/// let l = to_layout(mesh.clone(), &[8, 4], &[Placement::Replicate, Placement::Shard(1)]).unwrap();
+/// assert_eq!(l.to_string(), "[-, tp]");
+/// assert!(to_layout(mesh, &[8, 4], &[Placement::Shard(2), Placement::Replicate]).is_err());
+/// ```
+pub fn to_layout(
+    mesh: Arc<DeviceMesh>,
+    shape: &[u64],
+    placements: &[Placement],
+) -> Result<TensorLayout, LayoutError> {
+    if placements.len() != mesh.axes().len() {
+        return Err(bad(format!(
+            "{} placements for a mesh of {} dimensions",
+            placements.len(),
+            mesh.axes().len()
+        )));
+    }
+    let rank = shape.len() as i64;
+    let mut dims = vec![DimSplit::none(); shape.len()];
+    let mut partial = Vec::new();
+    for (axis, p) in mesh.axes().iter().zip(placements) {
+        match *p {
+            Placement::Shard(d) => {
+                let d = if d < 0 { d + rank } else { d };
+                if !(0 <= d && d < rank) {
+                    return Err(bad(format!(
+                        "{p} on mesh dimension `{}` is out of range for a tensor of {rank} dimensions",
+                        axis.name
+                    )));
+                }
+                dims[d as usize].axes.push(axis.name.clone());
+            }
+            Placement::Replicate => {}
+            Placement::Partial => partial.push(axis.name.clone()),
+        }
+    }
+    for (d, split) in dims.iter_mut().enumerate() {
+        let n: u64 = split
+            .axes
+            .iter()
+            .filter_map(|a| mesh.axis_index(a))
+            .map(|a| mesh.axis_size(a))
+            .product();
+        split.policy = if shape[d].is_multiple_of(n) {
+            SplitPolicy::Even
+        } else if split.axes.len() == 1 {
+            SplitPolicy::Chunk
+        } else {
+            return Err(bad(format!(
+                "dimension {d} of size {} is sharded unevenly by {} mesh dimensions",
+                shape[d],
+                split.axes.len()
+            )));
+        };
+    }
+    TensorLayout::new(
+        mesh,
+        shape,
+        &LayoutConfig {
+            dims,
+            partial,
+            pin: Vec::new(),
+        },
+    )
+}
+
+/// The placements of `layout`, one per mesh dimension.
+///
+/// # Errors
+///
+/// [`LayoutError::Notation`] for a pinned layout, a dimension split by axes
+/// out of mesh order, or blocks that are not `torch.chunk` blocks.
+pub fn from_layout(layout: &TensorLayout) -> Result<Vec<Placement>, LayoutError> {
+    if !layout.pin().is_empty() {
+        return Err(LayoutError::notation(
+            "dtensor",
+            format!("layout {layout} is pinned to a sub-mesh"),
+            "build the DTensor on the sub-mesh of the stage instead",
+        ));
+    }
+    let mut placements = vec![Placement::Replicate; layout.mesh().axes().len()];
+    for &a in layout.partial() {
+        placements[a] = Placement::Partial;
+    }
+    for (d, dim) in layout.dims().iter().enumerate() {
+        if !dim.axes().windows(2).all(|w| w[0] < w[1]) {
+            return Err(LayoutError::notation(
+                "dtensor",
+                format!("dimension {d} of layout {layout} is split by axes out of mesh order"),
+                "DTensor splits a dimension over mesh dimensions in mesh order; reorder the mesh",
+            ));
+        }
+        let size = layout.shape()[d];
+        let fits = if dim.axes().len() > 1 {
+            is_even_blocks(dim, size)
+        } else {
+            is_chunk_blocks(dim, size)
+        };
+        if !fits {
+            return Err(LayoutError::notation(
+                "dtensor",
+                format!("dimension {d} of layout {layout} does not use torch.chunk blocks"),
+                "use the chunk policy, or sizes the split divides",
+            ));
+        }
+        for &a in dim.axes() {
+            placements[a] = Placement::Shard(d as i64);
+        }
+    }
+    Ok(placements)
+}

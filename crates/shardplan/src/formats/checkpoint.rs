@@ -1,0 +1,920 @@
+//! Checkpoint files: MindSpore `.ckpt` (protobuf `Checkpoint`) and
+//! safetensors. Reading builds an index of tensors (name, dtype, shape, byte
+//! range) without loading data; tensors are then read by byte range.
+//! Writing streams one tensor at a time.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use super::stream::StreamFile;
+use crate::DType;
+
+/// Checkpoint file format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CheckpointFormat {
+    /// MindSpore protobuf `.ckpt`.
+    Ckpt,
+    /// safetensors.
+    Safetensors,
+}
+
+impl CheckpointFormat {
+    /// File extension.
+    pub fn extension(self) -> &'static str {
+        match self {
+            CheckpointFormat::Ckpt => "ckpt",
+            CheckpointFormat::Safetensors => "safetensors",
+        }
+    }
+
+    /// The format of `path`, by extension.
+    pub fn of_path(path: &Path) -> Option<Self> {
+        match path.extension()?.to_str()? {
+            "ckpt" => Some(CheckpointFormat::Ckpt),
+            "safetensors" => Some(CheckpointFormat::Safetensors),
+            _ => None,
+        }
+    }
+}
+
+/// One tensor of a checkpoint file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TensorEntry {
+    /// Name.
+    pub name: String,
+    /// Element type.
+    pub dtype: DType,
+    /// Shape of the stored slice.
+    pub shape: Vec<u64>,
+    /// Absolute byte offset of the data in the file.
+    pub offset: u64,
+    /// Byte length of the data.
+    pub len: u64,
+}
+
+/// The tensors of one checkpoint file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckpointIndex {
+    /// The file.
+    pub path: PathBuf,
+    /// Its format.
+    pub format: CheckpointFormat,
+    /// Tensors by name.
+    pub tensors: BTreeMap<String, TensorEntry>,
+}
+
+/// A checkpoint that cannot be read, naming the file and the fault.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, miette::Diagnostic)]
+#[error("{file}: {message}")]
+#[diagnostic(code(shardplan::formats::checkpoint), help("{help}"))]
+pub struct CheckpointError {
+    /// File.
+    pub file: String,
+    /// Fault.
+    pub message: String,
+    /// How to fix it.
+    pub help: String,
+}
+
+fn bad(path: &Path, message: impl Into<String>, help: &str) -> CheckpointError {
+    CheckpointError {
+        file: path.display().to_string(),
+        message: message.into(),
+        help: help.to_string(),
+    }
+}
+
+const CORRUPT: &str = "the file is truncated or not a checkpoint; rewrite it from its source";
+
+/// MindSpore tensor type names.
+fn ms_dtype(name: &str) -> Option<DType> {
+    Some(match name {
+        "Float64" => DType::F64,
+        "Float32" => DType::F32,
+        "Float16" => DType::F16,
+        "BFloat16" => DType::BF16,
+        "Int64" => DType::I64,
+        "Int32" => DType::I32,
+        "Int16" => DType::I16,
+        "Int8" => DType::I8,
+        "UInt64" => DType::U64,
+        "UInt32" => DType::U32,
+        "UInt16" => DType::U16,
+        "UInt8" => DType::U8,
+        "Bool" => DType::Bool,
+        _ => return None,
+    })
+}
+
+fn ms_dtype_name(d: DType) -> &'static str {
+    match d {
+        DType::F64 => "Float64",
+        DType::F32 => "Float32",
+        DType::F16 => "Float16",
+        DType::BF16 => "BFloat16",
+        DType::I64 => "Int64",
+        DType::I32 => "Int32",
+        DType::I16 => "Int16",
+        DType::I8 => "Int8",
+        DType::U64 => "UInt64",
+        DType::U32 => "UInt32",
+        DType::U16 => "UInt16",
+        DType::U8 => "UInt8",
+        DType::Bool => "Bool",
+    }
+}
+
+fn st_dtype(name: &str) -> Option<DType> {
+    Some(match name {
+        "F64" => DType::F64,
+        "F32" => DType::F32,
+        "F16" => DType::F16,
+        "BF16" => DType::BF16,
+        "I64" => DType::I64,
+        "I32" => DType::I32,
+        "I16" => DType::I16,
+        "I8" => DType::I8,
+        "U64" => DType::U64,
+        "U32" => DType::U32,
+        "U16" => DType::U16,
+        "U8" => DType::U8,
+        "BOOL" => DType::Bool,
+        _ => return None,
+    })
+}
+
+fn st_dtype_name(d: DType) -> &'static str {
+    match d {
+        DType::F64 => "F64",
+        DType::F32 => "F32",
+        DType::F16 => "F16",
+        DType::BF16 => "BF16",
+        DType::I64 => "I64",
+        DType::I32 => "I32",
+        DType::I16 => "I16",
+        DType::I8 => "I8",
+        DType::U64 => "U64",
+        DType::U32 => "U32",
+        DType::U16 => "U16",
+        DType::U8 => "U8",
+        DType::Bool => "BOOL",
+    }
+}
+
+/// Reads the index of a checkpoint file (format by extension).
+///
+/// The file is memory-mapped and only its headers are touched; tensor
+/// data is not read.
+///
+/// # Errors
+///
+/// [`CheckpointError`] for an unreadable file, an unknown extension, a
+/// truncated file, wrong magic or header, a header that lies about sizes
+/// (data past the end, overlapping tensors, a byte count that does not
+/// match dtype and shape), an unknown dtype, or a name listed twice.
+pub fn read_index(path: &Path) -> Result<CheckpointIndex, CheckpointError> {
+    let format = CheckpointFormat::of_path(path).ok_or_else(|| {
+        bad(
+            path,
+            "unknown checkpoint extension",
+            "checkpoints end in .ckpt or .safetensors",
+        )
+    })?;
+    let file =
+        File::open(path).map_err(|e| bad(path, e.to_string(), "check the path and permissions"))?;
+    let len = file
+        .metadata()
+        .map_err(|e| bad(path, e.to_string(), "check the path"))?
+        .len();
+    if len == 0 {
+        return Err(bad(path, "the file is empty", CORRUPT));
+    }
+    // SAFETY: the map is read-only and private to this call; a concurrent
+    // truncation of the file by another process could fault, which is the
+    // documented hazard of memory-mapping and the reason sources must not
+    // be modified while a reshard runs.
+    let map = unsafe { memmap2::Mmap::map(&file) }
+        .map_err(|e| bad(path, e.to_string(), "check the file"))?;
+    parse_index(path, &map, format)
+}
+
+/// The index of checkpoint bytes already in memory (`path` only names them
+/// in errors). [`read_index`] calls this on a memory map.
+///
+/// # Errors
+///
+/// As [`read_index`], for the content checks.
+pub fn parse_index(
+    path: &Path,
+    bytes: &[u8],
+    format: CheckpointFormat,
+) -> Result<CheckpointIndex, CheckpointError> {
+    if bytes.is_empty() {
+        return Err(bad(path, "the file is empty", CORRUPT));
+    }
+    let tensors = match format {
+        CheckpointFormat::Ckpt => index_ckpt(path, bytes)?,
+        CheckpointFormat::Safetensors => index_safetensors(path, bytes)?,
+    };
+    Ok(CheckpointIndex {
+        path: path.to_path_buf(),
+        format,
+        tensors,
+    })
+}
+
+fn varint(b: &[u8], i: &mut usize) -> Option<u64> {
+    let mut v = 0u64;
+    for shift in (0..70).step_by(7) {
+        let byte = *b.get(*i)?;
+        *i += 1;
+        if shift == 63 && byte > 1 {
+            return None;
+        }
+        v |= u64::from(byte & 0x7f) << shift;
+        if byte < 0x80 {
+            return Some(v);
+        }
+    }
+    None
+}
+
+/// Skips a field of wire type `wt`.
+fn skip(b: &[u8], i: &mut usize, wt: u64) -> Option<()> {
+    match wt {
+        0 => {
+            varint(b, i)?;
+        }
+        1 => *i = i.checked_add(8).filter(|&e| e <= b.len())?,
+        2 => {
+            let l = usize::try_from(varint(b, i)?).ok()?;
+            *i = i.checked_add(l).filter(|&e| e <= b.len())?;
+        }
+        5 => *i = i.checked_add(4).filter(|&e| e <= b.len())?,
+        _ => return None,
+    }
+    Some(())
+}
+
+/// Length-delimited field at `*i`: returns its byte range.
+fn delimited(b: &[u8], i: &mut usize) -> Option<(usize, usize)> {
+    let l = usize::try_from(varint(b, i)?).ok()?;
+    let start = *i;
+    let end = start.checked_add(l).filter(|&e| e <= b.len())?;
+    *i = end;
+    Some((start, end))
+}
+
+fn index_ckpt(path: &Path, b: &[u8]) -> Result<BTreeMap<String, TensorEntry>, CheckpointError> {
+    let corrupt = |what: &str| {
+        bad(
+            path,
+            format!("not a valid MindSpore checkpoint: {what}"),
+            CORRUPT,
+        )
+    };
+    let mut out = BTreeMap::new();
+    let mut i = 0usize;
+    while i < b.len() {
+        let key = varint(b, &mut i).ok_or_else(|| corrupt("a field header is cut off"))?;
+        let (field, wt) = (key >> 3, key & 7);
+        if field != 1 || wt != 2 {
+            skip(b, &mut i, wt).ok_or_else(|| corrupt("a field runs past the end"))?;
+            continue;
+        }
+        let (vs, ve) = delimited(b, &mut i)
+            .ok_or_else(|| corrupt("a tensor record runs past the end of the file"))?;
+        // Value { tag = 1; tensor = 2 }
+        let mut name = None;
+        let mut tensor = None;
+        let mut j = vs;
+        while j < ve {
+            let key =
+                varint(&b[..ve], &mut j).ok_or_else(|| corrupt("a record header is cut off"))?;
+            match (key >> 3, key & 7) {
+                (1, 2) => {
+                    let (s, e) = delimited(&b[..ve], &mut j)
+                        .ok_or_else(|| corrupt("a name runs past its record"))?;
+                    name = Some(
+                        String::from_utf8(b[s..e].to_vec())
+                            .map_err(|_| corrupt("a tensor name is not UTF-8"))?,
+                    );
+                }
+                (2, 2) => {
+                    tensor = Some(
+                        delimited(&b[..ve], &mut j)
+                            .ok_or_else(|| corrupt("a tensor runs past its record"))?,
+                    )
+                }
+                (_, wt) => skip(&b[..ve], &mut j, wt)
+                    .ok_or_else(|| corrupt("a field runs past its record"))?,
+            }
+        }
+        let name = name.ok_or_else(|| corrupt("a record has no name"))?;
+        let Some((ts, te)) = tensor else {
+            // Map tensors and other records carry no dense tensor; skip them.
+            continue;
+        };
+        // TensorProto { dims = 1 (repeated int64); tensor_type = 2; tensor_content = 3 }
+        let mut dims = Vec::new();
+        let mut dtype_name = None;
+        let mut content = None;
+        let mut j = ts;
+        while j < te {
+            let key =
+                varint(&b[..te], &mut j).ok_or_else(|| corrupt("a tensor header is cut off"))?;
+            match (key >> 3, key & 7) {
+                (1, 0) => dims.push(
+                    varint(&b[..te], &mut j).ok_or_else(|| corrupt("a dimension is cut off"))?,
+                ),
+                (1, 2) => {
+                    let (s, e) = delimited(&b[..te], &mut j)
+                        .ok_or_else(|| corrupt("packed dimensions run past the tensor"))?;
+                    let mut k = s;
+                    while k < e {
+                        dims.push(
+                            varint(&b[..e], &mut k)
+                                .ok_or_else(|| corrupt("a dimension is cut off"))?,
+                        );
+                    }
+                }
+                (2, 2) => {
+                    let (s, e) = delimited(&b[..te], &mut j)
+                        .ok_or_else(|| corrupt("a dtype runs past the tensor"))?;
+                    dtype_name = Some(String::from_utf8_lossy(&b[s..e]).into_owned());
+                }
+                (3, 2) => {
+                    content = Some(
+                        delimited(&b[..te], &mut j)
+                            .ok_or_else(|| corrupt("tensor data runs past the end of the file"))?,
+                    )
+                }
+                (_, wt) => skip(&b[..te], &mut j, wt)
+                    .ok_or_else(|| corrupt("a field runs past its tensor"))?,
+            }
+        }
+        let dtype_name =
+            dtype_name.ok_or_else(|| corrupt(&format!("tensor `{name}` has no dtype")))?;
+        let dtype = ms_dtype(&dtype_name).ok_or_else(|| {
+            bad(
+                path,
+                format!("tensor `{name}` has unsupported dtype `{dtype_name}`"),
+                "shardplan moves f64, f32, f16, bf16, integer and bool tensors",
+            )
+        })?;
+        let (cs, ce) = content.unwrap_or((te, te));
+        let entry = entry(path, name, dtype, dims, cs as u64, (ce - cs) as u64)?;
+        if out.insert(entry.name.clone(), entry.clone()).is_some() {
+            return Err(bad(
+                path,
+                format!("tensor `{}` is stored twice", entry.name),
+                CORRUPT,
+            ));
+        }
+    }
+    Ok(out)
+}
+
+/// Checks that `len` bytes hold a `dtype` tensor of `shape`.
+fn entry(
+    path: &Path,
+    name: String,
+    dtype: DType,
+    shape: Vec<u64>,
+    offset: u64,
+    len: u64,
+) -> Result<TensorEntry, CheckpointError> {
+    let want = crate::element_count(&shape)
+        .ok()
+        .and_then(|n| n.checked_mul(dtype.size_bytes()));
+    if want != Some(len) {
+        return Err(bad(
+            path,
+            format!(
+                "tensor `{name}`: shape {shape:?} of {dtype} needs {} bytes but the file holds {len}",
+                want.map_or("too many".into(), |w| w.to_string())
+            ),
+            "the header lies about sizes; the file is corrupt",
+        ));
+    }
+    Ok(TensorEntry {
+        name,
+        dtype,
+        shape,
+        offset,
+        len,
+    })
+}
+
+fn index_safetensors(
+    path: &Path,
+    b: &[u8],
+) -> Result<BTreeMap<String, TensorEntry>, CheckpointError> {
+    let corrupt = |what: String| {
+        bad(
+            path,
+            format!("not a valid safetensors file: {what}"),
+            CORRUPT,
+        )
+    };
+    if b.len() < 8 {
+        return Err(corrupt("shorter than its 8-byte header length".into()));
+    }
+    let n = u64::from_le_bytes(b[..8].try_into().expect("8 bytes"));
+    let header_end = 8u64
+        .checked_add(n)
+        .filter(|&e| e <= b.len() as u64)
+        .ok_or_else(|| {
+            corrupt(format!(
+                "the header claims {n} bytes but the file has {}",
+                b.len()
+            ))
+        })? as usize;
+    if b.get(8) != Some(&b'{') {
+        return Err(corrupt(
+            "the header is not a JSON object (wrong magic)".into(),
+        ));
+    }
+    let header: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(&b[8..header_end])
+            .map_err(|e| corrupt(format!("header JSON: {e}")))?;
+    let data_len = (b.len() - header_end) as u64;
+    let mut out = BTreeMap::new();
+    let mut ranges = Vec::new();
+    for (name, v) in header {
+        if name == "__metadata__" {
+            continue;
+        }
+        let dtype_name = v["dtype"]
+            .as_str()
+            .ok_or_else(|| corrupt(format!("tensor `{name}` has no dtype")))?;
+        let dtype = st_dtype(dtype_name).ok_or_else(|| {
+            bad(
+                path,
+                format!("tensor `{name}` has unsupported dtype `{dtype_name}`"),
+                "shardplan moves f64, f32, f16, bf16, integer and bool tensors",
+            )
+        })?;
+        let shape: Vec<u64> = serde_json::from_value(v["shape"].clone())
+            .map_err(|_| corrupt(format!("tensor `{name}` has no valid shape")))?;
+        let offs: [u64; 2] = serde_json::from_value(v["data_offsets"].clone())
+            .map_err(|_| corrupt(format!("tensor `{name}` has no valid data_offsets")))?;
+        if !(offs[0] <= offs[1] && offs[1] <= data_len) {
+            return Err(bad(
+                path,
+                format!(
+                    "tensor `{name}`: data_offsets {offs:?} lie outside the {data_len} data bytes"
+                ),
+                "the header lies about sizes; the file is truncated or corrupt",
+            ));
+        }
+        ranges.push((offs[0], offs[1], name.clone()));
+        let e = entry(
+            path,
+            name,
+            dtype,
+            shape,
+            header_end as u64 + offs[0],
+            offs[1] - offs[0],
+        )?;
+        out.insert(e.name.clone(), e);
+    }
+    ranges.sort();
+    if let Some(w) = ranges.windows(2).find(|w| w[0].1 > w[1].0) {
+        return Err(bad(
+            path,
+            format!("tensors `{}` and `{}` overlap", w[0].2, w[1].2),
+            "the header lies about sizes; the file is corrupt",
+        ));
+    }
+    Ok(out)
+}
+
+/// Streams tensors into a new checkpoint file. The header (safetensors) or
+/// each record's framing (ckpt) is written from the declared tensors, so
+/// data can be added one tensor at a time.
+pub struct CheckpointWriter {
+    out: Out,
+    format: CheckpointFormat,
+    pending: Vec<(String, DType, Vec<u64>)>,
+    next: usize,
+}
+
+impl CheckpointWriter {
+    /// Starts writing `tensors` (name, dtype, shape), in that order, to the
+    /// open file `file`.
+    ///
+    /// # Errors
+    ///
+    /// IO errors.
+    pub fn new(
+        file: File,
+        format: CheckpointFormat,
+        tensors: Vec<(String, DType, Vec<u64>)>,
+    ) -> std::io::Result<Self> {
+        let out = Out::Buffered(Summed {
+            inner: BufWriter::with_capacity(1 << 20, file),
+            sum: Checksum::default(),
+        });
+        Self::start(out, format, tensors)
+    }
+
+    /// Creates `path` and starts writing `tensors` to it through a
+    /// [`StreamFile`]: windows of `window` bytes filled in place
+    /// ([`CheckpointWriter::write_tensor_with`]) and written by background
+    /// threads, with direct IO when `direct` is asked and the file system
+    /// supports it.
+    ///
+    /// # Errors
+    ///
+    /// IO errors.
+    pub fn create_streamed(
+        path: &Path,
+        format: CheckpointFormat,
+        tensors: Vec<(String, DType, Vec<u64>)>,
+        window: usize,
+        direct: bool,
+    ) -> std::io::Result<Self> {
+        let out = Out::Stream(StreamFile::create(path, window, direct)?);
+        Self::start(out, format, tensors)
+    }
+
+    /// True when the output bypasses the page cache (direct IO).
+    pub fn is_direct(&self) -> bool {
+        matches!(&self.out, Out::Stream(s) if s.is_direct())
+    }
+
+    fn start(
+        mut out: Out,
+        format: CheckpointFormat,
+        tensors: Vec<(String, DType, Vec<u64>)>,
+    ) -> std::io::Result<Self> {
+        if format == CheckpointFormat::Safetensors {
+            let mut header = serde_json::Map::new();
+            let mut meta = serde_json::Map::new();
+            meta.insert("format".into(), "ms".into());
+            header.insert("__metadata__".into(), meta.into());
+            let mut off = 0u64;
+            for (name, dtype, shape) in &tensors {
+                let len = shape.iter().product::<u64>() * dtype.size_bytes();
+                header.insert(
+                    name.clone(),
+                    serde_json::json!({"dtype": st_dtype_name(*dtype), "shape": shape, "data_offsets": [off, off + len]}),
+                );
+                off += len;
+            }
+            let mut json = serde_json::to_vec(&header).expect("serializes");
+            // Pad the header to 8 bytes, as the reference writer does.
+            while !json.len().is_multiple_of(8) {
+                json.push(b' ');
+            }
+            out.write_all(&(json.len() as u64).to_le_bytes())?;
+            out.write_all(&json)?;
+        }
+        Ok(CheckpointWriter {
+            out,
+            format,
+            pending: tensors,
+            next: 0,
+        })
+    }
+
+    /// Appends the data of the next declared tensor.
+    ///
+    /// # Errors
+    ///
+    /// IO errors; `InvalidInput` when the data's length does not match the
+    /// declared tensor or all tensors are written.
+    pub fn write_tensor(&mut self, data: &[u8]) -> std::io::Result<()> {
+        let want = self.next_len()?;
+        if data.len() as u64 != want {
+            let name = &self.pending[self.next].0;
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("tensor `{name}`: {} bytes, declared {want}", data.len()),
+            ));
+        }
+        self.framing(want)?;
+        self.out.write_all(data)?;
+        self.next += 1;
+        Ok(())
+    }
+
+    /// Appends the data of the next declared tensor, filled in place:
+    /// `fill(offset, bytes)` must fill `bytes` with the tensor's data from
+    /// byte `offset` on. It is called for consecutive ranges covering the
+    /// tensor, each at most a window long.
+    ///
+    /// # Errors
+    ///
+    /// IO errors, `fill`'s errors, and `InvalidInput` when all tensors are
+    /// written.
+    pub fn write_tensor_with(
+        &mut self,
+        mut fill: impl FnMut(u64, &mut [u8]) -> std::io::Result<()>,
+    ) -> std::io::Result<()> {
+        let len = self.next_len()?;
+        self.framing(len)?;
+        let mut at = 0u64;
+        match &mut self.out {
+            Out::Stream(s) => {
+                while at < len {
+                    let space = s.space();
+                    let k = (space.len() as u64).min(len - at) as usize;
+                    fill(at, &mut space[..k])?;
+                    s.commit(k)?;
+                    at += k as u64;
+                }
+            }
+            Out::Buffered(w) => {
+                let mut buf = vec![0u8; (len.min(1 << 20)) as usize];
+                while at < len {
+                    let k = (buf.len() as u64).min(len - at) as usize;
+                    fill(at, &mut buf[..k])?;
+                    w.write_all(&buf[..k])?;
+                    at += k as u64;
+                }
+            }
+        }
+        self.next += 1;
+        Ok(())
+    }
+
+    /// Bytes of the next declared tensor.
+    fn next_len(&self) -> std::io::Result<u64> {
+        let (_, dtype, shape) = self.pending.get(self.next).ok_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "more tensors than declared",
+            )
+        })?;
+        Ok(shape.iter().product::<u64>() * dtype.size_bytes())
+    }
+
+    /// Writes what precedes the next tensor's `len` data bytes: nothing in
+    /// safetensors (the header declared it), the record framing in ckpt.
+    fn framing(&mut self, len: u64) -> std::io::Result<()> {
+        let (name, dtype, shape) = &self.pending[self.next];
+        match self.format {
+            CheckpointFormat::Safetensors => {}
+            CheckpointFormat::Ckpt => {
+                let mut tensor = Vec::new();
+                for &d in shape {
+                    put_varint(&mut tensor, 1 << 3);
+                    put_varint(&mut tensor, d);
+                }
+                put_bytes(&mut tensor, 2, ms_dtype_name(*dtype).as_bytes());
+                // tensor_content header; the data follows without a copy.
+                put_varint(&mut tensor, (3 << 3) | 2);
+                put_varint(&mut tensor, len);
+                let mut value = Vec::new();
+                put_bytes(&mut value, 1, name.as_bytes());
+                put_varint(&mut value, (2 << 3) | 2);
+                put_varint(&mut value, tensor.len() as u64 + len);
+                let mut record = Vec::new();
+                put_varint(&mut record, (1 << 3) | 2);
+                put_varint(&mut record, value.len() as u64 + tensor.len() as u64 + len);
+                self.out.write_all(&record)?;
+                self.out.write_all(&value)?;
+                self.out.write_all(&tensor)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Flushes and fsyncs; returns the file.
+    ///
+    /// # Errors
+    ///
+    /// IO errors; `InvalidInput` when declared tensors are missing.
+    pub fn finish(self) -> std::io::Result<File> {
+        self.finish_summed().map(|(f, _)| f)
+    }
+
+    /// As [`CheckpointWriter::finish`], also returning the checksum of every
+    /// byte written, computed on the way out (no second read of the file).
+    ///
+    /// # Errors
+    ///
+    /// As [`CheckpointWriter::finish`].
+    pub fn finish_summed(self) -> std::io::Result<(File, Checksum)> {
+        if self.next != self.pending.len() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "fewer tensors than declared",
+            ));
+        }
+        match self.out {
+            Out::Buffered(w) => {
+                let sum = w.sum;
+                let file = w.inner.into_inner().map_err(|e| e.into_error())?;
+                file.sync_all()?;
+                Ok((file, sum))
+            }
+            Out::Stream(s) => s.finish().map(|(file, _, sum)| (file, sum)),
+        }
+    }
+}
+
+/// Where a [`CheckpointWriter`]'s bytes go.
+enum Out {
+    Buffered(Summed<BufWriter<File>>),
+    Stream(StreamFile),
+}
+
+impl Out {
+    fn write_all(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        match self {
+            Out::Buffered(w) => w.write_all(bytes),
+            Out::Stream(s) => s.put(bytes),
+        }
+    }
+}
+
+fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+fn put_bytes(out: &mut Vec<u8>, field: u64, bytes: &[u8]) {
+    put_varint(out, (field << 3) | 2);
+    put_varint(out, bytes.len() as u64);
+    out.extend_from_slice(bytes);
+}
+
+/// Checkpoint files by rank, from a directory of `rank_<r>/` folders, each
+/// holding one or more checkpoint files (several in MindSpore's by-stage
+/// output, `..._part<s>.ckpt`).
+///
+/// # Errors
+///
+/// [`CheckpointError`] for a missing directory, a folder that is not
+/// `rank_<number>`, duplicate ranks, missing ranks (a gap in 0..n), or a
+/// rank folder without checkpoint files.
+pub fn rank_files(dir: &Path) -> Result<BTreeMap<u64, Vec<PathBuf>>, CheckpointError> {
+    let entries = std::fs::read_dir(dir).map_err(|e| {
+        bad(
+            dir,
+            e.to_string(),
+            "pass the directory that holds the rank_<r> folders",
+        )
+    })?;
+    let mut out: BTreeMap<u64, Vec<PathBuf>> = BTreeMap::new();
+    for e in entries {
+        let e = e.map_err(|e| bad(dir, e.to_string(), "check the directory"))?;
+        let path = e.path();
+        let fname = e.file_name().to_string_lossy().into_owned();
+        if !path.is_dir() {
+            continue;
+        }
+        let Some(rank) = fname
+            .strip_prefix("rank_")
+            .and_then(|r| r.parse::<u64>().ok())
+        else {
+            continue;
+        };
+        if fname != format!("rank_{rank}") {
+            return Err(bad(
+                &path,
+                format!("`{fname}` names rank {rank} with extra characters"),
+                "rank folders are named rank_<r>, e.g. rank_0",
+            ));
+        }
+        let mut files: Vec<PathBuf> = std::fs::read_dir(&path)
+            .map_err(|e| bad(&path, e.to_string(), "check the directory"))?
+            .filter_map(|f| f.ok().map(|f| f.path()))
+            .filter(|p| CheckpointFormat::of_path(p).is_some())
+            .collect();
+        files.sort();
+        if files.is_empty() {
+            return Err(bad(
+                &path,
+                "holds no .ckpt or .safetensors file",
+                "each rank folder holds that rank's checkpoint",
+            ));
+        }
+        if out.insert(rank, files).is_some() {
+            return Err(bad(
+                dir,
+                format!("rank {rank} appears twice"),
+                "keep one folder per rank",
+            ));
+        }
+    }
+    if out.is_empty() {
+        return Err(bad(
+            dir,
+            "holds no rank_<r> folders",
+            "pass the directory that holds the rank_<r> folders",
+        ));
+    }
+    if let Some((i, r)) = out.keys().enumerate().find(|(i, r)| **r != *i as u64) {
+        return Err(bad(
+            dir,
+            format!("rank folders skip from {} to {r}", i.saturating_sub(1)),
+            "every rank from 0 to the last needs a folder",
+        ));
+    }
+    Ok(out)
+}
+
+/// A 64-bit checksum over 8-byte words (multiply-xorshift), fast enough to
+/// run at copy speed; detects corruption, not tampering. Bytes may arrive in
+/// pieces of any size.
+#[derive(Debug, Clone, Copy)]
+pub struct Checksum {
+    state: u64,
+    len: u64,
+    tail: [u8; 8],
+    tail_len: usize,
+}
+
+impl Default for Checksum {
+    fn default() -> Self {
+        Checksum {
+            state: 0x243F_6A88_85A3_08D3,
+            len: 0,
+            tail: [0; 8],
+            tail_len: 0,
+        }
+    }
+}
+
+impl Checksum {
+    fn word(&mut self, w: u64) {
+        self.state = (self.state ^ w)
+            .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+            .rotate_left(29);
+    }
+
+    /// Adds bytes.
+    pub fn update(&mut self, mut bytes: &[u8]) {
+        self.len += bytes.len() as u64;
+        if self.tail_len > 0 {
+            let take = (8 - self.tail_len).min(bytes.len());
+            self.tail[self.tail_len..self.tail_len + take].copy_from_slice(&bytes[..take]);
+            self.tail_len += take;
+            bytes = &bytes[take..];
+            if self.tail_len < 8 {
+                return;
+            }
+            let w = u64::from_le_bytes(self.tail);
+            self.word(w);
+            self.tail_len = 0;
+        }
+        let mut chunks = bytes.chunks_exact(8);
+        for c in &mut chunks {
+            self.word(u64::from_le_bytes(c.try_into().expect("8 bytes")));
+        }
+        let rest = chunks.remainder();
+        self.tail[..rest.len()].copy_from_slice(rest);
+        self.tail_len = rest.len();
+    }
+
+    /// Bytes seen.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// True when no byte was added.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The checksum, as 16 hex digits.
+    pub fn hex(&self) -> String {
+        let mut c = *self;
+        if c.tail_len > 0 {
+            let mut t = [0u8; 8];
+            t[..c.tail_len].copy_from_slice(&c.tail[..c.tail_len]);
+            c.word(u64::from_le_bytes(t) ^ (c.tail_len as u64) << 56);
+        }
+        let mut z = c.state ^ c.len;
+        z = (z ^ (z >> 33)).wrapping_mul(0xFF51_AFD7_ED55_8CCD);
+        z ^= z >> 33;
+        format!("{z:016x}")
+    }
+}
+
+/// A writer that sums what passes through it.
+struct Summed<W> {
+    inner: W,
+    sum: Checksum,
+}
+
+impl<W: Write> Write for Summed<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.sum.update(&buf[..n]);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}

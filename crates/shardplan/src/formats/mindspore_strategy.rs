@@ -1,0 +1,807 @@
+//! MindSpore strategy files: the JSON form of its C++ strategy writer and
+//! the protobuf `ParallelStrategyMap` (`strategy.ckpt`), one file per
+//! pipeline stage or merged with `"<stage>-"` name prefixes.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::sync::Arc;
+
+use prost::Message;
+
+use crate::DType;
+use crate::DeviceMesh;
+use crate::TensorLayout;
+use crate::notation::mindspore::{MindSporeLayout, STAGE_AXIS};
+use crate::{Strategy, TensorInfo};
+
+/// Messages generated from `proto/node_strategy.proto`.
+#[allow(missing_docs, clippy::all)]
+pub mod pb {
+    include!(concat!(env!("OUT_DIR"), "/mindspore.straspb.rs"));
+}
+
+/// One parameter's layout as a strategy file records it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParamEntry {
+    /// Parameter name, without a merged-form stage prefix.
+    pub name: String,
+    /// Pipeline stage.
+    pub stage: u64,
+    /// Further stages holding the same parameter with the same layout
+    /// (a tied embedding used by the first and the last stage), ascending.
+    pub also_on: Vec<u64>,
+    /// Device matrix of one stage.
+    pub dev_matrix: Vec<u64>,
+    /// Tensor map as stored: one list holding every dimension's entry, or
+    /// (nested maps, protobuf only) one list per dimension. Resolved
+    /// against the shape by [`ParamEntry::layout`].
+    pub tensor_map: Vec<Vec<i64>>,
+    /// Global shape, when the file records it (JSON does, protobuf not).
+    pub shape: Option<Vec<u64>>,
+    /// Optimizer shard size (0 or 1 = none).
+    pub opt_weight_shard_size: i64,
+    /// Optimizer shard step.
+    pub opt_weight_shard_step: i64,
+    /// Explicit dimension-0 block sizes.
+    pub param_split_shape: Vec<u64>,
+}
+
+/// Every parameter of one or more strategy files.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct StrategyFile {
+    /// Parameters, in file order.
+    pub params: Vec<ParamEntry>,
+    /// Number of pipeline stages (at least 1).
+    pub stage_count: u64,
+}
+
+/// A strategy file that cannot be read or written.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, miette::Diagnostic)]
+#[error("{file}: {message}")]
+#[diagnostic(code(shardplan::formats::mindspore_strategy), help("{help}"))]
+pub struct StrategyFileError {
+    /// File name (or what was being written).
+    pub file: String,
+    /// What is wrong, with the line and column for JSON syntax.
+    pub message: String,
+    /// How to fix it.
+    pub help: String,
+}
+
+fn fail(file: &str, message: impl Into<String>, help: impl Into<String>) -> StrategyFileError {
+    StrategyFileError {
+        file: file.to_string(),
+        message: message.into(),
+        help: help.into(),
+    }
+}
+
+#[derive(serde::Deserialize, serde::Serialize)]
+struct JsonFile {
+    #[serde(default)]
+    current_stage: u64,
+    #[serde(default)]
+    parallel_strategy_item: serde_json::Map<String, serde_json::Value>,
+    parallel_layout_item: serde_json::Map<String, serde_json::Value>,
+}
+
+#[derive(serde::Deserialize, serde::Serialize)]
+struct JsonLayout {
+    dev_matrix: Vec<u64>,
+    tensor_map: Vec<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    tensor_shape: Option<Vec<u64>>,
+    #[serde(default)]
+    field: i64,
+    #[serde(default)]
+    opt_weight_shard_step: i64,
+    #[serde(default)]
+    opt_weight_shard_size: i64,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    param_split_shape: Vec<u64>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    indices_offset: Vec<u64>,
+}
+
+/// Splits a merged-form name `"<stage>-<name>"`.
+fn stage_prefix(name: &str) -> Option<(u64, &str)> {
+    let (head, rest) = name.split_once('-')?;
+    if head.is_empty() || !head.bytes().all(|b| b.is_ascii_digit()) || rest.is_empty() {
+        return None;
+    }
+    Some((head.parse().ok()?, rest))
+}
+
+/// Reads one strategy file (JSON or protobuf, told apart by content).
+///
+/// A file is in the merged form when every parameter name carries a
+/// `"<stage>-"` prefix; then the prefix gives the stage and is stripped
+/// (only the first `-` is split on, so names containing `-` survive).
+/// Otherwise every parameter is on the file's `current_stage`.
+///
+/// # Errors
+///
+/// [`StrategyFileError`] for a file that is neither, JSON with a syntax
+/// error (line and column named), a layout with a malformed field, or a
+/// parameter listed twice.
+pub fn parse_strategy_file(file: &str, bytes: &[u8]) -> Result<StrategyFile, StrategyFileError> {
+    let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
+    let (current, raw): (u64, Vec<(String, ParamEntry)>) = if first == Some(&b'{') {
+        parse_json(file, bytes)?
+    } else {
+        parse_pb(file, bytes)?
+    };
+    let merged = !raw.is_empty() && raw.iter().all(|(n, _)| stage_prefix(n).is_some());
+    let mut params: Vec<ParamEntry> = Vec::with_capacity(raw.len());
+    for (name, mut p) in raw {
+        if merged {
+            let (stage, bare) = stage_prefix(&name).expect("checked");
+            p.stage = stage;
+            p.name = bare.to_string();
+        } else {
+            p.stage = current;
+            p.name = name;
+        }
+        if p.name.is_empty() {
+            return Err(fail(
+                file,
+                "a parameter has an empty name",
+                "every parameter needs a name",
+            ));
+        }
+        add_param(&mut params, p).map_err(|(message, help)| fail(file, message, help))?;
+    }
+    // Stage numbers come from the file: a huge one must fail later, when
+    // its mesh is built, not overflow here.
+    let stage_count = params
+        .iter()
+        .map(|p| {
+            p.also_on
+                .last()
+                .copied()
+                .unwrap_or(p.stage)
+                .saturating_add(1)
+        })
+        .max()
+        .unwrap_or(1)
+        .max(current.saturating_add(1));
+    Ok(StrategyFile {
+        params,
+        stage_count,
+    })
+}
+
+/// Adds `p` to `params`, or, when the parameter is already there for
+/// another stage with the same layout, records the stage on that entry.
+///
+/// # Errors
+///
+/// A message and a hint when the parameter is listed twice for one stage,
+/// or on two stages with different layouts.
+fn add_param(params: &mut Vec<ParamEntry>, p: ParamEntry) -> Result<(), (String, &'static str)> {
+    let Some(old) = params.iter_mut().find(|q| q.name == p.name) else {
+        params.push(p);
+        return Ok(());
+    };
+    if old.stage == p.stage || old.also_on.contains(&p.stage) {
+        return Err((
+            format!(
+                "parameter `{}` is listed twice for stage {}",
+                p.name, p.stage
+            ),
+            "each parameter has one layout per stage",
+        ));
+    }
+    let same_cut = old.dev_matrix == p.dev_matrix
+        && old.tensor_map == p.tensor_map
+        && old.opt_weight_shard_size == p.opt_weight_shard_size
+        && old.opt_weight_shard_step == p.opt_weight_shard_step
+        && old.param_split_shape == p.param_split_shape
+        && (old.shape.is_none() || p.shape.is_none() || old.shape == p.shape);
+    if !same_cut {
+        return Err((
+            format!(
+                "parameter `{}` is on stages {} and {} with different layouts",
+                p.name, old.stage, p.stage
+            ),
+            "a parameter shared by several stages (a tied embedding) must be cut alike on each",
+        ));
+    }
+    old.shape = old.shape.take().or(p.shape);
+    // Keep the lowest stage first and the others ascending.
+    let mut all: Vec<u64> = std::iter::once(old.stage)
+        .chain(old.also_on.iter().copied())
+        .chain([p.stage])
+        .collect();
+    all.sort_unstable();
+    old.stage = all[0];
+    old.also_on = all[1..].to_vec();
+    Ok(())
+}
+
+type Parsed = (u64, Vec<(String, ParamEntry)>);
+
+fn parse_json(file: &str, bytes: &[u8]) -> Result<Parsed, StrategyFileError> {
+    let doc: JsonFile = serde_json::from_slice(bytes).map_err(|e| {
+        fail(
+            file,
+            format!("line {}, column {}: {e}", e.line(), e.column()),
+            "a MindSpore JSON strategy has `current_stage` and `parallel_layout_item`",
+        )
+    })?;
+    let mut out = Vec::new();
+    for (name, v) in doc.parallel_layout_item {
+        let l: JsonLayout = serde_json::from_value(v).map_err(|e| {
+            fail(
+                file,
+                format!("parameter `{name}`: {e}"),
+                "each layout has dev_matrix, tensor_map and (optionally) tensor_shape, opt_weight_shard_size, opt_weight_shard_step",
+            )
+        })?;
+        let mut flat = Vec::with_capacity(l.tensor_map.len());
+        for e in &l.tensor_map {
+            match e.as_i64() {
+                Some(k) => flat.push(k),
+                None => {
+                    return Err(fail(
+                        file,
+                        format!("parameter `{name}`: tensor_map entry {e} is not an integer"),
+                        "JSON strategies hold flat tensor maps; nested maps need the protobuf form",
+                    ));
+                }
+            }
+        }
+        out.push((
+            name.clone(),
+            ParamEntry {
+                name,
+                stage: 0,
+                also_on: Vec::new(),
+                dev_matrix: l.dev_matrix,
+                tensor_map: vec![flat],
+                shape: l.tensor_shape,
+                opt_weight_shard_size: l.opt_weight_shard_size,
+                opt_weight_shard_step: l.opt_weight_shard_step,
+                param_split_shape: l.param_split_shape,
+            },
+        ));
+    }
+    Ok((doc.current_stage, out))
+}
+
+fn parse_pb(file: &str, bytes: &[u8]) -> Result<Parsed, StrategyFileError> {
+    let map = pb::ParallelStrategyMap::decode(bytes).map_err(|e| {
+        fail(
+            file,
+            format!("neither JSON nor a protobuf ParallelStrategyMap: {e}"),
+            "pass the strategy file MindSpore wrote (strategy.json or strategy.ckpt)",
+        )
+    })?;
+    let mut out = Vec::new();
+    for item in map.parallel_layout_item {
+        let l = item.parallel_layouts;
+        let dev: Vec<u64> = l
+            .dev_matrix
+            .iter()
+            .flat_map(|d| d.dim.iter().map(|&x| u64::from(x)))
+            .collect();
+        let split: Vec<u64> = l
+            .param_split_shape
+            .iter()
+            .flat_map(|d| d.dim.iter().copied())
+            .map(|x| u64::try_from(x).unwrap_or(0))
+            .collect();
+        out.push((
+            item.param_name.clone(),
+            ParamEntry {
+                name: item.param_name,
+                stage: 0,
+                also_on: Vec::new(),
+                dev_matrix: dev,
+                tensor_map: l
+                    .tensor_map
+                    .iter()
+                    .map(|t| t.dim.iter().map(|&x| i64::from(x)).collect())
+                    .collect(),
+                shape: None,
+                opt_weight_shard_size: i64::from(l.opt_weight_shard_size),
+                opt_weight_shard_step: i64::from(l.opt_weight_shard_step),
+                param_split_shape: split,
+            },
+        ));
+    }
+    Ok((u64::from(map.current_stage), out))
+}
+
+/// Reads several files (per-stage files, or one merged file) as one
+/// strategy.
+///
+/// # Errors
+///
+/// IO errors and [`StrategyFileError`]s, naming the file; a parameter in
+/// two files.
+pub fn read_strategy_files(paths: &[&Path]) -> Result<StrategyFile, StrategyFileError> {
+    let mut all = StrategyFile {
+        params: Vec::new(),
+        stage_count: 1,
+    };
+    for path in paths {
+        let name = path.display().to_string();
+        let bytes =
+            std::fs::read(path).map_err(|e| fail(&name, e.to_string(), "check the path"))?;
+        let f = parse_strategy_file(&name, &bytes)?;
+        all.stage_count = all.stage_count.max(f.stage_count);
+        for p in f.params {
+            // Stages one by one: a parameter on several stages is in
+            // several files.
+            for one in p.per_stage() {
+                add_param(&mut all.params, one).map_err(|(message, _)| {
+                    fail(
+                        &name,
+                        format!("{message}, counting the other files"),
+                        "pass each stage's file once",
+                    )
+                })?;
+            }
+        }
+    }
+    Ok(all)
+}
+
+impl ParamEntry {
+    /// The entry once per stage it is on, each on that stage alone.
+    fn per_stage(&self) -> impl Iterator<Item = ParamEntry> + '_ {
+        std::iter::once(self.stage)
+            .chain(self.also_on.iter().copied())
+            .map(|stage| ParamEntry {
+                stage,
+                also_on: Vec::new(),
+                ..self.clone()
+            })
+    }
+
+    /// The tensor map per dimension, resolved against a tensor of `rank`
+    /// dimensions. A single stored map is flat (an entry per dimension), as
+    /// MindSpore reads it; several are nested (one per dimension), where
+    /// the empty entries are dropped: MindSpore's writer pads the nested map
+    /// of a 1-D tensor with an empty one so that it is not read as flat.
+    fn tensor_map_for(&self, rank: usize) -> Option<Vec<Vec<i64>>> {
+        match self.tensor_map.as_slice() {
+            [flat] if flat.len() == rank => Some(flat.iter().map(|&k| vec![k]).collect()),
+            nested => {
+                let per_dim: Vec<Vec<i64>> =
+                    nested.iter().filter(|e| !e.is_empty()).cloned().collect();
+                (per_dim.len() == rank).then_some(per_dim)
+            }
+        }
+    }
+
+    /// This entry in MindSpore's notation, for a tensor of `rank`
+    /// dimensions on a strategy of `stage_count` stages.
+    ///
+    /// # Errors
+    ///
+    /// A message when the tensor map does not fit that many dimensions.
+    pub fn mindspore_layout(
+        &self,
+        rank: usize,
+        stage_count: u64,
+    ) -> Result<MindSporeLayout, String> {
+        let tensor_map = self.tensor_map_for(rank).ok_or_else(|| {
+            format!(
+                "parameter `{}`: tensor_map {:?} does not fit a tensor of {rank} dimensions",
+                self.name, self.tensor_map
+            )
+        })?;
+        Ok(MindSporeLayout {
+            dev_matrix: self.dev_matrix.clone(),
+            tensor_map,
+            opt_weight_shard_size: self.opt_weight_shard_size,
+            opt_weight_shard_step: self.opt_weight_shard_step,
+            param_split_shape: self.param_split_shape.clone(),
+            stage: self.stage,
+            stage_count,
+        })
+    }
+
+    /// The layout of this parameter for a tensor of `shape` on a strategy of
+    /// `stage_count` stages.
+    ///
+    /// # Errors
+    ///
+    /// A message when the tensor map does not fit the shape or the layout
+    /// is inconsistent.
+    pub fn layout(&self, shape: &[u64], stage_count: u64) -> Result<TensorLayout, String> {
+        let ms = self
+            .mindspore_layout(shape.len(), stage_count)
+            .map_err(|e| format!("{e} of shape {shape:?}"))?;
+        ms.to_layout_on_stages(shape, &self.also_on)
+            .map_err(|e| format!("parameter `{}`: {e}", self.name))
+    }
+}
+
+impl StrategyFile {
+    /// Devices of one stage (the device matrices' product).
+    ///
+    /// # Errors
+    ///
+    /// A message when parameters disagree or a product overflows.
+    pub fn stage_devices(&self) -> Result<u64, String> {
+        let mut n: Option<u64> = None;
+        for p in &self.params {
+            let prod = p
+                .dev_matrix
+                .iter()
+                .try_fold(1u64, |a, &b| a.checked_mul(b))
+                .ok_or_else(|| {
+                    format!(
+                        "parameter `{}`: dev_matrix {:?} overflows",
+                        p.name, p.dev_matrix
+                    )
+                })?;
+            match n {
+                Some(m) if m != prod => {
+                    return Err(format!(
+                        "parameter `{}` spans {prod} devices per stage, others {m}",
+                        p.name
+                    ));
+                }
+                _ => n = Some(prod),
+            }
+        }
+        Ok(n.unwrap_or(1))
+    }
+
+    /// The strategy these files describe, for the tensors in `tensors`
+    /// (shapes and dtypes come from there, e.g. from a checkpoint or a
+    /// spec). A tensor the files do not lay out is held whole by every rank,
+    /// as MindSpore does with parameters missing from a strategy.
+    ///
+    /// The mesh is `[rank = n]`, or `[stage = S, rank = n]` with pipeline
+    /// stages.
+    ///
+    /// # Errors
+    ///
+    /// A message naming the parameter when a layout does not fit.
+    pub fn to_strategy(&self, name: &str, tensors: &[TensorInfo]) -> Result<Strategy, String> {
+        let n = self.stage_devices()?;
+        let axes: Vec<(String, u64)> = if self.stage_count > 1 {
+            vec![
+                (STAGE_AXIS.to_string(), self.stage_count),
+                ("rank".to_string(), n),
+            ]
+        } else {
+            vec![("rank".to_string(), n)]
+        };
+        let mesh = Arc::new(DeviceMesh::new(axes).map_err(|e| e.to_string())?);
+        let by_name: BTreeMap<&str, &ParamEntry> =
+            self.params.iter().map(|p| (p.name.as_str(), p)).collect();
+        let mut layouts = Vec::with_capacity(tensors.len());
+        for t in tensors {
+            let layout = match by_name.get(t.name.as_str()) {
+                Some(p) => {
+                    if let Some(s) = p.shape.as_ref().filter(|s| **s != t.shape) {
+                        return Err(format!(
+                            "parameter `{}` has shape {s:?} in the strategy but {:?} in the checkpoint",
+                            t.name, t.shape
+                        ));
+                    }
+                    p.layout(&t.shape, self.stage_count)?
+                }
+                None => {
+                    TensorLayout::replicated(mesh.clone(), &t.shape).map_err(|e| e.to_string())?
+                }
+            };
+            layouts.push(layout);
+        }
+        Strategy::new(name, mesh, tensors.to_vec(), layouts).map_err(|e| e.to_string())
+    }
+
+    /// Tensors with the shapes the files record (JSON only), in file order.
+    ///
+    /// # Errors
+    ///
+    /// A message naming a parameter without a recorded shape.
+    pub fn tensors(&self, dtype: DType) -> Result<Vec<TensorInfo>, String> {
+        self.params
+            .iter()
+            .map(|p| {
+                let shape = p.shape.clone().ok_or_else(|| {
+                    format!(
+                        "parameter `{}` has no tensor_shape (protobuf strategies record none); give the shapes with a checkpoint",
+                        p.name
+                    )
+                })?;
+                Ok(TensorInfo {
+                    name: p.name.clone(),
+                    shape,
+                    dtype,
+                })
+            })
+            .collect()
+    }
+}
+
+impl StrategyFile {
+    /// The parameters as one merged file (names prefixed `"<stage>-"`), the
+    /// counterpart of MindSpore's `merge_pipeline_strategys`. Works on the
+    /// entries as read, so protobuf files without shapes merge too.
+    ///
+    /// # Errors
+    ///
+    /// [`StrategyFileError`] for a nested tensor map in JSON, or a value
+    /// that does not fit protobuf's integer fields.
+    pub fn write_merged(&self, format: StrategyFormat) -> Result<Vec<u8>, StrategyFileError> {
+        let what = "merged strategy";
+        let current = self.stage_count.max(1) - 1;
+        let name = |p: &ParamEntry| format!("{}-{}", p.stage, p.name);
+        // One entry per stage of a parameter on several.
+        let per_stage: Vec<ParamEntry> =
+            self.params.iter().flat_map(ParamEntry::per_stage).collect();
+        match format {
+            StrategyFormat::Json => {
+                let mut items = serde_json::Map::new();
+                for p in &per_stage {
+                    let [flat] = p.tensor_map.as_slice() else {
+                        return Err(fail(
+                            what,
+                            format!("parameter `{}` has a nested tensor map", p.name),
+                            "merge into the protobuf form (.ckpt)",
+                        ));
+                    };
+                    let l = JsonLayout {
+                        dev_matrix: p.dev_matrix.clone(),
+                        tensor_map: flat.iter().map(|&k| serde_json::Value::from(k)).collect(),
+                        tensor_shape: p.shape.clone(),
+                        field: 0,
+                        opt_weight_shard_step: p.opt_weight_shard_step,
+                        opt_weight_shard_size: p.opt_weight_shard_size,
+                        param_split_shape: p.param_split_shape.clone(),
+                        indices_offset: Vec::new(),
+                    };
+                    items.insert(name(p), serde_json::to_value(l).expect("serializes"));
+                }
+                let doc = JsonFile {
+                    current_stage: current,
+                    parallel_strategy_item: serde_json::Map::new(),
+                    parallel_layout_item: items,
+                };
+                Ok(serde_json::to_vec(&doc).expect("serializes"))
+            }
+            StrategyFormat::Protobuf => {
+                let int = |v: i64, p: &ParamEntry| {
+                    i32::try_from(v).map_err(|_| {
+                        fail(
+                            what,
+                            format!("parameter `{}`: {v} does not fit int32", p.name),
+                            "MindSpore stores it as int32",
+                        )
+                    })
+                };
+                let mut items = Vec::new();
+                for p in &per_stage {
+                    items.push(pb::ParallelLayoutItem {
+                        param_name: name(p),
+                        parallel_layouts: pb::ParallelLayouts {
+                            dev_matrix: vec![pb::DevMatrix {
+                                dim: p
+                                    .dev_matrix
+                                    .iter()
+                                    .map(|&d| u32::try_from(d).unwrap_or(u32::MAX))
+                                    .collect(),
+                            }],
+                            tensor_map: p
+                                .tensor_map
+                                .iter()
+                                .map(|e| {
+                                    Ok(pb::TensorMap {
+                                        dim: e
+                                            .iter()
+                                            .map(|&k| int(k, p))
+                                            .collect::<Result<_, _>>()?,
+                                    })
+                                })
+                                .collect::<Result<_, StrategyFileError>>()?,
+                            param_split_shape: vec![pb::ParamSplitShape {
+                                dim: p.param_split_shape.iter().map(|&x| x as i64).collect(),
+                            }],
+                            indices_offset: vec![pb::IndicesOffset { dim: Vec::new() }],
+                            field: 0,
+                            opt_weight_shard_step: int(p.opt_weight_shard_step, p)?,
+                            opt_weight_shard_size: int(p.opt_weight_shard_size, p)?,
+                        },
+                    });
+                }
+                let map = pb::ParallelStrategyMap {
+                    current_stage: u32::try_from(current).unwrap_or(u32::MAX),
+                    parallel_strategy_item: Vec::new(),
+                    parallel_layout_item: items,
+                };
+                Ok(map.encode_to_vec())
+            }
+        }
+    }
+}
+
+/// Output form of [`write_strategy_file`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StrategyFormat {
+    /// JSON, as MindSpore's C++ writer produces (flat tensor maps only).
+    Json,
+    /// Protobuf `ParallelStrategyMap`.
+    Protobuf,
+}
+
+/// Writes `strategy` as one MindSpore strategy file. With several pipeline
+/// stages, the merged form is written (names prefixed `"<stage>-"`), as
+/// `merge_pipeline_strategys` does.
+///
+/// # Errors
+///
+/// [`StrategyFileError`] for a layout MindSpore cannot express (partial
+/// sums, pins other than a first-axis stage, uneven splits other than
+/// `param_split_shape`), or a nested tensor map in JSON.
+pub fn write_strategy_file(
+    strategy: &Strategy,
+    format: StrategyFormat,
+) -> Result<Vec<u8>, StrategyFileError> {
+    let what = format!("strategy `{}`", strategy.name());
+    let mut entries = Vec::new();
+    let mut stages = BTreeSet::new();
+    for (t, l) in strategy.tensors().iter().zip(strategy.layouts()) {
+        // A tensor on several stages is one entry per stage; one on every
+        // stage has no stage pin left, and is one entry per stage too.
+        let on_every_stage = l
+            .mesh()
+            .axes()
+            .first()
+            .is_some_and(|a| a.name == STAGE_AXIS)
+            && l.pinned_coords(0).next().is_none();
+        let per_stage = if on_every_stage {
+            l.pinned_each(0)
+        } else {
+            l.split_pins()
+        };
+        for one in per_stage {
+            let ms = MindSporeLayout::from_layout(&one).map_err(|e| {
+                fail(
+                    &what,
+                    format!("tensor `{}`: {e}", t.name),
+                    "express the layout in MindSpore terms or leave it out",
+                )
+            })?;
+            stages.insert((ms.stage, ms.stage_count));
+            entries.push((t, ms));
+        }
+    }
+    let merged = entries.iter().any(|(_, ms)| ms.stage_count > 1);
+    let name_of = |t: &TensorInfo, ms: &MindSporeLayout| {
+        if merged {
+            format!("{}-{}", ms.stage, t.name)
+        } else {
+            t.name.clone()
+        }
+    };
+    // The last stage's index, as merge_pipeline_strategys writes it; it
+    // also carries the stage count when the last stage holds no parameter.
+    let current = stages.iter().map(|(_, n)| *n).max().unwrap_or(1) - 1;
+    match format {
+        StrategyFormat::Json => {
+            let mut items = serde_json::Map::new();
+            for (t, ms) in &entries {
+                if !ms.is_flat() {
+                    return Err(fail(
+                        &what,
+                        format!("tensor `{}` splits a dimension over several axes", t.name),
+                        "write the protobuf form (--format mindspore-pb), which holds nested tensor maps",
+                    ));
+                }
+                let l = JsonLayout {
+                    dev_matrix: ms.dev_matrix.clone(),
+                    tensor_map: ms
+                        .tensor_map
+                        .iter()
+                        .map(|e| serde_json::Value::from(e[0]))
+                        .collect(),
+                    tensor_shape: Some(t.shape.clone()),
+                    field: 0,
+                    opt_weight_shard_step: ms.opt_weight_shard_step,
+                    opt_weight_shard_size: ms.opt_weight_shard_size,
+                    param_split_shape: ms.param_split_shape.clone(),
+                    indices_offset: Vec::new(),
+                };
+                items.insert(name_of(t, ms), serde_json::to_value(l).expect("serializes"));
+            }
+            let doc = JsonFile {
+                current_stage: current,
+                parallel_strategy_item: serde_json::Map::new(),
+                parallel_layout_item: items,
+            };
+            Ok(serde_json::to_vec(&doc).expect("serializes"))
+        }
+        StrategyFormat::Protobuf => {
+            let to_i32 = |v: i64, field: &str, t: &TensorInfo| {
+                i32::try_from(v).map_err(|_| {
+                    fail(
+                        &what,
+                        format!("tensor `{}`: {field} {v} does not fit int32", t.name),
+                        "MindSpore stores it as int32",
+                    )
+                })
+            };
+            let mut items = Vec::new();
+            for (t, ms) in &entries {
+                let dev = ms
+                    .dev_matrix
+                    .iter()
+                    .map(|&d| {
+                        u32::try_from(d).map_err(|_| {
+                            fail(
+                                &what,
+                                format!("tensor `{}`: device matrix entry {d} too large", t.name),
+                                "MindSpore stores it as uint32",
+                            )
+                        })
+                    })
+                    .collect::<Result<Vec<u32>, _>>()?;
+                let tensor_map = if ms.is_flat() {
+                    vec![pb::TensorMap {
+                        dim: ms
+                            .tensor_map
+                            .iter()
+                            .map(|e| to_i32(e[0], "tensor_map entry", t))
+                            .collect::<Result<_, _>>()?,
+                    }]
+                } else {
+                    let mut nested = ms
+                        .tensor_map
+                        .iter()
+                        .map(|e| {
+                            Ok(pb::TensorMap {
+                                dim: e
+                                    .iter()
+                                    .map(|&k| to_i32(k, "tensor_map entry", t))
+                                    .collect::<Result<_, _>>()?,
+                            })
+                        })
+                        .collect::<Result<Vec<_>, StrategyFileError>>()?;
+                    if nested.len() == 1 {
+                        // MindSpore reads a single map as flat: a 1-D
+                        // tensor's nested map gets an empty one after it,
+                        // as MindSpore's writer does.
+                        nested.push(pb::TensorMap { dim: Vec::new() });
+                    }
+                    nested
+                };
+                items.push(pb::ParallelLayoutItem {
+                    param_name: name_of(t, ms),
+                    parallel_layouts: pb::ParallelLayouts {
+                        dev_matrix: vec![pb::DevMatrix { dim: dev }],
+                        tensor_map,
+                        param_split_shape: vec![pb::ParamSplitShape {
+                            dim: ms.param_split_shape.iter().map(|&x| x as i64).collect(),
+                        }],
+                        indices_offset: vec![pb::IndicesOffset { dim: Vec::new() }],
+                        field: 0,
+                        opt_weight_shard_step: to_i32(
+                            ms.opt_weight_shard_step,
+                            "opt_weight_shard_step",
+                            t,
+                        )?,
+                        opt_weight_shard_size: to_i32(
+                            ms.opt_weight_shard_size,
+                            "opt_weight_shard_size",
+                            t,
+                        )?,
+                    },
+                });
+            }
+            let map = pb::ParallelStrategyMap {
+                current_stage: u32::try_from(current).unwrap_or(u32::MAX),
+                parallel_strategy_item: Vec::new(),
+                parallel_layout_item: items,
+            };
+            Ok(map.encode_to_vec())
+        }
+    }
+}

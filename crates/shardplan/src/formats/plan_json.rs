@@ -1,0 +1,324 @@
+//! The JSON plan format, version 1 (`docs/plan-format.md`).
+
+use serde::{Deserialize, Serialize};
+
+use crate::DType;
+use crate::Region;
+use crate::{Piece, ReplicaChoice, SlicePlan, TensorPlan};
+
+/// The `format` field of every plan file.
+pub const FORMAT: &str = "shardplan-plan";
+/// The schema version this crate writes and reads.
+pub const VERSION: u32 = 1;
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PlanFile {
+    format: String,
+    version: u32,
+    source: Side,
+    destination: Side,
+    replica_choice: String,
+    summary: Summary,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    ranks: Option<Ranks>,
+    tensors: Vec<TensorJson>,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Side {
+    strategy: String,
+    ranks: u64,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Summary {
+    total_bytes: u64,
+    lower_bound_bytes: u64,
+    local_bytes: u64,
+    max_send_bytes: u64,
+    max_send_lower_bound_bytes: u64,
+    max_recv_bytes: u64,
+    messages: u64,
+    pieces: u64,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Ranks {
+    send: Vec<SendJson>,
+    receive: Vec<RecvJson>,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SendJson {
+    rank: u64,
+    bytes: u64,
+    messages: u64,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RecvJson {
+    rank: u64,
+    bytes: u64,
+    messages: u64,
+    local_bytes: u64,
+    files: Vec<u64>,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TensorJson {
+    name: String,
+    dtype: String,
+    shape: Vec<u64>,
+    pieces: Vec<PieceJson>,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PieceJson {
+    dst_rank: u64,
+    dst_offset: Vec<u64>,
+    dst_local_offset: Vec<u64>,
+    src_rank: u64,
+    src_offset: Vec<u64>,
+    extent: Vec<u64>,
+    bytes: u64,
+    local: bool,
+    op: String,
+}
+
+/// A plan file that cannot be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, miette::Diagnostic)]
+#[error("{}{message}", place(file, *line, *column))]
+#[diagnostic(
+    code(shardplan::formats::plan_json),
+    help(
+        "plan files are written by `shardplan plan --format json`; docs/plan-format.md describes them"
+    )
+)]
+pub struct PlanFileError {
+    /// File name.
+    pub file: String,
+    /// 1-based line (0 when the fault is not tied to a place).
+    pub line: usize,
+    /// 1-based column.
+    pub column: usize,
+    /// What is wrong.
+    pub message: String,
+}
+
+fn place(file: &str, line: usize, column: usize) -> String {
+    if line == 0 {
+        format!("{file}: ")
+    } else {
+        format!("{file}:{line}:{column}: ")
+    }
+}
+
+/// The plan as JSON (pretty-printed).
+pub fn to_json(plan: &SlicePlan) -> String {
+    let s = plan.summary();
+    let (send, recv) = plan.traffic();
+    let file = PlanFile {
+        format: FORMAT.into(),
+        version: VERSION,
+        source: Side {
+            strategy: plan.source.clone(),
+            ranks: plan.src_ranks,
+        },
+        destination: Side {
+            strategy: plan.destination.clone(),
+            ranks: plan.dst_ranks,
+        },
+        replica_choice: plan.replica_choice.as_str().into(),
+        summary: Summary {
+            total_bytes: s.total_bytes,
+            lower_bound_bytes: s.lower_bound_bytes,
+            local_bytes: s.local_bytes,
+            max_send_bytes: s.max_send_bytes,
+            max_send_lower_bound_bytes: s.max_send_lower_bound_bytes,
+            max_recv_bytes: s.max_recv_bytes,
+            messages: s.messages,
+            pieces: s.pieces,
+        },
+        ranks: Some(Ranks {
+            send: send
+                .into_iter()
+                .map(|(rank, t)| SendJson {
+                    rank,
+                    bytes: t.send_bytes,
+                    messages: t.sent_messages,
+                })
+                .collect(),
+            receive: recv
+                .into_iter()
+                .map(|(rank, t)| RecvJson {
+                    rank,
+                    bytes: t.recv_bytes,
+                    messages: t.received_messages,
+                    local_bytes: t.local_bytes,
+                    files: t.files.into_iter().collect(),
+                })
+                .collect(),
+        }),
+        tensors: plan
+            .tensors
+            .iter()
+            .map(|t| TensorJson {
+                name: t.name.clone(),
+                dtype: t.dtype.name().into(),
+                shape: t.shape.clone(),
+                pieces: t
+                    .pieces
+                    .iter()
+                    .map(|p| PieceJson {
+                        dst_rank: p.dst_rank,
+                        dst_offset: p.dst_box.offset().to_vec(),
+                        dst_local_offset: p.dst_local_offset.clone(),
+                        src_rank: p.src_rank,
+                        src_offset: p.src_box.offset().to_vec(),
+                        extent: p.dst_box.extent().to_vec(),
+                        bytes: t.piece_bytes(p),
+                        local: p.local,
+                        op: if p.reduce { "sum" } else { "copy" }.into(),
+                    })
+                    .collect(),
+            })
+            .collect(),
+    };
+    serde_json::to_string_pretty(&file).expect("plans serialize")
+}
+
+/// Reads a plan written by [`to_json`]. Structural faults (syntax, unknown
+/// fields, boxes whose lengths disagree, byte counts that do not match the
+/// box) are errors here; whether the plan is right is for
+/// [`crate::verify_plan`].
+///
+/// # Errors
+///
+/// [`PlanFileError`] naming the file, line and column, or the tensor and
+/// piece.
+pub fn from_json(file: &str, text: &str) -> Result<SlicePlan, PlanFileError> {
+    let err = |line: usize, column: usize, message: String| PlanFileError {
+        file: file.to_string(),
+        line,
+        column,
+        message,
+    };
+    // The version first: a newer file may have fields this reader lacks.
+    if let Ok(v) = serde_json::from_str::<serde_json::Value>(text) {
+        let format = v.get("format").and_then(|f| f.as_str());
+        let version = v.get("version").and_then(|f| f.as_u64());
+        if let (Some(f), Some(n)) = (format, version)
+            && (f != FORMAT || n != u64::from(VERSION))
+        {
+            return Err(err(
+                0,
+                0,
+                format!(
+                    "format `{f}` version {n}: this shardplan reads `{FORMAT}` version {VERSION}"
+                ),
+            ));
+        }
+    }
+    let f: PlanFile = serde_json::from_str(text).map_err(|e| {
+        let mut m = e.to_string();
+        if let Some(i) = m.rfind(" at line ") {
+            m.truncate(i);
+        }
+        err(e.line(), e.column(), m)
+    })?;
+    if f.format != FORMAT || f.version != VERSION {
+        return Err(err(
+            0,
+            0,
+            format!(
+                "format `{}` version {}: this shardplan reads `{FORMAT}` version {VERSION}",
+                f.format, f.version
+            ),
+        ));
+    }
+    let replica_choice = match f.replica_choice.as_str() {
+        "balance" => ReplicaChoice::Balance,
+        "min-files" => ReplicaChoice::MinFiles,
+        other => return Err(err(0, 0, format!("unknown replica_choice `{other}`"))),
+    };
+    let mut tensors = Vec::with_capacity(f.tensors.len());
+    for t in f.tensors {
+        let dtype: DType = t.dtype.parse().map_err(|_| {
+            err(
+                0,
+                0,
+                format!("tensor `{}`: unknown dtype `{}`", t.name, t.dtype),
+            )
+        })?;
+        let rank = t.shape.len();
+        let mut pieces = Vec::with_capacity(t.pieces.len());
+        for (i, p) in t.pieces.into_iter().enumerate() {
+            let piece_err = |m: &str| err(0, 0, format!("tensor `{}` piece {i}: {m}", t.name));
+            if [&p.dst_offset, &p.dst_local_offset, &p.src_offset, &p.extent]
+                .iter()
+                .any(|v| v.len() != rank)
+            {
+                return Err(piece_err(&format!(
+                    "offsets and extent must have {rank} entries, one per tensor dimension"
+                )));
+            }
+            let fits = |o: &[u64]| {
+                o.iter()
+                    .zip(&p.extent)
+                    .all(|(a, b)| a.checked_add(*b).is_some())
+            };
+            if !fits(&p.dst_offset) || !fits(&p.src_offset) || !fits(&p.dst_local_offset) {
+                return Err(piece_err("offset + extent overflows"));
+            }
+            let volume = p.extent.iter().try_fold(1u64, |a, &b| a.checked_mul(b));
+            if volume.and_then(|v| v.checked_mul(dtype.size_bytes())) != Some(p.bytes) {
+                return Err(piece_err(&format!(
+                    "bytes {} do not match extent {:?} of {dtype}",
+                    p.bytes, p.extent
+                )));
+            }
+            let reduce = match p.op.as_str() {
+                "copy" => false,
+                "sum" => true,
+                other => {
+                    return Err(piece_err(&format!(
+                        "unknown op `{other}`; expected copy or sum"
+                    )));
+                }
+            };
+            pieces.push(Piece {
+                dst_rank: p.dst_rank,
+                dst_box: Region::new(p.dst_offset, p.extent.clone()),
+                dst_local_offset: p.dst_local_offset,
+                src_rank: p.src_rank,
+                src_box: Region::new(p.src_offset, p.extent),
+                local: p.local,
+                reduce,
+            });
+        }
+        tensors.push(TensorPlan {
+            name: t.name,
+            dtype,
+            shape: t.shape,
+            pieces,
+        });
+    }
+    Ok(SlicePlan {
+        source: f.source.strategy,
+        destination: f.destination.strategy,
+        src_ranks: f.source.ranks,
+        dst_ranks: f.destination.ranks,
+        replica_choice,
+        lower_bound_bytes: f.summary.lower_bound_bytes,
+        max_send_lower_bound_bytes: f.summary.max_send_lower_bound_bytes,
+        tensors,
+    })
+}

@@ -1,0 +1,1127 @@
+//! Streaming N-to-M checkpoint resharding, file by file. This module is at
+//! the edge: it reads checkpoint and strategy files and writes checkpoints;
+//! the plan it follows comes from the core planner and verifier.
+//!
+//! Each destination rank reads only the source files its pieces name, and
+//! only the bytes the pieces cover, straight into the output's windows
+//! ([`ReshardConfig::window_bytes`], four in memory), which background
+//! threads write (with direct IO where possible, see
+//! [`crate::formats::stream`]). Outputs are written to a temporary name,
+//! fsynced and renamed;
+//! a manifest per rank records each file's size and checksum, so an
+//! interrupted run resumes where it stopped. Sources are only ever opened
+//! for reading.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::DeviceMesh;
+use crate::TensorLayout;
+use crate::formats::checkpoint::{
+    CheckpointFormat, CheckpointWriter, Checksum, TensorEntry, rank_files, read_index,
+};
+use crate::formats::mindspore_strategy::{StrategyFile, read_strategy_files};
+use crate::{PlanConfig, plan_transfer};
+use crate::{ReplicaChoice, SlicePlan};
+use crate::{Strategy, TensorInfo};
+
+/// Where a side's layouts come from.
+#[derive(Debug, Clone)]
+pub enum LayoutSource {
+    /// One device holding every tensor whole (MindSpore's `None`).
+    SingleDevice,
+    /// MindSpore strategy files: one file, a merged file, or one per stage.
+    MindSpore(Vec<PathBuf>),
+    /// A strategy already built (e.g. from a spec).
+    Strategy(Box<Strategy>),
+}
+
+/// What to reshard and how.
+#[derive(Debug, Clone)]
+pub struct ReshardConfig {
+    /// Source directory of `rank_<r>/` folders.
+    pub src_dir: PathBuf,
+    /// Source layouts.
+    pub src: LayoutSource,
+    /// Destination layouts.
+    pub dst: LayoutSource,
+    /// Output directory (created; must not be inside the source).
+    pub out_dir: PathBuf,
+    /// Output format; `None` keeps the source's.
+    pub format: Option<CheckpointFormat>,
+    /// Destination ranks to produce; `None` produces all.
+    pub ranks: Option<Vec<u64>>,
+    /// How replicas are chosen (default: fewest files read).
+    pub replica_choice: ReplicaChoice,
+    /// Bytes of each output window: the writer fills one while two are
+    /// written, four in all (rounded up to 4 KiB, at most 1 GiB).
+    pub window_bytes: u64,
+    /// Write outputs with direct IO (Linux `O_DIRECT`) where the file
+    /// system allows it: they bypass the page cache, which then keeps the
+    /// sources.
+    pub direct_io: bool,
+    /// Allow device counts that do not divide each other, which MindSpore
+    /// refuses.
+    pub any_device_count: bool,
+}
+
+/// Why a reshard failed. Nothing is written under a final name then.
+#[derive(Debug, thiserror::Error, miette::Diagnostic)]
+#[non_exhaustive]
+pub enum ReshardError {
+    /// A source or strategy file is unreadable or malformed.
+    #[error("{0}")]
+    #[diagnostic(code(shardplan::reshard::input))]
+    Input(String),
+    /// Files disagree with each other or with the strategies.
+    #[error("{message}")]
+    #[diagnostic(code(shardplan::reshard::mismatch), help("{help}"))]
+    Mismatch {
+        /// What disagrees, naming file, tensor and rank.
+        message: String,
+        /// How to fix it.
+        help: String,
+    },
+    /// Planning failed.
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Plan(#[from] crate::PlanError),
+    /// Writing failed.
+    #[error("{path}: {source}")]
+    #[diagnostic(code(shardplan::reshard::io))]
+    Io {
+        /// The file.
+        path: String,
+        /// The error.
+        source: std::io::Error,
+    },
+}
+
+fn mismatch(message: impl Into<String>, help: impl Into<String>) -> ReshardError {
+    ReshardError::Mismatch {
+        message: message.into(),
+        help: help.into(),
+    }
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ReshardError + '_ {
+    move |source| ReshardError::Io {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+/// One source tensor: its file and where its data lies.
+#[derive(Debug, Clone)]
+struct Located {
+    path: PathBuf,
+    entry: TensorEntry,
+}
+
+/// Everything known before writing: sources indexed and checked, the
+/// strategies, the verified plan, warnings.
+#[derive(Debug)]
+pub struct Prepared {
+    /// The source strategy.
+    pub src: Strategy,
+    /// The destination strategy.
+    pub dst: Strategy,
+    /// The verified plan.
+    pub plan: SlicePlan,
+    /// Tensors without a destination layout, copied unchanged.
+    pub copies: Vec<CopyThrough>,
+    /// Messages about parameters handled by MindSpore's copy-through rules.
+    pub warnings: Vec<String>,
+    sources: BTreeMap<u64, BTreeMap<String, Located>>,
+    format: CheckpointFormat,
+    direct_io: bool,
+}
+
+/// Reads and checks every input and plans the transfer, without writing.
+///
+/// # Errors
+///
+/// [`ReshardError`] naming the file, tensor or rank at fault: unreadable,
+/// truncated or corrupt checkpoints, duplicate or missing rank folders, a
+/// tensor missing from a rank that should hold it, a dtype or shape that
+/// does not match the strategy, device counts MindSpore refuses.
+pub fn prepare(cfg: &ReshardConfig) -> Result<Prepared, ReshardError> {
+    let files = rank_files(&cfg.src_dir).map_err(|e| ReshardError::Input(e.to_string()))?;
+    let mut sources: BTreeMap<u64, BTreeMap<String, Located>> = BTreeMap::new();
+    let mut format = None;
+    for (rank, paths) in &files {
+        let mut tensors = BTreeMap::new();
+        for p in paths {
+            let idx = read_index(p).map_err(|e| ReshardError::Input(e.to_string()))?;
+            format.get_or_insert(idx.format);
+            for (name, entry) in idx.tensors {
+                if tensors.contains_key(&name) {
+                    return Err(mismatch(
+                        format!("rank {rank}: tensor `{name}` is in two files"),
+                        "keep one copy per rank",
+                    ));
+                }
+                tensors.insert(
+                    name,
+                    Located {
+                        path: p.clone(),
+                        entry,
+                    },
+                );
+            }
+        }
+        sources.insert(*rank, tensors);
+    }
+    let src_file = match &cfg.src {
+        LayoutSource::MindSpore(paths) => {
+            let refs: Vec<&Path> = paths.iter().map(PathBuf::as_path).collect();
+            Some(read_strategy_files(&refs).map_err(|e| ReshardError::Input(e.to_string()))?)
+        }
+        _ => None,
+    };
+    let dst_file = match &cfg.dst {
+        LayoutSource::MindSpore(paths) => {
+            let refs: Vec<&Path> = paths.iter().map(PathBuf::as_path).collect();
+            Some(read_strategy_files(&refs).map_err(|e| ReshardError::Input(e.to_string()))?)
+        }
+        _ => None,
+    };
+    let tensors = global_tensors(&cfg.src, src_file.as_ref(), &sources)?;
+    let mut warnings = Vec::new();
+    let src = match (&cfg.src, &src_file) {
+        (LayoutSource::Strategy(s), _) => (**s).clone(),
+        (LayoutSource::MindSpore(_), Some(f)) => f
+            .to_strategy("source", &tensors)
+            .map_err(|m| mismatch(m, "check the source strategy against the checkpoints"))?,
+        _ => single_device("source", &tensors)?,
+    };
+    let (dst, copies) = match (&cfg.dst, &dst_file) {
+        (LayoutSource::Strategy(s), _) => ((**s).clone(), Vec::new()),
+        (LayoutSource::MindSpore(_), Some(f)) => {
+            copy_through(&src, src_file.as_ref(), f, &tensors, &mut warnings)?
+        }
+        _ => (single_device("destination", &tensors)?, Vec::new()),
+    };
+    let (n, m) = (src.mesh().rank_count(), dst.mesh().rank_count());
+    if !cfg.any_device_count && n % m != 0 && m % n != 0 {
+        return Err(mismatch(
+            format!("{n} source ranks and {m} destination ranks: neither count divides the other"),
+            "MindSpore refuses such transfers; pass --any-device-count to reshard anyway",
+        ));
+    }
+    if files.len() as u64 != n {
+        return Err(mismatch(
+            format!(
+                "{} has {} rank folders but the source strategy has {n} ranks",
+                cfg.src_dir.display(),
+                files.len()
+            ),
+            "pass the checkpoint directory and strategy of the same run",
+        ));
+    }
+    // Every rank that holds a tensor has it, with the layout's shape and the dtype.
+    for (t, l) in src.tensors().iter().zip(src.layouts()) {
+        for r in 0..n {
+            let Some(region) = l.region_of(r) else {
+                continue;
+            };
+            let loc = sources[&r].get(&t.name).ok_or_else(|| {
+                mismatch(
+                    format!(
+                        "rank {r} should hold tensor `{}` but its checkpoint lacks it",
+                        t.name
+                    ),
+                    "check that the strategy belongs to this checkpoint",
+                )
+            })?;
+            if loc.entry.shape != region.extent() || loc.entry.dtype != t.dtype {
+                return Err(mismatch(
+                    format!(
+                        "{}: tensor `{}` is {} {:?}, the strategy gives rank {r} {} {:?}",
+                        loc.path.display(),
+                        t.name,
+                        loc.entry.dtype,
+                        loc.entry.shape,
+                        t.dtype,
+                        region.extent()
+                    ),
+                    "check that the strategy belongs to this checkpoint",
+                ));
+            }
+        }
+    }
+    // Tensors copied through are not planned: the plan moves the others.
+    let planned =
+        (!copies.is_empty()).then(|| dst.tensors().iter().map(|t| t.name.clone()).collect());
+    let plan = plan_transfer(
+        &src,
+        &dst,
+        &PlanConfig {
+            replica_choice: cfg.replica_choice,
+            tensors: planned,
+        },
+    )?;
+    crate::verify_plan(&plan, &src, &dst)
+        .map_err(|d| mismatch(format!("internal error, invalid plan: {d}"), "report this"))?;
+    Ok(Prepared {
+        src,
+        dst,
+        plan,
+        copies,
+        warnings,
+        sources,
+        format: cfg.format.or(format).unwrap_or(CheckpointFormat::Ckpt),
+        direct_io: cfg.direct_io,
+    })
+}
+
+/// Global tensors (name, full shape, dtype) of the checkpoints in
+/// `src_dir` (`rank_<r>/` folders) laid out by `file` (or whole, without
+/// one), e.g. to give a protobuf strategy its shapes.
+///
+/// # Errors
+///
+/// [`ReshardError`] for unreadable checkpoints or a slice that its layout
+/// cannot size.
+pub fn tensors_from_checkpoints(
+    src_dir: &Path,
+    file: Option<&StrategyFile>,
+) -> Result<Vec<TensorInfo>, ReshardError> {
+    let files = rank_files(src_dir).map_err(|e| ReshardError::Input(e.to_string()))?;
+    let mut sources: BTreeMap<u64, BTreeMap<String, Located>> = BTreeMap::new();
+    for (rank, paths) in &files {
+        let mut tensors = BTreeMap::new();
+        for p in paths {
+            let idx = read_index(p).map_err(|e| ReshardError::Input(e.to_string()))?;
+            for (name, entry) in idx.tensors {
+                tensors.insert(
+                    name,
+                    Located {
+                        path: p.clone(),
+                        entry,
+                    },
+                );
+            }
+        }
+        sources.insert(*rank, tensors);
+    }
+    let src = match file {
+        Some(_) => LayoutSource::MindSpore(Vec::new()),
+        None => LayoutSource::SingleDevice,
+    };
+    global_tensors(&src, file, &sources)
+}
+
+/// Global tensors (name, full shape, dtype) from the source checkpoints:
+/// a laid-out tensor's full shape is its slice times the blocks of each
+/// dimension (or the recorded `tensor_shape`); other tensors are whole.
+fn global_tensors(
+    src: &LayoutSource,
+    file: Option<&StrategyFile>,
+    sources: &BTreeMap<u64, BTreeMap<String, Located>>,
+) -> Result<Vec<TensorInfo>, ReshardError> {
+    if let LayoutSource::Strategy(s) = src {
+        return Ok(s.tensors().to_vec());
+    }
+    let by_name: BTreeMap<&str, &crate::formats::mindspore_strategy::ParamEntry> = file
+        .map(|f| f.params.iter().map(|p| (p.name.as_str(), p)).collect())
+        .unwrap_or_default();
+    let mut out: BTreeMap<String, TensorInfo> = BTreeMap::new();
+    for tensors in sources.values() {
+        for (name, loc) in tensors {
+            if out.contains_key(name) {
+                continue;
+            }
+            let shape = match by_name.get(name.as_str()) {
+                None => loc.entry.shape.clone(),
+                Some(p) => match &p.shape {
+                    Some(s) => s.clone(),
+                    None => full_shape(p, &loc.entry.shape).ok_or_else(|| {
+                        mismatch(format!("{}: cannot size tensor `{name}` from its slice {:?} and its layout", loc.path.display(), loc.entry.shape), "check that the strategy belongs to this checkpoint")
+                    })?,
+                },
+            };
+            out.insert(
+                name.clone(),
+                TensorInfo {
+                    name: name.clone(),
+                    shape,
+                    dtype: loc.entry.dtype,
+                },
+            );
+        }
+    }
+    Ok(out.into_values().collect())
+}
+
+/// The full shape of a protobuf-strategy parameter (no `tensor_shape`)
+/// from one slice.
+fn full_shape(
+    p: &crate::formats::mindspore_strategy::ParamEntry,
+    local: &[u64],
+) -> Option<Vec<u64>> {
+    p.mindspore_layout(local.len(), 1).ok()?.full_shape(local)
+}
+
+fn single_device(name: &str, tensors: &[TensorInfo]) -> Result<Strategy, ReshardError> {
+    let mesh = Arc::new(DeviceMesh::new(Vec::<(String, u64)>::new()).expect("a mesh without axes"));
+    let layouts = tensors
+        .iter()
+        .map(|t| TensorLayout::replicated(mesh.clone(), &t.shape))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| mismatch(e.to_string(), "check the checkpoint"))?;
+    Strategy::new(name, mesh, tensors.to_vec(), layouts)
+        .map_err(|e| mismatch(e.to_string(), "check the checkpoint"))
+}
+
+/// A tensor that the destination strategy does not lay out. MindSpore copies
+/// it unchanged to every destination rank: rank `k` receives the slice of
+/// the source rank with the same position inside its stage, stage-local
+/// rank `(k mod dst_stage_devices) mod src_stage_devices` of the first
+/// source stage holding the tensor. The copy is not planned: its bytes are
+/// one source tensor's, whole.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CopyThrough {
+    /// The tensor, with its global shape.
+    pub tensor: TensorInfo,
+    /// Per destination rank, the source rank whose slice it receives.
+    pub from: Vec<u64>,
+}
+
+/// The source rank whose slice destination rank `k` receives under the
+/// copy-through rule, or `None` when no source stage holds the tensor.
+fn copy_source(
+    k: u64,
+    dst_stage_devices: u64,
+    src_stage_devices: u64,
+    src: &TensorLayout,
+) -> Option<u64> {
+    let position = (k % dst_stage_devices.max(1)) % src_stage_devices.max(1);
+    let stages = src.mesh().rank_count() / src_stage_devices.max(1);
+    (0..stages)
+        .map(|s| s * src_stage_devices + position)
+        .find(|&g| src.holds(g))
+}
+
+/// The destination strategy with MindSpore's rules for parameters missing
+/// from one side: with no source layout, a parameter is copied through
+/// whole (replicated); with no destination layout, it is left out of the
+/// strategy and copied as [`CopyThrough`] says.
+fn copy_through(
+    src: &Strategy,
+    src_file: Option<&StrategyFile>,
+    dst_file: &StrategyFile,
+    tensors: &[TensorInfo],
+    warnings: &mut Vec<String>,
+) -> Result<(Strategy, Vec<CopyThrough>), ReshardError> {
+    let in_dst: std::collections::BTreeSet<&str> =
+        dst_file.params.iter().map(|p| p.name.as_str()).collect();
+    let in_src: std::collections::BTreeSet<&str> = src_file
+        .map(|f| f.params.iter().map(|p| p.name.as_str()).collect())
+        .unwrap_or_default();
+    let (copied, laid_out): (Vec<TensorInfo>, Vec<TensorInfo>) = tensors
+        .iter()
+        .cloned()
+        .partition(|t| in_src.contains(t.name.as_str()) && !in_dst.contains(t.name.as_str()));
+    let mut dst = dst_file
+        .to_strategy("destination", &laid_out)
+        .map_err(|m| mismatch(m, "check the destination strategy"))?;
+    let mut layouts = dst.layouts().to_vec();
+    let mut changed = false;
+    for (i, t) in laid_out.iter().enumerate() {
+        if src_file.is_some()
+            && !in_src.contains(t.name.as_str())
+            && in_dst.contains(t.name.as_str())
+        {
+            warnings.push(format!(
+                "tensor `{}` has no source layout: copied through whole, as MindSpore does",
+                t.name
+            ));
+            layouts[i] = TensorLayout::replicated(dst.mesh().clone(), &t.shape)
+                .map_err(|e| mismatch(e.to_string(), ""))?;
+            changed = true;
+        }
+    }
+    if changed {
+        dst = Strategy::new("destination", dst.mesh().clone(), laid_out, layouts)
+            .map_err(|e| mismatch(e.to_string(), ""))?;
+    }
+    let m = dst.mesh().rank_count();
+    let dst_stage = dst_file
+        .stage_devices()
+        .map_err(|e| mismatch(e, "check the destination strategy"))?;
+    let src_stage = match src_file {
+        Some(f) => f
+            .stage_devices()
+            .map_err(|e| mismatch(e, "check the source strategy"))?,
+        None => src.mesh().rank_count(),
+    };
+    let mut copies = Vec::with_capacity(copied.len());
+    for t in copied {
+        let l = src.layout(&t.name).expect("a source tensor");
+        let from = (0..m)
+            .map(|k| copy_source(k, dst_stage, src_stage, l))
+            .collect::<Option<Vec<u64>>>()
+            .ok_or_else(|| {
+                mismatch(
+                    format!(
+                        "tensor `{}` has no destination layout and no source rank holds it",
+                        t.name
+                    ),
+                    "give it a destination layout",
+                )
+            })?;
+        warnings.push(format!(
+            "tensor `{}` has no destination layout: destination rank k receives the slice of source stage-local rank (k mod {dst_stage}) mod {src_stage}, unchanged, as MindSpore does",
+            t.name
+        ));
+        copies.push(CopyThrough { tensor: t, from });
+    }
+    Ok((dst, copies))
+}
+
+/// What one destination rank's run did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RankOutcome {
+    /// Destination rank.
+    pub rank: u64,
+    /// The file written (or found complete).
+    pub path: PathBuf,
+    /// Bytes of the file.
+    pub bytes: u64,
+    /// True when a previous run had already completed it.
+    pub resumed: bool,
+}
+
+fn file_checksum(path: &Path) -> std::io::Result<(u64, String)> {
+    use std::io::Read;
+    let mut f = File::open(path)?;
+    let mut sum = Checksum::default();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        sum.update(&buf[..n]);
+    }
+    Ok((sum.len(), sum.hex()))
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Manifest {
+    file: String,
+    bytes: u64,
+    checksum: String,
+}
+
+impl Prepared {
+    /// The tensors copied through to destination rank `rank`, with the
+    /// source tensor each is copied from.
+    fn copied_to(&self, rank: u64) -> Vec<(&TensorInfo, &Located)> {
+        self.copies
+            .iter()
+            .filter_map(|c| {
+                let from = *c.from.get(usize::try_from(rank).ok()?)?;
+                Some((&c.tensor, self.sources.get(&from)?.get(&c.tensor.name)?))
+            })
+            .collect()
+    }
+
+    /// Bytes of tensor data destination rank `rank` receives: its slices
+    /// under the destination strategy and the tensors copied through.
+    pub fn rank_bytes(&self, rank: u64) -> u64 {
+        let planned: u64 = self
+            .dst
+            .tensors()
+            .iter()
+            .zip(self.dst.layouts())
+            .filter_map(|(t, l)| {
+                l.region_of(rank)
+                    .map(|g| g.volume().saturating_mul(t.dtype.size_bytes()))
+            })
+            .sum();
+        let copied: u64 = self
+            .copied_to(rank)
+            .iter()
+            .map(|(_, loc)| loc.entry.len)
+            .sum();
+        planned.saturating_add(copied)
+    }
+
+    /// Output path of destination rank `rank`.
+    pub fn output_path(&self, out_dir: &Path, rank: u64) -> PathBuf {
+        out_dir.join(format!(
+            "rank_{rank}/checkpoint_{rank}.{}",
+            self.format.extension()
+        ))
+    }
+
+    /// Writes destination rank `rank`'s checkpoint under `out_dir`, or
+    /// finds it complete from an earlier run. `progress` receives the bytes
+    /// of each tensor written.
+    ///
+    /// # Errors
+    ///
+    /// [`ReshardError::Io`] naming the file; the temporary file is removed.
+    pub fn write_rank(
+        &self,
+        out_dir: &Path,
+        rank: u64,
+        window: u64,
+        progress: &mut dyn FnMut(u64),
+    ) -> Result<RankOutcome, ReshardError> {
+        let path = self.output_path(out_dir, rank);
+        let dir = path.parent().expect("rank folder").to_path_buf();
+        std::fs::create_dir_all(&dir).map_err(io(&dir))?;
+        let manifest_path = dir.join("MANIFEST.json");
+        // Resume: a file the manifest vouches for is kept.
+        let vouched = std::fs::read_to_string(&manifest_path)
+            .ok()
+            .and_then(|text| serde_json::from_str::<Manifest>(&text).ok())
+            .filter(|_| path.is_file())
+            .and_then(|m| {
+                let (bytes, sum) = file_checksum(&path).ok()?;
+                (m.bytes == bytes && m.checksum == sum).then_some(bytes)
+            });
+        if let Some(bytes) = vouched {
+            return Ok(RankOutcome {
+                rank,
+                path,
+                bytes,
+                resumed: true,
+            });
+        }
+        // Leftovers of an interrupted run carry a temporary name.
+        if let Ok(entries) = std::fs::read_dir(&dir) {
+            for e in entries.flatten() {
+                if e.file_name().to_string_lossy().contains(".tmp-") {
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
+        }
+        let tmp = dir.join(format!(
+            ".{}.tmp-{}",
+            path.file_name().expect("file").to_string_lossy(),
+            std::process::id()
+        ));
+        let sum = match self.write_rank_to(&tmp, &path, rank, window, progress) {
+            Ok(sum) => sum,
+            Err(e) => {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(e);
+            }
+        };
+        // Summed on the way out: the file is not read again.
+        let (bytes, sum) = (sum.len(), sum.hex());
+        std::fs::rename(&tmp, &path).map_err(io(&path))?;
+        let manifest = Manifest {
+            file: path
+                .file_name()
+                .expect("file")
+                .to_string_lossy()
+                .into_owned(),
+            bytes,
+            checksum: sum,
+        };
+        crate::formats::write_atomic(
+            &manifest_path,
+            serde_json::to_string_pretty(&manifest)
+                .expect("serializes")
+                .as_bytes(),
+        )
+        .map_err(io(&manifest_path))?;
+        Ok(RankOutcome {
+            rank,
+            path,
+            bytes,
+            resumed: false,
+        })
+    }
+
+    fn write_rank_to(
+        &self,
+        tmp: &Path,
+        out: &Path,
+        rank: u64,
+        window: u64,
+        progress: &mut dyn FnMut(u64),
+    ) -> Result<Checksum, ReshardError> {
+        // The tensors this rank holds, in strategy order, with their pieces.
+        let mut held = Vec::new();
+        for (t, l) in self.dst.tensors().iter().zip(self.dst.layouts()) {
+            if let Some(region) = l.region_of(rank) {
+                let plan = self
+                    .plan
+                    .tensors
+                    .iter()
+                    .find(|p| p.name == t.name)
+                    .expect("planned");
+                held.push((t, region, plan));
+            }
+        }
+        let copied = self.copied_to(rank);
+        let decl = held
+            .iter()
+            .map(|(t, r, _)| (t.name.clone(), t.dtype, r.extent().to_vec()))
+            .chain(
+                copied
+                    .iter()
+                    .map(|(t, loc)| (t.name.clone(), t.dtype, loc.entry.shape.clone())),
+            )
+            .collect();
+        let window = usize::try_from(window).unwrap_or(usize::MAX);
+        let mut writer =
+            CheckpointWriter::create_streamed(tmp, self.format, decl, window, self.direct_io)
+                .map_err(io(out))?;
+        let mut files = SourceFiles::default();
+        for (t, region, tp) in held {
+            let size = t.dtype.size_bytes();
+            let mut pieces: Vec<PieceRuns> = Vec::new();
+            for p in tp.pieces.iter().filter(|p| p.dst_rank == rank) {
+                let loc = &self.sources[&p.src_rank][&t.name];
+                pieces.push(PieceRuns::new(
+                    files.open(&loc.path)?,
+                    loc.entry.offset,
+                    size,
+                    &loc.entry.shape,
+                    p.src_box.offset(),
+                    region.extent(),
+                    &p.dst_local_offset,
+                    p.dst_box.extent(),
+                ));
+            }
+            // The verified plan covers the slice exactly once: the runs add
+            // up to it (windows are reused, so a gap would leave old bytes).
+            debug_assert_eq!(
+                pieces.iter().map(|p| p.count * p.run).sum::<u64>(),
+                region.volume() * size
+            );
+            write_tensor(&mut writer, &files, &pieces, out)?;
+            progress(region.volume() * size);
+        }
+        for (t, loc) in copied {
+            // The whole source tensor, as it is.
+            let shape = &loc.entry.shape;
+            let zeros = vec![0; shape.len()];
+            let piece = PieceRuns::new(
+                files.open(&loc.path)?,
+                loc.entry.offset,
+                t.dtype.size_bytes(),
+                shape,
+                &zeros,
+                shape,
+                &zeros,
+                shape,
+            );
+            write_tensor(&mut writer, &files, std::slice::from_ref(&piece), out)?;
+            progress(loc.entry.len);
+        }
+        let (_, sum) = writer.finish_summed().map_err(io(out))?;
+        Ok(sum)
+    }
+}
+
+/// The source files one destination rank reads, each opened once.
+#[derive(Default)]
+struct SourceFiles(Vec<(PathBuf, File)>);
+
+impl SourceFiles {
+    /// The index of `path`, opening it on first use.
+    fn open(&mut self, path: &Path) -> Result<usize, ReshardError> {
+        if let Some(i) = self.0.iter().position(|(p, _)| p == path) {
+            return Ok(i);
+        }
+        let f = File::open(path).map_err(io(path))?;
+        self.0.push((path.to_path_buf(), f));
+        Ok(self.0.len() - 1)
+    }
+}
+
+/// Streams one output tensor from `pieces`. A failed read names its source
+/// file, a failed write the output `out`.
+fn write_tensor(
+    writer: &mut CheckpointWriter,
+    files: &SourceFiles,
+    pieces: &[PieceRuns],
+    out: &Path,
+) -> Result<(), ReshardError> {
+    let mut read_error = None;
+    let written = writer.write_tensor_with(|at, dst| {
+        fill_range(&files.0, pieces, at, dst).map_err(|(path, e)| {
+            let kind = e.kind();
+            read_error = Some(io(path)(e));
+            std::io::Error::new(kind, "reading a source failed")
+        })
+    });
+    match written {
+        Ok(()) => Ok(()),
+        Err(e) => Err(read_error.unwrap_or_else(|| io(out)(e))),
+    }
+}
+
+/// The byte runs of one piece, computed on demand: the piece's box in
+/// row-major order is `count` runs of `run` bytes, contiguous in the source
+/// file and in the destination slice, ascending in both. Run `r` is found
+/// from its index, so a window seeks to its first run by bisection and no
+/// list of runs is kept (a box of many short rows would make one larger
+/// than the data).
+#[derive(Debug)]
+struct PieceRuns {
+    file: usize,
+    count: u64,
+    /// Bytes per run.
+    run: u64,
+    /// Byte offsets of run 0 in the source file and the destination slice.
+    src0: u64,
+    dst0: u64,
+    /// Per outer dimension (before the fused trailing ones): extent and the
+    /// byte strides in the source and the destination.
+    outer: Vec<(u64, u64, u64)>,
+}
+
+impl PieceRuns {
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        file: usize,
+        base: u64,
+        size: u64,
+        src_shape: &[u64],
+        src_off: &[u64],
+        dst_shape: &[u64],
+        dst_off: &[u64],
+        extent: &[u64],
+    ) -> Self {
+        let n = extent.len();
+        let strides = |shape: &[u64]| {
+            let mut s = vec![size; n];
+            for k in (0..n.saturating_sub(1)).rev() {
+                s[k] = s[k + 1] * shape[k + 1];
+            }
+            s
+        };
+        let (ss, ds) = (strides(src_shape), strides(dst_shape));
+        let dot = |off: &[u64], st: &[u64]| off.iter().zip(st).map(|(o, s)| o * s).sum::<u64>();
+        // Trailing dimensions whole in both arrays fuse into one run, as in
+        // the executor.
+        let mut split = n;
+        let mut run = size;
+        if n > 0 {
+            split = n - 1;
+            run *= extent[n - 1];
+            while split > 0
+                && extent[split] == src_shape[split]
+                && extent[split] == dst_shape[split]
+            {
+                split -= 1;
+                run *= extent[split];
+            }
+        }
+        let outer: Vec<(u64, u64, u64)> = (0..split).map(|k| (extent[k], ss[k], ds[k])).collect();
+        PieceRuns {
+            file,
+            count: if extent.contains(&0) {
+                0
+            } else {
+                outer.iter().map(|o| o.0).product()
+            },
+            run,
+            src0: base + dot(src_off, &ss),
+            dst0: dot(dst_off, &ds),
+            outer,
+        }
+    }
+
+    /// Source file offset and destination byte of run `r`.
+    fn at(&self, mut r: u64) -> (u64, u64) {
+        let (mut s, mut d) = (self.src0, self.dst0);
+        for &(e, ss, ds) in self.outer.iter().rev() {
+            let i = r % e;
+            r /= e;
+            s += i * ss;
+            d += i * ds;
+        }
+        (s, d)
+    }
+
+    /// The first run ending after destination byte `at`.
+    fn first_after(&self, at: u64) -> u64 {
+        let (mut lo, mut hi) = (0, self.count);
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            if self.at(mid).1 + self.run <= at {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
+        lo
+    }
+}
+
+/// Fills `out`, bytes `at..at + out.len()` of a destination slice, from
+/// the pieces' runs: each piece's runs that overlap the range, clipped,
+/// read with one vectored positional read per stretch of contiguous
+/// source bytes (a piece of whole source rows scattering into strided
+/// destination rows is one read per 1024 rows), straight into `out`.
+///
+/// # Errors
+///
+/// The source file and the error of a failed read.
+fn fill_range<'a>(
+    files: &'a [(PathBuf, File)],
+    pieces: &[PieceRuns],
+    at: u64,
+    out: &mut [u8],
+) -> Result<(), (&'a Path, std::io::Error)> {
+    let end = at + out.len() as u64;
+    for p in pieces {
+        let (path, f) = &files[p.file];
+        let mut batch = ReadBatch::new(f);
+        // `out` is carved front to back; `rest` starts at `rest_at`.
+        let mut rest: &mut [u8] = &mut *out;
+        let mut rest_at = at;
+        for r in p.first_after(at)..p.count {
+            let (src, dst) = p.at(r);
+            if dst >= end {
+                break;
+            }
+            let a = dst.max(at);
+            let b = (dst + p.run).min(end);
+            let (_, tail) = std::mem::take(&mut rest).split_at_mut((a - rest_at) as usize);
+            let (piece, tail) = tail.split_at_mut((b - a) as usize);
+            rest = tail;
+            rest_at = b;
+            batch
+                .push(src + (a - dst), piece)
+                .map_err(|e| (path.as_path(), e))?;
+        }
+        batch.flush().map_err(|e| (path.as_path(), e))?;
+    }
+    Ok(())
+}
+
+/// Destination slices that a stretch of contiguous source bytes fills,
+/// read together.
+struct ReadBatch<'f, 'b> {
+    file: &'f File,
+    /// Source offset of the first slice and of the byte after the last.
+    start: u64,
+    next: u64,
+    bufs: Vec<std::io::IoSliceMut<'b>>,
+}
+
+/// Slices per vectored read (Linux's `IOV_MAX`).
+const MAX_SLICES: usize = 1024;
+
+impl<'f, 'b> ReadBatch<'f, 'b> {
+    fn new(file: &'f File) -> Self {
+        ReadBatch {
+            file,
+            start: 0,
+            next: 0,
+            bufs: Vec::new(),
+        }
+    }
+
+    fn push(&mut self, src: u64, buf: &'b mut [u8]) -> std::io::Result<()> {
+        if !self.bufs.is_empty() && (src != self.next || self.bufs.len() == MAX_SLICES) {
+            self.flush()?;
+        }
+        if self.bufs.is_empty() {
+            self.start = src;
+            self.next = src;
+        }
+        self.next += buf.len() as u64;
+        self.bufs.push(std::io::IoSliceMut::new(buf));
+        Ok(())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        read_exact_vectored_at(self.file, &mut self.bufs, self.start)?;
+        self.bufs.clear();
+        Ok(())
+    }
+}
+
+/// Reads `bufs.len()` slices' worth of bytes at `offset`, in order, until
+/// every slice is full.
+fn read_exact_vectored_at(
+    file: &File,
+    mut bufs: &mut [std::io::IoSliceMut<'_>],
+    mut offset: u64,
+) -> std::io::Result<()> {
+    std::io::IoSliceMut::advance_slices(&mut bufs, 0);
+    while !bufs.is_empty() {
+        let n = read_vectored_at(file, bufs, offset)?;
+        if n == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "the file ends before the tensor data",
+            ));
+        }
+        offset += n as u64;
+        std::io::IoSliceMut::advance_slices(&mut bufs, n);
+    }
+    Ok(())
+}
+
+#[cfg(target_os = "linux")]
+fn read_vectored_at(
+    file: &File,
+    bufs: &mut [std::io::IoSliceMut<'_>],
+    offset: u64,
+) -> std::io::Result<usize> {
+    use std::os::fd::AsRawFd;
+    let count = bufs.len().min(MAX_SLICES) as libc::c_int;
+    let offset = libc::off_t::try_from(offset)
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidInput, "offset too large"))?;
+    loop {
+        // SAFETY: `IoSliceMut` is ABI-compatible with `iovec` on Unix (its
+        // documented guarantee); the slices are valid, exclusively borrowed
+        // buffers for the duration of the call, and `count` does not exceed
+        // their number.
+        let n = unsafe {
+            libc::preadv(
+                file.as_raw_fd(),
+                bufs.as_mut_ptr().cast::<libc::iovec>(),
+                count,
+                offset,
+            )
+        };
+        if n >= 0 {
+            return Ok(n as usize);
+        }
+        let e = std::io::Error::last_os_error();
+        if e.kind() != std::io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
+/// Without `preadv`: the first non-empty slice by itself.
+#[cfg(not(target_os = "linux"))]
+fn read_vectored_at(
+    file: &File,
+    bufs: &mut [std::io::IoSliceMut<'_>],
+    offset: u64,
+) -> std::io::Result<usize> {
+    use std::os::unix::fs::FileExt;
+    let Some(b) = bufs.iter_mut().find(|b| !b.is_empty()) else {
+        return Ok(0);
+    };
+    loop {
+        match file.read_at(&mut b[..], offset) {
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            r => return r,
+        }
+    }
+}
+
+/// The destination ranks this process produces: `--rank`, else the
+/// launcher's rank among its world (`RANK`/`WORLD_SIZE`,
+/// `SLURM_PROCID`/`SLURM_NTASKS`, `OMPI_COMM_WORLD_RANK`/`OMPI_COMM_WORLD_SIZE`)
+/// taking every world-size-th rank, else all.
+pub fn ranks_for_process(
+    explicit: Option<u64>,
+    ranks: u64,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Vec<u64> {
+    if let Some(r) = explicit {
+        return vec![r];
+    }
+    for (rank_var, size_var) in [
+        ("RANK", "WORLD_SIZE"),
+        ("SLURM_PROCID", "SLURM_NTASKS"),
+        ("OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE"),
+    ] {
+        if let Some(r) = env(rank_var).and_then(|v| v.trim().parse::<u64>().ok()) {
+            let world = env(size_var)
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .filter(|&w| w > 0)
+                .unwrap_or(ranks);
+            return (r..ranks).step_by(world as usize).collect();
+        }
+    }
+    (0..ranks).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::PieceRuns;
+    use proptest::prelude::*;
+
+    /// Source shape and offset, destination shape and offset, extent.
+    type BoxCopy = (Vec<u64>, Vec<u64>, Vec<u64>, Vec<u64>, Vec<u64>);
+
+    /// A box copy between two row-major arrays, the box inside both.
+    fn box_copy() -> impl Strategy<Value = BoxCopy> {
+        (0usize..=3)
+            .prop_flat_map(|n| {
+                proptest::collection::vec((1u64..=5, 1u64..=5, 0u64..=5, 0u64..=5, 0u64..=5), n)
+            })
+            .prop_map(|dims| {
+                let (mut ss, mut ds, mut so, mut dof, mut ext) =
+                    (vec![], vec![], vec![], vec![], vec![]);
+                for (s, d, a, b, e) in dims {
+                    // The extent fits both arrays; offsets within the rest.
+                    let e = e.min(s).min(d);
+                    ss.push(s);
+                    ds.push(d);
+                    so.push(a % (s - e + 1));
+                    dof.push(b % (d - e + 1));
+                    ext.push(e);
+                }
+                (ss, so, ds, dof, ext)
+            })
+    }
+
+    proptest! {
+        /// The runs, expanded element by element, are the box's elements
+        /// in row-major order at their source and destination bytes; the
+        /// bisection finds the first run ending after any byte.
+        #[test]
+        fn runs_are_the_box_in_order((ss, so, ds, dof, ext) in box_copy(), size in 1u64..=4, base in 0u64..100) {
+            let p = PieceRuns::new(0, base, size, &ss, &so, &ds, &dof, &ext);
+            let mut got = Vec::new();
+            for r in 0..p.count {
+                let (s, d) = p.at(r);
+                prop_assert_eq!(p.run % size, 0);
+                for k in 0..p.run / size {
+                    got.push((s + k * size, d + k * size));
+                }
+            }
+            let n = ext.len();
+            let flat = |shape: &[u64], idx: &[u64]| (0..n).fold(0u64, |acc, k| acc * shape[k] + idx[k]);
+            let mut want = Vec::new();
+            let total: u64 = ext.iter().product();
+            let mut idx = vec![0u64; n];
+            for _ in 0..total {
+                let si: Vec<u64> = (0..n).map(|k| so[k] + idx[k]).collect();
+                let di: Vec<u64> = (0..n).map(|k| dof[k] + idx[k]).collect();
+                want.push((base + flat(&ss, &si) * size, flat(&ds, &di) * size));
+                for k in (0..n).rev() {
+                    idx[k] += 1;
+                    if idx[k] < ext[k] {
+                        break;
+                    }
+                    idx[k] = 0;
+                }
+            }
+            prop_assert_eq!(got, want);
+            // Every run's first and last byte and the bytes around them.
+            let mut probes = vec![0u64];
+            for r in 0..p.count {
+                let d = p.at(r).1;
+                probes.extend([d.saturating_sub(1), d, d + p.run - 1, d + p.run]);
+            }
+            for probe in probes {
+                let r = p.first_after(probe);
+                prop_assert!(r == p.count || p.at(r).1 + p.run > probe, "{} {}", probe, r);
+                prop_assert!(r == 0 || p.at(r - 1).1 + p.run <= probe, "{} {}", probe, r);
+            }
+        }
+    }
+}

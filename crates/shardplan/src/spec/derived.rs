@@ -1,0 +1,133 @@
+//! What a spec gives derivation, and a derived strategy written back as a
+//! spec: the edge of [`crate::derive`], which itself knows no spec.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use crate::derive::DeriveRules;
+use crate::spec::Spec;
+use crate::spec::write::{SpecOut, StrategyOut, WriteError, write_spec};
+use crate::{DeviceMesh, Strategy};
+
+/// Why a derived strategy cannot be written as a spec.
+#[derive(Debug, thiserror::Error, miette::Diagnostic)]
+#[non_exhaustive]
+pub enum DerivedSpecError {
+    /// The derived spec could not be written.
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Write(#[from] WriteError),
+    /// The strategy name is taken.
+    #[error("the spec already has a strategy `{0}`")]
+    #[diagnostic(
+        code(shardplan::derive::name_taken),
+        help("pick another name for the derived strategy (--name)")
+    )]
+    NameTaken(String),
+}
+
+/// The rules a spec gives for deriving from strategy `from`: its `derive:`
+/// section, with the layer pattern and the pipeline axis of the strategy's
+/// `stages` section where the section does not name them.
+pub fn rules_for(spec: &Spec, from: &str) -> DeriveRules {
+    let mut rules = spec.derive.clone().unwrap_or_default();
+    if let Some(o) = spec.optimizer_shards.get(from) {
+        rules.optimizer_shards = o.clone();
+    }
+    if let Some(st) = spec.stages.get(from) {
+        if rules.layer.is_none() {
+            rules.layer = Some(st.layer.clone());
+        }
+        if rules.pp_axis.is_none() {
+            rules.pp_axis = Some(st.axis.clone());
+        }
+    }
+    rules
+}
+
+/// Name of the mesh `mesh` has in `spec`, if any.
+fn mesh_name<'a>(spec: &'a Spec, mesh: &Arc<DeviceMesh>) -> Option<&'a str> {
+    spec.meshes
+        .iter()
+        .find(|(_, m)| Arc::ptr_eq(m, mesh))
+        .or_else(|| spec.meshes.iter().find(|(_, m)| ***m == **mesh))
+        .map(|(n, _)| n.as_str())
+}
+
+/// A complete spec, as YAML: the meshes and strategies of `spec`, the
+/// mesh of `derived` (kept under its name when it is a mesh of the spec,
+/// else called `derived`, or `derived_2`, ... when that name is taken), the
+/// `derived` strategy, and, with `from`, `transfer: {from: <from>, to:
+/// <derived>}`. `comment` goes at the top. [`crate::spec::parse_spec`]
+/// reads it back with the same layouts.
+///
+/// # Errors
+///
+/// [`DerivedSpecError::NameTaken`] when the spec already has a strategy of the
+/// derived strategy's name; [`DerivedSpecError::Write`] for a tensor name or
+/// layout the spec format cannot express.
+pub fn derived_spec_yaml(
+    spec: &Spec,
+    from: Option<&str>,
+    derived: &Strategy,
+    comment: &str,
+) -> Result<String, DerivedSpecError> {
+    let name = derived.name();
+    if spec.strategies.contains_key(name) {
+        return Err(DerivedSpecError::NameTaken(name.to_string()));
+    }
+    let mut meshes: Vec<(String, Arc<DeviceMesh>)> = spec
+        .meshes
+        .iter()
+        .map(|(n, m)| (n.clone(), m.clone()))
+        .collect();
+    let target_name = match mesh_name(spec, derived.mesh()) {
+        Some(n) => n.to_string(),
+        None => {
+            let mut n = "derived".to_string();
+            let mut k = 2;
+            while spec.meshes.contains_key(&n) {
+                n = format!("derived_{k}");
+                k += 1;
+            }
+            meshes.push((n.clone(), derived.mesh().clone()));
+            n
+        }
+    };
+    // Every strategy of the spec, by the name of its mesh.
+    let mut names: BTreeMap<&str, String> = BTreeMap::new();
+    for (sname, s) in &spec.strategies {
+        let m = mesh_name(spec, s.mesh()).ok_or_else(|| {
+            DerivedSpecError::Write(WriteError {
+                strategy: sname.clone(),
+                tensor: String::new(),
+                reason: "its mesh is not a mesh of the spec".into(),
+            })
+        })?;
+        names.insert(sname, m.to_string());
+    }
+    let mut strategies: Vec<StrategyOut<'_>> = spec
+        .strategies
+        .iter()
+        .map(|(n, s)| StrategyOut {
+            name: n,
+            mesh: &names[n.as_str()],
+            strategy: s,
+        })
+        .collect();
+    strategies.push(StrategyOut {
+        name,
+        mesh: &target_name,
+        strategy: derived,
+    });
+    let out = SpecOut {
+        comment: comment.to_string(),
+        meshes: meshes
+            .iter()
+            .map(|(n, m)| (n.as_str(), m.clone()))
+            .collect(),
+        strategies,
+        transfer: from.map(|f| (f, name)),
+    };
+    Ok(write_spec(&out)?)
+}
