@@ -1,0 +1,286 @@
+//! The command line: clap types, one variant per subcommand.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+#[derive(Parser)]
+#[command(
+    name = "shardplan",
+    version,
+    about = "Plan, verify and explain how model weights move between parallel layouts"
+)]
+pub(crate) struct Cli {
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+#[derive(Subcommand)]
+pub(crate) enum Command {
+    /// Check spec files; report every problem in every file.
+    ///
+    /// Exit status: 0 when all files are valid (warnings allowed), 1 when
+    /// any is invalid, 2 on a usage error or an unreadable file.
+    Check {
+        /// Spec files (YAML).
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+        /// Treat warnings as errors.
+        #[arg(long)]
+        strict: bool,
+    },
+    /// Draw which ranks hold which block of one tensor.
+    Show {
+        /// Spec file.
+        spec: PathBuf,
+        /// Strategy name.
+        #[arg(long)]
+        strategy: String,
+        /// Tensor name.
+        #[arg(long)]
+        tensor: String,
+        /// Maximum width of the drawing, in columns.
+        #[arg(long, default_value_t = 100)]
+        width: usize,
+    },
+    /// Plan the transfer between two strategies of a spec.
+    Plan {
+        /// Spec file.
+        spec: PathBuf,
+        #[command(flatten)]
+        ends: Ends,
+        /// Plan only the tensors matching this glob.
+        #[arg(long)]
+        tensor: Option<String>,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+        /// Write the plan to this file (written atomically) instead of stdout.
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+        /// Pick replicas to minimise the files each destination rank reads,
+        /// instead of balancing the send volume.
+        #[arg(long)]
+        min_files: bool,
+        /// Tensors and ranks listed in the text report.
+        #[arg(long, default_value_t = 10)]
+        top: usize,
+    },
+    /// Check a JSON plan against a spec; exit 0 when valid, 1 when not.
+    Verify {
+        /// Spec file.
+        spec: PathBuf,
+        /// Plan file (JSON).
+        plan: PathBuf,
+    },
+    /// Plan, verify and execute a transfer on synthetic buffers in memory,
+    /// and check every destination element; exit 1 on any mismatch.
+    Simulate {
+        /// Spec file.
+        spec: PathBuf,
+        #[command(flatten)]
+        ends: Ends,
+        /// Simulate only the tensors matching this glob.
+        #[arg(long)]
+        tensor: Option<String>,
+        /// Pick replicas to minimise files read instead of balancing sends.
+        #[arg(long)]
+        min_files: bool,
+        /// Execute the destination buffers in parallel.
+        #[arg(long)]
+        parallel: bool,
+        /// Refuse to allocate more than this many MiB of buffers.
+        #[arg(long, default_value_t = 4096)]
+        max_memory_mib: u64,
+        /// Also run the spec's model (a Llama-like transformer; see
+        /// `shardplan::model`) on one device and under the destination
+        /// layout, from weights moved by the plan, and compare the logits.
+        #[arg(long)]
+        model: bool,
+    },
+    /// Reshard checkpoints file by file: N source ranks to M destination
+    /// ranks, each output written atomically and recorded in a manifest.
+    Reshard(ReshardArgs),
+    /// Turn MindSpore strategy files into a spec.
+    Import {
+        /// Strategy files (one, a merged one, or one per pipeline stage).
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// Output spec.
+        #[arg(short, long)]
+        output: PathBuf,
+        /// Name of the strategy (and its mesh) in the spec.
+        #[arg(long, default_value = "mindspore")]
+        name: String,
+        /// Take shapes and dtypes from this checkpoint directory (rank_<r>/
+        /// folders) instead of the files (protobuf files record none).
+        #[arg(long)]
+        shapes_from: Option<PathBuf>,
+        /// Dtype of the tensors when the shapes come from the files.
+        #[arg(long, default_value = "f32")]
+        dtype: String,
+    },
+    /// Write a strategy of a spec as a MindSpore strategy file.
+    Export {
+        /// Spec file (or a strategy file).
+        spec: PathBuf,
+        /// Strategy name.
+        #[arg(long)]
+        strategy: String,
+        /// Output form.
+        #[arg(long, value_enum)]
+        format: ExportFormat,
+        /// Output file; stdout when absent.
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+    },
+    /// Merge per-stage strategy files into one (MindSpore's
+    /// merge_pipeline_strategys).
+    MergeStages {
+        /// Directory holding one strategy file per stage.
+        dir: PathBuf,
+        /// Output file; `.json` writes JSON, anything else protobuf.
+        #[arg(short, long)]
+        output: PathBuf,
+    },
+    /// Explain in words why a tensor moves what it moves.
+    Explain {
+        /// Spec file.
+        spec: PathBuf,
+        #[command(flatten)]
+        ends: Ends,
+        /// Tensor name.
+        #[arg(long)]
+        tensor: String,
+    },
+    /// Derive an inference strategy from a training strategy and write a
+    /// spec holding both (and the spec's other strategies), with a transfer
+    /// from the training strategy to the derived one.
+    ///
+    /// The spec goes to stdout, or to --output; --explain prints one line
+    /// per tensor saying which rules decided its layout (to stdout with
+    /// --output, to stderr otherwise). Exit status: 0 on success, 1 when
+    /// the spec is invalid or the derivation is refused, 2 on a usage error.
+    Derive {
+        /// Spec file.
+        spec: PathBuf,
+        /// Training strategy; defaults to the source of the spec's transfer,
+        /// or to the spec's only strategy.
+        #[arg(long)]
+        from: Option<String>,
+        /// Derive for this mesh of the spec (axis roles from the names or
+        /// the spec's `derive:` section).
+        #[arg(long, conflicts_with_all = ["devices", "tp", "pp", "operators"], required_unless_present_any = ["devices", "operators"])]
+        target: Option<String>,
+        /// Derive for this many devices, on the mesh [pp, dp, tp] without
+        /// its axes of size 1; with --operators, the devices of the stage
+        /// (default: the `operators:` section's).
+        #[arg(long)]
+        devices: Option<u64>,
+        /// Tensor-parallel degree; defaults to devices / pp.
+        #[arg(long, requires = "devices")]
+        tp: Option<u64>,
+        /// Pipeline stages.
+        #[arg(long, requires = "devices", default_value_t = 1)]
+        pp: u64,
+        /// Name of the derived strategy.
+        #[arg(long, default_value = "derived")]
+        name: String,
+        /// Write the spec to this file (atomically) instead of stdout.
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+        /// Print the reason for every tensor's layout (with --operators:
+        /// every operator's device matrix and tensor maps, each weight's
+        /// source, and the redistributions).
+        #[arg(long)]
+        explain: bool,
+        /// Derive from the spec's `operators:` section (MindSpore operator
+        /// shard strategies) instead of a training strategy.
+        #[arg(long, conflicts_with_all = ["tp", "pp"])]
+        operators: bool,
+        /// With --operators: the batch (default: the section's).
+        #[arg(long, requires = "operators")]
+        batch: Option<u64>,
+    },
+}
+
+/// Which strategies to plan between; defaults to the spec's `transfer`.
+#[derive(clap::Args)]
+pub(crate) struct Ends {
+    /// Source strategy.
+    #[arg(long)]
+    pub(crate) from: Option<String>,
+    /// Destination strategy.
+    #[arg(long)]
+    pub(crate) to: Option<String>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum ExportFormat {
+    MindsporeJson,
+    MindsporePb,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum CkptFormat {
+    Ckpt,
+    Safetensors,
+}
+
+#[derive(clap::Args)]
+pub(crate) struct ReshardArgs {
+    /// Source directory of rank_<r>/ folders.
+    #[arg(long)]
+    pub(crate) src: PathBuf,
+    /// Source strategy: MindSpore strategy file(s) (repeat for per-stage
+    /// files), or a spec (its transfer's `from`, or SPEC#strategy). Absent:
+    /// one device holding whole tensors.
+    #[arg(long)]
+    pub(crate) src_strategy: Vec<PathBuf>,
+    /// Destination strategy, likewise (a spec's transfer `to`). Absent: one
+    /// device.
+    #[arg(long)]
+    pub(crate) dst_strategy: Vec<PathBuf>,
+    /// Output directory.
+    #[arg(long)]
+    pub(crate) out: PathBuf,
+    /// Output format; the source's when absent.
+    #[arg(long, value_enum)]
+    pub(crate) format: Option<CkptFormat>,
+    /// Produce only this destination rank (else RANK, SLURM_PROCID or
+    /// OMPI_COMM_WORLD_RANK when set, else all).
+    #[arg(long)]
+    pub(crate) rank: Option<u64>,
+    /// Balance sends over replicas instead of reading the fewest files.
+    #[arg(long)]
+    pub(crate) balance: bool,
+    /// Allow device counts that do not divide each other (MindSpore refuses).
+    #[arg(long)]
+    pub(crate) any_device_count: bool,
+    /// Write through the page cache instead of with direct IO (which
+    /// keeps the sources cached while a large output is written; used
+    /// only where the file system supports it).
+    #[arg(long)]
+    pub(crate) no_direct_io: bool,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum Format {
+    Text,
+    Json,
+}
+
+pub(crate) struct DeriveArgs {
+    pub(crate) from: Option<String>,
+    pub(crate) target: Option<String>,
+    pub(crate) devices: Option<u64>,
+    pub(crate) tp: Option<u64>,
+    pub(crate) pp: u64,
+    pub(crate) name: String,
+    pub(crate) output: Option<PathBuf>,
+    pub(crate) explain: bool,
+    pub(crate) batch: Option<u64>,
+}

@@ -1,0 +1,233 @@
+//! `shardplan derive`: inference layouts from a training strategy or from operators.
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use miette::{IntoDiagnostic, WrapErr};
+use shardplan::spec::parse_spec;
+use shardplan::{Strategy, formats};
+
+use crate::args::*;
+use crate::common::*;
+
+pub(crate) fn derive(path: &Path, args: &DeriveArgs) -> miette::Result<ExitCode> {
+    use shardplan::derive::{DeriveTarget, derive_strategy};
+    use shardplan::spec::{derived_spec_yaml, rules_for};
+    let spec = match load_spec(path)? {
+        Ok(s) => s,
+        Err(code) => return Ok(code),
+    };
+    // The training strategy: named, the transfer's source, or the only one.
+    let only = (spec.strategies.len() == 1)
+        .then(|| spec.strategies.keys().next().cloned())
+        .flatten();
+    let Some(from) = args
+        .from
+        .clone()
+        .or_else(|| spec.transfer.as_ref().map(|t| t.from.clone()))
+        .or(only)
+    else {
+        return Err(miette::miette!(
+            help = "pass --from STRATEGY, or add `transfer: {from: A, to: B}` to the spec",
+            "{} has several strategies and no transfer to take the training strategy from",
+            path.display()
+        ));
+    };
+    let train = spec.strategy(&from).ok_or_else(|| {
+        let names: Vec<&String> = spec.strategies.keys().collect();
+        miette::miette!(
+            help = format!("strategies in the spec: {names:?}"),
+            "no strategy `{from}` in {}",
+            path.display()
+        )
+    })?;
+    let rules = rules_for(&spec, &from);
+    let target = match (&args.target, args.devices) {
+        (Some(m), _) => {
+            let mesh = spec.meshes.get(m).ok_or_else(|| {
+                let names: Vec<&String> = spec.meshes.keys().collect();
+                miette::miette!(
+                    help = format!("meshes in the spec: {names:?}"),
+                    "no mesh `{m}` in {}",
+                    path.display()
+                )
+            })?;
+            DeriveTarget::from_mesh(mesh.clone(), &rules)
+        }
+        (None, Some(devices)) => {
+            let tp = args.tp.unwrap_or(devices.checked_div(args.pp).unwrap_or(0));
+            DeriveTarget::from_degrees(devices, tp, args.pp)
+        }
+        (None, None) => {
+            return Err(miette::miette!(
+                help = "pass --target MESH or --devices N [--tp T] [--pp P]",
+                "no target"
+            ));
+        }
+    };
+    let derived = target
+        .and_then(|t| derive_strategy(train, &t, &rules))
+        .and_then(|d| d.renamed(&args.name));
+    let derived = match derived {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("{:?}", miette::Report::new(e));
+            return Ok(ExitCode::from(1));
+        }
+    };
+    let comment = format!(
+        "Written by `shardplan derive` from strategy `{from}` of {}:\nstrategy `{}` on {}.",
+        path.display(),
+        args.name,
+        derived.target
+    );
+    let yaml = match derived_spec_yaml(&spec, Some(&from), &derived.strategy, &comment) {
+        Ok(y) => y,
+        Err(e) => {
+            eprintln!("{:?}", miette::Report::new(e));
+            return Ok(ExitCode::from(1));
+        }
+    };
+    let explanation = args.explain.then(|| derived.explain(&from));
+    let summary = format!(
+        "strategy `{}` ({} tensors) on {}, transfer {from} -> {}",
+        args.name,
+        derived.strategy.tensors().len(),
+        derived.target,
+        args.name
+    );
+    write_derived(&yaml, &derived.strategy, args, &summary, explanation)
+}
+
+/// Checks that the derived spec reads back to the derived layouts, then
+/// writes it (to --output or stdout) and the explanation.
+pub(crate) fn write_derived(
+    yaml: &str,
+    derived: &Strategy,
+    args: &DeriveArgs,
+    summary: &str,
+    explanation: Option<String>,
+) -> miette::Result<ExitCode> {
+    let (back, diags) = parse_spec("derived spec", yaml);
+    let same = back
+        .as_ref()
+        .and_then(|b| b.strategy(derived.name()))
+        .is_some_and(|s| {
+            s.layouts()
+                .iter()
+                .zip(derived.layouts())
+                .all(|(a, b)| a.same_placement(b))
+        });
+    if !same {
+        return Err(miette::miette!(
+            "internal error, the derived spec does not read back: {}",
+            diags
+                .iter()
+                .map(|d| d.one_line())
+                .collect::<Vec<_>>()
+                .join("; ")
+        ));
+    }
+    match &args.output {
+        Some(out) => {
+            formats::write_atomic(out, yaml.as_bytes())
+                .into_diagnostic()
+                .wrap_err_with(|| format!("cannot write {}", out.display()))?;
+            eprintln!("wrote {}: {summary}", out.display());
+            if let Some(x) = explanation {
+                emit(&x);
+            }
+        }
+        None => {
+            emit(yaml);
+            if let Some(x) = explanation {
+                eprint!("{x}");
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `derive --operators`: weights laid out by the spec's operators.
+pub(crate) fn derive_operators(path: &Path, args: &DeriveArgs) -> miette::Result<ExitCode> {
+    use shardplan::derive::ops::derive_from_operators;
+    use shardplan::spec::derived_spec_yaml;
+    let spec = match load_spec(path)? {
+        Ok(s) => s,
+        Err(code) => return Ok(code),
+    };
+    let Some(mut graph) = spec.operators.clone() else {
+        return Err(miette::miette!(
+            help = "add an `operators:` section (docs/derive.md), or derive from a strategy with --target or --devices",
+            "{} has no `operators:` section",
+            path.display()
+        ));
+    };
+    if let Some(d) = args.devices {
+        graph.devices = d;
+    }
+    if let Some(b) = args.batch {
+        graph.batch = b;
+    }
+    // The transfer source, when there is one.
+    let only = (spec.strategies.len() == 1)
+        .then(|| spec.strategies.keys().next().cloned())
+        .flatten();
+    let from = args
+        .from
+        .clone()
+        .or_else(|| spec.transfer.as_ref().map(|t| t.from.clone()))
+        .or(only);
+    if let Some(f) = &from
+        && spec.strategy(f).is_none()
+    {
+        let names: Vec<&String> = spec.strategies.keys().collect();
+        return Err(miette::miette!(
+            help = format!("strategies in the spec: {names:?}"),
+            "no strategy `{f}` in {}",
+            path.display()
+        ));
+    }
+    let derived = derive_from_operators(&graph, &spec.tensors).and_then(|d| d.renamed(&args.name));
+    let derived = match derived {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("{:?}", miette::Report::new(e));
+            return Ok(ExitCode::from(1));
+        }
+    };
+    let devices = if graph.stages > 1 {
+        format!("{} stages of {} devices", graph.stages, graph.devices)
+    } else {
+        format!("{} devices", graph.devices)
+    };
+    let comment = format!(
+        "Written by `shardplan derive --operators` from {}:\nstrategy `{}` laid out by {} operators on {devices}, batch {}.",
+        path.display(),
+        args.name,
+        graph.ops.len(),
+        graph.batch
+    );
+    let yaml = match derived_spec_yaml(&spec, from.as_deref(), &derived.strategy, &comment) {
+        Ok(y) => y,
+        Err(e) => {
+            eprintln!("{:?}", miette::Report::new(e));
+            return Ok(ExitCode::from(1));
+        }
+    };
+    let laid_out = derived.weights.iter().flatten().count();
+    let summary = format!(
+        "strategy `{}`: {laid_out} of {} tensors laid out by {} operators on {devices}; {} redistribution(s) of activations, {} B; {} weight conflict(s)",
+        args.name,
+        derived.strategy.tensors().len(),
+        graph.ops.len(),
+        derived.redistributions.len(),
+        derived.redistribution_bytes(),
+        derived.conflicts.len()
+    );
+    let explanation = args.explain.then(|| derived.report(&graph));
+    if args.output.is_none() && !args.explain {
+        eprintln!("{summary}");
+    }
+    write_derived(&yaml, &derived.strategy, args, &summary, explanation)
+}

@@ -1,0 +1,139 @@
+//! `shardplan plan`, `verify` and `explain`.
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use miette::{IntoDiagnostic, WrapErr};
+use shardplan::spec::select_tensors;
+use shardplan::{PlanConfig, ReplicaChoice, formats, plan_transfer, report, verify_plan};
+
+use crate::args::*;
+use crate::common::*;
+
+pub(crate) fn plan(
+    path: &Path,
+    ends: &Ends,
+    tensor: Option<&str>,
+    format: Format,
+    output: Option<&Path>,
+    min_files: bool,
+    top: usize,
+) -> miette::Result<ExitCode> {
+    let spec = match load_spec(path)? {
+        Ok(s) => s,
+        Err(code) => return Ok(code),
+    };
+    let (src, dst) = strategy_pair(&spec, ends, path)?;
+    let (src, dst) = (&src, &dst);
+    let tensors = match tensor {
+        None => None,
+        Some(pattern) => {
+            let names = select_tensors(&spec, pattern)
+                .map_err(|e| miette::miette!("--tensor {pattern:?}: {e}"))?;
+            if names.is_empty() {
+                return Err(miette::miette!(
+                    help = "globs use * and ?; names are matched whole",
+                    "--tensor {pattern:?} matches no tensor of {}",
+                    path.display()
+                ));
+            }
+            Some(names)
+        }
+    };
+    let config = PlanConfig {
+        replica_choice: if min_files {
+            ReplicaChoice::MinFiles
+        } else {
+            ReplicaChoice::Balance
+        },
+        tensors,
+    };
+    let plan = plan_transfer(src, dst, &config)?;
+    // Every plan the tool emits has passed the independent verifier.
+    verify_plan(&plan, src, dst)
+        .map_err(|d| miette::miette!("internal error, the planner made an invalid plan: {d}"))?;
+    let text = match format {
+        Format::Text => report::plan_report(&plan, top),
+        Format::Json => formats::plan_json::to_json(&plan) + "\n",
+    };
+    match output {
+        Some(out) => {
+            formats::write_atomic(out, text.as_bytes())
+                .into_diagnostic()
+                .wrap_err_with(|| format!("cannot write {}", out.display()))?;
+            let s = plan.summary();
+            eprintln!(
+                "wrote {} ({} pieces, {} network bytes)",
+                out.display(),
+                s.pieces,
+                s.total_bytes
+            );
+        }
+        None => emit(&text),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(crate) fn verify(spec_path: &Path, plan_path: &Path) -> miette::Result<ExitCode> {
+    let spec = match load_spec(spec_path)? {
+        Ok(s) => s,
+        Err(code) => return Ok(code),
+    };
+    let text = read(plan_path)?;
+    let plan = match formats::plan_json::from_json(&plan_path.display().to_string(), &text) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("{:?}", miette::Report::new(e));
+            return Ok(ExitCode::from(1));
+        }
+    };
+    let ends = Ends {
+        from: Some(plan.source.clone()),
+        to: Some(plan.destination.clone()),
+    };
+    let (src, dst) = strategy_pair(&spec, &ends, spec_path)?;
+    let (src, dst) = (&src, &dst);
+    match verify_plan(&plan, src, dst) {
+        Ok(v) => {
+            println!(
+                "{}: valid: {} pieces, {} network bytes (= lower bound), {} local bytes",
+                plan_path.display(),
+                v.pieces,
+                v.network_bytes,
+                v.local_bytes
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(defect) => {
+            eprintln!(
+                "{:?}",
+                miette::Report::new(defect)
+                    .wrap_err(format!("{} is not a valid plan", plan_path.display()))
+            );
+            Ok(ExitCode::from(1))
+        }
+    }
+}
+
+pub(crate) fn explain(path: &Path, ends: &Ends, tensor: &str) -> miette::Result<ExitCode> {
+    let spec = match load_spec(path)? {
+        Ok(s) => s,
+        Err(code) => return Ok(code),
+    };
+    let (src, dst) = strategy_pair(&spec, ends, path)?;
+    let (src, dst) = (&src, &dst);
+    if src.tensor(tensor).is_none() {
+        return Err(miette::miette!(
+            help = "names are matched exactly, as listed under `tensors:` in the spec",
+            "no tensor `{tensor}` in {}",
+            path.display()
+        ));
+    }
+    let config = PlanConfig {
+        replica_choice: ReplicaChoice::Balance,
+        tensors: Some(vec![tensor.to_string()]),
+    };
+    let plan = plan_transfer(src, dst, &config)?;
+    emit(&report::explain_tensor(src, dst, &plan.tensors[0]));
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,175 @@
+//! What several subcommands share: reading and rendering specs, naming strategies, printing.
+
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use miette::{GraphicalReportHandler, GraphicalTheme, IntoDiagnostic, WrapErr};
+use shardplan::spec::{Spec, SpecDiagnostic, parse_spec};
+use shardplan::{Strategy, formats};
+
+use crate::args::*;
+
+pub(crate) fn read(path: &Path) -> miette::Result<String> {
+    std::fs::read_to_string(path)
+        .into_diagnostic()
+        .wrap_err_with(|| format!("cannot read {}", path.display()))
+}
+
+pub(crate) fn render(diags: &[SpecDiagnostic]) -> String {
+    let theme = if std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none() {
+        GraphicalTheme::unicode()
+    } else {
+        GraphicalTheme::unicode_nocolor()
+    };
+    let handler = GraphicalReportHandler::new_themed(theme).with_width(100);
+    let mut out = String::new();
+    for d in diags {
+        // Rendering into a String cannot fail.
+        let _ = handler.render_report(&mut out, d);
+        out.push('\n');
+    }
+    out
+}
+
+/// Reads and checks a spec; invalid specs print their diagnostics.
+pub(crate) fn load_spec(path: &Path) -> miette::Result<Result<Spec, ExitCode>> {
+    let text = if is_strategy_file(path) {
+        // A MindSpore strategy file where a spec is expected: imported with
+        // the shapes it records.
+        let name = path
+            .file_stem()
+            .map_or("imported".into(), |s| s.to_string_lossy().into_owned());
+        formats::import::import_spec(
+            &[path],
+            formats::import::ShapeSource::Recorded(shardplan::DType::F32),
+            &name,
+        )?
+    } else {
+        read(path)?
+    };
+    let (spec, diags) = parse_spec(&path.display().to_string(), &text);
+    match spec {
+        Some(s) => {
+            // Warnings do not stop the job, but are shown.
+            if !diags.is_empty() {
+                eprint!("{}", render(&diags));
+            }
+            Ok(Ok(s))
+        }
+        None => {
+            eprint!("{}", render(&diags));
+            Ok(Err(ExitCode::from(1)))
+        }
+    }
+}
+
+pub(crate) fn strategy_pair(
+    spec: &Spec,
+    ends: &Ends,
+    path: &Path,
+) -> miette::Result<(Strategy, Strategy)> {
+    let from = ends
+        .from
+        .clone()
+        .or_else(|| spec.transfer.as_ref().map(|t| t.from.clone()));
+    let to = ends
+        .to
+        .clone()
+        .or_else(|| spec.transfer.as_ref().map(|t| t.to.clone()));
+    let (Some(from), Some(to)) = (from, to) else {
+        return Err(miette::miette!(
+            help = "add `transfer: {from: A, to: B}` to the spec, or pass --from A --to B",
+            "{} names no transfer",
+            path.display()
+        ));
+    };
+    Ok((
+        named_strategy(spec, &from, path)?,
+        named_strategy(spec, &to, path)?,
+    ))
+}
+
+/// A strategy of the spec, or a MindSpore strategy file laying out the
+/// spec's tensors: wherever a strategy name is expected, a file works too.
+pub(crate) fn named_strategy(spec: &Spec, name: &str, path: &Path) -> miette::Result<Strategy> {
+    if let Some(s) = spec.strategy(name) {
+        return Ok(s.clone());
+    }
+    let file = Path::new(name);
+    if file.is_file() {
+        let f = shardplan::formats::mindspore_strategy::read_strategy_files(&[file])?;
+        return f.to_strategy(name, &spec.tensors).map_err(|m| {
+            miette::miette!(
+                help = "the file must lay out the spec's tensors",
+                "{name}: {m}"
+            )
+        });
+    }
+    let names: Vec<&String> = spec.strategies.keys().collect();
+    Err(miette::miette!(
+        help =
+            format!("strategies in the spec: {names:?}; a MindSpore strategy file path works too"),
+        "no strategy `{name}` in {}",
+        path.display()
+    ))
+}
+
+/// Writes to stdout; a closed pipe (`| head`) ends the output quietly
+/// instead of panicking.
+pub(crate) fn emit(text: &str) {
+    let _ = std::io::stdout().lock().write_all(text.as_bytes());
+}
+
+/// A MindSpore strategy file rather than a YAML spec: anything but `.yaml`
+/// / `.yml` whose content is JSON with `parallel_layout_item` or binary.
+pub(crate) fn is_strategy_file(path: &Path) -> bool {
+    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
+    if matches!(ext, "yaml" | "yml") {
+        return false;
+    }
+    std::fs::read(path).is_ok_and(|b| {
+        let text = String::from_utf8_lossy(&b[..b.len().min(4096)]);
+        text.contains("parallel_layout_item") || ext == "ckpt" || ext == "pb"
+    })
+}
+
+/// A side's layouts for `reshard`: strategy files, or a spec (optionally
+/// `SPEC#strategy`; else its transfer's end), or one device.
+pub(crate) fn layout_source(
+    args: &[PathBuf],
+    end: fn(&shardplan::spec::Transfer) -> &str,
+) -> miette::Result<shardplan::reshard::LayoutSource> {
+    use shardplan::reshard::LayoutSource;
+    let Some(first) = args.first() else {
+        return Ok(LayoutSource::SingleDevice);
+    };
+    let text = first.to_string_lossy();
+    let (path, name) = match text.split_once('#') {
+        Some((p, n)) => (PathBuf::from(p), Some(n.to_string())),
+        None => (first.clone(), None),
+    };
+    let is_spec = matches!(
+        path.extension().and_then(|e| e.to_str()),
+        Some("yaml" | "yml")
+    );
+    if !is_spec {
+        return Ok(LayoutSource::MindSpore(args.to_vec()));
+    }
+    let spec = match load_spec(&path)? {
+        Ok(s) => s,
+        Err(_) => return Err(miette::miette!("{} is not a valid spec", path.display())),
+    };
+    let name = name
+        .or_else(|| spec.transfer.as_ref().map(|t| end(t).to_string()))
+        .ok_or_else(|| {
+            miette::miette!(
+                help = "write SPEC#strategy",
+                "{} names no transfer",
+                path.display()
+            )
+        })?;
+    Ok(LayoutSource::Strategy(Box::new(named_strategy(
+        &spec, &name, &path,
+    )?)))
+}

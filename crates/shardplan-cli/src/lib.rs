@@ -1,0 +1,147 @@
+//! The `shardplan` command-line tool, as a library: [`run`] parses the
+//! arguments and dispatches to one module per subcommand; the binary is
+//! `fn main() { run(std::env::args_os()) }`. Everything it computes comes
+//! from the `shardplan` crate; this crate parses arguments and renders.
+//!
+//! ```
+//! use std::process::ExitCode;
+//!
+//! // Usage errors exit 2, like the binary.
+//! assert_eq!(shardplan_cli::run(["shardplan", "no-such-command"]), ExitCode::from(2));
+//! ```
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+mod args;
+mod cmd;
+mod common;
+
+use args::*;
+use cmd::check::check;
+use cmd::derive::{derive, derive_operators};
+use cmd::plan::{explain, plan, verify};
+use cmd::reshard::reshard;
+use cmd::show::show;
+use cmd::simulate::simulate;
+use cmd::strategy_files::{export, import, merge_stages};
+
+/// Runs the command line `args` (the first item is the program name) and
+/// returns the exit status: 0 success, 1 an invalid input or a failed
+/// check, 2 a usage error or an unreadable file.
+pub fn run<I, T>(args: I) -> ExitCode
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    let cli = match Cli::try_parse_from(args) {
+        Ok(cli) => cli,
+        // Help and version exit 0, usage errors 2, as clap prints them.
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
+        }
+    };
+    let result = match cli.command {
+        Command::Check {
+            files,
+            format,
+            strict,
+        } => check(&files, format, strict),
+        Command::Show {
+            spec,
+            strategy,
+            tensor,
+            width,
+        } => show(&spec, &strategy, &tensor, width),
+        Command::Plan {
+            spec,
+            ends,
+            tensor,
+            format,
+            output,
+            min_files,
+            top,
+        } => plan(
+            &spec,
+            &ends,
+            tensor.as_deref(),
+            format,
+            output.as_deref(),
+            min_files,
+            top,
+        ),
+        Command::Verify { spec, plan } => verify(&spec, &plan),
+        Command::Simulate {
+            spec,
+            ends,
+            tensor,
+            min_files,
+            parallel,
+            max_memory_mib,
+            model,
+        } => simulate(
+            &spec,
+            &ends,
+            tensor.as_deref(),
+            min_files,
+            parallel,
+            max_memory_mib,
+            model,
+        ),
+        Command::Explain { spec, ends, tensor } => explain(&spec, &ends, &tensor),
+        Command::Reshard(args) => reshard(&args),
+        Command::Import {
+            files,
+            output,
+            name,
+            shapes_from,
+            dtype,
+        } => import(&files, &output, &name, shapes_from.as_deref(), &dtype),
+        Command::Export {
+            spec,
+            strategy,
+            format,
+            output,
+        } => export(&spec, &strategy, format, output.as_deref()),
+        Command::MergeStages { dir, output } => merge_stages(&dir, &output),
+        Command::Derive {
+            spec,
+            from,
+            target,
+            devices,
+            tp,
+            pp,
+            name,
+            output,
+            explain,
+            operators,
+            batch,
+        } => {
+            let args = DeriveArgs {
+                from,
+                target,
+                devices,
+                tp,
+                pp,
+                name,
+                output,
+                explain,
+                batch,
+            };
+            if operators {
+                derive_operators(&spec, &args)
+            } else {
+                derive(&spec, &args)
+            }
+        }
+    };
+    match result {
+        Ok(code) => code,
+        Err(report) => {
+            eprintln!("{report:?}");
+            ExitCode::from(2)
+        }
+    }
+}
