@@ -76,8 +76,8 @@ fuzz_target!(|input: Input| {
     let dst = Strategy::new("dst", dm, vec![t], vec![dl]).unwrap();
     let choice = if input.min_files { ReplicaChoice::MinFiles } else { ReplicaChoice::Balance };
     let plan = plan_transfer(&src, &dst, &PlanConfig { replica_choice: choice, tensors: None }).expect("plans");
-    let v = verify_plan(&plan, &src, &dst).unwrap_or_else(|d| panic!("invalid plan: {d}"));
-    assert_eq!(v.network_bytes, plan.lower_bound_bytes);
+    let plan = verify_plan(plan, &src, &dst).unwrap_or_else(|d| panic!("invalid plan: {d}"));
+    assert_eq!(plan.stats().network_bytes, plan.lower_bound_bytes);
     let s = plan.summary();
     assert!(s.max_send_bytes >= s.max_send_lower_bound_bytes);
     let from = ShardStore::synthetic(&src);

@@ -45,8 +45,8 @@ use divan::Bencher;
 use divan::counter::BytesCount;
 use shardplan_core::{
     DType, DeviceMesh, DimSplit, ExecConfig, LayoutConfig, PlanConfig, ReplicaChoice, ShardStore,
-    SlicePlan, Strategy, TensorInfo, TensorLayout, execute_plan, execute_plan_with, plan_transfer,
-    verify_plan,
+    Strategy, TensorInfo, TensorLayout, VerifiedPlan, execute_plan, execute_plan_with,
+    plan_transfer, verify_plan,
 };
 
 /// Rows and columns of the tensor.
@@ -113,7 +113,7 @@ static SOURCE: LazyLock<Source> = LazyLock::new(|| {
 
 struct Case {
     dst: Strategy,
-    plan: SlicePlan,
+    plan: VerifiedPlan,
 }
 
 static PLANS: LazyLock<Vec<Case>> = LazyLock::new(|| {
@@ -126,7 +126,7 @@ static PLANS: LazyLock<Vec<Case>> = LazyLock::new(|| {
         .map(|&name| {
             let dst = destination(name);
             let plan = plan_transfer(&SOURCE.strategy, &dst, &config).expect("plannable");
-            verify_plan(&plan, &SOURCE.strategy, &dst).expect("the plan verifies");
+            let plan = verify_plan(plan, &SOURCE.strategy, &dst).expect("the plan verifies");
             Case { dst, plan }
         })
         .collect()

@@ -11,7 +11,7 @@
 //!   tensor parallel, optimizer shard over dp, 10 layers per stage) to
 //!   `tp8`, `tp4`, `pp2_tp4` and `single` (one device);
 //! - `ranks1024`: `[pp=16, dp=8, tp=8]` (1024 ranks) to `[pp=16, tp=8]`;
-//! - `verify`: `verify_plan` alone on a plan of 16,384 pieces (and on the
+//! - `verify`: `check_plan` alone on a plan of 16,384 pieces (and on the
 //!   whole 1024-rank plan, 46,272 pieces);
 //! - `baseline_plan`: a pairwise overlap scan in the manner of
 //!   torch.distributed.checkpoint's default load planner, on the same cases.
@@ -26,7 +26,7 @@ use std::sync::{Arc, LazyLock};
 use divan::Bencher;
 use shardplan_core::{
     DType, DeviceMesh, DimSplit, LayoutConfig, PlanConfig, Region, ReplicaChoice, SlicePlan,
-    Strategy, TensorInfo, TensorLayout, plan_transfer, verify_plan,
+    Strategy, TensorInfo, TensorLayout, check_plan, plan_transfer,
 };
 
 // ---------------------------------------------------------------------------
@@ -449,7 +449,7 @@ fn print_summary() {
     for (name, case) in rows {
         let plan = case.plan();
         let s = plan.summary();
-        let v = verify_plan(&plan, &case.src, &case.dst).expect("the plan verifies");
+        let v = check_plan(&plan, &case.src, &case.dst).expect("the plan verifies");
         assert_eq!(v.pieces, s.pieces);
         let base = baseline_plan(&case.src, &case.dst, case.tensors.as_deref());
         let mut base_net = 0u64;
@@ -528,7 +528,7 @@ mod ranks1024 {
     }
 }
 
-/// `verify_plan` alone, on plans built outside the timed closure.
+/// `check_plan` alone, on plans built outside the timed closure.
 #[divan::bench_group(sample_count = 50, sample_size = 1)]
 mod verify {
     use super::*;
@@ -538,7 +538,7 @@ mod verify {
     fn pieces_16k(bencher: Bencher) {
         let case = &cases().verify;
         let plan = case.plan();
-        bencher.bench(|| verify_plan(&plan, &case.src, &case.dst).expect("the plan verifies"));
+        bencher.bench(|| check_plan(&plan, &case.src, &case.dst).expect("the plan verifies"));
     }
 
     /// The whole 1024-to-128 plan (46,272 pieces), to show how it scales.
@@ -546,6 +546,6 @@ mod verify {
     fn ranks1024(bencher: Bencher) {
         let case = &cases().ranks1024;
         let plan = case.plan();
-        bencher.bench(|| verify_plan(&plan, &case.src, &case.dst).expect("the plan verifies"));
+        bencher.bench(|| check_plan(&plan, &case.src, &case.dst).expect("the plan verifies"));
     }
 }

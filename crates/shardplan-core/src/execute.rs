@@ -7,8 +7,9 @@
 
 use crate::dtype::DType;
 use crate::geometry::Region;
-use crate::plan::{Piece, SlicePlan};
+use crate::plan::Piece;
 use crate::strategy::Strategy;
+use crate::verify::VerifiedPlan;
 
 /// Buffers of every rank for every tensor of a strategy.
 ///
@@ -142,11 +143,11 @@ impl ShardStore {
     }
 
     /// Mutable access, e.g. to load real data.
-    pub fn buffer_mut(&mut self, tensor: usize, rank: u64) -> Option<&mut Vec<u8>> {
+    pub fn buffer_mut(&mut self, tensor: usize, rank: u64) -> Option<&mut [u8]> {
         self.buffers
             .get_mut(tensor)?
             .get_mut(rank as usize)?
-            .as_mut()
+            .as_deref_mut()
     }
 
     /// The box rank `rank` holds of tensor number `tensor`.
@@ -312,7 +313,7 @@ pub struct ExecConfig {
 ///
 /// As [`execute_plan_with`].
 pub fn execute_plan(
-    plan: &SlicePlan,
+    plan: &VerifiedPlan,
     src: &ShardStore,
     dst: &mut ShardStore,
 ) -> Result<ExecStats, ExecError> {
@@ -330,7 +331,7 @@ pub fn execute_plan(
 /// [`ExecError::Mismatch`] when a piece names a tensor or rank the stores do
 /// not hold, or a box outside a buffer (a plan that does not verify).
 pub fn execute_plan_with(
-    plan: &SlicePlan,
+    plan: &VerifiedPlan,
     src: &ShardStore,
     dst: &mut ShardStore,
     config: &ExecConfig,

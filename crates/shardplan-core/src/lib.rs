@@ -29,7 +29,7 @@
 //!
 //! let config = PlanConfig { replica_choice: ReplicaChoice::Balance, tensors: None };
 //! let plan = plan_transfer(&src, &dst, &config)?;
-//! verify_plan(&plan, &src, &dst)?;
+//! let plan = verify_plan(plan, &src, &dst)?;
 //! let summary = plan.summary();
 //! assert_eq!(summary.total_bytes, summary.lower_bound_bytes);
 //! for piece in &plan.tensors[0].pieces {
@@ -84,7 +84,7 @@ pub use mesh::{DeviceMesh, MAX_RANKS, MeshAxis};
 pub use plan::{Piece, PlanSummary, RankTraffic, ReplicaChoice, SlicePlan, TensorPlan};
 pub use planner::{MAX_PIECES, PlanConfig, PlanError, plan_transfer};
 pub use strategy::{Strategy, StrategyError, TensorInfo};
-pub use verify::{PlanDefect, Verified, verify_plan};
+pub use verify::{PlanDefect, Verified, VerifiedPlan, check_plan, verify_plan};
 pub mod derive;
 pub mod model;
 pub mod notation;

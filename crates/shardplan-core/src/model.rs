@@ -1728,7 +1728,7 @@ pub fn check_model(
             tensors: None,
         },
     )?;
-    verify_plan(&plan, src, dst)?;
+    let plan = verify_plan(plan, src, dst)?;
     let mut dst_store = ShardStore::zeroed(dst);
     execute_plan(&plan, &src_store, &mut dst_store)?;
     let logits_sharded = forward_sharded(&config, dst, &dst_store, tokens)?;

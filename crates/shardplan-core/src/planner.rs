@@ -128,7 +128,7 @@ struct Pending {
 /// // Rank 0 keeps rows 0..2 and receives rows 2..4 from rank 1; rank 1
 /// // needs rows 4..8, none of which its own device holds: 6 rows of 16 bytes.
 /// assert_eq!(plan.summary().total_bytes, 6 * 16);
-/// assert!(verify_plan(&plan, &src, &dst).is_ok());
+/// assert!(check_plan(&plan, &src, &dst).is_ok());
 /// ```
 pub fn plan_transfer(
     src: &Strategy,

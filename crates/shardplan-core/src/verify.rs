@@ -105,6 +105,79 @@ pub struct Verified {
     pub local_bytes: u64,
 }
 
+/// A plan that passed the verifier against the strategies it connects.
+///
+/// Only [`verify_plan`] makes one, so whatever takes a `VerifiedPlan` (the
+/// executor, the plan-JSON writer, the checkpoint writer) carries out a
+/// checked plan and nothing else; it reads as the [`SlicePlan`] it holds.
+///
+/// # Example
+///
+/// ```
+/// use std::sync::Arc;
+/// use shardplan_core::*;
+///
+/// let t = TensorInfo { name: "w".into(), shape: vec![8], dtype: DType::F32 };
+/// let m2 = Arc::new(DeviceMesh::new([("tp", 2)]).unwrap());
+/// let split = TensorLayout::new(m2.clone(), &t.shape, &LayoutConfig {
+///     dims: vec![DimSplit::over(["tp"])], ..Default::default() }).unwrap();
+/// let whole = TensorLayout::replicated(m2.clone(), &t.shape).unwrap();
+/// let src = Strategy::new("split", m2.clone(), vec![t.clone()], vec![split]).unwrap();
+/// let dst = Strategy::new("whole", m2.clone(), vec![t.clone()], vec![whole]).unwrap();
+/// let cfg = PlanConfig { replica_choice: ReplicaChoice::Balance, tensors: None };
+/// let mut plan = plan_transfer(&src, &dst, &cfg).unwrap();
+/// let verified = verify_plan(plan.clone(), &src, &dst).unwrap();
+/// assert_eq!(verified.stats().network_bytes, 2 * 4 * 4);
+/// // A plan with a piece dropped is not verified.
+/// plan.tensors[0].pieces.pop();
+/// assert!(verify_plan(plan, &src, &dst).is_err());
+/// ```
+#[derive(Debug, Clone)]
+pub struct VerifiedPlan {
+    plan: SlicePlan,
+    stats: Verified,
+}
+
+impl VerifiedPlan {
+    /// The plan.
+    pub fn plan(&self) -> &SlicePlan {
+        &self.plan
+    }
+
+    /// What the verifier recomputed.
+    pub fn stats(&self) -> &Verified {
+        &self.stats
+    }
+
+    /// The plan, no longer marked verified (to change it).
+    pub fn into_plan(self) -> SlicePlan {
+        self.plan
+    }
+}
+
+impl std::ops::Deref for VerifiedPlan {
+    type Target = SlicePlan;
+
+    fn deref(&self) -> &SlicePlan {
+        &self.plan
+    }
+}
+
+/// Verifies `plan` ([`check_plan`]) and marks it so.
+///
+/// # Errors
+///
+/// The first [`PlanDefect`] found, in tensor and rank order.
+#[allow(clippy::result_large_err)]
+pub fn verify_plan(
+    plan: SlicePlan,
+    src: &Strategy,
+    dst: &Strategy,
+) -> Result<VerifiedPlan, PlanDefect> {
+    let stats = check_plan(&plan, src, dst)?;
+    Ok(VerifiedPlan { plan, stats })
+}
+
 /// Checks `plan` against the strategies it claims to connect: every
 /// destination element written exactly once; every source box inside what
 /// its rank holds and carrying the same global elements; dtypes and shapes
@@ -117,7 +190,7 @@ pub struct Verified {
 /// The first [`PlanDefect`] found, in tensor and rank order.
 // A defect ends the check once; its size does not matter.
 #[allow(clippy::result_large_err)]
-pub fn verify_plan(
+pub fn check_plan(
     plan: &SlicePlan,
     src: &Strategy,
     dst: &Strategy,

@@ -78,7 +78,8 @@ fn main() -> Result<(), Error> {
     let plan = plan_transfer(&src, &dst, &config)?;
     // The verifier shares no code with the planner; a runtime that receives
     // plans from elsewhere should run it before moving any byte.
-    let checked = verify_plan(&plan, &src, &dst)?;
+    let plan = verify_plan(plan, &src, &dst)?;
+    let checked = plan.stats();
 
     // Group by destination rank: each rank executes only its own pieces,
     // in any order, since they never overlap.

@@ -25,7 +25,7 @@
 //!
 //! let config = PlanConfig { replica_choice: ReplicaChoice::Balance, tensors: None };
 //! let plan = plan_transfer(&src, &dst, &config)?;
-//! verify_plan(&plan, &src, &dst)?;
+//! let plan = verify_plan(plan, &src, &dst)?;
 //! let summary = plan.summary();
 //! assert_eq!(summary.total_bytes, summary.lower_bound_bytes);
 //! for piece in &plan.tensors[0].pieces {

@@ -24,7 +24,7 @@ use crate::formats::checkpoint::{
 };
 use crate::formats::mindspore_strategy::{StrategyFile, read_strategy_files};
 use crate::{PlanConfig, plan_transfer};
-use crate::{ReplicaChoice, SlicePlan};
+use crate::{ReplicaChoice, VerifiedPlan};
 use crate::{Strategy, TensorInfo};
 
 /// Where a side's layouts come from.
@@ -121,22 +121,47 @@ struct Located {
 }
 
 /// Everything known before writing: sources indexed and checked, the
-/// strategies, the verified plan, warnings.
+/// strategies, the verified plan, warnings. Read-only: what
+/// [`Prepared::write_rank`] writes is the plan verified against these
+/// strategies, and nothing can swap one of them in between.
 #[derive(Debug)]
 pub struct Prepared {
-    /// The source strategy.
-    pub src: Strategy,
-    /// The destination strategy.
-    pub dst: Strategy,
-    /// The verified plan.
-    pub plan: SlicePlan,
-    /// Tensors without a destination layout, copied unchanged.
-    pub copies: Vec<CopyThrough>,
-    /// Messages about parameters handled by MindSpore's copy-through rules.
-    pub warnings: Vec<String>,
+    src: Strategy,
+    dst: Strategy,
+    plan: VerifiedPlan,
+    copies: Vec<CopyThrough>,
+    warnings: Vec<String>,
     sources: BTreeMap<u64, BTreeMap<String, Located>>,
     format: CheckpointFormat,
     direct_io: bool,
+}
+
+impl Prepared {
+    /// The source strategy.
+    pub fn src(&self) -> &Strategy {
+        &self.src
+    }
+
+    /// The destination strategy (without the tensors copied through).
+    pub fn dst(&self) -> &Strategy {
+        &self.dst
+    }
+
+    /// The verified plan of the tensors the destination lays out.
+    pub fn plan(&self) -> &VerifiedPlan {
+        &self.plan
+    }
+
+    /// Tensors without a destination layout, copied unchanged.
+    pub fn copies(&self) -> &[CopyThrough] {
+        &self.copies
+    }
+
+    /// Messages about parameters handled by MindSpore's rules for
+    /// parameters missing from a strategy.
+    pub fn warnings(&self) -> &[String] {
+        &self.warnings
+    }
 }
 
 /// Reads and checks every input and plans the transfer, without writing.
@@ -263,7 +288,7 @@ pub fn prepare(cfg: &ReshardConfig) -> Result<Prepared, ReshardError> {
             tensors: planned,
         },
     )?;
-    crate::verify_plan(&plan, &src, &dst)
+    let plan = crate::verify_plan(plan, &src, &dst)
         .map_err(|d| mismatch(format!("internal error, invalid plan: {d}"), "report this"))?;
     Ok(Prepared {
         src,

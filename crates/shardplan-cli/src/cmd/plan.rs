@@ -5,7 +5,9 @@ use std::process::ExitCode;
 
 use miette::{IntoDiagnostic, WrapErr};
 use shardplan::spec::select_tensors;
-use shardplan::{PlanConfig, ReplicaChoice, formats, plan_transfer, report, verify_plan};
+use shardplan::{
+    PlanConfig, ReplicaChoice, check_plan, formats, plan_transfer, report, verify_plan,
+};
 
 use crate::args::*;
 use crate::common::*;
@@ -50,7 +52,7 @@ pub(crate) fn plan(
     };
     let plan = plan_transfer(src, dst, &config)?;
     // Every plan the tool emits has passed the independent verifier.
-    verify_plan(&plan, src, dst)
+    let plan = verify_plan(plan, src, dst)
         .map_err(|d| miette::miette!("internal error, the planner made an invalid plan: {d}"))?;
     let text = match format {
         Format::Text => report::plan_report(&plan, top),
@@ -93,7 +95,7 @@ pub(crate) fn verify(spec_path: &Path, plan_path: &Path) -> miette::Result<ExitC
     };
     let (src, dst) = strategy_pair(&spec, &ends, spec_path)?;
     let (src, dst) = (&src, &dst);
-    match verify_plan(&plan, src, dst) {
+    match check_plan(&plan, src, dst) {
         Ok(v) => {
             println!(
                 "{}: valid: {} pieces, {} network bytes (= lower bound), {} local bytes",

@@ -59,10 +59,10 @@ pub(crate) fn reshard(args: &ReshardArgs) -> miette::Result<ExitCode> {
     std::fs::create_dir_all(&out)
         .into_diagnostic()
         .wrap_err_with(|| format!("cannot create {}", out.display()))?;
-    for w in &prepared.warnings {
+    for w in prepared.warnings() {
         eprintln!("warning: {w}");
     }
-    let ranks = ranks_for_process(args.rank, prepared.dst.mesh().rank_count(), &|k| {
+    let ranks = ranks_for_process(args.rank, prepared.dst().mesh().rank_count(), &|k| {
         std::env::var(k).ok()
     });
     let total: u64 = ranks.iter().map(|&r| prepared.rank_bytes(r)).sum();
@@ -103,8 +103,8 @@ pub(crate) fn reshard(args: &ReshardArgs) -> miette::Result<ExitCode> {
     let secs = t0.elapsed().as_secs_f64();
     emit(&format!(
         "resharded {} to {} ranks ({} produced here): {:.2} GB written in {:.2} s ({:.2} GB/s)\n",
-        prepared.src.mesh().rank_count(),
-        prepared.dst.mesh().rank_count(),
+        prepared.src().mesh().rank_count(),
+        prepared.dst().mesh().rank_count(),
         ranks.len(),
         written as f64 / 1e9,
         secs,

@@ -64,7 +64,7 @@ pub(crate) fn simulate(
     let t0 = std::time::Instant::now();
     let plan = plan_transfer(src, dst, &config)?;
     let planned = t0.elapsed();
-    verify_plan(&plan, src, dst)
+    let plan = verify_plan(plan, src, dst)
         .map_err(|d| miette::miette!("internal error, the planner made an invalid plan: {d}"))?;
     let from = ShardStore::synthetic(src);
     let mut to = ShardStore::zeroed(dst);

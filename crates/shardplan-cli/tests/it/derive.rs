@@ -81,7 +81,7 @@ fn plan_and_simulate(src: &Strategy, dst: &Strategy, limit: u64) -> bool {
     };
     let plan = plan_transfer(src, dst, &config)
         .unwrap_or_else(|e| panic!("{} -> {}: {e}", src.name(), dst.name()));
-    verify_plan(&plan, src, dst)
+    let plan = verify_plan(plan, src, dst)
         .unwrap_or_else(|e| panic!("{} -> {}: {e}", src.name(), dst.name()));
     if footprint(src) + footprint(dst) > limit {
         return false;

@@ -196,7 +196,7 @@ fn laid_out(case: &Value, side: &str, name: &str) -> bool {
 /// greedy minimal list. Balanced plans spread reads over replicas and may
 /// read files outside MindSpore's list; they must still verify.
 fn check_file_sets(dir: &Path) -> Result<(), String> {
-    use shardplan::{PlanConfig, ReplicaChoice, plan_transfer, verify_plan};
+    use shardplan::{PlanConfig, ReplicaChoice, check_plan, plan_transfer};
     let case: Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("case.json")).unwrap()).unwrap();
     let name = case["name"].as_str().unwrap();
@@ -218,7 +218,7 @@ fn check_file_sets(dir: &Path) -> Result<(), String> {
             tensors: None,
         };
         let plan = plan_transfer(&src, &dst, &cfg).map_err(|e| format!("{name}: {e}"))?;
-        verify_plan(&plan, &src, &dst).map_err(|e| format!("{name}: {e}"))?;
+        check_plan(&plan, &src, &dst).map_err(|e| format!("{name}: {e}"))?;
         if choice == ReplicaChoice::Balance {
             continue;
         }
@@ -337,9 +337,7 @@ fn read_ranks(dir: &Path) -> std::collections::BTreeMap<u64, RankTensors> {
 /// Loads a case's source checkpoints, plans, executes, and compares with
 /// MindSpore's expected output. Returns whether every tensor matched.
 fn execute_case(dir: &Path) -> Result<bool, String> {
-    use shardplan::{
-        PlanConfig, ReplicaChoice, ShardStore, execute_plan, plan_transfer, verify_plan,
-    };
+    use shardplan::{PlanConfig, ReplicaChoice, ShardStore, execute_plan, plan_transfer};
     let case: Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("case.json")).unwrap()).unwrap();
     let name = case["name"].as_str().unwrap().to_string();
@@ -350,7 +348,7 @@ fn execute_case(dir: &Path) -> Result<bool, String> {
         tensors: None,
     };
     let plan = plan_transfer(&src, &dst, &cfg).map_err(|e| format!("{name}: {e}"))?;
-    verify_plan(&plan, &src, &dst).map_err(|e| format!("{name}: {e}"))?;
+    let plan = shardplan::verify_plan(plan, &src, &dst).map_err(|e| format!("{name}: {e}"))?;
     let mut from = ShardStore::zeroed(&src);
     for (rank, tensors) in read_ranks(&dir.join("src_safetensors")) {
         for (t, info) in src.tensors().iter().enumerate() {

@@ -322,7 +322,8 @@ fn a_wrong_shard_is_caught_by_the_comparison() {
     // Rank 3 = (pp 1, tp 1): reverse its rows (swap its two heads).
     let buf = store.buffer_mut(t, 3).unwrap();
     let rows: Vec<Vec<u8>> = buf.chunks(32 * 4).map(<[u8]>::to_vec).collect();
-    *buf = rows.into_iter().rev().flatten().collect();
+    let reversed: Vec<u8> = rows.into_iter().rev().flatten().collect();
+    buf.copy_from_slice(&reversed);
     let good = forward_single(&weights, &tokens()).unwrap();
     let bad = forward_sharded(&config, infer, &store, &tokens()).unwrap();
     let max = good.iter().fold(0.0f32, |m, v| m.max(v.abs()));

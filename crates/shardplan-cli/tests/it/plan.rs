@@ -7,8 +7,8 @@ use proptest::prelude::*;
 use proptest::strategy::Strategy as _;
 use shardplan::{
     DType, DeviceMesh, DimSplit, ExecConfig, LayoutConfig, PlanConfig, PlanDefect, ReplicaChoice,
-    ShardStore, SlicePlan, SplitPolicy, Strategy, TensorInfo, TensorLayout, execute_plan,
-    execute_plan_with, plan_transfer, verify_plan,
+    ShardStore, SlicePlan, SplitPolicy, Strategy, TensorInfo, TensorLayout, check_plan,
+    execute_plan, execute_plan_with, plan_transfer, verify_plan,
 };
 
 /// A random mesh of 1 to 3 axes and at most 16 ranks, maybe with device ids.
@@ -213,7 +213,7 @@ proptest! {
     fn plans_verify_and_meet_the_bounds((src, dst) in strategy_pair(), pick in any::<u64>()) {
         for choice in [ReplicaChoice::Balance, ReplicaChoice::MinFiles] {
             let p = plan(&src, &dst, choice);
-            let v = verify_plan(&p, &src, &dst);
+            let v = check_plan(&p, &src, &dst);
             prop_assert!(v.is_ok(), "{choice:?}: {v:?}");
             let s = p.summary();
             prop_assert_eq!(s.total_bytes, s.lower_bound_bytes);
@@ -224,12 +224,13 @@ proptest! {
             // its slice (partial sources reduced).
             let from = ShardStore::synthetic(&src);
             let mut to = ShardStore::zeroed(&dst);
-            execute_plan(&p, &from, &mut to).unwrap();
+            let vp = verify_plan(p.clone(), &src, &dst).unwrap();
+            execute_plan(&vp, &from, &mut to).unwrap();
             let checked = to.check_synthetic(&dst, &src);
             prop_assert!(checked.is_ok(), "{checked:?}");
             // In parallel, into a reused store: the same bytes.
             let mut again = ShardStore::synthetic(&dst);
-            execute_plan_with(&p, &from, &mut again, &ExecConfig { parallel: true }).unwrap();
+            execute_plan_with(&vp, &from, &mut again, &ExecConfig { parallel: true }).unwrap();
             prop_assert_eq!(&again, &to);
             if choice == ReplicaChoice::Balance {
                 // Cells are cut only at whole rows, so a send may exceed the
@@ -248,7 +249,7 @@ proptest! {
             let (t, i) = pieces[(pick % pieces.len() as u64) as usize];
             for c in CORRUPTIONS {
                 if let Some(bad) = corrupt(&p, &src, t, i, c) {
-                    prop_assert!(verify_plan(&bad, &src, &dst).is_err(), "{c:?} of piece {i} of tensor {t} accepted");
+                    prop_assert!(check_plan(&bad, &src, &dst).is_err(), "{c:?} of piece {i} of tensor {t} accepted");
                 }
             }
         }
@@ -294,7 +295,7 @@ fn example() -> (Strategy, Strategy, SlicePlan) {
 #[test]
 fn corruptions_are_named() {
     let (src, dst, p) = example();
-    assert!(verify_plan(&p, &src, &dst).is_ok());
+    assert!(check_plan(&p, &src, &dst).is_ok());
     // Rank 1 needs rows 2..4, held by sources 0 and 2, which share the
     // sending: row 2 from rank 0. Each corruption of that piece and the
     // words its message must contain.
@@ -335,7 +336,7 @@ fn corruptions_are_named() {
             let pc = &mut bad.tensors[0].pieces[piece];
             pc.dst_box = shardplan::Region::new(vec![2, 1], vec![2, 4]);
         }
-        let err: PlanDefect = verify_plan(&bad, &src, &dst).unwrap_err();
+        let err: PlanDefect = check_plan(&bad, &src, &dst).unwrap_err();
         let msg = err.to_string();
         for n in needles {
             assert!(msg.contains(n), "{c:?}: `{msg}` lacks `{n}`");
@@ -372,7 +373,7 @@ fn min_files_reads_a_tied_tensor_on_its_own_stage() {
     let dl = TensorLayout::replicated(dm.clone(), &t.shape).unwrap();
     let dst = Strategy::new("dst", dm, vec![t], vec![dl]).unwrap();
     let p = plan(&src, &dst, ReplicaChoice::MinFiles);
-    verify_plan(&p, &src, &dst).unwrap();
+    check_plan(&p, &src, &dst).unwrap();
     let reads: Vec<(u64, bool)> = p.tensors[0]
         .pieces
         .iter()
@@ -434,12 +435,12 @@ fn verifier_sweeps_many_pieces() {
     .unwrap();
     let p = plan(&src, &dst, ReplicaChoice::Balance);
     assert_eq!(p.summary().pieces, 64 * 64);
-    assert!(verify_plan(&p, &src, &dst).is_ok());
+    assert!(check_plan(&p, &src, &dst).is_ok());
     let mut bad = p.clone();
     bad.tensors[0].pieces[100].dst_box = shardplan::Region::new(vec![1, 37], vec![1, 1]);
     bad.tensors[0].pieces[100].dst_local_offset = vec![1, 37];
     bad.tensors[0].pieces[100].src_rank = 64 + 37;
-    let err = verify_plan(&bad, &src, &dst).unwrap_err();
+    let err = check_plan(&bad, &src, &dst).unwrap_err();
     assert!(matches!(err, PlanDefect::Overlap { .. }), "{err}");
 }
 
@@ -449,7 +450,7 @@ fn forged_plans_are_rejected() {
     let mut twice = p.clone();
     twice.tensors.push(p.tensors[0].clone());
     assert!(
-        verify_plan(&twice, &src, &dst)
+        check_plan(&twice, &src, &dst)
             .unwrap_err()
             .to_string()
             .contains("listed twice")
@@ -457,12 +458,12 @@ fn forged_plans_are_rejected() {
     let mut bound = p.clone();
     bound.lower_bound_bytes += 1;
     assert!(matches!(
-        verify_plan(&bound, &src, &dst),
+        check_plan(&bound, &src, &dst),
         Err(PlanDefect::Volume { .. })
     ));
     let mut ranks = p.clone();
     ranks.src_ranks = 99;
-    assert!(verify_plan(&ranks, &src, &dst).is_err());
+    assert!(check_plan(&ranks, &src, &dst).is_err());
 }
 
 #[test]
@@ -493,7 +494,7 @@ fn partial_sources_are_reduced() {
         )
         .unwrap();
         let p = plan(&src, &dst, ReplicaChoice::Balance);
-        verify_plan(&p, &src, &dst).unwrap();
+        check_plan(&p, &src, &dst).unwrap();
         assert!(p.tensors[0].pieces.iter().all(|pc| pc.reduce));
         // Rank 0 holds rows 0..2 of term dp=0 locally and receives term
         // dp=1 from rank 2; rank 1 likewise from ranks 1 (local) and 3.
@@ -504,14 +505,16 @@ fn partial_sources_are_reduced() {
         );
         let from = ShardStore::synthetic(&src);
         let mut to = ShardStore::zeroed(&dst);
-        execute_plan(&p, &from, &mut to).unwrap();
+        execute_plan(&verify_plan(p.clone(), &src, &dst).unwrap(), &from, &mut to).unwrap();
         to.check_synthetic(&dst, &src).unwrap();
-        // Dropping one summand leaves a wrong sum, and the check names it.
+        // Dropping one summand leaves a wrong sum: the verifier refuses the
+        // plan, so it cannot be executed.
         let mut short = p.clone();
         short.tensors[0].pieces.retain(|pc| pc.src_rank != 2);
-        assert!(verify_plan(&short, &src, &dst).is_err());
-        let mut to = ShardStore::zeroed(&dst);
-        execute_plan(&short, &from, &mut to).unwrap();
+        assert!(check_plan(&short, &src, &dst).is_err());
+        assert!(verify_plan(short, &src, &dst).is_err());
+        // A wrong sum in the buffers is named by the check.
+        to.buffer_mut(0, 0).unwrap().fill(0);
         let err = to.check_synthetic(&dst, &src).unwrap_err().to_string();
         assert!(err.contains("tensor `g`, rank 0"), "{err}");
     }

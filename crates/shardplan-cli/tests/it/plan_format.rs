@@ -9,8 +9,8 @@ use serde_json::{Value, json};
 use shardplan::formats::plan_json::{PlanFileError, from_json, to_json};
 use shardplan::spec::{Spec, parse_spec};
 use shardplan::{
-    DType, DeviceMesh, DimSplit, LayoutConfig, PlanConfig, ReplicaChoice, SlicePlan, Strategy,
-    TensorInfo, TensorLayout, plan_transfer, verify_plan,
+    DType, DeviceMesh, DimSplit, LayoutConfig, PlanConfig, ReplicaChoice, Strategy, TensorInfo,
+    TensorLayout, VerifiedPlan, check_plan, plan_transfer, verify_plan,
 };
 
 fn root() -> std::path::PathBuf {
@@ -35,7 +35,7 @@ fn spec_files() -> Vec<PathBuf> {
     v
 }
 
-fn plan_spec(spec: &Spec, choice: ReplicaChoice, tensors: Option<Vec<String>>) -> SlicePlan {
+fn plan_spec(spec: &Spec, choice: ReplicaChoice, tensors: Option<Vec<String>>) -> VerifiedPlan {
     let t = spec.transfer.as_ref().expect("spec names a transfer");
     let (src, dst) = (
         spec.strategy(&t.from).unwrap(),
@@ -45,7 +45,7 @@ fn plan_spec(spec: &Spec, choice: ReplicaChoice, tensors: Option<Vec<String>>) -
         replica_choice: choice,
         tensors,
     };
-    plan_transfer(src, dst, &config).unwrap()
+    verify_plan(plan_transfer(src, dst, &config).unwrap(), src, dst).unwrap()
 }
 
 #[test]
@@ -62,9 +62,9 @@ fn every_spec_round_trips() {
             let text = to_json(&plan);
             let back = from_json("plan.json", &text)
                 .unwrap_or_else(|e| panic!("{} ({choice:?}): {e}", path.display()));
-            assert_eq!(back, plan, "{} ({choice:?})", path.display());
+            assert_eq!(&back, plan.plan(), "{} ({choice:?})", path.display());
             // What was read is still a valid plan, and writes the same bytes.
-            verify_plan(&back, src, dst)
+            let back = verify_plan(back, src, dst)
                 .unwrap_or_else(|d| panic!("{} ({choice:?}): {d}", path.display()));
             assert_eq!(to_json(&back), text, "{} ({choice:?})", path.display());
         }
@@ -93,6 +93,7 @@ fn base() -> Value {
         tensors: None,
     };
     let plan = plan_transfer(&rows(4), &rows(2), &config).unwrap();
+    let plan = verify_plan(plan, &rows(4), &rows(2)).unwrap();
     assert!(plan.tensors[0].pieces.len() >= 2);
     serde_json::from_str(&to_json(&plan)).unwrap()
 }
@@ -300,7 +301,7 @@ fn documented_example_is_a_real_plan() {
         spec.strategy(&t.from).unwrap(),
         spec.strategy(&t.to).unwrap(),
     );
-    verify_plan(&plan, src, dst).unwrap_or_else(|d| panic!("{d}"));
+    check_plan(&plan, src, dst).unwrap_or_else(|d| panic!("{d}"));
     let names = vec!["layers.0.dense1.weight".to_string()];
     let fresh = plan_spec(&spec, ReplicaChoice::Balance, Some(names));
     let documented: Value = serde_json::from_str(&text).unwrap();

@@ -118,7 +118,7 @@ fn run_case(
             return Outcome::Refused(e.to_string());
         }
     };
-    for r in 0..p.dst.mesh().rank_count() {
+    for r in 0..p.dst().mesh().rank_count() {
         if let Err(e) = p.write_rank(&out, r, 64, &mut |_| {}) {
             return Outcome::Differs(format!("rank {r} not written: {e}"));
         }

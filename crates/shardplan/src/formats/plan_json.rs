@@ -4,7 +4,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::DType;
 use crate::Region;
-use crate::{Piece, ReplicaChoice, SlicePlan, TensorPlan};
+use crate::{Piece, ReplicaChoice, SlicePlan, TensorPlan, VerifiedPlan};
 
 /// The `format` field of every plan file.
 pub const FORMAT: &str = "shardplan-plan";
@@ -121,8 +121,14 @@ fn place(file: &str, line: usize, column: usize) -> String {
     }
 }
 
-/// The plan as JSON (pretty-printed).
-pub fn to_json(plan: &SlicePlan) -> String {
+/// The plan as JSON (pretty-printed). Only a verified plan is written: a
+/// runtime that executes the file executes a checked plan.
+pub fn to_json(plan: &VerifiedPlan) -> String {
+    write_json(plan.plan())
+}
+
+/// The JSON of any plan, for the parser's own round trips.
+pub(crate) fn write_json(plan: &SlicePlan) -> String {
     let s = plan.summary();
     let (send, recv) = plan.traffic();
     let file = PlanFile {
