@@ -54,6 +54,21 @@
 //!   layout to check numerics; [`derive`](mod@derive) derives inference
 //!   layouts; [`pattern`] matches tensor names.
 //!
+//! # Public API
+//!
+//! | area | items |
+//! |---|---|
+//! | meshes and boxes | [`DeviceMesh`], [`MeshAxis`], [`MAX_RANKS`]; [`Region`], [`element_count`], [`MAX_ELEMENTS`] |
+//! | layouts | [`TensorLayout`], [`LayoutConfig`], [`DimSplit`], [`DimLayout`], [`SplitPolicy`], [`LayoutError`] |
+//! | strategies | [`Strategy`], [`TensorInfo`], [`DType`], [`StrategyError`], [`UnknownDType`] |
+//! | notations | [`notation::mindspore::MindSporeLayout`], [`notation::dtensor`] (`Placement`, `to_layout`, `from_layout`), [`notation::jax::PartitionSpec`] |
+//! | planning | [`plan_transfer`], [`PlanConfig`], [`ReplicaChoice`], [`PlanError`], [`MAX_PIECES`]; the plan: [`SlicePlan`], [`TensorPlan`], [`Piece`], [`PlanSummary`], [`RankTraffic`]; [`volume_lower_bound`] |
+//! | verification | [`verify_plan`] → [`VerifiedPlan`]; [`check_plan`] → [`Verified`]; [`PlanDefect`] |
+//! | execution | [`execute_plan`], [`execute_plan_with`], [`ExecConfig`], [`ExecStats`], [`ExecError`], [`ShardStore`], [`synthetic_element`], [`partial_term_value`] |
+//! | derivation | [`derive::derive_strategy`], [`derive::DeriveTarget`], [`derive::DeriveRules`], [`derive::ops`] (operator graphs) |
+//! | numerics | [`model::check_model`], [`model::forward_single`], [`model::forward_sharded`], [`model::ModelConfig`] |
+//! | names | [`pattern::Glob`], [`pattern::LayerPattern`] |
+//!
 //! # Not supported
 //!
 //! Destination layouts that hold partial sums (a destination holds reduced

@@ -4,35 +4,57 @@
 //! shardplan: plan, verify and explain how model weights move between
 //! parallel layouts.
 //!
+//! This crate is the one users add. It re-exports all of
+//! [`shardplan-core`](shardplan_core) (meshes, layouts, the planner, the
+//! verifier, the executor, derivation) and adds what touches files: YAML
+//! specs ([`spec`]), MindSpore strategy files and checkpoints, safetensors
+//! and the plan JSON ([`formats`]), checkpoint resharding ([`reshard`]), and
+//! text ([`report`], [`show`]).
+//!
 //! ```
-//! use std::sync::Arc;
 //! use shardplan::*;
 //!
-//! // Training: 2 data-parallel x 4 tensor-parallel ranks; rows split over
-//! // tp, then optimizer-sharded over dp. Inference: 2 tensor-parallel ranks.
-//! let train = Arc::new(DeviceMesh::new([("dp", 2), ("tp", 4)])?);
-//! let infer = Arc::new(DeviceMesh::new([("tp", 2)])?);
-//! let w = TensorInfo { name: "w".into(), shape: vec![4096, 1024], dtype: DType::BF16 };
-//! let rows = |mesh: &Arc<DeviceMesh>, axes: &[&str]| {
-//!     let cfg = LayoutConfig {
-//!         dims: vec![DimSplit::over(axes.iter().copied()), DimSplit::none()],
-//!         ..Default::default()
-//!     };
-//!     TensorLayout::new(mesh.clone(), &w.shape, &cfg)
-//! };
-//! let src = Strategy::new("train", train.clone(), vec![w.clone()], vec![rows(&train, &["tp", "dp"])?])?;
-//! let dst = Strategy::new("infer", infer.clone(), vec![w.clone()], vec![rows(&infer, &["tp"])?])?;
-//!
+//! let yaml = r#"
+//! version: 1
+//! meshes:
+//!   train: {shape: [2, 4], axes: [dp, tp]}
+//!   infer: {shape: [2], axes: [tp]}
+//! tensors:
+//!   - {name: w, shape: [4096, 1024], dtype: bf16}
+//! strategies:
+//!   train: {mesh: train, rules: [{match: "*", dims: [[tp, dp], null]}]}
+//!   infer: {mesh: infer, rules: [{match: "*", dims: [tp, null]}]}
+//! transfer: {from: train, to: infer}
+//! "#;
+//! let (spec, diagnostics) = spec::parse_spec("example.yaml", yaml);
+//! assert!(diagnostics.is_empty());
+//! let spec = spec.unwrap();
+//! let (src, dst) = (spec.strategy("train").unwrap(), spec.strategy("infer").unwrap());
 //! let config = PlanConfig { replica_choice: ReplicaChoice::Balance, tensors: None };
-//! let plan = plan_transfer(&src, &dst, &config)?;
-//! let plan = verify_plan(plan, &src, &dst)?;
-//! let summary = plan.summary();
-//! assert_eq!(summary.total_bytes, summary.lower_bound_bytes);
-//! for piece in &plan.tensors[0].pieces {
-//!     println!("rank {} <- rank {}: {}", piece.dst_rank, piece.src_rank, piece.dst_box);
-//! }
+//! let plan = verify_plan(plan_transfer(src, dst, &config)?, src, dst)?;
+//! assert_eq!(plan.summary().total_bytes, plan.summary().lower_bound_bytes);
+//! // The plan as the JSON a runtime executes (docs/plan-format.md).
+//! let json = formats::plan_json::to_json(&plan);
+//! assert!(json.contains("\"format\""));
+//! // A typo in a glob is an error with its line and column.
+//! let typo = yaml.replace(r#""*", dims: [tp, null]"#, r#""v", dims: [tp, null]"#);
+//! let (_, diagnostics) = spec::parse_spec("bad.yaml", &typo);
+//! let d = diagnostics.iter().find(|d| d.code == spec::DiagCode::NoSuchTensor).unwrap();
+//! assert_eq!((d.line, d.column), (10, 40));
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
+//!
+//! # Public API
+//!
+//! Everything of `shardplan-core` at the same paths (`shardplan::DeviceMesh`,
+//! `shardplan::notation`, ...), and:
+//!
+//! | module | items |
+//! |---|---|
+//! | [`spec`] | [`spec::parse_spec`], [`spec::parse_spec_bytes`], [`spec::Spec`], [`spec::SpecDiagnostic`], [`spec::DiagCode`], [`spec::write::write_spec`], [`spec::rules_for`], [`spec::derived_spec_yaml`] |
+//! | [`formats`] | [`formats::plan_json`] (`to_json`, `from_json`), [`formats::mindspore_strategy`] (`read_strategy_files`, `write_strategy_file`), [`formats::checkpoint`] (`read_index`, `CheckpointWriter`), [`formats::import`], [`formats::stream`], [`formats::write_atomic`] |
+//! | [`reshard`] | [`reshard::prepare`], [`reshard::ReshardConfig`], [`reshard::Prepared`], [`reshard::CopyThrough`], [`reshard::ranks_for_process`] |
+//! | text | [`report::plan_report`], [`show::draw_holdings`] |
 //!
 //! # Overview
 //!
