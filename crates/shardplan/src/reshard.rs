@@ -4,7 +4,7 @@
 //!
 //! Each destination rank reads only the source files its pieces name, and
 //! only the bytes the pieces cover, straight into the output's windows
-//! ([`ReshardConfig::window_bytes`], four in memory), which background
+//! ([`WriteConfig::window_bytes`], four in memory), which background
 //! threads write (with direct IO where possible, see
 //! [`crate::formats::stream`]). Outputs are written to a temporary name,
 //! fsynced and renamed;
@@ -38,8 +38,11 @@ pub enum LayoutSource {
     Strategy(Box<Strategy>),
 }
 
-/// What to reshard and how.
+/// What [`prepare`] reads and checks: the sources, the two layouts, how
+/// replicas are chosen. Where and how outputs are written is
+/// [`WriteConfig`].
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct ReshardConfig {
     /// Source directory of `rank_<r>/` folders.
     pub src_dir: PathBuf,
@@ -47,14 +50,36 @@ pub struct ReshardConfig {
     pub src: LayoutSource,
     /// Destination layouts.
     pub dst: LayoutSource,
-    /// Output directory (created; must not be inside the source).
+    /// How replicas are chosen.
+    pub replica_choice: ReplicaChoice,
+    /// Allow device counts that do not divide each other, which MindSpore
+    /// refuses.
+    pub any_device_count: bool,
+}
+
+impl ReshardConfig {
+    /// Resharding `src_dir` from `src` to `dst`, reading as few files as
+    /// possible per destination ([`ReplicaChoice::MinFiles`]) and refusing
+    /// device counts MindSpore refuses.
+    pub fn new(src_dir: impl Into<PathBuf>, src: LayoutSource, dst: LayoutSource) -> Self {
+        ReshardConfig {
+            src_dir: src_dir.into(),
+            src,
+            dst,
+            replica_choice: ReplicaChoice::MinFiles,
+            any_device_count: false,
+        }
+    }
+}
+
+/// Where and how [`Prepared::write_rank`] writes.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct WriteConfig {
+    /// Output directory (created; must not overlap the sources).
     pub out_dir: PathBuf,
     /// Output format; `None` keeps the source's.
     pub format: Option<CheckpointFormat>,
-    /// Destination ranks to produce; `None` produces all.
-    pub ranks: Option<Vec<u64>>,
-    /// How replicas are chosen (default: fewest files read).
-    pub replica_choice: ReplicaChoice,
     /// Bytes of each output window: the writer fills one while two are
     /// written, four in all (rounded up to 4 KiB, at most 1 GiB).
     pub window_bytes: u64,
@@ -62,9 +87,19 @@ pub struct ReshardConfig {
     /// system allows it: they bypass the page cache, which then keeps the
     /// sources.
     pub direct_io: bool,
-    /// Allow device counts that do not divide each other, which MindSpore
-    /// refuses.
-    pub any_device_count: bool,
+}
+
+impl WriteConfig {
+    /// Writing under `out_dir` in the source's format, 32 MiB windows,
+    /// direct IO where the file system allows it.
+    pub fn new(out_dir: impl Into<PathBuf>) -> Self {
+        WriteConfig {
+            out_dir: out_dir.into(),
+            format: None,
+            window_bytes: 32 << 20,
+            direct_io: true,
+        }
+    }
 }
 
 /// Why a reshard failed. Nothing is written under a final name then.
@@ -132,8 +167,8 @@ pub struct Prepared {
     copies: Vec<CopyThrough>,
     warnings: Vec<String>,
     sources: BTreeMap<u64, BTreeMap<String, Located>>,
-    format: CheckpointFormat,
-    direct_io: bool,
+    src_dir: PathBuf,
+    source_format: CheckpointFormat,
 }
 
 impl Prepared {
@@ -297,8 +332,8 @@ pub fn prepare(cfg: &ReshardConfig) -> Result<Prepared, ReshardError> {
         copies,
         warnings,
         sources,
-        format: cfg.format.or(format).unwrap_or(CheckpointFormat::Ckpt),
-        direct_io: cfg.direct_io,
+        src_dir: cfg.src_dir.clone(),
+        source_format: format.unwrap_or(CheckpointFormat::Ckpt),
     })
 }
 
@@ -576,29 +611,45 @@ impl Prepared {
         planned.saturating_add(copied)
     }
 
+    /// The format outputs are written in under `cfg`.
+    fn format(&self, cfg: &WriteConfig) -> CheckpointFormat {
+        cfg.format.unwrap_or(self.source_format)
+    }
+
     /// Output path of destination rank `rank`.
-    pub fn output_path(&self, out_dir: &Path, rank: u64) -> PathBuf {
-        out_dir.join(format!(
+    pub fn output_path(&self, cfg: &WriteConfig, rank: u64) -> PathBuf {
+        cfg.out_dir.join(format!(
             "rank_{rank}/checkpoint_{rank}.{}",
-            self.format.extension()
+            self.format(cfg).extension()
         ))
     }
 
-    /// Writes destination rank `rank`'s checkpoint under `out_dir`, or
+    /// Writes destination rank `rank`'s checkpoint under `cfg.out_dir`, or
     /// finds it complete from an earlier run. `progress` receives the bytes
     /// of each tensor written.
     ///
     /// # Errors
     ///
-    /// [`ReshardError::Io`] naming the file; the temporary file is removed.
+    /// [`ReshardError::Mismatch`] when the output folder overlaps the
+    /// sources (which are never written); [`ReshardError::Io`] naming the
+    /// file; the temporary file is removed.
     pub fn write_rank(
         &self,
-        out_dir: &Path,
+        cfg: &WriteConfig,
         rank: u64,
-        window: u64,
         progress: &mut dyn FnMut(u64),
     ) -> Result<RankOutcome, ReshardError> {
-        let path = self.output_path(out_dir, rank);
+        if cfg.out_dir.starts_with(&self.src_dir) || self.src_dir.starts_with(&cfg.out_dir) {
+            return Err(mismatch(
+                format!(
+                    "the output {} overlaps the source {}",
+                    cfg.out_dir.display(),
+                    self.src_dir.display()
+                ),
+                "write the output elsewhere; sources are never modified",
+            ));
+        }
+        let path = self.output_path(cfg, rank);
         let dir = path.parent().expect("rank folder").to_path_buf();
         std::fs::create_dir_all(&dir).map_err(io(&dir))?;
         let manifest_path = dir.join("MANIFEST.json");
@@ -632,7 +683,7 @@ impl Prepared {
             path.file_name().expect("file").to_string_lossy(),
             std::process::id()
         ));
-        let sum = match self.write_rank_to(&tmp, &path, rank, window, progress) {
+        let sum = match self.write_rank_to(&tmp, &path, rank, cfg, progress) {
             Ok(sum) => sum,
             Err(e) => {
                 let _ = std::fs::remove_file(&tmp);
@@ -671,7 +722,7 @@ impl Prepared {
         tmp: &Path,
         out: &Path,
         rank: u64,
-        window: u64,
+        cfg: &WriteConfig,
         progress: &mut dyn FnMut(u64),
     ) -> Result<Checksum, ReshardError> {
         // The tensors this rank holds, in strategy order, with their pieces.
@@ -697,9 +748,9 @@ impl Prepared {
                     .map(|(t, loc)| (t.name.clone(), t.dtype, loc.entry.shape.clone())),
             )
             .collect();
-        let window = usize::try_from(window).unwrap_or(usize::MAX);
+        let window = usize::try_from(cfg.window_bytes).unwrap_or(usize::MAX);
         let mut writer =
-            CheckpointWriter::create_streamed(tmp, self.format, decl, window, self.direct_io)
+            CheckpointWriter::create_streamed(tmp, self.format(cfg), decl, window, cfg.direct_io)
                 .map_err(io(out))?;
         let mut files = SourceFiles::default();
         for (t, region, tp) in held {

@@ -14,7 +14,7 @@ pub(crate) const WINDOW_BYTES: u64 = 32 << 20;
 
 pub(crate) fn reshard(args: &ReshardArgs) -> miette::Result<ExitCode> {
     use shardplan::formats::checkpoint::CheckpointFormat;
-    use shardplan::reshard::{ReshardConfig, prepare, ranks_for_process};
+    use shardplan::reshard::{ReshardConfig, WriteConfig, prepare, ranks_for_process};
     let src_dir = args
         .src
         .canonicalize()
@@ -30,25 +30,24 @@ pub(crate) fn reshard(args: &ReshardArgs) -> miette::Result<ExitCode> {
             src_dir.display()
         ));
     }
-    let cfg = ReshardConfig {
+    let mut cfg = ReshardConfig::new(
         src_dir,
-        src: layout_source(&args.src_strategy, |t| &t.from)?,
-        dst: layout_source(&args.dst_strategy, |t| &t.to)?,
-        out_dir: out.clone(),
-        format: args.format.map(|f| match f {
-            CkptFormat::Ckpt => CheckpointFormat::Ckpt,
-            CkptFormat::Safetensors => CheckpointFormat::Safetensors,
-        }),
-        ranks: None,
-        replica_choice: if args.balance {
-            ReplicaChoice::Balance
-        } else {
-            ReplicaChoice::MinFiles
-        },
-        window_bytes: WINDOW_BYTES,
-        direct_io: !args.no_direct_io,
-        any_device_count: args.any_device_count,
+        layout_source(&args.src_strategy, |t| &t.from)?,
+        layout_source(&args.dst_strategy, |t| &t.to)?,
+    );
+    cfg.replica_choice = if args.balance {
+        ReplicaChoice::Balance
+    } else {
+        ReplicaChoice::MinFiles
     };
+    cfg.any_device_count = args.any_device_count;
+    let mut write = WriteConfig::new(out.clone());
+    write.format = args.format.map(|f| match f {
+        CkptFormat::Ckpt => CheckpointFormat::Ckpt,
+        CkptFormat::Safetensors => CheckpointFormat::Safetensors,
+    });
+    write.window_bytes = WINDOW_BYTES;
+    write.direct_io = !args.no_direct_io;
     let prepared = match prepare(&cfg) {
         Ok(p) => p,
         Err(e) => {
@@ -81,7 +80,7 @@ pub(crate) fn reshard(args: &ReshardArgs) -> miette::Result<ExitCode> {
     let t0 = std::time::Instant::now();
     let mut written = 0u64;
     for r in &ranks {
-        let o = prepared.write_rank(&out, *r, WINDOW_BYTES, &mut |n| bar.inc(n))?;
+        let o = prepared.write_rank(&write, *r, &mut |n| bar.inc(n))?;
         if o.resumed {
             bar.inc(prepared.rank_bytes(*r));
         } else {

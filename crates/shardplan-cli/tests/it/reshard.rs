@@ -7,9 +7,10 @@ use crate::common;
 
 use common::{conformance_cases, ms_layout, random_cases, value_rule_slice};
 use serde_json::Value;
-use shardplan::ReplicaChoice;
 use shardplan::formats::checkpoint::{CheckpointFormat, rank_files, read_index};
-use shardplan::reshard::{LayoutSource, ReshardConfig, prepare, ranks_for_process};
+use shardplan::reshard::{
+    LayoutSource, ReshardConfig, ReshardError, WriteConfig, prepare, ranks_for_process,
+};
 
 fn strategy(dir: &Path, case: &Value, side: &str) -> LayoutSource {
     match case["files"][format!("{side}_strategy_file")].as_str() {
@@ -41,6 +42,15 @@ fn contents(dir: &Path) -> Contents {
         }
     }
     out
+}
+
+/// Writing under `out` in `format` with windows of `window` bytes.
+fn writing(out: &Path, format: Option<CheckpointFormat>, window: u64, direct: bool) -> WriteConfig {
+    let mut w = WriteConfig::new(out);
+    w.format = format;
+    w.window_bytes = window;
+    w.direct_io = direct;
+    w
 }
 
 /// How one run of a case went.
@@ -96,21 +106,20 @@ fn run_case(
 ) -> Outcome {
     let name = case["name"].as_str().unwrap();
     let out = tmp(&format!("{name}-{src_dir}"));
-    let cfg = ReshardConfig {
-        src_dir: dir.join(src_dir),
-        src: strategy(dir, case, "src"),
-        dst: strategy(dir, case, "dst"),
-        out_dir: out.clone(),
-        format: Some(format),
-        ranks: None,
-        replica_choice: ReplicaChoice::MinFiles,
-        // The smallest window (4 KiB); these tensors are smaller,
-        // `large_tensors_cross_many_windows` crosses windows.
-        window_bytes: 64,
-        // Both write paths: through the page cache and direct.
-        direct_io: format == CheckpointFormat::Safetensors,
-        any_device_count: false,
-    };
+    let cfg = ReshardConfig::new(
+        dir.join(src_dir),
+        strategy(dir, case, "src"),
+        strategy(dir, case, "dst"),
+    );
+    // The smallest window (4 KiB); these tensors are smaller,
+    // `large_tensors_cross_many_windows` crosses windows. Both write paths:
+    // through the page cache and direct.
+    let write = writing(
+        &out,
+        Some(format),
+        64,
+        format == CheckpointFormat::Safetensors,
+    );
     let p = match prepare(&cfg) {
         Ok(p) => p,
         Err(e) => {
@@ -119,7 +128,7 @@ fn run_case(
         }
     };
     for r in 0..p.dst().mesh().rank_count() {
-        if let Err(e) = p.write_rank(&out, r, 64, &mut |_| {}) {
+        if let Err(e) = p.write_rank(&write, r, &mut |_| {}) {
             return Outcome::Differs(format!("rank {r} not written: {e}"));
         }
     }
@@ -282,32 +291,26 @@ fn interrupted_runs_resume() {
     let case: Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("case.json")).unwrap()).unwrap();
     let out = tmp("resume");
-    let cfg = ReshardConfig {
-        src_dir: dir.join("src"),
-        src: strategy(&dir, &case, "src"),
-        dst: strategy(&dir, &case, "dst"),
-        out_dir: out.clone(),
-        format: None,
-        ranks: None,
-        replica_choice: ReplicaChoice::MinFiles,
-        window_bytes: 1 << 20,
-        direct_io: true,
-        any_device_count: false,
-    };
+    let cfg = ReshardConfig::new(
+        dir.join("src"),
+        strategy(&dir, &case, "src"),
+        strategy(&dir, &case, "dst"),
+    );
+    let write = writing(&out, None, 1 << 20, true);
     let p = prepare(&cfg).unwrap();
-    let first = p.write_rank(&out, 0, 1 << 20, &mut |_| {}).unwrap();
+    let first = p.write_rank(&write, 0, &mut |_| {}).unwrap();
     assert!(!first.resumed);
     // Rank 1 was killed: a partial temporary file only.
     std::fs::create_dir_all(out.join("rank_1")).unwrap();
     std::fs::write(out.join("rank_1/.checkpoint_1.ckpt.tmp-99999"), b"partial").unwrap();
-    let again = p.write_rank(&out, 0, 1 << 20, &mut |_| {}).unwrap();
+    let again = p.write_rank(&write, 0, &mut |_| {}).unwrap();
     assert!(again.resumed);
-    let one = p.write_rank(&out, 1, 1 << 20, &mut |_| {}).unwrap();
+    let one = p.write_rank(&write, 1, &mut |_| {}).unwrap();
     assert!(!one.resumed);
     assert!(!out.join("rank_1/.checkpoint_1.ckpt.tmp-99999").exists());
     // A final file that does not match its manifest is rewritten.
     std::fs::write(&one.path, b"corrupt").unwrap();
-    let fixed = p.write_rank(&out, 1, 1 << 20, &mut |_| {}).unwrap();
+    let fixed = p.write_rank(&write, 1, &mut |_| {}).unwrap();
     assert!(!fixed.resumed);
     assert_eq!(contents(&out), contents(&dir.join("expected")));
     std::fs::remove_dir_all(&out).unwrap();
@@ -332,19 +335,21 @@ fn bad_inputs_are_refused_before_writing() {
         )
         .unwrap();
     }
-    let cfg = |src_dir: &Path| ReshardConfig {
-        src_dir: src_dir.to_path_buf(),
-        src: strategy(&dir, &case, "src"),
-        dst: strategy(&dir, &case, "dst"),
-        out_dir: work.join("out"),
-        format: None,
-        ranks: None,
-        replica_choice: ReplicaChoice::MinFiles,
-        window_bytes: 1 << 20,
-        direct_io: true,
-        any_device_count: false,
+    let cfg = |src_dir: &Path| {
+        ReshardConfig::new(
+            src_dir,
+            strategy(&dir, &case, "src"),
+            strategy(&dir, &case, "dst"),
+        )
     };
-    assert!(prepare(&cfg(&src)).is_ok());
+    let p = prepare(&cfg(&src)).unwrap();
+    // An output inside the sources is refused before anything is written.
+    let inside = src.join("out");
+    let err = p
+        .write_rank(&writing(&inside, None, 1 << 20, true), 0, &mut |_| {})
+        .unwrap_err();
+    assert!(matches!(err, ReshardError::Mismatch { .. }), "{err}");
+    assert!(!inside.exists());
     // Truncated file.
     let f = src.join("rank_2/checkpoint_2.ckpt");
     let bytes = std::fs::read(&f).unwrap();
@@ -523,21 +528,16 @@ fn large_tensors_cross_many_windows() {
             (1 << 20, true),
         ] {
             let out = work.join(format!("out-{}-{window}-{direct}", format.extension()));
-            let cfg = ReshardConfig {
-                src_dir: src_dir.clone(),
-                src: LayoutSource::Strategy(Box::new(src.clone())),
-                dst: LayoutSource::Strategy(Box::new(dst.clone())),
-                out_dir: out.clone(),
-                format: Some(format),
-                ranks: None,
-                replica_choice: ReplicaChoice::MinFiles,
-                window_bytes: window,
-                direct_io: direct,
-                any_device_count: true,
-            };
+            let mut cfg = ReshardConfig::new(
+                src_dir.clone(),
+                LayoutSource::Strategy(Box::new(src.clone())),
+                LayoutSource::Strategy(Box::new(dst.clone())),
+            );
+            cfg.any_device_count = true;
             let p = prepare(&cfg).unwrap();
+            let write = writing(&out, Some(format), window, direct);
             for r in 0..3 {
-                p.write_rank(&out, r, window, &mut |_| {}).unwrap();
+                p.write_rank(&write, r, &mut |_| {}).unwrap();
             }
             let got = contents(&out);
             for r in 0..3u64 {
