@@ -106,10 +106,15 @@ impl WriteConfig {
 #[derive(Debug, thiserror::Error, miette::Diagnostic)]
 #[non_exhaustive]
 pub enum ReshardError {
-    /// A source or strategy file is unreadable or malformed.
-    #[error("{0}")]
-    #[diagnostic(code(shardplan::reshard::input))]
-    Input(String),
+    /// A checkpoint, or the folder of rank folders, is unreadable or
+    /// malformed.
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Checkpoint(#[from] crate::formats::checkpoint::CheckpointError),
+    /// A strategy file is unreadable or malformed.
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    StrategyFile(#[from] crate::formats::mindspore_strategy::StrategyFileError),
     /// Files disagree with each other or with the strategies.
     #[error("{message}")]
     #[diagnostic(code(shardplan::reshard::mismatch), help("{help}"))]
@@ -208,13 +213,13 @@ impl Prepared {
 /// tensor missing from a rank that should hold it, a dtype or shape that
 /// does not match the strategy, device counts MindSpore refuses.
 pub fn prepare(cfg: &ReshardConfig) -> Result<Prepared, ReshardError> {
-    let files = rank_files(&cfg.src_dir).map_err(|e| ReshardError::Input(e.to_string()))?;
+    let files = rank_files(&cfg.src_dir)?;
     let mut sources: BTreeMap<u64, BTreeMap<String, Located>> = BTreeMap::new();
     let mut format = None;
     for (rank, paths) in &files {
         let mut tensors = BTreeMap::new();
         for p in paths {
-            let idx = read_index(p).map_err(|e| ReshardError::Input(e.to_string()))?;
+            let idx = read_index(p)?;
             format.get_or_insert(idx.format);
             for (name, entry) in idx.tensors {
                 if tensors.contains_key(&name) {
@@ -237,14 +242,14 @@ pub fn prepare(cfg: &ReshardConfig) -> Result<Prepared, ReshardError> {
     let src_file = match &cfg.src {
         LayoutSource::MindSpore(paths) => {
             let refs: Vec<&Path> = paths.iter().map(PathBuf::as_path).collect();
-            Some(read_strategy_files(&refs).map_err(|e| ReshardError::Input(e.to_string()))?)
+            Some(read_strategy_files(&refs)?)
         }
         _ => None,
     };
     let dst_file = match &cfg.dst {
         LayoutSource::MindSpore(paths) => {
             let refs: Vec<&Path> = paths.iter().map(PathBuf::as_path).collect();
-            Some(read_strategy_files(&refs).map_err(|e| ReshardError::Input(e.to_string()))?)
+            Some(read_strategy_files(&refs)?)
         }
         _ => None,
     };
@@ -349,12 +354,12 @@ pub fn tensors_from_checkpoints(
     src_dir: &Path,
     file: Option<&StrategyFile>,
 ) -> Result<Vec<TensorInfo>, ReshardError> {
-    let files = rank_files(src_dir).map_err(|e| ReshardError::Input(e.to_string()))?;
+    let files = rank_files(src_dir)?;
     let mut sources: BTreeMap<u64, BTreeMap<String, Located>> = BTreeMap::new();
     for (rank, paths) in &files {
         let mut tensors = BTreeMap::new();
         for p in paths {
-            let idx = read_index(p).map_err(|e| ReshardError::Input(e.to_string()))?;
+            let idx = read_index(p)?;
             for (name, entry) in idx.tensors {
                 tensors.insert(
                     name,
