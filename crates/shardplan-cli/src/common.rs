@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use miette::{GraphicalReportHandler, GraphicalTheme, IntoDiagnostic, WrapErr};
-use shardplan::spec::{Spec, SpecDiagnostic, parse_spec};
-use shardplan::{Strategy, formats};
+use shardplan::Strategy;
+use shardplan::spec::{Spec, SpecDiagnostic};
 
 use crate::args::*;
 
@@ -34,33 +34,19 @@ pub(crate) fn render(diags: &[SpecDiagnostic]) -> String {
 
 /// Reads and checks a spec; invalid specs print their diagnostics.
 pub(crate) fn load_spec(path: &Path) -> miette::Result<Result<Spec, ExitCode>> {
-    let text = if is_strategy_file(path) {
-        // A MindSpore strategy file where a spec is expected: imported with
-        // the shapes it records.
-        let name = path
-            .file_stem()
-            .map_or("imported".into(), |s| s.to_string_lossy().into_owned());
-        formats::import::import_spec(
-            &[path],
-            formats::import::ShapeSource::Recorded(shardplan::DType::F32),
-            &name,
-        )?
-    } else {
-        read(path)?
-    };
-    let (spec, diags) = parse_spec(&path.display().to_string(), &text);
-    match spec {
-        Some(s) => {
+    match shardplan::spec::load(path) {
+        Ok((spec, warnings)) => {
             // Warnings do not stop the job, but are shown.
-            if !diags.is_empty() {
-                eprint!("{}", render(&diags));
+            if !warnings.is_empty() {
+                eprint!("{}", render(&warnings));
             }
-            Ok(Ok(s))
+            Ok(Ok(spec))
         }
-        None => {
-            eprint!("{}", render(&diags));
+        Err(shardplan::spec::LoadError::Invalid { diagnostics, .. }) => {
+            eprint!("{}", render(&diagnostics));
             Ok(Err(ExitCode::from(1)))
         }
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -72,11 +58,11 @@ pub(crate) fn strategy_pair(
     let from = ends
         .from
         .clone()
-        .or_else(|| spec.transfer.as_ref().map(|t| t.from.clone()));
+        .or_else(|| spec.transfer().map(|t| t.from.clone()));
     let to = ends
         .to
         .clone()
-        .or_else(|| spec.transfer.as_ref().map(|t| t.to.clone()));
+        .or_else(|| spec.transfer().map(|t| t.to.clone()));
     let (Some(from), Some(to)) = (from, to) else {
         return Err(miette::miette!(
             help = "add `transfer: {from: A, to: B}` to the spec, or pass --from A --to B",
@@ -99,14 +85,14 @@ pub(crate) fn named_strategy(spec: &Spec, name: &str, path: &Path) -> miette::Re
     let file = Path::new(name);
     if file.is_file() {
         let f = shardplan::formats::mindspore_strategy::read_strategy_files(&[file])?;
-        return f.to_strategy(name, &spec.tensors).map_err(|m| {
+        return f.to_strategy(name, spec.tensors()).map_err(|m| {
             miette::miette!(
                 help = "the file must lay out the spec's tensors",
                 "{name}: {m}"
             )
         });
     }
-    let names: Vec<&String> = spec.strategies.keys().collect();
+    let names: Vec<&String> = spec.strategies().keys().collect();
     Err(miette::miette!(
         help =
             format!("strategies in the spec: {names:?}; a MindSpore strategy file path works too"),
@@ -119,19 +105,6 @@ pub(crate) fn named_strategy(spec: &Spec, name: &str, path: &Path) -> miette::Re
 /// instead of panicking.
 pub(crate) fn emit(text: &str) {
     let _ = std::io::stdout().lock().write_all(text.as_bytes());
-}
-
-/// A MindSpore strategy file rather than a YAML spec: anything but `.yaml`
-/// / `.yml` whose content is JSON with `parallel_layout_item` or binary.
-pub(crate) fn is_strategy_file(path: &Path) -> bool {
-    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
-    if matches!(ext, "yaml" | "yml") {
-        return false;
-    }
-    std::fs::read(path).is_ok_and(|b| {
-        let text = String::from_utf8_lossy(&b[..b.len().min(4096)]);
-        text.contains("parallel_layout_item") || ext == "ckpt" || ext == "pb"
-    })
 }
 
 /// A side's layouts for `reshard`: strategy files, or a spec (optionally
@@ -161,7 +134,7 @@ pub(crate) fn layout_source(
         Err(_) => return Err(miette::miette!("{} is not a valid spec", path.display())),
     };
     let name = name
-        .or_else(|| spec.transfer.as_ref().map(|t| end(t).to_string()))
+        .or_else(|| spec.transfer().map(|t| end(t).to_string()))
         .ok_or_else(|| {
             miette::miette!(
                 help = "write SPEC#strategy",

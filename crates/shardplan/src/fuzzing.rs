@@ -10,7 +10,6 @@ use crate::formats::mindspore_strategy::{
 };
 use crate::formats::plan_json::{from_json, write_json};
 use crate::spec::parse_spec;
-use crate::spec::write::{SpecOut, StrategyOut, write_spec};
 
 /// YAML spec: parsing never panics; a valid spec written back with one rule
 /// per tensor reads as the same layouts.
@@ -26,44 +25,14 @@ pub fn spec_round_trip(data: &[u8]) {
         );
         return;
     };
-    let mesh_name = |m: &std::sync::Arc<crate::DeviceMesh>| {
-        spec.meshes
-            .iter()
-            .find(|(_, x)| std::sync::Arc::ptr_eq(x, m))
-            .map(|(k, _)| k.as_str())
-    };
-    let mut strategies = Vec::new();
-    for (name, s) in &spec.strategies {
-        let Some(mesh) = mesh_name(s.mesh()) else {
-            return;
-        };
-        strategies.push(StrategyOut {
-            name,
-            mesh,
-            strategy: s,
-        });
-    }
-    let out = SpecOut {
-        comment: String::new(),
-        meshes: spec
-            .meshes
-            .iter()
-            .map(|(k, m)| (k.as_str(), m.clone()))
-            .collect(),
-        strategies,
-        transfer: spec
-            .transfer
-            .as_ref()
-            .map(|t| (t.from.as_str(), t.to.as_str())),
-    };
     // Names with glob characters cannot be written; that is an error, not a panic.
-    let Ok(yaml) = write_spec(&out) else { return };
+    let Ok(yaml) = spec.to_yaml("") else { return };
     let (again, diags) = parse_spec("written.yaml", &yaml);
     let again =
         again.unwrap_or_else(|| panic!("written spec refused: {diags:?}\n{yaml}\nfrom {text:?}"));
-    for (name, s) in &spec.strategies {
+    for (name, s) in spec.strategies() {
         for (t, l) in s.tensors().iter().zip(s.layouts()) {
-            let l2 = again.strategies[name]
+            let l2 = again.strategies()[name]
                 .layout(&t.name)
                 .expect("tensor written");
             assert!(

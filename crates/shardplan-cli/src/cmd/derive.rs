@@ -18,13 +18,13 @@ pub(crate) fn derive(path: &Path, args: &DeriveArgs) -> miette::Result<ExitCode>
         Err(code) => return Ok(code),
     };
     // The training strategy: named, the transfer's source, or the only one.
-    let only = (spec.strategies.len() == 1)
-        .then(|| spec.strategies.keys().next().cloned())
+    let only = (spec.strategies().len() == 1)
+        .then(|| spec.strategies().keys().next().cloned())
         .flatten();
     let Some(from) = args
         .from
         .clone()
-        .or_else(|| spec.transfer.as_ref().map(|t| t.from.clone()))
+        .or_else(|| spec.transfer().map(|t| t.from.clone()))
         .or(only)
     else {
         return Err(miette::miette!(
@@ -34,7 +34,7 @@ pub(crate) fn derive(path: &Path, args: &DeriveArgs) -> miette::Result<ExitCode>
         ));
     };
     let train = spec.strategy(&from).ok_or_else(|| {
-        let names: Vec<&String> = spec.strategies.keys().collect();
+        let names: Vec<&String> = spec.strategies().keys().collect();
         miette::miette!(
             help = format!("strategies in the spec: {names:?}"),
             "no strategy `{from}` in {}",
@@ -44,8 +44,8 @@ pub(crate) fn derive(path: &Path, args: &DeriveArgs) -> miette::Result<ExitCode>
     let rules = rules_for(&spec, &from);
     let target = match (&args.target, args.devices) {
         (Some(m), _) => {
-            let mesh = spec.meshes.get(m).ok_or_else(|| {
-                let names: Vec<&String> = spec.meshes.keys().collect();
+            let mesh = spec.meshes().get(m).ok_or_else(|| {
+                let names: Vec<&String> = spec.meshes().keys().collect();
                 miette::miette!(
                     help = format!("meshes in the spec: {names:?}"),
                     "no mesh `{m}` in {}",
@@ -156,7 +156,7 @@ pub(crate) fn derive_operators(path: &Path, args: &DeriveArgs) -> miette::Result
         Ok(s) => s,
         Err(code) => return Ok(code),
     };
-    let Some(mut graph) = spec.operators.clone() else {
+    let Some(mut graph) = spec.operators().cloned() else {
         return Err(miette::miette!(
             help = "add an `operators:` section (docs/derive.md), or derive from a strategy with --target or --devices",
             "{} has no `operators:` section",
@@ -170,25 +170,25 @@ pub(crate) fn derive_operators(path: &Path, args: &DeriveArgs) -> miette::Result
         graph.batch = b;
     }
     // The transfer source, when there is one.
-    let only = (spec.strategies.len() == 1)
-        .then(|| spec.strategies.keys().next().cloned())
+    let only = (spec.strategies().len() == 1)
+        .then(|| spec.strategies().keys().next().cloned())
         .flatten();
     let from = args
         .from
         .clone()
-        .or_else(|| spec.transfer.as_ref().map(|t| t.from.clone()))
+        .or_else(|| spec.transfer().map(|t| t.from.clone()))
         .or(only);
     if let Some(f) = &from
         && spec.strategy(f).is_none()
     {
-        let names: Vec<&String> = spec.strategies.keys().collect();
+        let names: Vec<&String> = spec.strategies().keys().collect();
         return Err(miette::miette!(
             help = format!("strategies in the spec: {names:?}"),
             "no strategy `{f}` in {}",
             path.display()
         ));
     }
-    let derived = derive_from_operators(&graph, &spec.tensors).and_then(|d| d.renamed(&args.name));
+    let derived = derive_from_operators(&graph, spec.tensors()).and_then(|d| d.renamed(&args.name));
     let derived = match derived {
         Ok(d) => d,
         Err(e) => {

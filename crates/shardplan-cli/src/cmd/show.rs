@@ -20,7 +20,7 @@ pub(crate) fn show(
         return Ok(ExitCode::from(1));
     };
     let s = spec.strategy(strategy).ok_or_else(|| {
-        let names: Vec<&String> = spec.strategies.keys().collect();
+        let names: Vec<&String> = spec.strategies().keys().collect();
         miette::miette!(
             help = format!("strategies in the spec: {names:?}"),
             "no strategy `{strategy}` in {}",

@@ -28,7 +28,7 @@ pub(crate) fn simulate(
     let (src, dst) = strategy_pair(&spec, ends, path)?;
     let (src, dst) = (&src, &dst);
     let names = match tensor {
-        None => spec.tensors.iter().map(|t| t.name.clone()).collect(),
+        None => spec.tensors().iter().map(|t| t.name.clone()).collect(),
         Some(pattern) => select_tensors(&spec, pattern)
             .map_err(|e| miette::miette!("--tensor {pattern:?}: {e}"))?,
     };
@@ -99,7 +99,7 @@ pub(crate) fn simulate(
         use shardplan::model::{DEFAULT_TOLERANCE, EMBED, check_model};
         // A fixed batch: two sequences of different lengths.
         let vocab = spec
-            .tensors
+            .tensors()
             .iter()
             .find(|t| t.name == EMBED)
             .map_or(1, |t| t.shape[0].max(1)) as u32;

@@ -161,19 +161,17 @@ fn summary(d: &Derived, source: &str) -> String {
 /// The spec's inference targets: the mesh of its transfer's destination,
 /// plus one device.
 fn targets(spec: &Spec) -> Vec<(String, Option<String>)> {
-    let to = spec.transfer.as_ref().unwrap().to.clone();
+    let to = spec.transfer().unwrap().to.clone();
     let mesh = spec
-        .meshes
-        .iter()
-        .find(|(_, m)| Arc::ptr_eq(m, spec.strategy(&to).unwrap().mesh()))
-        .map(|(n, _)| n.clone())
+        .mesh_name_of(spec.strategy(&to).unwrap().mesh())
+        .map(str::to_string)
         .unwrap();
     vec![(mesh, Some(to)), ("single device".into(), None)]
 }
 
 fn derive_for(spec: &Spec, from: &str, target: &str) -> Derived {
     let rules = rules_for(spec, from);
-    let t = match spec.meshes.get(target) {
+    let t = match spec.meshes().get(target) {
         Some(m) => DeriveTarget::from_mesh(m.clone(), &rules).unwrap(),
         None => DeriveTarget::from_degrees(1, 1, 1).unwrap(),
     };
@@ -198,7 +196,7 @@ fn bundled_specs_derive_their_inference_strategies() {
     assert!(files.len() >= 8, "{files:?}");
     for file in files {
         let spec = load(&file);
-        let from = spec.transfer.as_ref().unwrap().from.clone();
+        let from = spec.transfer().unwrap().from.clone();
         let stem = Path::new(&file).file_stem().unwrap().to_str().unwrap();
         let mut snap = String::new();
         for (target, handwritten) in targets(&spec) {
@@ -238,7 +236,7 @@ fn small_spec_explanations() {
     ] {
         let spec = load(file);
         let stem = Path::new(file).file_stem().unwrap().to_str().unwrap();
-        let from = spec.transfer.as_ref().unwrap().from.clone();
+        let from = spec.transfer().unwrap().from.clone();
         let (target, _) = targets(&spec).remove(0);
         let d = derive_for(&spec, &from, &target);
         insta::assert_snapshot!(format!("explain_{stem}"), d.explain(&from));
@@ -277,7 +275,7 @@ fn every_derived_strategy_plans_verifies_and_simulates() {
 /// [`DEGREES`]; plans, verifies and (within the limits) simulates each.
 fn plan_spec_targets(file: &str) -> (usize, usize) {
     let spec = load(file);
-    let from = spec.transfer.as_ref().unwrap().from.clone();
+    let from = spec.transfer().unwrap().from.clone();
     let mut rules = rules_for(&spec, &from);
     // Degrees that do not divide a tensor replicate it.
     rules.fallback = Fallback::Replicate;
@@ -309,7 +307,7 @@ fn plan_spec_targets(file: &str) -> (usize, usize) {
 fn derived_specs_read_back() {
     for file in bundled_specs() {
         let spec = load(&file);
-        let from = spec.transfer.as_ref().unwrap().from.clone();
+        let from = spec.transfer().unwrap().from.clone();
         for (target, _) in targets(&spec) {
             let d = derive_for(&spec, &from, &target)
                 .renamed("derived_for_test")
@@ -318,7 +316,7 @@ fn derived_specs_read_back() {
                 derived_spec_yaml(&spec, Some(&from), &d.strategy, "derived\nfor a test").unwrap();
             assert!(yaml.starts_with("# derived\n# for a test\n"), "{yaml}");
             let back = parse(&yaml);
-            let t = back.transfer.as_ref().unwrap();
+            let t = back.transfer().unwrap();
             assert_eq!(
                 (t.from.as_str(), t.to.as_str()),
                 (from.as_str(), "derived_for_test")
@@ -327,7 +325,7 @@ fn derived_specs_read_back() {
                 differences(&d.strategy, back.strategy("derived_for_test").unwrap()).is_empty()
             );
             // The spec's own strategies are written too, unchanged.
-            for (name, s) in &spec.strategies {
+            for (name, s) in spec.strategies() {
                 assert!(
                     differences(s, back.strategy(name).unwrap()).is_empty(),
                     "{name}"
@@ -362,7 +360,7 @@ fn tiny_model_runs_through_derived_strategies() {
     .iter()
     .map(|&(n, tp, pp)| DeriveTarget::from_degrees(n, tp, pp).unwrap())
     .collect();
-    targets.push(DeriveTarget::from_mesh(spec.meshes["infer"].clone(), &rules).unwrap());
+    targets.push(DeriveTarget::from_mesh(spec.meshes()["infer"].clone(), &rules).unwrap());
     for t in targets {
         let d = derive_strategy(train, &t, &rules).unwrap();
         let r = check_model(train, &d.strategy, &tokens, DEFAULT_TOLERANCE)
@@ -1034,7 +1032,7 @@ strategies: {s: {mesh: m, rules: [{match: v, dims: replicated}]}}
         ),
         (
             "target_roles",
-            DeriveTarget::from_mesh(two_pp.meshes["m"].clone(), &DeriveRules::default())
+            DeriveTarget::from_mesh(two_pp.meshes()["m"].clone(), &DeriveRules::default())
                 .map(|_| unreachable!()),
         ),
         (
@@ -1241,7 +1239,7 @@ strategies: {s: {mesh: m, rules: [{match: w, dims: [tp, null]}]}}
     let spec = parse(&format!(
         "{base}derive: {{tp_axes: [tp], dp_axes: [dp], fallback: chunk, layer: \"l.{{}}.*\", ranges: [[0, 3]], shared: [e], replicate: [\"*.b\"]}}\n"
     ));
-    let r = spec.derive.unwrap();
+    let r = spec.derive_rules().unwrap().clone();
     assert_eq!(
         (
             r.tp_axes,
@@ -1263,7 +1261,7 @@ strategies: {s: {mesh: m, rules: [{match: w, dims: [tp, null]}]}}
         )
     );
     // Specs without the section keep working, without rules.
-    assert!(parse(base).derive.is_none());
+    assert!(parse(base).derive_rules().is_none());
 }
 
 // ---------------------------------------------------------------------------
@@ -1819,9 +1817,9 @@ operators:
     #[test]
     fn weights_and_redistributions_of_a_layer() {
         let spec = tiny_with_ops();
-        let graph = spec.operators.clone().unwrap();
+        let graph = spec.operators().cloned().unwrap();
         assert_eq!(graph.ops[2].output, "q");
-        let d = derive_from_operators(&graph, &spec.tensors).unwrap();
+        let d = derive_from_operators(&graph, spec.tensors()).unwrap();
         // Vocabulary-parallel embedding, column-parallel q, row-parallel o.
         let layout = |n: &str| d.strategy.layout(n).unwrap().clone();
         let rows = |l: &TensorLayout, r: u64| l.region_of(r).unwrap().to_string();
@@ -1840,7 +1838,7 @@ operators:
         assert_eq!(rows(&layout("lm_head.weight"), 3), "[0..64, 0..32]");
         assert!(
             d.weights[spec
-                .tensors
+                .tensors()
                 .iter()
                 .position(|t| t.name == "lm_head.weight")
                 .unwrap()]
@@ -1860,17 +1858,17 @@ operators:
         // Changing the devices and the batch re-derives.
         let mut g8 = graph.clone();
         g8.devices = 8;
-        let d8 = derive_from_operators(&g8, &spec.tensors).unwrap();
+        let d8 = derive_from_operators(&g8, spec.tensors()).unwrap();
         assert_eq!(d8.ops[0].dev_matrix, [2, 4, 1]); // Gather: repeat on the left
         assert_eq!(d8.ops[1].dev_matrix, [4, 1, 2]); // others: on the right
         assert_eq!(d8.redistributions.len(), 4);
         let mut g16 = graph.clone();
         g16.batch = 16;
-        let d16 = derive_from_operators(&g16, &spec.tensors).unwrap();
+        let d16 = derive_from_operators(&g16, spec.tensors()).unwrap();
         assert_eq!(d16.redistributions[0].bytes, 2 * 3072);
         let mut g6 = graph;
         g6.batch = 6;
-        let e = derive_from_operators(&g6, &spec.tensors).unwrap_err();
+        let e = derive_from_operators(&g6, spec.tensors()).unwrap_err();
         assert!(
             matches!(
                 e,
@@ -2246,9 +2244,9 @@ operators:
     #[test]
     fn operators_on_pipeline_stages() {
         let spec = parse(STAGED);
-        let graph = spec.operators.clone().unwrap();
+        let graph = spec.operators().cloned().unwrap();
         assert_eq!((graph.stages, graph.ops[3].stage), (3, 2));
-        let d = derive_from_operators(&graph, &spec.tensors).unwrap();
+        let d = derive_from_operators(&graph, spec.tensors()).unwrap();
         let holders = |n: &str| -> Vec<u64> {
             let l = d.strategy.layout(n).unwrap();
             (0..6).filter(|&r| l.holds(r)).collect()
@@ -2291,7 +2289,7 @@ operators:
             "strategy: [[1, 2], [1, 2]], transpose_b: true",
         );
         let spec2 = parse(&text);
-        let d2 = derive_from_operators(spec2.operators.as_ref().unwrap(), &spec2.tensors).unwrap();
+        let d2 = derive_from_operators(spec2.operators().unwrap(), spec2.tensors()).unwrap();
         assert_eq!(d2.conflicts.len(), 1);
         assert_eq!(d2.weights[0].as_ref().unwrap().stages, vec![0]);
         let l = d2.strategy.layout("embed.weight").unwrap();

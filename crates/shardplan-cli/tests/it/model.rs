@@ -57,7 +57,7 @@ fn train_to_infer_matches_single_device() {
 
     // The transfer moved bytes unchanged: the result equals laying the
     // weights out on `infer` directly, bit for bit.
-    let config = ModelConfig::from_tensors(&spec.tensors, 8).unwrap();
+    let config = ModelConfig::from_tensors(spec.tensors(), 8).unwrap();
     let weights = Weights::generate(&config, DEFAULT_SEED).unwrap();
     let direct = weights.to_store(dst).unwrap();
     let logits = forward_sharded(&config, dst, &direct, &tokens()).unwrap();
@@ -80,7 +80,7 @@ fn train_to_single_is_exact() {
 fn sharded_forward_on_one_device_is_bitwise_single() {
     let spec = tiny();
     let single = spec.strategy("single").unwrap();
-    let config = ModelConfig::from_tensors(&spec.tensors, 8).unwrap();
+    let config = ModelConfig::from_tensors(spec.tensors(), 8).unwrap();
     let weights = Weights::generate(&config, 3).unwrap();
     let store = weights.to_store(single).unwrap();
     // Ragged sequences too: each attends within itself.
@@ -196,7 +196,7 @@ fn layouts_wrong_for_the_model_are_refused() {
         .collect();
     let spec = spec_with(&extra);
     let train = spec.strategy("train").unwrap();
-    let config = ModelConfig::from_tensors(&spec.tensors, 8).unwrap();
+    let config = ModelConfig::from_tensors(spec.tensors(), 8).unwrap();
     for (name, _, code, tensor) in WRONG {
         let dst = spec.strategy(name).unwrap();
         let err = check_model(train, dst, &tokens(), DEFAULT_TOLERANCE).unwrap_err();
@@ -408,7 +408,7 @@ fn tied_embeddings_on_the_first_and_last_stage_match_single_device() {
     use shardplan::derive::{DeriveTarget, derive_strategy};
     use shardplan::spec::rules_for;
     let spec = tied_spec();
-    let config = ModelConfig::from_tensors(&spec.tensors, 8).unwrap();
+    let config = ModelConfig::from_tensors(spec.tensors(), 8).unwrap();
     assert!(config.tie_embeddings);
     let (train, infer) = (
         spec.strategy("train").unwrap(),

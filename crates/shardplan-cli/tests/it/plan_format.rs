@@ -36,7 +36,7 @@ fn spec_files() -> Vec<PathBuf> {
 }
 
 fn plan_spec(spec: &Spec, choice: ReplicaChoice, tensors: Option<Vec<String>>) -> VerifiedPlan {
-    let t = spec.transfer.as_ref().expect("spec names a transfer");
+    let t = spec.transfer().expect("spec names a transfer");
     let (src, dst) = (
         spec.strategy(&t.from).unwrap(),
         spec.strategy(&t.to).unwrap(),
@@ -52,7 +52,7 @@ fn plan_spec(spec: &Spec, choice: ReplicaChoice, tensors: Option<Vec<String>>) -
 fn every_spec_round_trips() {
     for path in spec_files() {
         let spec = load_spec(&path);
-        let t = spec.transfer.as_ref().expect("spec names a transfer");
+        let t = spec.transfer().expect("spec names a transfer");
         let (src, dst) = (
             spec.strategy(&t.from).unwrap(),
             spec.strategy(&t.to).unwrap(),
@@ -296,7 +296,7 @@ fn documented_example_is_a_real_plan() {
     // It is what `shardplan plan specs/mindspore-notation.yaml --tensor
     // layers.0.dense1.weight --format json` writes, down to the summary.
     let spec = load_spec(&root().join("specs/mindspore-notation.yaml"));
-    let t = spec.transfer.as_ref().unwrap();
+    let t = spec.transfer().unwrap();
     let (src, dst) = (
         spec.strategy(&t.from).unwrap(),
         spec.strategy(&t.to).unwrap(),

@@ -9,7 +9,7 @@ fn check(yaml: &str, expect: &str) {
     let errors: Vec<String> = diags.iter().map(|d| d.one_line()).collect();
     let spec = spec.unwrap_or_else(|| panic!("{}", errors.join("\n")));
     let mut got = String::new();
-    for (name, s) in &spec.strategies {
+    for (name, s) in spec.strategies() {
         for (t, l) in s.tensors().iter().zip(s.layouts()) {
             got.push_str(&format!("{name} {}: {l} on {}\n", t.name, l.mesh()));
         }
@@ -126,7 +126,7 @@ strategies:
         s.layout("b").unwrap().region_of(0).unwrap().to_string(),
         "[0..4]"
     );
-    assert_eq!(spec.decided_by["s"], vec![0, 1]);
+    assert_eq!(spec.decided_by("s"), [0, 1]);
 }
 
 #[test]
@@ -239,7 +239,6 @@ s layers.1.c: [-, tp] at pp=1 on [pp=2, tp=2]",
 /// same layouts.
 #[test]
 fn written_specs_read_back_the_same() {
-    use shardplan::spec::write::{SpecOut, StrategyOut, write_spec};
     let root = crate::common::repo_root().join("specs");
     let mut n = 0;
     for entry in std::fs::read_dir(&root).unwrap() {
@@ -250,39 +249,13 @@ fn written_specs_read_back_the_same() {
         let text = std::fs::read_to_string(&path).unwrap();
         let (spec, diags) = parse_spec(&path.display().to_string(), &text);
         let spec = spec.unwrap_or_else(|| panic!("{diags:?}"));
-        let mesh_name = |m: &std::sync::Arc<shardplan::DeviceMesh>| -> &str {
-            spec.meshes
-                .iter()
-                .find(|(_, x)| std::sync::Arc::ptr_eq(x, m))
-                .map(|(k, _)| k.as_str())
-                .unwrap()
-        };
-        let out = SpecOut {
-            comment: format!("written from {}", path.display()),
-            meshes: spec
-                .meshes
-                .iter()
-                .map(|(k, m)| (k.as_str(), m.clone()))
-                .collect(),
-            strategies: spec
-                .strategies
-                .iter()
-                .map(|(k, s)| StrategyOut {
-                    name: k,
-                    mesh: mesh_name(s.mesh()),
-                    strategy: s,
-                })
-                .collect(),
-            transfer: spec
-                .transfer
-                .as_ref()
-                .map(|t| (t.from.as_str(), t.to.as_str())),
-        };
-        let yaml = write_spec(&out).unwrap();
+        let yaml = spec
+            .to_yaml(&format!("written from {}", path.display()))
+            .unwrap();
         let (again, diags) = parse_spec("written.yaml", &yaml);
         let again = again.unwrap_or_else(|| panic!("{}: {diags:?}\n{yaml}", path.display()));
-        for (name, s) in &spec.strategies {
-            let s2 = &again.strategies[name];
+        for (name, s) in spec.strategies() {
+            let s2 = &again.strategies()[name];
             for (t, l) in s.tensors().iter().zip(s.layouts()) {
                 assert!(
                     l.same_placement(s2.layout(&t.name).unwrap()),
@@ -332,4 +305,46 @@ fn mindspore_rules_read_optimizer_shards_as_mindspore() {
         "{}",
         diags[0].message
     );
+}
+
+/// `load` tells the format from the file: a YAML spec, a MindSpore
+/// strategy file (imported, with its optimizer shards recorded), a file
+/// that is not text (invalid, with the encoding diagnostic), a missing file.
+#[test]
+fn load_tells_the_format_from_the_file() {
+    use shardplan::spec::{DiagCode, LoadError, SpecSource, detect, load};
+    let root = crate::common::repo_root();
+    let (spec, warnings) = load(&root.join("specs/tiny-model.yaml")).unwrap();
+    assert!(warnings.is_empty() && spec.transfer().is_some());
+    let fixtures = crate::common::fixture_cases_dir();
+    let json = fixtures.join("tp4_row_to_tp2_row/src_strategy/strategy.json");
+    assert_eq!(
+        detect(&json, &std::fs::read(&json).unwrap()),
+        SpecSource::MindSporeStrategy
+    );
+    let (imported, _) = load(&json).unwrap();
+    let s = imported.strategy("strategy").unwrap();
+    assert_eq!(s.mesh().rank_count(), 4);
+    assert!(imported.optimizer_shards("strategy").is_some());
+    // Written as YAML, read back: the same layouts.
+    let (back, _) = parse_spec("back.yaml", &imported.to_yaml("").unwrap());
+    let back = back.unwrap();
+    for (t, l) in s.tensors().iter().zip(s.layouts()) {
+        assert!(l.same_placement(back.strategy("strategy").unwrap().layout(&t.name).unwrap()));
+    }
+    let dir = std::env::temp_dir().join(format!("shardplan-load-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let garbage = dir.join("garbage.yaml");
+    std::fs::write(&garbage, b"\xff\xfe\x00").unwrap();
+    match load(&garbage) {
+        Err(LoadError::Invalid { diagnostics, .. }) => {
+            assert_eq!(diagnostics[0].code, DiagCode::Encoding)
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(
+        load(&dir.join("missing.yaml")),
+        Err(LoadError::Read { .. })
+    ));
+    std::fs::remove_dir_all(&dir).unwrap();
 }

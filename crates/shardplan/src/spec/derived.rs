@@ -30,11 +30,11 @@ pub enum DerivedSpecError {
 /// section, with the layer pattern and the pipeline axis of the strategy's
 /// `stages` section where the section does not name them.
 pub fn rules_for(spec: &Spec, from: &str) -> DeriveRules {
-    let mut rules = spec.derive.clone().unwrap_or_default();
-    if let Some(o) = spec.optimizer_shards.get(from) {
+    let mut rules = spec.derive_rules().cloned().unwrap_or_default();
+    if let Some(o) = spec.optimizer_shards(from) {
         rules.optimizer_shards = o.clone();
     }
-    if let Some(st) = spec.stages.get(from) {
+    if let Some(st) = spec.stages(from) {
         if rules.layer.is_none() {
             rules.layer = Some(st.layer.clone());
         }
@@ -43,15 +43,6 @@ pub fn rules_for(spec: &Spec, from: &str) -> DeriveRules {
         }
     }
     rules
-}
-
-/// Name of the mesh `mesh` has in `spec`, if any.
-fn mesh_name<'a>(spec: &'a Spec, mesh: &Arc<DeviceMesh>) -> Option<&'a str> {
-    spec.meshes
-        .iter()
-        .find(|(_, m)| Arc::ptr_eq(m, mesh))
-        .or_else(|| spec.meshes.iter().find(|(_, m)| ***m == **mesh))
-        .map(|(n, _)| n.as_str())
 }
 
 /// A complete spec, as YAML: the meshes and strategies of `spec`, the
@@ -73,20 +64,20 @@ pub fn derived_spec_yaml(
     comment: &str,
 ) -> Result<String, DerivedSpecError> {
     let name = derived.name();
-    if spec.strategies.contains_key(name) {
+    if spec.strategy(name).is_some() {
         return Err(DerivedSpecError::NameTaken(name.to_string()));
     }
     let mut meshes: Vec<(String, Arc<DeviceMesh>)> = spec
-        .meshes
+        .meshes()
         .iter()
         .map(|(n, m)| (n.clone(), m.clone()))
         .collect();
-    let target_name = match mesh_name(spec, derived.mesh()) {
+    let target_name = match spec.mesh_name_of(derived.mesh()) {
         Some(n) => n.to_string(),
         None => {
             let mut n = "derived".to_string();
             let mut k = 2;
-            while spec.meshes.contains_key(&n) {
+            while spec.meshes().contains_key(&n) {
                 n = format!("derived_{k}");
                 k += 1;
             }
@@ -96,8 +87,8 @@ pub fn derived_spec_yaml(
     };
     // Every strategy of the spec, by the name of its mesh.
     let mut names: BTreeMap<&str, String> = BTreeMap::new();
-    for (sname, s) in &spec.strategies {
-        let m = mesh_name(spec, s.mesh()).ok_or_else(|| {
+    for (sname, s) in spec.strategies() {
+        let m = spec.mesh_name_of(s.mesh()).ok_or_else(|| {
             DerivedSpecError::Write(WriteError {
                 strategy: sname.clone(),
                 tensor: String::new(),
@@ -107,7 +98,7 @@ pub fn derived_spec_yaml(
         names.insert(sname, m.to_string());
     }
     let mut strategies: Vec<StrategyOut<'_>> = spec
-        .strategies
+        .strategies()
         .iter()
         .map(|(n, s)| StrategyOut {
             name: n,
