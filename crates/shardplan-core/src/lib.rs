@@ -99,7 +99,9 @@ pub use mesh::{DeviceMesh, MAX_RANKS, MeshAxis};
 pub use plan::{Piece, PlanSummary, RankTraffic, ReplicaChoice, SlicePlan, TensorPlan};
 pub use planner::{MAX_PIECES, PlanConfig, PlanError, plan_transfer};
 pub use strategy::{Strategy, StrategyError, TensorInfo};
-pub use verify::{PlanDefect, Verified, VerifiedPlan, check_plan, verify_plan};
+pub use verify::{
+    PieceFault, PlanDefect, TensorFault, Verified, VerifiedPlan, check_plan, verify_plan,
+};
 pub mod derive;
 pub mod model;
 pub mod notation;

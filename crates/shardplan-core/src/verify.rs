@@ -13,19 +13,19 @@ use crate::strategy::Strategy;
 #[non_exhaustive]
 pub enum PlanDefect {
     /// The plan names a tensor a strategy lacks, or disagrees on its dtype or shape.
-    #[error("tensor `{tensor}`: {reason}")]
+    #[error("tensor `{tensor}`: {fault}")]
     #[diagnostic(
         code(shardplan::verify::tensor),
         help("plan and strategies must describe the same tensors")
     )]
     Tensor {
-        /// Tensor.
+        /// Tensor (empty for a fault of the whole plan).
         tensor: String,
         /// What disagrees.
-        reason: String,
+        fault: TensorFault,
     },
     /// A piece names a rank outside its strategy, or a malformed box.
-    #[error("tensor `{tensor}`: piece {dst_box} from rank {src_rank} to rank {dst_rank}: {reason}")]
+    #[error("tensor `{tensor}`: piece {dst_box} from rank {src_rank} to rank {dst_rank}: {fault}")]
     #[diagnostic(
         code(shardplan::verify::piece),
         help(
@@ -42,7 +42,7 @@ pub enum PlanDefect {
         /// Destination box.
         dst_box: Region,
         /// What is wrong.
-        reason: String,
+        fault: PieceFault,
     },
     /// Two pieces write the same elements.
     #[error("tensor `{tensor}`: rank {dst_rank} receives {first} and {second}, which overlap")]
@@ -92,6 +92,134 @@ pub enum PlanDefect {
         /// The bound.
         bound: u64,
     },
+}
+
+/// What is wrong with a plan's tensor as a whole ([`PlanDefect::Tensor`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum TensorFault {
+    /// The plan connects other rank counts than the strategies.
+    #[error("the plan connects {plan_src} to {plan_dst} ranks, the strategies {src} to {dst}")]
+    RankCounts {
+        /// Source ranks of the plan.
+        plan_src: u64,
+        /// Destination ranks of the plan.
+        plan_dst: u64,
+        /// Source ranks of the strategy.
+        src: u64,
+        /// Destination ranks of the strategy.
+        dst: u64,
+    },
+    /// The tensor is listed twice.
+    #[error("listed twice in the plan")]
+    Duplicate,
+    /// A strategy lacks the tensor.
+    #[error("not in both strategies")]
+    Missing,
+    /// The plan's dtype or shape is not a strategy's.
+    #[error("the plan says {plan}, the {side} strategy {strategy}")]
+    Mismatch {
+        /// What the plan says (dtype and shape).
+        plan: String,
+        /// `source` or `destination`.
+        side: &'static str,
+        /// What the strategy says.
+        strategy: String,
+    },
+}
+
+/// What is wrong with one piece ([`PlanDefect::Piece`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum PieceFault {
+    /// The destination rank holds nothing of the tensor.
+    #[error("destination rank {0} holds no part of the tensor")]
+    DestinationHoldsNothing(u64),
+    /// The source rank holds nothing of the tensor.
+    #[error("source rank {0} holds no part of the tensor")]
+    SourceHoldsNothing(u64),
+    /// A box has another number of dimensions than the tensor.
+    #[error("box rank differs from the tensor rank")]
+    BoxRank,
+    /// Source and destination boxes differ in extent.
+    #[error("source box {0} and destination box differ in extent")]
+    ExtentDiffers(Region),
+    /// The box is empty.
+    #[error("empty box")]
+    EmptyBox,
+    /// The destination box is not inside what the destination rank holds.
+    #[error("outside what rank {rank} holds, {holds}")]
+    OutsideDestination {
+        /// The destination rank.
+        rank: u64,
+        /// What it holds.
+        holds: Region,
+    },
+    /// The destination offset into the local buffer is wrong.
+    #[error("destination local offset {got:?} should be {want:?} (rank {rank} holds {holds})")]
+    LocalOffset {
+        /// The offset the piece gives.
+        got: Vec<u64>,
+        /// The right one.
+        want: Vec<u64>,
+        /// The destination rank.
+        rank: u64,
+        /// What it holds.
+        holds: Region,
+    },
+    /// The source box holds other elements than the destination box.
+    #[error("source box {src_box} of rank {rank} holds other elements than the destination box")]
+    OtherElements {
+        /// The source box (in the source rank's buffer).
+        src_box: Region,
+        /// The source rank.
+        rank: u64,
+    },
+    /// The source box is outside the source rank's buffer.
+    #[error("source box {src_box} lies outside rank {rank}'s buffer of extent {extent:?}")]
+    OutsideSource {
+        /// The source box.
+        src_box: Region,
+        /// The source rank.
+        rank: u64,
+        /// The buffer's extent.
+        extent: Vec<u64>,
+    },
+    /// Marked local between devices, or network on one device.
+    #[error("marked {} but the ranks run on {} devices", if *local { "local" } else { "network" }, if *local { "different" } else { "the same" })]
+    LocalFlag {
+        /// What the piece says.
+        local: bool,
+    },
+    /// A sum of a source that holds no partial sums, or a copy of one that does.
+    #[error("op is {} but the source layout {} partial sums", if *reduce { "sum" } else { "copy" }, if *reduce { "holds no" } else { "holds" })]
+    Reduce {
+        /// What the piece says.
+        reduce: bool,
+    },
+}
+
+impl PieceFault {
+    /// A stable code per fault, `shardplan::verify::piece::<fault>`.
+    pub fn code(&self) -> &'static str {
+        match self {
+            PieceFault::DestinationHoldsNothing(_) => {
+                "shardplan::verify::piece::destination_holds_nothing"
+            }
+            PieceFault::SourceHoldsNothing(_) => "shardplan::verify::piece::source_holds_nothing",
+            PieceFault::BoxRank => "shardplan::verify::piece::box_rank",
+            PieceFault::ExtentDiffers(_) => "shardplan::verify::piece::extent_differs",
+            PieceFault::EmptyBox => "shardplan::verify::piece::empty_box",
+            PieceFault::OutsideDestination { .. } => {
+                "shardplan::verify::piece::outside_destination"
+            }
+            PieceFault::LocalOffset { .. } => "shardplan::verify::piece::local_offset",
+            PieceFault::OtherElements { .. } => "shardplan::verify::piece::other_elements",
+            PieceFault::OutsideSource { .. } => "shardplan::verify::piece::outside_source",
+            PieceFault::LocalFlag { .. } => "shardplan::verify::piece::local_flag",
+            PieceFault::Reduce { .. } => "shardplan::verify::piece::reduce",
+        }
+    }
 }
 
 /// What a valid plan moves, as the verifier recomputed it.
@@ -204,39 +332,39 @@ pub fn check_plan(
     if plan.src_ranks != src.mesh().rank_count() || plan.dst_ranks != dst.mesh().rank_count() {
         return Err(PlanDefect::Tensor {
             tensor: String::new(),
-            reason: format!(
-                "the plan connects {} to {} ranks, the strategies {} to {}",
-                plan.src_ranks,
-                plan.dst_ranks,
-                src.mesh().rank_count(),
-                dst.mesh().rank_count()
-            ),
+            fault: TensorFault::RankCounts {
+                plan_src: plan.src_ranks,
+                plan_dst: plan.dst_ranks,
+                src: src.mesh().rank_count(),
+                dst: dst.mesh().rank_count(),
+            },
         });
     }
     let mut seen = std::collections::HashSet::new();
     if let Some(t) = plan.tensors.iter().find(|t| !seen.insert(t.name.as_str())) {
         return Err(PlanDefect::Tensor {
             tensor: t.name.clone(),
-            reason: "listed twice in the plan".into(),
+            fault: TensorFault::Duplicate,
         });
     }
     let src_device: HashMap<u64, u64> = (0..src.mesh().rank_count())
         .map(|r| (src.mesh().device_of(r).unwrap_or(r), r))
         .collect();
     for t in &plan.tensors {
-        let tensor_err = |reason: String| PlanDefect::Tensor {
+        let tensor_err = |fault: TensorFault| PlanDefect::Tensor {
             tensor: t.name.clone(),
-            reason,
+            fault,
         };
         let (Some(si), Some(di)) = (src.tensor(&t.name), dst.tensor(&t.name)) else {
-            return Err(tensor_err("not in both strategies".into()));
+            return Err(tensor_err(TensorFault::Missing));
         };
         for (side, info) in [("source", si), ("destination", di)] {
             if info.dtype != t.dtype || info.shape != t.shape {
-                return Err(tensor_err(format!(
-                    "the plan says {} {:?}, the {side} strategy {} {:?}",
-                    t.dtype, t.shape, info.dtype, info.shape
-                )));
+                return Err(tensor_err(TensorFault::Mismatch {
+                    plan: format!("{} {:?}", t.dtype, t.shape),
+                    side,
+                    strategy: format!("{} {:?}", info.dtype, info.shape),
+                }));
             }
         }
         let sl = src.layout(&t.name).expect("tensor present");
@@ -264,42 +392,33 @@ pub fn check_plan(
                 .collect()
         });
         for p in &t.pieces {
-            let bad = |reason: String| PlanDefect::Piece {
+            let bad = |fault: PieceFault| PlanDefect::Piece {
                 tensor: t.name.clone(),
                 src_rank: p.src_rank,
                 dst_rank: p.dst_rank,
                 dst_box: p.dst_box.clone(),
-                reason,
+                fault,
             };
             let Some(need) = dl.region_of(p.dst_rank) else {
-                return Err(bad(format!(
-                    "destination rank {} holds no part of the tensor",
-                    p.dst_rank
-                )));
+                return Err(bad(PieceFault::DestinationHoldsNothing(p.dst_rank)));
             };
             let Some(have) = sl.region_of(p.src_rank) else {
-                return Err(bad(format!(
-                    "source rank {} holds no part of the tensor",
-                    p.src_rank
-                )));
+                return Err(bad(PieceFault::SourceHoldsNothing(p.src_rank)));
             };
             if p.dst_box.rank() != t.shape.len() || p.src_box.rank() != t.shape.len() {
-                return Err(bad("box rank differs from the tensor rank".into()));
+                return Err(bad(PieceFault::BoxRank));
             }
             if p.dst_box.extent() != p.src_box.extent() {
-                return Err(bad(format!(
-                    "source box {} and destination box differ in extent",
-                    p.src_box
-                )));
+                return Err(bad(PieceFault::ExtentDiffers(p.src_box.clone())));
             }
             if p.dst_box.is_empty() {
-                return Err(bad("empty box".into()));
+                return Err(bad(PieceFault::EmptyBox));
             }
             if !need.contains_region(&p.dst_box) {
-                return Err(bad(format!(
-                    "outside what rank {} holds, {need}",
-                    p.dst_rank
-                )));
+                return Err(bad(PieceFault::OutsideDestination {
+                    rank: p.dst_rank,
+                    holds: need,
+                }));
             }
             let local_start: Vec<u64> = p
                 .dst_box
@@ -309,10 +428,12 @@ pub fn check_plan(
                 .map(|(a, b)| a - b)
                 .collect();
             if p.dst_local_offset != local_start {
-                return Err(bad(format!(
-                    "destination local offset {:?} should be {local_start:?} (rank {} holds {need})",
-                    p.dst_local_offset, p.dst_rank
-                )));
+                return Err(bad(PieceFault::LocalOffset {
+                    got: p.dst_local_offset.clone(),
+                    want: local_start,
+                    rank: p.dst_rank,
+                    holds: need,
+                }));
             }
             // The source box, in global coordinates, must be the same
             // elements and lie inside what the source rank holds.
@@ -328,30 +449,24 @@ pub fn check_plan(
                     && g.as_slice() == p.dst_box.offset()
             });
             if !inside {
-                let reason = if (0..p.src_box.rank()).all(|k| p.src_box.end(k) <= have.extent()[k])
-                {
-                    format!(
-                        "source box {} of rank {} holds other elements than the destination box",
-                        p.src_box, p.src_rank
-                    )
+                let fault = if (0..p.src_box.rank()).all(|k| p.src_box.end(k) <= have.extent()[k]) {
+                    PieceFault::OtherElements {
+                        src_box: p.src_box.clone(),
+                        rank: p.src_rank,
+                    }
                 } else {
-                    format!(
-                        "source box {} lies outside rank {}'s buffer of extent {:?}",
-                        p.src_box,
-                        p.src_rank,
-                        have.extent()
-                    )
+                    PieceFault::OutsideSource {
+                        src_box: p.src_box.clone(),
+                        rank: p.src_rank,
+                        extent: have.extent().to_vec(),
+                    }
                 };
-                return Err(bad(reason));
+                return Err(bad(fault));
             }
             let same_device =
                 src.mesh().device_of(p.src_rank).ok() == dst.mesh().device_of(p.dst_rank).ok();
             if p.local != same_device {
-                return Err(bad(format!(
-                    "marked {} but the ranks run on {} devices",
-                    if p.local { "local" } else { "network" },
-                    if same_device { "the same" } else { "different" }
-                )));
+                return Err(bad(PieceFault::LocalFlag { local: p.local }));
             }
             let bytes = p.dst_box.volume() * size;
             if p.local {
@@ -361,11 +476,7 @@ pub fn check_plan(
             }
             out.pieces += 1;
             if p.reduce == sl.partial().is_empty() {
-                return Err(bad(format!(
-                    "op is {} but the source layout {} partial sums",
-                    if p.reduce { "sum" } else { "copy" },
-                    if p.reduce { "holds no" } else { "holds" }
-                )));
+                return Err(bad(PieceFault::Reduce { reduce: p.reduce }));
             }
             per_dst
                 .entry((p.dst_rank, term_of(p.src_rank)))

@@ -99,3 +99,52 @@ fn the_core_forbids_unsafe_code() {
     .unwrap();
     assert!(lib.contains("#![forbid(unsafe_code)]"));
 }
+
+/// Every error code the sources define (`code(shardplan::...)` on a
+/// diagnostic, or a code string of `DiagCode` and `PieceFault`) is listed in
+/// docs/errors.md; `scripts/gen_error_codes.py` rewrites the page.
+#[test]
+fn every_error_code_is_documented() {
+    let root = crate::common::repo_root();
+    let doc = std::fs::read_to_string(root.join("docs/errors.md")).unwrap();
+    let mut missing = Vec::new();
+    let mut seen = 0;
+    let mut stack = vec![root.join("crates")];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                if !path.ends_with("tests") {
+                    stack.push(path);
+                }
+                continue;
+            }
+            if path.extension().is_none_or(|e| e != "rs")
+                || !path.to_string_lossy().contains("/src/")
+            {
+                continue;
+            }
+            let text = std::fs::read_to_string(&path).unwrap();
+            for (at, _) in text.match_indices("shardplan::") {
+                let before = &text[..at];
+                let is_code = before.ends_with("code(") || before.ends_with("=> \"");
+                if !is_code {
+                    continue;
+                }
+                let code: String = text[at..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_lowercase() || *c == '_' || *c == ':')
+                    .collect();
+                seen += 1;
+                if !doc.contains(&format!("`{code}`")) {
+                    missing.push(format!("{code} ({})", path.display()));
+                }
+            }
+        }
+    }
+    assert!(seen > 100, "found only {seen} codes");
+    assert!(
+        missing.is_empty(),
+        "codes missing from docs/errors.md (run scripts/gen_error_codes.py): {missing:?}"
+    );
+}

@@ -6,9 +6,9 @@ use std::sync::Arc;
 use proptest::prelude::*;
 use proptest::strategy::Strategy as _;
 use shardplan::{
-    DType, DeviceMesh, DimSplit, ExecConfig, LayoutConfig, PlanConfig, PlanDefect, ReplicaChoice,
-    ShardStore, SlicePlan, SplitPolicy, Strategy, TensorInfo, TensorLayout, check_plan,
-    execute_plan, execute_plan_with, plan_transfer, verify_plan,
+    DType, DeviceMesh, DimSplit, ExecConfig, LayoutConfig, PieceFault, PlanConfig, PlanDefect,
+    ReplicaChoice, ShardStore, SlicePlan, SplitPolicy, Strategy, TensorFault, TensorInfo,
+    TensorLayout, check_plan, execute_plan, execute_plan_with, plan_transfer, verify_plan,
 };
 
 /// A random mesh of 1 to 3 axes and at most 16 ranks, maybe with device ids.
@@ -299,27 +299,92 @@ fn corruptions_are_named() {
     // Rank 1 needs rows 2..4, held by sources 0 and 2, which share the
     // sending: row 2 from rank 0. Each corruption of that piece and the
     // words its message must contain.
-    let cases: [(Corruption, &[&str]); 7] = [
+    // Per corruption: the fault, and the words the message must contain
+    // (it names the tensor, the rank and the box).
+    type Fault = fn(&PlanDefect) -> bool;
+    let cases: [(Corruption, Fault, &[&str]); 7] = [
         (
             Corruption::Drop,
+            |d| {
+                matches!(
+                    d,
+                    PlanDefect::Uncovered {
+                        covered: 4,
+                        needed: 8,
+                        ..
+                    }
+                )
+            },
             &["`w`", "rank 1", "[2..4, 0..4]", "cover 4 of its 8"],
         ),
         (
             Corruption::Duplicate,
+            |d| matches!(d, PlanDefect::Overlap { dst_rank: 1, .. }),
             &["`w`", "rank 1", "[2..3, 0..4]", "overlap"],
         ),
-        (Corruption::ShiftBox, &["`w`", "rank 1", "[2..4, 1..5]"]),
+        (
+            Corruption::ShiftBox,
+            |d| {
+                matches!(
+                    d,
+                    PlanDefect::Piece {
+                        fault: PieceFault::ExtentDiffers(_),
+                        ..
+                    }
+                )
+            },
+            &["`w`", "rank 1", "[2..4, 1..5]"],
+        ),
         (
             Corruption::WrongSource,
+            |d| {
+                matches!(
+                    d,
+                    PlanDefect::Piece {
+                        fault: PieceFault::OtherElements { .. },
+                        ..
+                    }
+                )
+            },
             &["`w`", "rank 1", "[2..3, 0..4]", "other elements"],
         ),
-        (Corruption::WrongDType, &["`w`", "i32", "f32"]),
+        (
+            Corruption::WrongDType,
+            |d| {
+                matches!(
+                    d,
+                    PlanDefect::Tensor {
+                        fault: TensorFault::Mismatch { .. },
+                        ..
+                    }
+                )
+            },
+            &["`w`", "i32", "f32"],
+        ),
         (
             Corruption::FlipLocal,
+            |d| {
+                matches!(
+                    d,
+                    PlanDefect::Piece {
+                        fault: PieceFault::LocalFlag { local: true },
+                        ..
+                    }
+                )
+            },
             &["`w`", "rank 1", "[2..3, 0..4]", "marked local"],
         ),
         (
             Corruption::WrongLocalOffset,
+            |d| {
+                matches!(
+                    d,
+                    PlanDefect::Piece {
+                        fault: PieceFault::LocalOffset { .. },
+                        ..
+                    }
+                )
+            },
             &["`w`", "rank 1", "local offset"],
         ),
     ];
@@ -328,7 +393,7 @@ fn corruptions_are_named() {
         .iter()
         .position(|pc| pc.dst_rank == 1 && pc.src_rank == 0)
         .unwrap();
-    for (c, needles) in cases {
+    for (c, fault, needles) in cases {
         let mut bad = corrupt(&p, &src, 0, piece, c).unwrap();
         if let Corruption::ShiftBox = c {
             // Shift along dim 1 for a box still inside the tensor's rows.
@@ -337,6 +402,7 @@ fn corruptions_are_named() {
             pc.dst_box = shardplan::Region::new(vec![2, 1], vec![2, 4]);
         }
         let err: PlanDefect = check_plan(&bad, &src, &dst).unwrap_err();
+        assert!(fault(&err), "{c:?}: {err:?}");
         let msg = err.to_string();
         for n in needles {
             assert!(msg.contains(n), "{c:?}: `{msg}` lacks `{n}`");
@@ -449,12 +515,13 @@ fn forged_plans_are_rejected() {
     let (src, dst, p) = example();
     let mut twice = p.clone();
     twice.tensors.push(p.tensors[0].clone());
-    assert!(
-        check_plan(&twice, &src, &dst)
-            .unwrap_err()
-            .to_string()
-            .contains("listed twice")
-    );
+    assert!(matches!(
+        check_plan(&twice, &src, &dst),
+        Err(PlanDefect::Tensor {
+            fault: TensorFault::Duplicate,
+            ..
+        })
+    ));
     let mut bound = p.clone();
     bound.lower_bound_bytes += 1;
     assert!(matches!(
