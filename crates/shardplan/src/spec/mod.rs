@@ -21,7 +21,10 @@ use std::sync::Arc;
 
 use crate::pattern::{Glob, LayerPattern};
 pub use diag::{DiagCode, Severity, Span, SpecDiagnostic};
-use raw::{RawDim, RawDims, RawMapEntry, RawPolicy, RawRule, RawSpec, RawSplit, RawStrategy, S};
+use raw::{
+    RawDim, RawDims, RawMapEntry, RawMindSpore, RawPolicy, RawRule, RawSpec, RawSplit, RawStrategy,
+    S,
+};
 
 use crate::DType;
 use crate::DeviceMesh;
@@ -1464,6 +1467,8 @@ impl Cx {
     }
 
     /// Checks what can be checked of a rule without a tensor.
+    /// One rule: its glob, its form (exactly one notation), and the axes
+    /// it names, each known and each used once.
     fn lower_rule(
         &mut self,
         strategy: &str,
@@ -1472,19 +1477,82 @@ impl Cx {
         stages: Option<&Stages>,
     ) -> Option<Rule> {
         let pspan = span_of(&r.pattern);
-        let glob = match Glob::new(&r.pattern.value) {
-            Ok(g) => g,
+        let glob = self.rule_glob(strategy, r)?;
+        self.check_rule_form(strategy, r)?;
+        let mut axes = AxisUse {
+            mesh,
+            seen: Vec::new(),
+        };
+        let mut ok = true;
+        let (dims, replicated) = match &r.dims {
+            Some(d) => self.lower_dims(r, d, &mut axes, &mut ok)?,
+            None => (None, false),
+        };
+        let mut partial = Vec::new();
+        if let Some(p) = &r.partial {
+            for a in &p.value {
+                ok &= axes.check(self, a, span_of(p));
+                partial.push(a.value.clone());
+            }
+        }
+        let pin = self.lower_pins(r, &mut axes, &mut ok);
+        if let Some(st) = stages {
+            ok &= self.check_stage_axis(strategy, st, dims.as_deref(), &partial, pspan);
+        }
+        let policies = match &r.split {
+            None => None,
+            Some(split) => Some(self.lower_policies(split, dims.as_deref())?),
+        };
+        let form = if let Some(d) = dims {
+            Form::Dims(d)
+        } else if replicated {
+            Form::Replicated
+        } else if let Some(ms) = &r.mindspore {
+            Form::MindSpore(mindspore_form(&ms.value), span_of(ms))
+        } else if let Some(p) = &r.placements {
+            self.placements_form(p, mesh, &pin, stages)?
+        } else if let Some(spec) = &r.spec {
+            self.jax_form(spec, &mut axes, &mut ok)?
+        } else {
+            return None;
+        };
+        if !ok {
+            return None;
+        }
+        Some(Rule {
+            glob,
+            form,
+            policies,
+            partial,
+            pin,
+            pattern: r.pattern.value.clone(),
+            pattern_span: pspan,
+            dims_span: r.dims.as_ref().map_or(pspan, span_of),
+            split_span: r.split.as_ref().map(span_of),
+        })
+    }
+
+    /// The rule's `match` glob.
+    fn rule_glob(&mut self, strategy: &str, r: &RawRule) -> Option<Glob> {
+        match Glob::new(&r.pattern.value) {
+            Ok(g) => Some(g),
             Err(e) => {
                 self.error(
                     DiagCode::BadPattern,
-                    pspan,
+                    span_of(&r.pattern),
                     format!("strategy `{strategy}`: pattern `{}`: {e}", r.pattern.value),
                     "bad pattern",
                     "`*` matches any characters, `?` one character",
                 );
-                return None;
+                None
             }
-        };
+        }
+    }
+
+    /// Exactly one of `dims`, `mindspore`, `placements`, `spec`; `split` and
+    /// `partial` only with `dims`.
+    fn check_rule_form(&mut self, strategy: &str, r: &RawRule) -> Option<()> {
+        let pspan = span_of(&r.pattern);
         let forms = [
             r.dims.is_some(),
             r.mindspore.is_some(),
@@ -1517,303 +1585,328 @@ impl Cx {
             );
             return None;
         }
-        let mut ok = true;
-        // Axis names: each known, each once across dims, partial, at, stages.
-        let mut seen: Vec<(String, Span)> = Vec::new();
-        let mut check_axis = |cx: &mut Cx, axis: &S<String>, fallback: Span| {
-            let span = match span_of(axis) {
-                Span { offset: 0, len: 0 } => fallback,
-                s => s,
-            };
-            if mesh.axis_index(&axis.value).is_none() {
-                let fixed = S::new(axis.value.clone(), axis.referenced, axis.defined);
-                let names: Vec<&str> = mesh.axes().iter().map(|a| a.name.as_str()).collect();
-                let _ = fixed;
-                cx.error(
-                    DiagCode::UnknownAxis,
-                    span,
-                    format!("axis `{}` is not on the mesh {mesh}", axis.value),
-                    "unknown axis",
-                    &format!("use one of the mesh's axes: {}", names.join(", ")),
-                );
-                return false;
-            }
-            if let Some((_, first)) = seen.iter().find(|(n, _)| *n == axis.value) {
-                let (line, col) = diag::line_col(&cx.text, first.offset);
-                cx.error(
-                    DiagCode::AxisReused,
-                    span,
-                    format!(
-                        "axis `{}` is used twice in one layout (first at line {line}, column {col})",
-                        axis.value
-                    ),
-                    "used again",
-                    "an axis splits one dimension once, or holds partial sums, or pins; drop one use",
-                );
-                return false;
-            }
-            seen.push((axis.value.clone(), span));
-            true
-        };
-        let mut dims: Option<Vec<(Vec<String>, Span)>> = None;
-        let mut replicated = false;
-        if let Some(d) = &r.dims {
-            match &d.value {
-                RawDims::Replicated(word) if word == "replicated" => {
-                    if r.split.is_some() || r.partial.is_some() {
-                        self.error(
-                            DiagCode::RuleForm,
-                            pspan,
-                            format!(
-                                "rule `{}`: `split` and `partial` need one `dims` entry per dimension, not `replicated`",
-                                r.pattern.value
-                            ),
-                            "layout form",
-                            "write dims as a list, e.g. [null, null] with partial: [dp]",
-                        );
-                        return None;
-                    }
-                    replicated = true;
-                }
-                RawDims::Replicated(word) => {
+        Some(())
+    }
+
+    /// The native form: `dims` as a list of axis lists per dimension (with
+    /// their spans), or `replicated`.
+    #[allow(clippy::type_complexity)]
+    fn lower_dims(
+        &mut self,
+        r: &RawRule,
+        d: &S<RawDims>,
+        axes: &mut AxisUse<'_>,
+        ok: &mut bool,
+    ) -> Option<(Option<Vec<(Vec<String>, Span)>>, bool)> {
+        match &d.value {
+            RawDims::Replicated(word) if word == "replicated" => {
+                if r.split.is_some() || r.partial.is_some() {
                     self.error(
-                        DiagCode::WrongType,
-                        span_of(d),
-                        format!("`dims: {word}` is neither `replicated` nor a list"),
-                        "expected a list",
-                        "write one entry per dimension, e.g. [tp, null], or `replicated`",
+                        DiagCode::RuleForm,
+                        span_of(&r.pattern),
+                        format!(
+                            "rule `{}`: `split` and `partial` need one `dims` entry per dimension, not `replicated`",
+                            r.pattern.value
+                        ),
+                        "layout form",
+                        "write dims as a list, e.g. [null, null] with partial: [dp]",
                     );
                     return None;
                 }
-                RawDims::PerDim(entries) => {
-                    let mut v = Vec::new();
-                    for e in entries {
-                        let espan = span_of(e);
-                        let mut names = Vec::new();
-                        if let RawDim::Axes(axes) = &e.value {
-                            for a in axes {
-                                ok &= check_axis(self, a, espan);
-                                names.push(a.value.clone());
-                            }
+                Some((None, true))
+            }
+            RawDims::Replicated(word) => {
+                self.error(
+                    DiagCode::WrongType,
+                    span_of(d),
+                    format!("`dims: {word}` is neither `replicated` nor a list"),
+                    "expected a list",
+                    "write one entry per dimension, e.g. [tp, null], or `replicated`",
+                );
+                None
+            }
+            RawDims::PerDim(entries) => {
+                let mut v = Vec::new();
+                for e in entries {
+                    let espan = span_of(e);
+                    let mut names = Vec::new();
+                    if let RawDim::Axes(list) = &e.value {
+                        for a in list {
+                            *ok &= axes.check(self, a, espan);
+                            names.push(a.value.clone());
                         }
-                        v.push((names, espan));
                     }
-                    dims = Some(v);
+                    v.push((names, espan));
                 }
+                Some((Some(v), false))
             }
         }
-        let mut partial = Vec::new();
-        if let Some(p) = &r.partial {
-            for a in &p.value {
-                ok &= check_axis(self, a, span_of(p));
-                partial.push(a.value.clone());
-            }
-        }
+    }
+
+    /// The `at` pins: known axes, coordinates in range, at least one each.
+    fn lower_pins(
+        &mut self,
+        r: &RawRule,
+        axes: &mut AxisUse<'_>,
+        ok: &mut bool,
+    ) -> Vec<(String, u64)> {
         let mut pin = Vec::new();
-        if let Some(at) = &r.at {
-            for (axis, coord) in &at.value {
-                let named = S::new(axis.clone(), at.referenced, at.defined);
-                if !check_axis(self, &named, span_of(at)) {
-                    ok = false;
-                    continue;
-                }
-                let size = mesh.axis_size(mesh.axis_index(axis).unwrap_or(0));
-                if coord.value.0.is_empty() {
+        let Some(at) = &r.at else {
+            return pin;
+        };
+        for (axis, coord) in &at.value {
+            let named = S::new(axis.clone(), at.referenced, at.defined);
+            if !axes.check(self, &named, span_of(at)) {
+                *ok = false;
+                continue;
+            }
+            let mesh = axes.mesh;
+            let size = mesh.axis_size(mesh.axis_index(axis).unwrap_or(0));
+            if coord.value.0.is_empty() {
+                self.error(
+                    DiagCode::PinOutOfRange,
+                    span_of(coord),
+                    format!("`at: {{{axis}: []}}` places the tensor on no coordinate"),
+                    "empty list",
+                    "give at least one coordinate, or drop the axis from `at`",
+                );
+                *ok = false;
+            }
+            for &c in &coord.value.0 {
+                if !(c < size) {
                     self.error(
                         DiagCode::PinOutOfRange,
                         span_of(coord),
-                        format!("`at: {{{axis}: []}}` places the tensor on no coordinate"),
-                        "empty list",
-                        "give at least one coordinate, or drop the axis from `at`",
+                        format!("`at: {{{axis}: {c}}}` is beyond axis `{axis}` of size {size}"),
+                        "out of range",
+                        &format!("coordinates count from 0 to {}", size - 1),
                     );
-                    ok = false;
+                    *ok = false;
                 }
-                for &c in &coord.value.0 {
-                    if !(c < size) {
-                        self.error(
-                            DiagCode::PinOutOfRange,
-                            span_of(coord),
-                            format!("`at: {{{axis}: {c}}}` is beyond axis `{axis}` of size {size}"),
-                            "out of range",
-                            &format!("coordinates count from 0 to {}", size - 1),
-                        );
-                        ok = false;
-                    }
-                    pin.push((axis.clone(), c));
-                }
+                pin.push((axis.clone(), c));
             }
         }
-        if let Some(st) = stages {
-            // The stage axis pins tensors; a split over it would collide.
-            if dims
-                .iter()
-                .flatten()
-                .any(|(n, _)| n.contains(&st.axis_name))
-                || partial.contains(&st.axis_name)
-            {
-                let span = dims
-                    .iter()
-                    .flatten()
-                    .find(|(n, _)| n.contains(&st.axis_name))
-                    .map_or(pspan, |(_, s)| *s);
+        pin
+    }
+
+    /// The stage axis pins tensors; a split or a partial sum over it would
+    /// collide. False (after reporting) when the rule uses it so.
+    fn check_stage_axis(
+        &mut self,
+        strategy: &str,
+        st: &Stages,
+        dims: Option<&[(Vec<String>, Span)]>,
+        partial: &[String],
+        pspan: Span,
+    ) -> bool {
+        let split = dims
+            .into_iter()
+            .flatten()
+            .find(|(n, _)| n.contains(&st.axis_name));
+        if split.is_none() && !partial.contains(&st.axis_name) {
+            return true;
+        }
+        self.error(
+            DiagCode::AxisReused,
+            split.map_or(pspan, |(_, s)| *s),
+            format!(
+                "axis `{}` is the stage axis of strategy `{strategy}` and cannot split a tensor",
+                st.axis_name
+            ),
+            "stage axis",
+            "split over another axis; the stage axis places whole layers",
+        );
+        false
+    }
+
+    /// The `split` policies: one for all dimensions, or one per dimension.
+    fn lower_policies(
+        &mut self,
+        s: &S<RawSplit>,
+        dims: Option<&[(Vec<String>, Span)]>,
+    ) -> Option<Policies> {
+        match &s.value {
+            RawSplit::All(p) => Some(Policies::All(self.lower_policy(p, span_of(s))?)),
+            RawSplit::PerDim(list) => {
+                let n = dims.map_or(0, <[_]>::len);
+                if list.len() != n {
+                    self.error(
+                        DiagCode::BadPolicy,
+                        span_of(s),
+                        format!("`split` has {} entries but `dims` has {n}", list.len()),
+                        "one per dimension",
+                        "give one policy per dimension (null = even), or a single policy for all",
+                    );
+                    return None;
+                }
+                let mut v = Vec::new();
+                for p in list {
+                    v.push((self.lower_policy(&p.value, span_of(p))?, span_of(p)));
+                }
+                Some(Policies::PerDim(v))
+            }
+        }
+    }
+
+    fn lower_policy(&mut self, p: &RawPolicy, span: Span) -> Option<SplitPolicy> {
+        match p {
+            RawPolicy::Named(n) if n == "even" => Some(SplitPolicy::Even),
+            RawPolicy::Named(n) if n == "chunk" => Some(SplitPolicy::Chunk),
+            RawPolicy::Named(n) if n == "balanced" => Some(SplitPolicy::Balanced),
+            RawPolicy::Named(n) => {
                 self.error(
-                    DiagCode::AxisReused,
+                    DiagCode::BadPolicy,
                     span,
-                    format!("axis `{}` is the stage axis of strategy `{strategy}` and cannot split a tensor", st.axis_name),
-                    "stage axis",
-                    "split over another axis; the stage axis places whole layers",
+                    format!("unknown split policy `{n}`"),
+                    "unknown policy",
+                    "use even, chunk, balanced, or {blocks: [sizes]}",
                 );
-                ok = false;
+                None
             }
+            RawPolicy::Blocks(b) => Some(SplitPolicy::Blocks(b.clone())),
         }
-        let policies = match (&r.split, &dims) {
-            (None, _) => None,
-            (Some(s), dims) => {
-                let parse = |cx: &mut Cx, p: &RawPolicy, span: Span| -> Option<SplitPolicy> {
-                    match p {
-                        RawPolicy::Named(n) if n == "even" => Some(SplitPolicy::Even),
-                        RawPolicy::Named(n) if n == "chunk" => Some(SplitPolicy::Chunk),
-                        RawPolicy::Named(n) if n == "balanced" => Some(SplitPolicy::Balanced),
-                        RawPolicy::Named(n) => {
-                            cx.error(
-                                DiagCode::BadPolicy,
-                                span,
-                                format!("unknown split policy `{n}`"),
-                                "unknown policy",
-                                "use even, chunk, balanced, or {blocks: [sizes]}",
-                            );
-                            None
-                        }
-                        RawPolicy::Blocks(b) => Some(SplitPolicy::Blocks(b.clone())),
-                    }
-                };
-                match &s.value {
-                    RawSplit::All(p) => Some(Policies::All(parse(self, p, span_of(s))?)),
-                    RawSplit::PerDim(list) => {
-                        let n = dims.as_ref().map_or(0, Vec::len);
-                        if list.len() != n {
-                            self.error(
-                                DiagCode::BadPolicy,
-                                span_of(s),
-                                format!("`split` has {} entries but `dims` has {n}", list.len()),
-                                "one per dimension",
-                                "give one policy per dimension (null = even), or a single policy for all",
-                            );
-                            return None;
-                        }
-                        let mut v = Vec::new();
-                        for p in list {
-                            v.push((parse(self, &p.value, span_of(p))?, span_of(p)));
-                        }
-                        Some(Policies::PerDim(v))
-                    }
-                }
-            }
-        };
-        let form = if let Some(d) = dims {
-            Form::Dims(d)
-        } else if replicated {
-            Form::Replicated
-        } else if let Some(ms) = &r.mindspore {
-            // The stage (from `at` or `stages`) and the device matrix are
-            // checked per tensor, once the stage is known.
-            let (stage, stage_count) = (0, 1);
-            let mut layout = MindSporeLayout {
-                dev_matrix: ms.value.dev_matrix.clone(),
-                tensor_map: ms
-                    .value
-                    .tensor_map
-                    .iter()
-                    .map(|e| match e {
-                        RawMapEntry::One(k) => vec![*k],
-                        RawMapEntry::Many(v) => v.clone(),
-                    })
-                    .collect(),
-                opt_weight_shard_size: ms.value.opt_weight_shard_size,
-                opt_weight_shard_step: ms.value.opt_weight_shard_step.unwrap_or(0),
-                param_split_shape: ms.value.param_split_shape.clone(),
-                stage,
-                stage_count,
-            };
-            if ms.value.opt_weight_shard_step.is_none() {
-                // Not written: the step MindSpore would record, so the
-                // size alone states the shard. A size that cannot be read
-                // keeps a step, so that the layout reports it.
-                layout.opt_weight_shard_step = layout.recorded_step().unwrap_or(1);
-            }
-            Form::MindSpore(layout, span_of(ms))
-        } else if let Some(p) = &r.placements {
-            let mut v = Vec::new();
-            for s in &p.value {
-                match s.value.parse::<Placement>() {
-                    Ok(pl) => v.push(pl),
-                    Err(e) => {
-                        self.error(
-                            DiagCode::Notation,
-                            span_of(s),
-                            e.to_string(),
-                            "not a placement",
-                            &miette_help(&e),
-                        );
-                        return None;
-                    }
-                }
-            }
-            // Pinned axes and the stage axis take no placement.
-            let free = mesh
-                .axes()
-                .iter()
-                .filter(|a| !pin.iter().any(|(n, _)| *n == a.name))
-                .filter(|a| stages.is_none_or(|st| st.axis_name != a.name))
-                .count();
-            if v.len() != free {
-                self.error(
-                    DiagCode::Notation,
-                    span_of(p),
-                    format!("{} placements for {free} mesh axes that are neither pinned by `at` nor the stage axis", v.len()),
-                    "placement count",
-                    "give one placement per mesh axis, in mesh order, skipping pinned axes and the stage axis",
-                );
-                return None;
-            }
-            Form::Placements(v, span_of(p))
-        } else if let Some(s) = &r.spec {
-            match s.value.parse::<PartitionSpec>() {
-                Ok(ps) => {
-                    for axis in ps.dims.iter().flatten() {
-                        let named = S::new(axis.clone(), s.referenced, s.defined);
-                        ok &= check_axis(self, &named, span_of(s));
-                    }
-                    Form::Jax(ps, span_of(s))
-                }
+    }
+
+    /// The DTensor form: one placement per mesh axis that is neither pinned
+    /// nor the stage axis.
+    fn placements_form(
+        &mut self,
+        p: &S<Vec<S<String>>>,
+        mesh: &DeviceMesh,
+        pin: &[(String, u64)],
+        stages: Option<&Stages>,
+    ) -> Option<Form> {
+        let mut v = Vec::new();
+        for s in &p.value {
+            match s.value.parse::<Placement>() {
+                Ok(pl) => v.push(pl),
                 Err(e) => {
                     self.error(
                         DiagCode::Notation,
                         span_of(s),
                         e.to_string(),
-                        "not a PartitionSpec",
+                        "not a placement",
                         &miette_help(&e),
                     );
                     return None;
                 }
             }
-        } else {
-            return None;
-        };
-        if !ok {
+        }
+        // Pinned axes and the stage axis take no placement.
+        let free = mesh
+            .axes()
+            .iter()
+            .filter(|a| !pin.iter().any(|(n, _)| *n == a.name))
+            .filter(|a| stages.is_none_or(|st| st.axis_name != a.name))
+            .count();
+        if v.len() != free {
+            self.error(
+                DiagCode::Notation,
+                span_of(p),
+                format!("{} placements for {free} mesh axes that are neither pinned by `at` nor the stage axis", v.len()),
+                "placement count",
+                "give one placement per mesh axis, in mesh order, skipping pinned axes and the stage axis",
+            );
             return None;
         }
-        Some(Rule {
-            glob,
-            form,
-            policies,
-            partial,
-            pin,
-            pattern: r.pattern.value.clone(),
-            pattern_span: pspan,
-            dims_span: r.dims.as_ref().map_or(pspan, span_of),
-            split_span: r.split.as_ref().map(span_of),
-        })
+        Some(Form::Placements(v, span_of(p)))
+    }
+
+    /// The JAX form: a PartitionSpec whose axes are on the mesh.
+    fn jax_form(&mut self, s: &S<String>, axes: &mut AxisUse<'_>, ok: &mut bool) -> Option<Form> {
+        match s.value.parse::<PartitionSpec>() {
+            Ok(ps) => {
+                for axis in ps.dims.iter().flatten() {
+                    let named = S::new(axis.clone(), s.referenced, s.defined);
+                    *ok &= axes.check(self, &named, span_of(s));
+                }
+                Some(Form::Jax(ps, span_of(s)))
+            }
+            Err(e) => {
+                self.error(
+                    DiagCode::Notation,
+                    span_of(s),
+                    e.to_string(),
+                    "not a PartitionSpec",
+                    &miette_help(&e),
+                );
+                None
+            }
+        }
+    }
+}
+
+/// The MindSpore form as written. The stage (from `at` or `stages`) and the
+/// device matrix are checked per tensor, once the stage is known; an
+/// absent `opt_weight_shard_step` is the step MindSpore would record, so
+/// the size alone states the shard (a size that cannot be read keeps a
+/// step, so that the layout reports it).
+fn mindspore_form(ms: &RawMindSpore) -> MindSporeLayout {
+    let mut layout = MindSporeLayout {
+        dev_matrix: ms.dev_matrix.clone(),
+        tensor_map: ms
+            .tensor_map
+            .iter()
+            .map(|e| match e {
+                RawMapEntry::One(k) => vec![*k],
+                RawMapEntry::Many(v) => v.clone(),
+            })
+            .collect(),
+        opt_weight_shard_size: ms.opt_weight_shard_size,
+        opt_weight_shard_step: ms.opt_weight_shard_step.unwrap_or(0),
+        param_split_shape: ms.param_split_shape.clone(),
+        stage: 0,
+        stage_count: 1,
+    };
+    if ms.opt_weight_shard_step.is_none() {
+        layout.opt_weight_shard_step = layout.recorded_step().unwrap_or(1);
+    }
+    layout
+}
+
+/// The axes one layout names so far: each must be on the mesh and used
+/// once across dims, partial, at and the stage axis.
+struct AxisUse<'a> {
+    mesh: &'a DeviceMesh,
+    seen: Vec<(String, Span)>,
+}
+
+impl AxisUse<'_> {
+    /// Records `axis` (at its span, or `fallback`); false, after reporting,
+    /// for an axis not on the mesh or used before.
+    fn check(&mut self, cx: &mut Cx, axis: &S<String>, fallback: Span) -> bool {
+        let span = match span_of(axis) {
+            Span { offset: 0, len: 0 } => fallback,
+            s => s,
+        };
+        let mesh = self.mesh;
+        if mesh.axis_index(&axis.value).is_none() {
+            let names: Vec<&str> = mesh.axes().iter().map(|a| a.name.as_str()).collect();
+            cx.error(
+                DiagCode::UnknownAxis,
+                span,
+                format!("axis `{}` is not on the mesh {mesh}", axis.value),
+                "unknown axis",
+                &format!("use one of the mesh's axes: {}", names.join(", ")),
+            );
+            return false;
+        }
+        if let Some((_, first)) = self.seen.iter().find(|(n, _)| *n == axis.value) {
+            let (line, col) = diag::line_col(&cx.text, first.offset);
+            cx.error(
+                DiagCode::AxisReused,
+                span,
+                format!(
+                    "axis `{}` is used twice in one layout (first at line {line}, column {col})",
+                    axis.value
+                ),
+                "used again",
+                "an axis splits one dimension once, or holds partial sums, or pins; drop one use",
+            );
+            return false;
+        }
+        self.seen.push((axis.value.clone(), span));
+        true
     }
 }
 
