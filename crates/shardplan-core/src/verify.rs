@@ -5,7 +5,8 @@
 use std::collections::{BTreeMap, HashMap};
 
 use crate::geometry::Region;
-use crate::plan::SlicePlan;
+use crate::layout::TensorLayout;
+use crate::plan::{Piece, SlicePlan};
 use crate::strategy::Strategy;
 
 /// A defect found in a plan, naming the tensor, rank and box involved.
@@ -392,82 +393,13 @@ pub fn check_plan(
                 .collect()
         });
         for p in &t.pieces {
-            let bad = |fault: PieceFault| PlanDefect::Piece {
+            check_piece(p, t.shape.len(), sl, dl, src, dst).map_err(|fault| PlanDefect::Piece {
                 tensor: t.name.clone(),
                 src_rank: p.src_rank,
                 dst_rank: p.dst_rank,
                 dst_box: p.dst_box.clone(),
                 fault,
-            };
-            let Some(need) = dl.region_of(p.dst_rank) else {
-                return Err(bad(PieceFault::DestinationHoldsNothing(p.dst_rank)));
-            };
-            let Some(have) = sl.region_of(p.src_rank) else {
-                return Err(bad(PieceFault::SourceHoldsNothing(p.src_rank)));
-            };
-            if p.dst_box.rank() != t.shape.len() || p.src_box.rank() != t.shape.len() {
-                return Err(bad(PieceFault::BoxRank));
-            }
-            if p.dst_box.extent() != p.src_box.extent() {
-                return Err(bad(PieceFault::ExtentDiffers(p.src_box.clone())));
-            }
-            if p.dst_box.is_empty() {
-                return Err(bad(PieceFault::EmptyBox));
-            }
-            if !need.contains_region(&p.dst_box) {
-                return Err(bad(PieceFault::OutsideDestination {
-                    rank: p.dst_rank,
-                    holds: need,
-                }));
-            }
-            let local_start: Vec<u64> = p
-                .dst_box
-                .offset()
-                .iter()
-                .zip(need.offset())
-                .map(|(a, b)| a - b)
-                .collect();
-            if p.dst_local_offset != local_start {
-                return Err(bad(PieceFault::LocalOffset {
-                    got: p.dst_local_offset.clone(),
-                    want: local_start,
-                    rank: p.dst_rank,
-                    holds: need,
-                }));
-            }
-            // The source box, in global coordinates, must be the same
-            // elements and lie inside what the source rank holds.
-            let global: Option<Vec<u64>> = p
-                .src_box
-                .offset()
-                .iter()
-                .zip(have.offset())
-                .map(|(a, b)| a.checked_add(*b))
-                .collect();
-            let inside = global.as_ref().is_some_and(|g| {
-                (0..g.len()).all(|k| p.src_box.end(k) <= have.extent()[k])
-                    && g.as_slice() == p.dst_box.offset()
-            });
-            if !inside {
-                let fault = if (0..p.src_box.rank()).all(|k| p.src_box.end(k) <= have.extent()[k]) {
-                    PieceFault::OtherElements {
-                        src_box: p.src_box.clone(),
-                        rank: p.src_rank,
-                    }
-                } else {
-                    PieceFault::OutsideSource {
-                        src_box: p.src_box.clone(),
-                        rank: p.src_rank,
-                        extent: have.extent().to_vec(),
-                    }
-                };
-                return Err(bad(fault));
-            }
-            let same_device =
-                src.mesh().device_of(p.src_rank).ok() == dst.mesh().device_of(p.dst_rank).ok();
-            if p.local != same_device {
-                return Err(bad(PieceFault::LocalFlag { local: p.local }));
-            }
+            })?;
             let bytes = p.dst_box.volume() * size;
             if p.local {
                 out.local_bytes += bytes;
@@ -475,9 +407,6 @@ pub fn check_plan(
                 out.network_bytes += bytes;
             }
             out.pieces += 1;
-            if p.reduce == sl.partial().is_empty() {
-                return Err(bad(PieceFault::Reduce { reduce: p.reduce }));
-            }
             per_dst
                 .entry((p.dst_rank, term_of(p.src_rank)))
                 .or_default()
@@ -489,24 +418,7 @@ pub fn check_plan(
             };
             for term in &terms {
                 let boxes = per_dst.remove(&(d, term.clone())).unwrap_or_default();
-                if let Some((a, b)) = find_overlap(&boxes) {
-                    return Err(PlanDefect::Overlap {
-                        tensor: t.name.clone(),
-                        dst_rank: d,
-                        first: a.clone(),
-                        second: b.clone(),
-                    });
-                }
-                let covered: u64 = boxes.iter().map(|b| b.volume()).sum();
-                if covered != need.volume() {
-                    return Err(PlanDefect::Uncovered {
-                        tensor: t.name.clone(),
-                        dst_rank: d,
-                        region: need.clone(),
-                        covered,
-                        needed: need.volume(),
-                    });
-                }
+                check_coverage(&t.name, d, &need, &boxes)?;
             }
             // What no plan can avoid sending: all but the same-device part.
             let device = dst.mesh().device_of(d).unwrap_or(d);
@@ -532,6 +444,126 @@ pub fn check_plan(
         });
     }
     Ok(out)
+}
+
+/// The sweep of one destination rank (and partial term): the boxes its
+/// pieces write do not overlap and add up to what it holds, so every
+/// element is written exactly once.
+// A defect ends the check once; its size does not matter.
+#[allow(clippy::result_large_err)]
+fn check_coverage(
+    tensor: &str,
+    d: u64,
+    need: &Region,
+    boxes: &[&Region],
+) -> Result<(), PlanDefect> {
+    if let Some((a, b)) = find_overlap(boxes) {
+        return Err(PlanDefect::Overlap {
+            tensor: tensor.to_string(),
+            dst_rank: d,
+            first: a.clone(),
+            second: b.clone(),
+        });
+    }
+    let covered: u64 = boxes.iter().map(|b| b.volume()).sum();
+    if covered != need.volume() {
+        return Err(PlanDefect::Uncovered {
+            tensor: tensor.to_string(),
+            dst_rank: d,
+            region: need.clone(),
+            covered,
+            needed: need.volume(),
+        });
+    }
+    Ok(())
+}
+
+/// The checks of one piece alone: both ranks hold the tensor, the boxes
+/// have the tensor's rank and one extent, the destination box is inside
+/// what its rank holds at the right local offset, the source box holds the
+/// same global elements inside the source buffer, the local flag matches
+/// the devices, and the op matches partial sums.
+fn check_piece(
+    p: &Piece,
+    rank: usize,
+    sl: &TensorLayout,
+    dl: &TensorLayout,
+    src: &Strategy,
+    dst: &Strategy,
+) -> Result<(), PieceFault> {
+    let Some(need) = dl.region_of(p.dst_rank) else {
+        return Err(PieceFault::DestinationHoldsNothing(p.dst_rank));
+    };
+    let Some(have) = sl.region_of(p.src_rank) else {
+        return Err(PieceFault::SourceHoldsNothing(p.src_rank));
+    };
+    if p.dst_box.rank() != rank || p.src_box.rank() != rank {
+        return Err(PieceFault::BoxRank);
+    }
+    if p.dst_box.extent() != p.src_box.extent() {
+        return Err(PieceFault::ExtentDiffers(p.src_box.clone()));
+    }
+    if p.dst_box.is_empty() {
+        return Err(PieceFault::EmptyBox);
+    }
+    if !need.contains_region(&p.dst_box) {
+        return Err(PieceFault::OutsideDestination {
+            rank: p.dst_rank,
+            holds: need,
+        });
+    }
+    let local_start: Vec<u64> = p
+        .dst_box
+        .offset()
+        .iter()
+        .zip(need.offset())
+        .map(|(a, b)| a - b)
+        .collect();
+    if p.dst_local_offset != local_start {
+        return Err(PieceFault::LocalOffset {
+            got: p.dst_local_offset.clone(),
+            want: local_start,
+            rank: p.dst_rank,
+            holds: need,
+        });
+    }
+    // The source box, in global coordinates, must be the same
+    // elements and lie inside what the source rank holds.
+    let global: Option<Vec<u64>> = p
+        .src_box
+        .offset()
+        .iter()
+        .zip(have.offset())
+        .map(|(a, b)| a.checked_add(*b))
+        .collect();
+    let inside = global.as_ref().is_some_and(|g| {
+        (0..g.len()).all(|k| p.src_box.end(k) <= have.extent()[k])
+            && g.as_slice() == p.dst_box.offset()
+    });
+    if !inside {
+        let fault = if (0..p.src_box.rank()).all(|k| p.src_box.end(k) <= have.extent()[k]) {
+            PieceFault::OtherElements {
+                src_box: p.src_box.clone(),
+                rank: p.src_rank,
+            }
+        } else {
+            PieceFault::OutsideSource {
+                src_box: p.src_box.clone(),
+                rank: p.src_rank,
+                extent: have.extent().to_vec(),
+            }
+        };
+        return Err(fault);
+    }
+    let same_device =
+        src.mesh().device_of(p.src_rank).ok() == dst.mesh().device_of(p.dst_rank).ok();
+    if p.local != same_device {
+        return Err(PieceFault::LocalFlag { local: p.local });
+    }
+    if p.reduce == sl.partial().is_empty() {
+        return Err(PieceFault::Reduce { reduce: p.reduce });
+    }
+    Ok(())
 }
 
 /// Two boxes that share an element, if any. Boxes of up to two dimensions
