@@ -644,7 +644,7 @@ impl Prepared {
         rank: u64,
         progress: &mut dyn FnMut(u64),
     ) -> Result<RankOutcome, ReshardError> {
-        if cfg.out_dir.starts_with(&self.src_dir) || self.src_dir.starts_with(&cfg.out_dir) {
+        if paths_overlap(&self.src_dir, &cfg.out_dir) {
             return Err(mismatch(
                 format!(
                     "the output {} overlaps the source {}",
@@ -739,7 +739,12 @@ impl Prepared {
                     .tensors
                     .iter()
                     .find(|p| p.name == t.name)
-                    .expect("planned");
+                    .ok_or_else(|| {
+                        mismatch(
+                            format!("internal error: tensor `{}` is not in the plan", t.name),
+                            "report this",
+                        )
+                    })?;
                 held.push((t, region, plan));
             }
         }
@@ -803,6 +808,61 @@ impl Prepared {
         let (_, sum) = writer.finish_summed().map_err(io(out))?;
         Ok(sum)
     }
+}
+
+/// True when one of the two folders is inside the other, after resolving
+/// both (symbolic links, `.` and `..`; the part of a path that does not
+/// exist yet is taken as written, less its `.` and `..`): an output there
+/// could replace a source.
+pub fn paths_overlap(src: &Path, out: &Path) -> bool {
+    // Both readings: `..` after a symbolic link means its target's parent
+    // to the system but the link's parent lexically; either may be meant.
+    let inside = |a: &Path, b: &Path| a.starts_with(b) || b.starts_with(a);
+    inside(&resolved(src), &resolved(out)) || inside(&lexical(src), &lexical(out))
+}
+
+/// `path` made absolute, with `.` and `..` taken out as written.
+fn lexical(path: &Path) -> PathBuf {
+    let abs = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    let mut out = PathBuf::new();
+    for c in abs.components() {
+        match c {
+            std::path::Component::CurDir => {}
+            std::path::Component::ParentDir => {
+                out.pop();
+            }
+            other => out.push(other),
+        }
+    }
+    out
+}
+
+/// `path` made absolute with its deepest existing ancestor canonicalized.
+fn resolved(path: &Path) -> PathBuf {
+    let abs = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    let mut existing = abs.as_path();
+    let mut rest = Vec::new();
+    while !existing.exists() {
+        match (existing.parent(), existing.file_name()) {
+            (Some(parent), Some(name)) => {
+                rest.push(name.to_os_string());
+                existing = parent;
+            }
+            // A `..` or the root: resolve lexically from here.
+            _ => break,
+        }
+    }
+    let mut out = std::fs::canonicalize(existing).unwrap_or_else(|_| lexical(existing));
+    for part in rest.into_iter().rev() {
+        match part.to_str() {
+            Some(".") => {}
+            Some("..") => {
+                out.pop();
+            }
+            _ => out.push(part),
+        }
+    }
+    out
 }
 
 /// The source files one destination rank reads, each opened once.

@@ -22,7 +22,7 @@ pub(crate) fn reshard(args: &ReshardArgs) -> miette::Result<ExitCode> {
         .wrap_err_with(|| format!("cannot read {}", args.src.display()))?;
     // The output is created only once every input has been checked.
     let out = std::path::absolute(&args.out).into_diagnostic()?;
-    if out.starts_with(&src_dir) || src_dir.starts_with(&out) {
+    if shardplan::reshard::paths_overlap(&src_dir, &out) {
         return Err(miette::miette!(
             help = "write the output elsewhere; sources are never modified",
             "the output {} overlaps the source {}",

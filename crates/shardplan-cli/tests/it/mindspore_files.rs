@@ -692,3 +692,60 @@ fn one_dim_nested_maps_carry_the_trailing_empty_map() {
     let bytes = round_trip(&one_tensor(&two, &[8, 2]), StrategyFormat::Protobuf);
     assert_eq!(tensor_maps(&bytes), [vec![2, 1], vec![-1]]);
 }
+
+/// A pipelined strategy whose stage axis is not called `stage` (a spec's
+/// `pp`): a tensor on every stage is written once per stage, and the file
+/// reads back with the same slices. A single stored tensor map is flat, as
+/// MindSpore reads it: one that does not fit is refused, not reinterpreted.
+#[test]
+fn stage_axes_of_any_name_and_flat_single_maps() {
+    let yaml = r#"
+version: 1
+meshes:
+  m: {shape: [2, 2], axes: [pp, tp]}
+tensors:
+  - {name: layers.0.w, shape: [8, 4], dtype: f32}
+  - {name: layers.1.w, shape: [8, 4], dtype: f32}
+  - {name: norm, shape: [4], dtype: f32}
+strategies:
+  s:
+    mesh: m
+    rules:
+      - {match: "layers.0.*", dims: [tp, null], at: {pp: 0}}
+      - {match: "layers.1.*", dims: [tp, null], at: {pp: 1}}
+      - {match: "norm", dims: replicated}
+"#;
+    let (spec, diags) = shardplan::spec::parse_spec("pp.yaml", yaml);
+    let spec = spec.unwrap_or_else(|| panic!("{diags:?}"));
+    let s = spec.strategy("s").unwrap();
+    for format in [StrategyFormat::Json, StrategyFormat::Protobuf] {
+        let bytes = write_strategy_file(s, format).unwrap();
+        let f = parse_strategy_file("written", &bytes).unwrap();
+        let norm = f.params.iter().find(|p| p.name == "norm").unwrap();
+        assert_eq!(
+            (norm.stage, norm.also_on.as_slice()),
+            (0, &[1][..]),
+            "{format:?}"
+        );
+        let back = f.to_strategy("s", s.tensors()).unwrap();
+        for t in s.tensors() {
+            assert!(
+                back.layout(&t.name)
+                    .unwrap()
+                    .same_placement(s.layout(&t.name).unwrap()),
+                "{format:?} {}",
+                t.name
+            );
+        }
+    }
+    // `[1, 0]` on a 1-D tensor is a 2-D flat map to MindSpore.
+    let json = br#"{"current_stage": 0, "parallel_layout_item": {"w": {"dev_matrix": [2, 2], "tensor_map": [1, 0], "tensor_shape": [8]}}}"#;
+    let f = parse_strategy_file("strategy.json", json).unwrap();
+    let t = vec![TensorInfo {
+        name: "w".into(),
+        shape: vec![8],
+        dtype: DType::F32,
+    }];
+    let err = f.to_strategy("s", &t).unwrap_err();
+    assert!(err.contains("does not fit a tensor of shape [8]"), "{err}");
+}

@@ -350,6 +350,23 @@ fn bad_inputs_are_refused_before_writing() {
         .unwrap_err();
     assert!(matches!(err, ReshardError::Mismatch { .. }), "{err}");
     assert!(!inside.exists());
+    // Also when the path only reaches the sources through `..` or `.`, or
+    // a symbolic link.
+    let link = work.join("link");
+    std::os::unix::fs::symlink(&src, &link).unwrap();
+    for sneaky in [
+        work.join("elsewhere/../src/out"),
+        src.join("./out"),
+        link.join("out"),
+    ] {
+        let err = p.write_rank(&writing(&sneaky, None, 1 << 20, true), 0, &mut |_| {});
+        assert!(
+            matches!(err, Err(ReshardError::Mismatch { .. })),
+            "{}",
+            sneaky.display()
+        );
+    }
+    assert!(!inside.exists());
     // Truncated file.
     let f = src.join("rank_2/checkpoint_2.ckpt");
     let bytes = std::fs::read(&f).unwrap();

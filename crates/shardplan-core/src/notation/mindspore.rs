@@ -526,7 +526,8 @@ impl MindSporeLayout {
     ///
     /// # Errors
     ///
-    /// As [`MindSporeLayout::opt_shard_group_size`].
+    /// As [`MindSporeLayout::opt_shard_group_size`]; [`LayoutError::Notation`]
+    /// for a size larger than the replica group.
     pub fn recorded_step(&self) -> Result<i64, LayoutError> {
         // Ask for the size as if the step were set: the step is what is
         // being computed.
@@ -553,6 +554,15 @@ impl MindSporeLayout {
                 index /= d;
             }
             stride = stride.saturating_mul(d);
+        }
+        if index != 0 {
+            return Err(bad(
+                format!(
+                    "opt_weight_shard_size {size} is more than the {} ranks that hold each model-parallel slice",
+                    self.replica_count()
+                ),
+                "the optimizer shard divides the ranks holding one slice; pick a size that divides them, or -1 for all of them",
+            ));
         }
         Ok(i64::try_from(last / (size - 1)).unwrap_or(i64::MAX))
     }
@@ -679,6 +689,11 @@ mod tests {
         assert_eq!(step(&[4, 2], &[&[-1], &[0]], -1), 2);
         // No shard: no step.
         assert_eq!(step(&[4], &[&[0], &[-1]], -1), 0);
+        // More ranks than the replicas: refused, not read as no shard.
+        let ms8 = ms(&[4, 2], &[&[-1], &[0]], 0, 0);
+        assert!(ms8.clone().with_optimizer_shard(8).is_err());
+        assert!(ms8.clone().with_optimizer_shard(5).is_err());
+        assert!(ms8.with_optimizer_shard(4).is_ok());
         // Rows of [8, 4] on dev [2, 4, 2] with -1: rank r's part of dim 0 is
         // its index in {0, 1, 8, 9} (and the translates of that group).
         let l = ms(&[2, 4, 2], &[&[-1], &[1]], -1, 3);

@@ -367,7 +367,7 @@ impl ParamEntry {
     /// of a 1-D tensor with an empty one so that it is not read as flat.
     fn tensor_map_for(&self, rank: usize) -> Option<Vec<Vec<i64>>> {
         match self.tensor_map.as_slice() {
-            [flat] if flat.len() == rank => Some(flat.iter().map(|&k| vec![k]).collect()),
+            [flat] => (flat.len() == rank).then(|| flat.iter().map(|&k| vec![k]).collect()),
             nested => {
                 let per_dim: Vec<Vec<i64>> =
                     nested.iter().filter(|e| !e.is_empty()).cloned().collect();
@@ -414,7 +414,12 @@ impl ParamEntry {
     pub fn layout(&self, shape: &[u64], stage_count: u64) -> Result<TensorLayout, String> {
         let ms = self
             .mindspore_layout(shape.len(), stage_count)
-            .map_err(|e| format!("{e} of shape {shape:?}"))?;
+            .map_err(|_| {
+                format!(
+                    "parameter `{}`: tensor_map {:?} does not fit a tensor of shape {shape:?}",
+                    self.name, self.tensor_map
+                )
+            })?;
         ms.to_layout_on_stages(shape, &self.also_on)
             .map_err(|e| format!("parameter `{}`: {e}", self.name))
     }
@@ -648,15 +653,15 @@ pub fn write_strategy_file(
     let what = format!("strategy `{}`", strategy.name());
     let mut entries = Vec::new();
     let mut stages = BTreeSet::new();
+    let staged = strategy
+        .layouts()
+        .iter()
+        .any(|l| l.pinned_coords(0).next().is_some());
     for (t, l) in strategy.tensors().iter().zip(strategy.layouts()) {
         // A tensor on several stages is one entry per stage; one on every
-        // stage has no stage pin left, and is one entry per stage too.
-        let on_every_stage = l
-            .mesh()
-            .axes()
-            .first()
-            .is_some_and(|a| a.name == STAGE_AXIS)
-            && l.pinned_coords(0).next().is_none();
+        // stage has no stage pin left, and is one entry per stage too. The
+        // first axis is the stage axis when some tensor is pinned on it.
+        let on_every_stage = staged && l.pinned_coords(0).next().is_none();
         let per_stage = if on_every_stage {
             l.pinned_each(0)
         } else {
