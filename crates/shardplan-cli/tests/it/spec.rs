@@ -332,6 +332,24 @@ fn load_tells_the_format_from_the_file() {
     for (t, l) in s.tensors().iter().zip(s.layouts()) {
         assert!(l.same_placement(back.strategy("strategy").unwrap().layout(&t.name).unwrap()));
     }
+    // Optimizer shards survive the YAML: read from the strategy file and
+    // from its YAML form, derivation gets the same record.
+    for case in ["opt_partial_dp4_size2", "tp4_row_to_tp2_row"] {
+        let file = fixtures.join(case).join("src_strategy/strategy.json");
+        let (direct, _) = load(&file).unwrap();
+        let (again, diags) = parse_spec("again.yaml", &direct.to_yaml("").unwrap());
+        let again = again.unwrap_or_else(|| panic!("{diags:?}"));
+        let ways = |s: &shardplan::spec::Spec| {
+            s.optimizer_shards("strategy")
+                .unwrap()
+                .iter()
+                .filter(|(_, w)| **w > 1)
+                .map(|(n, w)| (n.clone(), *w))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(ways(&direct), ways(&again), "{case}");
+        assert_eq!(ways(&direct).is_empty(), case.starts_with("tp4"), "{case}");
+    }
     let dir = std::env::temp_dir().join(format!("shardplan-load-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let garbage = dir.join("garbage.yaml");

@@ -301,6 +301,24 @@ impl MindSporeLayout {
     /// the first axis, explicit device ids, and uneven blocks other than
     /// explicit sizes on dimension 0.
     pub fn from_layout(layout: &TensorLayout) -> Result<Self, LayoutError> {
+        Self::from_layout_sharded(layout, None)
+    }
+
+    /// [`MindSporeLayout::from_layout`] for a layout known to hold an
+    /// optimizer shard of `ways` ranks (what a strategy file or a
+    /// `mindspore` rule recorded): the trailing axes of dimension 0 whose
+    /// sizes multiply to `ways` become the shard, even when they are all of
+    /// dimension 0's axes, which the layout alone would read as a split.
+    /// Without such axes, as `from_layout`.
+    ///
+    /// # Errors
+    ///
+    /// As [`MindSporeLayout::from_layout`].
+    pub fn from_layout_with_shard(layout: &TensorLayout, ways: u64) -> Result<Self, LayoutError> {
+        Self::from_layout_sharded(layout, Some(ways).filter(|&w| w > 1))
+    }
+
+    fn from_layout_sharded(layout: &TensorLayout, ways: Option<u64>) -> Result<Self, LayoutError> {
         let mesh = layout.mesh();
         if !layout.partial().is_empty() {
             return Err(bad(
@@ -351,13 +369,28 @@ impl MindSporeLayout {
             // A single axis stays a tensor-map entry; only the trailing axes of
             // a dimension split several ways become an optimizer shard, so
             // the flat (JSON) form can hold the layout.
-            for take in (1..d0.len()).rev() {
-                let suffix = &d0[d0.len() - take..];
+            let innermost = |suffix: &[usize]| {
                 let mut pool: Vec<usize> = replicated.iter().chain(suffix).copied().collect();
                 pool.sort_unstable();
-                if pool.ends_with(suffix) && suffix.iter().any(|&a| mesh.axis_size(a) > 1) {
-                    opt = suffix.to_vec();
-                    break;
+                pool.ends_with(suffix) && suffix.iter().any(|&a| mesh.axis_size(a) > 1)
+            };
+            let recorded = ways.and_then(|w| {
+                (1..=d0.len())
+                    .map(|take| &d0[d0.len() - take..])
+                    .find(|suffix| {
+                        suffix.iter().map(|&a| mesh.axis_size(a)).product::<u64>() == w
+                            && innermost(suffix)
+                    })
+            });
+            if let Some(suffix) = recorded {
+                opt = suffix.to_vec();
+            } else {
+                for take in (1..d0.len()).rev() {
+                    let suffix = &d0[d0.len() - take..];
+                    if innermost(suffix) {
+                        opt = suffix.to_vec();
+                        break;
+                    }
                 }
             }
             let keep = d0.len() - opt.len();

@@ -104,12 +104,14 @@ pub fn derived_spec_yaml(
             name: n,
             mesh: &names[n.as_str()],
             strategy: s,
+            optimizer_shards: spec.optimizer_shards(n),
         })
         .collect();
     strategies.push(StrategyOut {
         name,
         mesh: &target_name,
         strategy: derived,
+        optimizer_shards: None,
     });
     let out = SpecOut {
         comment: comment.to_string(),

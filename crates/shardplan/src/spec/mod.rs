@@ -323,6 +323,7 @@ impl Spec {
                 name: n,
                 mesh,
                 strategy: s,
+                optimizer_shards: self.optimizer_shards.get(n),
             });
         }
         write::write_spec(&write::SpecOut {

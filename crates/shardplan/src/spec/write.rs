@@ -2,6 +2,7 @@
 //! [`super::parse_spec`] reads. Every tensor gets a rule of its own, so any
 //! layout can be written, whatever rules produced it.
 
+use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::sync::Arc;
 
@@ -19,6 +20,9 @@ pub struct StrategyOut<'a> {
     pub mesh: &'a str,
     /// The strategy.
     pub strategy: &'a Strategy,
+    /// The optimizer shard recorded per tensor (ways), written as
+    /// `opt_weight_shard_size` where a layout alone would read as a split.
+    pub optimizer_shards: Option<&'a BTreeMap<String, u64>>,
 }
 
 /// Everything a spec file holds.
@@ -148,7 +152,12 @@ pub fn write_spec(spec: &SpecOut<'_>) -> Result<String, WriteError> {
                 if Arc::ptr_eq(l.mesh(), s.strategy.mesh()) || **l.mesh() == **s.strategy.mesh() {
                     native_rule(l)
                 } else {
-                    mindspore_rule(l, s.strategy.mesh()).map_err(err)?
+                    let ways = s
+                        .optimizer_shards
+                        .and_then(|o| o.get(&t.name))
+                        .copied()
+                        .unwrap_or(1);
+                    mindspore_rule(l, s.strategy.mesh(), ways).map_err(err)?
                 };
             let _ = writeln!(out, "      - {{match: {}, {body}}}", quote(&t.name));
         }
@@ -226,9 +235,14 @@ fn native_rule(l: &TensorLayout) -> String {
 /// A layout on a mesh of its own, written in MindSpore notation; its stage
 /// becomes a pin on the strategy mesh's first axis (a list for a tensor on
 /// several stages, each cut alike).
-fn mindspore_rule(l: &TensorLayout, strategy_mesh: &DeviceMesh) -> Result<String, String> {
+fn mindspore_rule(
+    l: &TensorLayout,
+    strategy_mesh: &DeviceMesh,
+    ways: u64,
+) -> Result<String, String> {
     let per_stage = l.split_pins();
-    let ms = MindSporeLayout::from_layout(&per_stage[0]).map_err(|e| e.to_string())?;
+    let ms =
+        MindSporeLayout::from_layout_with_shard(&per_stage[0], ways).map_err(|e| e.to_string())?;
     let tm: Vec<String> = ms
         .tensor_map
         .iter()
