@@ -438,6 +438,7 @@ impl fmt::Display for DeriveTarget {
 
 /// One rule that decided part of a tensor's derived layout.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum DeriveNote {
     /// Not split over tensor-parallel axes in training: not split.
     NotSplit,

@@ -38,6 +38,7 @@ impl TensorInfo {
 
 /// Errors of [`Strategy::new`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, miette::Diagnostic)]
+#[non_exhaustive]
 pub enum StrategyError {
     /// Not one layout per tensor.
     #[error("strategy `{strategy}` has {layouts} layouts for {tensors} tensors")]

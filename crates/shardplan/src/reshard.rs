@@ -29,6 +29,7 @@ use crate::{Strategy, TensorInfo};
 
 /// Where a side's layouts come from.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub enum LayoutSource {
     /// One device holding every tensor whole (MindSpore's `None`).
     SingleDevice,

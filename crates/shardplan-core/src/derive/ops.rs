@@ -105,6 +105,7 @@ use crate::strategy::{Strategy, StrategyError, TensorInfo};
 
 /// An operator kind, by its MindSpore primitive name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum OpKind {
     /// `MatMul`: two inputs, the second usually a weight.
     MatMul,
@@ -265,6 +266,7 @@ pub struct OperatorGraph {
 
 /// A collective an operator performs on its own output.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Collective {
     /// All-reduce of partial sums.
     AllReduce,

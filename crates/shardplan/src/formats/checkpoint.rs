@@ -13,6 +13,7 @@ use crate::DType;
 
 /// Checkpoint file format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum CheckpointFormat {
     /// MindSpore protobuf `.ckpt`.
     Ckpt,

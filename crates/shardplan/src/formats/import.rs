@@ -10,6 +10,7 @@ use crate::spec::Spec;
 
 /// Where imported tensors get their shapes and dtypes.
 #[derive(Debug, Clone, Copy)]
+#[non_exhaustive]
 pub enum ShapeSource<'a> {
     /// The shapes JSON strategy files record, all with one dtype.
     Recorded(DType),

@@ -630,6 +630,7 @@ impl StrategyFile {
 
 /// Output form of [`write_strategy_file`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum StrategyFormat {
     /// JSON, as MindSpore's C++ writer produces (flat tensor maps only).
     Json,

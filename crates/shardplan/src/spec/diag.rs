@@ -7,6 +7,7 @@ use miette::{LabeledSpan, SourceSpan};
 
 /// How bad a diagnostic is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[non_exhaustive]
 pub enum Severity {
     /// Suspicious but valid (e.g. a rule that matches no tensor).
     Warning,
@@ -28,6 +29,7 @@ impl Severity {
 /// (`shardplan::spec::unknown_axis`) is stable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 #[allow(missing_docs)] // each variant is documented in docs/spec.md under its code
+#[non_exhaustive]
 pub enum DiagCode {
     Syntax,
     UnknownField,
