@@ -10,36 +10,10 @@ use crate::common;
 
 use common::{
     case_dirs, fixture_cases_dir as fixture_dir, ms_layout, shared_cases_dir as shared_dir,
+    value_rule_slice,
 };
 use serde_json::Value;
 use shardplan::Region;
-
-/// `float32(arange(numel) + base)` restricted to `region`, as little-endian bytes.
-fn expected_slice(shape: &[u64], base: f32, region: &Region) -> Vec<u8> {
-    let mut out = Vec::new();
-    let n: u64 = region.volume();
-    for i in 0..n {
-        // Local index → global flat index, row-major.
-        let mut rem = i;
-        let mut flat = 0u64;
-        let mut local = vec![0u64; shape.len()];
-        for d in (0..shape.len()).rev() {
-            local[d] = rem % region.extent()[d];
-            rem /= region.extent()[d];
-        }
-        for d in 0..shape.len() {
-            flat = flat * shape[d] + region.offset()[d] + local[d];
-        }
-        out.extend_from_slice(&(flat as f32 + base).to_le_bytes());
-    }
-    out
-}
-
-fn value_base(rule: &str) -> f32 {
-    // "float32(arange(numel) + 1000) row-major"
-    let plus = rule.split('+').nth(1).expect("value rule has a `+`");
-    plus.split(')').next().unwrap().trim().parse().unwrap()
-}
 
 /// Checks every source rank of one case; returns whether all slices agreed.
 fn check_case(dir: &Path) -> Result<bool, String> {
@@ -73,7 +47,6 @@ fn check_case(dir: &Path) -> Result<bool, String> {
         let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
         for (param, info) in params {
             let shape: Vec<u64> = serde_json::from_value(info["full_shape"].clone()).unwrap();
-            let base = value_base(info["value_rule"].as_str().unwrap());
             let entry =
                 (0..stage_count).find_map(|s| layouts[s as usize].get(param).map(|e| (s, e)));
             let region = match entry {
@@ -89,7 +62,7 @@ fn check_case(dir: &Path) -> Result<bool, String> {
             let held = st.tensor(param).ok();
             match (region, held) {
                 (Some(region), Some(view)) => {
-                    let want = expected_slice(&shape, base, &region);
+                    let want = value_rule_slice(info, &region);
                     if view.shape()
                         != region
                             .extent()

@@ -178,7 +178,7 @@ fn follows_destination_layout(case: &Value, ours: &Contents) -> Result<(), Strin
         // One destination device: every tensor whole on rank 0.
         for (name, param) in case["params"].as_object().unwrap() {
             let shape: Vec<u64> = serde_json::from_value(param["full_shape"].clone()).unwrap();
-            let whole = shardplan::Region::new(vec![0; shape.len()], shape.clone());
+            let whole = shardplan::Region::whole(&shape);
             let got = ours
                 .get(&(0, name.clone()))
                 .ok_or_else(|| format!("rank 0 lacks {name}"))?;

@@ -1,13 +1,10 @@
 //! What a spec gives derivation, and a derived strategy written back as a
 //! spec: the edge of [`crate::derive`], which itself knows no spec.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
-
+use crate::Strategy;
 use crate::derive::DeriveRules;
 use crate::spec::Spec;
-use crate::spec::write::{SpecOut, StrategyOut, WriteError, write_spec};
-use crate::{DeviceMesh, Strategy};
+use crate::spec::write::{StrategyOut, WriteError, write_spec};
 
 /// Why a derived strategy cannot be written as a spec.
 #[derive(Debug, thiserror::Error, miette::Diagnostic)]
@@ -67,60 +64,29 @@ pub fn derived_spec_yaml(
     if spec.strategy(name).is_some() {
         return Err(DerivedSpecError::NameTaken(name.to_string()));
     }
-    let mut meshes: Vec<(String, Arc<DeviceMesh>)> = spec
-        .meshes()
-        .iter()
-        .map(|(n, m)| (n.clone(), m.clone()))
-        .collect();
-    let target_name = match spec.mesh_name_of(derived.mesh()) {
-        Some(n) => n.to_string(),
-        None => {
-            let mut n = "derived".to_string();
-            let mut k = 2;
-            while spec.meshes().contains_key(&n) {
-                n = format!("derived_{k}");
-                k += 1;
-            }
-            meshes.push((n.clone(), derived.mesh().clone()));
-            n
+    // The derived mesh keeps its name when the spec has it.
+    let new_mesh = spec.mesh_name_of(derived.mesh()).is_none().then(|| {
+        std::iter::once("derived".to_string())
+            .chain((2..).map(|k| format!("derived_{k}")))
+            .find(|n| !spec.meshes().contains_key(n))
+            .expect("names are unbounded")
+    });
+    let mut out = spec.to_out(comment)?;
+    let target = match &new_mesh {
+        Some(n) => {
+            out.meshes.push((n.as_str(), derived.mesh().clone()));
+            n.as_str()
         }
+        None => spec
+            .mesh_name_of(derived.mesh())
+            .expect("a mesh of the spec"),
     };
-    // Every strategy of the spec, by the name of its mesh.
-    let mut names: BTreeMap<&str, String> = BTreeMap::new();
-    for (sname, s) in spec.strategies() {
-        let m = spec.mesh_name_of(s.mesh()).ok_or_else(|| {
-            DerivedSpecError::Write(WriteError {
-                strategy: sname.clone(),
-                tensor: String::new(),
-                reason: "its mesh is not a mesh of the spec".into(),
-            })
-        })?;
-        names.insert(sname, m.to_string());
-    }
-    let mut strategies: Vec<StrategyOut<'_>> = spec
-        .strategies()
-        .iter()
-        .map(|(n, s)| StrategyOut {
-            name: n,
-            mesh: &names[n.as_str()],
-            strategy: s,
-            optimizer_shards: spec.optimizer_shards(n),
-        })
-        .collect();
-    strategies.push(StrategyOut {
+    out.strategies.push(StrategyOut {
         name,
-        mesh: &target_name,
+        mesh: target,
         strategy: derived,
         optimizer_shards: None,
     });
-    let out = SpecOut {
-        comment: comment.to_string(),
-        meshes: meshes
-            .iter()
-            .map(|(n, m)| (n.as_str(), m.clone()))
-            .collect(),
-        strategies,
-        transfer: from.map(|f| (f, name)),
-    };
+    out.transfer = from.map(|f| (f, name));
     Ok(write_spec(&out)?)
 }

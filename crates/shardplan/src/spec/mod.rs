@@ -310,6 +310,12 @@ impl Spec {
     /// [`write::WriteError`] for a tensor name or layout the spec format
     /// cannot express, or a strategy whose mesh the spec does not name.
     pub fn to_yaml(&self, comment: &str) -> Result<String, write::WriteError> {
+        write::write_spec(&self.to_out(comment)?)
+    }
+
+    /// The spec as the writer's input: meshes, strategies by the name of
+    /// their mesh, the transfer.
+    pub(crate) fn to_out(&self, comment: &str) -> Result<write::SpecOut<'_>, write::WriteError> {
         let mut strategies = Vec::with_capacity(self.strategies.len());
         for (n, s) in &self.strategies {
             let mesh = self
@@ -326,7 +332,7 @@ impl Spec {
                 optimizer_shards: self.optimizer_shards.get(n),
             });
         }
-        write::write_spec(&write::SpecOut {
+        Ok(write::SpecOut {
             comment: comment.to_string(),
             meshes: self
                 .meshes
@@ -1189,6 +1195,61 @@ impl Cx {
         Some(out)
     }
 
+    /// Rules no tensor reached: a glob matching no tensor name is an error
+    /// (a typo: the tensor meant gets another rule's layout), one whose
+    /// tensors earlier rules all took is a warning. False after an error.
+    fn report_unused_rules(
+        &mut self,
+        name: &str,
+        rs: &RawStrategy,
+        tensors: &[(TensorInfo, Span)],
+        used: &[bool],
+    ) -> bool {
+        let mut ok = true;
+        for (i, r) in rs.rules.value.iter().enumerate() {
+            let Some(glob) = Glob::new(&r.pattern.value).ok().filter(|_| !used[i]) else {
+                continue;
+            };
+            if !tensors.iter().any(|(t, _)| glob.matches(&t.name)) {
+                // Matching no name at all is a typo, not a shadowed rule:
+                // the tensor meant gets another rule's layout silently.
+                let help = match closest_name(
+                    &r.pattern.value,
+                    tensors.iter().map(|(t, _)| t.name.as_str()),
+                ) {
+                    Some(near) => format!(
+                        "the closest tensor name is `{near}`; fix the glob, or remove the rule"
+                    ),
+                    None => "the spec has no tensors; remove the rule".to_string(),
+                };
+                self.error(
+                    DiagCode::NoSuchTensor,
+                    span_of(&r.pattern),
+                    format!(
+                        "rule `{}` of strategy `{name}` matches no tensor name",
+                        r.pattern.value
+                    ),
+                    "matches no tensor",
+                    &help,
+                );
+                ok = false;
+            } else {
+                self.push(
+                DiagCode::UnusedRule,
+                Severity::Warning,
+                span_of(&r.pattern),
+                format!(
+                    "rule `{}` of strategy `{name}` is never used: earlier rules match every tensor it matches",
+                    r.pattern.value
+                ),
+                "shadowed",
+                "earlier rules match every tensor it matches: reorder the rules, or remove this one",
+            );
+            }
+        }
+        ok
+    }
+
     fn lower_strategy(
         &mut self,
         name: &str,
@@ -1305,47 +1366,7 @@ impl Cx {
                 &f.help,
             );
         }
-        for (i, r) in rs.rules.value.iter().enumerate() {
-            let Some(glob) = Glob::new(&r.pattern.value).ok().filter(|_| !used[i]) else {
-                continue;
-            };
-            if !tensors.iter().any(|(t, _)| glob.matches(&t.name)) {
-                // Matching no name at all is a typo, not a shadowed rule:
-                // the tensor meant gets another rule's layout silently.
-                let help = match closest_name(
-                    &r.pattern.value,
-                    tensors.iter().map(|(t, _)| t.name.as_str()),
-                ) {
-                    Some(near) => format!(
-                        "the closest tensor name is `{near}`; fix the glob, or remove the rule"
-                    ),
-                    None => "the spec has no tensors; remove the rule".to_string(),
-                };
-                self.error(
-                    DiagCode::NoSuchTensor,
-                    span_of(&r.pattern),
-                    format!(
-                        "rule `{}` of strategy `{name}` matches no tensor name",
-                        r.pattern.value
-                    ),
-                    "matches no tensor",
-                    &help,
-                );
-                ok = false;
-            } else {
-                self.push(
-                    DiagCode::UnusedRule,
-                    Severity::Warning,
-                    span_of(&r.pattern),
-                    format!(
-                        "rule `{}` of strategy `{name}` is never used: earlier rules match every tensor it matches",
-                        r.pattern.value
-                    ),
-                    "shadowed",
-                    "earlier rules match every tensor it matches: reorder the rules, or remove this one",
-                );
-            }
-        }
+        ok &= self.report_unused_rules(name, rs, tensors, &used);
         if !ok || rules.iter().any(Option::is_none) {
             return None;
         }
