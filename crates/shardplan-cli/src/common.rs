@@ -1,8 +1,8 @@
 //! What several subcommands share: reading and rendering specs, naming strategies, printing.
 
+use crate::Status;
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
-use std::process::ExitCode;
 
 use miette::{GraphicalReportHandler, GraphicalTheme, IntoDiagnostic, WrapErr};
 use shardplan::Strategy;
@@ -33,7 +33,7 @@ pub(crate) fn render(diags: &[SpecDiagnostic]) -> String {
 }
 
 /// Reads and checks a spec; invalid specs print their diagnostics.
-pub(crate) fn load_spec(path: &Path) -> miette::Result<Result<Spec, ExitCode>> {
+pub(crate) fn load_spec(path: &Path) -> miette::Result<Result<Spec, Status>> {
     match shardplan::spec::load(path) {
         Ok((spec, warnings)) => {
             // Warnings do not stop the job, but are shown.
@@ -44,7 +44,7 @@ pub(crate) fn load_spec(path: &Path) -> miette::Result<Result<Spec, ExitCode>> {
         }
         Err(shardplan::spec::LoadError::Invalid { diagnostics, .. }) => {
             eprint!("{}", render(&diagnostics));
-            Ok(Err(ExitCode::from(1)))
+            Ok(Err(Status::from(1)))
         }
         Err(e) => Err(e.into()),
     }

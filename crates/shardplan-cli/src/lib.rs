@@ -35,12 +35,26 @@ where
     I: IntoIterator<Item = T>,
     T: Into<std::ffi::OsString> + Clone,
 {
+    ExitCode::from(run_status(args))
+}
+
+/// [`run`] with the exit status as a number, for embedders that pass it on
+/// themselves (the Python package's `shardplan` command).
+///
+/// ```
+/// assert_eq!(shardplan_cli::run_status(["shardplan", "--version"]), 0);
+/// ```
+pub fn run_status<I, T>(args: I) -> u8
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
     let cli = match Cli::try_parse_from(args) {
         Ok(cli) => cli,
         // Help and version exit 0, usage errors 2, as clap prints them.
         Err(e) => {
             let _ = e.print();
-            return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
+            return if e.use_stderr() { 2 } else { 0 };
         }
     };
     let result = match cli.command {
@@ -138,10 +152,24 @@ where
         }
     };
     match result {
-        Ok(code) => code,
+        Ok(status) => status.0,
         Err(report) => {
             eprintln!("{report:?}");
-            ExitCode::from(2)
+            2
         }
+    }
+}
+
+/// A subcommand's exit status (what [`run_status`] returns).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Status(u8);
+
+impl Status {
+    pub(crate) const SUCCESS: Status = Status(0);
+}
+
+impl From<u8> for Status {
+    fn from(code: u8) -> Self {
+        Status(code)
     }
 }

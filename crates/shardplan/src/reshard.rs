@@ -23,9 +23,9 @@ use crate::formats::checkpoint::{
     CheckpointFormat, CheckpointWriter, Checksum, TensorEntry, rank_files, read_index,
 };
 use crate::formats::mindspore_strategy::{StrategyFile, read_strategy_files};
+use crate::{DType, Strategy, TensorInfo};
 use crate::{PlanConfig, plan_transfer};
 use crate::{ReplicaChoice, VerifiedPlan};
-use crate::{Strategy, TensorInfo};
 
 /// Where a side's layouts come from.
 #[derive(Debug, Clone)]
@@ -56,6 +56,10 @@ pub struct ReshardConfig {
     /// Allow device counts that do not divide each other, which MindSpore
     /// refuses.
     pub any_device_count: bool,
+    /// The source checkpoint files of each rank, given instead of found
+    /// under `src_dir`'s `rank_<r>/` folders (MindSpore's
+    /// `ckpt_file_list`: file `r` is rank `r`'s).
+    pub src_files: Option<BTreeMap<u64, Vec<PathBuf>>>,
 }
 
 impl ReshardConfig {
@@ -69,6 +73,7 @@ impl ReshardConfig {
             dst,
             replica_choice: ReplicaChoice::MinFiles,
             any_device_count: false,
+            src_files: None,
         }
     }
 }
@@ -173,7 +178,8 @@ pub struct Prepared {
     copies: Vec<CopyThrough>,
     warnings: Vec<String>,
     sources: BTreeMap<u64, BTreeMap<String, Located>>,
-    src_dir: PathBuf,
+    /// The folders the sources are in: no output may be written there.
+    src_dirs: Vec<PathBuf>,
     source_format: CheckpointFormat,
 }
 
@@ -214,7 +220,10 @@ impl Prepared {
 /// tensor missing from a rank that should hold it, a dtype or shape that
 /// does not match the strategy, device counts MindSpore refuses.
 pub fn prepare(cfg: &ReshardConfig) -> Result<Prepared, ReshardError> {
-    let files = rank_files(&cfg.src_dir)?;
+    let files = match &cfg.src_files {
+        Some(files) => files.clone(),
+        None => rank_files(&cfg.src_dir)?,
+    };
     let mut sources: BTreeMap<u64, BTreeMap<String, Located>> = BTreeMap::new();
     let mut format = None;
     for (rank, paths) in &files {
@@ -279,11 +288,17 @@ pub fn prepare(cfg: &ReshardConfig) -> Result<Prepared, ReshardError> {
     }
     if files.len() as u64 != n {
         return Err(mismatch(
-            format!(
-                "{} has {} rank folders but the source strategy has {n} ranks",
-                cfg.src_dir.display(),
-                files.len()
-            ),
+            match cfg.src_files {
+                Some(_) => format!(
+                    "{} ranks' checkpoint files were given but the source strategy has {n} ranks",
+                    files.len()
+                ),
+                None => format!(
+                    "{} has {} rank folders but the source strategy has {n} ranks",
+                    cfg.src_dir.display(),
+                    files.len()
+                ),
+            },
             "pass the checkpoint directory and strategy of the same run",
         ));
     }
@@ -338,9 +353,27 @@ pub fn prepare(cfg: &ReshardConfig) -> Result<Prepared, ReshardError> {
         copies,
         warnings,
         sources,
-        src_dir: cfg.src_dir.clone(),
+        src_dirs: source_dirs(cfg, &files),
         source_format: format.unwrap_or(CheckpointFormat::Ckpt),
     })
+}
+
+/// The folders holding the sources: `src_dir`, or each given file's.
+fn source_dirs(cfg: &ReshardConfig, files: &BTreeMap<u64, Vec<PathBuf>>) -> Vec<PathBuf> {
+    if cfg.src_files.is_none() {
+        return vec![cfg.src_dir.clone()];
+    }
+    let mut dirs: Vec<PathBuf> = files
+        .values()
+        .flatten()
+        .map(|f| match f.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        })
+        .collect();
+    dirs.sort();
+    dirs.dedup();
+    dirs
 }
 
 /// Global tensors (name, full shape, dtype) of the checkpoints in
@@ -645,12 +678,16 @@ impl Prepared {
         rank: u64,
         progress: &mut dyn FnMut(u64),
     ) -> Result<RankOutcome, ReshardError> {
-        if paths_overlap(&self.src_dir, &cfg.out_dir) {
+        if let Some(src) = self
+            .src_dirs
+            .iter()
+            .find(|d| paths_overlap(d, &cfg.out_dir))
+        {
             return Err(mismatch(
                 format!(
                     "the output {} overlaps the source {}",
                     cfg.out_dir.display(),
-                    self.src_dir.display()
+                    src.display()
                 ),
                 "write the output elsewhere; sources are never modified",
             ));
@@ -731,40 +768,121 @@ impl Prepared {
         cfg: &WriteConfig,
         progress: &mut dyn FnMut(u64),
     ) -> Result<Checksum, ReshardError> {
-        // The tensors this rank holds, in strategy order, with their pieces.
-        let mut held = Vec::new();
-        for (t, l) in self.dst.tensors().iter().zip(self.dst.layouts()) {
-            if let Some(region) = l.region_of(rank) {
-                let plan = self
-                    .plan
-                    .tensors
-                    .iter()
-                    .find(|p| p.name == t.name)
-                    .ok_or_else(|| {
-                        mismatch(
-                            format!("internal error: tensor `{}` is not in the plan", t.name),
-                            "report this",
-                        )
-                    })?;
-                held.push((t, region, plan));
-            }
-        }
-        let copied = self.copied_to(rank);
-        let decl = held
+        let mut files = SourceFiles::default();
+        let slices = self.rank_runs(rank, &mut files)?;
+        let decl = slices
             .iter()
-            .map(|(t, r, _)| (t.name.clone(), t.dtype, r.extent().to_vec()))
-            .chain(
-                copied
-                    .iter()
-                    .map(|(t, loc)| (t.name.clone(), t.dtype, loc.entry.shape.clone())),
-            )
+            .map(|(s, _)| (s.name.clone(), s.dtype, s.shape.clone()))
             .collect();
         let window = usize::try_from(cfg.window_bytes).unwrap_or(usize::MAX);
         let mut writer =
             CheckpointWriter::create_streamed(tmp, self.format(cfg), decl, window, cfg.direct_io)
                 .map_err(io(out))?;
+        for (slice, pieces) in &slices {
+            write_tensor(&mut writer, &files, pieces, out)?;
+            progress(slice.bytes);
+        }
+        let (_, sum) = writer.finish_summed().map_err(io(out))?;
+        Ok(sum)
+    }
+
+    /// The tensors destination rank `rank` receives, in the order its
+    /// checkpoint lists them: its slices under the destination strategy
+    /// (strategy order), then the tensors copied through.
+    ///
+    /// # Errors
+    ///
+    /// [`ReshardError::Mismatch`] for a rank outside the destination.
+    pub fn rank_slices(&self, rank: u64) -> Result<Vec<RankSlice>, ReshardError> {
+        self.check_rank(rank)?;
+        let planned = self
+            .dst
+            .tensors()
+            .iter()
+            .zip(self.dst.layouts())
+            .filter_map(|(t, l)| Some(RankSlice::new(t, l.region_of(rank)?.extent().to_vec())));
+        let copied = self
+            .copied_to(rank)
+            .into_iter()
+            .map(|(t, loc)| RankSlice::new(t, loc.entry.shape.clone()));
+        Ok(planned.chain(copied).collect())
+    }
+
+    /// Reads destination rank `rank`'s tensors into memory, without writing
+    /// a file: `bufs[i]` receives the bytes of [`Prepared::rank_slices`]'s
+    /// `i`-th tensor, row-major. Only the bytes the rank's pieces cover are
+    /// read, with positional reads, from the source files they name.
+    ///
+    /// # Errors
+    ///
+    /// [`ReshardError::Mismatch`] for a rank outside the destination or
+    /// buffers that do not match the slices in number or size;
+    /// [`ReshardError::Io`] naming the source file of a failed read.
+    pub fn read_rank_into(&self, rank: u64, bufs: &mut [&mut [u8]]) -> Result<(), ReshardError> {
         let mut files = SourceFiles::default();
-        for (t, region, tp) in held {
+        let slices = self.rank_runs(rank, &mut files)?;
+        if slices.len() != bufs.len() {
+            return Err(mismatch(
+                format!(
+                    "rank {rank} receives {} tensors but {} buffers were given",
+                    slices.len(),
+                    bufs.len()
+                ),
+                "pass one buffer per tensor of `rank_slices`",
+            ));
+        }
+        for ((slice, pieces), buf) in slices.iter().zip(bufs.iter_mut()) {
+            if buf.len() as u64 != slice.bytes {
+                return Err(mismatch(
+                    format!(
+                        "tensor `{}` of rank {rank} is {} bytes but its buffer holds {}",
+                        slice.name,
+                        slice.bytes,
+                        buf.len()
+                    ),
+                    "size each buffer as `rank_slices` says",
+                ));
+            }
+            fill_range(&files.0, pieces, 0, buf).map_err(|(path, e)| io(path)(e))?;
+        }
+        Ok(())
+    }
+
+    fn check_rank(&self, rank: u64) -> Result<(), ReshardError> {
+        let ranks = self.dst.mesh().rank_count();
+        if rank >= ranks {
+            return Err(mismatch(
+                format!("rank {rank} is not a destination rank: the destination has {ranks}"),
+                format!("pick a rank from 0 to {}", ranks.saturating_sub(1)),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Each tensor of [`Prepared::rank_slices`] with the byte runs that
+    /// fill it, its source files opened in `files`.
+    fn rank_runs(
+        &self,
+        rank: u64,
+        files: &mut SourceFiles,
+    ) -> Result<Vec<(RankSlice, Vec<PieceRuns>)>, ReshardError> {
+        self.check_rank(rank)?;
+        let mut out = Vec::new();
+        for (t, l) in self.dst.tensors().iter().zip(self.dst.layouts()) {
+            let Some(region) = l.region_of(rank) else {
+                continue;
+            };
+            let tp = self
+                .plan
+                .tensors
+                .iter()
+                .find(|p| p.name == t.name)
+                .ok_or_else(|| {
+                    mismatch(
+                        format!("internal error: tensor `{}` is not in the plan", t.name),
+                        "report this",
+                    )
+                })?;
             let size = t.dtype.size_bytes();
             let mut pieces: Vec<PieceRuns> = Vec::new();
             for p in tp.pieces.iter().filter(|p| p.dst_rank == rank) {
@@ -780,16 +898,17 @@ impl Prepared {
                     p.dst_box.extent(),
                 ));
             }
+            let slice = RankSlice::new(t, region.extent().to_vec());
             // The verified plan covers the slice exactly once: the runs add
-            // up to it (windows are reused, so a gap would leave old bytes).
+            // up to it (windows and buffers are reused, so a gap would
+            // leave old bytes).
             debug_assert_eq!(
                 pieces.iter().map(|p| p.count * p.run).sum::<u64>(),
-                region.volume() * size
+                slice.bytes
             );
-            write_tensor(&mut writer, &files, &pieces, out)?;
-            progress(region.volume() * size);
+            out.push((slice, pieces));
         }
-        for (t, loc) in copied {
+        for (t, loc) in self.copied_to(rank) {
             // The whole source tensor, as it is.
             let shape = &loc.entry.shape;
             let zeros = vec![0; shape.len()];
@@ -803,11 +922,39 @@ impl Prepared {
                 &zeros,
                 shape,
             );
-            write_tensor(&mut writer, &files, std::slice::from_ref(&piece), out)?;
-            progress(loc.entry.len);
+            out.push((RankSlice::new(t, shape.clone()), vec![piece]));
         }
-        let (_, sum) = writer.finish_summed().map_err(io(out))?;
-        Ok(sum)
+        Ok(out)
+    }
+}
+
+/// One tensor a destination rank receives: its name, dtype, the shape of
+/// its slice and the slice's bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RankSlice {
+    /// Tensor name.
+    pub name: String,
+    /// Element type.
+    pub dtype: DType,
+    /// Shape of the rank's slice.
+    pub shape: Vec<u64>,
+    /// Bytes of the slice.
+    pub bytes: u64,
+}
+
+impl RankSlice {
+    fn new(t: &TensorInfo, shape: Vec<u64>) -> Self {
+        // Slices of tensors whose sizes the strategy checked: no overflow.
+        let bytes = shape
+            .iter()
+            .product::<u64>()
+            .saturating_mul(t.dtype.size_bytes());
+        RankSlice {
+            name: t.name.clone(),
+            dtype: t.dtype,
+            shape,
+            bytes,
+        }
     }
 }
 

@@ -1,8 +1,8 @@
 //! `shardplan check`: every problem of every file, as text or JSON.
 
+use crate::Status;
 use std::io::Write;
 use std::path::PathBuf;
-use std::process::ExitCode;
 
 use miette::IntoDiagnostic;
 use shardplan::spec::{SpecDiagnostic, parse_spec_bytes};
@@ -25,7 +25,7 @@ impl CheckedFile {
     }
 }
 
-pub(crate) fn check(files: &[PathBuf], format: Format, strict: bool) -> miette::Result<ExitCode> {
+pub(crate) fn check(files: &[PathBuf], format: Format, strict: bool) -> miette::Result<Status> {
     let mut all = Vec::new();
     for path in files {
         // An unreadable file is a usage error, but the others are still
@@ -116,10 +116,10 @@ pub(crate) fn check(files: &[PathBuf], format: Format, strict: bool) -> miette::
         }
     }
     Ok(if unreadable {
-        ExitCode::from(2)
+        Status::from(2)
     } else if failed {
-        ExitCode::from(1)
+        Status::from(1)
     } else {
-        ExitCode::SUCCESS
+        Status::SUCCESS
     })
 }

@@ -1,7 +1,7 @@
 //! `shardplan derive`: inference layouts from a training strategy or from operators.
 
+use crate::Status;
 use std::path::Path;
-use std::process::ExitCode;
 
 use miette::{IntoDiagnostic, WrapErr};
 use shardplan::spec::parse_spec;
@@ -10,7 +10,7 @@ use shardplan::{Strategy, formats};
 use crate::args::*;
 use crate::common::*;
 
-pub(crate) fn derive(path: &Path, args: &DeriveArgs) -> miette::Result<ExitCode> {
+pub(crate) fn derive(path: &Path, args: &DeriveArgs) -> miette::Result<Status> {
     use shardplan::derive::{DeriveTarget, derive_strategy};
     use shardplan::spec::{derived_spec_yaml, rules_for};
     let spec = match load_spec(path)? {
@@ -72,7 +72,7 @@ pub(crate) fn derive(path: &Path, args: &DeriveArgs) -> miette::Result<ExitCode>
         Ok(d) => d,
         Err(e) => {
             eprintln!("{:?}", miette::Report::new(e));
-            return Ok(ExitCode::from(1));
+            return Ok(Status::from(1));
         }
     };
     let comment = format!(
@@ -85,7 +85,7 @@ pub(crate) fn derive(path: &Path, args: &DeriveArgs) -> miette::Result<ExitCode>
         Ok(y) => y,
         Err(e) => {
             eprintln!("{:?}", miette::Report::new(e));
-            return Ok(ExitCode::from(1));
+            return Ok(Status::from(1));
         }
     };
     let explanation = args.explain.then(|| derived.explain(&from));
@@ -107,7 +107,7 @@ pub(crate) fn write_derived(
     args: &DeriveArgs,
     summary: &str,
     explanation: Option<String>,
-) -> miette::Result<ExitCode> {
+) -> miette::Result<Status> {
     let (back, diags) = parse_spec("derived spec", yaml);
     let same = back
         .as_ref()
@@ -145,11 +145,11 @@ pub(crate) fn write_derived(
             }
         }
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(Status::SUCCESS)
 }
 
 /// `derive --operators`: weights laid out by the spec's operators.
-pub(crate) fn derive_operators(path: &Path, args: &DeriveArgs) -> miette::Result<ExitCode> {
+pub(crate) fn derive_operators(path: &Path, args: &DeriveArgs) -> miette::Result<Status> {
     use shardplan::derive::ops::derive_from_operators;
     use shardplan::spec::derived_spec_yaml;
     let spec = match load_spec(path)? {
@@ -193,7 +193,7 @@ pub(crate) fn derive_operators(path: &Path, args: &DeriveArgs) -> miette::Result
         Ok(d) => d,
         Err(e) => {
             eprintln!("{:?}", miette::Report::new(e));
-            return Ok(ExitCode::from(1));
+            return Ok(Status::from(1));
         }
     };
     let devices = if graph.stages > 1 {
@@ -212,7 +212,7 @@ pub(crate) fn derive_operators(path: &Path, args: &DeriveArgs) -> miette::Result
         Ok(y) => y,
         Err(e) => {
             eprintln!("{:?}", miette::Report::new(e));
-            return Ok(ExitCode::from(1));
+            return Ok(Status::from(1));
         }
     };
     let laid_out = derived.weights.iter().flatten().count();

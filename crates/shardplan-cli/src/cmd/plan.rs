@@ -1,7 +1,7 @@
 //! `shardplan plan`, `verify` and `explain`.
 
+use crate::Status;
 use std::path::Path;
-use std::process::ExitCode;
 
 use miette::{IntoDiagnostic, WrapErr};
 use shardplan::spec::select_tensors;
@@ -20,7 +20,7 @@ pub(crate) fn plan(
     output: Option<&Path>,
     min_files: bool,
     top: usize,
-) -> miette::Result<ExitCode> {
+) -> miette::Result<Status> {
     let spec = match load_spec(path)? {
         Ok(s) => s,
         Err(code) => return Ok(code),
@@ -73,10 +73,10 @@ pub(crate) fn plan(
         }
         None => emit(&text),
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(Status::SUCCESS)
 }
 
-pub(crate) fn verify(spec_path: &Path, plan_path: &Path) -> miette::Result<ExitCode> {
+pub(crate) fn verify(spec_path: &Path, plan_path: &Path) -> miette::Result<Status> {
     let spec = match load_spec(spec_path)? {
         Ok(s) => s,
         Err(code) => return Ok(code),
@@ -86,7 +86,7 @@ pub(crate) fn verify(spec_path: &Path, plan_path: &Path) -> miette::Result<ExitC
         Ok(p) => p,
         Err(e) => {
             eprintln!("{:?}", miette::Report::new(e));
-            return Ok(ExitCode::from(1));
+            return Ok(Status::from(1));
         }
     };
     let ends = Ends {
@@ -104,7 +104,7 @@ pub(crate) fn verify(spec_path: &Path, plan_path: &Path) -> miette::Result<ExitC
                 v.network_bytes,
                 v.local_bytes
             );
-            Ok(ExitCode::SUCCESS)
+            Ok(Status::SUCCESS)
         }
         Err(defect) => {
             eprintln!(
@@ -112,12 +112,12 @@ pub(crate) fn verify(spec_path: &Path, plan_path: &Path) -> miette::Result<ExitC
                 miette::Report::new(defect)
                     .wrap_err(format!("{} is not a valid plan", plan_path.display()))
             );
-            Ok(ExitCode::from(1))
+            Ok(Status::from(1))
         }
     }
 }
 
-pub(crate) fn explain(path: &Path, ends: &Ends, tensor: &str) -> miette::Result<ExitCode> {
+pub(crate) fn explain(path: &Path, ends: &Ends, tensor: &str) -> miette::Result<Status> {
     let spec = match load_spec(path)? {
         Ok(s) => s,
         Err(code) => return Ok(code),
@@ -137,5 +137,5 @@ pub(crate) fn explain(path: &Path, ends: &Ends, tensor: &str) -> miette::Result<
     };
     let plan = plan_transfer(src, dst, &config)?;
     emit(&report::explain_tensor(src, dst, &plan.tensors[0]));
-    Ok(ExitCode::SUCCESS)
+    Ok(Status::SUCCESS)
 }

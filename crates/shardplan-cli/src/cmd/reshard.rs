@@ -1,7 +1,7 @@
 //! `shardplan reshard`: checkpoints file by file.
 
+use crate::Status;
 use std::io::IsTerminal;
-use std::process::ExitCode;
 
 use miette::{IntoDiagnostic, WrapErr};
 use shardplan::ReplicaChoice;
@@ -12,7 +12,7 @@ use crate::common::*;
 /// Output window of `reshard`: four are in memory.
 pub(crate) const WINDOW_BYTES: u64 = 32 << 20;
 
-pub(crate) fn reshard(args: &ReshardArgs) -> miette::Result<ExitCode> {
+pub(crate) fn reshard(args: &ReshardArgs) -> miette::Result<Status> {
     use shardplan::formats::checkpoint::CheckpointFormat;
     use shardplan::reshard::{ReshardConfig, WriteConfig, prepare, ranks_for_process};
     let src_dir = args
@@ -52,7 +52,7 @@ pub(crate) fn reshard(args: &ReshardArgs) -> miette::Result<ExitCode> {
         Ok(p) => p,
         Err(e) => {
             eprintln!("{:?}", miette::Report::new(e));
-            return Ok(ExitCode::from(1));
+            return Ok(Status::from(1));
         }
     };
     std::fs::create_dir_all(&out)
@@ -109,5 +109,5 @@ pub(crate) fn reshard(args: &ReshardArgs) -> miette::Result<ExitCode> {
         secs,
         written as f64 / secs.max(1e-9) / 1e9
     ));
-    Ok(ExitCode::SUCCESS)
+    Ok(Status::SUCCESS)
 }

@@ -1,7 +1,7 @@
 //! `shardplan show`: which ranks hold which block of a tensor.
 
+use crate::Status;
 use std::path::Path;
-use std::process::ExitCode;
 
 use shardplan::spec::parse_spec;
 
@@ -12,12 +12,12 @@ pub(crate) fn show(
     strategy: &str,
     tensor: &str,
     width: usize,
-) -> miette::Result<ExitCode> {
+) -> miette::Result<Status> {
     let text = read(path)?;
     let (spec, diags) = parse_spec(&path.display().to_string(), &text);
     let Some(spec) = spec else {
         eprint!("{}", render(&diags));
-        return Ok(ExitCode::from(1));
+        return Ok(Status::from(1));
     };
     let s = spec.strategy(strategy).ok_or_else(|| {
         let names: Vec<&String> = spec.strategies().keys().collect();
@@ -39,5 +39,5 @@ pub(crate) fn show(
         max_height: 60,
     };
     emit(&(shardplan::show::draw_holdings(layout, &cfg) + "\n"));
-    Ok(ExitCode::SUCCESS)
+    Ok(Status::SUCCESS)
 }

@@ -1,7 +1,7 @@
 //! `shardplan simulate`: plan, verify and execute in memory, optionally the model.
 
+use crate::Status;
 use std::path::Path;
-use std::process::ExitCode;
 
 use shardplan::spec::select_tensors;
 use shardplan::{
@@ -20,7 +20,7 @@ pub(crate) fn simulate(
     parallel: bool,
     max_memory_mib: u64,
     model: bool,
-) -> miette::Result<ExitCode> {
+) -> miette::Result<Status> {
     let spec = match load_spec(path)? {
         Ok(s) => s,
         Err(code) => return Ok(code),
@@ -88,11 +88,11 @@ pub(crate) fn simulate(
     let mut code = match to.check_synthetic(dst, src) {
         Ok(()) => {
             out.push_str("  every destination element checked: ok\n");
-            ExitCode::SUCCESS
+            Status::SUCCESS
         }
         Err(e) => {
             out.push_str(&format!("  MISMATCH: {e}\n"));
-            ExitCode::from(1)
+            Status::from(1)
         }
     };
     if model {
@@ -114,7 +114,7 @@ pub(crate) fn simulate(
             )),
             Err(e) => {
                 out.push_str(&format!("  MODEL MISMATCH: {e}\n"));
-                code = ExitCode::from(1);
+                code = Status::from(1);
             }
         }
     }

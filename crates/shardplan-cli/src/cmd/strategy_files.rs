@@ -1,8 +1,8 @@
 //! `shardplan import`, `export` and `merge-stages`: MindSpore strategy files.
 
+use crate::Status;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::ExitCode;
 
 use miette::{IntoDiagnostic, WrapErr};
 use shardplan::formats;
@@ -16,7 +16,7 @@ pub(crate) fn import(
     name: &str,
     shapes_from: Option<&Path>,
     dtype: &str,
-) -> miette::Result<ExitCode> {
+) -> miette::Result<Status> {
     use shardplan::formats::import::{ShapeSource, import_spec};
     let refs: Vec<&Path> = files.iter().map(PathBuf::as_path).collect();
     let dtype: shardplan::DType = dtype.parse().map_err(|e| miette::miette!("--dtype: {e}"))?;
@@ -36,7 +36,7 @@ pub(crate) fn import(
         .into_diagnostic()
         .wrap_err_with(|| format!("cannot write {}", output.display()))?;
     eprintln!("wrote {}", output.display());
-    Ok(ExitCode::SUCCESS)
+    Ok(Status::SUCCESS)
 }
 
 pub(crate) fn export(
@@ -44,7 +44,7 @@ pub(crate) fn export(
     strategy: &str,
     format: ExportFormat,
     output: Option<&Path>,
-) -> miette::Result<ExitCode> {
+) -> miette::Result<Status> {
     use shardplan::formats::mindspore_strategy::{StrategyFormat, write_strategy_file};
     let spec = match load_spec(path)? {
         Ok(s) => s,
@@ -69,10 +69,10 @@ pub(crate) fn export(
             let _ = std::io::stdout().lock().write_all(&bytes);
         }
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(Status::SUCCESS)
 }
 
-pub(crate) fn merge_stages(dir: &Path, output: &Path) -> miette::Result<ExitCode> {
+pub(crate) fn merge_stages(dir: &Path, output: &Path) -> miette::Result<Status> {
     use shardplan::formats::mindspore_strategy::{StrategyFormat, read_strategy_files};
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
         .into_diagnostic()
@@ -101,5 +101,5 @@ pub(crate) fn merge_stages(dir: &Path, output: &Path) -> miette::Result<ExitCode
         merged.stage_count,
         output.display()
     );
-    Ok(ExitCode::SUCCESS)
+    Ok(Status::SUCCESS)
 }

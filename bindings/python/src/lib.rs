@@ -1,0 +1,39 @@
+//! The `shardplan._shardplan` extension module: the Rust library bound for
+//! Python. The pure-Python package `shardplan` (`python/shardplan/`) wraps
+//! it into the documented API; heavy calls release the GIL.
+
+mod check;
+mod checkpoint;
+mod errors;
+mod layout;
+mod plan;
+mod strategy;
+
+use pyo3::prelude::*;
+
+/// Runs the `shardplan` command line `argv` (program name first) and
+/// returns its exit status: the wheel's `shardplan` command.
+#[pyfunction]
+fn run_cli(py: Python<'_>, argv: Vec<String>) -> u8 {
+    py.detach(|| shardplan_cli::run_status(argv))
+}
+
+#[pymodule]
+fn _shardplan(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<layout::PyMesh>()?;
+    m.add_class::<layout::PyLayout>()?;
+    m.add_class::<strategy::PyStrategy>()?;
+    m.add_class::<strategy::PySpec>()?;
+    m.add_class::<plan::PyPlan>()?;
+    m.add_class::<plan::PyPiece>()?;
+    m.add_function(wrap_pyfunction!(strategy::load, m)?)?;
+    m.add_function(wrap_pyfunction!(strategy::derive, m)?)?;
+    m.add_function(wrap_pyfunction!(strategy::read_strategy, m)?)?;
+    m.add_function(wrap_pyfunction!(plan::plan, m)?)?;
+    m.add_function(wrap_pyfunction!(checkpoint::_load_rank, m)?)?;
+    m.add_function(wrap_pyfunction!(checkpoint::reshard, m)?)?;
+    m.add_function(wrap_pyfunction!(check::_check, m)?)?;
+    m.add_function(wrap_pyfunction!(run_cli, m)?)?;
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    Ok(())
+}

@@ -1,0 +1,355 @@
+//! `plan` and `Plan`: a verified slice-transfer plan between two
+//! strategies, with its summary, pieces, explanation and JSON form.
+
+use std::sync::Arc;
+
+use numpy::{PyArray1, PyArray2, PyArrayMethods};
+use pyo3::prelude::*;
+use pyo3::types::PyDict;
+use shardplan::formats::plan_json;
+use shardplan::{
+    PlanConfig, ReplicaChoice, Strategy, VerifiedPlan, check_plan, plan_transfer, report,
+    verify_plan,
+};
+
+use crate::errors::{Fault, Faulty, fault};
+use crate::layout::region_tuple;
+use crate::strategy::PyStrategy;
+
+/// A replica choice by name.
+pub(crate) fn replica_choice(name: &str) -> Faulty<ReplicaChoice> {
+    match name {
+        "balance" => Ok(ReplicaChoice::Balance),
+        "min_files" => Ok(ReplicaChoice::MinFiles),
+        other => Err(Fault::usage(
+            format!("`{other}` is not a replica choice"),
+            "use \"balance\" (spread the sending) or \"min_files\" (read few files)",
+        )),
+    }
+}
+
+/// One copy of a plan: a box of a tensor from a source rank to a
+/// destination rank.
+#[pyclass(name = "Piece", module = "shardplan", frozen, get_all)]
+pub(crate) struct PyPiece {
+    /// Tensor name.
+    tensor: String,
+    /// Source rank.
+    src_rank: u64,
+    /// Destination rank.
+    dst_rank: u64,
+    /// The box's offset in the global tensor.
+    offset: Vec<u64>,
+    /// The box's extent.
+    extent: Vec<u64>,
+    /// Where the box starts in the source rank's local buffer.
+    src_offset: Vec<u64>,
+    /// Where the box starts in the destination rank's local buffer.
+    dst_offset: Vec<u64>,
+    /// Bytes of the box.
+    bytes: u64,
+    /// True when source and destination are one device (no network).
+    local: bool,
+    /// True when the destination adds the box into a partial sum.
+    reduce: bool,
+}
+
+#[pymethods]
+impl PyPiece {
+    fn __repr__(&self) -> String {
+        format!(
+            "Piece({:?}, {} -> {}, offset={:?}, extent={:?}, {} bytes{})",
+            self.tensor,
+            self.src_rank,
+            self.dst_rank,
+            self.offset,
+            self.extent,
+            self.bytes,
+            if self.local { ", local" } else { "" }
+        )
+    }
+}
+
+/// A plan that passed the independent verifier, with the two strategies
+/// it moves between.
+#[pyclass(name = "Plan", module = "shardplan", frozen)]
+pub(crate) struct PyPlan {
+    plan: Arc<VerifiedPlan>,
+    src: Arc<Strategy>,
+    dst: Arc<Strategy>,
+}
+
+/// Plans moving every tensor (or those named) from `src` to `dst` and
+/// verifies the plan.
+#[pyfunction]
+#[pyo3(signature = (src, dst, *, replicas = "balance", tensors = None))]
+pub(crate) fn plan(
+    py: Python<'_>,
+    src: &PyStrategy,
+    dst: &PyStrategy,
+    replicas: &str,
+    tensors: Option<Vec<String>>,
+) -> Faulty<PyPlan> {
+    let config = PlanConfig {
+        replica_choice: replica_choice(replicas)?,
+        tensors,
+    };
+    let (s, d) = (src.inner.clone(), dst.inner.clone());
+    let verified = py.detach(|| -> Faulty<VerifiedPlan> {
+        let plan = plan_transfer(&s, &d, &config).map_err(fault)?;
+        verify_plan(plan, &s, &d).map_err(fault)
+    })?;
+    Ok(PyPlan {
+        plan: Arc::new(verified),
+        src: src.inner.clone(),
+        dst: dst.inner.clone(),
+    })
+}
+
+/// Columns of `Plan.to_numpy`'s matrix before the per-dimension ones.
+const FIXED_COLUMNS: usize = 7;
+
+impl PyPlan {
+    fn pieces_matching(
+        &self,
+        tensor: Option<&str>,
+        src_rank: Option<u64>,
+        dst_rank: Option<u64>,
+    ) -> Vec<PyPiece> {
+        let mut out = Vec::new();
+        for t in self
+            .plan
+            .tensors
+            .iter()
+            .filter(|t| tensor.is_none_or(|n| n == t.name))
+        {
+            for p in &t.pieces {
+                if src_rank.is_some_and(|r| r != p.src_rank)
+                    || dst_rank.is_some_and(|r| r != p.dst_rank)
+                {
+                    continue;
+                }
+                let (offset, extent) = region_tuple(&p.dst_box);
+                out.push(PyPiece {
+                    tensor: t.name.clone(),
+                    src_rank: p.src_rank,
+                    dst_rank: p.dst_rank,
+                    offset,
+                    extent,
+                    src_offset: p.src_box.offset().to_vec(),
+                    dst_offset: p.dst_local_offset.clone(),
+                    bytes: t.piece_bytes(p),
+                    local: p.local,
+                    reduce: p.reduce,
+                });
+            }
+        }
+        out
+    }
+}
+
+#[pymethods]
+impl PyPlan {
+    /// The plan's totals: the keys of the JSON plan's `summary`.
+    #[getter]
+    fn summary<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let s = self.plan.summary();
+        let d = PyDict::new(py);
+        d.set_item("total_bytes", s.total_bytes)?;
+        d.set_item("lower_bound_bytes", s.lower_bound_bytes)?;
+        d.set_item("local_bytes", s.local_bytes)?;
+        d.set_item("max_send_bytes", s.max_send_bytes)?;
+        d.set_item("max_send_lower_bound_bytes", s.max_send_lower_bound_bytes)?;
+        d.set_item("max_recv_bytes", s.max_recv_bytes)?;
+        d.set_item("messages", s.messages)?;
+        d.set_item("pieces", s.pieces)?;
+        Ok(d)
+    }
+
+    /// Per-rank traffic: `{"send": {rank: {...}}, "receive": {rank: {...}}}`.
+    #[getter]
+    fn ranks<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let (send, recv) = self.plan.traffic();
+        let out = PyDict::new(py);
+        let s = PyDict::new(py);
+        for (rank, t) in send {
+            let d = PyDict::new(py);
+            d.set_item("bytes", t.send_bytes)?;
+            d.set_item("messages", t.sent_messages)?;
+            s.set_item(rank, d)?;
+        }
+        let r = PyDict::new(py);
+        for (rank, t) in recv {
+            let d = PyDict::new(py);
+            d.set_item("bytes", t.recv_bytes)?;
+            d.set_item("messages", t.received_messages)?;
+            d.set_item("local_bytes", t.local_bytes)?;
+            d.set_item("files", t.files.iter().copied().collect::<Vec<u64>>())?;
+            r.set_item(rank, d)?;
+        }
+        out.set_item("send", s)?;
+        out.set_item("receive", r)?;
+        Ok(out)
+    }
+
+    /// The source strategy's name.
+    #[getter]
+    fn source(&self) -> &str {
+        &self.plan.source
+    }
+
+    /// The destination strategy's name.
+    #[getter]
+    fn destination(&self) -> &str {
+        &self.plan.destination
+    }
+
+    /// `"balance"` or `"min_files"`.
+    #[getter]
+    fn replicas(&self) -> &'static str {
+        match self.plan.replica_choice {
+            ReplicaChoice::Balance => "balance",
+            ReplicaChoice::MinFiles => "min_files",
+        }
+    }
+
+    /// Names of the planned tensors, in plan order (`to_numpy`'s `tensor`
+    /// column indexes this list).
+    #[getter]
+    fn tensors(&self) -> Vec<String> {
+        self.plan.tensors.iter().map(|t| t.name.clone()).collect()
+    }
+
+    /// Checks the plan again with the independent verifier against the
+    /// strategies. Returns `None`, or raises `PlanDefect` naming the
+    /// tensor, rank and box at fault.
+    fn verify(&self, py: Python<'_>) -> Faulty<()> {
+        py.detach(|| {
+            check_plan(self.plan.plan(), &self.src, &self.dst)
+                .map(|_| ())
+                .map_err(fault)
+        })
+    }
+
+    /// The pieces, optionally only those of `tensor`, from `src_rank` or
+    /// to `dst_rank`.
+    #[pyo3(signature = (*, tensor = None, src_rank = None, dst_rank = None))]
+    fn pieces(
+        &self,
+        tensor: Option<&str>,
+        src_rank: Option<u64>,
+        dst_rank: Option<u64>,
+    ) -> Vec<PyPiece> {
+        self.pieces_matching(tensor, src_rank, dst_rank)
+    }
+
+    /// Every piece as one row of integers (the structured array of
+    /// `shardplan.Plan.to_numpy` is built from it): tensor index, source
+    /// rank, destination rank, bytes, local, reduce, dimensions, then per
+    /// dimension (padded to the largest) the global offset, the source
+    /// local offset, the destination local offset and the extent.
+    fn _piece_matrix<'py>(&self, py: Python<'py>) -> (Bound<'py, PyArray2<u64>>, usize) {
+        let ndim = self
+            .plan
+            .tensors
+            .iter()
+            .map(|t| t.shape.len())
+            .max()
+            .unwrap_or(0);
+        let cols = FIXED_COLUMNS + 4 * ndim;
+        let rows: usize = self.plan.tensors.iter().map(|t| t.pieces.len()).sum();
+        let data = py.detach(|| {
+            let mut data = Vec::with_capacity(rows * cols);
+            for (i, t) in self.plan.tensors.iter().enumerate() {
+                let n = t.shape.len();
+                for p in &t.pieces {
+                    data.extend_from_slice(&[
+                        i as u64,
+                        p.src_rank,
+                        p.dst_rank,
+                        t.piece_bytes(p),
+                        u64::from(p.local),
+                        u64::from(p.reduce),
+                        n as u64,
+                    ]);
+                    for v in [p.dst_box.offset(), p.src_box.offset(), &p.dst_local_offset] {
+                        data.extend_from_slice(v);
+                        data.extend(std::iter::repeat_n(0, ndim - n));
+                    }
+                    data.extend_from_slice(p.dst_box.extent());
+                    data.extend(std::iter::repeat_n(1, ndim - n));
+                }
+            }
+            data
+        });
+        let flat = PyArray1::from_vec(py, data);
+        let matrix = flat
+            .reshape([rows, cols])
+            .expect("rows x cols elements were written");
+        (matrix, ndim)
+    }
+
+    /// Why tensor `name` moves what it moves: its layouts on both sides,
+    /// its pieces and their bounds, as text.
+    fn explain(&self, name: &str) -> Faulty<String> {
+        let t = self
+            .plan
+            .tensors
+            .iter()
+            .find(|t| t.name == name)
+            .ok_or_else(|| {
+                Fault::usage(
+                    format!("the plan has no tensor `{name}`"),
+                    "names are matched exactly; `plan.tensors` lists them",
+                )
+            })?;
+        Ok(report::explain_tensor(&self.src, &self.dst, t))
+    }
+
+    /// The human report `shardplan plan` prints, with the `top` largest
+    /// movers.
+    #[pyo3(signature = (top = 5))]
+    fn report(&self, top: usize) -> String {
+        report::plan_report(&self.plan, top)
+    }
+
+    /// The plan in the JSON plan format (`docs/plan-format.md`).
+    fn _json(&self, py: Python<'_>) -> String {
+        py.detach(|| plan_json::to_json(&self.plan))
+    }
+
+    /// Reads a JSON plan and verifies it against `src` and `dst`: raises
+    /// `PlanFileError` for a malformed file, `PlanDefect` for a plan that
+    /// does not move `src` to `dst` exactly.
+    #[staticmethod]
+    fn _from_json_text(
+        py: Python<'_>,
+        file: &str,
+        text: &str,
+        src: &PyStrategy,
+        dst: &PyStrategy,
+    ) -> Faulty<PyPlan> {
+        let (s, d) = (src.inner.clone(), dst.inner.clone());
+        let plan = py.detach(|| -> Faulty<VerifiedPlan> {
+            let plan = plan_json::from_json(file, text).map_err(fault)?;
+            verify_plan(plan, &s, &d).map_err(fault)
+        })?;
+        Ok(PyPlan {
+            plan: Arc::new(plan),
+            src: s,
+            dst: d,
+        })
+    }
+
+    fn __len__(&self) -> usize {
+        self.plan.tensors.iter().map(|t| t.pieces.len()).sum()
+    }
+
+    fn __repr__(&self) -> String {
+        let s = self.plan.summary();
+        format!(
+            "Plan({:?} -> {:?}, {} pieces, {} network bytes)",
+            self.plan.source, self.plan.destination, s.pieces, s.total_bytes
+        )
+    }
+}
