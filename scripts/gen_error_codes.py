@@ -31,6 +31,16 @@ for path in sorted(ROOT.glob("crates/*/src/**/*.rs")):
             rows.append((code, "DiagCode", str(path.relative_to(ROOT)), "a spec diagnostic: see docs/spec.md, Diagnostics"))
         for code in re.findall(r'=> "(shardplan::verify::piece::[a-z_]+)"', line):
             rows.append((code, "PieceFault", str(path.relative_to(ROOT)), "a piece fault of `PlanDefect::Piece`"))
+# The Python package's own codes (bad arguments, unreadable paths), in its
+# Rust and Python sources.
+PYTHON_MEANINGS = {
+    "shardplan::python::usage": "an argument a function of the Python package cannot use (`UsageError`)",
+    "shardplan::python::read": "a file the Python package cannot read (`FileError`)",
+    "shardplan::python::write": "a file the Python package cannot write (`FileError`)",
+}
+for path in sorted([*ROOT.glob("bindings/python/src/**/*.rs"), *ROOT.glob("bindings/python/python/**/*.py")]):
+    for code in sorted(set(re.findall(r'"(shardplan::python::[a-z_]+)"', path.read_text()))):
+        rows.append((code, "", str(path.relative_to(ROOT)), PYTHON_MEANINGS.get(code, "")))
 seen = set()
 out = ["# Error codes", "",
        "Every error of the library has a stable code, named after the module that",

@@ -106,6 +106,35 @@ pub(crate) fn plan(
     })
 }
 
+/// [`plan`] with the seconds the Rust planner and verifier took inside the
+/// call, for the benchmark of the binding's overhead
+/// (`benches/python/bench_python.py`).
+#[pyfunction]
+pub(crate) fn _timed_plan(
+    py: Python<'_>,
+    src: &PyStrategy,
+    dst: &PyStrategy,
+    replicas: &str,
+) -> Faulty<(PyPlan, f64)> {
+    let config = PlanConfig {
+        replica_choice: replica_choice(replicas)?,
+        tensors: None,
+    };
+    let (s, d) = (src.inner.clone(), dst.inner.clone());
+    let (verified, seconds) = py.detach(|| -> Faulty<(VerifiedPlan, f64)> {
+        let start = std::time::Instant::now();
+        let plan = plan_transfer(&s, &d, &config).map_err(fault)?;
+        let verified = verify_plan(plan, &s, &d).map_err(fault)?;
+        Ok((verified, start.elapsed().as_secs_f64()))
+    })?;
+    let plan = PyPlan {
+        plan: Arc::new(verified),
+        src: s,
+        dst: d,
+    };
+    Ok((plan, seconds))
+}
+
 /// Columns of `Plan.to_numpy`'s matrix before the per-dimension ones.
 const FIXED_COLUMNS: usize = 7;
 

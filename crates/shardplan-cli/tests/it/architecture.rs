@@ -89,6 +89,15 @@ fn layers_depend_downwards_only() {
     for above in ["shardplan", "shardplan-cli"] {
         assert!(!core.contains(above), "the core depends on {above}");
     }
+    // The Python binding is the top layer: pyo3 and numpy stay in it.
+    for (p, d, _, _) in &deps {
+        assert_ne!(d, "shardplan-python", "{p} depends on the Python binding");
+        if d == "pyo3" || d == "numpy" {
+            assert_eq!(p, "shardplan-python", "{p} depends on {d}");
+        }
+    }
+    let binding = normal(&deps, "shardplan-python");
+    assert!(binding.contains("shardplan") && binding.contains("shardplan-cli"));
 }
 
 #[test]
