@@ -104,6 +104,8 @@ pub(crate) enum Command {
     /// Reshard checkpoints file by file: N source ranks to M destination
     /// ranks, each output written atomically and recorded in a manifest.
     Reshard(ReshardArgs),
+    /// Print the JSON Schema of the spec format (docs/spec.schema.json).
+    Schema,
     /// Turn MindSpore strategy files into a spec.
     Import {
         /// Strategy files (one, a merged one, or one per pipeline stage).

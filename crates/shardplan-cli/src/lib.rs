@@ -106,6 +106,10 @@ where
         ),
         Command::Explain { spec, ends, tensor } => explain(&spec, &ends, &tensor),
         Command::Reshard(args) => reshard(&args),
+        Command::Schema => {
+            print!("{}", shardplan::spec::JSON_SCHEMA);
+            Ok(Status::SUCCESS)
+        }
         Command::Import {
             files,
             output,

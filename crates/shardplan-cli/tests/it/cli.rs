@@ -300,3 +300,32 @@ fn simulate_runs_the_model() {
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(text(&out).contains("MODEL MISMATCH"), "{}", text(&out));
 }
+
+/// `shardplan schema` prints the schema the library ships, which is the
+/// file docs/spec.schema.json the bundled specs name in their modeline.
+#[test]
+fn schema_is_the_shipped_file() {
+    let out = common::shardplan(&["schema"]);
+    assert!(out.status.success());
+    let printed = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(printed, shardplan::spec::JSON_SCHEMA);
+    let shipped =
+        std::fs::read_to_string(common::repo_root().join("docs/spec.schema.json")).unwrap();
+    assert_eq!(
+        shipped, printed,
+        "docs/spec.schema.json is stale: run `shardplan schema > docs/spec.schema.json`"
+    );
+    let schema: serde_json::Value = serde_json::from_str(&printed).unwrap();
+    assert_eq!(schema["additionalProperties"], false);
+    for spec in std::fs::read_dir(common::repo_root().join("specs")).unwrap() {
+        let path = spec.unwrap().path();
+        if path.extension().is_some_and(|e| e == "yaml") {
+            let text = std::fs::read_to_string(&path).unwrap();
+            assert!(
+                text.starts_with("# yaml-language-server: $schema=../docs/spec.schema.json\n"),
+                "{} lacks the schema modeline",
+                path.display()
+            );
+        }
+    }
+}

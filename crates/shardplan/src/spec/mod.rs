@@ -16,6 +16,18 @@ pub mod write;
 pub use derived::{DerivedSpecError, derived_spec_yaml, rules_for};
 pub use load::{LoadError, SpecSource, detect, load};
 
+/// A JSON Schema (draft 7) of the spec format, shipped as
+/// `docs/spec.schema.json` for editors (the YAML language server validates
+/// a spec whose first line is `# yaml-language-server:
+/// $schema=<path>/spec.schema.json`). It checks the shape of a spec: keys,
+/// types, dtypes; [`parse_spec`] checks everything else.
+///
+/// ```
+/// let schema: serde_json::Value = serde_json::from_str(shardplan::spec::JSON_SCHEMA).unwrap();
+/// assert_eq!(schema["required"][0], "version");
+/// ```
+pub const JSON_SCHEMA: &str = include_str!("schema.json");
+
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
