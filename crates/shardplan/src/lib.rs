@@ -84,6 +84,8 @@
 
 pub use shardplan_core::*;
 
+#[cfg(feature = "arbitrary")]
+pub mod arbitrary;
 pub mod formats;
 #[doc(hidden)]
 pub mod fuzzing;

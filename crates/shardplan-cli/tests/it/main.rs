@@ -4,6 +4,7 @@
 //! data is beside this file (`fixtures/`, `fuzz_regressions/`,
 //! `snapshots/`); specs and docs are read from the repository root.
 
+mod arbitrary;
 mod architecture;
 mod cli;
 mod cli_check;
