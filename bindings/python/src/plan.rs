@@ -90,20 +90,7 @@ pub(crate) fn plan(
     replicas: &str,
     tensors: Option<Vec<String>>,
 ) -> Faulty<PyPlan> {
-    let config = PlanConfig {
-        replica_choice: replica_choice(replicas)?,
-        tensors,
-    };
-    let (s, d) = (src.inner.clone(), dst.inner.clone());
-    let verified = py.detach(|| -> Faulty<VerifiedPlan> {
-        let plan = plan_transfer(&s, &d, &config).map_err(fault)?;
-        verify_plan(plan, &s, &d).map_err(fault)
-    })?;
-    Ok(PyPlan {
-        plan: Arc::new(verified),
-        src: src.inner.clone(),
-        dst: dst.inner.clone(),
-    })
+    plan_timed(py, src, dst, replicas, tensors).map(|(p, _)| p)
 }
 
 /// [`plan`] with the seconds the Rust planner and verifier took inside the
@@ -116,9 +103,21 @@ pub(crate) fn _timed_plan(
     dst: &PyStrategy,
     replicas: &str,
 ) -> Faulty<(PyPlan, f64)> {
+    plan_timed(py, src, dst, replicas, None)
+}
+
+/// Plans and verifies without the GIL; returns the plan and the seconds
+/// the two took.
+fn plan_timed(
+    py: Python<'_>,
+    src: &PyStrategy,
+    dst: &PyStrategy,
+    replicas: &str,
+    tensors: Option<Vec<String>>,
+) -> Faulty<(PyPlan, f64)> {
     let config = PlanConfig {
         replica_choice: replica_choice(replicas)?,
-        tensors: None,
+        tensors,
     };
     let (s, d) = (src.inner.clone(), dst.inner.clone());
     let (verified, seconds) = py.detach(|| -> Faulty<(VerifiedPlan, f64)> {

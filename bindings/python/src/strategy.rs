@@ -28,6 +28,11 @@ pub(crate) fn parse_dtype(text: &str) -> Faulty<DType> {
     })
 }
 
+/// The names of `tensors`, in order.
+fn names(tensors: &[TensorInfo]) -> Vec<String> {
+    tensors.iter().map(|t| t.name.clone()).collect()
+}
+
 /// How every tensor of a model is laid out over one mesh.
 #[pyclass(name = "Strategy", module = "shardplan", frozen, from_py_object)]
 #[derive(Clone)]
@@ -118,11 +123,7 @@ impl PyStrategy {
     /// Tensor names, in order.
     #[getter]
     fn tensors(&self) -> Vec<String> {
-        self.inner
-            .tensors()
-            .iter()
-            .map(|t| t.name.clone())
-            .collect()
+        names(self.inner.tensors())
     }
 
     /// A tensor's global shape.
@@ -244,11 +245,7 @@ impl PySpec {
     /// Tensor names, in the spec's order.
     #[getter]
     fn tensors(&self) -> Vec<String> {
-        self.inner
-            .tensors()
-            .iter()
-            .map(|t| t.name.clone())
-            .collect()
+        names(self.inner.tensors())
     }
 
     /// The transfer the spec names, as `(from, to)`, or `None`.
