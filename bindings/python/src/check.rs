@@ -31,14 +31,12 @@ pub(crate) fn _check<'py>(
     let mut all = Vec::new();
     for path in files {
         let bytes = std::fs::read(&path).map_err(|e| {
-            let mut f = Fault::usage(
+            Fault::usage(
                 format!("cannot read {}: {e}", path.display()),
                 "check the path",
-            );
-            f = f
-                .with_class("FileError", "shardplan::python::read")
-                .with_file(path.display().to_string());
-            PyErr::from(f)
+            )
+            .with_class("FileError", "shardplan::python::read")
+            .file(path.display().to_string())
         })?;
         let name = path.display().to_string();
         let diags = py.detach(|| parse_spec_bytes(&name, &bytes).1);

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use numpy::{PyArray1, PyArrayMethods};
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyList, PyString, PyTuple};
+use pyo3::types::{PyDict, PyList, PyTuple};
 use shardplan::formats::checkpoint::CheckpointFormat;
 use shardplan::reshard::{LayoutSource, ReshardConfig, WriteConfig, prepare};
 
@@ -48,8 +48,7 @@ fn config(
     replicas: &str,
     any_device_count: bool,
 ) -> PyResult<ReshardConfig> {
-    let is_list = !checkpoint.is_instance_of::<PyString>()
-        && (checkpoint.is_instance_of::<PyList>() || checkpoint.is_instance_of::<PyTuple>());
+    let is_list = checkpoint.is_instance_of::<PyList>() || checkpoint.is_instance_of::<PyTuple>();
     let mut cfg = if is_list {
         let files: Vec<PathBuf> = checkpoint.extract()?;
         if files.is_empty() {

@@ -79,11 +79,7 @@ impl Fault {
     }
 
     /// The same fault naming `file`.
-    pub(crate) fn with_file(self, file: String) -> Self {
-        self.file(file)
-    }
-
-    fn file(mut self, file: impl Into<String>) -> Self {
+    pub(crate) fn file(mut self, file: impl Into<String>) -> Self {
         self.file = Some(file.into());
         self
     }

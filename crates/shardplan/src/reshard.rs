@@ -630,24 +630,11 @@ impl Prepared {
     }
 
     /// Bytes of tensor data destination rank `rank` receives: its slices
-    /// under the destination strategy and the tensors copied through.
+    /// under the destination strategy and the tensors copied through (0 for
+    /// a rank outside the destination).
     pub fn rank_bytes(&self, rank: u64) -> u64 {
-        let planned: u64 = self
-            .dst
-            .tensors()
-            .iter()
-            .zip(self.dst.layouts())
-            .filter_map(|(t, l)| {
-                l.region_of(rank)
-                    .map(|g| g.volume().saturating_mul(t.dtype.size_bytes()))
-            })
-            .sum();
-        let copied: u64 = self
-            .copied_to(rank)
-            .iter()
-            .map(|(_, loc)| loc.entry.len)
-            .sum();
-        planned.saturating_add(copied)
+        self.rank_slices(rank)
+            .map_or(0, |slices| slices.iter().map(|s| s.bytes).sum())
     }
 
     /// The format outputs are written in under `cfg`.

@@ -278,9 +278,10 @@ def plan(
     return Plan(_shardplan.plan(src, dst, replicas=replicas, tensors=names))
 
 
-def _paths(value: Union[PathLike, Iterable[PathLike]]) -> List[str]:
+def _path_or_paths(value: Any) -> Union[str, List[str]]:
+    """One path as a string, several as a list of strings."""
     if isinstance(value, (str, os.PathLike)):
-        return [os.fspath(value)]
+        return os.fspath(value)
     return [os.fspath(v) for v in value]
 
 
@@ -288,9 +289,7 @@ def _side(value: Any) -> Any:
     """A strategy argument as the extension takes it."""
     if value is None or isinstance(value, Strategy):
         return value
-    if isinstance(value, (str, os.PathLike)):
-        return os.fspath(value)
-    return [os.fspath(v) for v in value]
+    return _path_or_paths(value)
 
 
 def load_distributed_checkpoint(
@@ -315,9 +314,7 @@ def load_distributed_checkpoint(
     a :class:`ShardplanWarning`.
     """
     raw, notes = _shardplan._load_rank(
-        [os.fspath(c) for c in checkpoint]
-        if not isinstance(checkpoint, (str, os.PathLike))
-        else os.fspath(checkpoint),
+        _path_or_paths(checkpoint),
         _side(train_strategy),
         _side(predict_strategy),
         rank,
@@ -351,13 +348,8 @@ def reshard(
     ``None`` (the source's). Returns one dict per rank: ``rank``, ``path``,
     ``bytes``, ``resumed``.
     """
-    src = (
-        os.fspath(src_dir)
-        if isinstance(src_dir, (str, os.PathLike))
-        else [os.fspath(s) for s in src_dir]
-    )
     return _shardplan.reshard(
-        src,
+        _path_or_paths(src_dir),
         os.fspath(out_dir),
         src_strategy=_side(src_strategy),
         dst_strategy=_side(dst_strategy),
@@ -373,7 +365,8 @@ def check(files: Union[PathLike, Iterable[PathLike]]) -> List[Diagnostic]:
     """Checks spec files, as ``shardplan check`` does, and returns every
     diagnostic (errors and warnings) in file order; ``[]`` for valid specs.
     An unreadable file raises :class:`FileError`."""
-    return _shardplan._check(_paths(files))
+    paths = _path_or_paths(files)
+    return _shardplan._check([paths] if isinstance(paths, str) else paths)
 
 
 def _write_atomic(path: str, data: bytes) -> None:
