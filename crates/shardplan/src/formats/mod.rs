@@ -2,6 +2,7 @@
 //! the core types, and nothing else reads or writes files.
 
 pub mod checkpoint;
+pub mod chunked;
 pub mod import;
 pub mod mindspore_strategy;
 pub mod plan_json;
