@@ -806,6 +806,18 @@ fn list_indivisible(v: &[IndivisibleTensor]) -> String {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, miette::Diagnostic)]
 #[non_exhaustive]
 pub enum DeriveError {
+    /// A training layout given box by box, which names no axis to derive from.
+    #[error("tensor `{tensor}` of the training strategy is laid out box by box, not by mesh axes")]
+    #[diagnostic(
+        code(shardplan::derive::explicit_boxes),
+        help(
+            "derive from the strategy that produced the checkpoint (its spec or strategy file), or give the inference layout directly"
+        )
+    )]
+    ExplicitBoxes {
+        /// The tensor.
+        tensor: String,
+    },
     /// The device count does not split into the degrees.
     #[error("{devices} devices cannot be arranged as tp {tp} x pp {pp} (x dp)")]
     #[diagnostic(
@@ -1512,6 +1524,7 @@ impl Cx<'_> {
 ///
 /// # Errors
 ///
+/// - [`DeriveError::ExplicitBoxes`]: a training layout is given box by box;
 /// - [`DeriveError::AxisRoles`]: the training axes' roles conflict;
 /// - [`DeriveError::PipelineSplit`]: a tensor is split over the pipeline axis;
 /// - [`DeriveError::Indivisible`]: with the `error` fallback, tensors whose
@@ -1525,6 +1538,16 @@ pub fn derive_strategy(
     target: &DeriveTarget,
     rules: &DeriveRules,
 ) -> Result<Derived, DeriveError> {
+    if let Some((t, _)) = train
+        .tensors()
+        .iter()
+        .zip(train.layouts())
+        .find(|(_, l)| l.is_explicit())
+    {
+        return Err(DeriveError::ExplicitBoxes {
+            tensor: t.name.clone(),
+        });
+    }
     let roles = strategy_roles(train, rules)?;
     let shared_patterns: Vec<String> = rules.shared.iter().map(|r| r.pattern.clone()).collect();
     let shared = compile_globs(&shared_patterns)?;

@@ -207,6 +207,76 @@ pub enum LayoutError {
         /// Sum of the sizes given.
         sum: u64,
     },
+    /// An explicit box whose rank count differs from the tensor's.
+    #[error("the box of rank {rank} has {found} dimension(s) but the tensor has {expected}")]
+    #[diagnostic(
+        code(shardplan::layout::box_dims),
+        help("give each box one offset and one size per tensor dimension")
+    )]
+    BoxDims {
+        /// The rank.
+        rank: u64,
+        /// Dimensions of the box.
+        found: usize,
+        /// Dimensions of the tensor.
+        expected: usize,
+    },
+    /// Two explicit boxes for one rank.
+    #[error("rank {rank} is given two boxes")]
+    #[diagnostic(
+        code(shardplan::layout::box_twice),
+        help("give each rank at most one box of each tensor")
+    )]
+    BoxTwice {
+        /// The rank.
+        rank: u64,
+    },
+    /// An explicit box reaching outside the tensor.
+    #[error("the box {region} of rank {rank} reaches outside shape {shape:?}")]
+    #[diagnostic(
+        code(shardplan::layout::box_outside),
+        help("offsets plus sizes must stay within the tensor's shape")
+    )]
+    BoxOutside {
+        /// The rank.
+        rank: u64,
+        /// Its box.
+        region: String,
+        /// The tensor shape.
+        shape: Vec<u64>,
+    },
+    /// Two explicit boxes that overlap without being the same box.
+    #[error("the boxes {first_box} of rank {first} and {second_box} of rank {second} overlap")]
+    #[diagnostic(
+        code(shardplan::layout::box_overlap),
+        help("boxes may overlap only as identical replicas; cut them so they share no element")
+    )]
+    BoxOverlap {
+        /// The first rank.
+        first: u64,
+        /// Its box.
+        first_box: String,
+        /// The second rank.
+        second: u64,
+        /// Its box.
+        second_box: String,
+    },
+    /// Explicit boxes that leave part of the tensor uncovered.
+    #[error(
+        "the boxes cover {covered} of the tensor's {total} elements; element {missing:?} is on no rank"
+    )]
+    #[diagnostic(
+        code(shardplan::layout::box_gap),
+        help("every element must be on at least one rank: add the missing boxes")
+    )]
+    BoxGap {
+        /// Elements covered.
+        covered: u64,
+        /// Elements in the tensor.
+        total: u64,
+        /// One element no box holds.
+        missing: Vec<u64>,
+    },
     /// A layout that another notation cannot express, or notation text that
     /// does not parse.
     #[error("{notation}: {reason}")]

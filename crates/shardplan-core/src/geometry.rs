@@ -74,6 +74,26 @@ impl Region {
         Region { offset, extent }
     }
 
+    /// A region from offsets and extents read from a file: `None` when the
+    /// two have different lengths or an end overflows `u64`.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use shardplan_core::Region;
+    ///
+    /// assert!(Region::try_new(vec![2, 0], vec![3, 4]).is_some());
+    /// assert!(Region::try_new(vec![u64::MAX], vec![1]).is_none());
+    /// ```
+    pub fn try_new(offset: Vec<u64>, extent: Vec<u64>) -> Option<Self> {
+        let fits = offset.len() == extent.len()
+            && offset
+                .iter()
+                .zip(&extent)
+                .all(|(o, e)| o.checked_add(*e).is_some());
+        fits.then_some(Region { offset, extent })
+    }
+
     /// The region covering all of `shape`.
     pub fn whole(shape: &[u64]) -> Self {
         Region {

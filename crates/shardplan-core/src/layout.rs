@@ -210,6 +210,18 @@ pub struct TensorLayout {
     dims: Vec<DimLayout>,
     partial: Vec<usize>,
     pin: Vec<(usize, u64)>,
+    /// Set for a layout given box by box; `dims` is then the grid of every
+    /// box boundary, split by no axis.
+    boxes: Option<Arc<BoxSet>>,
+}
+
+/// The boxes of a layout given rank by rank.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct BoxSet {
+    /// Box of each rank; `None` where the rank holds nothing.
+    by_rank: Vec<Option<Region>>,
+    /// The distinct non-empty boxes with their holders, ascending by box.
+    distinct: Vec<(Region, Vec<u64>)>,
 }
 
 impl TensorLayout {
@@ -307,7 +319,102 @@ impl TensorLayout {
             dims,
             partial,
             pin,
+            boxes: None,
         })
+    }
+
+    /// A layout given as one box per holding rank: the chunks a PyTorch DCP
+    /// checkpoint records, or irregular shards no grid of mesh axes
+    /// describes. Ranks without a box hold nothing; ranks with the same box
+    /// hold replicas.
+    ///
+    /// # Errors
+    ///
+    /// - [`LayoutError::ShapeOverflow`]: the element count overflows;
+    /// - [`LayoutError::RankOutOfRange`]: a rank is beyond the mesh;
+    /// - [`LayoutError::BoxDims`]: a box has the wrong number of dimensions;
+    /// - [`LayoutError::BoxTwice`]: a rank is given two boxes;
+    /// - [`LayoutError::BoxOutside`]: a box reaches outside the tensor;
+    /// - [`LayoutError::BoxOverlap`]: two different boxes share elements;
+    /// - [`LayoutError::BoxGap`]: some element is in no box.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use shardplan_core::{DeviceMesh, Region, TensorLayout};
+    ///
+    /// let mesh = Arc::new(DeviceMesh::new([("rank", 3)]).unwrap());
+    /// let b = |o: Vec<u64>, e: Vec<u64>| Region::new(o, e);
+    /// // Rows 0..3 on rank 0, rows 3..4 on ranks 1 and 2 (a replica).
+    /// let l = TensorLayout::from_boxes(mesh.clone(), &[4, 2], [
+    ///     (0, b(vec![0, 0], vec![3, 2])),
+    ///     (1, b(vec![3, 0], vec![1, 2])),
+    ///     (2, b(vec![3, 0], vec![1, 2])),
+    /// ]).unwrap();
+    /// assert_eq!(l.holders(&[3, 1]).unwrap(), vec![1, 2]);
+    /// assert_eq!(l.region_of(0).unwrap().to_string(), "[0..3, 0..2]");
+    /// // Row 3 on no rank.
+    /// assert!(TensorLayout::from_boxes(mesh, &[4, 2], [(0, b(vec![0, 0], vec![3, 2]))]).is_err());
+    /// ```
+    pub fn from_boxes(
+        mesh: Arc<DeviceMesh>,
+        shape: &[u64],
+        boxes: impl IntoIterator<Item = (u64, Region)>,
+    ) -> Result<Self, LayoutError> {
+        let total = element_count(shape)?;
+        let ranks = mesh.rank_count();
+        let mut by_rank: Vec<Option<Region>> = vec![None; ranks as usize];
+        for (rank, region) in boxes {
+            check_box(rank, &region, shape, ranks)?;
+            let slot = &mut by_rank[rank as usize];
+            if slot.is_some() {
+                return Err(LayoutError::BoxTwice { rank });
+            }
+            *slot = Some(region);
+        }
+        let mut map: BTreeMap<Region, Vec<u64>> = BTreeMap::new();
+        for (rank, region) in by_rank.iter().enumerate() {
+            if let Some(r) = region.as_ref().filter(|r| !r.is_empty()) {
+                map.entry(r.clone()).or_default().push(rank as u64);
+            }
+        }
+        let distinct: Vec<(Region, Vec<u64>)> = map.into_iter().collect();
+        check_disjoint(&distinct)?;
+        // Disjoint boxes inside the tensor cover it when their volumes add up.
+        let covered: u64 = distinct.iter().map(|(r, _)| r.volume()).sum();
+        if covered != total {
+            return Err(LayoutError::BoxGap {
+                covered,
+                total,
+                missing: uncovered_element(shape, &distinct),
+            });
+        }
+        let dims = (0..shape.len())
+            .map(|k| box_grid(k, shape[k], &distinct))
+            .collect();
+        Ok(TensorLayout {
+            mesh,
+            shape: shape.to_vec(),
+            dims,
+            partial: Vec::new(),
+            pin: Vec::new(),
+            boxes: Some(Arc::new(BoxSet { by_rank, distinct })),
+        })
+    }
+
+    /// For a layout built by [`TensorLayout::from_boxes`], the box of each
+    /// rank (`None` where it holds nothing); `None` for a layout of mesh
+    /// axes.
+    pub fn explicit_boxes(&self) -> Option<&[Option<Region>]> {
+        self.boxes.as_deref().map(|b| b.by_rank.as_slice())
+    }
+
+    /// True for a layout built by [`TensorLayout::from_boxes`]: its
+    /// [`dims`](Self::dims) are the grid of every box boundary, split by no
+    /// mesh axis, and it has no notation other than its boxes.
+    pub fn is_explicit(&self) -> bool {
+        self.boxes.is_some()
     }
 
     /// A layout holding the whole tensor on every rank of `mesh`.
@@ -385,6 +492,15 @@ impl TensorLayout {
     /// replica and partial axes and of the number of coordinates of each
     /// pinned axis.
     pub fn replica_count(&self) -> u64 {
+        if let Some(b) = &self.boxes {
+            // Boxes given one by one may differ in copies: the most of any.
+            return b
+                .distinct
+                .iter()
+                .map(|(_, h)| h.len() as u64)
+                .max()
+                .unwrap_or(1);
+        }
         (0..self.mesh.axes().len())
             .filter(|a| !self.dims.iter().any(|d| d.axes.contains(a)))
             .map(|a| match self.pinned_coords(a).count() {
@@ -396,6 +512,9 @@ impl TensorLayout {
 
     /// True when rank `rank` holds a slice (it is on the pinned sub-mesh).
     pub fn holds(&self, rank: u64) -> bool {
+        if let Some(b) = &self.boxes {
+            return b.by_rank.get(rank as usize).is_some_and(Option::is_some);
+        }
         rank < self.mesh.rank_count() && self.on_pin(&self.mesh.coords_unchecked(rank))
     }
 
@@ -419,6 +538,9 @@ impl TensorLayout {
     /// rank is outside the pinned sub-mesh or out of range. The box may be
     /// empty under `chunk` or explicit blocks.
     pub fn region_of(&self, rank: u64) -> Option<Region> {
+        if let Some(b) = &self.boxes {
+            return b.by_rank.get(rank as usize).cloned().flatten();
+        }
         if !(rank < self.mesh.rank_count()) {
             return None;
         }
@@ -451,6 +573,15 @@ impl TensorLayout {
                 index: index.to_vec(),
                 shape: self.shape.clone(),
             });
+        }
+        if let Some(b) = &self.boxes {
+            // The boxes cover the tensor, so one holds the index.
+            return Ok(b
+                .distinct
+                .iter()
+                .find(|(r, _)| r.contains(index))
+                .map(|(_, h)| h.clone())
+                .unwrap_or_default());
         }
         // Fixed coordinates from the block of each dim and the pin; the
         // remaining axes range freely.
@@ -589,9 +720,117 @@ impl TensorLayout {
     }
 }
 
+/// Checks one explicit box: its rank on the mesh, its dimensions, inside
+/// the tensor.
+fn check_box(rank: u64, region: &Region, shape: &[u64], ranks: u64) -> Result<(), LayoutError> {
+    if !(rank < ranks) {
+        return Err(LayoutError::RankOutOfRange {
+            rank,
+            rank_count: ranks,
+        });
+    }
+    if region.rank() != shape.len() {
+        return Err(LayoutError::BoxDims {
+            rank,
+            found: region.rank(),
+            expected: shape.len(),
+        });
+    }
+    let inside = (0..shape.len()).all(|k| {
+        region.offset()[k]
+            .checked_add(region.extent()[k])
+            .is_some_and(|end| end <= shape[k])
+    });
+    if !inside {
+        return Err(LayoutError::BoxOutside {
+            rank,
+            region: region.to_string(),
+            shape: shape.to_vec(),
+        });
+    }
+    Ok(())
+}
+
+/// Refuses two distinct boxes that share an element. Boxes are swept in
+/// order of their start along dimension 0, so only boxes whose first
+/// dimension overlaps are compared.
+fn check_disjoint(distinct: &[(Region, Vec<u64>)]) -> Result<(), LayoutError> {
+    if distinct.first().is_none_or(|(r, _)| r.rank() == 0) {
+        // A 0-dimensional tensor has one box.
+        return Ok(());
+    }
+    let mut order: Vec<usize> = (0..distinct.len()).collect();
+    order.sort_by_key(|&i| distinct[i].0.offset()[0]);
+    for (n, &i) in order.iter().enumerate() {
+        let (a, ha) = &distinct[i];
+        for &j in &order[n + 1..] {
+            let (b, hb) = &distinct[j];
+            if b.offset()[0] >= a.end(0) {
+                break;
+            }
+            if a.intersect(b).is_some_and(|x| !x.is_empty()) {
+                return Err(LayoutError::BoxOverlap {
+                    first: ha[0],
+                    first_box: a.to_string(),
+                    second: hb[0],
+                    second_box: b.to_string(),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// One element in no box, found by cutting the boxes out of the tensor (a
+/// bounded search: empty when the pieces left grow past the budget).
+fn uncovered_element(shape: &[u64], distinct: &[(Region, Vec<u64>)]) -> Vec<u64> {
+    const BUDGET: usize = 1 << 16;
+    let mut left = vec![Region::whole(shape)];
+    for (b, _) in distinct {
+        left = left.iter().flat_map(|r| r.difference(b)).collect();
+        if left.len() > BUDGET {
+            return Vec::new();
+        }
+    }
+    left.iter()
+        .find(|r| !r.is_empty())
+        .map(|r| r.offset().to_vec())
+        .unwrap_or_default()
+}
+
+/// Dimension `k` of an explicit layout: blocks between every box boundary,
+/// so that each cell of the grid lies inside one box.
+fn box_grid(k: usize, size: u64, distinct: &[(Region, Vec<u64>)]) -> DimLayout {
+    let mut bounds: Vec<u64> = distinct
+        .iter()
+        .flat_map(|(r, _)| [r.offset()[k], r.end(k)])
+        .chain([0, size])
+        .collect();
+    bounds.sort_unstable();
+    bounds.dedup();
+    if bounds.len() == 1 {
+        // A dimension of size 0: one empty block.
+        bounds.push(size);
+    }
+    let sizes = bounds.windows(2).map(|w| w[1] - w[0]).collect();
+    DimLayout {
+        axes: Vec::new(),
+        policy: SplitPolicy::Blocks(sizes),
+        bounds,
+    }
+}
+
 impl std::fmt::Display for TensorLayout {
     /// `[tp, (dp, sp), -]`, then `partial(..)` and `at pp=1` when present.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if let Some(b) = &self.boxes {
+            let holding = b.by_rank.iter().filter(|r| r.is_some()).count();
+            return write!(
+                f,
+                "boxes({} distinct on {holding} rank(s))",
+                b.distinct.len()
+            );
+        }
         write!(f, "[")?;
         for (i, dim) in self.dims.iter().enumerate() {
             if i > 0 {
@@ -784,6 +1023,92 @@ mod tests {
                 .unwrap_err()
                 .to_string();
             assert!(err.contains(needle), "{cfg:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn boxes_give_regions_and_holders() {
+        let m = mesh(&[("r", 4)]);
+        let b = |o: &[u64], e: &[u64]| Region::new(o.to_vec(), e.to_vec());
+        // A brick wall: no grid of axes describes it.
+        let l = TensorLayout::from_boxes(
+            m.clone(),
+            &[2, 4],
+            [
+                (0, b(&[0, 0], &[1, 3])),
+                (1, b(&[0, 3], &[1, 1])),
+                (2, b(&[1, 0], &[1, 1])),
+                (3, b(&[1, 1], &[1, 3])),
+            ],
+        )
+        .unwrap();
+        assert!(l.is_explicit());
+        assert_eq!(l.holders(&[0, 2]).unwrap(), vec![0]);
+        assert_eq!(l.holders(&[1, 2]).unwrap(), vec![3]);
+        assert_eq!(l.replica_count(), 1);
+        assert_eq!(l.to_string(), "boxes(4 distinct on 4 rank(s))");
+        // The grid of every boundary: rows 0|1, columns 0|1|3|4.
+        let cuts: Vec<u64> = (0..l.dims()[1].block_count())
+            .map(|k| l.dims()[1].block(k).1)
+            .collect();
+        assert_eq!(cuts, vec![1, 3, 4]);
+        // A 0-dimensional tensor on two ranks, one rank holding nothing.
+        let s = TensorLayout::from_boxes(m, &[], [(1, b(&[], &[])), (3, b(&[], &[]))]).unwrap();
+        assert_eq!(s.holders(&[]).unwrap(), vec![1, 3]);
+        assert!(!s.holds(0) && s.holds(3));
+        assert_eq!(s.replica_count(), 2);
+    }
+
+    #[test]
+    fn bad_boxes_are_refused() {
+        let m = mesh(&[("r", 2)]);
+        let b = |o: &[u64], e: &[u64]| Region::new(o.to_vec(), e.to_vec());
+        let whole = b(&[0, 0], &[4, 2]);
+        type Case = (Vec<(u64, Region)>, fn(&LayoutError) -> bool);
+        let cases: Vec<Case> = vec![
+            (vec![(2, whole.clone())], |e| {
+                matches!(e, LayoutError::RankOutOfRange { rank: 2, .. })
+            }),
+            (vec![(0, b(&[0], &[4]))], |e| {
+                matches!(
+                    e,
+                    LayoutError::BoxDims {
+                        rank: 0,
+                        found: 1,
+                        expected: 2
+                    }
+                )
+            }),
+            (vec![(0, whole.clone()), (0, whole.clone())], |e| {
+                matches!(e, LayoutError::BoxTwice { rank: 0 })
+            }),
+            (vec![(1, b(&[3, 0], &[2, 2]))], |e| {
+                matches!(e, LayoutError::BoxOutside { rank: 1, .. })
+            }),
+            (vec![(1, b(&[u64::MAX - 1, 0], &[1, 2]))], |e| {
+                matches!(e, LayoutError::BoxOutside { rank: 1, .. })
+            }),
+            (
+                vec![(0, b(&[0, 0], &[3, 2])), (1, b(&[2, 0], &[2, 2]))],
+                |e| {
+                    matches!(
+                        e,
+                        LayoutError::BoxOverlap {
+                            first: 0,
+                            second: 1,
+                            ..
+                        }
+                    )
+                },
+            ),
+            (
+                vec![(0, b(&[0, 0], &[3, 2]))],
+                |e| matches!(e, LayoutError::BoxGap { covered: 6, total: 8, missing } if missing == &[3, 0]),
+            ),
+        ];
+        for (boxes, expected) in cases {
+            let err = TensorLayout::from_boxes(m.clone(), &[4, 2], boxes.clone()).unwrap_err();
+            assert!(expected(&err), "{boxes:?}: {err:?}");
         }
     }
 }

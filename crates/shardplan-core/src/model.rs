@@ -1036,6 +1036,11 @@ impl<'a> Checker<'a> {
             layout: l.to_string(),
             reason,
         };
+        if l.is_explicit() {
+            return Err(unsupported(
+                "the layout is given box by box; the model reads splits by mesh axis".to_string(),
+            ));
+        }
         if l.mesh().axes() != self.s.mesh().axes() {
             return Err(unsupported(format!(
                 "the layout is on mesh {}, not on the strategy's mesh {}; the model reads axes by name from one mesh",

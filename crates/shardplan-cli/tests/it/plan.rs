@@ -80,6 +80,55 @@ fn layout(
         })
 }
 
+/// A layout given box by box: the tensor cut by random guillotine cuts
+/// into at most one tile per rank, each tile on a distinct rank, the ranks
+/// left over holding a copy of some tile or nothing (a DCP checkpoint's
+/// chunks, an irregular sharding).
+fn boxes_layout(mesh: Arc<DeviceMesh>, shape: Vec<u64>, mut seed: u64) -> TensorLayout {
+    let mut next = move |n: u64| {
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (seed >> 33) % n.max(1)
+    };
+    let ranks = mesh.rank_count();
+    let mut tiles = vec![shardplan::Region::whole(&shape)];
+    for _ in 1..=next(ranks) {
+        let t = next(tiles.len() as u64) as usize;
+        let cuttable: Vec<usize> = (0..shape.len())
+            .filter(|&k| tiles[t].extent()[k] >= 2)
+            .collect();
+        if cuttable.is_empty() {
+            continue;
+        }
+        let k = cuttable[next(cuttable.len() as u64) as usize];
+        let (o, e) = (tiles[t].offset().to_vec(), tiles[t].extent().to_vec());
+        let at = 1 + next(e[k] - 1);
+        let (mut e1, mut o2, mut e2) = (e.clone(), o.clone(), e.clone());
+        e1[k] = at;
+        o2[k] += at;
+        e2[k] -= at;
+        tiles[t] = shardplan::Region::new(o, e1);
+        tiles.push(shardplan::Region::new(o2, e2));
+    }
+    // A random order of the ranks: the first ones take the tiles.
+    let mut order: Vec<u64> = (0..ranks).collect();
+    for i in (1..order.len()).rev() {
+        order.swap(i, next(i as u64 + 1) as usize);
+    }
+    let mut boxes: Vec<(u64, shardplan::Region)> = Vec::new();
+    for (i, &r) in order.iter().enumerate() {
+        match tiles.get(i) {
+            Some(t) => boxes.push((r, t.clone())),
+            None if next(2) == 0 => {
+                boxes.push((r, tiles[next(tiles.len() as u64) as usize].clone()))
+            }
+            None => {}
+        }
+    }
+    TensorLayout::from_boxes(mesh, &shape, boxes).unwrap()
+}
+
 /// Every dtype but bool, whose partial sums cannot be reduced.
 const DTYPES: [DType; 12] = {
     let mut out = [DType::F64; 12];
@@ -90,6 +139,19 @@ const DTYPES: [DType; 12] = {
     }
     out
 };
+
+/// A layout of mesh axes, or (one time in three) one given box by box.
+fn either(
+    mesh: Arc<DeviceMesh>,
+    shape: Vec<u64>,
+    allow_partial: bool,
+) -> impl proptest::strategy::Strategy<Value = TensorLayout> {
+    let (m, s) = (mesh.clone(), shape.clone());
+    prop_oneof![
+        2 => layout(mesh, shape, allow_partial),
+        1 => any::<u64>().prop_map(move |seed| boxes_layout(m.clone(), s.clone(), seed)),
+    ]
+}
 
 /// Two strategies over the same 1 to 3 random tensors.
 fn strategy_pair() -> impl proptest::strategy::Strategy<Value = (Strategy, Strategy)> {
@@ -110,11 +172,11 @@ fn strategy_pair() -> impl proptest::strategy::Strategy<Value = (Strategy, Strat
                 .collect();
             let sl: Vec<_> = infos
                 .iter()
-                .map(|t| layout(sm.clone(), t.shape.clone(), true))
+                .map(|t| either(sm.clone(), t.shape.clone(), true))
                 .collect();
             let dl: Vec<_> = infos
                 .iter()
-                .map(|t| layout(dm.clone(), t.shape.clone(), false))
+                .map(|t| either(dm.clone(), t.shape.clone(), false))
                 .collect();
             (Just(infos), Just(sm), Just(dm), sl, dl)
         })
@@ -253,6 +315,34 @@ proptest! {
                 }
             }
         }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 128, failure_persistence: None, ..ProptestConfig::default() })]
+
+    /// A layout of mesh axes rebuilt from its boxes is the same placement:
+    /// the same holders of every element, and plans of the same volume.
+    #[test]
+    fn a_grid_given_as_boxes_plans_alike((src, dst) in strategy_pair()) {
+        let boxed: Vec<TensorLayout> = src.tensors().iter().zip(src.layouts()).map(|(t, l)| {
+            let boxes = (0..src.mesh().rank_count()).filter_map(|r| l.region_of(r).map(|b| (r, b)));
+            TensorLayout::from_boxes(src.mesh().clone(), &t.shape, boxes).unwrap()
+        }).collect();
+        if src.layouts().iter().any(|l| !l.partial().is_empty()) {
+            // Partial sums have no boxes of their own.
+            return Ok(());
+        }
+        for ((t, l), b) in src.tensors().iter().zip(src.layouts()).zip(&boxed) {
+            prop_assert!(l.same_placement(b), "{}", t.name);
+            for r in 0..src.mesh().rank_count() {
+                prop_assert_eq!(l.holds(r) && l.region_of(r).is_some(), b.region_of(r).is_some());
+            }
+        }
+        let src_boxed = Strategy::new("boxed", src.mesh().clone(), src.tensors().to_vec(), boxed).unwrap();
+        let (a, b) = (plan(&src, &dst, ReplicaChoice::Balance), plan(&src_boxed, &dst, ReplicaChoice::Balance));
+        prop_assert_eq!(a.summary().total_bytes, b.summary().total_bytes);
+        prop_assert!(check_plan(&b, &src_boxed, &dst).is_ok());
     }
 }
 

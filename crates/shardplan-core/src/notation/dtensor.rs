@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use super::{is_chunk_blocks, is_even_blocks};
+use super::{is_nested_chunk_blocks, nested_chunk_sizes};
 use crate::error::LayoutError;
 use crate::layout::{DimSplit, LayoutConfig, SplitPolicy, TensorLayout};
 use crate::mesh::DeviceMesh;
@@ -74,13 +74,13 @@ impl std::fmt::Display for Placement {
 ///
 /// Several mesh dimensions sharding one tensor dimension split it in mesh
 /// order (the first mesh dimension outermost), as DTensor does. A single
-/// shard follows `torch.chunk`; several on a size they do not divide are
-/// refused, because DTensor's nested chunking has no flat equivalent.
+/// shard follows `torch.chunk`; several on a size they do not divide cut
+/// it by nested `torch.chunk`, as DTensor does, into explicit block sizes.
 ///
 /// # Errors
 ///
 /// [`LayoutError::Notation`] when the placement count differs from the mesh
-/// rank, or a `Shard` dimension is out of range or uneven over several axes.
+/// rank, or a `Shard` dimension is out of range.
 ///
 /// # Example
 ///
@@ -126,22 +126,19 @@ pub fn to_layout(
         }
     }
     for (d, split) in dims.iter_mut().enumerate() {
-        let n: u64 = split
+        let counts: Vec<u64> = split
             .axes
             .iter()
             .filter_map(|a| mesh.axis_index(a))
             .map(|a| mesh.axis_size(a))
-            .product();
+            .collect();
+        let n: u64 = counts.iter().product();
         split.policy = if shape[d].is_multiple_of(n) {
             SplitPolicy::Even
         } else if split.axes.len() == 1 {
             SplitPolicy::Chunk
         } else {
-            return Err(bad(format!(
-                "dimension {d} of size {} is sharded unevenly by {} mesh dimensions",
-                shape[d],
-                split.axes.len()
-            )));
+            SplitPolicy::Blocks(nested_chunk_sizes(shape[d], &counts))
         };
     }
     TensorLayout::new(
@@ -159,9 +156,11 @@ pub fn to_layout(
 ///
 /// # Errors
 ///
-/// [`LayoutError::Notation`] for a pinned layout, a dimension split by axes
-/// out of mesh order, or blocks that are not `torch.chunk` blocks.
+/// [`LayoutError::Notation`] for a layout given box by box, a pinned
+/// layout, a dimension split by axes out of mesh order, or blocks that are
+/// not DTensor's (nested) `torch.chunk` blocks.
 pub fn from_layout(layout: &TensorLayout) -> Result<Vec<Placement>, LayoutError> {
+    super::refuse_explicit("dtensor", layout)?;
     if !layout.pin().is_empty() {
         return Err(LayoutError::notation(
             "dtensor",
@@ -181,13 +180,12 @@ pub fn from_layout(layout: &TensorLayout) -> Result<Vec<Placement>, LayoutError>
                 "DTensor splits a dimension over mesh dimensions in mesh order; reorder the mesh",
             ));
         }
-        let size = layout.shape()[d];
-        let fits = if dim.axes().len() > 1 {
-            is_even_blocks(dim, size)
-        } else {
-            is_chunk_blocks(dim, size)
-        };
-        if !fits {
+        let counts: Vec<u64> = dim
+            .axes()
+            .iter()
+            .map(|&a| layout.mesh().axis_size(a))
+            .collect();
+        if !is_nested_chunk_blocks(dim, layout.shape()[d], &counts) {
             return Err(LayoutError::notation(
                 "dtensor",
                 format!("dimension {d} of layout {layout} does not use torch.chunk blocks"),

@@ -163,6 +163,7 @@ impl PartitionSpec {
     /// [`LayoutError::Notation`] for partial axes, pins, and uneven blocks,
     /// which a `PartitionSpec` cannot express.
     pub fn from_layout(layout: &TensorLayout) -> Result<Self, LayoutError> {
+        super::refuse_explicit("jax", layout)?;
         if !layout.partial().is_empty() {
             return Err(LayoutError::notation(
                 "jax",

@@ -319,6 +319,7 @@ impl MindSporeLayout {
     }
 
     fn from_layout_sharded(layout: &TensorLayout, ways: Option<u64>) -> Result<Self, LayoutError> {
+        super::refuse_explicit("mindspore", layout)?;
         let mesh = layout.mesh();
         if !layout.partial().is_empty() {
             return Err(bad(

@@ -7,7 +7,23 @@ pub mod dtensor;
 pub mod jax;
 pub mod mindspore;
 
-use crate::layout::DimLayout;
+use crate::LayoutError;
+use crate::layout::{DimLayout, TensorLayout};
+
+/// Refuses a layout given box by box: no notation of mesh axes writes it.
+pub(crate) fn refuse_explicit(
+    notation: &'static str,
+    layout: &TensorLayout,
+) -> Result<(), LayoutError> {
+    if layout.is_explicit() {
+        return Err(LayoutError::notation(
+            notation,
+            format!("layout {layout} is given box by box, not by mesh axes"),
+            "keep the boxes (as a spec's `boxes` or the checkpoint's own index), or give the layout in mesh axes",
+        ));
+    }
+    Ok(())
+}
 
 /// True when the dimension's blocks are the equal blocks `even` would give,
 /// whatever policy produced them.
@@ -16,9 +32,30 @@ pub(crate) fn is_even_blocks(dim: &DimLayout, size: u64) -> bool {
     size.is_multiple_of(n) && (0..n).all(|b| dim.block(b) == (b * (size / n), (b + 1) * (size / n)))
 }
 
-/// True when the dimension's blocks are what `torch.chunk` gives.
-pub(crate) fn is_chunk_blocks(dim: &DimLayout, size: u64) -> bool {
-    let n = dim.block_count();
-    let c = size.div_ceil(n);
-    (0..n).all(|b| dim.block(b) == ((b * c).min(size), ((b + 1) * c).min(size)))
+/// Block sizes of `size` cut by `torch.chunk` over `counts[0]`, each
+/// block cut again over `counts[1]`, and so on: how DTensor splits one
+/// dimension over several mesh dimensions, in mesh order.
+pub(crate) fn nested_chunk_sizes(size: u64, counts: &[u64]) -> Vec<u64> {
+    let mut sizes = vec![size];
+    for &n in counts {
+        sizes = sizes
+            .iter()
+            .flat_map(|&s| {
+                let c = s.div_ceil(n.max(1));
+                (0..n).map(move |b| ((b + 1) * c).min(s) - (b * c).min(s))
+            })
+            .collect();
+    }
+    sizes
+}
+
+/// True when the dimension's blocks are DTensor's nested `torch.chunk`
+/// blocks of `size` over axes of `counts` positions.
+pub(crate) fn is_nested_chunk_blocks(dim: &DimLayout, size: u64, counts: &[u64]) -> bool {
+    let sizes = nested_chunk_sizes(size, counts);
+    sizes.len() as u64 == dim.block_count()
+        && (0..dim.block_count()).all(|b| {
+            let (s, e) = dim.block(b);
+            e - s == sizes[b as usize]
+        })
 }
