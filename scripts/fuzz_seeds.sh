@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 seeds=fuzz/seeds
 rm -rf "$seeds"
-mkdir -p "$seeds"/{spec_parse,strategy_file,checkpoint_index,plan_json,plan_execute}
+mkdir -p "$seeds"/{spec_parse,strategy_file,checkpoint_index,plan_json,plan_execute,hf_index}
 for f in specs/*.yaml specs/invalid/*.yaml; do
     # Large generated specs add nothing the small ones lack.
     [ "$(wc -c < "$f")" -lt 20000 ] && cp "$f" "$seeds/spec_parse/$(basename "$f")"
@@ -26,4 +26,7 @@ for f in specs/mindspore-notation.yaml specs/uneven-vocab.yaml specs/jax-notatio
     target/release/shardplan plan "$f" --format json > "$seeds/plan_json/$(basename "$f" .yaml).json"
 done
 printf '\x01\x02\x01\x00\x02\x03\x04\x05\x06\x07\x08\x09' > "$seeds/plan_execute/small"
+# hf_index: an index (first byte even) and a DCP_SHARDING_INFO (odd).
+printf '\x00{"metadata": {"total_size": 96}, "weight_map": {"a.weight": "model-00001-of-00002.safetensors", "b.weight": "model-00002-of-00002.safetensors"}}' > "$seeds/hf_index/index"
+printf '\x01{"w": {"saved_offsets": [10, 0]}, "n": {"saved_offsets": []}}' > "$seeds/hf_index/sharding_info"
 echo "seeds: $(find "$seeds" -type f | wc -l) files"

@@ -5,6 +5,7 @@
 
 use crate::DType;
 use crate::formats::checkpoint::{CheckpointFormat, parse_index};
+use crate::formats::hf::{HfIndex, parse_index_json, parse_sharding_info};
 use crate::formats::mindspore_strategy::{
     StrategyFormat, parse_strategy_file, write_strategy_file,
 };
@@ -104,6 +105,41 @@ pub fn checkpoint_index(data: &[u8]) {
         assert!(end <= rest.len() as u64, "{} past the end", e.name);
         let n: u64 = e.shape.iter().product();
         assert_eq!(n * e.dtype.size_bytes(), e.len, "{}", e.name);
+    }
+}
+
+/// Hugging Face index files and `DCP_SHARDING_INFO` strings: the first
+/// byte picks the parser (even: `model.safetensors.index.json`, odd:
+/// sharding info); parsing never panics, and what parses, written back as
+/// JSON, parses the same.
+pub fn hf_index(data: &[u8]) {
+    let Some((&first, rest)) = data.split_first() else {
+        return;
+    };
+    let path = std::path::Path::new("fuzz");
+    if first & 1 == 0 {
+        let Ok(index) = parse_index_json(path, rest) else {
+            return;
+        };
+        let text = index.to_json();
+        let again: HfIndex = parse_index_json(path, text.as_bytes())
+            .unwrap_or_else(|e| panic!("a written index is refused: {e}\n{text}\nfrom {rest:?}"));
+        assert_eq!(index, again, "from {rest:?}");
+    } else {
+        let Ok(text) = std::str::from_utf8(rest) else {
+            return;
+        };
+        let Ok(info) = parse_sharding_info(path, text) else {
+            return;
+        };
+        let written: serde_json::Map<String, serde_json::Value> = info
+            .iter()
+            .map(|(k, v)| (k.clone(), serde_json::json!({ "saved_offsets": v })))
+            .collect();
+        let written = serde_json::Value::Object(written).to_string();
+        let again = parse_sharding_info(path, &written)
+            .unwrap_or_else(|e| panic!("written sharding info is refused: {e}\n{written}"));
+        assert_eq!(info, again, "from {text:?}");
     }
 }
 

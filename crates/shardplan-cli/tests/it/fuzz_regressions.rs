@@ -7,7 +7,7 @@ use std::path::Path;
 
 type Check = fn(&[u8]);
 
-const TARGETS: [(&str, Check); 4] = [
+const TARGETS: [(&str, Check); 5] = [
     ("spec_parse", shardplan::fuzzing::spec_round_trip),
     (
         "strategy_file",
@@ -15,6 +15,7 @@ const TARGETS: [(&str, Check); 4] = [
     ),
     ("checkpoint_index", shardplan::fuzzing::checkpoint_index),
     ("plan_json", shardplan::fuzzing::plan_json_round_trip),
+    ("hf_index", shardplan::fuzzing::hf_index),
 ];
 
 fn replay(dir: &Path, check: Check) -> usize {

@@ -11,6 +11,7 @@ mod cli_check;
 mod common;
 mod derive;
 mod fuzz_regressions;
+mod hf_formats;
 mod layout_props;
 mod mindspore_conformance;
 mod mindspore_files;

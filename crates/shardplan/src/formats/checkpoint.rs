@@ -146,7 +146,8 @@ fn st_dtype(name: &str) -> Option<DType> {
     })
 }
 
-fn st_dtype_name(d: DType) -> &'static str {
+/// The safetensors name of a dtype (`BF16`, `F32`, ...).
+pub(crate) fn st_dtype_name(d: DType) -> &'static str {
     match d {
         DType::F64 => "F64",
         DType::F32 => "F32",
@@ -192,13 +193,48 @@ pub fn read_index(path: &Path) -> Result<CheckpointIndex, CheckpointError> {
     if len == 0 {
         return Err(bad(path, "the file is empty", CORRUPT));
     }
-    // SAFETY: the map is read-only and private to this call; a concurrent
+    let map = map_file(path, &file)?;
+    parse_index(path, &map, format)
+}
+
+fn map_file(path: &Path, file: &File) -> Result<memmap2::Mmap, CheckpointError> {
+    // SAFETY: the map is read-only and private to the caller; a concurrent
     // truncation of the file by another process could fault, which is the
     // documented hazard of memory-mapping and the reason sources must not
     // be modified while a reshard runs.
-    let map = unsafe { memmap2::Mmap::map(&file) }
-        .map_err(|e| bad(path, e.to_string(), "check the file"))?;
-    parse_index(path, &map, format)
+    unsafe { memmap2::Mmap::map(file) }.map_err(|e| bad(path, e.to_string(), "check the file"))
+}
+
+/// The `__metadata__` object of a safetensors header (string keys to, per
+/// the format, string values; kept as JSON so callers judge the values).
+pub(crate) type StMetadata = serde_json::Map<String, serde_json::Value>;
+
+/// Reads the index of a safetensors file and its `__metadata__` (empty when
+/// the header has none), whatever the file's extension.
+///
+/// # Errors
+///
+/// As [`read_index`].
+pub(crate) fn read_safetensors(
+    path: &Path,
+) -> Result<(CheckpointIndex, StMetadata), CheckpointError> {
+    let file =
+        File::open(path).map_err(|e| bad(path, e.to_string(), "check the path and permissions"))?;
+    let len = file
+        .metadata()
+        .map_err(|e| bad(path, e.to_string(), "check the path"))?
+        .len();
+    if len == 0 {
+        return Err(bad(path, "the file is empty", CORRUPT));
+    }
+    let map = map_file(path, &file)?;
+    let (tensors, metadata) = index_safetensors_with_metadata(path, &map)?;
+    let index = CheckpointIndex {
+        path: path.to_path_buf(),
+        format: CheckpointFormat::Safetensors,
+        tensors,
+    };
+    Ok((index, metadata))
 }
 
 /// The index of checkpoint bytes already in memory (`path` only names them
@@ -413,6 +449,18 @@ fn index_safetensors(
     path: &Path,
     b: &[u8],
 ) -> Result<BTreeMap<String, TensorEntry>, CheckpointError> {
+    index_safetensors_with_metadata(path, b).map(|(tensors, _)| tensors)
+}
+
+/// The safetensors format's own bound on the header (the reference reader
+/// refuses more), so a hostile length cannot make the JSON parser allocate
+/// without limit.
+const MAX_ST_HEADER: u64 = 100_000_000;
+
+fn index_safetensors_with_metadata(
+    path: &Path,
+    b: &[u8],
+) -> Result<(BTreeMap<String, TensorEntry>, StMetadata), CheckpointError> {
     let corrupt = |what: String| {
         bad(
             path,
@@ -433,6 +481,11 @@ fn index_safetensors(
                 b.len()
             ))
         })? as usize;
+    if n > MAX_ST_HEADER {
+        return Err(corrupt(format!(
+            "the header claims {n} bytes, more than the format's {MAX_ST_HEADER}"
+        )));
+    }
     if b.get(8) != Some(&b'{') {
         return Err(corrupt(
             "the header is not a JSON object (wrong magic)".into(),
@@ -444,8 +497,13 @@ fn index_safetensors(
     let data_len = (b.len() - header_end) as u64;
     let mut out = BTreeMap::new();
     let mut ranges = Vec::new();
+    let mut metadata = StMetadata::new();
     for (name, v) in header {
         if name == "__metadata__" {
+            metadata = match v {
+                serde_json::Value::Object(m) => m,
+                _ => return Err(corrupt("`__metadata__` is not an object".into())),
+            };
             continue;
         }
         let dtype_name = v["dtype"]
@@ -490,7 +548,7 @@ fn index_safetensors(
             "the header lies about sizes; the file is corrupt",
         ));
     }
-    Ok(out)
+    Ok((out, metadata))
 }
 
 /// Streams tensors into a new checkpoint file. The header (safetensors) or

@@ -3,6 +3,7 @@
 
 pub mod checkpoint;
 pub mod chunked;
+pub mod hf;
 pub mod import;
 pub mod mindspore_strategy;
 pub mod plan_json;
