@@ -3,8 +3,10 @@
 
 pub mod checkpoint;
 pub mod chunked;
+pub mod dcp_write;
 pub mod import;
 pub mod mindspore_strategy;
+mod pickle_write;
 pub mod plan_json;
 pub mod stream;
 
