@@ -3,9 +3,11 @@
 
 pub mod checkpoint;
 pub mod chunked;
+pub mod dcp_write;
 pub mod hf;
 pub mod import;
 pub mod mindspore_strategy;
+mod pickle_write;
 pub mod plan_json;
 pub mod stream;
 
