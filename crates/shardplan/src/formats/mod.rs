@@ -3,10 +3,13 @@
 
 pub mod checkpoint;
 pub mod chunked;
+pub mod dcp;
 pub mod import;
 pub mod mindspore_strategy;
+pub mod pickle;
 pub mod plan_json;
 pub mod stream;
+pub mod torch_zip;
 
 use std::io::Write;
 use std::path::Path;
