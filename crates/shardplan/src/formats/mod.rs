@@ -3,13 +3,16 @@
 
 pub mod checkpoint;
 pub mod chunked;
+pub mod dcp;
 pub mod dcp_write;
 pub mod hf;
 pub mod import;
 pub mod mindspore_strategy;
+pub mod pickle;
 mod pickle_write;
 pub mod plan_json;
 pub mod stream;
+pub mod torch_zip;
 
 use std::io::Write;
 use std::path::Path;
