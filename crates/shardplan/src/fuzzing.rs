@@ -3,13 +3,19 @@
 //! message naming the input when an invariant breaks; none may panic
 //! otherwise.
 
+use std::path::Path;
+
 use crate::DType;
 use crate::formats::checkpoint::{CheckpointFormat, parse_index};
 use crate::formats::hf::{HfIndex, parse_index_json, parse_sharding_info};
 use crate::formats::mindspore_strategy::{
     StrategyFormat, parse_strategy_file, write_strategy_file,
 };
+use crate::formats::pickle::{
+    DCP_METADATA_GLOBALS, PickleLimits, TORCH_SAVE_GLOBALS, Value, unpickle,
+};
 use crate::formats::plan_json::{from_json, write_json};
+use crate::formats::torch_zip::read_torch_save_item;
 use crate::spec::parse_spec;
 
 /// YAML spec: parsing never panics; a valid spec written back with one rule
@@ -154,4 +160,157 @@ pub fn plan_json_round_trip(data: &[u8]) {
     };
     let again = from_json("printed.json", &write_json(&plan)).expect("a printed plan reads");
     assert_eq!(plan, again);
+}
+
+/// Small budgets, so that the fuzzer reaches every limit.
+const FUZZ_PICKLE_LIMITS: PickleLimits = PickleLimits {
+    max_input: 1 << 16,
+    max_stack: 256,
+    max_depth: 32,
+    max_memo: 256,
+    max_len: 256,
+    max_values: 4096,
+};
+
+/// The restricted pickle machine: arbitrary bytes never panic, an error
+/// names an offset inside the input, and an accepted value, pickled again
+/// by [`pickle_value`], decodes to itself.
+pub fn dcp_pickle(data: &[u8]) {
+    for allowed in [DCP_METADATA_GLOBALS, TORCH_SAVE_GLOBALS] {
+        let value = match unpickle(Path::new("fuzz"), data, allowed, &FUZZ_PICKLE_LIMITS) {
+            Ok(v) => v,
+            Err(e) => {
+                assert!(
+                    e.offset as usize <= data.len(),
+                    "{e} is past the input {data:?}"
+                );
+                continue;
+            }
+        };
+        if has_nan(&value) {
+            continue;
+        }
+        let again = pickle_value(&value);
+        let back = unpickle(Path::new("again"), &again, allowed, &PickleLimits::STANDARD)
+            .unwrap_or_else(|e| panic!("{e}: re-pickled {value:?} from {data:?}"));
+        assert_eq!(value, back, "round trip of {data:?}");
+    }
+}
+
+/// The one tensor of a torch.save archive: arbitrary bytes never panic,
+/// and an accepted tensor's bytes lie inside the input and match its
+/// shape and dtype.
+pub fn torch_zip(data: &[u8]) {
+    let Ok(t) = read_torch_save_item(Path::new("fuzz"), 0, "fuzz", data) else {
+        return;
+    };
+    let end = t.data_offset.checked_add(t.data_len);
+    assert!(
+        end.is_some_and(|e| e <= data.len() as u64),
+        "{t:?} outside {} bytes",
+        data.len()
+    );
+    let numel = t.shape.iter().try_fold(1u64, |a, &d| a.checked_mul(d));
+    assert_eq!(
+        numel.and_then(|n| n.checked_mul(t.dtype.size_bytes())),
+        Some(t.data_len),
+        "{t:?}"
+    );
+}
+
+fn has_nan(v: &Value) -> bool {
+    match v {
+        Value::Float(f) => f.is_nan(),
+        Value::Tuple(items) | Value::List(items) => items.iter().any(has_nan),
+        Value::Dict(items) => items.iter().any(|(k, v)| has_nan(k) || has_nan(v)),
+        Value::Object { args, state, .. } => {
+            args.iter().any(has_nan) || state.as_deref().is_some_and(has_nan)
+        }
+        Value::PersistentId(p) => has_nan(p),
+        _ => false,
+    }
+}
+
+/// A protocol 4 pickle of `v` that [`unpickle`] decodes back to `v` (for
+/// the values it produces), for the round trip of [`dcp_pickle`].
+pub fn pickle_value(v: &Value) -> Vec<u8> {
+    let mut out = b"\x80\x04".to_vec();
+    write_value(v, &mut out);
+    out.push(b'.');
+    out
+}
+
+fn write_str(s: &str, out: &mut Vec<u8>) {
+    out.push(b'X');
+    out.extend((s.len() as u32).to_le_bytes());
+    out.extend(s.as_bytes());
+}
+
+fn write_value(v: &Value, out: &mut Vec<u8>) {
+    match v {
+        Value::None => out.push(b'N'),
+        Value::Bool(b) => out.push(if *b { 0x88 } else { 0x89 }),
+        Value::Int(i) => {
+            let bytes = i.to_le_bytes();
+            // The shortest two's-complement form that keeps the sign.
+            let mut n = 16;
+            while n > 0 {
+                let (last, below) = (bytes[n - 1], if n > 1 { bytes[n - 2] } else { 0 });
+                let redundant = (last == 0 && below & 0x80 == 0 && (n > 1 || *i == 0))
+                    || (last == 0xff && below & 0x80 != 0 && n > 1);
+                if !redundant {
+                    break;
+                }
+                n -= 1;
+            }
+            out.extend([0x8a, n as u8]);
+            out.extend(&bytes[..n]);
+        }
+        Value::Float(f) => {
+            out.push(b'G');
+            out.extend(f.to_bits().to_be_bytes());
+        }
+        Value::Str(s) => write_str(s, out),
+        Value::Bytes(b) => {
+            out.push(b'B');
+            out.extend((b.len() as u32).to_le_bytes());
+            out.extend(b);
+        }
+        Value::Tuple(items) => {
+            out.push(b'(');
+            items.iter().for_each(|i| write_value(i, out));
+            out.push(b't');
+        }
+        Value::List(items) => {
+            out.extend(b"](");
+            items.iter().for_each(|i| write_value(i, out));
+            out.push(b'e');
+        }
+        Value::Dict(items) => {
+            out.extend(b"}(");
+            for (k, v) in items {
+                write_value(k, out);
+                write_value(v, out);
+            }
+            out.push(b'u');
+        }
+        Value::Global(g) => {
+            write_str(&g.module, out);
+            write_str(&g.name, out);
+            out.push(0x93);
+        }
+        Value::Object { class, args, state } => {
+            write_value(&Value::Global(class.clone()), out);
+            write_value(&Value::Tuple(args.clone()), out);
+            out.push(b'R');
+            if let Some(s) = state {
+                write_value(s, out);
+                out.push(b'b');
+            }
+        }
+        Value::PersistentId(p) => {
+            write_value(p, out);
+            out.push(b'Q');
+        }
+    }
 }

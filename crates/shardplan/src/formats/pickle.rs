@@ -369,7 +369,7 @@ pub enum PickleFault {
     },
     /// Text that is not UTF-8.
     #[error("{opcode} holds text that is not UTF-8")]
-    #[diagnostic(code(shardplan::formats::pickle::bad_utf8), help("{REWRITE}"))]
+    #[diagnostic(code(shardplan::formats::pickle::bad_text), help("{REWRITE}"))]
     BadUtf8 {
         /// The opcode.
         opcode: &'static str,

@@ -261,3 +261,19 @@ fn rank_names() {
     assert_eq!(rank_of_name("shard.distcp"), None);
     assert_eq!(rank_of_name("__x_0.distcp"), None);
 }
+
+#[test]
+fn real_metadata_round_trips_through_the_fuzz_pickler() {
+    let Some(root) = shared_or_skip() else { return };
+    for case in ["fsdp4_uneven", "tp2_dp2", "safetensors_format_tp4"] {
+        let path = root.join(case).join("checkpoint/.metadata");
+        let bytes = std::fs::read(&path).unwrap();
+        let limits = PickleLimits::STANDARD;
+        let value = unpickle(&path, &bytes, DCP_METADATA_GLOBALS, &limits).unwrap();
+        let again = crate::fuzzing::pickle_value(&value);
+        let back = unpickle(&path, &again, DCP_METADATA_GLOBALS, &limits).unwrap();
+        assert_eq!(value, back, "{case}");
+        crate::fuzzing::dcp_pickle(&bytes);
+        crate::fuzzing::torch_zip(&bytes);
+    }
+}
