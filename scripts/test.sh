@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
-# Every test: the Rust workspace's, then the Python package's. The Python
-# side gets a virtual environment of its own (.venv, or $SHARDPLAN_VENV)
-# with maturin, pytest, numpy, ml_dtypes, safetensors and hypothesis, and
-# the package built into it from this checkout.
+# Every test: the Rust workspace's, then the Python package's. A virtual
+# environment of the project's own (.venv, or $SHARDPLAN_VENV) gets maturin,
+# pytest, numpy, ml_dtypes, safetensors, hypothesis and torch (for the DCP
+# and DTensor checks; a large download, once), then the package built into
+# it from this checkout. The Rust tests that check files with Python's own
+# readers use that environment's interpreter.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-
-cargo test --workspace
 
 venv="${SHARDPLAN_VENV:-.venv}"
 if [ ! -x "$venv/bin/python" ]; then
@@ -14,6 +14,8 @@ if [ ! -x "$venv/bin/python" ]; then
 fi
 "$venv/bin/python" -m pip install --quiet --disable-pip-version-check \
     -r bindings/python/requirements-test.txt
+SHARDPLAN_PYTHON="$(cd "$venv" && pwd)/bin/python" cargo test --workspace
+
 # Builds the extension in release mode into target/ (incremental) and
 # installs the package, with its `shardplan` command, into the venv.
 VIRTUAL_ENV="$(cd "$venv" && pwd)" "$venv/bin/maturin" develop --release --quiet \

@@ -7,8 +7,7 @@ use std::path::PathBuf;
 use numpy::{PyArray1, PyArrayMethods};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList, PyTuple};
-use shardplan::formats::checkpoint::CheckpointFormat;
-use shardplan::reshard::{LayoutSource, ReshardConfig, WriteConfig, prepare};
+use shardplan::reshard::{LayoutSource, OutputFormat, ReshardConfig, WriteConfig, prepare};
 
 use crate::errors::{Fault, Faulty, fault};
 use crate::plan::replica_choice;
@@ -138,7 +137,7 @@ pub(crate) fn _load_rank<'py>(
 #[pyfunction]
 #[pyo3(signature = (src_dir, out_dir, *, src_strategy = None, dst_strategy = None,
     format = None, rank = None, replicas = "min_files", any_device_count = false,
-    direct_io = true))]
+    direct_io = true, max_shard_bytes = shardplan::reshard::DEFAULT_MAX_SHARD_BYTES))]
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn reshard<'py>(
     py: Python<'py>,
@@ -151,6 +150,7 @@ pub(crate) fn reshard<'py>(
     replicas: &str,
     any_device_count: bool,
     direct_io: bool,
+    max_shard_bytes: u64,
 ) -> PyResult<Vec<Bound<'py, PyDict>>> {
     let cfg = config(
         src_dir,
@@ -162,16 +162,19 @@ pub(crate) fn reshard<'py>(
     let mut write = WriteConfig::new(out_dir);
     write.format = match format {
         None => None,
-        Some("ckpt") => Some(CheckpointFormat::Ckpt),
-        Some("safetensors") => Some(CheckpointFormat::Safetensors),
+        Some("ckpt") => Some(OutputFormat::Ckpt),
+        Some("safetensors") => Some(OutputFormat::Safetensors),
+        Some("hf") => Some(OutputFormat::HuggingFace),
+        Some("dcp") => Some(OutputFormat::Dcp),
         Some(other) => {
             return Err(Fault::usage(
                 format!("`{other}` is not a checkpoint format"),
-                "use \"ckpt\" or \"safetensors\", or None for the source's",
+                "use \"ckpt\", \"safetensors\", \"hf\" or \"dcp\", or None for the source's",
             )
             .into());
         }
     };
+    write.max_shard_bytes = max_shard_bytes;
     write.direct_io = direct_io;
     let outcomes = py.detach(|| -> Faulty<Vec<_>> {
         let prepared = prepare(&cfg).map_err(fault)?;
@@ -191,9 +194,16 @@ pub(crate) fn reshard<'py>(
             let d = PyDict::new(py);
             d.set_item("rank", o.rank)?;
             d.set_item("path", o.path)?;
+            d.set_item("files", o.files)?;
             d.set_item("bytes", o.bytes)?;
             d.set_item("resumed", o.resumed)?;
             Ok(d)
         })
         .collect()
+}
+
+/// Bytes of a `max_shard_size` text such as `5GB` or `1GiB`.
+#[pyfunction]
+pub(crate) fn _parse_shard_size(text: &str) -> PyResult<u64> {
+    shardplan::formats::hf::parse_shard_size(text).map_err(|e| fault(e).into())
 }

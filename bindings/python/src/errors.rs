@@ -7,6 +7,9 @@ use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 use shardplan::formats::checkpoint::CheckpointError;
+use shardplan::formats::dcp::DcpError;
+use shardplan::formats::dcp_write::DcpWriteError;
+use shardplan::formats::hf::HfError;
 use shardplan::formats::import::ImportError;
 use shardplan::formats::mindspore_strategy::StrategyFileError;
 use shardplan::formats::plan_json::PlanFileError;
@@ -198,6 +201,29 @@ impl From<CheckpointError> for Fault {
     }
 }
 
+impl From<HfError> for Fault {
+    fn from(e: HfError) -> Self {
+        let class = if matches!(e, HfError::ShardSize { .. }) {
+            "UsageError"
+        } else {
+            "CheckpointError"
+        };
+        Fault::of(class, &e)
+    }
+}
+
+impl From<DcpError> for Fault {
+    fn from(e: DcpError) -> Self {
+        Fault::of("CheckpointError", &e)
+    }
+}
+
+impl From<DcpWriteError> for Fault {
+    fn from(e: DcpWriteError) -> Self {
+        Fault::of("CheckpointError", &e)
+    }
+}
+
 impl From<StrategyFileError> for Fault {
     fn from(e: StrategyFileError) -> Self {
         Fault::of("StrategyFileError", &e).file(&e.file)
@@ -216,6 +242,9 @@ impl From<ReshardError> for Fault {
             ReshardError::Checkpoint(e) => e.into(),
             ReshardError::StrategyFile(e) => e.into(),
             ReshardError::Plan(e) => e.into(),
+            ReshardError::HuggingFace(e) => e.into(),
+            ReshardError::DcpRead(e) => (*e).into(),
+            ReshardError::Dcp(e) => e.into(),
             ReshardError::Io { ref path, .. } => Fault::of("FileError", &e).file(path.clone()),
             e => Fault::of("ReshardError", &e),
         }

@@ -33,6 +33,7 @@ fn _shardplan(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(plan::_timed_plan, m)?)?;
     m.add_function(wrap_pyfunction!(checkpoint::_load_rank, m)?)?;
     m.add_function(wrap_pyfunction!(checkpoint::reshard, m)?)?;
+    m.add_function(wrap_pyfunction!(checkpoint::_parse_shard_size, m)?)?;
     m.add_function(wrap_pyfunction!(check::_check, m)?)?;
     m.add_function(wrap_pyfunction!(run_cli, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;

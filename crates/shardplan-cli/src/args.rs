@@ -228,13 +228,21 @@ pub(crate) enum ExportFormat {
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub(crate) enum CkptFormat {
+    /// MindSpore .ckpt per rank.
     Ckpt,
+    /// safetensors per rank.
     Safetensors,
+    /// A Hugging Face model folder (per rank when there are several).
+    Hf,
+    /// A PyTorch DCP folder (.metadata + __<r>_0.distcp).
+    Dcp,
 }
 
 #[derive(clap::Args)]
 pub(crate) struct ReshardArgs {
-    /// Source directory of rank_<r>/ folders.
+    /// Source: a folder of rank_<r>/ folders (MindSpore), a PyTorch DCP
+    /// folder, a Hugging Face model folder, or a safetensors file; the
+    /// format is detected.
     #[arg(long)]
     pub(crate) src: PathBuf,
     /// Source strategy: MindSpore strategy file(s) (repeat for per-stage
@@ -267,6 +275,10 @@ pub(crate) struct ReshardArgs {
     /// only where the file system supports it).
     #[arg(long)]
     pub(crate) no_direct_io: bool,
+    /// Largest shard of a Hugging Face output, as huggingface_hub writes
+    /// it: 5GB, 500MB, 24KB (powers of 1000) or 1GiB (of 1024).
+    #[arg(long, default_value = "5GB")]
+    pub(crate) max_shard_size: String,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -20,7 +20,7 @@ use std::sync::Arc;
 use crate::DeviceMesh;
 use crate::TensorLayout;
 use crate::formats::checkpoint::{
-    CheckpointFormat, CheckpointWriter, Checksum, TensorEntry, rank_files, read_index,
+    CheckpointFormat, CheckpointWriter, Checksum, Frame, TensorEntry, rank_files, read_index,
 };
 use crate::formats::mindspore_strategy::{StrategyFile, read_strategy_files};
 use crate::{DType, Strategy, TensorInfo};
@@ -54,7 +54,7 @@ pub struct ReshardConfig {
     /// How replicas are chosen.
     pub replica_choice: ReplicaChoice,
     /// Allow device counts that do not divide each other, which MindSpore
-    /// refuses.
+    /// refuses (for MindSpore sources only; other sources take any count).
     pub any_device_count: bool,
     /// The source checkpoint files of each rank, given instead of found
     /// under `src_dir`'s `rank_<r>/` folders (MindSpore's
@@ -78,6 +78,45 @@ impl ReshardConfig {
     }
 }
 
+/// What [`Prepared::write_rank`] writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum OutputFormat {
+    /// MindSpore `.ckpt`: `rank_<r>/checkpoint_<r>.ckpt`.
+    Ckpt,
+    /// safetensors: `rank_<r>/checkpoint_<r>.safetensors`.
+    Safetensors,
+    /// A Hugging Face model folder (`model-0000i-of-0000n.safetensors` and
+    /// `model.safetensors.index.json`, or one `model.safetensors`): in the
+    /// output folder for one destination rank, in `rank_<r>/` for several.
+    HuggingFace,
+    /// A PyTorch DCP folder that `torch.distributed.checkpoint.load` reads:
+    /// `__<r>_0.distcp` per rank and one `.metadata`; replicas are stored
+    /// once, by the lowest rank holding them.
+    Dcp,
+}
+
+impl OutputFormat {
+    /// The name `--format` takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            OutputFormat::Ckpt => "ckpt",
+            OutputFormat::Safetensors => "safetensors",
+            OutputFormat::HuggingFace => "hf",
+            OutputFormat::Dcp => "dcp",
+        }
+    }
+}
+
+impl From<CheckpointFormat> for OutputFormat {
+    fn from(f: CheckpointFormat) -> Self {
+        match f {
+            CheckpointFormat::Ckpt => OutputFormat::Ckpt,
+            CheckpointFormat::Safetensors => OutputFormat::Safetensors,
+        }
+    }
+}
+
 /// Where and how [`Prepared::write_rank`] writes.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
@@ -85,7 +124,10 @@ pub struct WriteConfig {
     /// Output directory (created; must not overlap the sources).
     pub out_dir: PathBuf,
     /// Output format; `None` keeps the source's.
-    pub format: Option<CheckpointFormat>,
+    pub format: Option<OutputFormat>,
+    /// Largest tensor bytes of one Hugging Face shard (a larger tensor gets
+    /// a shard of its own), as `huggingface_hub`'s `max_shard_size`.
+    pub max_shard_bytes: u64,
     /// Bytes of each output window: the writer fills one while two are
     /// written, four in all (rounded up to 4 KiB, at most 1 GiB).
     pub window_bytes: u64,
@@ -102,11 +144,15 @@ impl WriteConfig {
         WriteConfig {
             out_dir: out_dir.into(),
             format: None,
+            max_shard_bytes: DEFAULT_MAX_SHARD_BYTES,
             window_bytes: 32 << 20,
             direct_io: true,
         }
     }
 }
+
+/// `huggingface_hub`'s default `max_shard_size`, 5 GB.
+pub const DEFAULT_MAX_SHARD_BYTES: u64 = 5_000_000_000;
 
 /// Why a reshard failed. Nothing is written under a final name then.
 #[derive(Debug, thiserror::Error, miette::Diagnostic)]
@@ -134,6 +180,47 @@ pub enum ReshardError {
     #[error(transparent)]
     #[diagnostic(transparent)]
     Plan(#[from] crate::PlanError),
+    /// A chunked checkpoint whose chunks do not tile a tensor.
+    #[error("tensor `{tensor}`: its chunks are not a layout: {source}")]
+    #[diagnostic(
+        code(shardplan::reshard::boxes),
+        help("the checkpoint's index is damaged or incomplete; save it again")
+    )]
+    Boxes {
+        /// The tensor.
+        tensor: String,
+        /// What is wrong with its chunks.
+        #[source]
+        source: crate::LayoutError,
+    },
+    /// One writer rank holding two chunks of one tensor.
+    #[error("rank {rank} holds two chunks of tensor `{tensor}` ({first} and {second})")]
+    #[diagnostic(
+        code(shardplan::reshard::chunks_on_one_rank),
+        help("shardplan reads one chunk of each tensor per rank; save with one shard per rank")
+    )]
+    ChunksOnOneRank {
+        /// The tensor.
+        tensor: String,
+        /// The rank.
+        rank: u64,
+        /// The file of the first chunk.
+        first: String,
+        /// The file of the second.
+        second: String,
+    },
+    /// A Hugging Face folder that cannot be planned.
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    HuggingFace(#[from] crate::formats::hf::HfError),
+    /// A DCP folder that cannot be read.
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    DcpRead(Box<crate::formats::dcp::DcpError>),
+    /// A DCP folder that cannot be planned.
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Dcp(#[from] crate::formats::dcp_write::DcpWriteError),
     /// Writing failed.
     #[error("{path}: {source}")]
     #[diagnostic(code(shardplan::reshard::io))]
@@ -143,6 +230,12 @@ pub enum ReshardError {
         /// The error.
         source: std::io::Error,
     },
+}
+
+impl From<crate::formats::dcp::DcpError> for ReshardError {
+    fn from(e: crate::formats::dcp::DcpError) -> Self {
+        ReshardError::DcpRead(Box::new(e))
+    }
 }
 
 fn mismatch(message: impl Into<String>, help: impl Into<String>) -> ReshardError {
@@ -158,6 +251,9 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ReshardError + '_ {
         source,
     }
 }
+
+/// Per source rank, its tensors by name.
+type RankSources = BTreeMap<u64, BTreeMap<String, Located>>;
 
 /// One source tensor: its file and where its data lies.
 #[derive(Debug, Clone)]
@@ -177,10 +273,10 @@ pub struct Prepared {
     plan: VerifiedPlan,
     copies: Vec<CopyThrough>,
     warnings: Vec<String>,
-    sources: BTreeMap<u64, BTreeMap<String, Located>>,
+    sources: RankSources,
     /// The folders the sources are in: no output may be written there.
     src_dirs: Vec<PathBuf>,
-    source_format: CheckpointFormat,
+    source_format: OutputFormat,
 }
 
 impl Prepared {
@@ -220,11 +316,16 @@ impl Prepared {
 /// tensor missing from a rank that should hold it, a dtype or shape that
 /// does not match the strategy, device counts MindSpore refuses.
 pub fn prepare(cfg: &ReshardConfig) -> Result<Prepared, ReshardError> {
+    if cfg.src_files.is_none()
+        && let Some(ck) = read_chunked(&cfg.src_dir)?
+    {
+        return prepare_chunked(cfg, &ck);
+    }
     let files = match &cfg.src_files {
         Some(files) => files.clone(),
         None => rank_files(&cfg.src_dir)?,
     };
-    let mut sources: BTreeMap<u64, BTreeMap<String, Located>> = BTreeMap::new();
+    let mut sources: RankSources = BTreeMap::new();
     let mut format = None;
     for (rank, paths) in &files {
         let mut tensors = BTreeMap::new();
@@ -249,22 +350,8 @@ pub fn prepare(cfg: &ReshardConfig) -> Result<Prepared, ReshardError> {
         }
         sources.insert(*rank, tensors);
     }
-    let src_file = match &cfg.src {
-        LayoutSource::MindSpore(paths) => {
-            let refs: Vec<&Path> = paths.iter().map(PathBuf::as_path).collect();
-            Some(read_strategy_files(&refs)?)
-        }
-        _ => None,
-    };
-    let dst_file = match &cfg.dst {
-        LayoutSource::MindSpore(paths) => {
-            let refs: Vec<&Path> = paths.iter().map(PathBuf::as_path).collect();
-            Some(read_strategy_files(&refs)?)
-        }
-        _ => None,
-    };
+    let src_file = read_layout_file(&cfg.src)?;
     let tensors = global_tensors(&cfg.src, src_file.as_ref(), &sources)?;
-    let mut warnings = Vec::new();
     let src = match (&cfg.src, &src_file) {
         (LayoutSource::Strategy(s), _) => (**s).clone(),
         (LayoutSource::MindSpore(_), Some(f)) => f
@@ -272,20 +359,7 @@ pub fn prepare(cfg: &ReshardConfig) -> Result<Prepared, ReshardError> {
             .map_err(|m| mismatch(m, "check the source strategy against the checkpoints"))?,
         _ => single_device("source", &tensors)?,
     };
-    let (dst, copies) = match (&cfg.dst, &dst_file) {
-        (LayoutSource::Strategy(s), _) => ((**s).clone(), Vec::new()),
-        (LayoutSource::MindSpore(_), Some(f)) => {
-            copy_through(&src, src_file.as_ref(), f, &tensors, &mut warnings)?
-        }
-        _ => (single_device("destination", &tensors)?, Vec::new()),
-    };
-    let (n, m) = (src.mesh().rank_count(), dst.mesh().rank_count());
-    if !cfg.any_device_count && n % m != 0 && m % n != 0 {
-        return Err(mismatch(
-            format!("{n} source ranks and {m} destination ranks: neither count divides the other"),
-            "MindSpore refuses such transfers; pass --any-device-count to reshard anyway",
-        ));
-    }
+    let n = src.mesh().rank_count();
     if files.len() as u64 != n {
         return Err(mismatch(
             match cfg.src_files {
@@ -302,21 +376,88 @@ pub fn prepare(cfg: &ReshardConfig) -> Result<Prepared, ReshardError> {
             "pass the checkpoint directory and strategy of the same run",
         ));
     }
-    // Every rank that holds a tensor has it, with the layout's shape and the dtype.
+    check_sources(&src, &sources)?;
+    let source = Source {
+        strategy: src,
+        file: src_file,
+        tensors,
+        sources,
+        dirs: source_dirs(cfg, &files),
+        format: match format {
+            Some(CheckpointFormat::Safetensors) => OutputFormat::Safetensors,
+            _ => OutputFormat::Ckpt,
+        },
+        mindspore: true,
+    };
+    plan_from(cfg, source)
+}
+
+/// The index of a chunked checkpoint at `path` (DCP, Hugging Face,
+/// safetensors), or `None` for a MindSpore folder of rank folders.
+///
+/// # Errors
+///
+/// [`ReshardError::HuggingFace`] when the format cannot be told or a
+/// Hugging Face index is malformed; [`ReshardError::DcpRead`] for a DCP
+/// folder that cannot be read.
+pub fn read_chunked(
+    path: &Path,
+) -> Result<Option<crate::formats::chunked::ChunkedCheckpoint>, ReshardError> {
+    use crate::formats::chunked::SourceFormat;
+    use crate::formats::{dcp, hf};
+    Ok(Some(match hf::detect(path)? {
+        SourceFormat::MindSpore => return Ok(None),
+        SourceFormat::DcpTorchSave | SourceFormat::DcpSafetensors => dcp::read_dcp(path)?,
+        SourceFormat::DcpHuggingFace => hf::read_dcp_hf_folder(path)?,
+        SourceFormat::HuggingFace => hf::read_hf_folder(path)?,
+        SourceFormat::Safetensors => hf::read_safetensors_file(path)?,
+    }))
+}
+
+/// A source read and checked: its strategy, the tensors' global shapes and
+/// where each rank's slices are.
+struct Source {
+    strategy: Strategy,
+    file: Option<StrategyFile>,
+    tensors: Vec<TensorInfo>,
+    sources: RankSources,
+    dirs: Vec<PathBuf>,
+    format: OutputFormat,
+    /// A MindSpore source, held to MindSpore's rule on device counts.
+    mindspore: bool,
+}
+
+/// The strategy file a side names, read.
+fn read_layout_file(side: &LayoutSource) -> Result<Option<StrategyFile>, ReshardError> {
+    match side {
+        LayoutSource::MindSpore(paths) => {
+            let refs: Vec<&Path> = paths.iter().map(PathBuf::as_path).collect();
+            Ok(Some(read_strategy_files(&refs)?))
+        }
+        _ => Ok(None),
+    }
+}
+
+/// Every rank that holds a tensor has it, with the layout's shape and the
+/// dtype.
+fn check_sources(src: &Strategy, sources: &RankSources) -> Result<(), ReshardError> {
     for (t, l) in src.tensors().iter().zip(src.layouts()) {
-        for r in 0..n {
+        for r in 0..src.mesh().rank_count() {
             let Some(region) = l.region_of(r) else {
                 continue;
             };
-            let loc = sources[&r].get(&t.name).ok_or_else(|| {
-                mismatch(
-                    format!(
-                        "rank {r} should hold tensor `{}` but its checkpoint lacks it",
-                        t.name
-                    ),
-                    "check that the strategy belongs to this checkpoint",
-                )
-            })?;
+            let loc = sources
+                .get(&r)
+                .and_then(|s| s.get(&t.name))
+                .ok_or_else(|| {
+                    mismatch(
+                        format!(
+                            "rank {r} should hold tensor `{}` but its checkpoint lacks it",
+                            t.name
+                        ),
+                        "check that the strategy belongs to this checkpoint",
+                    )
+                })?;
             if loc.entry.shape != region.extent() || loc.entry.dtype != t.dtype {
                 return Err(mismatch(
                     format!(
@@ -332,6 +473,37 @@ pub fn prepare(cfg: &ReshardConfig) -> Result<Prepared, ReshardError> {
                 ));
             }
         }
+    }
+    Ok(())
+}
+
+/// The destination strategy, the plan and its verification, from a source
+/// read and checked.
+fn plan_from(cfg: &ReshardConfig, source: Source) -> Result<Prepared, ReshardError> {
+    let Source {
+        strategy: src,
+        file: src_file,
+        tensors,
+        sources,
+        dirs,
+        format,
+        mindspore,
+    } = source;
+    let dst_file = read_layout_file(&cfg.dst)?;
+    let mut warnings = Vec::new();
+    let (dst, copies) = match (&cfg.dst, &dst_file) {
+        (LayoutSource::Strategy(s), _) => ((**s).clone(), Vec::new()),
+        (LayoutSource::MindSpore(_), Some(f)) => {
+            copy_through(&src, src_file.as_ref(), f, &tensors, &mut warnings)?
+        }
+        _ => (single_device("destination", &tensors)?, Vec::new()),
+    };
+    let (n, m) = (src.mesh().rank_count(), dst.mesh().rank_count());
+    if mindspore && !cfg.any_device_count && n % m != 0 && m % n != 0 {
+        return Err(mismatch(
+            format!("{n} source ranks and {m} destination ranks: neither count divides the other"),
+            "MindSpore refuses such transfers; pass --any-device-count to reshard anyway",
+        ));
     }
     // Tensors copied through are not planned: the plan moves the others.
     let planned =
@@ -353,9 +525,119 @@ pub fn prepare(cfg: &ReshardConfig) -> Result<Prepared, ReshardError> {
         copies,
         warnings,
         sources,
-        src_dirs: source_dirs(cfg, &files),
-        source_format: format.unwrap_or(CheckpointFormat::Ckpt),
+        src_dirs: dirs,
+        source_format: format,
     })
+}
+
+/// Reshards a chunked checkpoint (PyTorch DCP, Hugging Face): its index is
+/// its layout, each writer rank holding its chunks as boxes.
+///
+/// # Errors
+///
+/// As [`prepare`]; [`ReshardError::Boxes`] when a tensor's chunks do not
+/// tile it, [`ReshardError::ChunksOnOneRank`] when one rank holds two chunks
+/// of a tensor.
+pub fn prepare_chunked(
+    cfg: &ReshardConfig,
+    ck: &crate::formats::chunked::ChunkedCheckpoint,
+) -> Result<Prepared, ReshardError> {
+    use crate::formats::chunked::SourceFormat;
+    if !matches!(cfg.src, LayoutSource::SingleDevice) {
+        return Err(mismatch(
+            format!(
+                "{} is a {}: its index is its layout, so it takes no source strategy",
+                ck.root.display(),
+                ck.format
+            ),
+            "drop --src-strategy",
+        ));
+    }
+    let (strategy, sources) = chunked_strategy(ck)?;
+    let source = Source {
+        tensors: strategy.tensors().to_vec(),
+        strategy,
+        file: None,
+        sources,
+        dirs: vec![ck.root.clone()],
+        format: match ck.format {
+            SourceFormat::HuggingFace | SourceFormat::DcpHuggingFace => OutputFormat::HuggingFace,
+            SourceFormat::Safetensors | SourceFormat::MindSpore => OutputFormat::Safetensors,
+            _ => OutputFormat::Dcp,
+        },
+        mindspore: false,
+    };
+    plan_from(cfg, source)
+}
+
+/// The strategy of a chunked checkpoint (a mesh of its writer ranks, each
+/// tensor laid out by its chunks) and where each rank's chunks are.
+fn chunked_strategy(
+    ck: &crate::formats::chunked::ChunkedCheckpoint,
+) -> Result<(Strategy, RankSources), ReshardError> {
+    let mesh = Arc::new(
+        DeviceMesh::new([("rank", ck.ranks.max(1))]).map_err(|source| ReshardError::Boxes {
+            tensor: String::new(),
+            source,
+        })?,
+    );
+    let mut sources: RankSources = BTreeMap::new();
+    let mut infos = Vec::with_capacity(ck.tensors.len());
+    let mut layouts = Vec::with_capacity(ck.tensors.len());
+    for t in &ck.tensors {
+        let mut boxes = Vec::with_capacity(t.chunks.len());
+        for c in &t.chunks {
+            let slot = sources.entry(c.rank).or_default();
+            if let Some(first) = slot.get(&t.name) {
+                return Err(ReshardError::ChunksOnOneRank {
+                    tensor: t.name.clone(),
+                    rank: c.rank,
+                    first: first.path.display().to_string(),
+                    second: c.file.display().to_string(),
+                });
+            }
+            let region =
+                crate::Region::try_new(c.offsets.clone(), c.sizes.clone()).ok_or_else(|| {
+                    ReshardError::Boxes {
+                        tensor: t.name.clone(),
+                        source: crate::LayoutError::BoxOutside {
+                            rank: c.rank,
+                            region: format!("offsets {:?} sizes {:?}", c.offsets, c.sizes),
+                            shape: t.shape.clone(),
+                        },
+                    }
+                })?;
+            slot.insert(
+                t.name.clone(),
+                Located {
+                    path: c.file.clone(),
+                    entry: TensorEntry {
+                        name: t.name.clone(),
+                        dtype: t.dtype,
+                        shape: c.sizes.clone(),
+                        offset: c.byte_offset,
+                        len: c.byte_len,
+                    },
+                },
+            );
+            boxes.push((c.rank, region));
+        }
+        let layout = TensorLayout::from_boxes(mesh.clone(), &t.shape, boxes).map_err(|source| {
+            ReshardError::Boxes {
+                tensor: t.name.clone(),
+                source,
+            }
+        })?;
+        infos.push(TensorInfo {
+            name: t.name.clone(),
+            shape: t.shape.clone(),
+            dtype: t.dtype,
+        });
+        layouts.push(layout);
+    }
+    let strategy = Strategy::new(ck.format.name(), mesh, infos, layouts)
+        .map_err(|e| mismatch(e.to_string(), "check the checkpoint's index"))?;
+    Ok((strategy, sources))
 }
 
 /// The folders holding the sources: `src_dir`, or each given file's.
@@ -389,7 +671,7 @@ pub fn tensors_from_checkpoints(
     file: Option<&StrategyFile>,
 ) -> Result<Vec<TensorInfo>, ReshardError> {
     let files = rank_files(src_dir)?;
-    let mut sources: BTreeMap<u64, BTreeMap<String, Located>> = BTreeMap::new();
+    let mut sources: RankSources = BTreeMap::new();
     for (rank, paths) in &files {
         let mut tensors = BTreeMap::new();
         for p in paths {
@@ -419,7 +701,7 @@ pub fn tensors_from_checkpoints(
 fn global_tensors(
     src: &LayoutSource,
     file: Option<&StrategyFile>,
-    sources: &BTreeMap<u64, BTreeMap<String, Located>>,
+    sources: &RankSources,
 ) -> Result<Vec<TensorInfo>, ReshardError> {
     if let LayoutSource::Strategy(s) = src {
         return Ok(s.tensors().to_vec());
@@ -586,8 +868,10 @@ fn copy_through(
 pub struct RankOutcome {
     /// Destination rank.
     pub rank: u64,
-    /// The file written (or found complete).
+    /// Its main file (see [`Prepared::output_path`]).
     pub path: PathBuf,
+    /// Every data file written (or found complete).
+    pub files: Vec<PathBuf>,
     /// Bytes of the file.
     pub bytes: u64,
     /// True when a previous run had already completed it.
@@ -609,11 +893,48 @@ fn file_checksum(path: &Path) -> std::io::Result<(u64, String)> {
     Ok((sum.len(), sum.hex()))
 }
 
+/// What a rank's run wrote: each file with its size and checksum, so a
+/// later run can tell the files complete.
 #[derive(serde::Serialize, serde::Deserialize)]
 struct Manifest {
+    files: Vec<ManifestEntry>,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct ManifestEntry {
     file: String,
     bytes: u64,
     checksum: String,
+}
+
+/// One file a destination rank writes: its path, which of the rank's
+/// slices it holds (indices into [`Prepared::rank_slices`], in file
+/// order), and how they are framed.
+struct OutFile {
+    path: PathBuf,
+    slices: Vec<usize>,
+    framing: OutFraming,
+}
+
+enum OutFraming {
+    /// A ckpt or safetensors checkpoint of the slices.
+    Checkpoint(CheckpointFormat),
+    /// A Hugging Face shard: its header, then the data.
+    Shard(Vec<u8>),
+    /// A DCP file: one `torch.save` archive around each slice.
+    Archives(Vec<crate::formats::dcp_write::TorchSaveItem>),
+}
+
+/// Everything a destination rank writes.
+struct RankOutput {
+    /// The folder its files are in.
+    dir: PathBuf,
+    /// Its manifest.
+    manifest: PathBuf,
+    files: Vec<OutFile>,
+    /// Small files written whole after the data files (an index, DCP's
+    /// `.metadata`): every process writing a rank writes the same bytes.
+    extras: Vec<(PathBuf, Vec<u8>)>,
 }
 
 impl Prepared {
@@ -638,27 +959,206 @@ impl Prepared {
     }
 
     /// The format outputs are written in under `cfg`.
-    fn format(&self, cfg: &WriteConfig) -> CheckpointFormat {
+    pub fn output_format(&self, cfg: &WriteConfig) -> OutputFormat {
         cfg.format.unwrap_or(self.source_format)
     }
 
-    /// Output path of destination rank `rank`.
-    pub fn output_path(&self, cfg: &WriteConfig, rank: u64) -> PathBuf {
-        cfg.out_dir.join(format!(
-            "rank_{rank}/checkpoint_{rank}.{}",
-            self.format(cfg).extension()
-        ))
+    /// The main output file of destination rank `rank`: its checkpoint, its
+    /// first Hugging Face shard, or its DCP file.
+    ///
+    /// # Errors
+    ///
+    /// As [`Prepared::write_rank`] before it writes anything.
+    pub fn output_path(&self, cfg: &WriteConfig, rank: u64) -> Result<PathBuf, ReshardError> {
+        let out = self.rank_output(cfg, rank)?;
+        Ok(out
+            .files
+            .first()
+            .map_or_else(|| out.dir.clone(), |f| f.path.clone()))
     }
 
-    /// Writes destination rank `rank`'s checkpoint under `cfg.out_dir`, or
-    /// finds it complete from an earlier run. `progress` receives the bytes
-    /// of each tensor written.
+    /// The files destination rank `rank` writes under `cfg`.
+    fn rank_output(&self, cfg: &WriteConfig, rank: u64) -> Result<RankOutput, ReshardError> {
+        let slices = self.rank_slices(rank)?;
+        let all: Vec<usize> = (0..slices.len()).collect();
+        match self.output_format(cfg) {
+            f @ (OutputFormat::Ckpt | OutputFormat::Safetensors) => {
+                let format = match f {
+                    OutputFormat::Ckpt => CheckpointFormat::Ckpt,
+                    _ => CheckpointFormat::Safetensors,
+                };
+                let dir = cfg.out_dir.join(format!("rank_{rank}"));
+                Ok(RankOutput {
+                    manifest: dir.join("MANIFEST.json"),
+                    files: vec![OutFile {
+                        path: dir.join(format!("checkpoint_{rank}.{}", format.extension())),
+                        slices: all,
+                        framing: OutFraming::Checkpoint(format),
+                    }],
+                    extras: Vec::new(),
+                    dir,
+                })
+            }
+            OutputFormat::HuggingFace => self.hf_output(cfg, rank, &slices),
+            OutputFormat::Dcp => self.dcp_output(cfg, rank, &slices),
+        }
+    }
+
+    /// A Hugging Face model folder of the rank's slices.
+    fn hf_output(
+        &self,
+        cfg: &WriteConfig,
+        rank: u64,
+        slices: &[RankSlice],
+    ) -> Result<RankOutput, ReshardError> {
+        use crate::formats::hf::HfLayout;
+        let dir = if self.dst.mesh().rank_count() == 1 {
+            cfg.out_dir.clone()
+        } else {
+            cfg.out_dir.join(format!("rank_{rank}"))
+        };
+        let infos: Vec<TensorInfo> = slices
+            .iter()
+            .map(|s| TensorInfo {
+                name: s.name.clone(),
+                shape: s.shape.clone(),
+                dtype: s.dtype,
+            })
+            .collect();
+        let layout = HfLayout::new(&infos, cfg.max_shard_bytes)?;
+        let index: BTreeMap<&str, usize> = slices
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.name.as_str(), i))
+            .collect();
+        let files = layout
+            .shards()
+            .iter()
+            .map(|sh| OutFile {
+                path: dir.join(sh.file_name()),
+                slices: sh
+                    .tensors()
+                    .iter()
+                    .map(|t| index[t.name.as_str()])
+                    .collect(),
+                framing: OutFraming::Shard(sh.header().to_vec()),
+            })
+            .collect();
+        let extras = if layout.is_sharded() {
+            vec![(
+                dir.join(crate::formats::hf::INDEX_NAME),
+                layout.index_json().into_bytes(),
+            )]
+        } else {
+            Vec::new()
+        };
+        Ok(RankOutput {
+            manifest: dir.join(format!(".shardplan-rank_{rank}.json")),
+            files,
+            extras,
+            dir,
+        })
+    }
+
+    /// The rank's file of a DCP folder and the folder's `.metadata`.
+    fn dcp_output(
+        &self,
+        cfg: &WriteConfig,
+        rank: u64,
+        slices: &[RankSlice],
+    ) -> Result<RankOutput, ReshardError> {
+        use crate::formats::dcp_write::{DcpLayout, METADATA_FILE};
+        let ranks = self.dst.mesh().rank_count();
+        let mut chunks = Vec::with_capacity(ranks as usize);
+        // Per rank, which of its slices each chunk is.
+        let mut slice_of: Vec<Vec<usize>> = Vec::with_capacity(ranks as usize);
+        for r in 0..ranks {
+            let (c, k) = self.dcp_chunks(r)?;
+            chunks.push(c);
+            slice_of.push(k);
+        }
+        let layout = DcpLayout::new(chunks)?;
+        let file = layout.files().get(rank as usize).ok_or_else(|| {
+            mismatch(
+                format!("internal error: no DCP file for rank {rank}"),
+                "report this",
+            )
+        })?;
+        debug_assert!(slices.len() >= file.items.len());
+        Ok(RankOutput {
+            manifest: cfg.out_dir.join(format!(".shardplan-rank_{rank}.json")),
+            files: vec![OutFile {
+                path: cfg.out_dir.join(&file.name),
+                slices: file
+                    .items
+                    .iter()
+                    .map(|it| slice_of[it.source.0][it.source.1])
+                    .collect(),
+                framing: OutFraming::Archives(
+                    file.items.iter().map(|it| it.archive.clone()).collect(),
+                ),
+            }],
+            extras: vec![(
+                cfg.out_dir.join(METADATA_FILE),
+                layout.metadata_bytes().to_vec(),
+            )],
+            dir: cfg.out_dir.clone(),
+        })
+    }
+
+    /// The DCP chunks of rank `r`, one per slice it receives (empty slices
+    /// left out, unless the whole tensor is empty), with the index of the
+    /// slice each is.
+    fn dcp_chunks(
+        &self,
+        r: u64,
+    ) -> Result<(Vec<crate::formats::dcp_write::DcpChunkOut>, Vec<usize>), ReshardError> {
+        use crate::formats::dcp_write::DcpChunkOut;
+        let mut chunks = Vec::new();
+        let mut index = Vec::new();
+        let mut k = 0usize;
+        for (t, l) in self.dst.tensors().iter().zip(self.dst.layouts()) {
+            let Some(region) = l.region_of(r) else {
+                continue;
+            };
+            let whole_empty = t.shape.contains(&0);
+            // An empty tensor is recorded once, by the first rank holding it.
+            let first = (0..r).all(|q| l.region_of(q).is_none());
+            if !region.is_empty() || (whole_empty && first) {
+                chunks.push(DcpChunkOut {
+                    fqn: t.name.clone(),
+                    dtype: t.dtype,
+                    shape: t.shape.clone(),
+                    offsets: region.offset().to_vec(),
+                    sizes: region.extent().to_vec(),
+                });
+                index.push(k);
+            }
+            k += 1;
+        }
+        for (t, loc) in self.copied_to(r) {
+            chunks.push(DcpChunkOut {
+                fqn: t.name.clone(),
+                dtype: t.dtype,
+                shape: t.shape.clone(),
+                offsets: vec![0; loc.entry.shape.len()],
+                sizes: loc.entry.shape.clone(),
+            });
+            index.push(k);
+            k += 1;
+        }
+        Ok((chunks, index))
+    }
+
+    /// Writes destination rank `rank`'s files under `cfg.out_dir`, or finds
+    /// them complete from an earlier run. `progress` receives the bytes of
+    /// each tensor written.
     ///
     /// # Errors
     ///
     /// [`ReshardError::Mismatch`] when the output folder overlaps the
     /// sources (which are never written); [`ReshardError::Io`] naming the
-    /// file; the temporary file is removed.
+    /// file; temporary files are removed.
     pub fn write_rank(
         &self,
         cfg: &WriteConfig,
@@ -679,94 +1179,118 @@ impl Prepared {
                 "write the output elsewhere; sources are never modified",
             ));
         }
-        let path = self.output_path(cfg, rank);
-        let dir = path.parent().expect("rank folder").to_path_buf();
-        std::fs::create_dir_all(&dir).map_err(io(&dir))?;
-        let manifest_path = dir.join("MANIFEST.json");
-        // Resume: a file the manifest vouches for is kept.
-        let vouched = std::fs::read_to_string(&manifest_path)
-            .ok()
-            .and_then(|text| serde_json::from_str::<Manifest>(&text).ok())
-            .filter(|_| path.is_file())
-            .and_then(|m| {
-                let (bytes, sum) = file_checksum(&path).ok()?;
-                (m.bytes == bytes && m.checksum == sum).then_some(bytes)
-            });
-        if let Some(bytes) = vouched {
+        let out = self.rank_output(cfg, rank)?;
+        std::fs::create_dir_all(&out.dir).map_err(io(&out.dir))?;
+        let paths: Vec<PathBuf> = out.files.iter().map(|f| f.path.clone()).collect();
+        if let Some(bytes) = vouched(&out.manifest, &paths) {
+            write_extras(&out.extras)?;
             return Ok(RankOutcome {
                 rank,
-                path,
+                path: paths.first().cloned().unwrap_or_else(|| out.dir.clone()),
+                files: paths,
                 bytes,
                 resumed: true,
             });
         }
-        // Leftovers of an interrupted run carry a temporary name.
-        if let Ok(entries) = std::fs::read_dir(&dir) {
-            for e in entries.flatten() {
-                if e.file_name().to_string_lossy().contains(".tmp-") {
-                    let _ = std::fs::remove_file(e.path());
+        remove_leftovers(&out.dir, &paths);
+        let mut entries = Vec::with_capacity(out.files.len());
+        let mut files = SourceFiles::default();
+        let runs = self.rank_runs(rank, &mut files)?;
+        for f in &out.files {
+            let name = f.path.file_name().expect("file").to_string_lossy();
+            let tmp = out.dir.join(format!(".{name}.tmp-{}", std::process::id()));
+            let sum = match self.write_file(&tmp, f, &runs, &files, cfg, progress) {
+                Ok(sum) => sum,
+                Err(e) => {
+                    let _ = std::fs::remove_file(&tmp);
+                    return Err(e);
                 }
-            }
+            };
+            std::fs::rename(&tmp, &f.path).map_err(io(&f.path))?;
+            entries.push(ManifestEntry {
+                file: name.into_owned(),
+                bytes: sum.len(),
+                checksum: sum.hex(),
+            });
         }
-        let tmp = dir.join(format!(
-            ".{}.tmp-{}",
-            path.file_name().expect("file").to_string_lossy(),
-            std::process::id()
-        ));
-        let sum = match self.write_rank_to(&tmp, &path, rank, cfg, progress) {
-            Ok(sum) => sum,
-            Err(e) => {
-                let _ = std::fs::remove_file(&tmp);
-                return Err(e);
-            }
-        };
-        // Summed on the way out: the file is not read again.
-        let (bytes, sum) = (sum.len(), sum.hex());
-        std::fs::rename(&tmp, &path).map_err(io(&path))?;
-        let manifest = Manifest {
-            file: path
-                .file_name()
-                .expect("file")
-                .to_string_lossy()
-                .into_owned(),
-            bytes,
-            checksum: sum,
-        };
+        write_extras(&out.extras)?;
+        let bytes = entries.iter().map(|e| e.bytes).sum();
+        let manifest = Manifest { files: entries };
         crate::formats::write_atomic(
-            &manifest_path,
+            &out.manifest,
             serde_json::to_string_pretty(&manifest)
                 .expect("serializes")
                 .as_bytes(),
         )
-        .map_err(io(&manifest_path))?;
+        .map_err(io(&out.manifest))?;
         Ok(RankOutcome {
             rank,
-            path,
+            path: paths.first().cloned().unwrap_or_else(|| out.dir.clone()),
+            files: paths,
             bytes,
             resumed: false,
         })
     }
 
-    fn write_rank_to(
+    /// Writes one output file to `tmp`, summed on the way out (the file is
+    /// not read again).
+    fn write_file(
         &self,
         tmp: &Path,
-        out: &Path,
-        rank: u64,
+        f: &OutFile,
+        runs: &[(RankSlice, Vec<PieceRuns>)],
+        files: &SourceFiles,
         cfg: &WriteConfig,
         progress: &mut dyn FnMut(u64),
     ) -> Result<Checksum, ReshardError> {
-        let mut files = SourceFiles::default();
-        let slices = self.rank_runs(rank, &mut files)?;
-        let decl = slices
+        let decl: Vec<(String, DType, Vec<u64>)> = f
+            .slices
             .iter()
-            .map(|(s, _)| (s.name.clone(), s.dtype, s.shape.clone()))
+            .map(|&i| {
+                let s = &runs[i].0;
+                (s.name.clone(), s.dtype, s.shape.clone())
+            })
             .collect();
         let window = usize::try_from(cfg.window_bytes).unwrap_or(usize::MAX);
-        let mut writer =
-            CheckpointWriter::create_streamed(tmp, self.format(cfg), decl, window, cfg.direct_io)
-                .map_err(io(out))?;
-        for (slice, pieces) in &slices {
-            write_tensor(&mut writer, &files, pieces, out)?;
+        let out = &f.path;
+        let mut writer = match &f.framing {
+            OutFraming::Checkpoint(format) => {
+                CheckpointWriter::create_streamed(tmp, *format, decl, window, cfg.direct_io)
+            }
+            OutFraming::Shard(header) => {
+                let frames = (0..decl.len())
+                    .map(|i| Frame {
+                        prefix: if i == 0 { header.clone() } else { Vec::new() },
+                        suffix: None,
+                    })
+                    .collect();
+                CheckpointWriter::create_framed(tmp, decl, frames, window, cfg.direct_io)
+            }
+            OutFraming::Archives(items) => {
+                let frames = items
+                    .iter()
+                    .map(|item| {
+                        let item = item.clone();
+                        Frame {
+                            prefix: item.prefix().to_vec(),
+                            suffix: Some(Box::new(move |crc| item.suffix(crc))),
+                        }
+                    })
+                    .collect();
+                CheckpointWriter::create_framed(tmp, decl, frames, window, cfg.direct_io)
+            }
+        }
+        .map_err(io(out))?;
+        if matches!(&f.framing, OutFraming::Shard(_)) && f.slices.is_empty() {
+            // A shard of no tensors is only its header.
+            return Err(mismatch(
+                format!("internal error: empty shard {}", out.display()),
+                "report this",
+            ));
+        }
+        for &i in &f.slices {
+            let (slice, pieces) = &runs[i];
+            write_tensor(&mut writer, files, pieces, out)?;
             progress(slice.bytes);
         }
         let (_, sum) = writer.finish_summed().map_err(io(out))?;
@@ -943,6 +1467,55 @@ impl RankSlice {
             bytes,
         }
     }
+}
+
+/// The bytes of `paths` when `manifest` vouches for every one of them
+/// (size and checksum): an earlier run completed them.
+fn vouched(manifest: &Path, paths: &[PathBuf]) -> Option<u64> {
+    let text = std::fs::read_to_string(manifest).ok()?;
+    let m: Manifest = serde_json::from_str(&text).ok()?;
+    if m.files.len() != paths.len() {
+        return None;
+    }
+    let mut total = 0u64;
+    for (e, p) in m.files.iter().zip(paths) {
+        if p.file_name()?.to_string_lossy() != e.file || !p.is_file() {
+            return None;
+        }
+        let (bytes, sum) = file_checksum(p).ok()?;
+        if bytes != e.bytes || sum != e.checksum {
+            return None;
+        }
+        total += bytes;
+    }
+    Some(total)
+}
+
+/// Removes what an interrupted run of these files left under a temporary
+/// name; other ranks' files in a shared folder are left alone.
+fn remove_leftovers(dir: &Path, paths: &[PathBuf]) {
+    let prefixes: Vec<String> = paths
+        .iter()
+        .filter_map(|p| p.file_name())
+        .map(|n| format!(".{}.tmp-", n.to_string_lossy()))
+        .collect();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if prefixes.iter().any(|p| name.starts_with(p.as_str())) {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+}
+
+/// Writes each small file whole, atomically.
+fn write_extras(extras: &[(PathBuf, Vec<u8>)]) -> Result<(), ReshardError> {
+    for (path, bytes) in extras {
+        crate::formats::write_atomic(path, bytes).map_err(io(path))?;
+    }
+    Ok(())
 }
 
 /// True when one of the two folders is inside the other, after resolving

@@ -340,14 +340,23 @@ def reshard(
     replicas: str = "min_files",
     any_device_count: bool = False,
     direct_io: bool = True,
+    max_shard_size: Union[int, str] = "5GB",
 ) -> List[Dict[str, Any]]:
-    """Reshards checkpoints into ``out_dir/rank_<k>/checkpoint_<k>.<ext>``,
-    one file per destination rank (or only ``rank``), as ``shardplan
-    reshard`` does: outputs temp-named, fsynced and renamed, resumable,
-    sources never modified. ``format`` is ``"ckpt"``, ``"safetensors"`` or
-    ``None`` (the source's). Returns one dict per rank: ``rank``, ``path``,
-    ``bytes``, ``resumed``.
+    """Reshards a checkpoint into ``out_dir``, as ``shardplan reshard``
+    does: outputs temp-named, fsynced and renamed, resumable, sources never
+    modified. The source is a MindSpore folder of ``rank_<r>/`` folders (or
+    a list of per-rank files), a PyTorch DCP folder, a Hugging Face model
+    folder or a safetensors file; DCP and Hugging Face sources take no
+    ``src_strategy``. ``format`` is ``"ckpt"`` or ``"safetensors"``
+    (``rank_<k>/checkpoint_<k>.<ext>``), ``"hf"`` (a Hugging Face model
+    folder, sharded at ``max_shard_size``: bytes, or text such as
+    ``"5GB"``), ``"dcp"`` (``.metadata`` and ``__<k>_0.distcp``), or
+    ``None`` (the source's). Without ``dst_strategy`` the output is one rank
+    of whole tensors. Returns one dict per rank: ``rank``, ``path`` (its
+    main file), ``files``, ``bytes``, ``resumed``.
     """
+    if isinstance(max_shard_size, str):
+        max_shard_size = _shardplan._parse_shard_size(max_shard_size)
     return _shardplan.reshard(
         _path_or_paths(src_dir),
         os.fspath(out_dir),
@@ -358,6 +367,7 @@ def reshard(
         replicas=replicas,
         any_device_count=any_device_count,
         direct_io=direct_io,
+        max_shard_bytes=max_shard_size,
     )
 
 

@@ -13,8 +13,9 @@ use crate::common::*;
 pub(crate) const WINDOW_BYTES: u64 = 32 << 20;
 
 pub(crate) fn reshard(args: &ReshardArgs) -> miette::Result<Status> {
-    use shardplan::formats::checkpoint::CheckpointFormat;
-    use shardplan::reshard::{ReshardConfig, WriteConfig, prepare, ranks_for_process};
+    use shardplan::reshard::{
+        OutputFormat, ReshardConfig, WriteConfig, prepare, ranks_for_process,
+    };
     let src_dir = args
         .src
         .canonicalize()
@@ -43,9 +44,13 @@ pub(crate) fn reshard(args: &ReshardArgs) -> miette::Result<Status> {
     cfg.any_device_count = args.any_device_count;
     let mut write = WriteConfig::new(out.clone());
     write.format = args.format.map(|f| match f {
-        CkptFormat::Ckpt => CheckpointFormat::Ckpt,
-        CkptFormat::Safetensors => CheckpointFormat::Safetensors,
+        CkptFormat::Ckpt => OutputFormat::Ckpt,
+        CkptFormat::Safetensors => OutputFormat::Safetensors,
+        CkptFormat::Hf => OutputFormat::HuggingFace,
+        CkptFormat::Dcp => OutputFormat::Dcp,
     });
+    write.max_shard_bytes = shardplan::formats::hf::parse_shard_size(&args.max_shard_size)
+        .map_err(|e| miette::Report::new(e).wrap_err("--max-shard-size"))?;
     write.window_bytes = WINDOW_BYTES;
     write.direct_io = !args.no_direct_io;
     let prepared = match prepare(&cfg) {

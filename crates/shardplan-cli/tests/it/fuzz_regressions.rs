@@ -7,7 +7,7 @@ use std::path::Path;
 
 type Check = fn(&[u8]);
 
-const TARGETS: [(&str, Check); 5] = [
+const TARGETS: [(&str, Check); 7] = [
     ("spec_parse", shardplan::fuzzing::spec_round_trip),
     (
         "strategy_file",
@@ -16,6 +16,8 @@ const TARGETS: [(&str, Check); 5] = [
     ("checkpoint_index", shardplan::fuzzing::checkpoint_index),
     ("plan_json", shardplan::fuzzing::plan_json_round_trip),
     ("hf_index", shardplan::fuzzing::hf_index),
+    ("dcp_pickle", shardplan::fuzzing::dcp_pickle),
+    ("torch_zip", shardplan::fuzzing::torch_zip),
 ];
 
 fn replay(dir: &Path, check: Check) -> usize {

@@ -21,3 +21,4 @@ mod plan_format;
 mod reshard;
 mod spec;
 mod spec_docs;
+mod torch_reshard;

@@ -47,7 +47,7 @@ fn contents(dir: &Path) -> Contents {
 /// Writing under `out` in `format` with windows of `window` bytes.
 fn writing(out: &Path, format: Option<CheckpointFormat>, window: u64, direct: bool) -> WriteConfig {
     let mut w = WriteConfig::new(out);
-    w.format = format;
+    w.format = format.map(Into::into);
     w.window_bytes = window;
     w.direct_io = direct;
     w

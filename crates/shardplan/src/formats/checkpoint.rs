@@ -559,6 +559,22 @@ pub struct CheckpointWriter {
     format: CheckpointFormat,
     pending: Vec<(String, DType, Vec<u64>)>,
     next: usize,
+    /// For a framed file, the bytes around each tensor.
+    frames: Option<Vec<Frame>>,
+    /// The checksum of the current tensor's data, when its suffix needs it.
+    crc: Option<crc32fast::Hasher>,
+}
+
+/// The bytes a framed file puts around one tensor's data: a Hugging Face
+/// shard's header before its first tensor, a `torch.save` archive's
+/// records around each tensor of a DCP file.
+pub struct Frame {
+    /// Bytes before the data.
+    pub prefix: Vec<u8>,
+    /// Bytes after the data, computed from the CRC-32 of the data (zip
+    /// records carry it); `None` writes nothing.
+    #[allow(clippy::type_complexity)]
+    pub suffix: Option<Box<dyn Fn(u32) -> Vec<u8> + Send + Sync>>,
 }
 
 impl CheckpointWriter {
@@ -600,6 +616,36 @@ impl CheckpointWriter {
         Self::start(out, format, tensors)
     }
 
+    /// Creates `path` as [`CheckpointWriter::create_streamed`] does, for a
+    /// file whose framing the caller computed: each tensor's data is
+    /// written between its frame's prefix and suffix, nothing else.
+    ///
+    /// # Errors
+    ///
+    /// IO errors; `InvalidInput` when there is not one frame per tensor.
+    pub fn create_framed(
+        path: &Path,
+        tensors: Vec<(String, DType, Vec<u64>)>,
+        frames: Vec<Frame>,
+        window: usize,
+        direct: bool,
+    ) -> std::io::Result<Self> {
+        if frames.len() != tensors.len() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "one frame per tensor is needed",
+            ));
+        }
+        Ok(CheckpointWriter {
+            out: Out::Stream(StreamFile::create(path, window, direct)?),
+            format: CheckpointFormat::Safetensors,
+            pending: tensors,
+            next: 0,
+            frames: Some(frames),
+            crc: None,
+        })
+    }
+
     /// True when the output bypasses the page cache (direct IO).
     pub fn is_direct(&self) -> bool {
         matches!(&self.out, Out::Stream(s) if s.is_direct())
@@ -637,6 +683,8 @@ impl CheckpointWriter {
             format,
             pending: tensors,
             next: 0,
+            frames: None,
+            crc: None,
         })
     }
 
@@ -657,8 +705,10 @@ impl CheckpointWriter {
         }
         self.framing(want)?;
         self.out.write_all(data)?;
-        self.next += 1;
-        Ok(())
+        if let Some(h) = &mut self.crc {
+            h.update(data);
+        }
+        self.close_frame()
     }
 
     /// Appends the data of the next declared tensor, filled in place:
@@ -683,6 +733,9 @@ impl CheckpointWriter {
                     let space = s.space();
                     let k = (space.len() as u64).min(len - at) as usize;
                     fill(at, &mut space[..k])?;
+                    if let Some(h) = &mut self.crc {
+                        h.update(&space[..k]);
+                    }
                     s.commit(k)?;
                     at += k as u64;
                 }
@@ -692,10 +745,25 @@ impl CheckpointWriter {
                 while at < len {
                     let k = (buf.len() as u64).min(len - at) as usize;
                     fill(at, &mut buf[..k])?;
+                    if let Some(h) = &mut self.crc {
+                        h.update(&buf[..k]);
+                    }
                     w.write_all(&buf[..k])?;
                     at += k as u64;
                 }
             }
+        }
+        self.close_frame()
+    }
+
+    /// Ends the current tensor: its frame's suffix, then on to the next.
+    fn close_frame(&mut self) -> std::io::Result<()> {
+        let crc = self.crc.take().map(crc32fast::Hasher::finalize);
+        if let Some(frame) = self.frames.as_ref().and_then(|f| f.get(self.next))
+            && let Some(suffix) = &frame.suffix
+        {
+            let bytes = suffix(crc.unwrap_or(0));
+            self.out.write_all(&bytes)?;
         }
         self.next += 1;
         Ok(())
@@ -715,6 +783,11 @@ impl CheckpointWriter {
     /// Writes what precedes the next tensor's `len` data bytes: nothing in
     /// safetensors (the header declared it), the record framing in ckpt.
     fn framing(&mut self, len: u64) -> std::io::Result<()> {
+        if let Some(frame) = self.frames.as_ref().and_then(|f| f.get(self.next)) {
+            self.crc = frame.suffix.as_ref().map(|_| crc32fast::Hasher::new());
+            let prefix = frame.prefix.clone();
+            return self.out.write_all(&prefix);
+        }
         let (name, dtype, shape) = &self.pending[self.next];
         match self.format {
             CheckpointFormat::Safetensors => {}
