@@ -157,6 +157,29 @@ impl PyLayout {
         Ok(PyLayout { inner })
     }
 
+    /// A layout given box by box: `{rank: (offset, extent)}`, ranks with the
+    /// same box holding replicas, ranks left out holding nothing (a DCP
+    /// checkpoint's chunks, irregular shards).
+    #[staticmethod]
+    fn from_boxes(
+        mesh: &PyMesh,
+        shape: Vec<u64>,
+        boxes: std::collections::BTreeMap<u64, (Vec<u64>, Vec<u64>)>,
+    ) -> PyResult<Self> {
+        let mut regions = Vec::with_capacity(boxes.len());
+        for (rank, (offset, extent)) in boxes {
+            let region = Region::try_new(offset, extent).ok_or_else(|| {
+                Fault::usage(
+                    format!("the box of rank {rank} has offsets and extents of different lengths, or ends past 2**64"),
+                    "give each box (offset, extent) with one entry per tensor dimension",
+                )
+            })?;
+            regions.push((rank, region));
+        }
+        let inner = TensorLayout::from_boxes(mesh.inner.clone(), &shape, regions).map_err(fault)?;
+        Ok(PyLayout { inner })
+    }
+
     /// A layout from PyTorch DTensor placements, one per mesh axis.
     #[staticmethod]
     fn from_placements(

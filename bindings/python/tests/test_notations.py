@@ -95,3 +95,17 @@ def test_bad_layouts_raise_layout_error_with_code_and_help(make):
         make()
     assert e.value.code.startswith("shardplan::layout::")
     assert e.value.help
+
+
+def test_layouts_given_box_by_box():
+    mesh = sp.DeviceMesh([3], ["rank"])
+    # Rows 0..3 on rank 0, row 3 on ranks 1 and 2.
+    lay = sp.Layout.from_boxes(mesh, [4, 2], {0: ([0, 0], [3, 2]), 1: ([3, 0], [1, 2]), 2: ([3, 0], [1, 2])})
+    assert lay.holders([3, 1]) == [1, 2]
+    assert lay.region(0) == ([0, 0], [3, 2])
+    with pytest.raises(sp.LayoutError) as e:
+        sp.Layout.from_boxes(mesh, [4, 2], {0: ([0, 0], [3, 2])})
+    assert e.value.code == "shardplan::layout::box_gap"
+    with pytest.raises(sp.LayoutError) as e:
+        lay.to_placements()
+    assert e.value.code == "shardplan::layout::notation"

@@ -206,16 +206,17 @@ pub fn explain_tensor(src: &Strategy, dst: &Strategy, t: &TensorPlan) -> String 
             let list: Vec<String> = sizes.iter().map(u64::to_string).collect();
             format!("{} block(s) of {}", d.block_count(), list.join(" or "))
         };
-        let sdesc = if sd.axes().is_empty() {
-            "not split".to_string()
-        } else {
-            format!("split over {} into {}", names(sl, sd.axes()), blocks(sd))
+        // A layout given box by box has no axes: its boxes' edges cut it.
+        let describe = |l: &crate::TensorLayout, d: &crate::DimLayout| -> String {
+            if l.is_explicit() && d.block_count() > 1 {
+                format!("cut by its boxes into {}", blocks(d))
+            } else if d.axes().is_empty() {
+                "not split".to_string()
+            } else {
+                format!("split over {} into {}", names(l, d.axes()), blocks(d))
+            }
         };
-        let ddesc = if dd.axes().is_empty() {
-            "not split".to_string()
-        } else {
-            format!("split over {} into {}", names(dl, dd.axes()), blocks(dd))
-        };
+        let (sdesc, ddesc) = (describe(sl, sd), describe(dl, dd));
         let same = (0..sd.block_count())
             .map(|b| sd.block(b))
             .collect::<Vec<_>>()

@@ -390,6 +390,36 @@ mod tests {
         TensorLayout::new(mesh, shape, &cfg).unwrap()
     }
 
+    #[test]
+    fn boxes_given_one_by_one_are_drawn_as_held() {
+        // A brick wall over 4 ranks, rank 3 a replica of rank 0.
+        let mesh = Arc::new(DeviceMesh::new([("rank", 4)]).unwrap());
+        let b = |o: &[u64], e: &[u64]| crate::Region::new(o.to_vec(), e.to_vec());
+        let l = TensorLayout::from_boxes(
+            mesh,
+            &[4, 8],
+            [
+                (0, b(&[0, 0], &[2, 6])),
+                (1, b(&[0, 6], &[2, 2])),
+                (2, b(&[2, 0], &[2, 8])),
+                (3, b(&[0, 0], &[2, 6])),
+            ],
+        )
+        .unwrap();
+        let text = draw_holdings(&l, &WIDE);
+        // No grid fits a brick wall: the table of blocks.
+        assert_eq!(
+            text,
+            "shape [4, 8], layout boxes(3 distinct on 4 rank(s)), mesh [rank=4]\n\
+             3 distinct blocks, replica count 2\n\
+             \n\
+             block         held by\n\
+             [0..2, 0..6]  r0,3\n\
+             [0..2, 6..8]  r1\n\
+             [2..4, 0..8]  r2"
+        );
+    }
+
     fn dims(splits: Vec<DimSplit>) -> LayoutConfig {
         LayoutConfig {
             dims: splits,

@@ -2,7 +2,7 @@
 # documented API is re-exported from shardplan/__init__.py.
 
 from os import PathLike
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -43,6 +43,11 @@ class Layout:
     @staticmethod
     def replicated(mesh: DeviceMesh, shape: Sequence[int]) -> "Layout":
         """Every rank holds the whole tensor."""
+    @staticmethod
+    def from_boxes(mesh: DeviceMesh, shape: Sequence[int], boxes: Mapping[int, Tuple[Sequence[int], Sequence[int]]]) -> "Layout":
+        """Given box by box: ``{rank: (offset, extent)}``; ranks with the
+        same box hold replicas, ranks left out hold nothing. The boxes must
+        tile the tensor (``LayoutError`` otherwise)."""
     @staticmethod
     def from_placements(mesh: DeviceMesh, shape: Sequence[int], placements: Sequence[Any]) -> "Layout":
         """From PyTorch DTensor placements, one per mesh axis: strings

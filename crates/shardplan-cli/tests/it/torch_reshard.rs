@@ -269,3 +269,30 @@ fn the_command_takes_every_source_and_refuses_hostile_ones() {
     }
     let _ = std::fs::remove_dir_all(&out);
 }
+
+/// `explain` on a DCP source: the chunks are a layout like any other, their
+/// edges the cuts of each dimension.
+#[test]
+fn explain_names_the_cuts_of_a_dcp_source() {
+    let Some(root) = torch_cases() else { return };
+    let src = root.join("fsdp4_uneven/checkpoint");
+    let full = whole_tensors(&root.join("fsdp4_uneven/full.safetensors"));
+    let p = prepared(&src, LayoutSource::Strategy(Box::new(rows_over(3, &full))));
+    let t = p
+        .plan()
+        .tensors
+        .iter()
+        .find(|t| t.name == "model.embed_tokens.weight")
+        .unwrap();
+    let text = shardplan::report::explain_tensor(p.src(), p.dst(), t);
+    let dim0 = text
+        .lines()
+        .find(|l| l.trim_start().starts_with("dim 0"))
+        .unwrap();
+    assert_eq!(
+        dim0.trim(),
+        "dim 0 (size 50): source cut by its boxes into 4 block(s) of 11 or 13; \
+         destination split over r into 3 block(s) of 16 or 17; the cuts differ: blocks are regrouped"
+    );
+    assert!(text.contains("boxes(4 distinct on 4 rank(s))"), "{text}");
+}
