@@ -1,6 +1,6 @@
-//! Conversions between [`TensorLayout`](crate::TensorLayout) and the layout
+//! Conversions between [`TensorLayout`] and the layout
 //! notations of other frameworks. Each conversion refuses, with
-//! [`LayoutError::Notation`](crate::LayoutError::Notation), a layout the
+//! [`LayoutError::Notation`], a layout the
 //! other notation cannot express.
 
 pub mod dtensor;
