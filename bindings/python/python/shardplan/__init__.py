@@ -67,6 +67,7 @@ __all__ = [
     "load",
     "load_distributed_checkpoint",
     "numpy_dtype",
+    "dtype_name",
     "plan",
     "read_strategy",
     "reshard",
@@ -94,6 +95,26 @@ def numpy_dtype(name: str) -> np.dtype:
             code="shardplan::python::usage",
             help="use one of " + ", ".join(sorted([*_NUMPY_NAMES, "bf16"])),
         ) from None
+
+
+def dtype_name(dtype: "np.typing.DTypeLike") -> str:
+    """The shardplan dtype name of a numpy dtype, the inverse of
+    :func:`numpy_dtype`.
+
+    >>> dtype_name(np.float16)
+    'f16'
+    """
+    d = np.dtype(dtype)
+    if d.name == "bfloat16":
+        return "bf16"
+    for name, numpy_name in _NUMPY_NAMES.items():
+        if d == np.dtype(numpy_name):
+            return name
+    raise UsageError(
+        f"numpy dtype `{d}` has no shardplan dtype",
+        code="shardplan::python::usage",
+        help="use one of " + ", ".join(sorted([*_NUMPY_NAMES.values(), "bfloat16"])),
+    )
 
 
 _NUMPY_NAMES = {

@@ -1,7 +1,7 @@
 //! Writing PyTorch DCP checkpoints that `torch.distributed.checkpoint.load`
 //! reads with its default `FileSystemReader`: a `.metadata` pickle and one
 //! `__{rank}_0.distcp` file per rank, each a run of `torch.save` archives
-//! (docs/formats-dcp-write-draft.md).
+//! (docs/formats.md, "PyTorch DCP checkpoints (written)").
 //!
 //! [`DcpLayout::new`] plans a folder from what each output rank stores: it
 //! drops replicas (the same box of a tensor on several ranks is stored once,
