@@ -19,6 +19,9 @@ Subcommands:
            value rule below, for a destination of --tp ranks: every tensor's
            name, dtype, shape and every byte.
 
+  verify-hf  check a Hugging Face folder of whole tensors (any sharding)
+           against the value rule.
+
   compare  compare two checkpoint directories (safetensors) tensor by tensor:
            same ranks, names, dtypes, shapes and bytes (file names and the
            order of tensors inside a file may differ).
@@ -281,6 +284,40 @@ def verify(args):
     print(f"verified {checked:,} bytes in {time.time() - t0:.1f} s: every tensor as the value rule says")
 
 
+def verify_hf(args):
+    """A Hugging Face folder of whole tensors (any sharding) against the
+    value rule."""
+    params = load_params(args.params, args.layers, args.shrink)
+    where = {}
+    for path in sorted(Path(args.dir).glob("*.safetensors")):
+        base, h = read_header(path)
+        for name, e in h.items():
+            if name in where:
+                sys.exit(f"{path}: `{name}` is also in {where[name][0]}")
+            where[name] = (path, base, e)
+    want = {name for name, _ in params}
+    if set(where) != want:
+        sys.exit(f"{args.dir}: tensors differ: extra {sorted(set(where) - want)[:5]}, "
+                 f"missing {sorted(want - set(where))[:5]}")
+    t0, checked, maps = time.time(), 0, {}
+    for k, (name, shape) in enumerate(params):
+        path, base, e = where[name]
+        if e["dtype"] != "BF16" or e["shape"] != list(shape):
+            sys.exit(f"{path}: `{name}` is {e['dtype']} {e['shape']}, want BF16 {list(shape)}")
+        if path not in maps:
+            f = open(path, "rb")
+            maps[path] = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        mm, pos = maps[path], base + e["data_offsets"][0]
+        for c in box_chunks(k, shape, [0] * len(shape), list(shape)):
+            b = memoryview(np.ascontiguousarray(c)).cast("B")
+            if mm[pos:pos + len(b)] != b:
+                sys.exit(f"{path}: `{name}` differs near byte {pos - base - e['data_offsets'][0]}")
+            pos += len(b)
+        checked += pos - base - e["data_offsets"][0]
+    print(f"verified {checked:,} bytes of {len(params)} whole tensors in {len(maps)} files "
+          f"in {time.time() - t0:.1f} s: every tensor as the value rule says")
+
+
 def compare(args):
     a, b = rank_files(args.a), rank_files(args.b)
     if set(a) != set(b):
@@ -319,7 +356,7 @@ def main():
     default_params = Path(__file__).resolve().parent.parent.parent / "shared/data/llama3_8b_params.json"
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
-    for name in ("gen", "verify"):
+    for name in ("gen", "verify", "verify-hf"):
         p = sub.add_parser(name)
         p.add_argument("--params", default=str(default_params))
         p.add_argument("--layers", type=int, default=None, help="keep the first N layers")
@@ -332,11 +369,12 @@ def main():
     v.add_argument("--dir", required=True)
     v.add_argument("--tp", type=int, required=True, help="tensor parallelism of the checked directory")
     v.add_argument("--rank", type=int, default=None, help="check only this rank")
+    sub.choices["verify-hf"].add_argument("--dir", required=True)
     c = sub.add_parser("compare")
     c.add_argument("a")
     c.add_argument("b")
     args = ap.parse_args()
-    {"gen": gen, "verify": verify, "compare": compare}[args.cmd](args)
+    {"gen": gen, "verify": verify, "verify-hf": verify_hf, "compare": compare}[args.cmd](args)
 
 
 if __name__ == "__main__":
