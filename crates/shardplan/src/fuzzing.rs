@@ -199,8 +199,9 @@ pub fn dcp_pickle(data: &[u8]) {
 
 /// The one tensor of a torch.save archive: arbitrary bytes never panic,
 /// and an accepted tensor's bytes lie inside the input and match its
-/// shape and dtype.
+/// shape and dtype; an archive the writer makes reads back as written.
 pub fn torch_zip(data: &[u8]) {
+    torch_zip_round_trip(data);
     let Ok(t) = read_torch_save_item(Path::new("fuzz"), 0, "fuzz", data) else {
         return;
     };
@@ -215,6 +216,34 @@ pub fn torch_zip(data: &[u8]) {
         numel.and_then(|n| n.checked_mul(t.dtype.size_bytes())),
         Some(t.data_len),
         "{t:?}"
+    );
+}
+
+/// The archive writer and reader agree: an archive written for a dtype and
+/// shape taken from the input (its data the input's bytes, repeated) reads
+/// back as that dtype and shape, its data where the writer put it.
+fn torch_zip_round_trip(data: &[u8]) {
+    let Some((&d, dims)) = data.split_first() else {
+        return;
+    };
+    let dtype = crate::DType::ALL[d as usize % crate::DType::ALL.len()];
+    // At most 4 dimensions of at most 15, so at most 50,625 elements.
+    let shape: Vec<u64> = dims.iter().take(4).map(|&b| u64::from(b % 16)).collect();
+    let Ok(item) = crate::formats::dcp_write::TorchSaveItem::new("archive", dtype, &shape) else {
+        return;
+    };
+    let len = item.data_len() as usize;
+    let payload: Vec<u8> = data.iter().copied().cycle().take(len).collect();
+    let mut bytes = item.prefix().to_vec();
+    bytes.extend_from_slice(&payload);
+    bytes.extend_from_slice(&item.suffix(crc32fast::hash(&payload)));
+    assert_eq!(bytes.len() as u64, item.len(), "{dtype} {shape:?}");
+    let t = read_torch_save_item(Path::new("round-trip"), 0, "round trip", &bytes)
+        .unwrap_or_else(|e| panic!("{dtype} {shape:?}: {e}"));
+    assert_eq!((t.dtype, &t.shape), (dtype, &shape));
+    assert_eq!(
+        (t.data_offset, t.data_len),
+        (item.data_offset(), item.data_len())
     );
 }
 

@@ -308,3 +308,107 @@ fn our_archives_are_the_ones_torch_save_writes() {
     check_item_matches_torch(&fsdp.join("__3_0.distcp"), 0, 1897, DType::BF16, &[11, 16]);
     check_item_matches_torch(&fsdp.join("__0_0.distcp"), 3666, 2217, DType::F32, &[4, 40]);
 }
+
+mod round_trip {
+    //! What `write_dcp_folder` writes, `read_dcp` reads back: the same
+    //! tensors, chunks and bytes, for random tensors cut into random boxes.
+
+    use proptest::prelude::*;
+    use shardplan::DType;
+    use shardplan::formats::dcp::read_dcp;
+    use shardplan::formats::dcp_write::{DcpChunkData, DcpChunkOut, write_dcp_folder};
+
+    const DTYPES: [DType; 5] = [DType::F32, DType::BF16, DType::F16, DType::I64, DType::I32];
+
+    /// Tensors of 0 to 3 dimensions, each cut along its first dimension at
+    /// random rows, chunk `c` on rank `c mod ranks`.
+    fn folder() -> impl Strategy<Value = (usize, Vec<Vec<DcpChunkData>>)> {
+        (
+            1usize..=4,
+            prop::collection::vec(
+                (
+                    prop::collection::vec(1u64..=5, 0..=3),
+                    0usize..5,
+                    prop::collection::vec(any::<u8>(), 0..4),
+                ),
+                1..=3,
+            ),
+        )
+            .prop_map(|(ranks, tensors)| {
+                let mut out: Vec<Vec<DcpChunkData>> = vec![Vec::new(); ranks];
+                for (t, (shape, dt, cuts)) in tensors.into_iter().enumerate() {
+                    let dtype = DTYPES[dt];
+                    let rows = shape.first().copied().unwrap_or(1);
+                    let mut at: Vec<u64> = cuts
+                        .iter()
+                        .map(|c| u64::from(*c) % rows)
+                        .filter(|&c| c > 0)
+                        .collect();
+                    at.extend([0, rows]);
+                    at.sort_unstable();
+                    at.dedup();
+                    if shape.is_empty() {
+                        at = vec![0, 1];
+                    }
+                    for (c, w) in at.windows(2).enumerate() {
+                        let (mut offsets, mut sizes) = (vec![0; shape.len()], shape.clone());
+                        if !shape.is_empty() {
+                            offsets[0] = w[0];
+                            sizes[0] = w[1] - w[0];
+                        }
+                        let n: u64 = sizes.iter().product::<u64>() * dtype.size_bytes();
+                        let bytes = (0..n)
+                            .map(|i| (i as u8) ^ (t as u8) ^ (c as u8 * 17))
+                            .collect();
+                        out[c % ranks].push(DcpChunkData {
+                            chunk: DcpChunkOut {
+                                fqn: format!("t{t}"),
+                                dtype,
+                                shape: shape.clone(),
+                                offsets,
+                                sizes,
+                            },
+                            bytes,
+                        });
+                    }
+                }
+                (ranks, out)
+            })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 48, failure_persistence: None, ..ProptestConfig::default() })]
+
+        #[test]
+        fn written_folders_read_back((_ranks, folder) in folder()) {
+            let dir = std::env::temp_dir().join(format!("shardplan-dcp-rt-{}-{}", std::process::id(), rand_suffix()));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).unwrap();
+            write_dcp_folder(&dir, folder.clone()).unwrap();
+            let ck = read_dcp(&dir).unwrap();
+            let mut want: Vec<(String, Vec<u64>, Vec<u64>, Vec<u8>)> = folder.iter().flatten()
+                .map(|c| (c.chunk.fqn.clone(), c.chunk.offsets.clone(), c.chunk.sizes.clone(), c.bytes.clone()))
+                .collect();
+            let mut got = Vec::new();
+            for t in &ck.tensors {
+                let src = folder.iter().flatten().find(|c| c.chunk.fqn == t.name).unwrap();
+                prop_assert_eq!((t.dtype, &t.shape), (src.chunk.dtype, &src.chunk.shape));
+                for c in &t.chunks {
+                    let data = std::fs::read(&c.file).unwrap();
+                    let bytes = data[c.byte_offset as usize..(c.byte_offset + c.byte_len) as usize].to_vec();
+                    got.push((t.name.clone(), c.offsets.clone(), c.sizes.clone(), bytes));
+                }
+            }
+            want.sort();
+            got.sort();
+            prop_assert_eq!(got, want);
+            std::fs::remove_dir_all(&dir).unwrap();
+        }
+    }
+
+    fn rand_suffix() -> u64 {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static N: AtomicU64 = AtomicU64::new(0);
+        N.fetch_add(1, Ordering::Relaxed)
+    }
+}
