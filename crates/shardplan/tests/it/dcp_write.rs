@@ -318,6 +318,9 @@ mod round_trip {
     use shardplan::formats::dcp::read_dcp;
     use shardplan::formats::dcp_write::{DcpChunkData, DcpChunkOut, write_dcp_folder};
 
+    /// A chunk as stored: tensor, offsets, sizes, bytes.
+    type Stored = (String, Vec<u64>, Vec<u64>, Vec<u8>);
+
     const DTYPES: [DType; 5] = [DType::F32, DType::BF16, DType::F16, DType::I64, DType::I32];
 
     /// Tensors of 0 to 3 dimensions, each cut along its first dimension at
@@ -386,7 +389,7 @@ mod round_trip {
             std::fs::create_dir_all(&dir).unwrap();
             write_dcp_folder(&dir, folder.clone()).unwrap();
             let ck = read_dcp(&dir).unwrap();
-            let mut want: Vec<(String, Vec<u64>, Vec<u64>, Vec<u8>)> = folder.iter().flatten()
+            let mut want: Vec<Stored> = folder.iter().flatten()
                 .map(|c| (c.chunk.fqn.clone(), c.chunk.offsets.clone(), c.chunk.sizes.clone(), c.bytes.clone()))
                 .collect();
             let mut got = Vec::new();
