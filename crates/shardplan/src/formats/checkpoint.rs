@@ -184,6 +184,12 @@ pub fn read_index(path: &Path) -> Result<CheckpointIndex, CheckpointError> {
             "checkpoints end in .ckpt or .safetensors",
         )
     })?;
+    let map = open_map(path)?;
+    parse_index(path, &map, format)
+}
+
+/// Opens a non-empty file and maps it.
+fn open_map(path: &Path) -> Result<memmap2::Mmap, CheckpointError> {
     let file =
         File::open(path).map_err(|e| bad(path, e.to_string(), "check the path and permissions"))?;
     let len = file
@@ -193,8 +199,7 @@ pub fn read_index(path: &Path) -> Result<CheckpointIndex, CheckpointError> {
     if len == 0 {
         return Err(bad(path, "the file is empty", CORRUPT));
     }
-    let map = map_file(path, &file)?;
-    parse_index(path, &map, format)
+    map_file(path, &file)
 }
 
 fn map_file(path: &Path, file: &File) -> Result<memmap2::Mmap, CheckpointError> {
@@ -218,16 +223,7 @@ pub(crate) type StMetadata = serde_json::Map<String, serde_json::Value>;
 pub(crate) fn read_safetensors(
     path: &Path,
 ) -> Result<(CheckpointIndex, StMetadata), CheckpointError> {
-    let file =
-        File::open(path).map_err(|e| bad(path, e.to_string(), "check the path and permissions"))?;
-    let len = file
-        .metadata()
-        .map_err(|e| bad(path, e.to_string(), "check the path"))?
-        .len();
-    if len == 0 {
-        return Err(bad(path, "the file is empty", CORRUPT));
-    }
-    let map = map_file(path, &file)?;
+    let map = open_map(path)?;
     let (tensors, metadata) = index_safetensors_with_metadata(path, &map)?;
     let index = CheckpointIndex {
         path: path.to_path_buf(),

@@ -722,7 +722,9 @@ impl<'a> DataFiles<'a> {
                     });
                 };
                 let what = format!("tensor {}, chunk at {offsets:?}", t.name);
-                let item = read_torch_save_item(&path, info.offset, &what, item)?;
+                let item = read_torch_save_item(&path, info.offset, &what, item);
+                release_pages(&file.map, info.offset, info.length);
+                let item = item?;
                 (
                     item.dtype,
                     item.shape,
@@ -797,6 +799,30 @@ impl<'a> DataFiles<'a> {
                 file: self.dir.join(relative_path),
                 reason: "the data file vanished from the index",
             })
+    }
+}
+
+/// Unmaps the pages of one item once its records are read. Each read of
+/// a header maps the page cache's whole folio around it (up to megabytes
+/// for files read ahead), so indexing a 16 GB checkpoint of 2,328 items
+/// otherwise peaked at 3 GB resident.
+fn release_pages(map: &memmap2::Mmap, offset: u64, len: u64) {
+    #[cfg(unix)]
+    {
+        let page = 4096u64;
+        let start = offset / page * page;
+        let end = offset.saturating_add(len).min(map.len() as u64);
+        if let (Ok(start), Ok(len)) = (
+            usize::try_from(start),
+            usize::try_from(end.saturating_sub(start)),
+        ) {
+            // SAFETY: the map is a read-only view of a file that no one
+            // writes while it is read; dropping its pages only makes a
+            // later access read them again from the page cache.
+            let _ = unsafe {
+                map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, len)
+            };
+        }
     }
 }
 
