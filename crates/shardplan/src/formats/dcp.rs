@@ -545,7 +545,7 @@ fn size(v: &Value) -> Option<Vec<u64>> {
     items.iter().map(count).collect()
 }
 
-fn torch_dtype(name: &str) -> Option<DType> {
+pub(crate) fn torch_dtype(name: &str) -> Option<DType> {
     Some(match name {
         "float64" => DType::F64,
         "float32" => DType::F32,

@@ -200,7 +200,12 @@ pub const DCP_METADATA_GLOBALS: &[AllowedGlobal] = &[
 /// empty backward hooks).
 pub const TORCH_SAVE_GLOBALS: &[AllowedGlobal] = &[
     call("torch._utils", "_rebuild_tensor_v2"),
+    call("torch._utils", "_rebuild_tensor_v3"),
     call("collections", "OrderedDict"),
+    name("torch.storage", "UntypedStorage"),
+    name("torch", "uint16"),
+    name("torch", "uint32"),
+    name("torch", "uint64"),
     name("torch", "DoubleStorage"),
     name("torch", "FloatStorage"),
     name("torch", "HalfStorage"),

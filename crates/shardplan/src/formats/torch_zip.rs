@@ -511,8 +511,13 @@ fn rebuild_args(v: &Value) -> Step<Rebuilt> {
     let Value::Object { class, args, state } = v else {
         return Err(not_tensor("the pickle is not a call"));
     };
-    if !class.is("torch._utils", "_rebuild_tensor_v2") || state.is_some() {
-        return Err(not_tensor("the pickle does not call _rebuild_tensor_v2"));
+    // v3 (what torch.save writes for dtypes without a typed storage class,
+    // such as uint16) names an untyped storage and the dtype last.
+    let v3 = class.is("torch._utils", "_rebuild_tensor_v3");
+    if !(v3 || class.is("torch._utils", "_rebuild_tensor_v2")) || state.is_some() {
+        return Err(not_tensor(
+            "the pickle does not call _rebuild_tensor_v2 or _v3",
+        ));
     }
     let [pid, offset, size, stride, ..] = args.as_slice() else {
         return Err(not_tensor(
@@ -533,11 +538,28 @@ fn rebuild_args(v: &Value) -> Step<Rebuilt> {
     let Value::Global(storage_class) = storage_class else {
         return Err(not_tensor("the storage class is not a global"));
     };
-    let dtype = storage_dtype(&storage_class.name)
-        .filter(|_| storage_class.module == "torch")
-        .ok_or_else(|| TorchItemFault::UnknownStorage {
-            class: storage_class.to_string(),
-        })?;
+    let unknown = || TorchItemFault::UnknownStorage {
+        class: storage_class.to_string(),
+    };
+    let numel = count(numel).ok_or(not_tensor("the storage size is not a count"))?;
+    let (dtype, storage_numel) = if v3 {
+        let Some(Value::Global(d)) = args.get(6) else {
+            return Err(not_tensor("_rebuild_tensor_v3 names no dtype"));
+        };
+        let dtype = crate::formats::dcp::torch_dtype(&d.name)
+            .filter(|_| d.module == "torch" && storage_class.is("torch.storage", "UntypedStorage"))
+            .ok_or_else(unknown)?;
+        // An untyped storage counts bytes.
+        if !numel.is_multiple_of(dtype.size_bytes()) {
+            return Err(not_tensor("the untyped storage is not whole elements"));
+        }
+        (dtype, numel / dtype.size_bytes())
+    } else {
+        let dtype = storage_dtype(&storage_class.name)
+            .filter(|_| storage_class.module == "torch")
+            .ok_or_else(unknown)?;
+        (dtype, numel)
+    };
     let key = key
         .as_str()
         .ok_or(not_tensor("the storage key is not a string"))?;
@@ -548,7 +570,7 @@ fn rebuild_args(v: &Value) -> Step<Rebuilt> {
     Ok(Rebuilt {
         dtype,
         key: key.to_string(),
-        storage_numel: count(numel).ok_or(not_tensor("the storage size is not a count"))?,
+        storage_numel,
         storage_offset: count(offset).ok_or(not_tensor("the storage offset is not a count"))?,
         shape: counts(size).ok_or(not_tensor("the size is not a tuple of counts"))?,
         strides: counts(stride).ok_or(not_tensor("the stride is not a tuple of counts"))?,

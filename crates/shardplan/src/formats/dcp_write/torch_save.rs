@@ -241,15 +241,32 @@ impl TorchSaveItem {
 fn data_pkl(dtype: DType, shape: &[u64], numel: u64) -> Vec<u8> {
     use crate::formats::pickle_write::{Pickler, Protocol};
     let mut p = Pickler::new(Protocol::Two);
-    p.global("torch._utils", "_rebuild_tensor_v2");
+    // Dtypes without a typed storage class go through v3: an untyped
+    // storage (counted in bytes) and the dtype last, as torch.save writes.
+    let typed = storage_type(dtype);
+    p.global(
+        "torch._utils",
+        if typed.is_some() {
+            "_rebuild_tensor_v2"
+        } else {
+            "_rebuild_tensor_v3"
+        },
+    );
     p.mark();
     // The persistent id: ('storage', storage type, key, location, numel).
     p.mark();
     p.str("storage");
-    p.global("torch", storage_type(dtype));
+    match typed {
+        Some(class) => p.global("torch", class),
+        None => p.global("torch.storage", "UntypedStorage"),
+    }
     p.str("0");
     p.str("cpu");
-    p.int(numel);
+    p.int(if typed.is_some() {
+        numel
+    } else {
+        numel.saturating_mul(dtype.size_bytes())
+    });
     p.tuple_from_mark();
     p.memoize();
     p.binpersid();
@@ -261,6 +278,9 @@ fn data_pkl(dtype: DType, shape: &[u64], numel: u64) -> Vec<u8> {
     p.tuple(0);
     p.reduce();
     p.memoize();
+    if typed.is_none() {
+        p.global("torch", super::metadata::torch_dtype(dtype));
+    }
     p.tuple_from_mark();
     p.memoize();
     p.reduce();
@@ -268,10 +288,10 @@ fn data_pkl(dtype: DType, shape: &[u64], numel: u64) -> Vec<u8> {
     p.finish()
 }
 
-/// The name `torch.save` pickles for a storage of `dtype`: the legacy
-/// typed-storage class where one exists, else the dtype itself.
-fn storage_type(dtype: DType) -> &'static str {
-    match dtype {
+/// The legacy typed-storage class `torch.save` pickles for a storage of
+/// `dtype`, where one exists.
+fn storage_type(dtype: DType) -> Option<&'static str> {
+    Some(match dtype {
         DType::F64 => "DoubleStorage",
         DType::F32 => "FloatStorage",
         DType::F16 => "HalfStorage",
@@ -282,10 +302,8 @@ fn storage_type(dtype: DType) -> &'static str {
         DType::I8 => "CharStorage",
         DType::U8 => "ByteStorage",
         DType::Bool => "BoolStorage",
-        DType::U16 => "uint16",
-        DType::U32 => "uint32",
-        DType::U64 => "uint64",
-    }
+        DType::U16 | DType::U32 | DType::U64 => return None,
+    })
 }
 
 /// Row-major strides as torch computes them: a zero-length dimension
