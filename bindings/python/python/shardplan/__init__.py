@@ -326,7 +326,9 @@ def load_distributed_checkpoint(
     distributed checkpoint, as numpy arrays by tensor name.
 
     ``checkpoint`` is a folder of ``rank_<r>/`` folders or a list of files
-    (file ``r`` is rank ``r``'s). ``train_strategy`` and
+    (file ``r`` is rank ``r``'s), or a PyTorch DCP folder, a Hugging Face
+    model folder or a safetensors file, whose index is their layout (give
+    no ``train_strategy`` then). ``train_strategy`` and
     ``predict_strategy`` are MindSpore strategy files (a list for per-stage
     files), :class:`Strategy` values, or ``None``: a source of one rank
     holding whole tensors, a destination of one device (whole tensors).
