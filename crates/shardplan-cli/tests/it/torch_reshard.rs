@@ -296,3 +296,20 @@ fn explain_names_the_cuts_of_a_dcp_source() {
     );
     assert!(text.contains("boxes(4 distinct on 4 rank(s))"), "{text}");
 }
+
+/// A layout given box by box has no spec rule: writing it is refused, not
+/// written as a grid that would read back as another layout.
+#[test]
+fn a_spec_refuses_to_write_boxes() {
+    let Some(root) = torch_cases() else { return };
+    let p = prepared(&root.join("tp2_dp2/checkpoint"), LayoutSource::SingleDevice);
+    let src = p.src().clone();
+    let spec = shardplan::spec::Spec::from_parts(
+        vec![("ranks".into(), src.mesh().clone())],
+        vec![("dcp".into(), src)],
+        None,
+    )
+    .unwrap();
+    let err = spec.to_yaml("").unwrap_err();
+    assert_eq!(err.strategy, "dcp");
+}

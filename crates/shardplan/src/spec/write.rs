@@ -69,7 +69,8 @@ fn list<T: std::fmt::Display>(v: impl IntoIterator<Item = T>) -> String {
 /// # Errors
 ///
 /// [`WriteError`] for a tensor name a glob would read as a pattern (`*`,
-/// `?`), or a layout on a mesh of its own that is not a MindSpore layout.
+/// `?`), a layout given box by box, or a layout on a mesh of its own that
+/// is not a MindSpore layout.
 pub fn write_spec(spec: &SpecOut<'_>) -> Result<String, WriteError> {
     let mut out = String::new();
     for line in spec.comment.lines() {
@@ -145,6 +146,13 @@ pub fn write_spec(spec: &SpecOut<'_>) -> Result<String, WriteError> {
             if t.name.contains(['*', '?']) {
                 return Err(err(
                     "the name contains `*` or `?`, which a rule's glob would read as a pattern"
+                        .into(),
+                ));
+            }
+            if l.is_explicit() {
+                // Written as a grid it would read back as another layout.
+                return Err(err(
+                    "the layout is given box by box (a checkpoint's chunks), which a spec rule cannot write"
                         .into(),
                 ));
             }
