@@ -34,11 +34,12 @@ pub(crate) enum Command {
     },
     /// Draw which ranks hold which block of one tensor.
     Show {
-        /// Spec file.
+        /// Spec file, or a checkpoint whose index is its layout (a PyTorch
+        /// DCP folder, a Hugging Face folder, a safetensors file).
         spec: PathBuf,
-        /// Strategy name.
+        /// Strategy name (required for a spec; a checkpoint has one).
         #[arg(long)]
-        strategy: String,
+        strategy: Option<String>,
         /// Tensor name.
         #[arg(long)]
         tensor: String,

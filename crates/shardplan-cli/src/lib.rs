@@ -68,7 +68,7 @@ where
             strategy,
             tensor,
             width,
-        } => show(&spec, &strategy, &tensor, width),
+        } => show(&spec, strategy.as_deref(), &tensor, width),
         Command::Plan {
             spec,
             ends,

@@ -570,8 +570,22 @@ pub fn prepare_chunked(
     plan_from(cfg, source)
 }
 
-/// The strategy of a chunked checkpoint (a mesh of its writer ranks, each
-/// tensor laid out by its chunks) and where each rank's chunks are.
+/// The strategy a chunked checkpoint's index describes: a mesh `rank` of
+/// its writer ranks, each tensor laid out by its chunks
+/// ([`TensorLayout::from_boxes`]).
+///
+/// # Errors
+///
+/// [`ReshardError::Boxes`] when a tensor's chunks do not tile it,
+/// [`ReshardError::ChunksOnOneRank`] when one rank holds two chunks of a
+/// tensor.
+pub fn checkpoint_strategy(
+    ck: &crate::formats::chunked::ChunkedCheckpoint,
+) -> Result<Strategy, ReshardError> {
+    chunked_strategy(ck).map(|(s, _)| s)
+}
+
+/// The strategy of a chunked checkpoint and where each rank's chunks are.
 fn chunked_strategy(
     ck: &crate::formats::chunked::ChunkedCheckpoint,
 ) -> Result<(Strategy, RankSources), ReshardError> {

@@ -9,10 +9,20 @@ use crate::common::*;
 
 pub(crate) fn show(
     path: &Path,
-    strategy: &str,
+    strategy: Option<&str>,
     tensor: &str,
     width: usize,
 ) -> miette::Result<Status> {
+    if is_checkpoint(path) {
+        return show_checkpoint(path, tensor, width);
+    }
+    let Some(strategy) = strategy else {
+        return Err(miette::miette!(
+            help = "name one of the spec's strategies",
+            "`--strategy` is required for a spec ({})",
+            path.display()
+        ));
+    };
     let text = read(path)?;
     let (spec, diags) = parse_spec(&path.display().to_string(), &text);
     let Some(spec) = spec else {
@@ -34,10 +44,45 @@ pub(crate) fn show(
             path.display()
         )
     })?;
+    draw(layout, width);
+    Ok(Status::SUCCESS)
+}
+
+/// A folder or a `.safetensors` file: a checkpoint, not a spec.
+fn is_checkpoint(path: &Path) -> bool {
+    path.is_dir() || path.extension().is_some_and(|e| e == "safetensors")
+}
+
+/// The holdings of `tensor` as the checkpoint's index lays it out.
+fn show_checkpoint(path: &Path, tensor: &str, width: usize) -> miette::Result<Status> {
+    let ck = match shardplan::reshard::read_chunked(path) {
+        Ok(Some(ck)) => ck,
+        Ok(None) => {
+            return Err(miette::miette!(
+                help =
+                    "a MindSpore folder has no layout of its own: show its strategy file or spec",
+                "{} is a MindSpore checkpoint folder",
+                path.display()
+            ));
+        }
+        Err(e) => return Err(miette::Report::new(e)),
+    };
+    let s = shardplan::reshard::checkpoint_strategy(&ck).map_err(miette::Report::new)?;
+    let layout = s.layout(tensor).ok_or_else(|| {
+        miette::miette!(
+            help = "names are matched exactly, as the checkpoint's index records them",
+            "no tensor `{tensor}` in {}",
+            path.display()
+        )
+    })?;
+    draw(layout, width);
+    Ok(Status::SUCCESS)
+}
+
+fn draw(layout: &shardplan::TensorLayout, width: usize) {
     let cfg = shardplan::show::DrawConfig {
         max_width: width,
         max_height: 60,
     };
     emit(&(shardplan::show::draw_holdings(layout, &cfg) + "\n"));
-    Ok(Status::SUCCESS)
 }

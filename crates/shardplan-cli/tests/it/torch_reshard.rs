@@ -313,3 +313,35 @@ fn a_spec_refuses_to_write_boxes() {
     let err = spec.to_yaml("").unwrap_err();
     assert_eq!(err.strategy, "dcp");
 }
+
+/// `shardplan show` on a DCP folder draws its chunks as the layout they are.
+#[test]
+fn show_draws_a_dcp_folder() {
+    let Some(root) = torch_cases() else { return };
+    let dir = root.join("fsdp4_uneven/checkpoint").display().to_string();
+    let o = crate::common::shardplan(&["show", &dir, "--tensor", "model.embed_tokens.weight"]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(
+        lines[0],
+        "shape [50, 16], layout boxes(4 distinct on 4 rank(s)), mesh [rank=4]"
+    );
+    // torch.chunk's rows: 13, 13, 13, 11.
+    for (rows, rank) in [
+        ("0..13", "r0"),
+        ("13..26", "r1"),
+        ("26..39", "r2"),
+        ("39..50", "r3"),
+    ] {
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.trim_start().starts_with(rows) && l.contains(rank)),
+            "{rows} on {rank}: {out}"
+        );
+    }
+    // A spec still needs its strategy.
+    let o = crate::common::shardplan(&["show", "specs/tiny-model.yaml", "--tensor", "x"]);
+    assert_eq!(o.status.code(), Some(2));
+}
