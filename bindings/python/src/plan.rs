@@ -221,6 +221,26 @@ impl PyPlan {
     }
 
     /// The source strategy's name.
+    /// The source strategy the plan was verified against.
+    #[getter]
+    fn src(&self) -> crate::strategy::PyStrategy {
+        crate::strategy::PyStrategy {
+            inner: self.src.clone(),
+            rules: None,
+            derivation: None,
+        }
+    }
+
+    /// The destination strategy the plan was verified against.
+    #[getter]
+    fn dst(&self) -> crate::strategy::PyStrategy {
+        crate::strategy::PyStrategy {
+            inner: self.dst.clone(),
+            rules: None,
+            derivation: None,
+        }
+    }
+
     #[getter]
     fn source(&self) -> &str {
         &self.plan.source

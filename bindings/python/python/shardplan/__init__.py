@@ -161,6 +161,16 @@ class Plan:
         return self._inner.ranks
 
     @property
+    def src(self) -> Strategy:
+        """The source strategy the plan was verified against."""
+        return self._inner.src
+
+    @property
+    def dst(self) -> Strategy:
+        """The destination strategy the plan was verified against."""
+        return self._inner.dst
+
+    @property
     def source(self) -> str:
         """The source strategy's name."""
         return self._inner.source

@@ -155,6 +155,8 @@ class Plan:
 
     summary: Dict[str, int]
     ranks: Dict[str, Dict[int, Dict[str, Any]]]
+    src: Strategy
+    dst: Strategy
     source: str
     destination: str
     replicas: str

@@ -1,0 +1,354 @@
+"""Live redistribution over ``torch.distributed``: a verified shardplan plan
+carried out between processes, N ranks to M, on any process group (gloo on
+CPU, NCCL on GPUs).
+
+Every process computes the same schedule from the same plan: pieces whose
+source and destination are one process are copied locally; the others go
+point to point (``batch_isend_irecv``) in rounds, packed per peer (one
+message per peer per round), each round's send and receive bytes of every
+process at most ``max_buffer_bytes`` (a piece larger than that is cut into
+boxes that fit, down to single elements). No process holds more than its own
+source and destination slices and one round's buffers.
+
+Before anything moves, every process checks that all hold the same plan (a
+hash agreed over the group) and that its source tensors have the shapes and
+dtypes the plan expects; a fault anywhere raises on every process, naming
+the tensor and rank, instead of hanging.
+
+>>> import shardplan as sp, shardplan.torch as spt   # doctest: +SKIP
+>>> plan = sp.plan(trainer_strategy, inference_strategy)  # doctest: +SKIP
+>>> out = spt.redistribute(local, plan, src_ranks=range(8), dst_ranks=range(8, 12))  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections import defaultdict
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+
+import torch
+import torch.distributed as dist
+
+import shardplan as sp
+
+__all__ = ["layout_of", "redistribute", "redistribute_dtensors", "schedule"]
+
+TORCH_DTYPES: Dict[str, torch.dtype] = {
+    "f64": torch.float64,
+    "f32": torch.float32,
+    "f16": torch.float16,
+    "bf16": torch.bfloat16,
+    "i64": torch.int64,
+    "i32": torch.int32,
+    "i16": torch.int16,
+    "i8": torch.int8,
+    "u64": torch.uint64,
+    "u32": torch.uint32,
+    "u16": torch.uint16,
+    "u8": torch.uint8,
+    "bool": torch.bool,
+}
+
+#: A box moved in one message: tensor index, source and destination mesh
+#: ranks, its offset in the source and the destination local buffers, its
+#: extent, and its bytes.
+Chunk = Tuple[int, int, int, Tuple[int, ...], Tuple[int, ...], Tuple[int, ...], int]
+
+
+def layout_of(dtensor: Any) -> sp.Layout:
+    """A DTensor's mesh and placements as a shardplan layout (mesh ranks in
+    the order of ``dtensor.device_mesh.mesh.flatten()``)."""
+    mesh = dtensor.device_mesh
+    names = mesh.mesh_dim_names or tuple(f"m{i}" for i in range(mesh.ndim))
+    spm = sp.DeviceMesh(list(mesh.shape), list(names))
+    return sp.Layout.from_placements(spm, list(dtensor.shape), [str(p) for p in dtensor.placements])
+
+
+def _split(src_off, dst_off, extent, width: int, budget: int) -> Iterable[Tuple[tuple, tuple, tuple]]:
+    """Boxes of at most ``budget`` bytes (at least one element) covering the
+    box ``extent`` at ``src_off`` / ``dst_off``, cut along the outermost
+    dimensions first."""
+    total = math.prod(extent) * width
+    k = next((i for i, e in enumerate(extent) if e > 1), None)
+    if total <= budget or k is None:
+        # Fits, or is one element (which a smaller buffer carries alone).
+        yield tuple(src_off), tuple(dst_off), tuple(extent)
+        return
+    inner = math.prod(extent[k + 1 :]) * width
+    step = max(1, budget // inner)
+    for start in range(0, extent[k], step):
+        n = min(step, extent[k] - start)
+        s, d, e = list(src_off), list(dst_off), list(extent)
+        s[k] += start
+        d[k] += start
+        e[k] = n
+        if inner > budget:
+            yield from _split(s, d, e, width, budget)
+        else:
+            yield tuple(s), tuple(d), tuple(e)
+
+
+def schedule(plan: sp.Plan, src_ranks: Sequence[int], dst_ranks: Sequence[int], max_buffer_bytes: int):
+    """The transfer of ``plan`` as every process computes it: the chunks
+    each process copies locally (by process), and the rounds (a list of
+    lists of ``(src_process, dst_process, chunk)``), each round's sends and
+    receives per process at most ``max_buffer_bytes``."""
+    if max_buffer_bytes < 1:
+        raise sp.UsageError(
+            f"max_buffer_bytes is {max_buffer_bytes}",
+            code="shardplan::python::usage",
+            help="give a buffer of at least one element",
+        )
+    m = plan.to_numpy()
+    widths = [_width(plan.dst.dtype(t)) for t in plan.tensors]
+    local: Dict[int, List[Chunk]] = defaultdict(list)
+    remote: List[Tuple[int, int, Chunk]] = []
+    for row in m:
+        if row["reduce"]:
+            raise sp.UsageError(
+                f"tensor `{plan.tensors[int(row['tensor'])]}` is moved from partial sums",
+                code="shardplan::python::usage",
+                help="reduce partial sums before redistributing",
+            )
+        t, nd = int(row["tensor"]), int(row["ndim"])
+        s, d = int(row["src_rank"]), int(row["dst_rank"])
+        sp_, dp = src_ranks[s], dst_ranks[d]
+        ext = [int(x) for x in row["extent"][:nd]]
+        for so, do, e in _split(
+            [int(x) for x in row["src_offset"][:nd]], [int(x) for x in row["dst_offset"][:nd]], ext, widths[t],
+            max_buffer_bytes if sp_ != dp else 1 << 62,
+        ):
+            c: Chunk = (t, s, d, so, do, e, math.prod(e) * widths[t])
+            if sp_ == dp:
+                local[sp_].append(c)
+            else:
+                remote.append((sp_, dp, c))
+    rounds: List[List[Tuple[int, int, Chunk]]] = []
+    sent: List[Dict[int, int]] = []
+    recv: List[Dict[int, int]] = []
+    for sp_, dp, c in remote:
+        size = c[6]
+        for r in range(len(rounds) + 1):
+            if r == len(rounds):
+                rounds.append([])
+                sent.append(defaultdict(int))
+                recv.append(defaultdict(int))
+            fits = sent[r][sp_] + size <= max_buffer_bytes and recv[r][dp] + size <= max_buffer_bytes
+            # A chunk of one element larger than the buffer goes alone.
+            alone = sent[r][sp_] == 0 and recv[r][dp] == 0
+            if fits or alone:
+                rounds[r].append((sp_, dp, c))
+                sent[r][sp_] += size
+                recv[r][dp] += size
+                break
+    return local, rounds
+
+
+def _width(dtype: str) -> int:
+    return torch.empty((), dtype=TORCH_DTYPES[dtype]).element_size()
+
+
+def _index(offset, extent):
+    return tuple(slice(o, o + e) for o, e in zip(offset, extent))
+
+
+def _agree(group, mine: Optional[str]) -> List[str]:
+    """Every process's fault message (or None), gathered on every process."""
+    faults: List[Optional[str]] = [None] * dist.get_world_size(group)
+    dist.all_gather_object(faults, mine, group=group)
+    return [f for f in faults if f]
+
+
+def _check(local: Mapping[str, torch.Tensor], plan: sp.Plan, me_src: Optional[int]) -> Optional[str]:
+    """What is wrong with this process's source tensors, or None."""
+    if me_src is None:
+        return None
+    src = plan.src
+    for t in plan.tensors:
+        box = src.region(t, me_src)
+        if box is None:
+            continue
+        want_shape, want_dtype = list(box[1]), TORCH_DTYPES[src.dtype(t)]
+        have = local.get(t)
+        if have is None:
+            return f"source rank {me_src}: tensor `{t}` is missing (expected {src.dtype(t)} {want_shape})"
+        if list(have.shape) != want_shape or have.dtype != want_dtype:
+            return (
+                f"source rank {me_src}: tensor `{t}` is {have.dtype} {list(have.shape)}, "
+                f"the plan expects {want_dtype} {want_shape}"
+            )
+    return None
+
+
+def redistribute(
+    local: Mapping[str, torch.Tensor],
+    plan: sp.Plan,
+    src_ranks: Sequence[int],
+    dst_ranks: Sequence[int],
+    group: Any = None,
+    max_buffer_bytes: int = 256 << 20,
+) -> Dict[str, torch.Tensor]:
+    """Carries out ``plan`` over the process group: ``local`` holds this
+    process's source slices (empty when it holds none); the result, this
+    process's destination slices (empty when it is not a destination).
+
+    ``src_ranks[r]`` / ``dst_ranks[r]`` is the process (rank in ``group``)
+    of the plan's source / destination mesh rank ``r``; the two may overlap,
+    be disjoint or differ in count. Every process of the group must call it
+    with the same plan.
+
+    Raises :class:`shardplan.UsageError` on every process when the processes
+    hold different plans or a source tensor has the wrong shape or dtype.
+    """
+    src_ranks, dst_ranks = list(src_ranks), list(dst_ranks)
+    n, m = plan.src.mesh.size, plan.dst.mesh.size
+    if len(src_ranks) != n or len(dst_ranks) != m:
+        raise sp.UsageError(
+            f"{len(src_ranks)} source and {len(dst_ranks)} destination processes for a plan of "
+            f"{n} and {m} ranks",
+            code="shardplan::python::usage",
+            help="give one process per mesh rank on each side",
+        )
+    me = dist.get_rank(group)
+    me_src = src_ranks.index(me) if me in src_ranks else None
+    me_dst = dst_ranks.index(me) if me in dst_ranks else None
+    digest = hashlib.sha256(plan.to_json().encode()).hexdigest()
+    digests: List[Optional[str]] = [None] * dist.get_world_size(group)
+    dist.all_gather_object(digests, digest, group=group)
+    fault = None if len(set(digests)) == 1 else f"process {me}: the processes hold different plans"
+    fault = fault or _check(local, plan, me_src)
+    faults = _agree(group, fault)
+    if faults:
+        raise sp.UsageError(
+            "; ".join(faults),
+            code="shardplan::python::usage",
+            help="pass every process the same plan and each source rank its own slices",
+        )
+    out: Dict[str, torch.Tensor] = {}
+    if me_dst is not None:
+        for t in plan.tensors:
+            box = plan.dst.region(t, me_dst)
+            if box is not None:
+                out[t] = torch.empty(list(box[1]), dtype=TORCH_DTYPES[plan.dst.dtype(t)])
+    names = plan.tensors
+    local_chunks, rounds = schedule(plan, src_ranks, dst_ranks, max_buffer_bytes)
+    for t, _s, _d, so, do, e, _b in local_chunks.get(me, []):
+        out[names[t]][_index(do, e)] = local[names[t]][_index(so, e)]
+    for chunks in rounds:
+        _round(chunks, me, local, out, names, group)
+    return out
+
+
+def _round(chunks, me, local, out, names, group) -> None:
+    """One round: one packed message to and from each peer."""
+    sends: Dict[int, List[torch.Tensor]] = defaultdict(list)
+    recvs: Dict[int, List[Chunk]] = defaultdict(list)
+    for sp_, dp, c in chunks:
+        if sp_ == me:
+            t, _s, _d, so, _do, e, _b = c
+            sends[dp].append(local[names[t]][_index(so, e)].contiguous().view(torch.uint8).reshape(-1))
+        if dp == me:
+            recvs[sp_].append(c)
+    ops = []
+    for peer, parts in sorted(sends.items()):
+        ops.append(dist.P2POp(dist.isend, torch.cat(parts), _global(peer, group), group))
+    buffers = {}
+    for peer, cs in sorted(recvs.items()):
+        buffers[peer] = torch.empty(sum(c[6] for c in cs), dtype=torch.uint8)
+        ops.append(dist.P2POp(dist.irecv, buffers[peer], _global(peer, group), group))
+    if ops:
+        for w in dist.batch_isend_irecv(ops):
+            w.wait()
+    for peer, cs in recvs.items():
+        at = 0
+        for t, _s, _d, _so, do, e, b in cs:
+            # Into the destination's bytes: chunks of several dtypes share
+            # a buffer, so a chunk's bytes need not be aligned to its type.
+            target = out[names[t]][_index(do, e)]
+            if target.dim() == 0:
+                target = target.unsqueeze(0)
+            raw = target.view(torch.uint8)
+            raw.copy_(buffers[peer][at : at + b].reshape(raw.shape))
+            at += b
+
+
+def _global(peer: int, group) -> int:
+    return peer if group is None else dist.get_global_rank(group, peer)
+
+
+def redistribute_dtensors(
+    state_dict: Mapping[str, Any],
+    dst_mesh: Any,
+    placements: Mapping[str, Sequence[Any]],
+    group: Any = None,
+    max_buffer_bytes: int = 256 << 20,
+) -> Dict[str, Any]:
+    """DTensors moved to another mesh (``DTensor.redistribute`` refuses
+    cross-mesh moves): ``placements`` maps a tensor name, or ``"*"`` for the
+    rest, to the destination placements. Every process of the group calls
+    it; processes of ``dst_mesh`` get DTensors on it, others nothing.
+    Placements sharding one dimension over several mesh axes unevenly
+    follow DTensor's nested ``torch.chunk``."""
+    from torch.distributed.tensor import DTensor
+
+    if not state_dict:
+        return {}
+    first = next(iter(state_dict.values()))
+    src_mesh = first.device_mesh
+    src_sp = _sp_mesh(src_mesh)
+    dst_sp = _sp_mesh(dst_mesh)
+    src_layouts, dst_layouts, local = {}, {}, {}
+    for name, dt in state_dict.items():
+        if dt.device_mesh != src_mesh:
+            raise sp.UsageError(
+                f"tensor `{name}` is on another mesh than `{next(iter(state_dict))}`",
+                code="shardplan::python::usage",
+                help="redistribute the tensors of one mesh at a time",
+            )
+        dtype = _sp_dtype(dt.dtype)
+        src_layouts[name] = (layout_of(dt), dtype)
+        ps = placements.get(name, placements.get("*"))
+        if ps is None:
+            raise sp.UsageError(
+                f"no destination placements for tensor `{name}`",
+                code="shardplan::python::usage",
+                help='give its placements, or "*" for every tensor not named',
+            )
+        dst_layouts[name] = (sp.Layout.from_placements(dst_sp, list(dt.shape), [str(p) for p in ps]), dtype)
+        local[name] = dt.to_local()
+    src = sp.Strategy("source", src_sp, src_layouts)
+    dst = sp.Strategy("destination", dst_sp, dst_layouts)
+    plan = sp.plan(src, dst)
+    src_ranks = src_mesh.mesh.flatten().tolist()
+    dst_ranks = dst_mesh.mesh.flatten().tolist()
+    me = dist.get_rank()
+    if me not in src_ranks:
+        local = {}
+    out = redistribute(local, plan, src_ranks, dst_ranks, group=group, max_buffer_bytes=max_buffer_bytes)
+    if me not in dst_ranks:
+        return {}
+    result = {}
+    for name, dt in state_dict.items():
+        ps = placements.get(name, placements.get("*"))
+        result[name] = DTensor.from_local(out[name], dst_mesh, list(ps), run_check=False, shape=dt.shape,
+                                          stride=dt.stride())
+    return result
+
+
+def _sp_mesh(mesh: Any) -> sp.DeviceMesh:
+    """The mesh, its device ids the processes' ranks: the planner then knows
+    which pieces stay on one process."""
+    names = mesh.mesh_dim_names or tuple(f"m{i}" for i in range(mesh.ndim))
+    return sp.DeviceMesh(list(mesh.shape), list(names), device_ids=mesh.mesh.flatten().tolist())
+
+
+def _sp_dtype(dtype: torch.dtype) -> str:
+    for name, d in TORCH_DTYPES.items():
+        if d == dtype:
+            return name
+    raise sp.UsageError(
+        f"torch dtype {dtype} has no shardplan dtype",
+        code="shardplan::python::usage",
+        help="use one of " + ", ".join(str(d) for d in TORCH_DTYPES.values()),
+    )
