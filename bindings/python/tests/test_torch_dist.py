@@ -184,3 +184,63 @@ def test_schedule_bounds_every_round():
             moved += sum(c[6] for _, _, c in chunks)
         # Every piece's bytes cross the network: the processes are disjoint.
         assert moved == int(plan.to_numpy()["bytes"].sum())
+
+
+def replicated_plan():
+    """dp 2 x tp 2 (rows over tp, copies over dp) on processes 0..3 to 2
+    other processes holding columns; the meshes' device ids are the
+    processes, so the planner knows nothing stays local."""
+    src_mesh = sp.DeviceMesh([2, 2], ["dp", "tp"], device_ids=[0, 1, 2, 3])
+    dst_mesh = sp.DeviceMesh([2], ["tp"], device_ids=[4, 5])
+    tensors = {"w": ([16, 8], "bf16"), "v": ([12, 4], "f32")}
+    src = sp.Strategy("train", src_mesh, {
+        t: (sp.Layout.from_placements(src_mesh, s, ["Replicate()", "Shard(0)"]), d) for t, (s, d) in tensors.items()})
+    dst = sp.Strategy("serve", dst_mesh, {
+        t: (sp.Layout.from_placements(dst_mesh, s, ["Shard(1)"]), d) for t, (s, d) in tensors.items()})
+    return src, dst
+
+
+def test_replicas_share_the_sending_at_the_bound():
+    src, dst = replicated_plan()
+    balanced = sp.plan(src, dst, replicas="balance")
+    lowest = sp.plan(src, dst, replicas="min_files")
+    def largest_sender(plan):
+        _, rounds = spt.schedule(plan, [0, 1, 2, 3], [4, 5], 1 << 20)
+        sent = {p: 0 for p in range(4)}
+        for chunks in rounds:
+            for s, _d, c in chunks:
+                sent[s] += c[6]
+        return max(sent.values())
+
+    # Balanced: the largest sender sends the plan's lower bound, half of
+    # what the lowest-rank replica sends alone.
+    assert largest_sender(balanced) == balanced.summary["max_send_lower_bound_bytes"]
+    assert largest_sender(lowest) == 2 * largest_sender(balanced)
+
+
+def scenario_replicated(rank, world, buffer):
+    src, dst = replicated_plan()
+    plan = sp.plan(src, dst, replicas="balance")
+    tensors = {"w": ([16, 8], torch.bfloat16), "v": ([12, 4], torch.float32)}
+    whole = {t: full_tensor(k, s, d) for k, (t, (s, d)) in enumerate(tensors.items())}
+
+    def held(strat, r):
+        out = {}
+        for t in strat.tensors:
+            box = strat.region(t, r)
+            if box is not None:
+                out[t] = whole[t][tuple(slice(o, o + e) for o, e in zip(*box))].clone()
+        return out
+
+    local = held(src, rank) if rank < 4 else {}
+    out = spt.redistribute(local, plan, [0, 1, 2, 3], [4, 5], max_buffer_bytes=buffer)
+    if rank >= 4:
+        want = held(dst, rank - 4)
+        assert all(torch.equal(out[t], want[t]) for t in want)
+
+
+SCENARIOS["replicated"] = scenario_replicated
+
+
+def test_replicated_sources_on_six_processes(tmp_path):
+    run("replicated", 6, tmp_path)
