@@ -244,3 +244,21 @@ SCENARIOS["replicated"] = scenario_replicated
 
 def test_replicated_sources_on_six_processes(tmp_path):
     run("replicated", 6, tmp_path)
+
+
+def test_the_trainer_to_inference_example_of_the_docs_runs(tmp_path):
+    """docs/python.md's example, run as the script it is."""
+    import re
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    text = (REPO / "docs" / "python.md").read_text()
+    section = text.split("## Live redistribution over torch.distributed", 1)[1]
+    block = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    script = tmp_path / "trainer_to_inference.py"
+    script.write_text(block)
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=TIMEOUT)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "trainer -> inference: done" in done.stdout
