@@ -242,17 +242,16 @@ def redistribute(
 
 def _round(chunks, me, local, out, names, group) -> None:
     """One round: one packed message to and from each peer."""
-    sends: Dict[int, List[torch.Tensor]] = defaultdict(list)
+    sends: Dict[int, List[Chunk]] = defaultdict(list)
     recvs: Dict[int, List[Chunk]] = defaultdict(list)
     for sp_, dp, c in chunks:
         if sp_ == me:
-            t, _s, _d, so, _do, e, _b = c
-            sends[dp].append(local[names[t]][_index(so, e)].contiguous().view(torch.uint8).reshape(-1))
+            sends[dp].append(c)
         if dp == me:
             recvs[sp_].append(c)
     ops = []
-    for peer, parts in sorted(sends.items()):
-        ops.append(dist.P2POp(dist.isend, torch.cat(parts), _global(peer, group), group))
+    for peer, cs in sorted(sends.items()):
+        ops.append(dist.P2POp(dist.isend, _pack(cs, local, names), _global(peer, group), group))
     buffers = {}
     for peer, cs in sorted(recvs.items()):
         buffers[peer] = torch.empty(sum(c[6] for c in cs), dtype=torch.uint8)
@@ -271,6 +270,29 @@ def _round(chunks, me, local, out, names, group) -> None:
             raw = target.view(torch.uint8)
             raw.copy_(buffers[peer][at : at + b].reshape(raw.shape))
             at += b
+
+
+def _pack(chunks: List[Chunk], local, names) -> torch.Tensor:
+    """One message of the chunks' bytes, end to end, each copied once,
+    straight from its strided source box, into the buffer."""
+    buf = torch.empty(sum(c[6] for c in chunks), dtype=torch.uint8)
+    at = 0
+    for t, _s, _d, so, _do, e, b in chunks:
+        box = local[names[t]][_index(so, e)]
+        if box.dim() == 0:
+            box = box.unsqueeze(0)
+        raw = _bytes_of(box)
+        buf[at : at + b].view(raw.shape).copy_(raw)
+        at += b
+    return buf
+
+
+def _bytes_of(box: torch.Tensor) -> torch.Tensor:
+    """The box as bytes, its last dimension widened: a view when its last
+    dimension is contiguous, which a slice of a contiguous tensor's is."""
+    if box.stride(-1) == 1:
+        return box.view(torch.uint8)
+    return box.contiguous().view(torch.uint8)
 
 
 def _global(peer: int, group) -> int:

@@ -1,0 +1,153 @@
+#!/usr/bin/env python3
+"""shardplan.torch.redistribute on gloo, 8 processes on this machine, 1 GiB
+of bf16 weights (16 tensors of 8192 x 4096), against PyTorch's own tools in
+the same run (docs/PERFORMANCE.md, "Live redistribution"):
+
+  same mesh   FSDP Shard(0) -> Shard(1) on all 8 processes:
+              shardplan (plan made once, outside the timing, as a trainer
+              replays it every step) against DTensor.redistribute;
+  cross mesh  Shard(0) on 8 processes -> Shard(1) on processes 4..7 (a
+              4-way tensor-parallel inference engine): shardplan against
+              dcp.save by the 8 then dcp.load by the 4, through tmpfs
+              (/dev/shm), which is how DCP moves between meshes.
+
+Each timing is the slowest process's, after a barrier, median of REPS.
+Every result is checked against the whole tensors.
+
+usage: bench_torch_redistribute.py [REPS]
+"""
+
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+WORLD = 8
+TENSORS = 16
+SHAPE = (8192, 4096)
+
+
+def whole(k):
+    # Distinct values per tensor; the exact rule does not matter for timing.
+    return (torch.arange(SHAPE[0] * SHAPE[1], dtype=torch.int32) % 65521 + k).to(torch.bfloat16).reshape(SHAPE)
+
+
+def timed(fn):
+    dist.barrier()
+    t0 = time.perf_counter()
+    out = fn()
+    dist.barrier()
+    dt = torch.tensor([time.perf_counter() - t0], dtype=torch.float64)
+    dist.all_reduce(dt, op=dist.ReduceOp.MAX)
+    return out, float(dt)
+
+
+def worker(rank, store, reps, results):
+    import shardplan as sp
+    import shardplan.torch as spt
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
+    from torch.distributed.tensor import DTensor, Shard, distribute_tensor
+
+    # One thread per process: 8 processes share the machine's cores.
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=WORLD)
+    mesh = init_device_mesh("cpu", (WORLD,), mesh_dim_names=("dp",))
+    tp_ranks = list(range(4, 8))
+    tp = DeviceMesh("cpu", tp_ranks, mesh_dim_names=("tp",))
+    names = [f"w{k}" for k in range(TENSORS)]
+    wholes = {n: whole(k) for k, n in enumerate(names)}
+    sd = {n: distribute_tensor(wholes[n], mesh, [Shard(0)]) for n in names}
+    local = {n: sd[n].to_local() for n in names}
+    ms = {}
+
+    def sp_mesh(m):
+        return sp.DeviceMesh(list(m.shape), list(m.mesh_dim_names), device_ids=m.mesh.flatten().tolist())
+
+    def strat(name, m, placement):
+        spm = sp_mesh(m)
+        return sp.Strategy(name, spm, {n: (sp.Layout.from_placements(spm, list(SHAPE), [placement]), "bf16")
+                                       for n in names})
+
+    src = strat("fsdp8", mesh, "Shard(0)")
+    same = sp.plan(src, strat("cols8", mesh, "Shard(1)"))
+    cross = sp.plan(src, strat("tp4", tp, "Shard(1)"))
+    all_ranks = list(range(WORLD))
+
+    def check(out, m_ranks, dim):
+        if rank in m_ranks:
+            i, n = m_ranks.index(rank), len(m_ranks)
+            cols = SHAPE[1] // n
+            for name in names:
+                assert torch.equal(out[name], wholes[name][:, i * cols:(i + 1) * cols]), name
+
+    for label, fn in [
+        ("shardplan same mesh", lambda: spt.redistribute(local, same, all_ranks, all_ranks)),
+        ("DTensor.redistribute", lambda: {n: sd[n].redistribute(mesh, [Shard(1)]).to_local() for n in names}),
+        ("shardplan cross mesh", lambda: spt.redistribute(local, cross, all_ranks, tp_ranks)),
+    ]:
+        times = []
+        for _ in range(reps):
+            out, t = timed(fn)
+            times.append(t)
+        check(out, tp_ranks if "cross" in label else all_ranks, 1)
+        ms[label] = times
+
+    tmp = "/dev/shm/shardplan-bench-dcp"
+    group = dist.new_group(tp_ranks)
+
+    def via_dcp():
+        if rank == 0:
+            shutil.rmtree(tmp, ignore_errors=True)
+        dist.barrier()
+        dcp.save(sd, checkpoint_id=tmp)
+        out = {}
+        if rank in tp_ranks:
+            target = {n: DTensor.from_local(torch.empty(SHAPE[0], SHAPE[1] // 4, dtype=torch.bfloat16), tp,
+                                            [Shard(1)], run_check=False, shape=torch.Size(SHAPE),
+                                            stride=(SHAPE[1], 1)) for n in names}
+            dcp.load(target, checkpoint_id=tmp, process_group=group)
+            out = {n: target[n].to_local() for n in names}
+        return out
+
+    times = []
+    for _ in range(reps):
+        out, t = timed(via_dcp)
+        times.append(t)
+    check(out, tp_ranks, 1)
+    ms["dcp.save + dcp.load (tmpfs)"] = times
+    if rank == 0:
+        shutil.rmtree(tmp, ignore_errors=True)
+        results.put({k: v for k, v in ms.items()})
+    dist.destroy_process_group()
+
+
+def main():
+    reps = int(sys.argv[1]) if len(sys.argv) > 1 else 3
+    store = os.path.join(tempfile.mkdtemp(), "store")
+    ctx = mp.get_context("spawn")
+    results = ctx.SimpleQueue()
+    mp.start_processes(worker, args=(store, reps, results), nprocs=WORLD, start_method="spawn")
+    ms = results.get()
+    gib = TENSORS * SHAPE[0] * SHAPE[1] * 2
+    print(f"{WORLD} processes, gloo, {TENSORS} bf16 tensors of {SHAPE}, {gib / 2**30:.2f} GiB; median of {reps}")
+    for label, times in ms.items():
+        med = statistics.median(times)
+        print(f"  {label:32s} {med:7.3f} s  {gib / med / 1e9:6.2f} GB/s  (runs: "
+              + ", ".join(f"{t:.3f}" for t in times) + ")")
+    base = {"same": statistics.median(ms["DTensor.redistribute"]),
+            "cross": statistics.median(ms["dcp.save + dcp.load (tmpfs)"])}
+    print(f"  same mesh: shardplan {base['same'] / statistics.median(ms['shardplan same mesh']):.1f}x "
+          "DTensor.redistribute")
+    print(f"  cross mesh: shardplan {base['cross'] / statistics.median(ms['shardplan cross mesh']):.1f}x "
+          "dcp.save + dcp.load")
+
+
+if __name__ == "__main__":
+    main()
