@@ -308,13 +308,18 @@ impl Prepared {
 }
 
 /// Reads and checks every input and plans the transfer, without writing.
+/// The source's format is detected from `src_dir` ([`read_chunked`]): a
+/// PyTorch DCP folder, a Hugging Face folder or a safetensors file is laid
+/// out by its own index ([`prepare_chunked`]); otherwise it is a MindSpore
+/// folder of rank folders (or `src_files`).
 ///
 /// # Errors
 ///
-/// [`ReshardError`] naming the file, tensor or rank at fault: unreadable,
-/// truncated or corrupt checkpoints, duplicate or missing rank folders, a
-/// tensor missing from a rank that should hold it, a dtype or shape that
-/// does not match the strategy, device counts MindSpore refuses.
+/// [`ReshardError`] naming the file, tensor or rank at fault: a source of
+/// no known format, unreadable, truncated or corrupt checkpoints or
+/// indexes, duplicate or missing rank folders, a tensor missing from a rank
+/// that should hold it, a dtype or shape that does not match the strategy,
+/// device counts MindSpore refuses.
 pub fn prepare(cfg: &ReshardConfig) -> Result<Prepared, ReshardError> {
     if cfg.src_files.is_none()
         && let Some(ck) = read_chunked(&cfg.src_dir)?
