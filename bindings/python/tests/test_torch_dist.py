@@ -262,3 +262,22 @@ def test_the_trainer_to_inference_example_of_the_docs_runs(tmp_path):
     done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=TIMEOUT)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "trainer -> inference: done" in done.stdout
+
+
+def test_modelled_time_meets_its_bound_with_one_round_and_exceeds_it_with_many():
+    src = strategy("fsdp4", [4], ["dp"], TENSORS, {t: ["Shard(0)"] for t in TENSORS})
+    dst = strategy("tp2", [2], ["tp"], TENSORS, {"a": ["Shard(1)"], "b": ["Shard(0)"], "c": ["Replicate()"]})
+    plan = sp.plan(src, dst)
+    one = spt.modelled_time(plan, [0, 1, 2, 3], [4, 5], gpus_per_node=8)
+    assert one["rounds"] == 1 and one["seconds"] == pytest.approx(one["lower_bound_seconds"])
+    # The busiest link: destination rank 0's NVLink in, which receives its
+    # whole slices (a: 10 x 3 bf16, b: 4 x 5 f32, c: 6 f16), 152 bytes.
+    rows = plan.to_numpy()
+    busiest = max(int(rows["bytes"][rows[side] == r].sum()) for side in ("src_rank", "dst_rank") for r in range(4))
+    assert busiest == 152
+    assert one["lower_bound_seconds"] == pytest.approx(152 / 400e9)
+    many = spt.modelled_time(plan, [0, 1, 2, 3], [4, 5], gpus_per_node=8, max_buffer_bytes=8)
+    assert many["rounds"] > 1 and many["seconds"] >= many["lower_bound_seconds"]
+    # Two nodes of 4: every byte crosses the NICs, slower than NVLink.
+    cross = spt.modelled_time(plan, [0, 1, 2, 3], [4, 5], gpus_per_node=4)
+    assert cross["lower_bound_seconds"] > one["lower_bound_seconds"]

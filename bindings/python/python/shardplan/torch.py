@@ -32,7 +32,7 @@ import torch.distributed as dist
 
 import shardplan as sp
 
-__all__ = ["layout_of", "redistribute", "redistribute_dtensors", "schedule"]
+__all__ = ["layout_of", "modelled_time", "redistribute", "redistribute_dtensors", "schedule"]
 
 TORCH_DTYPES: Dict[str, torch.dtype] = {
     "f64": torch.float64,
@@ -143,6 +143,53 @@ def schedule(plan: sp.Plan, src_ranks: Sequence[int], dst_ranks: Sequence[int], 
                 recv[r][dp] += size
                 break
     return local, rounds
+
+
+def modelled_time(
+    plan: sp.Plan,
+    src_ranks: Sequence[int],
+    dst_ranks: Sequence[int],
+    *,
+    gpus_per_node: int = 8,
+    nvlink_gb_s: float = 400.0,
+    nic_gb_s: float = 50.0,
+    nics_per_node: int = 4,
+    max_buffer_bytes: int = 256 << 20,
+) -> Dict[str, float]:
+    """The time the schedule of ``plan`` would take on a cluster of
+    ``gpus_per_node`` GPUs per node (process ``p`` on node ``p //
+    gpus_per_node``), next to its lower bound.
+
+    Links: each GPU's NVLink, ``nvlink_gb_s`` GB/s out and as much in; each
+    node's NICs, ``nics_per_node * nic_gb_s`` GB/s out and in (400 Gb/s is
+    50 GB/s). A round takes its busiest link's bytes over that link's
+    bandwidth, and rounds follow one another; the lower bound is the
+    busiest link's bytes of the whole transfer over its bandwidth, as if
+    every link were busy all the time. Copies on one GPU are not counted.
+    Returns ``{"seconds", "lower_bound_seconds", "rounds"}``.
+    """
+    _, rounds = schedule(plan, src_ranks, dst_ranks, max_buffer_bytes)
+    nic = nics_per_node * nic_gb_s * 1e9
+    nvl = nvlink_gb_s * 1e9
+    total: Dict[Tuple[str, int], float] = defaultdict(float)
+    seconds = 0.0
+    for chunks in rounds:
+        load: Dict[Tuple[str, int], float] = defaultdict(float)
+        for s, d, c in chunks:
+            if s // gpus_per_node == d // gpus_per_node:
+                load[("nvl-out", s)] += c[6] / nvl
+                load[("nvl-in", d)] += c[6] / nvl
+            else:
+                load[("nic-out", s // gpus_per_node)] += c[6] / nic
+                load[("nic-in", d // gpus_per_node)] += c[6] / nic
+        seconds += max(load.values(), default=0.0)
+        for k, v in load.items():
+            total[k] += v
+    return {
+        "seconds": seconds,
+        "lower_bound_seconds": max(total.values(), default=0.0),
+        "rounds": float(len(rounds)),
+    }
 
 
 def _width(dtype: str) -> int:
