@@ -281,3 +281,39 @@ def test_modelled_time_meets_its_bound_with_one_round_and_exceeds_it_with_many()
     # Two nodes of 4: every byte crosses the NICs, slower than NVLink.
     cross = spt.modelled_time(plan, [0, 1, 2, 3], [4, 5], gpus_per_node=4)
     assert cross["lower_bound_seconds"] > one["lower_bound_seconds"]
+
+
+def pipelined():
+    """Two pipeline stages of tp 2 (layer 0 on processes 0 and 1, layer 1 on
+    2 and 3, MindSpore's layouts) to one stage of tp 2 on processes 4 and 5."""
+    l0 = sp.Layout.from_mindspore([8, 4], [2], [0, -1], stage=0, stage_count=2)
+    l1 = sp.Layout.from_mindspore([8, 4], [2], [0, -1], stage=1, stage_count=2)
+    src = sp.Strategy("pp2tp2", None, {"l0": (l0, "f32"), "l1": (l1, "f32")})
+    mesh = sp.DeviceMesh([2], ["tp"], device_ids=[4, 5])
+    dst = sp.Strategy("tp2", mesh, {t: (sp.Layout.from_placements(mesh, [8, 4], ["Shard(1)"]), "f32") for t in ("l0", "l1")})
+    return src, dst
+
+
+def scenario_pipelined(rank, world, buffer):
+    src, dst = pipelined()
+    plan = sp.plan(src, dst)
+    whole = {t: full_tensor(k, [8, 4], torch.float32) for k, t in enumerate(("l0", "l1"))}
+
+    def held(strat, r):
+        return {t: whole[t][tuple(slice(o, o + e) for o, e in zip(*box))].clone()
+                for t in strat.tensors if (box := strat.region(t, r)) is not None}
+
+    local = held(src, rank) if rank < 4 else {}
+    # Each stage's processes hold only their layer.
+    assert sorted(local) == ([] if rank >= 4 else ["l0"] if rank < 2 else ["l1"])
+    out = spt.redistribute(local, plan, [0, 1, 2, 3], [4, 5], max_buffer_bytes=buffer)
+    if rank >= 4:
+        want = held(dst, rank - 4)
+        assert sorted(out) == sorted(want) and all(torch.equal(out[t], want[t]) for t in want)
+
+
+SCENARIOS["pipelined"] = scenario_pipelined
+
+
+def test_pipelined_stages_into_one(tmp_path):
+    run("pipelined", 6, tmp_path, 16)
