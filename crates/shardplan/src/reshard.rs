@@ -252,6 +252,9 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ReshardError + '_ {
     }
 }
 
+/// A destination's DCP folder and, per rank, the slice of each chunk.
+type DcpPlan = (crate::formats::dcp_write::DcpLayout, Vec<Vec<usize>>);
+
 /// Per source rank, its tensors by name.
 type RankSources = BTreeMap<u64, BTreeMap<String, Located>>;
 
@@ -277,6 +280,9 @@ pub struct Prepared {
     /// The folders the sources are in: no output may be written there.
     src_dirs: Vec<PathBuf>,
     source_format: OutputFormat,
+    /// The DCP folder's plan, made once: it depends on the destination
+    /// alone, and every rank's file needs all of it.
+    dcp: std::sync::OnceLock<DcpPlan>,
 }
 
 impl Prepared {
@@ -532,6 +538,7 @@ fn plan_from(cfg: &ReshardConfig, source: Source) -> Result<Prepared, ReshardErr
         sources,
         src_dirs: dirs,
         source_format: format,
+        dcp: std::sync::OnceLock::new(),
     })
 }
 
@@ -1086,17 +1093,8 @@ impl Prepared {
         rank: u64,
         slices: &[RankSlice],
     ) -> Result<RankOutput, ReshardError> {
-        use crate::formats::dcp_write::{DcpLayout, METADATA_FILE};
-        let ranks = self.dst.mesh().rank_count();
-        let mut chunks = Vec::with_capacity(ranks as usize);
-        // Per rank, which of its slices each chunk is.
-        let mut slice_of: Vec<Vec<usize>> = Vec::with_capacity(ranks as usize);
-        for r in 0..ranks {
-            let (c, k) = self.dcp_chunks(r)?;
-            chunks.push(c);
-            slice_of.push(k);
-        }
-        let layout = DcpLayout::new(chunks)?;
+        use crate::formats::dcp_write::METADATA_FILE;
+        let (layout, slice_of) = self.dcp_plan()?;
         let file = layout.files().get(rank as usize).ok_or_else(|| {
             mismatch(
                 format!("internal error: no DCP file for rank {rank}"),
@@ -1123,6 +1121,24 @@ impl Prepared {
             )],
             dir: cfg.out_dir.clone(),
         })
+    }
+
+    /// The DCP folder of the destination and, per rank, which of its
+    /// slices each of its chunks is; planned on first use.
+    fn dcp_plan(&self) -> Result<&DcpPlan, ReshardError> {
+        if let Some(p) = self.dcp.get() {
+            return Ok(p);
+        }
+        let ranks = self.dst.mesh().rank_count();
+        let mut chunks = Vec::with_capacity(ranks as usize);
+        let mut slice_of: Vec<Vec<usize>> = Vec::with_capacity(ranks as usize);
+        for r in 0..ranks {
+            let (c, k) = self.dcp_chunks(r)?;
+            chunks.push(c);
+            slice_of.push(k);
+        }
+        let layout = crate::formats::dcp_write::DcpLayout::new(chunks)?;
+        Ok(self.dcp.get_or_init(|| (layout, slice_of)))
     }
 
     /// The DCP chunks of rank `r`, one per slice it receives (empty slices
