@@ -11,7 +11,8 @@ the same run (docs/PERFORMANCE.md, "Live redistribution"):
               dcp.save by the 8 then dcp.load by the 4, through tmpfs
               (/dev/shm), which is how DCP moves between meshes.
 
-Each timing is the slowest process's, after a barrier, median of REPS.
+Each timing is the slowest process's, after a barrier, median of REPS
+after one warm-up run.
 Every result is checked against the whole tensors.
 
 usage: bench_torch_redistribute.py [REPS]
@@ -46,6 +47,12 @@ def timed(fn):
     dt = torch.tensor([time.perf_counter() - t0], dtype=torch.float64)
     dist.all_reduce(dt, op=dist.ReduceOp.MAX)
     return out, float(dt)
+
+
+def repeat(fn, reps):
+    """One warm-up run (first-touch allocation of every buffer), then
+    ``reps`` timed runs; the warm-up's time is kept first, apart."""
+    return [timed(fn)[1] for _ in range(reps + 1)]
 
 
 def worker(rank, store, reps, results):
@@ -92,12 +99,8 @@ def worker(rank, store, reps, results):
         ("DTensor.redistribute", lambda: {n: sd[n].redistribute(mesh, [Shard(1)]).to_local() for n in names}),
         ("shardplan cross mesh", lambda: spt.redistribute(local, cross, all_ranks, tp_ranks)),
     ]:
-        times = []
-        for _ in range(reps):
-            out, t = timed(fn)
-            times.append(t)
-        check(out, tp_ranks if "cross" in label else all_ranks, 1)
-        ms[label] = times
+        ms[label] = repeat(fn, reps)
+        check(fn(), tp_ranks if "cross" in label else all_ranks, 1)
 
     tmp = "/dev/shm/shardplan-bench-dcp"
     group = dist.new_group(tp_ranks)
@@ -116,12 +119,8 @@ def worker(rank, store, reps, results):
             out = {n: target[n].to_local() for n in names}
         return out
 
-    times = []
-    for _ in range(reps):
-        out, t = timed(via_dcp)
-        times.append(t)
-    check(out, tp_ranks, 1)
-    ms["dcp.save + dcp.load (tmpfs)"] = times
+    ms["dcp.save + dcp.load (tmpfs)"] = repeat(via_dcp, reps)
+    check(via_dcp(), tp_ranks, 1)
     if rank == 0:
         shutil.rmtree(tmp, ignore_errors=True)
         results.put({k: v for k, v in ms.items()})
@@ -137,15 +136,13 @@ def main():
     ms = results.get()
     gib = TENSORS * SHAPE[0] * SHAPE[1] * 2
     print(f"{WORLD} processes, gloo, {TENSORS} bf16 tensors of {SHAPE}, {gib / 2**30:.2f} GiB; median of {reps}")
+    med = {label: statistics.median(times[1:]) for label, times in ms.items()}
     for label, times in ms.items():
-        med = statistics.median(times)
-        print(f"  {label:32s} {med:7.3f} s  {gib / med / 1e9:6.2f} GB/s  (runs: "
-              + ", ".join(f"{t:.3f}" for t in times) + ")")
-    base = {"same": statistics.median(ms["DTensor.redistribute"]),
-            "cross": statistics.median(ms["dcp.save + dcp.load (tmpfs)"])}
-    print(f"  same mesh: shardplan {base['same'] / statistics.median(ms['shardplan same mesh']):.1f}x "
+        print(f"  {label:32s} {med[label]:7.3f} s  {gib / med[label] / 1e9:6.2f} GB/s  (warm-up {times[0]:.3f}; runs: "
+              + ", ".join(f"{t:.3f}" for t in times[1:]) + ")")
+    print(f"  same mesh: shardplan {med['DTensor.redistribute'] / med['shardplan same mesh']:.1f}x "
           "DTensor.redistribute")
-    print(f"  cross mesh: shardplan {base['cross'] / statistics.median(ms['shardplan cross mesh']):.1f}x "
+    print(f"  cross mesh: shardplan {med['dcp.save + dcp.load (tmpfs)'] / med['shardplan cross mesh']:.1f}x "
           "dcp.save + dcp.load")
 
 

@@ -8,6 +8,8 @@ import os
 import time
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from conftest import is_ci
 
@@ -62,14 +64,16 @@ def check(out, strat, rank):
 
 
 def scenario_disjoint(rank, world, buffer):
-    """FSDP-4 on processes 0..3 to TP-2 on processes 4 and 5."""
-    src = strategy("fsdp4", [4], ["dp"], TENSORS, {t: ["Shard(0)"] for t in TENSORS})
-    dst = strategy("tp2", [2], ["tp"], TENSORS, {"a": ["Shard(1)"], "b": ["Shard(0)"], "c": ["Replicate()"]})
+    """FSDP-n on the first two thirds of the processes to TP-n/2 on the
+    rest (FSDP-4 to TP-2 on 6 processes, FSDP-8 to TP-4 on 12)."""
+    n = world * 2 // 3
+    src = strategy("fsdp", [n], ["dp"], TENSORS, {t: ["Shard(0)"] for t in TENSORS})
+    dst = strategy("tp", [n // 2], ["tp"], TENSORS, {"a": ["Shard(1)"], "b": ["Shard(0)"], "c": ["Replicate()"]})
     plan = sp.plan(src, dst)
-    local = slices(src, rank) if rank < 4 else {}
-    out = spt.redistribute(local, plan, src_ranks=[0, 1, 2, 3], dst_ranks=[4, 5], max_buffer_bytes=buffer)
-    if rank >= 4:
-        check(out, dst, rank - 4)
+    local = slices(src, rank) if rank < n else {}
+    out = spt.redistribute(local, plan, src_ranks=range(n), dst_ranks=range(n, world), max_buffer_bytes=buffer)
+    if rank >= n:
+        check(out, dst, rank - n)
     else:
         assert out == {}
 
@@ -128,7 +132,9 @@ SCENARIOS = {
 }
 
 
-def _worker(rank, name, world, store, buffer):
+def _worker(rank, name, world, store, buffer, in_place_bytes):
+    # Every process must make the same choice of what goes in place.
+    spt.IN_PLACE_BYTES = in_place_bytes
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
     try:
         SCENARIOS[name](rank, world, buffer)
@@ -136,10 +142,13 @@ def _worker(rank, name, world, store, buffer):
         dist.destroy_process_group()
 
 
-def run(name, world, tmp_path, buffer=256 << 20):
-    store = tmp_path / f"store-{name}-{buffer}"
-    ctx = mp.start_processes(_worker, args=(name, world, str(store), buffer), nprocs=world, join=False,
-                             start_method="spawn")
+def run(name, world, tmp_path, buffer=256 << 20, in_place_bytes=spt.IN_PLACE_BYTES):
+    """Scenario ``name`` on ``world`` processes; ``in_place_bytes`` 1 sends
+    every chunk that is one run of bytes in its destination alone, received
+    in place, as only large chunks are by default."""
+    store = tmp_path / f"store-{name}-{buffer}-{in_place_bytes}"
+    ctx = mp.start_processes(_worker, args=(name, world, str(store), buffer, in_place_bytes), nprocs=world,
+                             join=False, start_method="spawn")
     deadline = time.time() + TIMEOUT
     while not ctx.join(timeout=1):
         if time.time() > deadline:
@@ -148,19 +157,23 @@ def run(name, world, tmp_path, buffer=256 << 20):
             pytest.fail(f"scenario {name} did not finish in {TIMEOUT} s (a hang)")
 
 
-@pytest.mark.parametrize("buffer", [256 << 20, 2])
-def test_fsdp_to_tp_on_other_processes(tmp_path, buffer):
-    run("disjoint", 6, tmp_path, buffer)
+@pytest.mark.parametrize("buffer, in_place", [(256 << 20, 1), (2, spt.IN_PLACE_BYTES)])
+def test_fsdp4_to_tp2_on_other_processes(tmp_path, buffer, in_place):
+    run("disjoint", 6, tmp_path, buffer, in_place)
 
 
-@pytest.mark.parametrize("buffer", [256 << 20, 6])
-def test_uneven_three_to_two_overlapping(tmp_path, buffer):
-    run("uneven", 3, tmp_path, buffer)
+def test_fsdp8_to_tp4_on_other_processes(tmp_path):
+    run("disjoint", 12, tmp_path)
 
 
-@pytest.mark.parametrize("buffer", [256 << 20, 4])
-def test_dtensors_within_and_across_meshes(tmp_path, buffer):
-    run("dtensor", 4, tmp_path, buffer)
+@pytest.mark.parametrize("buffer, in_place", [(256 << 20, spt.IN_PLACE_BYTES), (6, 1), (256 << 20, 1)])
+def test_uneven_three_to_two_overlapping(tmp_path, buffer, in_place):
+    run("uneven", 3, tmp_path, buffer, in_place)
+
+
+@pytest.mark.parametrize("buffer, in_place", [(256 << 20, spt.IN_PLACE_BYTES), (4, 1)])
+def test_dtensors_within_and_across_meshes(tmp_path, buffer, in_place):
+    run("dtensor", 4, tmp_path, buffer, in_place)
 
 
 def test_a_wrong_local_tensor_raises_everywhere(tmp_path):
@@ -184,6 +197,37 @@ def test_schedule_bounds_every_round():
             moved += sum(c[6] for _, _, c in chunks)
         # Every piece's bytes cross the network: the processes are disjoint.
         assert moved == int(plan.to_numpy()["bytes"].sum())
+
+
+def test_chunks_in_one_run_of_their_destination_go_in_place(monkeypatch):
+    src = strategy("cols4", [4], ["dp"], TENSORS, {"a": ["Shard(1)"], "b": ["Shard(0)"], "c": ["Shard(0)"]})
+    dst = strategy("rows2", [2], ["tp"], TENSORS, {"a": ["Shard(0)"], "b": ["Shard(0)"], "c": ["Replicate()"]})
+    plan = sp.plan(src, dst)
+    _, rounds = spt.schedule(plan, [0, 1, 2, 3], [4, 5], 1 << 20)
+    # These chunks are all below the default size: every one is packed.
+    assert not any(c[7] for chunks in rounds for *_, c in chunks)
+    monkeypatch.setattr(spt, "IN_PLACE_BYTES", 1)
+    _, rounds = spt.schedule(plan, [0, 1, 2, 3], [4, 5], 1 << 20)
+    flags = []
+    for chunks in rounds:
+        for _, _, (t, _s, d, _so, do, e, _b, direct) in chunks:
+            offset, shape = dst.region(plan.tensors[t], d)
+            view = torch.empty(list(shape))[tuple(slice(o, o + n) for o, n in zip(do, e))]
+            assert direct == view.is_contiguous(), (plan.tensors[t], do, e)
+            flags.append(direct)
+    # Columns of `a` are scattered in its destination rows; rows of `b` are not.
+    assert any(flags) and not all(flags)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.integers(1, 4), min_size=0, max_size=4).flatmap(
+    lambda shape: st.tuples(st.just(shape), st.tuples(*[st.integers(0, n - 1) for n in shape]))
+    .flatmap(lambda so: st.tuples(st.just(so[0]), st.just(so[1]),
+                                  st.tuples(*[st.integers(1, n - o) for n, o in zip(*so)])))))
+def test_one_run_agrees_with_torch(case):
+    shape, offset, extent = case
+    view = torch.empty(shape)[tuple(slice(o, o + e) for o, e in zip(offset, extent))]
+    assert spt._one_run(extent, shape) == view.is_contiguous()
 
 
 def replicated_plan():

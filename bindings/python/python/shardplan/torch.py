@@ -52,8 +52,14 @@ TORCH_DTYPES: Dict[str, torch.dtype] = {
 
 #: A box moved in one message: tensor index, source and destination mesh
 #: ranks, its offset in the source and the destination local buffers, its
-#: extent, and its bytes.
-Chunk = Tuple[int, int, int, Tuple[int, ...], Tuple[int, ...], Tuple[int, ...], int]
+#: extent, its bytes, and whether it is received in place (large, and one
+#: run of bytes in its destination).
+Chunk = Tuple[int, int, int, Tuple[int, ...], Tuple[int, ...], Tuple[int, ...], int, bool]
+
+#: Chunks at least this large that are one run of bytes in their
+#: destination go as their own message, straight into place; smaller ones
+#: are packed, so that messages stay few.
+IN_PLACE_BYTES = 64 << 10
 
 
 def layout_of(dtensor: Any) -> sp.Layout:
@@ -89,6 +95,14 @@ def _split(src_off, dst_off, extent, width: int, budget: int) -> Iterable[Tuple[
             yield tuple(s), tuple(d), tuple(e)
 
 
+def _one_run(extent: Sequence[int], shape: Sequence[int]) -> bool:
+    """Whether a box of ``extent`` in a row-major tensor of ``shape`` is one
+    run of bytes: one element thick before its first thicker dimension, and
+    whole in every dimension after it."""
+    k = next((i for i, e in enumerate(extent) if e != 1), len(extent))
+    return all(e == n for e, n in zip(extent[k + 1 :], shape[k + 1 :]))
+
+
 def schedule(plan: sp.Plan, src_ranks: Sequence[int], dst_ranks: Sequence[int], max_buffer_bytes: int):
     """The transfer of ``plan`` as every process computes it: the chunks
     each process copies locally (by process), and the rounds (a list of
@@ -102,6 +116,7 @@ def schedule(plan: sp.Plan, src_ranks: Sequence[int], dst_ranks: Sequence[int], 
         )
     m = plan.to_numpy()
     widths = [_width(plan.dst.dtype(t)) for t in plan.tensors]
+    dst_shapes = {}
     local: Dict[int, List[Chunk]] = defaultdict(list)
     remote: List[Tuple[int, int, Chunk]] = []
     for row in m:
@@ -119,11 +134,14 @@ def schedule(plan: sp.Plan, src_ranks: Sequence[int], dst_ranks: Sequence[int], 
             [int(x) for x in row["src_offset"][:nd]], [int(x) for x in row["dst_offset"][:nd]], ext, widths[t],
             max_buffer_bytes if sp_ != dp else 1 << 62,
         ):
-            c: Chunk = (t, s, d, so, do, e, math.prod(e) * widths[t])
+            size = math.prod(e) * widths[t]
             if sp_ == dp:
-                local[sp_].append(c)
-            else:
-                remote.append((sp_, dp, c))
+                local[sp_].append((t, s, d, so, do, e, size, False))
+                continue
+            if (t, d) not in dst_shapes:
+                dst_shapes[t, d] = plan.dst.region(plan.tensors[t], d)[1]
+            direct = size >= IN_PLACE_BYTES and _one_run(e, dst_shapes[t, d])
+            remote.append((sp_, dp, (t, s, d, so, do, e, size, direct)))
     rounds: List[List[Tuple[int, int, Chunk]]] = []
     sent: List[Dict[int, int]] = []
     recv: List[Dict[int, int]] = []
@@ -280,7 +298,7 @@ def redistribute(
                 out[t] = torch.empty(list(box[1]), dtype=TORCH_DTYPES[plan.dst.dtype(t)])
     names = plan.tensors
     local_chunks, rounds = schedule(plan, src_ranks, dst_ranks, max_buffer_bytes)
-    for t, _s, _d, so, do, e, _b in local_chunks.get(me, []):
+    for t, _s, _d, so, do, e, _b, _direct in local_chunks.get(me, []):
         out[names[t]][_index(do, e)] = local[names[t]][_index(so, e)]
     for chunks in rounds:
         _round(chunks, me, local, out, names, group)
@@ -288,7 +306,9 @@ def redistribute(
 
 
 def _round(chunks, me, local, out, names, group) -> None:
-    """One round: one packed message to and from each peer."""
+    """One round: to and from each peer, one packed message of its small or
+    scattered chunks, then one message per large chunk that is contiguous
+    in its destination, received in place (one copy fewer)."""
     sends: Dict[int, List[Chunk]] = defaultdict(list)
     recvs: Dict[int, List[Chunk]] = defaultdict(list)
     for sp_, dp, c in chunks:
@@ -298,25 +318,49 @@ def _round(chunks, me, local, out, names, group) -> None:
             recvs[sp_].append(c)
     ops = []
     for peer, cs in sorted(sends.items()):
-        ops.append(dist.P2POp(dist.isend, _pack(cs, local, names), _global(peer, group), group))
+        packed = [c for c in cs if not c[7]]
+        if packed:
+            ops.append(dist.P2POp(dist.isend, _pack(packed, local, names), _global(peer, group), group))
+        for c in cs:
+            if c[7]:
+                ops.append(dist.P2POp(dist.isend, _send_buffer(c, local, names), _global(peer, group), group))
     buffers = {}
     for peer, cs in sorted(recvs.items()):
-        buffers[peer] = torch.empty(sum(c[6] for c in cs), dtype=torch.uint8)
-        ops.append(dist.P2POp(dist.irecv, buffers[peer], _global(peer, group), group))
+        packed = [c for c in cs if not c[7]]
+        if packed:
+            buffers[peer] = torch.empty(sum(c[6] for c in packed), dtype=torch.uint8)
+            ops.append(dist.P2POp(dist.irecv, buffers[peer], _global(peer, group), group))
+        for c in cs:
+            if c[7]:
+                ops.append(dist.P2POp(dist.irecv, _raw(out[names[c[0]]][_index(c[4], c[5])]),
+                                      _global(peer, group), group))
     if ops:
         for w in dist.batch_isend_irecv(ops):
             w.wait()
     for peer, cs in recvs.items():
         at = 0
-        for t, _s, _d, _so, do, e, b in cs:
+        for t, _s, _d, _so, do, e, b, direct in cs:
+            if direct:
+                continue
             # Into the destination's bytes: chunks of several dtypes share
             # a buffer, so a chunk's bytes need not be aligned to its type.
-            target = out[names[t]][_index(do, e)]
-            if target.dim() == 0:
-                target = target.unsqueeze(0)
-            raw = target.view(torch.uint8)
+            raw = _raw(out[names[t]][_index(do, e)])
             raw.copy_(buffers[peer][at : at + b].reshape(raw.shape))
             at += b
+
+
+def _raw(box: torch.Tensor) -> torch.Tensor:
+    """A box's bytes as a view (its last dimension widened)."""
+    return (box.unsqueeze(0) if box.dim() == 0 else box).view(torch.uint8)
+
+
+def _send_buffer(c: Chunk, local, names) -> torch.Tensor:
+    """A chunk sent alone: its own bytes when its source box is contiguous,
+    else a packed copy."""
+    box = local[names[c[0]]][_index(c[3], c[5])]
+    if box.is_contiguous():
+        return _raw(box)
+    return _pack([c], local, names)
 
 
 def _pack(chunks: List[Chunk], local, names) -> torch.Tensor:
@@ -324,7 +368,8 @@ def _pack(chunks: List[Chunk], local, names) -> torch.Tensor:
     straight from its strided source box, into the buffer."""
     buf = torch.empty(sum(c[6] for c in chunks), dtype=torch.uint8)
     at = 0
-    for t, _s, _d, so, _do, e, b in chunks:
+    for c in chunks:
+        t, so, e, b = c[0], c[3], c[5], c[6]
         box = local[names[t]][_index(so, e)]
         if box.dim() == 0:
             box = box.unsqueeze(0)
