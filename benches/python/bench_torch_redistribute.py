@@ -5,11 +5,14 @@ the same run (docs/PERFORMANCE.md, "Live redistribution"):
 
   same mesh   FSDP Shard(0) -> Shard(1) on all 8 processes:
               shardplan (plan made once, outside the timing, as a trainer
-              replays it every step) against DTensor.redistribute;
+              replays it every step) against DTensor.redistribute; also a
+              Transfer built once and replayed into the weights it made;
   cross mesh  Shard(0) on 8 processes -> Shard(1) on processes 4..7 (a
               4-way tensor-parallel inference engine): shardplan against
               dcp.save by the 8 then dcp.load by the 4, through tmpfs
-              (/dev/shm), which is how DCP moves between meshes.
+              (/dev/shm), which is how DCP moves between meshes;
+  gloo alone  each pair's bytes of both moves as one contiguous message:
+              the transport's own cost, the floor for any tool on gloo.
 
 Each timing is the slowest process's, after a barrier, median of REPS
 after one warm-up run.
@@ -51,8 +54,13 @@ def timed(fn):
 
 def repeat(fn, reps):
     """One warm-up run (first-touch allocation of every buffer), then
-    ``reps`` timed runs; the warm-up's time is kept first, apart."""
-    return [timed(fn)[1] for _ in range(reps + 1)]
+    ``reps`` timed runs: the times, the warm-up's first, and the last result."""
+    times = []
+    for _ in range(reps + 1):
+        out = None  # one result held at a time
+        out, t = timed(fn)
+        times.append(t)
+    return times, out
 
 
 def worker(rank, store, reps, results):
@@ -69,8 +77,9 @@ def worker(rank, store, reps, results):
     tp_ranks = list(range(4, 8))
     tp = DeviceMesh("cpu", tp_ranks, mesh_dim_names=("tp",))
     names = [f"w{k}" for k in range(TENSORS)]
-    wholes = {n: whole(k) for k, n in enumerate(names)}
-    sd = {n: distribute_tensor(wholes[n], mesh, [Shard(0)]) for n in names}
+    # Whole tensors are made one at a time (8 processes holding 1 GiB each
+    # would crowd the machine's memory and slow every allocation).
+    sd = {n: distribute_tensor(whole(k), mesh, [Shard(0)]) for k, n in enumerate(names)}
     local = {n: sd[n].to_local() for n in names}
     ms = {}
 
@@ -91,16 +100,41 @@ def worker(rank, store, reps, results):
         if rank in m_ranks:
             i, n = m_ranks.index(rank), len(m_ranks)
             cols = SHAPE[1] // n
-            for name in names:
-                assert torch.equal(out[name], wholes[name][:, i * cols:(i + 1) * cols]), name
+            for k, name in enumerate(names):
+                assert torch.equal(out[name], whole(k)[:, i * cols:(i + 1) * cols]), name
 
+    # Built once, as a trainer syncing every step does; replayed into the
+    # destination weights of its first run.
+    same_t, cross_t = spt.Transfer(same, all_ranks, all_ranks), spt.Transfer(cross, all_ranks, tp_ranks)
+    same_w, cross_w = same_t(local), cross_t(local)
     for label, fn in [
         ("shardplan same mesh", lambda: spt.redistribute(local, same, all_ranks, all_ranks)),
+        ("shardplan same mesh, replayed", lambda: same_t(local, out=same_w)),
         ("DTensor.redistribute", lambda: {n: sd[n].redistribute(mesh, [Shard(1)]).to_local() for n in names}),
         ("shardplan cross mesh", lambda: spt.redistribute(local, cross, all_ranks, tp_ranks)),
+        ("shardplan cross mesh, replayed", lambda: cross_t(local, out=cross_w)),
     ]:
-        ms[label] = repeat(fn, reps)
-        check(fn(), tp_ranks if "cross" in label else all_ranks, 1)
+        ms[label], out = repeat(fn, reps)
+        check(out, tp_ranks if "cross" in label else all_ranks, 1)
+
+    def bare_gloo(dst_ranks):
+        """The transport alone: each pair's bytes of the same move, as one
+        contiguous, preallocated message, with no plan, packing or
+        unpacking: what any tool on gloo pays at least."""
+        pair = TENSORS * (SHAPE[0] // WORLD) * (SHAPE[1] // len(dst_ranks)) * 2
+        sends = {d: torch.empty(pair, dtype=torch.uint8) for d in dst_ranks if d != rank}
+        recvs = {s: torch.empty(pair, dtype=torch.uint8) for s in all_ranks if s != rank} if rank in dst_ranks else {}
+
+        def move():
+            ops = [dist.P2POp(dist.isend, b, d) for d, b in sends.items()]
+            ops += [dist.P2POp(dist.irecv, b, s) for s, b in recvs.items()]
+            for w in dist.batch_isend_irecv(ops):
+                w.wait()
+
+        return move
+
+    for label, dst_ranks in [("gloo alone, same mesh", all_ranks), ("gloo alone, cross mesh", tp_ranks)]:
+        ms[label], _ = repeat(bare_gloo(dst_ranks), reps)
 
     tmp = "/dev/shm/shardplan-bench-dcp"
     group = dist.new_group(tp_ranks)
@@ -119,8 +153,8 @@ def worker(rank, store, reps, results):
             out = {n: target[n].to_local() for n in names}
         return out
 
-    ms["dcp.save + dcp.load (tmpfs)"] = repeat(via_dcp, reps)
-    check(via_dcp(), tp_ranks, 1)
+    ms["dcp.save + dcp.load (tmpfs)"], out = repeat(via_dcp, reps)
+    check(out, tp_ranks, 1)
     if rank == 0:
         shutil.rmtree(tmp, ignore_errors=True)
         results.put({k: v for k, v in ms.items()})
@@ -138,12 +172,15 @@ def main():
     print(f"{WORLD} processes, gloo, {TENSORS} bf16 tensors of {SHAPE}, {gib / 2**30:.2f} GiB; median of {reps}")
     med = {label: statistics.median(times[1:]) for label, times in ms.items()}
     for label, times in ms.items():
-        print(f"  {label:32s} {med[label]:7.3f} s  {gib / med[label] / 1e9:6.2f} GB/s  (warm-up {times[0]:.3f}; runs: "
+        print(f"  {label:34s} {med[label]:7.3f} s  {gib / med[label] / 1e9:6.2f} GB/s  (warm-up {times[0]:.3f}; runs: "
               + ", ".join(f"{t:.3f}" for t in times[1:]) + ")")
     print(f"  same mesh: shardplan {med['DTensor.redistribute'] / med['shardplan same mesh']:.1f}x "
           "DTensor.redistribute")
     print(f"  cross mesh: shardplan {med['dcp.save + dcp.load (tmpfs)'] / med['shardplan cross mesh']:.1f}x "
           "dcp.save + dcp.load")
+    for move in ("same", "cross"):
+        print(f"  {move} mesh: shardplan takes {med[f'shardplan {move} mesh'] / med[f'gloo alone, {move} mesh']:.2f}x "
+              "the transport alone")
 
 
 if __name__ == "__main__":

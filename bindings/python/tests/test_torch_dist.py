@@ -4,8 +4,11 @@ limit, so a hang fails the test instead of stalling the run."""
 
 from __future__ import annotations
 
+import faulthandler
 import os
+import sys
 import time
+import traceback
 
 import pytest
 from hypothesis import given, settings
@@ -133,11 +136,22 @@ SCENARIOS = {
 
 
 def _worker(rank, name, world, store, buffer, in_place_bytes):
+    faulthandler.enable()  # a process that aborts says where
     # Every process must make the same choice of what goes in place.
     spt.IN_PLACE_BYTES = in_place_bytes
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
     try:
         SCENARIOS[name](rank, world, buffer)
+        # No process tears gloo down while another still talks to it: doing
+        # so aborted a process now and then ("terminate called without an
+        # active exception", a process that had finished its part early).
+        dist.barrier()
+    except BaseException:
+        # The first process to fail is the one to read; the others only
+        # see their peer's connection close.
+        traceback.print_exc()
+        sys.stderr.write(f"(process {rank} of scenario {name} failed above)\n")
+        raise
     finally:
         dist.destroy_process_group()
 
@@ -178,6 +192,91 @@ def test_dtensors_within_and_across_meshes(tmp_path, buffer, in_place):
 
 def test_a_wrong_local_tensor_raises_everywhere(tmp_path):
     run("mismatch", 3, tmp_path)
+
+
+def scenario_replay(rank, world, buffer):
+    """A Transfer built once and run every step, the second time into the
+    inference weights of the first; then a wrong destination tensor raises
+    everywhere."""
+    src = strategy("fsdp4", [4], ["dp"], TENSORS, {t: ["Shard(0)"] for t in TENSORS})
+    dst = strategy("tp2", [2], ["tp"], TENSORS, {"a": ["Shard(1)"], "b": ["Shard(0)"], "c": ["Replicate()"]})
+    transfer = spt.Transfer(sp.plan(src, dst), src_ranks=range(4), dst_ranks=[4, 5], max_buffer_bytes=buffer)
+    start = slices(src, rank) if rank < 4 else {}
+    weights = transfer(start)
+    for step in (1, 2):
+        local = {t: x + step for t, x in start.items()}
+        again = transfer(local, out=weights)
+        if rank >= 4:
+            assert all(again[t] is weights[t] for t in weights)
+            want = slices(dst, rank - 4)
+            for t in want:
+                assert torch.equal(again[t], want[t] + step), (rank, t, step)
+    bad = {t: x.t() if t == "a" else x for t, x in weights.items()} if rank == 5 else weights
+    with pytest.raises(sp.UsageError) as e:
+        transfer(local, out=bad)
+    assert "destination rank 1: tensor `a`" in str(e.value)
+
+
+SCENARIOS["replay"] = scenario_replay
+
+
+@pytest.mark.parametrize("buffer, in_place", [(256 << 20, 1), (5, spt.IN_PLACE_BYTES)])
+def test_a_transfer_replays_into_the_weights_it_made(tmp_path, buffer, in_place):
+    run("replay", 6, tmp_path, buffer, in_place)
+
+
+def scenario_strided(rank, world, buffer):
+    """FSDP2 over tensor parallelism, `[_StridedShard(0, sf=2), Shard(0)]`
+    on a 2 x 2 mesh, even and uneven: its layout is what torch puts on each
+    rank; it moves across meshes, and into it, as torch would distribute
+    it."""
+    from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
+    from torch.distributed.tensor import Replicate, Shard, distribute_tensor
+    from torch.distributed.tensor.placement_types import _StridedShard
+
+    mesh = init_device_mesh("cpu", (2, 2), mesh_dim_names=("dp", "tp"))
+    flat = init_device_mesh("cpu", (world,), mesh_dim_names=("all",))
+    other = DeviceMesh("cpu", [0, 1], mesh_dim_names=("tp",))
+    strided = [_StridedShard(0, split_factor=2), Shard(0)]
+    for k, shape in enumerate(([8, 6], [10, 6])):
+        whole = full_tensor(k, shape, torch.bfloat16)
+        # Local splits only: torch scatters an uneven _StridedShard nowhere.
+        dt = distribute_tensor(whole, mesh, strided, src_data_rank=None)
+        offset, extent = spt.layout_of(dt).region(rank)
+        assert torch.equal(dt.to_local(), whole[tuple(slice(o, o + e) for o, e in zip(offset, extent))]), (rank, shape)
+        same = spt.redistribute_dtensors({"w": dt}, mesh, {"w": [Replicate(), Shard(1)]}, max_buffer_bytes=buffer)
+        assert torch.equal(same["w"].to_local(), dt.redistribute(mesh, [Replicate(), Shard(1)]).to_local())
+        moved = spt.redistribute_dtensors({"w": dt}, other, {"*": [Shard(1)]}, max_buffer_bytes=buffer)
+        if rank < 2:
+            assert torch.equal(moved["w"].full_tensor(), whole)
+        back = spt.redistribute_dtensors(
+            {"w": distribute_tensor(whole, flat, [Shard(1)])}, mesh, {"*": strided}, max_buffer_bytes=buffer
+        )
+        assert back["w"].placements == tuple(strided)
+        assert torch.equal(back["w"].to_local(), dt.to_local()), (rank, shape)
+        assert torch.equal(back["w"].full_tensor(), whole)
+    lone = distribute_tensor(full_tensor(0, [8], torch.float32), flat, [Shard(0)])
+    with pytest.raises(sp.UsageError) as e:
+        spt.redistribute_dtensors({"v": lone}, mesh, {"*": [_StridedShard(0, split_factor=2), Replicate()]})
+    assert "tensor `v`: mesh rank 0 holds rows [0, 1, 4, 5]" in str(e.value)
+
+
+SCENARIOS["strided"] = scenario_strided
+
+
+@pytest.mark.parametrize("buffer", [256 << 20, 7])
+def test_strided_shards_of_fsdp2_over_tp(tmp_path, buffer):
+    run("strided", 4, tmp_path, buffer)
+
+
+def test_strided_boxes_follow_torchs_example():
+    """The example of `_StridedShard`'s docs: ranks (0, 1) and (1, 0) hold
+    rows 4-5 and 2-3."""
+    from torch.distributed.tensor import Shard
+    from torch.distributed.tensor.placement_types import _StridedShard
+
+    boxes = spt._strided_boxes([8, 8], [2, 2], [_StridedShard(0, split_factor=2), Shard(0)])
+    assert boxes == {0: ([0, 0], [2, 8]), 1: ([4, 0], [2, 8]), 2: ([2, 0], [2, 8]), 3: ([6, 0], [2, 8])}
 
 
 def test_schedule_bounds_every_round():

@@ -23,6 +23,7 @@ the tensor and rank, instead of hanging.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import math
 from collections import defaultdict
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
@@ -32,7 +33,7 @@ import torch.distributed as dist
 
 import shardplan as sp
 
-__all__ = ["layout_of", "modelled_time", "redistribute", "redistribute_dtensors", "schedule"]
+__all__ = ["Transfer", "layout_of", "modelled_time", "redistribute", "redistribute_dtensors", "schedule"]
 
 TORCH_DTYPES: Dict[str, torch.dtype] = {
     "f64": torch.float64,
@@ -64,11 +65,68 @@ IN_PLACE_BYTES = 64 << 10
 
 def layout_of(dtensor: Any) -> sp.Layout:
     """A DTensor's mesh and placements as a shardplan layout (mesh ranks in
-    the order of ``dtensor.device_mesh.mesh.flatten()``)."""
+    the order of ``dtensor.device_mesh.mesh.flatten()``).
+
+    ``_StridedShard`` placements (FSDP2 over tensor parallelism: a dimension
+    cut over the later axis first) are taken where every rank's slice is one
+    box, as it is when a plain ``Shard`` of the same dimension follows them;
+    a slice of several boxes raises :class:`shardplan.UsageError`."""
     mesh = dtensor.device_mesh
     names = mesh.mesh_dim_names or tuple(f"m{i}" for i in range(mesh.ndim))
     spm = sp.DeviceMesh(list(mesh.shape), list(names))
-    return sp.Layout.from_placements(spm, list(dtensor.shape), [str(p) for p in dtensor.placements])
+    return _layout(spm, list(dtensor.shape), list(dtensor.placements))
+
+
+def _layout(mesh: sp.DeviceMesh, shape: List[int], placements: List[Any], name: str = "") -> sp.Layout:
+    from torch.distributed.tensor.placement_types import _StridedShard
+
+    if not any(isinstance(p, _StridedShard) for p in placements):
+        return sp.Layout.from_placements(mesh, shape, [str(p) for p in placements])
+    return sp.Layout.from_boxes(mesh, shape, _strided_boxes(shape, mesh.shape, placements, name))
+
+
+def _strided_boxes(
+    shape: Sequence[int], mesh_shape: Sequence[int], placements: Sequence[Any], name: str = ""
+) -> Dict[int, Tuple[List[int], List[int]]]:
+    """Every mesh rank's box under placements that may hold
+    ``_StridedShard``: the indices of each dimension that a rank holds, cut
+    by torch's own split of each placement, axis after axis (as
+    ``distribute_tensor`` cuts), must be one run."""
+    from torch.distributed.tensor.placement_types import Partial, Shard, _StridedShard
+
+    boxes: Dict[int, Tuple[List[int], List[int]]] = {}
+    for rank, coord in enumerate(itertools.product(*(range(n) for n in mesh_shape))):
+        held = [torch.arange(n) for n in shape]
+        for axis, p in enumerate(placements):
+            if isinstance(p, Partial):
+                raise sp.UsageError(
+                    f"tensor `{name}`: partial sums next to _StridedShard",
+                    code="shardplan::python::usage",
+                    help="reduce the partial sums first",
+                )
+            if isinstance(p, _StridedShard):
+                cut = _StridedShard(0, split_factor=p.split_factor)
+            elif isinstance(p, Shard):
+                cut = Shard(0)
+            else:
+                continue
+            pieces, _ = cut._split_tensor(held[p.dim], mesh_shape[axis], with_padding=False, contiguous=False)
+            held[p.dim] = pieces[coord[axis]]
+        offset, extent = [], []
+        for dim, idx in enumerate(held):
+            start = int(idx[0]) if len(idx) else 0
+            if not torch.equal(idx, torch.arange(start, start + len(idx))):
+                raise sp.UsageError(
+                    f"tensor `{name}`: mesh rank {rank} holds rows {idx.tolist()} of dimension {dim}, "
+                    f"not one run, under {[str(p) for p in placements]}",
+                    code="shardplan::python::usage",
+                    help="follow a _StridedShard with a Shard of the same dimension, "
+                    "so that every rank's slice is one box",
+                )
+            offset.append(start)
+            extent.append(len(idx))
+        boxes[rank] = (offset, extent)
+    return boxes
 
 
 def _split(src_off, dst_off, extent, width: int, budget: int) -> Iterable[Tuple[tuple, tuple, tuple]]:
@@ -225,25 +283,198 @@ def _agree(group, mine: Optional[str]) -> List[str]:
     return [f for f in faults if f]
 
 
-def _check(local: Mapping[str, torch.Tensor], plan: sp.Plan, me_src: Optional[int]) -> Optional[str]:
-    """What is wrong with this process's source tensors, or None."""
-    if me_src is None:
+def _check(
+    tensors: Optional[Mapping[str, torch.Tensor]], plan: sp.Plan, rank: Optional[int], side: str
+) -> Optional[str]:
+    """What is wrong with this process's tensors of one side of ``plan``
+    (``side`` "source", every tensor required; or "destination", the given
+    ones, which are received in place and so must be contiguous), or None."""
+    if rank is None or tensors is None:
         return None
-    src = plan.src
+    strat = plan.src if side == "source" else plan.dst
     for t in plan.tensors:
-        box = src.region(t, me_src)
+        box = strat.region(t, rank)
         if box is None:
             continue
-        want_shape, want_dtype = list(box[1]), TORCH_DTYPES[src.dtype(t)]
-        have = local.get(t)
+        want_shape, want_dtype = list(box[1]), TORCH_DTYPES[strat.dtype(t)]
+        have = tensors.get(t)
         if have is None:
-            return f"source rank {me_src}: tensor `{t}` is missing (expected {src.dtype(t)} {want_shape})"
+            if side == "source":
+                return f"source rank {rank}: tensor `{t}` is missing (expected {strat.dtype(t)} {want_shape})"
+            continue
         if list(have.shape) != want_shape or have.dtype != want_dtype:
             return (
-                f"source rank {me_src}: tensor `{t}` is {have.dtype} {list(have.shape)}, "
+                f"{side} rank {rank}: tensor `{t}` is {have.dtype} {list(have.shape)}, "
                 f"the plan expects {want_dtype} {want_shape}"
             )
+        if side == "destination" and not have.is_contiguous():
+            return f"destination rank {rank}: tensor `{t}` is not contiguous"
     return None
+
+
+def _raise_any(faults: List[str], help: str) -> None:
+    if faults:
+        raise sp.UsageError("; ".join(faults), code="shardplan::python::usage", help=help)
+
+
+#: One process's part of a round: by peer, the chunks packed into one
+#: message and the chunks that go alone, sent and received.
+Part = Tuple[Dict[int, Tuple[List[Chunk], List[Chunk]]], Dict[int, Tuple[List[Chunk], List[Chunk]]]]
+
+
+def _part(chunks: List[Tuple[int, int, Chunk]], me: int) -> Part:
+    sends: Dict[int, Tuple[List[Chunk], List[Chunk]]] = {}
+    recvs: Dict[int, Tuple[List[Chunk], List[Chunk]]] = {}
+    for sp_, dp, c in chunks:
+        if sp_ == me:
+            sends.setdefault(dp, ([], []))[1 if c[7] else 0].append(c)
+        if dp == me:
+            recvs.setdefault(sp_, ([], []))[1 if c[7] else 0].append(c)
+    return dict(sorted(sends.items())), dict(sorted(recvs.items()))
+
+
+def _workspace_bytes(part: Part) -> int:
+    """The bytes one round needs at most: every send packed (a chunk going
+    alone is packed when its source box is scattered) and the packed
+    receives."""
+    sends, recvs = part
+    return sum(c[6] for packed, alone in sends.values() for c in packed + alone) + sum(
+        c[6] for packed, _ in recvs.values() for c in packed
+    )
+
+
+class Transfer:
+    """The transfer of ``plan`` over a process group, agreed and scheduled
+    once, then run as often as needed: a trainer syncing its weights into
+    inference processes every step replays it.
+
+    ``src_ranks[r]`` / ``dst_ranks[r]`` is the process (rank in ``group``)
+    of the plan's source / destination mesh rank ``r``; the two may
+    overlap, be disjoint or differ in count. Every process of the group
+    builds it, with the same plan: building it checks that they do, and
+    raises :class:`shardplan.UsageError` on every process if not.
+
+    Between runs it keeps one round's buffers (at most twice
+    ``max_buffer_bytes``), so that a replay allocates nothing but the
+    destination tensors it is not given; with ``keep_buffers=False`` each
+    message has its own buffer, freed after its round (what a single run
+    wants: the allocator reuses buffers of a few MiB, where one large
+    workspace would be fresh pages every time).
+    """
+
+    def __init__(
+        self,
+        plan: sp.Plan,
+        src_ranks: Sequence[int],
+        dst_ranks: Sequence[int],
+        group: Any = None,
+        max_buffer_bytes: int = 256 << 20,
+        keep_buffers: bool = True,
+    ) -> None:
+        src_ranks, dst_ranks = list(src_ranks), list(dst_ranks)
+        n, m = plan.src.mesh.size, plan.dst.mesh.size
+        if len(src_ranks) != n or len(dst_ranks) != m:
+            raise sp.UsageError(
+                f"{len(src_ranks)} source and {len(dst_ranks)} destination processes for a plan of "
+                f"{n} and {m} ranks",
+                code="shardplan::python::usage",
+                help="give one process per mesh rank on each side",
+            )
+        self.plan = plan
+        self._group = group
+        me = dist.get_rank(group)
+        self._me_src = src_ranks.index(me) if me in src_ranks else None
+        self._me_dst = dst_ranks.index(me) if me in dst_ranks else None
+        digest = hashlib.sha256(plan.to_json().encode()).hexdigest()
+        digests: List[Optional[str]] = [None] * dist.get_world_size(group)
+        dist.all_gather_object(digests, digest, group=group)
+        fault = None if len(set(digests)) == 1 else f"process {me}: the processes hold different plans"
+        _raise_any(_agree(group, fault), help="pass every process the same plan")
+        local, rounds = schedule(plan, src_ranks, dst_ranks, max_buffer_bytes)
+        self._local = local.get(me, [])
+        self._parts = [p for p in (_part(chunks, me) for chunks in rounds) if p[0] or p[1]]
+        #: The rounds of the whole transfer (this process takes part in some).
+        self.rounds = len(rounds)
+        self._workspace_size = max((_workspace_bytes(p) for p in self._parts), default=0) if keep_buffers else 0
+        self._workspace: Optional[torch.Tensor] = None
+
+    def __call__(
+        self, local: Mapping[str, torch.Tensor], out: Optional[Mapping[str, torch.Tensor]] = None
+    ) -> Dict[str, torch.Tensor]:
+        """Runs the transfer: ``local`` holds this process's source slices
+        (empty when it holds none); ``out``, optionally, destination slices
+        to receive into (an inference engine's weights; contiguous), the
+        rest are allocated. Returns this process's destination slices
+        (empty when it is not a destination).
+
+        Raises :class:`shardplan.UsageError` on every process when a source
+        tensor (or a given destination tensor) has the wrong shape or dtype.
+        """
+        plan = self.plan
+        fault = _check(local, plan, self._me_src, "source") or _check(out, plan, self._me_dst, "destination")
+        _raise_any(_agree(self._group, fault), help="pass each source rank its own slices, as the plan has them")
+        result = self._destinations(out)
+        names = plan.tensors
+        for t, _s, _d, so, do, e, _b, _direct in self._local:
+            result[names[t]][_index(do, e)] = local[names[t]][_index(so, e)]
+        if self._workspace_size and self._workspace is None:
+            self._workspace = torch.empty(self._workspace_size, dtype=torch.uint8)
+        for part in self._parts:
+            self._round(part, local, result)
+        return result
+
+    def _destinations(self, out: Optional[Mapping[str, torch.Tensor]]) -> Dict[str, torch.Tensor]:
+        result: Dict[str, torch.Tensor] = {}
+        if self._me_dst is None:
+            return result
+        for t in self.plan.tensors:
+            box = self.plan.dst.region(t, self._me_dst)
+            if box is None:
+                continue
+            given = None if out is None else out.get(t)
+            result[t] = given if given is not None else torch.empty(
+                list(box[1]), dtype=TORCH_DTYPES[self.plan.dst.dtype(t)])
+        return result
+
+    def _round(self, part: Part, local, out) -> None:
+        """One round: to and from each peer, one packed message of its
+        small or scattered chunks, then one message per large chunk that is
+        one run of bytes in its destination, received in place."""
+        names, group = self.plan.tensors, self._group
+        space, at = self._workspace, 0
+
+        def take(size: int) -> torch.Tensor:
+            nonlocal at
+            if space is None:
+                return torch.empty(size, dtype=torch.uint8)
+            at += size
+            return space[at - size : at]
+
+        ops = []
+        for peer, (packed, alone) in part[0].items():
+            if packed:
+                ops.append(dist.P2POp(dist.isend, _pack(packed, local, names, take), _global(peer, group), group))
+            for c in alone:
+                ops.append(dist.P2POp(dist.isend, _send_buffer(c, local, names, take), _global(peer, group), group))
+        buffers = {}
+        for peer, (packed, alone) in part[1].items():
+            if packed:
+                buffers[peer] = take(sum(c[6] for c in packed))
+                ops.append(dist.P2POp(dist.irecv, buffers[peer], _global(peer, group), group))
+            for c in alone:
+                ops.append(dist.P2POp(dist.irecv, _raw(out[names[c[0]]][_index(c[4], c[5])]),
+                                      _global(peer, group), group))
+        if ops:
+            for w in dist.batch_isend_irecv(ops):
+                w.wait()
+        for peer, (packed, _) in part[1].items():
+            at_ = 0
+            for t, _s, _d, _so, do, e, b, _direct in packed:
+                # Into the destination's bytes: chunks of several dtypes share
+                # a buffer, so a chunk's bytes need not be aligned to its type.
+                raw = _raw(out[names[t]][_index(do, e)])
+                raw.copy_(buffers[peer][at_ : at_ + b].reshape(raw.shape))
+                at_ += b
 
 
 def redistribute(
@@ -253,10 +484,14 @@ def redistribute(
     dst_ranks: Sequence[int],
     group: Any = None,
     max_buffer_bytes: int = 256 << 20,
+    out: Optional[Mapping[str, torch.Tensor]] = None,
 ) -> Dict[str, torch.Tensor]:
-    """Carries out ``plan`` over the process group: ``local`` holds this
-    process's source slices (empty when it holds none); the result, this
-    process's destination slices (empty when it is not a destination).
+    """Carries out ``plan`` over the process group once: a
+    :class:`Transfer` built and run (build the :class:`Transfer` yourself
+    to replay it). ``local`` holds this process's source slices (empty when
+    it holds none); the result, this process's destination slices (empty
+    when it is not a destination), received into ``out``'s tensors where
+    given.
 
     ``src_ranks[r]`` / ``dst_ranks[r]`` is the process (rank in ``group``)
     of the plan's source / destination mesh rank ``r``; the two may overlap,
@@ -266,87 +501,7 @@ def redistribute(
     Raises :class:`shardplan.UsageError` on every process when the processes
     hold different plans or a source tensor has the wrong shape or dtype.
     """
-    src_ranks, dst_ranks = list(src_ranks), list(dst_ranks)
-    n, m = plan.src.mesh.size, plan.dst.mesh.size
-    if len(src_ranks) != n or len(dst_ranks) != m:
-        raise sp.UsageError(
-            f"{len(src_ranks)} source and {len(dst_ranks)} destination processes for a plan of "
-            f"{n} and {m} ranks",
-            code="shardplan::python::usage",
-            help="give one process per mesh rank on each side",
-        )
-    me = dist.get_rank(group)
-    me_src = src_ranks.index(me) if me in src_ranks else None
-    me_dst = dst_ranks.index(me) if me in dst_ranks else None
-    digest = hashlib.sha256(plan.to_json().encode()).hexdigest()
-    digests: List[Optional[str]] = [None] * dist.get_world_size(group)
-    dist.all_gather_object(digests, digest, group=group)
-    fault = None if len(set(digests)) == 1 else f"process {me}: the processes hold different plans"
-    fault = fault or _check(local, plan, me_src)
-    faults = _agree(group, fault)
-    if faults:
-        raise sp.UsageError(
-            "; ".join(faults),
-            code="shardplan::python::usage",
-            help="pass every process the same plan and each source rank its own slices",
-        )
-    out: Dict[str, torch.Tensor] = {}
-    if me_dst is not None:
-        for t in plan.tensors:
-            box = plan.dst.region(t, me_dst)
-            if box is not None:
-                out[t] = torch.empty(list(box[1]), dtype=TORCH_DTYPES[plan.dst.dtype(t)])
-    names = plan.tensors
-    local_chunks, rounds = schedule(plan, src_ranks, dst_ranks, max_buffer_bytes)
-    for t, _s, _d, so, do, e, _b, _direct in local_chunks.get(me, []):
-        out[names[t]][_index(do, e)] = local[names[t]][_index(so, e)]
-    for chunks in rounds:
-        _round(chunks, me, local, out, names, group)
-    return out
-
-
-def _round(chunks, me, local, out, names, group) -> None:
-    """One round: to and from each peer, one packed message of its small or
-    scattered chunks, then one message per large chunk that is contiguous
-    in its destination, received in place (one copy fewer)."""
-    sends: Dict[int, List[Chunk]] = defaultdict(list)
-    recvs: Dict[int, List[Chunk]] = defaultdict(list)
-    for sp_, dp, c in chunks:
-        if sp_ == me:
-            sends[dp].append(c)
-        if dp == me:
-            recvs[sp_].append(c)
-    ops = []
-    for peer, cs in sorted(sends.items()):
-        packed = [c for c in cs if not c[7]]
-        if packed:
-            ops.append(dist.P2POp(dist.isend, _pack(packed, local, names), _global(peer, group), group))
-        for c in cs:
-            if c[7]:
-                ops.append(dist.P2POp(dist.isend, _send_buffer(c, local, names), _global(peer, group), group))
-    buffers = {}
-    for peer, cs in sorted(recvs.items()):
-        packed = [c for c in cs if not c[7]]
-        if packed:
-            buffers[peer] = torch.empty(sum(c[6] for c in packed), dtype=torch.uint8)
-            ops.append(dist.P2POp(dist.irecv, buffers[peer], _global(peer, group), group))
-        for c in cs:
-            if c[7]:
-                ops.append(dist.P2POp(dist.irecv, _raw(out[names[c[0]]][_index(c[4], c[5])]),
-                                      _global(peer, group), group))
-    if ops:
-        for w in dist.batch_isend_irecv(ops):
-            w.wait()
-    for peer, cs in recvs.items():
-        at = 0
-        for t, _s, _d, _so, do, e, b, direct in cs:
-            if direct:
-                continue
-            # Into the destination's bytes: chunks of several dtypes share
-            # a buffer, so a chunk's bytes need not be aligned to its type.
-            raw = _raw(out[names[t]][_index(do, e)])
-            raw.copy_(buffers[peer][at : at + b].reshape(raw.shape))
-            at += b
+    return Transfer(plan, src_ranks, dst_ranks, group, max_buffer_bytes, keep_buffers=False)(local, out)
 
 
 def _raw(box: torch.Tensor) -> torch.Tensor:
@@ -354,19 +509,19 @@ def _raw(box: torch.Tensor) -> torch.Tensor:
     return (box.unsqueeze(0) if box.dim() == 0 else box).view(torch.uint8)
 
 
-def _send_buffer(c: Chunk, local, names) -> torch.Tensor:
+def _send_buffer(c: Chunk, local, names, take) -> torch.Tensor:
     """A chunk sent alone: its own bytes when its source box is contiguous,
     else a packed copy."""
     box = local[names[c[0]]][_index(c[3], c[5])]
     if box.is_contiguous():
         return _raw(box)
-    return _pack([c], local, names)
+    return _pack([c], local, names, take)
 
 
-def _pack(chunks: List[Chunk], local, names) -> torch.Tensor:
+def _pack(chunks: List[Chunk], local, names, take) -> torch.Tensor:
     """One message of the chunks' bytes, end to end, each copied once,
-    straight from its strided source box, into the buffer."""
-    buf = torch.empty(sum(c[6] for c in chunks), dtype=torch.uint8)
+    straight from its strided source box, into a buffer from ``take``."""
+    buf = take(sum(c[6] for c in chunks))
     at = 0
     for c in chunks:
         t, so, e, b = c[0], c[3], c[5], c[6]
@@ -421,7 +576,7 @@ def redistribute_dtensors(
                 help="redistribute the tensors of one mesh at a time",
             )
         dtype = _sp_dtype(dt.dtype)
-        src_layouts[name] = (layout_of(dt), dtype)
+        src_layouts[name] = (_layout(src_sp, list(dt.shape), list(dt.placements), name), dtype)
         ps = placements.get(name, placements.get("*"))
         if ps is None:
             raise sp.UsageError(
@@ -429,7 +584,7 @@ def redistribute_dtensors(
                 code="shardplan::python::usage",
                 help='give its placements, or "*" for every tensor not named',
             )
-        dst_layouts[name] = (sp.Layout.from_placements(dst_sp, list(dt.shape), [str(p) for p in ps]), dtype)
+        dst_layouts[name] = (_layout(dst_sp, list(dt.shape), list(ps), name), dtype)
         local[name] = dt.to_local()
     src = sp.Strategy("source", src_sp, src_layouts)
     dst = sp.Strategy("destination", dst_sp, dst_layouts)
