@@ -18,7 +18,11 @@ Each timing is the slowest process's, after a barrier, median of REPS
 after one warm-up run.
 Every result is checked against the whole tensors.
 
-usage: bench_torch_redistribute.py [REPS]
+Then the modelled time of the same two schedules on GPUs
+(shardplan.torch.modelled_time) next to their lower bound; `model` as the
+argument prints only that.
+
+usage: bench_torch_redistribute.py [REPS | model]
 """
 
 import os
@@ -161,7 +165,39 @@ def worker(rank, store, reps, results):
     dist.destroy_process_group()
 
 
+def model_table():
+    """The two moves' schedules priced on GPUs: one node of 8, or two of 4
+    (process p on node p // per_node), with whole and 16 MiB buffers."""
+    import shardplan as sp
+    import shardplan.torch as spt
+
+    names = [f"w{k}" for k in range(TENSORS)]
+    ranks = list(range(WORLD))
+    tp_ranks = ranks[WORLD // 2:]
+
+    def strat(name, ids, placement):
+        spm = sp.DeviceMesh([len(ids)], ["x"], device_ids=ids)
+        return sp.Strategy(name, spm, {n: (sp.Layout.from_placements(spm, list(SHAPE), [placement]), "bf16")
+                                       for n in names})
+
+    src = strat("fsdp8", ranks, "Shard(0)")
+    moves = {"same mesh": (sp.plan(src, strat("cols8", ranks, "Shard(1)")), ranks),
+             "across meshes": (sp.plan(src, strat("tp4", tp_ranks, "Shard(1)")), tp_ranks)}
+    print("modelled on GPUs (400 GB/s NVLink per GPU, 4 x 400 Gb/s NICs per node):")
+    print("  | move | GPUs per node | buffer | rounds | modelled | lower bound |")
+    for move, per_node, buffer in [("same mesh", 8, 256 << 20), ("same mesh", 8, 16 << 20),
+                                   ("same mesh", 4, 16 << 20), ("across meshes", 8, 16 << 20),
+                                   ("across meshes", 4, 16 << 20)]:
+        plan, dst = moves[move]
+        m = spt.modelled_time(plan, ranks, dst, gpus_per_node=per_node, max_buffer_bytes=buffer)
+        print(f"  | {move} | {per_node} | {buffer >> 20} MiB | {int(m['rounds'])} | "
+              f"{m['seconds'] * 1e3:.3f} ms | {m['lower_bound_seconds'] * 1e3:.3f} ms |")
+
+
 def main():
+    if sys.argv[1:] == ["model"]:
+        model_table()
+        return
     reps = int(sys.argv[1]) if len(sys.argv) > 1 else 3
     store = os.path.join(tempfile.mkdtemp(), "store")
     ctx = mp.get_context("spawn")
@@ -178,9 +214,15 @@ def main():
           "DTensor.redistribute")
     print(f"  cross mesh: shardplan {med['dcp.save + dcp.load (tmpfs)'] / med['shardplan cross mesh']:.1f}x "
           "dcp.save + dcp.load")
+    print(f"  same mesh, replayed: shardplan {med['DTensor.redistribute'] / med['shardplan same mesh, replayed']:.1f}x "
+          "DTensor.redistribute")
+    print(f"  cross mesh, replayed: shardplan "
+          f"{med['dcp.save + dcp.load (tmpfs)'] / med['shardplan cross mesh, replayed']:.1f}x dcp.save + dcp.load")
     for move in ("same", "cross"):
-        print(f"  {move} mesh: shardplan takes {med[f'shardplan {move} mesh'] / med[f'gloo alone, {move} mesh']:.2f}x "
-              "the transport alone")
+        for how in ("", ", replayed"):
+            ratio = med[f"shardplan {move} mesh{how}"] / med[f"gloo alone, {move} mesh"]
+            print(f"  {move} mesh{how}: shardplan takes {ratio:.2f}x the transport alone")
+    model_table()
 
 
 if __name__ == "__main__":
