@@ -130,7 +130,7 @@ def test_checkpoint_error_names_the_file(tmp_path):
     with pytest.raises(sp.CheckpointError) as e:
         sp.load_distributed_checkpoint(broken, src, dst, rank=0)
     assert e.value.file == str(victim)
-    assert e.value.code == "shardplan::formats::checkpoint"
+    assert e.value.code == "shardplan::formats::checkpoint::ckpt_record"
     assert e.value.help
 
 

@@ -356,8 +356,12 @@ fn bad_strategy_files_name_the_fault() {
 mod checkpoints {
     use super::*;
     use shardplan::formats::checkpoint::{
-        CheckpointFormat, CheckpointWriter, rank_files, read_index,
+        CheckpointFault, CheckpointFormat, CheckpointWriter, rank_files, read_index,
     };
+
+    fn code_of(e: &dyn miette::Diagnostic) -> String {
+        e.code().map(|c| c.to_string()).unwrap_or_default()
+    }
 
     fn bytes_of(path: &Path, e: &shardplan::formats::checkpoint::TensorEntry) -> Vec<u8> {
         let all = std::fs::read(path).unwrap();
@@ -471,50 +475,64 @@ mod checkpoints {
         let hdr = String::from_utf8_lossy(&st[8..]).replace("[2,2]", "[2,3]");
         lying.truncate(8);
         lying.extend_from_slice(hdr.as_bytes());
+        // Each fault by its code, the file named.
         let cases: Vec<(&str, Vec<u8>, &str)> = vec![
-            ("trunc.safetensors", st[..st.len() - 4].to_vec(), "outside"),
-            ("short.safetensors", st[..5].to_vec(), "8-byte header"),
+            (
+                "trunc.safetensors",
+                st[..st.len() - 4].to_vec(),
+                "offsets_outside",
+            ),
+            ("short.safetensors", st[..5].to_vec(), "short_header"),
             (
                 "magic.safetensors",
                 [&st[..8], b"[".as_slice(), &st[9..]].concat(),
-                "wrong magic",
+                "magic",
             ),
             (
                 "huge.safetensors",
                 [&u64::MAX.to_le_bytes()[..], &st[8..]].concat(),
-                "header claims",
+                "header_past_end",
             ),
-            (
-                "lying.safetensors",
-                lying,
-                "needs 24 bytes but the file holds 16",
-            ),
-            (
-                "trunc.ckpt",
-                ck[..ck.len() - 3].to_vec(),
-                "runs past the end",
-            ),
+            ("lying.safetensors", lying, "byte_count"),
+            ("trunc.ckpt", ck[..ck.len() - 3].to_vec(), "ckpt_record"),
             ("empty.ckpt", Vec::new(), "empty"),
-            (
-                "junk.ckpt",
-                vec![0xff; 10],
-                "not a valid MindSpore checkpoint",
-            ),
+            ("junk.ckpt", vec![0xff; 10], "ckpt_record"),
+            ("name.txt", Vec::new(), "extension"),
         ];
-        for (name, bytes, needle) in cases {
+        for (name, bytes, fault) in cases {
             let p = dir.join(name);
             std::fs::write(&p, bytes).unwrap();
-            let err = read_index(&p).unwrap_err().to_string();
-            assert!(err.contains(name) && err.contains(needle), "{name}: {err}");
+            let err = read_index(&p).unwrap_err();
+            assert_eq!(err.file, p.display().to_string());
+            assert_eq!(
+                code_of(&err),
+                format!("shardplan::formats::checkpoint::{fault}"),
+                "{name}: {err}"
+            );
         }
+        let lying = read_index(&dir.join("lying.safetensors")).unwrap_err();
+        assert!(
+            matches!(
+                lying.fault,
+                CheckpointFault::ByteCount {
+                    needs: Some(24),
+                    holds: 16,
+                    ..
+                }
+            ),
+            "{lying}"
+        );
         // Rank folders: a gap is named.
         let ranks = dir.join("ranks");
         for r in [0, 2] {
             std::fs::create_dir_all(ranks.join(format!("rank_{r}"))).unwrap();
             std::fs::copy(&good_ck, ranks.join(format!("rank_{r}/c.ckpt"))).unwrap();
         }
-        let err = rank_files(&ranks).unwrap_err().to_string();
-        assert!(err.contains("skip"), "{err}");
+        let err = rank_files(&ranks).unwrap_err();
+        assert!(
+            matches!(err.fault, CheckpointFault::RankGap { after: 0, next: 2 }),
+            "{err}"
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -66,28 +66,265 @@ pub struct CheckpointIndex {
     pub tensors: BTreeMap<String, TensorEntry>,
 }
 
-/// A checkpoint that cannot be read, naming the file and the fault.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, miette::Diagnostic)]
-#[error("{file}: {message}")]
-#[diagnostic(code(shardplan::formats::checkpoint), help("{help}"))]
+/// A checkpoint that cannot be read: the file, and what is wrong with it.
+#[derive(Debug, thiserror::Error, miette::Diagnostic)]
+#[error("{file}: {fault}")]
+#[diagnostic(forward(fault))]
 pub struct CheckpointError {
-    /// File.
+    /// The file (or folder of rank folders).
     pub file: String,
-    /// Fault.
-    pub message: String,
-    /// How to fix it.
-    pub help: String,
-}
-
-fn bad(path: &Path, message: impl Into<String>, help: &str) -> CheckpointError {
-    CheckpointError {
-        file: path.display().to_string(),
-        message: message.into(),
-        help: help.to_string(),
-    }
+    /// What is wrong with it; its code and help are the error's.
+    pub fault: CheckpointFault,
 }
 
 const CORRUPT: &str = "the file is truncated or not a checkpoint; rewrite it from its source";
+const LYING: &str = "the header lies about sizes; the file is corrupt";
+const DTYPES: &str = "shardplan moves f64, f32, f16, bf16, integer and bool tensors";
+
+/// What is wrong with a checkpoint file or a folder of rank folders, one
+/// variant per fault.
+#[derive(Debug, thiserror::Error, miette::Diagnostic)]
+#[non_exhaustive]
+pub enum CheckpointFault {
+    /// A file name ending in neither `.ckpt` nor `.safetensors`.
+    #[error("unknown checkpoint extension")]
+    #[diagnostic(
+        code(shardplan::formats::checkpoint::extension),
+        help("checkpoints end in .ckpt or .safetensors")
+    )]
+    Extension,
+    /// A file that cannot be opened.
+    #[error(transparent)]
+    #[diagnostic(
+        code(shardplan::formats::checkpoint::open),
+        help("check the path and permissions")
+    )]
+    Open(std::io::Error),
+    /// A file whose size cannot be read.
+    #[error(transparent)]
+    #[diagnostic(code(shardplan::formats::checkpoint::stat), help("check the path"))]
+    Stat(std::io::Error),
+    /// A file that cannot be memory-mapped.
+    #[error(transparent)]
+    #[diagnostic(code(shardplan::formats::checkpoint::map), help("check the file"))]
+    Map(std::io::Error),
+    /// An empty file.
+    #[error("the file is empty")]
+    #[diagnostic(code(shardplan::formats::checkpoint::empty), help("{}", CORRUPT))]
+    Empty,
+    /// A `.ckpt` whose protobuf records are cut off or malformed.
+    #[error("not a valid MindSpore checkpoint: {what}")]
+    #[diagnostic(code(shardplan::formats::checkpoint::ckpt_record), help("{}", CORRUPT))]
+    CkptRecord {
+        /// Which part of which record.
+        what: &'static str,
+    },
+    /// A `.ckpt` tensor without a dtype.
+    #[error("not a valid MindSpore checkpoint: tensor `{tensor}` has no dtype")]
+    #[diagnostic(
+        code(shardplan::formats::checkpoint::ckpt_no_dtype),
+        help("{}", CORRUPT)
+    )]
+    CkptNoDtype {
+        /// The tensor.
+        tensor: String,
+    },
+    /// A tensor of a dtype shardplan does not move.
+    #[error("tensor `{tensor}` has unsupported dtype `{dtype}`")]
+    #[diagnostic(
+        code(shardplan::formats::checkpoint::unsupported_dtype),
+        help("{}", DTYPES)
+    )]
+    UnsupportedDtype {
+        /// The tensor.
+        tensor: String,
+        /// The dtype as the file names it.
+        dtype: String,
+    },
+    /// A tensor stored twice in one `.ckpt`.
+    #[error("tensor `{tensor}` is stored twice")]
+    #[diagnostic(
+        code(shardplan::formats::checkpoint::stored_twice),
+        help("{}", CORRUPT)
+    )]
+    StoredTwice {
+        /// The tensor.
+        tensor: String,
+    },
+    /// A tensor whose bytes do not match its dtype and shape.
+    #[error(
+        "tensor `{tensor}`: shape {shape:?} of {dtype} needs {} bytes but the file holds {holds}",
+        needs.map_or("too many".into(), |n| n.to_string())
+    )]
+    #[diagnostic(code(shardplan::formats::checkpoint::byte_count), help("{}", LYING))]
+    ByteCount {
+        /// The tensor.
+        tensor: String,
+        /// Its shape.
+        shape: Vec<u64>,
+        /// Its dtype.
+        dtype: DType,
+        /// The bytes dtype and shape need (`None`: more than 64 bits count).
+        needs: Option<u64>,
+        /// The bytes the file gives it.
+        holds: u64,
+    },
+    /// A safetensors file shorter than its 8-byte header length.
+    #[error("not a valid safetensors file: shorter than its 8-byte header length")]
+    #[diagnostic(
+        code(shardplan::formats::checkpoint::short_header),
+        help("{}", CORRUPT)
+    )]
+    ShortHeader,
+    /// A safetensors header longer than the file.
+    #[error(
+        "not a valid safetensors file: the header claims {claims} bytes but the file has {len}"
+    )]
+    #[diagnostic(
+        code(shardplan::formats::checkpoint::header_past_end),
+        help("{}", CORRUPT)
+    )]
+    HeaderPastEnd {
+        /// The header length the file states.
+        claims: u64,
+        /// The file's length.
+        len: u64,
+    },
+    /// A safetensors header longer than the format allows.
+    #[error(
+        "not a valid safetensors file: the header claims {claims} bytes, more than the format's {MAX_ST_HEADER}"
+    )]
+    #[diagnostic(
+        code(shardplan::formats::checkpoint::header_too_long),
+        help("{}", CORRUPT)
+    )]
+    HeaderTooLong {
+        /// The header length the file states.
+        claims: u64,
+    },
+    /// A safetensors header that does not open a JSON object.
+    #[error("not a valid safetensors file: the header is not a JSON object (wrong magic)")]
+    #[diagnostic(code(shardplan::formats::checkpoint::magic), help("{}", CORRUPT))]
+    Magic,
+    /// A safetensors header that is not valid JSON.
+    #[error("not a valid safetensors file: header JSON: {0}")]
+    #[diagnostic(code(shardplan::formats::checkpoint::header_json), help("{}", CORRUPT))]
+    HeaderJson(#[source] serde_json::Error),
+    /// A safetensors entry without the field named, or with one of the
+    /// wrong type (`__metadata__` not an object; a tensor without `dtype`,
+    /// `shape` or `data_offsets`).
+    #[error("not a valid safetensors file: {}", header_field_message(.tensor, .field))]
+    #[diagnostic(
+        code(shardplan::formats::checkpoint::header_field),
+        help("{}", CORRUPT)
+    )]
+    HeaderField {
+        /// The tensor (`__metadata__` for the metadata).
+        tensor: String,
+        /// The field.
+        field: &'static str,
+    },
+    /// A tensor whose data offsets lie outside the data.
+    #[error("tensor `{tensor}`: data_offsets {offsets:?} lie outside the {data_len} data bytes")]
+    #[diagnostic(
+        code(shardplan::formats::checkpoint::offsets_outside),
+        help("the header lies about sizes; the file is truncated or corrupt")
+    )]
+    OffsetsOutside {
+        /// The tensor.
+        tensor: String,
+        /// Its `data_offsets`.
+        offsets: [u64; 2],
+        /// The bytes after the header.
+        data_len: u64,
+    },
+    /// Two tensors whose data overlap.
+    #[error("tensors `{first}` and `{second}` overlap")]
+    #[diagnostic(code(shardplan::formats::checkpoint::overlap), help("{}", LYING))]
+    Overlap {
+        /// The tensor that starts first.
+        first: String,
+        /// The one that starts inside it.
+        second: String,
+    },
+    /// A folder of rank folders that cannot be listed.
+    #[error(transparent)]
+    #[diagnostic(
+        code(shardplan::formats::checkpoint::rank_dir),
+        help("pass the directory that holds the rank_<r> folders")
+    )]
+    RankDir(std::io::Error),
+    /// A rank folder, or an entry of the folder, that cannot be read.
+    #[error(transparent)]
+    #[diagnostic(
+        code(shardplan::formats::checkpoint::list),
+        help("check the directory")
+    )]
+    List(std::io::Error),
+    /// A rank folder named `rank_<r>` with more after the number.
+    #[error("`{folder}` names rank {rank} with extra characters")]
+    #[diagnostic(
+        code(shardplan::formats::checkpoint::rank_name),
+        help("rank folders are named rank_<r>, e.g. rank_0")
+    )]
+    RankName {
+        /// The folder's name.
+        folder: String,
+        /// The rank it names.
+        rank: u64,
+    },
+    /// A rank folder without a checkpoint file.
+    #[error("holds no .ckpt or .safetensors file")]
+    #[diagnostic(
+        code(shardplan::formats::checkpoint::empty_rank),
+        help("each rank folder holds that rank's checkpoint")
+    )]
+    EmptyRank,
+    /// Two folders naming one rank.
+    #[error("rank {rank} appears twice")]
+    #[diagnostic(
+        code(shardplan::formats::checkpoint::rank_twice),
+        help("keep one folder per rank")
+    )]
+    RankTwice {
+        /// The rank.
+        rank: u64,
+    },
+    /// A folder without rank folders.
+    #[error("holds no rank_<r> folders")]
+    #[diagnostic(
+        code(shardplan::formats::checkpoint::no_ranks),
+        help("pass the directory that holds the rank_<r> folders")
+    )]
+    NoRanks,
+    /// Rank folders with a gap.
+    #[error("rank folders skip from {after} to {next}")]
+    #[diagnostic(
+        code(shardplan::formats::checkpoint::rank_gap),
+        help("every rank from 0 to the last needs a folder")
+    )]
+    RankGap {
+        /// The last rank before the gap.
+        after: u64,
+        /// The first rank after it.
+        next: u64,
+    },
+}
+
+fn header_field_message(tensor: &str, field: &str) -> String {
+    match field {
+        "__metadata__" => "`__metadata__` is not an object".to_string(),
+        "dtype" => format!("tensor `{tensor}` has no dtype"),
+        _ => format!("tensor `{tensor}` has no valid {field}"),
+    }
+}
+
+fn bad(path: &Path, fault: CheckpointFault) -> CheckpointError {
+    CheckpointError {
+        file: path.display().to_string(),
+        fault,
+    }
+}
 
 /// MindSpore tensor type names.
 fn ms_dtype(name: &str) -> Option<DType> {
@@ -177,27 +414,21 @@ pub(crate) fn st_dtype_name(d: DType) -> &'static str {
 /// (data past the end, overlapping tensors, a byte count that does not
 /// match dtype and shape), an unknown dtype, or a name listed twice.
 pub fn read_index(path: &Path) -> Result<CheckpointIndex, CheckpointError> {
-    let format = CheckpointFormat::of_path(path).ok_or_else(|| {
-        bad(
-            path,
-            "unknown checkpoint extension",
-            "checkpoints end in .ckpt or .safetensors",
-        )
-    })?;
+    let format =
+        CheckpointFormat::of_path(path).ok_or_else(|| bad(path, CheckpointFault::Extension))?;
     let map = open_map(path)?;
     parse_index(path, &map, format)
 }
 
 /// Opens a non-empty file and maps it.
 fn open_map(path: &Path) -> Result<memmap2::Mmap, CheckpointError> {
-    let file =
-        File::open(path).map_err(|e| bad(path, e.to_string(), "check the path and permissions"))?;
+    let file = File::open(path).map_err(|e| bad(path, CheckpointFault::Open(e)))?;
     let len = file
         .metadata()
-        .map_err(|e| bad(path, e.to_string(), "check the path"))?
+        .map_err(|e| bad(path, CheckpointFault::Stat(e)))?
         .len();
     if len == 0 {
-        return Err(bad(path, "the file is empty", CORRUPT));
+        return Err(bad(path, CheckpointFault::Empty));
     }
     map_file(path, &file)
 }
@@ -207,7 +438,7 @@ fn map_file(path: &Path, file: &File) -> Result<memmap2::Mmap, CheckpointError> 
     // truncation of the file by another process could fault, which is the
     // documented hazard of memory-mapping and the reason sources must not
     // be modified while a reshard runs.
-    unsafe { memmap2::Mmap::map(file) }.map_err(|e| bad(path, e.to_string(), "check the file"))
+    unsafe { memmap2::Mmap::map(file) }.map_err(|e| bad(path, CheckpointFault::Map(e)))
 }
 
 /// The `__metadata__` object of a safetensors header (string keys to, per
@@ -245,7 +476,7 @@ pub fn parse_index(
     format: CheckpointFormat,
 ) -> Result<CheckpointIndex, CheckpointError> {
     if bytes.is_empty() {
-        return Err(bad(path, "the file is empty", CORRUPT));
+        return Err(bad(path, CheckpointFault::Empty));
     }
     let tensors = match format {
         CheckpointFormat::Ckpt => index_ckpt(path, bytes)?,
@@ -301,13 +532,7 @@ fn delimited(b: &[u8], i: &mut usize) -> Option<(usize, usize)> {
 }
 
 fn index_ckpt(path: &Path, b: &[u8]) -> Result<BTreeMap<String, TensorEntry>, CheckpointError> {
-    let corrupt = |what: &str| {
-        bad(
-            path,
-            format!("not a valid MindSpore checkpoint: {what}"),
-            CORRUPT,
-        )
-    };
+    let corrupt = |what: &'static str| bad(path, CheckpointFault::CkptRecord { what });
     let mut out = BTreeMap::new();
     let mut i = 0usize;
     while i < b.len() {
@@ -388,22 +613,24 @@ fn index_ckpt(path: &Path, b: &[u8]) -> Result<BTreeMap<String, TensorEntry>, Ch
                     .ok_or_else(|| corrupt("a field runs past its tensor"))?,
             }
         }
-        let dtype_name =
-            dtype_name.ok_or_else(|| corrupt(&format!("tensor `{name}` has no dtype")))?;
-        let dtype = ms_dtype(&dtype_name).ok_or_else(|| {
-            bad(
+        let Some(dtype_name) = dtype_name else {
+            return Err(bad(path, CheckpointFault::CkptNoDtype { tensor: name }));
+        };
+        let Some(dtype) = ms_dtype(&dtype_name) else {
+            return Err(bad(
                 path,
-                format!("tensor `{name}` has unsupported dtype `{dtype_name}`"),
-                "shardplan moves f64, f32, f16, bf16, integer and bool tensors",
-            )
-        })?;
+                CheckpointFault::UnsupportedDtype {
+                    tensor: name,
+                    dtype: dtype_name,
+                },
+            ));
+        };
         let (cs, ce) = content.unwrap_or((te, te));
         let entry = entry(path, name, dtype, dims, cs as u64, (ce - cs) as u64)?;
         if out.insert(entry.name.clone(), entry.clone()).is_some() {
             return Err(bad(
                 path,
-                format!("tensor `{}` is stored twice", entry.name),
-                CORRUPT,
+                CheckpointFault::StoredTwice { tensor: entry.name },
             ));
         }
     }
@@ -425,11 +652,13 @@ fn entry(
     if want != Some(len) {
         return Err(bad(
             path,
-            format!(
-                "tensor `{name}`: shape {shape:?} of {dtype} needs {} bytes but the file holds {len}",
-                want.map_or("too many".into(), |w| w.to_string())
-            ),
-            "the header lies about sizes; the file is corrupt",
+            CheckpointFault::ByteCount {
+                tensor: name,
+                shape,
+                dtype,
+                needs: want,
+                holds: len,
+            },
         ));
     }
     Ok(TensorEntry {
@@ -457,39 +686,35 @@ fn index_safetensors_with_metadata(
     path: &Path,
     b: &[u8],
 ) -> Result<(BTreeMap<String, TensorEntry>, StMetadata), CheckpointError> {
-    let corrupt = |what: String| {
-        bad(
-            path,
-            format!("not a valid safetensors file: {what}"),
-            CORRUPT,
-        )
+    let corrupt = |fault: CheckpointFault| bad(path, fault);
+    let field = |tensor: &str, field: &'static str| {
+        corrupt(CheckpointFault::HeaderField {
+            tensor: tensor.to_string(),
+            field,
+        })
     };
     if b.len() < 8 {
-        return Err(corrupt("shorter than its 8-byte header length".into()));
+        return Err(corrupt(CheckpointFault::ShortHeader));
     }
     let n = u64::from_le_bytes(b[..8].try_into().expect("8 bytes"));
     let header_end = 8u64
         .checked_add(n)
         .filter(|&e| e <= b.len() as u64)
         .ok_or_else(|| {
-            corrupt(format!(
-                "the header claims {n} bytes but the file has {}",
-                b.len()
-            ))
+            corrupt(CheckpointFault::HeaderPastEnd {
+                claims: n,
+                len: b.len() as u64,
+            })
         })? as usize;
     if n > MAX_ST_HEADER {
-        return Err(corrupt(format!(
-            "the header claims {n} bytes, more than the format's {MAX_ST_HEADER}"
-        )));
+        return Err(corrupt(CheckpointFault::HeaderTooLong { claims: n }));
     }
     if b.get(8) != Some(&b'{') {
-        return Err(corrupt(
-            "the header is not a JSON object (wrong magic)".into(),
-        ));
+        return Err(corrupt(CheckpointFault::Magic));
     }
     let header: serde_json::Map<String, serde_json::Value> =
         serde_json::from_slice(&b[8..header_end])
-            .map_err(|e| corrupt(format!("header JSON: {e}")))?;
+            .map_err(|e| corrupt(CheckpointFault::HeaderJson(e)))?;
     let data_len = (b.len() - header_end) as u64;
     let mut out = BTreeMap::new();
     let mut ranges = Vec::new();
@@ -498,32 +723,27 @@ fn index_safetensors_with_metadata(
         if name == "__metadata__" {
             metadata = match v {
                 serde_json::Value::Object(m) => m,
-                _ => return Err(corrupt("`__metadata__` is not an object".into())),
+                _ => return Err(field("__metadata__", "__metadata__")),
             };
             continue;
         }
-        let dtype_name = v["dtype"]
-            .as_str()
-            .ok_or_else(|| corrupt(format!("tensor `{name}` has no dtype")))?;
+        let dtype_name = v["dtype"].as_str().ok_or_else(|| field(&name, "dtype"))?;
         let dtype = st_dtype(dtype_name).ok_or_else(|| {
-            bad(
-                path,
-                format!("tensor `{name}` has unsupported dtype `{dtype_name}`"),
-                "shardplan moves f64, f32, f16, bf16, integer and bool tensors",
-            )
+            corrupt(CheckpointFault::UnsupportedDtype {
+                tensor: name.clone(),
+                dtype: dtype_name.to_string(),
+            })
         })?;
-        let shape: Vec<u64> = serde_json::from_value(v["shape"].clone())
-            .map_err(|_| corrupt(format!("tensor `{name}` has no valid shape")))?;
+        let shape: Vec<u64> =
+            serde_json::from_value(v["shape"].clone()).map_err(|_| field(&name, "shape"))?;
         let offs: [u64; 2] = serde_json::from_value(v["data_offsets"].clone())
-            .map_err(|_| corrupt(format!("tensor `{name}` has no valid data_offsets")))?;
+            .map_err(|_| field(&name, "data_offsets"))?;
         if !(offs[0] <= offs[1] && offs[1] <= data_len) {
-            return Err(bad(
-                path,
-                format!(
-                    "tensor `{name}`: data_offsets {offs:?} lie outside the {data_len} data bytes"
-                ),
-                "the header lies about sizes; the file is truncated or corrupt",
-            ));
+            return Err(corrupt(CheckpointFault::OffsetsOutside {
+                tensor: name,
+                offsets: offs,
+                data_len,
+            }));
         }
         ranges.push((offs[0], offs[1], name.clone()));
         let e = entry(
@@ -540,8 +760,10 @@ fn index_safetensors_with_metadata(
     if let Some(w) = ranges.windows(2).find(|w| w[0].1 > w[1].0) {
         return Err(bad(
             path,
-            format!("tensors `{}` and `{}` overlap", w[0].2, w[1].2),
-            "the header lies about sizes; the file is corrupt",
+            CheckpointFault::Overlap {
+                first: w[0].2.clone(),
+                second: w[1].2.clone(),
+            },
         ));
     }
     Ok((out, metadata))
@@ -885,16 +1107,10 @@ fn put_bytes(out: &mut Vec<u8>, field: u64, bytes: &[u8]) {
 /// `rank_<number>`, duplicate ranks, missing ranks (a gap in 0..n), or a
 /// rank folder without checkpoint files.
 pub fn rank_files(dir: &Path) -> Result<BTreeMap<u64, Vec<PathBuf>>, CheckpointError> {
-    let entries = std::fs::read_dir(dir).map_err(|e| {
-        bad(
-            dir,
-            e.to_string(),
-            "pass the directory that holds the rank_<r> folders",
-        )
-    })?;
+    let entries = std::fs::read_dir(dir).map_err(|e| bad(dir, CheckpointFault::RankDir(e)))?;
     let mut out: BTreeMap<u64, Vec<PathBuf>> = BTreeMap::new();
     for e in entries {
-        let e = e.map_err(|e| bad(dir, e.to_string(), "check the directory"))?;
+        let e = e.map_err(|e| bad(dir, CheckpointFault::List(e)))?;
         let path = e.path();
         let fname = e.file_name().to_string_lossy().into_owned();
         if !path.is_dir() {
@@ -909,43 +1125,35 @@ pub fn rank_files(dir: &Path) -> Result<BTreeMap<u64, Vec<PathBuf>>, CheckpointE
         if fname != format!("rank_{rank}") {
             return Err(bad(
                 &path,
-                format!("`{fname}` names rank {rank} with extra characters"),
-                "rank folders are named rank_<r>, e.g. rank_0",
+                CheckpointFault::RankName {
+                    folder: fname,
+                    rank,
+                },
             ));
         }
         let mut files: Vec<PathBuf> = std::fs::read_dir(&path)
-            .map_err(|e| bad(&path, e.to_string(), "check the directory"))?
+            .map_err(|e| bad(&path, CheckpointFault::List(e)))?
             .filter_map(|f| f.ok().map(|f| f.path()))
             .filter(|p| CheckpointFormat::of_path(p).is_some())
             .collect();
         files.sort();
         if files.is_empty() {
-            return Err(bad(
-                &path,
-                "holds no .ckpt or .safetensors file",
-                "each rank folder holds that rank's checkpoint",
-            ));
+            return Err(bad(&path, CheckpointFault::EmptyRank));
         }
         if out.insert(rank, files).is_some() {
-            return Err(bad(
-                dir,
-                format!("rank {rank} appears twice"),
-                "keep one folder per rank",
-            ));
+            return Err(bad(dir, CheckpointFault::RankTwice { rank }));
         }
     }
     if out.is_empty() {
-        return Err(bad(
-            dir,
-            "holds no rank_<r> folders",
-            "pass the directory that holds the rank_<r> folders",
-        ));
+        return Err(bad(dir, CheckpointFault::NoRanks));
     }
     if let Some((i, r)) = out.keys().enumerate().find(|(i, r)| **r != *i as u64) {
         return Err(bad(
             dir,
-            format!("rank folders skip from {} to {r}", i.saturating_sub(1)),
-            "every rank from 0 to the last needs a folder",
+            CheckpointFault::RankGap {
+                after: i.saturating_sub(1) as u64,
+                next: *r,
+            },
         ));
     }
     Ok(out)

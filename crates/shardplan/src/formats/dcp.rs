@@ -32,7 +32,7 @@ pub struct DcpIndex {
 }
 
 /// A DCP checkpoint that cannot be read.
-#[derive(Debug, Clone, PartialEq, thiserror::Error, miette::Diagnostic)]
+#[derive(Debug, thiserror::Error, miette::Diagnostic)]
 #[non_exhaustive]
 pub enum DcpError {
     /// A file that cannot be opened or mapped.

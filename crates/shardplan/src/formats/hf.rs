@@ -64,7 +64,7 @@ pub const MAX_SHARDING_INFO_BYTES: usize = 64 << 20;
 /// A Hugging Face or DCP Hugging Face checkpoint that cannot be read, a
 /// folder whose format cannot be told, or a model folder that cannot be
 /// planned or written.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, miette::Diagnostic)]
+#[derive(Debug, thiserror::Error, miette::Diagnostic)]
 #[non_exhaustive]
 pub enum HfError {
     /// A file or folder could not be opened, listed, read or written.

@@ -104,7 +104,7 @@ fn headers_read_back_with_the_crate_reader() {
 
 #[test]
 fn layouts_refuse_bad_names() {
-    assert_eq!(HfLayout::new(&[], 10), Err(HfError::NoTensors));
+    assert!(matches!(HfLayout::new(&[], 10), Err(HfError::NoTensors)));
     let twice = [info("a", &[1], DType::U8), info("a", &[1], DType::U8)];
     assert!(matches!(
         HfLayout::new(&twice, 10),
@@ -138,7 +138,7 @@ fn shard_sizes_parse() {
         ("123", 123),
         ("7B", 7),
     ] {
-        assert_eq!(parse_shard_size(text), Ok(bytes), "{text}");
+        assert_eq!(parse_shard_size(text).ok(), Some(bytes), "{text}");
     }
     for text in [
         "",
