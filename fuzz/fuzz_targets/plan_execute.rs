@@ -44,7 +44,7 @@ fn mesh(side: &Side) -> Arc<DeviceMesh> {
 }
 
 fn layout(mesh: &Arc<DeviceMesh>, side: &Side, shape: &[u64], partial_ok: bool) -> Option<TensorLayout> {
-    let mut cfg = LayoutConfig { dims: vec![DimSplit::none(); shape.len()], ..Default::default() };
+    let mut cfg = LayoutConfig::new(vec![DimSplit::none(); shape.len()]);
     for (i, axis) in mesh.axes().iter().enumerate() {
         let (role, arg) = side.roles.get(i).copied().unwrap_or((0, 0));
         match role % 4 {
@@ -75,13 +75,14 @@ fuzz_target!(|input: Input| {
     let src = Strategy::new("src", sm, vec![t.clone()], vec![sl]).unwrap();
     let dst = Strategy::new("dst", dm, vec![t], vec![dl]).unwrap();
     let choice = if input.min_files { ReplicaChoice::MinFiles } else { ReplicaChoice::Balance };
-    let plan = plan_transfer(&src, &dst, &PlanConfig { replica_choice: choice, tensors: None }).expect("plans");
+    let plan = plan_transfer(&src, &dst, &PlanConfig::new(choice)).expect("plans");
     let plan = verify_plan(plan, &src, &dst).unwrap_or_else(|d| panic!("invalid plan: {d}"));
     assert_eq!(plan.stats().network_bytes, plan.lower_bound_bytes);
     let s = plan.summary();
     assert!(s.max_send_bytes >= s.max_send_lower_bound_bytes);
     let from = ShardStore::synthetic(&src);
     let mut to = ShardStore::zeroed(&dst);
-    execute_plan_with(&plan, &from, &mut to, &ExecConfig { parallel: input.parallel }).expect("executes");
+    let exec = if input.parallel { ExecConfig::parallel() } else { ExecConfig::sequential() };
+    execute_plan_with(&plan, &from, &mut to, &exec).expect("executes");
     to.check_synthetic(&dst, &src).unwrap_or_else(|e| panic!("{e}"));
 });

@@ -115,10 +115,8 @@ fn plan_timed(
     replicas: &str,
     tensors: Option<Vec<String>>,
 ) -> Faulty<(PyPlan, f64)> {
-    let config = PlanConfig {
-        replica_choice: replica_choice(replicas)?,
-        tensors,
-    };
+    let mut config = PlanConfig::new(replica_choice(replicas)?);
+    config.tensors = tensors;
     let (s, d) = (src.inner.clone(), dst.inner.clone());
     let (verified, seconds) = py.detach(|| -> Faulty<(VerifiedPlan, f64)> {
         let start = std::time::Instant::now();

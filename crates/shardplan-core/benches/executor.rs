@@ -72,13 +72,11 @@ fn tensor() -> TensorInfo {
 fn strategy(name: &str, mesh: &[(&str, u64)], dims: [&[&str]; 2]) -> Strategy {
     let mesh = Arc::new(DeviceMesh::new(mesh.iter().copied()).expect("valid mesh"));
     let t = tensor();
-    let cfg = LayoutConfig {
-        dims: dims
-            .iter()
+    let cfg = LayoutConfig::new(
+        dims.iter()
             .map(|axes| DimSplit::over(axes.iter().copied()))
             .collect(),
-        ..Default::default()
-    };
+    );
     let layout = TensorLayout::new(mesh.clone(), &t.shape, &cfg).expect("valid layout");
     Strategy::new(name, mesh, vec![t], vec![layout]).expect("valid strategy")
 }
@@ -117,10 +115,7 @@ struct Case {
 }
 
 static PLANS: LazyLock<Vec<Case>> = LazyLock::new(|| {
-    let config = PlanConfig {
-        replica_choice: ReplicaChoice::Balance,
-        tensors: None,
-    };
+    let config = PlanConfig::new(ReplicaChoice::Balance);
     CASES
         .iter()
         .map(|&name| {
@@ -165,8 +160,12 @@ fn check(dst: &ShardStore, strategy: &Strategy) {
 /// one (untimed, checked) execution of the case.
 fn warm_destination(c: &Case, parallel: bool) -> ShardStore {
     let mut dst = ShardStore::zeroed(&c.dst);
-    let stats = execute_plan_with(&c.plan, &SOURCE.store, &mut dst, &ExecConfig { parallel })
-        .expect("executes");
+    let config = if parallel {
+        ExecConfig::parallel()
+    } else {
+        ExecConfig::sequential()
+    };
+    let stats = execute_plan_with(&c.plan, &SOURCE.store, &mut dst, &config).expect("executes");
     assert_eq!(stats.bytes, BYTES, "every destination byte is written once");
     check(&dst, &c.dst);
     dst
@@ -250,7 +249,7 @@ mod execute {
         let c = case(name);
         let src = &SOURCE.store;
         let mut dst = warm_destination(c, true);
-        let config = ExecConfig { parallel: true };
+        let config = ExecConfig::parallel();
         bencher
             .counter(BytesCount::new(BYTES))
             .bench_local(|| execute_plan_with(&c.plan, src, &mut dst, &config).expect("executes"));

@@ -184,11 +184,7 @@ fn megatron(name: &str, tensors: &[TensorInfo], p: Parallel) -> Strategy {
             } else {
                 Vec::new()
             };
-            let cfg = LayoutConfig {
-                dims,
-                partial: Vec::new(),
-                pin,
-            };
+            let cfg = LayoutConfig::new(dims).with_pin(pin);
             TensorLayout::new(mesh.clone(), &t.shape, &cfg)
                 .unwrap_or_else(|e| panic!("{name}: {}: {e}", t.name))
         })
@@ -205,10 +201,9 @@ struct Case {
 
 impl Case {
     fn config(&self) -> PlanConfig {
-        PlanConfig {
-            replica_choice: ReplicaChoice::Balance,
-            tensors: self.tensors.clone(),
-        }
+        let mut config = PlanConfig::new(ReplicaChoice::Balance);
+        config.tensors = self.tensors.clone();
+        config
     }
 
     fn plan(&self) -> SlicePlan {

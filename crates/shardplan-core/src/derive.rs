@@ -42,10 +42,7 @@
 //! // optimizer-sharded over dp (the innermost split of dimension 0).
 //! let train = Arc::new(DeviceMesh::new([("dp", 2), ("tp", 4)])?);
 //! let w = TensorInfo { name: "w".into(), shape: vec![4096, 1024], dtype: DType::BF16 };
-//! let cfg = LayoutConfig {
-//!     dims: vec![DimSplit::over(["tp", "dp"]), DimSplit::none()],
-//!     ..Default::default()
-//! };
+//! let cfg = LayoutConfig::new(vec![DimSplit::over(["tp", "dp"]), DimSplit::none()]);
 //! let layout = TensorLayout::new(train.clone(), &w.shape, &cfg)?;
 //! let src = Strategy::new("train", train, vec![w], vec![layout])?;
 //!
@@ -1604,11 +1601,7 @@ pub fn derive_strategy(
         let mut notes = dropped(&view);
         let dims = cx.tp_dims(t, &view, &mut notes, &mut indivisible);
         let pin = cx.stage(t, *layer, &view, &mut notes)?;
-        let cfg = LayoutConfig {
-            dims,
-            partial: Vec::new(),
-            pin,
-        };
+        let cfg = LayoutConfig::new(dims).with_pin(pin);
         let layout = TensorLayout::new(target.mesh.clone(), &t.shape, &cfg).map_err(|source| {
             DeriveError::Layout {
                 tensor: t.name.clone(),

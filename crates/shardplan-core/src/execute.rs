@@ -300,11 +300,29 @@ pub struct ExecStats {
 }
 
 /// How to execute a plan.
+///
+/// Built with [`ExecConfig::sequential`] or [`ExecConfig::parallel`]; the
+/// fields can be read and changed directly.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ExecConfig {
     /// Run the destination buffers in parallel (rayon, with the `parallel`
     /// feature; without it, this is ignored and execution is sequential).
     pub parallel: bool,
+}
+
+impl ExecConfig {
+    /// Executing one destination buffer after the other, as
+    /// [`execute_plan`] does.
+    pub const fn sequential() -> Self {
+        ExecConfig { parallel: false }
+    }
+
+    /// Executing the destination buffers in parallel (with the `parallel`
+    /// feature; without it, the same as [`ExecConfig::sequential`]).
+    pub const fn parallel() -> Self {
+        ExecConfig { parallel: true }
+    }
 }
 
 /// Carries out `plan` sequentially; see [`execute_plan_with`].
@@ -317,7 +335,7 @@ pub fn execute_plan(
     src: &ShardStore,
     dst: &mut ShardStore,
 ) -> Result<ExecStats, ExecError> {
-    execute_plan_with(plan, src, dst, &ExecConfig { parallel: false })
+    execute_plan_with(plan, src, dst, &ExecConfig::sequential())
 }
 
 /// Carries out `plan`: for every piece, copies the box from the source

@@ -114,7 +114,12 @@ impl DimSplit {
 
 /// Everything a layout says besides the mesh and the shape; the input of
 /// [`TensorLayout::new`]. Fields are plain data, checked by the constructor.
+///
+/// Built with [`LayoutConfig::new`], [`with_partial`](Self::with_partial)
+/// and [`with_pin`](Self::with_pin); the fields can be read and changed
+/// directly.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub struct LayoutConfig {
     /// One entry per tensor dimension.
     pub dims: Vec<DimSplit>,
@@ -125,6 +130,51 @@ pub struct LayoutConfig {
     /// (a pipeline stage; several entries for one axis place the tensor on
     /// several stages, as a tied embedding used by the first and the last).
     pub pin: Vec<(String, u64)>,
+}
+
+impl LayoutConfig {
+    /// A layout splitting dimension `d` as `dims[d]` says, with no partial
+    /// axes and no pin. Nothing is checked until [`TensorLayout::new`].
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use shardplan_core::{DeviceMesh, DimSplit, LayoutConfig, TensorLayout};
+    ///
+    /// let mesh = Arc::new(DeviceMesh::new([("pp", 2), ("dp", 2), ("tp", 2)]).unwrap());
+    /// // Rows over tp, partial sums over dp, on the second pipeline stage.
+    /// let cfg = LayoutConfig::new(vec![DimSplit::over(["tp"]), DimSplit::none()])
+    ///     .with_partial(["dp"])
+    ///     .with_pin([("pp", 1)]);
+    /// let layout = TensorLayout::new(mesh.clone(), &[4, 2], &cfg).unwrap();
+    /// assert_eq!(layout.to_string(), "[tp, -] partial(dp) at pp=1");
+    /// assert_eq!(layout.to_config(), cfg);
+    /// // One split per dimension: a 3-d tensor needs three.
+    /// assert!(TensorLayout::new(mesh, &[4, 2, 2], &cfg).is_err());
+    /// ```
+    pub fn new(dims: Vec<DimSplit>) -> Self {
+        LayoutConfig {
+            dims,
+            partial: Vec::new(),
+            pin: Vec::new(),
+        }
+    }
+
+    /// Returns the config with values that are partial sums over `axes`,
+    /// replacing the partial axes given before.
+    pub fn with_partial<S: Into<String>>(mut self, axes: impl IntoIterator<Item = S>) -> Self {
+        self.partial = axes.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Returns the config pinned to the coordinates `pins` (axis name and
+    /// coordinate; see [`LayoutConfig::pin`]), replacing the pins given
+    /// before.
+    pub fn with_pin<S: Into<String>>(mut self, pins: impl IntoIterator<Item = (S, u64)>) -> Self {
+        self.pin = pins.into_iter().map(|(a, c)| (a.into(), c)).collect();
+        self
+    }
 }
 
 /// A checked dimension split: axis indices and block boundaries.
@@ -195,7 +245,7 @@ impl DimLayout {
 /// use shardplan_core::{DeviceMesh, DimSplit, LayoutConfig, TensorLayout};
 ///
 /// let mesh = Arc::new(DeviceMesh::new([("dp", 2), ("tp", 4)]).unwrap());
-/// let cfg = LayoutConfig { dims: vec![DimSplit::over(["tp"]), DimSplit::none()], ..Default::default() };
+/// let cfg = LayoutConfig::new(vec![DimSplit::over(["tp"]), DimSplit::none()]);
 /// let layout = TensorLayout::new(mesh.clone(), &[8, 6], &cfg).unwrap();
 /// // Rank 5 = (dp 1, tp 1) holds rows 2..4.
 /// assert_eq!(layout.region_of(5).unwrap().to_string(), "[2..4, 0..6]");
@@ -423,10 +473,7 @@ impl TensorLayout {
     ///
     /// [`LayoutError::ShapeOverflow`] when the element count overflows.
     pub fn replicated(mesh: Arc<DeviceMesh>, shape: &[u64]) -> Result<Self, LayoutError> {
-        let config = LayoutConfig {
-            dims: vec![DimSplit::none(); shape.len()],
-            ..Default::default()
-        };
+        let config = LayoutConfig::new(vec![DimSplit::none(); shape.len()]);
         Self::new(mesh, shape, &config)
     }
 
@@ -896,10 +943,7 @@ mod tests {
     #[test]
     fn nested_axes_outermost_first() {
         let m = mesh(&[("a", 2), ("b", 2)]);
-        let cfg = LayoutConfig {
-            dims: vec![DimSplit::over(["b", "a"]), DimSplit::none()],
-            ..Default::default()
-        };
+        let cfg = LayoutConfig::new(vec![DimSplit::over(["b", "a"]), DimSplit::none()]);
         let l = TensorLayout::new(m, &[8, 2], &cfg).unwrap();
         // Block index = b * 2 + a; rank = a * 2 + b.
         let rows: Vec<u64> = (0..4)
@@ -911,11 +955,9 @@ mod tests {
     #[test]
     fn pin_and_partial() {
         let m = mesh(&[("pp", 2), ("dp", 2), ("tp", 2)]);
-        let cfg = LayoutConfig {
-            dims: vec![DimSplit::over(["tp"])],
-            partial: vec!["dp".into()],
-            pin: vec![("pp".into(), 1)],
-        };
+        let cfg = LayoutConfig::new(vec![DimSplit::over(["tp"])])
+            .with_partial(["dp"])
+            .with_pin([("pp", 1)]);
         let l = TensorLayout::new(m, &[4], &cfg).unwrap();
         assert!(l.region_of(0).is_none());
         assert_eq!(l.region_of(5).unwrap().to_string(), "[2..4]");
@@ -928,11 +970,9 @@ mod tests {
     fn pin_to_several_stages() {
         // A tied embedding on the first and last of 4 stages.
         let m = mesh(&[("pp", 4), ("tp", 2)]);
-        let cfg = LayoutConfig {
-            dims: vec![DimSplit::over(["tp"]), DimSplit::none()],
-            pin: vec![("pp".into(), 3), ("pp".into(), 0), ("pp".into(), 3)],
-            ..Default::default()
-        };
+        let stages = [("pp", 3), ("pp", 0), ("pp", 3)];
+        let cfg =
+            LayoutConfig::new(vec![DimSplit::over(["tp"]), DimSplit::none()]).with_pin(stages);
         let l = TensorLayout::new(m.clone(), &[4, 2], &cfg).unwrap();
         let holding: Vec<u64> = (0..8).filter(|&r| l.holds(r)).collect();
         assert_eq!(holding, vec![0, 1, 6, 7]);
@@ -948,18 +988,12 @@ mod tests {
         let split: Vec<String> = l.split_pins().iter().map(|x| x.to_string()).collect();
         assert_eq!(split, ["[tp, -] at pp=0", "[tp, -] at pp=3"]);
         // Every stage listed is no pin at all.
-        let all = LayoutConfig {
-            pin: (0..4).map(|c| ("pp".to_string(), c)).collect(),
-            ..cfg.clone()
-        };
+        let all = cfg.clone().with_pin((0..4).map(|c| ("pp", c)));
         let l = TensorLayout::new(m.clone(), &[4, 2], &all).unwrap();
         assert!(l.pin().is_empty());
         assert_eq!(l.replica_axes(), vec![0]);
         // Still one role per axis: a split axis cannot also pin.
-        let bad = LayoutConfig {
-            pin: vec![("pp".into(), 0), ("tp".into(), 1)],
-            ..cfg
-        };
+        let bad = cfg.with_pin([("pp", 0), ("tp", 1)]);
         assert!(TensorLayout::new(m, &[4, 2], &bad).is_err());
     }
 
@@ -968,52 +1002,28 @@ mod tests {
         let m = mesh(&[("dp", 2), ("tp", 2)]);
         let cases: Vec<(LayoutConfig, &[u64], &str)> = vec![
             (
-                LayoutConfig {
-                    dims: vec![DimSplit::over(["xx"])],
-                    ..Default::default()
-                },
+                LayoutConfig::new(vec![DimSplit::over(["xx"])]),
                 &[4],
                 "not on the mesh",
             ),
             (
-                LayoutConfig {
-                    dims: vec![DimSplit::over(["tp", "tp"])],
-                    ..Default::default()
-                },
+                LayoutConfig::new(vec![DimSplit::over(["tp", "tp"])]),
                 &[4],
                 "twice",
             ),
             (
-                LayoutConfig {
-                    dims: vec![DimSplit::over(["tp"])],
-                    partial: vec!["tp".into()],
-                    ..Default::default()
-                },
+                LayoutConfig::new(vec![DimSplit::over(["tp"])]).with_partial(["tp"]),
                 &[4],
                 "twice",
             ),
             (
-                LayoutConfig {
-                    dims: vec![DimSplit::none()],
-                    pin: vec![("dp".into(), 2)],
-                    ..Default::default()
-                },
+                LayoutConfig::new(vec![DimSplit::none()]).with_pin([("dp", 2)]),
                 &[4],
                 "beyond",
             ),
+            (LayoutConfig::new(vec![]), &[4], "1 dimension"),
             (
-                LayoutConfig {
-                    dims: vec![],
-                    ..Default::default()
-                },
-                &[4],
-                "1 dimension",
-            ),
-            (
-                LayoutConfig {
-                    dims: vec![DimSplit::none(); 2],
-                    ..Default::default()
-                },
+                LayoutConfig::new(vec![DimSplit::none(); 2]),
                 &[u64::MAX, 4],
                 "overflow",
             ),

@@ -18,16 +18,13 @@
 //! let infer = Arc::new(DeviceMesh::new([("tp", 2)])?);
 //! let w = TensorInfo { name: "w".into(), shape: vec![4096, 1024], dtype: DType::BF16 };
 //! let rows = |mesh: &Arc<DeviceMesh>, axes: &[&str]| {
-//!     let cfg = LayoutConfig {
-//!         dims: vec![DimSplit::over(axes.iter().copied()), DimSplit::none()],
-//!         ..Default::default()
-//!     };
+//!     let cfg = LayoutConfig::new(vec![DimSplit::over(axes.iter().copied()), DimSplit::none()]);
 //!     TensorLayout::new(mesh.clone(), &w.shape, &cfg)
 //! };
 //! let src = Strategy::new("train", train.clone(), vec![w.clone()], vec![rows(&train, &["tp", "dp"])?])?;
 //! let dst = Strategy::new("infer", infer.clone(), vec![w.clone()], vec![rows(&infer, &["tp"])?])?;
 //!
-//! let config = PlanConfig { replica_choice: ReplicaChoice::Balance, tensors: None };
+//! let config = PlanConfig::new(ReplicaChoice::Balance);
 //! let plan = plan_transfer(&src, &dst, &config)?;
 //! let plan = verify_plan(plan, &src, &dst)?;
 //! let summary = plan.summary();

@@ -78,7 +78,9 @@
 //! use shardplan_core::model::{ModelConfig, Weights, forward_sharded, forward_single};
 //! use shardplan_core::{DeviceMesh, Strategy, TensorLayout};
 //!
-//! let config = ModelConfig { vocab: 16, hidden: 8, layers: 1, heads: 2, kv_heads: 2, head_dim: 4, intermediate: 16, tie_embeddings: false };
+//! // The model of `specs/tiny-model.yaml`, with one layer instead of two.
+//! let mut config = ModelConfig::tiny();
+//! config.layers = 1;
 //! let weights = Weights::generate(&config, 7)?;
 //! let mesh = Arc::new(DeviceMesh::new(Vec::<(&str, u64)>::new())?);
 //! let tensors = config.tensors();
@@ -90,7 +92,7 @@
 //! let store = weights.to_store(&single)?;
 //! let tokens = vec![vec![1, 2, 3], vec![15, 0]];
 //! let logits = forward_single(&weights, &tokens)?;
-//! assert_eq!(logits.len(), 5 * 16);
+//! assert_eq!(logits.len(), 5 * config.vocab);
 //! assert_eq!(forward_sharded(&config, &single, &store, &tokens)?, logits);
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
@@ -150,7 +152,12 @@ pub fn layer_tensor(layer: usize, part: &str) -> String {
 }
 
 /// Sizes of the model.
+///
+/// Built with [`ModelConfig::tiny`] or [`ModelConfig::from_tensors`]; the
+/// fields can be read and changed directly, and [`ModelConfig::validate`]
+/// checks them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ModelConfig {
     /// Vocabulary size: rows of the embedding and of the output projection.
     pub vocab: usize,
@@ -1725,14 +1732,7 @@ pub fn check_model(
     check_layout(&config, dst)?;
     let weights = Weights::generate(&config, DEFAULT_SEED)?;
     let src_store = weights.to_store(src)?;
-    let plan = plan_transfer(
-        src,
-        dst,
-        &PlanConfig {
-            replica_choice: ReplicaChoice::Balance,
-            tensors: None,
-        },
-    )?;
+    let plan = plan_transfer(src, dst, &PlanConfig::new(ReplicaChoice::Balance))?;
     let plan = verify_plan(plan, src, dst)?;
     let mut dst_store = ShardStore::zeroed(dst);
     execute_plan(&plan, &src_store, &mut dst_store)?;

@@ -26,12 +26,59 @@ use crate::strategy::Strategy;
 pub const MAX_PIECES: u64 = 20_000_000;
 
 /// What to plan and how.
+///
+/// Built with [`PlanConfig::new`] and [`with_tensors`](Self::with_tensors);
+/// the fields can be read and changed directly.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct PlanConfig {
     /// How replicas are chosen.
     pub replica_choice: ReplicaChoice,
     /// Tensors to plan, by name; `None` plans every tensor.
     pub tensors: Option<Vec<String>>,
+}
+
+impl PlanConfig {
+    /// Planning every tensor, choosing among replicas by `replica_choice`.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use shardplan_core::*;
+    ///
+    /// // Two tensors `a` and `b` of 8 elements, from split over tp to whole.
+    /// let t = |name: &str| TensorInfo { name: name.into(), shape: vec![8], dtype: DType::F32 };
+    /// let mesh = Arc::new(DeviceMesh::new([("tp", 2)]).unwrap());
+    /// let strategy = |name: &str, dim: DimSplit| {
+    ///     let l = TensorLayout::new(mesh.clone(), &[8], &LayoutConfig::new(vec![dim])).unwrap();
+    ///     Strategy::new(name, mesh.clone(), vec![t("a"), t("b")], vec![l.clone(), l]).unwrap()
+    /// };
+    /// let src = strategy("split", DimSplit::over(["tp"]));
+    /// let dst = strategy("whole", DimSplit::none());
+    ///
+    /// let all = PlanConfig::new(ReplicaChoice::Balance);
+    /// assert_eq!(plan_transfer(&src, &dst, &all).unwrap().tensors.len(), 2);
+    /// let only_b = PlanConfig::new(ReplicaChoice::Balance).with_tensors(["b"]);
+    /// let plan = plan_transfer(&src, &dst, &only_b).unwrap();
+    /// assert_eq!(plan.tensors.len(), 1);
+    /// // A name no strategy has is refused.
+    /// let typo = PlanConfig::new(ReplicaChoice::Balance).with_tensors(["c"]);
+    /// assert!(plan_transfer(&src, &dst, &typo).is_err());
+    /// ```
+    pub fn new(replica_choice: ReplicaChoice) -> Self {
+        PlanConfig {
+            replica_choice,
+            tensors: None,
+        }
+    }
+
+    /// Returns the config planning only the tensors named in `tensors`,
+    /// replacing any list given before.
+    pub fn with_tensors<S: Into<String>>(mut self, tensors: impl IntoIterator<Item = S>) -> Self {
+        self.tensors = Some(tensors.into_iter().map(Into::into).collect());
+        self
+    }
 }
 
 /// Why a plan could not be made.
@@ -118,12 +165,12 @@ struct Pending {
 /// let m4 = Arc::new(DeviceMesh::new([("tp", 4)]).unwrap());
 /// let m2 = Arc::new(DeviceMesh::new([("tp", 2)]).unwrap());
 /// let rows = |m: &Arc<DeviceMesh>| {
-///     let cfg = LayoutConfig { dims: vec![DimSplit::over(["tp"]), DimSplit::none()], ..Default::default() };
+///     let cfg = LayoutConfig::new(vec![DimSplit::over(["tp"]), DimSplit::none()]);
 ///     TensorLayout::new(m.clone(), &t.shape, &cfg).unwrap()
 /// };
 /// let src = Strategy::new("tp4", m4.clone(), vec![t.clone()], vec![rows(&m4)]).unwrap();
 /// let dst = Strategy::new("tp2", m2.clone(), vec![t.clone()], vec![rows(&m2)]).unwrap();
-/// let cfg = PlanConfig { replica_choice: ReplicaChoice::Balance, tensors: None };
+/// let cfg = PlanConfig::new(ReplicaChoice::Balance);
 /// let plan = plan_transfer(&src, &dst, &cfg).unwrap();
 /// // Rank 0 keeps rows 0..2 and receives rows 2..4 from rank 1; rank 1
 /// // needs rows 4..8, none of which its own device holds: 6 rows of 16 bytes.

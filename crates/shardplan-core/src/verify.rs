@@ -248,12 +248,12 @@ pub struct Verified {
 ///
 /// let t = TensorInfo { name: "w".into(), shape: vec![8], dtype: DType::F32 };
 /// let m2 = Arc::new(DeviceMesh::new([("tp", 2)]).unwrap());
-/// let split = TensorLayout::new(m2.clone(), &t.shape, &LayoutConfig {
-///     dims: vec![DimSplit::over(["tp"])], ..Default::default() }).unwrap();
+/// let split = LayoutConfig::new(vec![DimSplit::over(["tp"])]);
+/// let split = TensorLayout::new(m2.clone(), &t.shape, &split).unwrap();
 /// let whole = TensorLayout::replicated(m2.clone(), &t.shape).unwrap();
 /// let src = Strategy::new("split", m2.clone(), vec![t.clone()], vec![split]).unwrap();
 /// let dst = Strategy::new("whole", m2.clone(), vec![t.clone()], vec![whole]).unwrap();
-/// let cfg = PlanConfig { replica_choice: ReplicaChoice::Balance, tensors: None };
+/// let cfg = PlanConfig::new(ReplicaChoice::Balance);
 /// let mut plan = plan_transfer(&src, &dst, &cfg).unwrap();
 /// let verified = verify_plan(plan.clone(), &src, &dst).unwrap();
 /// assert_eq!(verified.stats().network_bytes, 2 * 4 * 4);

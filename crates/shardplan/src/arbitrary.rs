@@ -13,7 +13,7 @@
 //!
 //! let bytes: Vec<u8> = (0..512u32).map(|i| (i * 37 % 251) as u8).collect();
 //! let pair = StrategyPair::arbitrary(&mut Unstructured::new(&bytes)).unwrap();
-//! let config = shardplan::PlanConfig { replica_choice: shardplan::ReplicaChoice::Balance, tensors: None };
+//! let config = shardplan::PlanConfig::new(shardplan::ReplicaChoice::Balance);
 //! let plan = shardplan::plan_transfer(&pair.src, &pair.dst, &config).unwrap();
 //! shardplan::verify_plan(plan, &pair.src, &pair.dst).unwrap();
 //! ```
@@ -92,10 +92,7 @@ pub fn layout(
     }
     let made = match u.int_in_range(0..=2u8)? {
         0 => {
-            let mut cfg = LayoutConfig {
-                dims: vec![DimSplit::none(); shape.len()],
-                ..Default::default()
-            };
+            let mut cfg = LayoutConfig::new(vec![DimSplit::none(); shape.len()]);
             for (axis, d) in mesh.axes().iter().zip(&split) {
                 match d {
                     Some(d) => cfg.dims[*d].axes.push(axis.name.clone()),

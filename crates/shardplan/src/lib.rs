@@ -30,7 +30,7 @@
 //! assert!(diagnostics.is_empty());
 //! let spec = spec.unwrap();
 //! let (src, dst) = (spec.strategy("train").unwrap(), spec.strategy("infer").unwrap());
-//! let config = PlanConfig { replica_choice: ReplicaChoice::Balance, tensors: None };
+//! let config = PlanConfig::new(ReplicaChoice::Balance);
 //! let plan = verify_plan(plan_transfer(src, dst, &config)?, src, dst)?;
 //! assert_eq!(plan.summary().total_bytes, plan.summary().lower_bound_bytes);
 //! // The plan as the JSON a runtime executes (docs/plan-format.md).

@@ -519,14 +519,9 @@ fn plan_from(cfg: &ReshardConfig, source: Source) -> Result<Prepared, ReshardErr
     // Tensors copied through are not planned: the plan moves the others.
     let planned =
         (!copies.is_empty()).then(|| dst.tensors().iter().map(|t| t.name.clone()).collect());
-    let plan = plan_transfer(
-        &src,
-        &dst,
-        &PlanConfig {
-            replica_choice: cfg.replica_choice,
-            tensors: planned,
-        },
-    )?;
+    let mut config = PlanConfig::new(cfg.replica_choice);
+    config.tensors = planned;
+    let plan = plan_transfer(&src, &dst, &config)?;
     let plan = crate::verify_plan(plan, &src, &dst)
         .map_err(|d| mismatch(format!("internal error, invalid plan: {d}"), "report this"))?;
     Ok(Prepared {

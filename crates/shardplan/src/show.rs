@@ -17,7 +17,11 @@ const CELL_LABEL_MAX: usize = 16;
 const TABLE_LABEL_MIN: usize = 16;
 
 /// Options for drawing.
+///
+/// Built with [`DrawConfig::new`] or [`DrawConfig::default`]; the fields
+/// can be read and changed directly.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub struct DrawConfig {
     /// Widest line, in characters, the grid may take; a wider grid is
     /// replaced by a table. Holder lists in the table and the footer are
@@ -29,13 +33,21 @@ pub struct DrawConfig {
     pub max_height: usize,
 }
 
+impl DrawConfig {
+    /// Drawing in at most `max_width` characters by `max_height` lines (see
+    /// [`DrawConfig::max_width`] and [`DrawConfig::max_height`]).
+    pub const fn new(max_width: usize, max_height: usize) -> Self {
+        DrawConfig {
+            max_width,
+            max_height,
+        }
+    }
+}
+
 impl Default for DrawConfig {
     /// A classic 80 x 24 terminal.
     fn default() -> Self {
-        DrawConfig {
-            max_width: 80,
-            max_height: 24,
-        }
+        DrawConfig::new(80, 24)
     }
 }
 
@@ -75,12 +87,9 @@ type Shard = (Region, Vec<u64>);
 /// use shardplan::{DeviceMesh, DimSplit, LayoutConfig, TensorLayout};
 ///
 /// let mesh = Arc::new(DeviceMesh::new([("dp", 2), ("tp", 4)]).unwrap());
-/// let cfg = LayoutConfig {
-///     dims: vec![DimSplit::over(["dp"]), DimSplit::over(["tp"])],
-///     ..Default::default()
-/// };
+/// let cfg = LayoutConfig::new(vec![DimSplit::over(["dp"]), DimSplit::over(["tp"])]);
 /// let layout = TensorLayout::new(mesh, &[8, 8], &cfg).unwrap();
-/// let text = draw_holdings(&layout, &DrawConfig { max_width: 80, max_height: 24 });
+/// let text = draw_holdings(&layout, &DrawConfig::new(80, 24));
 /// assert_eq!(
 ///     text,
 ///     "\
@@ -380,10 +389,7 @@ mod tests {
     use crate::DeviceMesh;
     use crate::{DimSplit, LayoutConfig, SplitPolicy};
 
-    const WIDE: DrawConfig = DrawConfig {
-        max_width: 100,
-        max_height: 40,
-    };
+    const WIDE: DrawConfig = DrawConfig::new(100, 40);
 
     fn layout(axes: &[(&str, u64)], shape: &[u64], cfg: LayoutConfig) -> TensorLayout {
         let mesh = Arc::new(DeviceMesh::new(axes.iter().copied()).unwrap());
@@ -421,10 +427,7 @@ mod tests {
     }
 
     fn dims(splits: Vec<DimSplit>) -> LayoutConfig {
-        LayoutConfig {
-            dims: splits,
-            ..Default::default()
-        }
+        LayoutConfig::new(splits)
     }
 
     #[test]
@@ -502,11 +505,7 @@ mod tests {
         let l = layout(
             &[("pp", 2), ("dp", 2), ("tp", 2)],
             &[4, 6],
-            LayoutConfig {
-                dims: vec![DimSplit::none(), DimSplit::over(["tp"])],
-                pin: vec![("pp".into(), 1)],
-                ..Default::default()
-            },
+            LayoutConfig::new(vec![DimSplit::none(), DimSplit::over(["tp"])]).with_pin([("pp", 1)]),
         );
         insta::assert_snapshot!(draw_holdings(&l, &WIDE));
     }
@@ -545,10 +544,7 @@ mod tests {
             &[64],
             dims(vec![DimSplit::over(["tp"])]),
         );
-        let cfg = DrawConfig {
-            max_width: 60,
-            max_height: 12,
-        };
+        let cfg = DrawConfig::new(60, 12);
         let text = draw_holdings(&l, &cfg);
         assert!(!text.contains('┌'));
         assert!(text.lines().count() <= 12, "{text}");
@@ -569,10 +565,7 @@ mod tests {
             dims(vec![DimSplit::over(["dp"]), DimSplit::over(["tp"])]),
         );
         for (w, h) in [(80, 24), (30, 24), (80, 10), (10, 5), (0, 0)] {
-            let cfg = DrawConfig {
-                max_width: w,
-                max_height: h,
-            };
+            let cfg = DrawConfig::new(w, h);
             let text = draw_holdings(&l, &cfg);
             let grid = text.contains('┌');
             if grid {

@@ -42,14 +42,12 @@ pub(crate) fn plan(
             Some(names)
         }
     };
-    let config = PlanConfig {
-        replica_choice: if min_files {
-            ReplicaChoice::MinFiles
-        } else {
-            ReplicaChoice::Balance
-        },
-        tensors,
-    };
+    let mut config = PlanConfig::new(if min_files {
+        ReplicaChoice::MinFiles
+    } else {
+        ReplicaChoice::Balance
+    });
+    config.tensors = tensors;
     let plan = plan_transfer(src, dst, &config)?;
     // Every plan the tool emits has passed the independent verifier.
     let plan = verify_plan(plan, src, dst)
@@ -131,10 +129,7 @@ pub(crate) fn explain(path: &Path, ends: &Ends, tensor: &str) -> miette::Result<
             path.display()
         ));
     }
-    let config = PlanConfig {
-        replica_choice: ReplicaChoice::Balance,
-        tensors: Some(vec![tensor.to_string()]),
-    };
+    let config = PlanConfig::new(ReplicaChoice::Balance).with_tensors([tensor]);
     let plan = plan_transfer(src, dst, &config)?;
     emit(&report::explain_tensor(src, dst, &plan.tensors[0]));
     Ok(Status::SUCCESS)

@@ -80,9 +80,6 @@ fn show_checkpoint(path: &Path, tensor: &str, width: usize) -> miette::Result<St
 }
 
 fn draw(layout: &shardplan::TensorLayout, width: usize) {
-    let cfg = shardplan::show::DrawConfig {
-        max_width: width,
-        max_height: 60,
-    };
+    let cfg = shardplan::show::DrawConfig::new(width, 60);
     emit(&(shardplan::show::draw_holdings(layout, &cfg) + "\n"));
 }

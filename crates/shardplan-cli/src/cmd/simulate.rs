@@ -53,14 +53,12 @@ pub(crate) fn simulate(
             report::human_bytes(needed)
         ));
     }
-    let config = PlanConfig {
-        replica_choice: if min_files {
-            ReplicaChoice::MinFiles
-        } else {
-            ReplicaChoice::Balance
-        },
-        tensors: Some(names),
-    };
+    let config = PlanConfig::new(if min_files {
+        ReplicaChoice::MinFiles
+    } else {
+        ReplicaChoice::Balance
+    })
+    .with_tensors(names);
     let t0 = std::time::Instant::now();
     let plan = plan_transfer(src, dst, &config)?;
     let planned = t0.elapsed();
@@ -69,7 +67,12 @@ pub(crate) fn simulate(
     let from = ShardStore::synthetic(src);
     let mut to = ShardStore::zeroed(dst);
     let t1 = std::time::Instant::now();
-    let stats = execute_plan_with(&plan, &from, &mut to, &ExecConfig { parallel })?;
+    let exec = if parallel {
+        ExecConfig::parallel()
+    } else {
+        ExecConfig::sequential()
+    };
+    let stats = execute_plan_with(&plan, &from, &mut to, &exec)?;
     let executed = t1.elapsed();
     let s = plan.summary();
     let mut out = format!(

@@ -27,15 +27,7 @@ fn generated_pairs_plan_verify_and_execute() {
         let data = bytes(seed, 256);
         let pair = StrategyPair::arbitrary(&mut Unstructured::new(&data)).unwrap();
         let (src, dst) = (&pair.src, &pair.dst);
-        let plan = plan_transfer(
-            src,
-            dst,
-            &PlanConfig {
-                replica_choice: ReplicaChoice::Balance,
-                tensors: None,
-            },
-        )
-        .unwrap();
+        let plan = plan_transfer(src, dst, &PlanConfig::new(ReplicaChoice::Balance)).unwrap();
         let plan = verify_plan(plan, src, dst).unwrap_or_else(|d| panic!("seed {seed}: {d}"));
         assert_eq!(plan.stats().network_bytes, plan.lower_bound_bytes);
         let from = ShardStore::synthetic(src);

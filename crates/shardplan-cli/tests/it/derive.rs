@@ -75,10 +75,7 @@ fn footprint(s: &Strategy) -> u64 {
 /// Plans and verifies `src -> dst`; simulates it when the buffers take at
 /// most `limit` bytes. Returns whether it simulated.
 fn plan_and_simulate(src: &Strategy, dst: &Strategy, limit: u64) -> bool {
-    let config = PlanConfig {
-        replica_choice: ReplicaChoice::Balance,
-        tensors: None,
-    };
+    let config = PlanConfig::new(ReplicaChoice::Balance);
     let plan = plan_transfer(src, dst, &config)
         .unwrap_or_else(|e| panic!("{} -> {}: {e}", src.name(), dst.name()));
     let plan = verify_plan(plan, src, dst)

@@ -286,12 +286,12 @@ impl Case {
                 }
             })
             .collect();
-        let partial = order
+        let partial: Vec<String> = order
             .iter()
             .filter(|&&a| roles[a] == Role::Partial)
             .map(|&a| axis_name(a))
             .collect();
-        let pin = order
+        let pin: Vec<(String, u64)> = order
             .iter()
             .flat_map(|&a| {
                 let size = mesh.sizes[a];
@@ -307,7 +307,7 @@ impl Case {
         Case {
             mesh,
             shape,
-            config: LayoutConfig { dims, partial, pin },
+            config: LayoutConfig::new(dims).with_partial(partial).with_pin(pin),
         }
     }
 
@@ -1163,11 +1163,7 @@ fn layout_on(sizes: &[u64], shape: &[u64], dims: Vec<DimSplit>) -> TensorLayout 
         ids: None,
     }
     .build();
-    let config = LayoutConfig {
-        dims,
-        ..LayoutConfig::default()
-    };
-    TensorLayout::new(mesh, shape, &config).unwrap()
+    TensorLayout::new(mesh, shape, &LayoutConfig::new(dims)).unwrap()
 }
 
 #[test]

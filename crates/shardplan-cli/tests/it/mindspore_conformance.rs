@@ -186,10 +186,7 @@ fn check_file_sets(dir: &Path) -> Result<(), String> {
     let src = side_strategy(&case, "src", &names);
     let dst = side_strategy(&case, "dst", &names);
     for choice in [ReplicaChoice::Balance, ReplicaChoice::MinFiles] {
-        let cfg = PlanConfig {
-            replica_choice: choice,
-            tensors: None,
-        };
+        let cfg = PlanConfig::new(choice);
         let plan = plan_transfer(&src, &dst, &cfg).map_err(|e| format!("{name}: {e}"))?;
         check_plan(&plan, &src, &dst).map_err(|e| format!("{name}: {e}"))?;
         if choice == ReplicaChoice::Balance {
@@ -316,10 +313,7 @@ fn execute_case(dir: &Path) -> Result<bool, String> {
     let name = case["name"].as_str().unwrap().to_string();
     let src = copy_through_strategy(&case, "src");
     let dst = copy_through_strategy(&case, "dst");
-    let cfg = PlanConfig {
-        replica_choice: ReplicaChoice::Balance,
-        tensors: None,
-    };
+    let cfg = PlanConfig::new(ReplicaChoice::Balance);
     let plan = plan_transfer(&src, &dst, &cfg).map_err(|e| format!("{name}: {e}"))?;
     let plan = shardplan::verify_plan(plan, &src, &dst).map_err(|e| format!("{name}: {e}"))?;
     let mut from = ShardStore::zeroed(&src);

@@ -47,10 +47,7 @@ fn layout(
         prop::collection::vec(0u8..3, shape.len()),
     )
         .prop_map(move |(roles, policies)| {
-            let mut cfg = LayoutConfig {
-                dims: vec![DimSplit::none(); shape.len()],
-                ..Default::default()
-            };
+            let mut cfg = LayoutConfig::new(vec![DimSplit::none(); shape.len()]);
             for (a, (role, coord)) in roles.iter().enumerate() {
                 let axis = &mesh.axes()[a];
                 match role {
@@ -189,11 +186,7 @@ fn strategy_pair() -> impl proptest::strategy::Strategy<Value = (Strategy, Strat
 }
 
 fn plan(src: &Strategy, dst: &Strategy, choice: ReplicaChoice) -> SlicePlan {
-    let cfg = PlanConfig {
-        replica_choice: choice,
-        tensors: None,
-    };
-    plan_transfer(src, dst, &cfg).unwrap()
+    plan_transfer(src, dst, &PlanConfig::new(choice)).unwrap()
 }
 
 /// Corruptions of one piece; each must make the plan invalid.
@@ -292,7 +285,7 @@ proptest! {
             prop_assert!(checked.is_ok(), "{checked:?}");
             // In parallel, into a reused store: the same bytes.
             let mut again = ShardStore::synthetic(&dst);
-            execute_plan_with(&vp, &from, &mut again, &ExecConfig { parallel: true }).unwrap();
+            execute_plan_with(&vp, &from, &mut again, &ExecConfig::parallel()).unwrap();
             prop_assert_eq!(&again, &to);
             if choice == ReplicaChoice::Balance {
                 // Cells are cut only at whole rows, so a send may exceed the
@@ -347,10 +340,7 @@ proptest! {
 }
 
 fn rows(m: &Arc<DeviceMesh>, t: &TensorInfo, axes: &[&str]) -> TensorLayout {
-    let cfg = LayoutConfig {
-        dims: vec![DimSplit::over(axes.iter().copied()), DimSplit::none()],
-        ..Default::default()
-    };
+    let cfg = LayoutConfig::new(vec![DimSplit::over(axes.iter().copied()), DimSplit::none()]);
     TensorLayout::new(m.clone(), &t.shape, &cfg).unwrap()
 }
 
@@ -511,11 +501,8 @@ fn min_files_reads_a_tied_tensor_on_its_own_stage() {
         dtype: DType::F32,
     };
     let sm = Arc::new(DeviceMesh::new([("pp", 2), ("tp", 2)]).unwrap());
-    let cfg = LayoutConfig {
-        dims: vec![DimSplit::over(["tp"]), DimSplit::none()],
-        pin: vec![("pp".into(), 0), ("pp".into(), 1)],
-        ..Default::default()
-    };
+    let cfg = LayoutConfig::new(vec![DimSplit::over(["tp"]), DimSplit::none()])
+        .with_pin([("pp", 0), ("pp", 1)]);
     let sl = TensorLayout::new(sm.clone(), &t.shape, &cfg).unwrap();
     let src = Strategy::new("src", sm, vec![t.clone()], vec![sl]).unwrap();
     // One destination rank on device 3 (stage 1, tp 1): rows 2..4 are on its
@@ -571,10 +558,7 @@ fn verifier_sweeps_many_pieces() {
     };
     let sm = Arc::new(DeviceMesh::new([("r", 64), ("c", 64)]).unwrap());
     let dm = Arc::new(DeviceMesh::new(Vec::<(String, u64)>::new()).unwrap());
-    let cfg = LayoutConfig {
-        dims: vec![DimSplit::over(["r"]), DimSplit::over(["c"])],
-        ..Default::default()
-    };
+    let cfg = LayoutConfig::new(vec![DimSplit::over(["r"]), DimSplit::over(["c"])]);
     let src = Strategy::new(
         "grid",
         sm.clone(),
@@ -636,11 +620,8 @@ fn partial_sources_are_reduced() {
         };
         let sm = Arc::new(DeviceMesh::new([("dp", 2), ("tp", 2)]).unwrap());
         let dm = Arc::new(DeviceMesh::new([("tp", 2)]).unwrap());
-        let cfg = LayoutConfig {
-            dims: vec![DimSplit::over(["tp"]), DimSplit::none()],
-            partial: vec!["dp".into()],
-            pin: Vec::new(),
-        };
+        let cfg =
+            LayoutConfig::new(vec![DimSplit::over(["tp"]), DimSplit::none()]).with_partial(["dp"]);
         let sl = TensorLayout::new(sm.clone(), &t.shape, &cfg).unwrap();
         let src = Strategy::new("grads", sm, vec![t.clone()], vec![sl]).unwrap();
         let dst = Strategy::new(
@@ -692,32 +673,18 @@ fn a_billion_pieces_is_refused_before_planning() {
     let sl = TensorLayout::new(
         sm.clone(),
         &t.shape,
-        &LayoutConfig {
-            dims: vec![DimSplit::over(["r"]), DimSplit::none()],
-            ..Default::default()
-        },
+        &LayoutConfig::new(vec![DimSplit::over(["r"]), DimSplit::none()]),
     )
     .unwrap();
     let dl = TensorLayout::new(
         dm.clone(),
         &t.shape,
-        &LayoutConfig {
-            dims: vec![DimSplit::none(), DimSplit::over(["c"])],
-            ..Default::default()
-        },
+        &LayoutConfig::new(vec![DimSplit::none(), DimSplit::over(["c"])]),
     )
     .unwrap();
     let src = Strategy::new("rows", sm, vec![t.clone()], vec![sl]).unwrap();
     let dst = Strategy::new("cols", dm, vec![t], vec![dl]).unwrap();
-    let err = plan_transfer(
-        &src,
-        &dst,
-        &PlanConfig {
-            replica_choice: ReplicaChoice::Balance,
-            tensors: None,
-        },
-    )
-    .unwrap_err();
+    let err = plan_transfer(&src, &dst, &PlanConfig::new(ReplicaChoice::Balance)).unwrap_err();
     assert!(
         matches!(err, shardplan::PlanError::TooManyPieces { .. }),
         "{err}"

@@ -41,10 +41,8 @@ fn plan_spec(spec: &Spec, choice: ReplicaChoice, tensors: Option<Vec<String>>) -
         spec.strategy(&t.from).unwrap(),
         spec.strategy(&t.to).unwrap(),
     );
-    let config = PlanConfig {
-        replica_choice: choice,
-        tensors,
-    };
+    let mut config = PlanConfig::new(choice);
+    config.tensors = tensors;
     verify_plan(plan_transfer(src, dst, &config).unwrap(), src, dst).unwrap()
 }
 
@@ -81,17 +79,11 @@ fn base() -> Value {
     };
     let rows = |n: u64| {
         let mesh = Arc::new(DeviceMesh::new([("tp", n)]).unwrap());
-        let cfg = LayoutConfig {
-            dims: vec![DimSplit::over(["tp"]), DimSplit::none()],
-            ..Default::default()
-        };
+        let cfg = LayoutConfig::new(vec![DimSplit::over(["tp"]), DimSplit::none()]);
         let l = TensorLayout::new(mesh.clone(), &t.shape, &cfg).unwrap();
         Strategy::new(format!("tp{n}"), mesh, vec![t.clone()], vec![l]).unwrap()
     };
-    let config = PlanConfig {
-        replica_choice: ReplicaChoice::Balance,
-        tensors: None,
-    };
+    let config = PlanConfig::new(ReplicaChoice::Balance);
     let plan = plan_transfer(&rows(4), &rows(2), &config).unwrap();
     let plan = verify_plan(plan, &rows(4), &rows(2)).unwrap();
     assert!(plan.tensors[0].pieces.len() >= 2);

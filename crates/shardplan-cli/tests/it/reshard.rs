@@ -468,10 +468,7 @@ fn large_tensors_cross_many_windows() {
             .iter()
             .zip(dims)
             .map(|(t, d)| {
-                let mut cfg = LayoutConfig {
-                    dims: vec![DimSplit::none(); t.shape.len()],
-                    ..Default::default()
-                };
+                let mut cfg = LayoutConfig::new(vec![DimSplit::none(); t.shape.len()]);
                 cfg.dims[d] = DimSplit::over([axis]);
                 TensorLayout::new(mesh.clone(), &t.shape, &cfg).unwrap()
             })

@@ -75,10 +75,7 @@ fn rows_over(ranks: u64, full: &Tensors) -> Strategy {
                     policy: SplitPolicy::Chunk,
                 };
             }
-            let cfg = LayoutConfig {
-                dims,
-                ..Default::default()
-            };
+            let cfg = LayoutConfig::new(dims);
             TensorLayout::new(mesh.clone(), &t.shape, &cfg).unwrap()
         })
         .collect();

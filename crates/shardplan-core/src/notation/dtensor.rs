@@ -141,15 +141,7 @@ pub fn to_layout(
             SplitPolicy::Blocks(nested_chunk_sizes(shape[d], &counts))
         };
     }
-    TensorLayout::new(
-        mesh,
-        shape,
-        &LayoutConfig {
-            dims,
-            partial,
-            pin: Vec::new(),
-        },
-    )
+    TensorLayout::new(mesh, shape, &LayoutConfig::new(dims).with_partial(partial))
 }
 
 /// The placements of `layout`, one per mesh dimension.

@@ -146,14 +146,7 @@ impl PartitionSpec {
             .map(|a| DimSplit::over(a.clone()))
             .collect();
         dims.resize(shape.len(), DimSplit::none());
-        TensorLayout::new(
-            mesh,
-            shape,
-            &LayoutConfig {
-                dims,
-                ..Default::default()
-            },
-        )
+        TensorLayout::new(mesh, shape, &LayoutConfig::new(dims))
     }
 
     /// The spec of `layout`.

@@ -277,15 +277,7 @@ impl MindSporeLayout {
             Vec::new()
         };
         let mesh = Arc::new(DeviceMesh::new(axes)?);
-        TensorLayout::new(
-            mesh,
-            shape,
-            &LayoutConfig {
-                dims,
-                partial: Vec::new(),
-                pin,
-            },
-        )
+        TensorLayout::new(mesh, shape, &LayoutConfig::new(dims).with_pin(pin))
     }
 
     /// The MindSpore form of `layout`.

@@ -2054,14 +2054,13 @@ impl Rule {
         };
         match &self.form {
             Form::Dims(dims) => {
-                let mut cfg = LayoutConfig {
-                    dims: dims
-                        .iter()
+                let mut cfg = LayoutConfig::new(
+                    dims.iter()
                         .map(|(axes, _)| DimSplit::over(axes.iter().cloned()))
                         .collect(),
-                    partial: self.partial.clone(),
-                    pin,
-                };
+                )
+                .with_partial(self.partial.clone())
+                .with_pin(pin);
                 match &self.policies {
                     Some(Policies::All(p)) => {
                         for d in &mut cfg.dims {
@@ -2080,11 +2079,7 @@ impl Rule {
                 TensorLayout::new(mesh.clone(), &t.shape, &cfg).map_err(fail)
             }
             Form::Replicated => {
-                let cfg = LayoutConfig {
-                    dims: vec![DimSplit::none(); t.shape.len()],
-                    partial: Vec::new(),
-                    pin,
-                };
+                let cfg = LayoutConfig::new(vec![DimSplit::none(); t.shape.len()]).with_pin(pin);
                 TensorLayout::new(mesh.clone(), &t.shape, &cfg).map_err(fail)
             }
             Form::MindSpore(ms, span) => {
