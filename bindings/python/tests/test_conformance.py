@@ -180,5 +180,5 @@ def test_a_rank_outside_the_destination_is_refused():
     case = read_case(d)
     with pytest.raises(sp.ReshardError) as e:
         sp.load_distributed_checkpoint(d / "src", strategy_arg(d, case, "src"), strategy_arg(d, case, "dst"), rank=2)
-    assert e.value.code == "shardplan::reshard::mismatch"
+    assert e.value.code == "shardplan::reshard::no_such_rank"
     assert "0 to 1" in e.value.help

@@ -157,8 +157,7 @@ def test_reshard_error_for_device_counts_mindspore_refuses(tmp_path):
     )
     with pytest.raises(sp.ReshardError) as e:
         sp.load_distributed_checkpoint(d / "src", str(d / c["files"]["src_strategy_file"]), three)
-    assert "neither count divides the other" in e.value.message
-    assert e.value.code == "shardplan::reshard::mismatch"
+    assert e.value.code == "shardplan::reshard::indivisible_ranks"
     # ... and accepted when asked for.
     got = sp.load_distributed_checkpoint(
         d / "src", str(d / c["files"]["src_strategy_file"]), three, rank=2, any_device_count=True

@@ -167,14 +167,207 @@ pub enum ReshardError {
     #[error(transparent)]
     #[diagnostic(transparent)]
     StrategyFile(#[from] crate::formats::mindspore_strategy::StrategyFileError),
-    /// Files disagree with each other or with the strategies.
-    #[error("{message}")]
-    #[diagnostic(code(shardplan::reshard::mismatch), help("{help}"))]
-    Mismatch {
-        /// What disagrees, naming file, tensor and rank.
-        message: String,
-        /// How to fix it.
-        help: String,
+    /// One rank's checkpoint files holding a tensor twice.
+    #[error("rank {rank}: tensor `{tensor}` is in two files")]
+    #[diagnostic(code(shardplan::reshard::tensor_twice), help("keep one copy per rank"))]
+    TensorTwice {
+        /// The rank.
+        rank: u64,
+        /// The tensor.
+        tensor: String,
+    },
+    /// A MindSpore strategy file whose layouts do not fit the checkpoint's
+    /// tensors.
+    #[error("{reason}")]
+    #[diagnostic(code(shardplan::reshard::strategy_layouts), help("{}", side.check()))]
+    StrategyLayouts {
+        /// Which strategy.
+        side: Side,
+        /// What does not fit (from the strategy file's reader).
+        reason: String,
+    },
+    /// A source strategy with another rank count than the checkpoint.
+    #[error(
+        "{} but the source strategy has {ranks} ranks",
+        match folder { Some(d) => format!("{d} has {files} rank folders"), None => format!("{files} ranks' checkpoint files were given") }
+    )]
+    #[diagnostic(
+        code(shardplan::reshard::rank_count),
+        help("pass the checkpoint directory and strategy of the same run")
+    )]
+    RankCount {
+        /// The folder of rank folders, when the files were found in one.
+        folder: Option<String>,
+        /// Ranks found.
+        files: u64,
+        /// Ranks of the strategy.
+        ranks: u64,
+    },
+    /// A tensor the strategy puts on a rank whose checkpoint lacks it.
+    #[error("rank {rank} should hold tensor `{tensor}` but its checkpoint lacks it")]
+    #[diagnostic(
+        code(shardplan::reshard::missing_tensor),
+        help("check that the strategy belongs to this checkpoint")
+    )]
+    MissingTensor {
+        /// The rank.
+        rank: u64,
+        /// The tensor.
+        tensor: String,
+    },
+    /// A stored slice of another dtype or shape than the strategy gives.
+    #[error(
+        "{file}: tensor `{tensor}` is {stored_dtype} {stored_shape:?}, the strategy gives rank {rank} {dtype} {shape:?}"
+    )]
+    #[diagnostic(
+        code(shardplan::reshard::slice_shape),
+        help("check that the strategy belongs to this checkpoint")
+    )]
+    SliceShape {
+        /// The file.
+        file: String,
+        /// The tensor.
+        tensor: String,
+        /// What the file holds.
+        stored_dtype: crate::DType,
+        /// Its shape there.
+        stored_shape: Vec<u64>,
+        /// The rank.
+        rank: u64,
+        /// What the strategy gives the rank.
+        dtype: crate::DType,
+        /// The shape it gives.
+        shape: Vec<u64>,
+    },
+    /// A stored slice whose whole tensor its layout cannot size.
+    #[error("{file}: cannot size tensor `{tensor}` from its slice {slice:?} and its layout")]
+    #[diagnostic(
+        code(shardplan::reshard::unsized_tensor),
+        help("check that the strategy belongs to this checkpoint")
+    )]
+    UnsizedTensor {
+        /// The file.
+        file: String,
+        /// The tensor.
+        tensor: String,
+        /// The slice's shape.
+        slice: Vec<u64>,
+    },
+    /// MindSpore rank counts neither of which divides the other.
+    #[error("{src} source ranks and {dst} destination ranks: neither count divides the other")]
+    #[diagnostic(
+        code(shardplan::reshard::indivisible_ranks),
+        help("MindSpore refuses such transfers; pass --any-device-count to reshard anyway")
+    )]
+    IndivisibleRanks {
+        /// Source ranks.
+        src: u64,
+        /// Destination ranks.
+        dst: u64,
+    },
+    /// A source strategy given for a checkpoint whose index is its layout.
+    #[error("{root} is a {format}: its index is its layout, so it takes no source strategy")]
+    #[diagnostic(
+        code(shardplan::reshard::needless_strategy),
+        help("drop --src-strategy")
+    )]
+    NeedlessStrategy {
+        /// The checkpoint.
+        root: String,
+        /// Its format.
+        format: String,
+    },
+    /// A checkpoint whose tensors make no strategy.
+    #[error("{source}")]
+    #[diagnostic(code(shardplan::reshard::checkpoint_strategy), help("{help}"))]
+    CheckpointStrategy {
+        /// Why.
+        #[source]
+        source: crate::StrategyError,
+        /// What to check.
+        help: &'static str,
+    },
+    /// A checkpoint tensor no layout replicates (a shape that overflows).
+    #[error("{source}")]
+    #[diagnostic(code(shardplan::reshard::checkpoint_layout), help("{help}"))]
+    CheckpointLayout {
+        /// Why.
+        #[source]
+        source: crate::LayoutError,
+        /// What to check.
+        help: &'static str,
+    },
+    /// A tensor without destination layout that no source rank holds.
+    #[error("tensor `{tensor}` has no destination layout and no source rank holds it")]
+    #[diagnostic(
+        code(shardplan::reshard::no_copy_source),
+        help("give it a destination layout")
+    )]
+    NoCopySource {
+        /// The tensor.
+        tensor: String,
+    },
+    /// An output folder inside a source folder, or around one.
+    #[error("the output {out} overlaps the source {src}")]
+    #[diagnostic(
+        code(shardplan::reshard::output_overlaps),
+        help("write the output elsewhere; sources are never modified")
+    )]
+    OutputOverlaps {
+        /// The output folder.
+        out: String,
+        /// The source folder.
+        src: String,
+    },
+    /// Buffers given for a rank's slices, not one per slice.
+    #[error("rank {rank} receives {slices} tensors but {buffers} buffers were given")]
+    #[diagnostic(
+        code(shardplan::reshard::buffer_count),
+        help("pass one buffer per tensor of `rank_slices`")
+    )]
+    BufferCount {
+        /// The rank.
+        rank: u64,
+        /// Its slices.
+        slices: usize,
+        /// The buffers given.
+        buffers: usize,
+    },
+    /// A buffer of another size than its slice.
+    #[error("tensor `{tensor}` of rank {rank} is {bytes} bytes but its buffer holds {len}")]
+    #[diagnostic(
+        code(shardplan::reshard::buffer_size),
+        help("size each buffer as `rank_slices` says")
+    )]
+    BufferSize {
+        /// The tensor.
+        tensor: String,
+        /// The rank.
+        rank: u64,
+        /// The slice's bytes.
+        bytes: u64,
+        /// The buffer's.
+        len: usize,
+    },
+    /// A rank outside the destination.
+    #[error("rank {rank} is not a destination rank: the destination has {ranks}")]
+    #[diagnostic(
+        code(shardplan::reshard::no_such_rank),
+        help("pick a rank from 0 to {}", ranks.saturating_sub(1))
+    )]
+    NoSuchRank {
+        /// The rank.
+        rank: u64,
+        /// The destination's ranks.
+        ranks: u64,
+    },
+    /// A fault of shardplan itself: a plan the verifier refused, a file or
+    /// shard the writer lost.
+    #[error("internal error{}", internal_detail(.what))]
+    #[diagnostic(code(shardplan::reshard::internal), help("report this"))]
+    Internal {
+        /// What went wrong.
+        what: String,
     },
     /// Planning failed.
     #[error(transparent)]
@@ -238,11 +431,37 @@ impl From<crate::formats::dcp::DcpError> for ReshardError {
     }
 }
 
-fn mismatch(message: impl Into<String>, help: impl Into<String>) -> ReshardError {
-    ReshardError::Mismatch {
-        message: message.into(),
-        help: help.into(),
+/// Which strategy of a reshard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Side {
+    /// The source's.
+    Source,
+    /// The destination's.
+    Destination,
+}
+
+impl Side {
+    fn check(self) -> &'static str {
+        match self {
+            Side::Source => "check the source strategy against the checkpoints",
+            Side::Destination => "check the destination strategy",
+        }
     }
+}
+
+/// The internal error's text after "internal error": its own punctuation
+/// kept (", invalid plan: ..." or ": no DCP file ...").
+fn internal_detail(what: &str) -> String {
+    if what.starts_with(',') {
+        what.to_string()
+    } else {
+        format!(": {what}")
+    }
+}
+
+fn internal(what: impl Into<String>) -> ReshardError {
+    ReshardError::Internal { what: what.into() }
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ReshardError + '_ {
@@ -345,10 +564,10 @@ pub fn prepare(cfg: &ReshardConfig) -> Result<Prepared, ReshardError> {
             format.get_or_insert(idx.format);
             for (name, entry) in idx.tensors {
                 if tensors.contains_key(&name) {
-                    return Err(mismatch(
-                        format!("rank {rank}: tensor `{name}` is in two files"),
-                        "keep one copy per rank",
-                    ));
+                    return Err(ReshardError::TensorTwice {
+                        rank: *rank,
+                        tensor: name,
+                    });
                 }
                 tensors.insert(
                     name,
@@ -365,27 +584,25 @@ pub fn prepare(cfg: &ReshardConfig) -> Result<Prepared, ReshardError> {
     let tensors = global_tensors(&cfg.src, src_file.as_ref(), &sources)?;
     let src = match (&cfg.src, &src_file) {
         (LayoutSource::Strategy(s), _) => (**s).clone(),
-        (LayoutSource::MindSpore(_), Some(f)) => f
-            .to_strategy("source", &tensors)
-            .map_err(|m| mismatch(m, "check the source strategy against the checkpoints"))?,
+        (LayoutSource::MindSpore(_), Some(f)) => {
+            f.to_strategy("source", &tensors)
+                .map_err(|reason| ReshardError::StrategyLayouts {
+                    side: Side::Source,
+                    reason,
+                })?
+        }
         _ => single_device("source", &tensors)?,
     };
     let n = src.mesh().rank_count();
     if files.len() as u64 != n {
-        return Err(mismatch(
-            match cfg.src_files {
-                Some(_) => format!(
-                    "{} ranks' checkpoint files were given but the source strategy has {n} ranks",
-                    files.len()
-                ),
-                None => format!(
-                    "{} has {} rank folders but the source strategy has {n} ranks",
-                    cfg.src_dir.display(),
-                    files.len()
-                ),
-            },
-            "pass the checkpoint directory and strategy of the same run",
-        ));
+        return Err(ReshardError::RankCount {
+            folder: cfg
+                .src_files
+                .is_none()
+                .then(|| cfg.src_dir.display().to_string()),
+            files: files.len() as u64,
+            ranks: n,
+        });
     }
     check_sources(&src, &sources)?;
     let source = Source {
@@ -460,28 +677,20 @@ fn check_sources(src: &Strategy, sources: &RankSources) -> Result<(), ReshardErr
             let loc = sources
                 .get(&r)
                 .and_then(|s| s.get(&t.name))
-                .ok_or_else(|| {
-                    mismatch(
-                        format!(
-                            "rank {r} should hold tensor `{}` but its checkpoint lacks it",
-                            t.name
-                        ),
-                        "check that the strategy belongs to this checkpoint",
-                    )
+                .ok_or_else(|| ReshardError::MissingTensor {
+                    rank: r,
+                    tensor: t.name.clone(),
                 })?;
             if loc.entry.shape != region.extent() || loc.entry.dtype != t.dtype {
-                return Err(mismatch(
-                    format!(
-                        "{}: tensor `{}` is {} {:?}, the strategy gives rank {r} {} {:?}",
-                        loc.path.display(),
-                        t.name,
-                        loc.entry.dtype,
-                        loc.entry.shape,
-                        t.dtype,
-                        region.extent()
-                    ),
-                    "check that the strategy belongs to this checkpoint",
-                ));
+                return Err(ReshardError::SliceShape {
+                    file: loc.path.display().to_string(),
+                    tensor: t.name.clone(),
+                    stored_dtype: loc.entry.dtype,
+                    stored_shape: loc.entry.shape.clone(),
+                    rank: r,
+                    dtype: t.dtype,
+                    shape: region.extent().to_vec(),
+                });
             }
         }
     }
@@ -511,10 +720,7 @@ fn plan_from(cfg: &ReshardConfig, source: Source) -> Result<Prepared, ReshardErr
     };
     let (n, m) = (src.mesh().rank_count(), dst.mesh().rank_count());
     if mindspore && !cfg.any_device_count && n % m != 0 && m % n != 0 {
-        return Err(mismatch(
-            format!("{n} source ranks and {m} destination ranks: neither count divides the other"),
-            "MindSpore refuses such transfers; pass --any-device-count to reshard anyway",
-        ));
+        return Err(ReshardError::IndivisibleRanks { src: n, dst: m });
     }
     // Tensors copied through are not planned: the plan moves the others.
     let planned =
@@ -523,7 +729,7 @@ fn plan_from(cfg: &ReshardConfig, source: Source) -> Result<Prepared, ReshardErr
     config.tensors = planned;
     let plan = plan_transfer(&src, &dst, &config)?;
     let plan = crate::verify_plan(plan, &src, &dst)
-        .map_err(|d| mismatch(format!("internal error, invalid plan: {d}"), "report this"))?;
+        .map_err(|d| internal(format!(", invalid plan: {d}")))?;
     Ok(Prepared {
         src,
         dst,
@@ -551,14 +757,10 @@ pub fn prepare_chunked(
 ) -> Result<Prepared, ReshardError> {
     use crate::formats::chunked::SourceFormat;
     if !matches!(cfg.src, LayoutSource::SingleDevice) {
-        return Err(mismatch(
-            format!(
-                "{} is a {}: its index is its layout, so it takes no source strategy",
-                ck.root.display(),
-                ck.format
-            ),
-            "drop --src-strategy",
-        ));
+        return Err(ReshardError::NeedlessStrategy {
+            root: ck.root.display().to_string(),
+            format: ck.format.to_string(),
+        });
     }
     let (strategy, sources) = chunked_strategy(ck)?;
     let source = Source {
@@ -656,8 +858,12 @@ fn chunked_strategy(
         });
         layouts.push(layout);
     }
-    let strategy = Strategy::new(ck.format.name(), mesh, infos, layouts)
-        .map_err(|e| mismatch(e.to_string(), "check the checkpoint's index"))?;
+    let strategy = Strategy::new(ck.format.name(), mesh, infos, layouts).map_err(|source| {
+        ReshardError::CheckpointStrategy {
+            source,
+            help: "check the checkpoint's index",
+        }
+    })?;
     Ok((strategy, sources))
 }
 
@@ -741,7 +947,11 @@ fn global_tensors(
                 Some(p) => match &p.shape {
                     Some(s) => s.clone(),
                     None => full_shape(p, &loc.entry.shape).ok_or_else(|| {
-                        mismatch(format!("{}: cannot size tensor `{name}` from its slice {:?} and its layout", loc.path.display(), loc.entry.shape), "check that the strategy belongs to this checkpoint")
+                        ReshardError::UnsizedTensor {
+                            file: loc.path.display().to_string(),
+                            tensor: name.clone(),
+                            slice: loc.entry.shape.clone(),
+                        }
                     })?,
                 },
             };
@@ -773,9 +983,16 @@ fn single_device(name: &str, tensors: &[TensorInfo]) -> Result<Strategy, Reshard
         .iter()
         .map(|t| TensorLayout::replicated(mesh.clone(), &t.shape))
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| mismatch(e.to_string(), "check the checkpoint"))?;
-    Strategy::new(name, mesh, tensors.to_vec(), layouts)
-        .map_err(|e| mismatch(e.to_string(), "check the checkpoint"))
+        .map_err(|source| ReshardError::CheckpointLayout {
+            source,
+            help: "check the checkpoint",
+        })?;
+    Strategy::new(name, mesh, tensors.to_vec(), layouts).map_err(|source| {
+        ReshardError::CheckpointStrategy {
+            source,
+            help: "check the checkpoint",
+        }
+    })
 }
 
 /// A tensor that the destination strategy does not lay out. MindSpore copies
@@ -829,7 +1046,10 @@ fn copy_through(
         .partition(|t| in_src.contains(t.name.as_str()) && !in_dst.contains(t.name.as_str()));
     let mut dst = dst_file
         .to_strategy("destination", &laid_out)
-        .map_err(|m| mismatch(m, "check the destination strategy"))?;
+        .map_err(|reason| ReshardError::StrategyLayouts {
+            side: Side::Destination,
+            reason,
+        })?;
     let mut layouts = dst.layouts().to_vec();
     let mut changed = false;
     for (i, t) in laid_out.iter().enumerate() {
@@ -842,22 +1062,28 @@ fn copy_through(
                 t.name
             ));
             layouts[i] = TensorLayout::replicated(dst.mesh().clone(), &t.shape)
-                .map_err(|e| mismatch(e.to_string(), ""))?;
+                .map_err(|source| ReshardError::CheckpointLayout { source, help: "" })?;
             changed = true;
         }
     }
     if changed {
         dst = Strategy::new("destination", dst.mesh().clone(), laid_out, layouts)
-            .map_err(|e| mismatch(e.to_string(), ""))?;
+            .map_err(|source| ReshardError::CheckpointStrategy { source, help: "" })?;
     }
     let m = dst.mesh().rank_count();
     let dst_stage = dst_file
         .stage_devices()
-        .map_err(|e| mismatch(e, "check the destination strategy"))?;
+        .map_err(|reason| ReshardError::StrategyLayouts {
+            side: Side::Destination,
+            reason,
+        })?;
     let src_stage = match src_file {
         Some(f) => f
             .stage_devices()
-            .map_err(|e| mismatch(e, "check the source strategy"))?,
+            .map_err(|reason| ReshardError::StrategyLayouts {
+                side: Side::Source,
+                reason,
+            })?,
         None => src.mesh().rank_count(),
     };
     let mut copies = Vec::with_capacity(copied.len());
@@ -866,14 +1092,8 @@ fn copy_through(
         let from = (0..m)
             .map(|k| copy_source(k, dst_stage, src_stage, l))
             .collect::<Option<Vec<u64>>>()
-            .ok_or_else(|| {
-                mismatch(
-                    format!(
-                        "tensor `{}` has no destination layout and no source rank holds it",
-                        t.name
-                    ),
-                    "give it a destination layout",
-                )
+            .ok_or_else(|| ReshardError::NoCopySource {
+                tensor: t.name.clone(),
             })?;
         warnings.push(format!(
             "tensor `{}` has no destination layout: destination rank k receives the slice of source stage-local rank (k mod {dst_stage}) mod {src_stage}, unchanged, as MindSpore does",
@@ -1090,12 +1310,10 @@ impl Prepared {
     ) -> Result<RankOutput, ReshardError> {
         use crate::formats::dcp_write::METADATA_FILE;
         let (layout, slice_of) = self.dcp_plan()?;
-        let file = layout.files().get(rank as usize).ok_or_else(|| {
-            mismatch(
-                format!("internal error: no DCP file for rank {rank}"),
-                "report this",
-            )
-        })?;
+        let file = layout
+            .files()
+            .get(rank as usize)
+            .ok_or_else(|| internal(format!("no DCP file for rank {rank}")))?;
         debug_assert!(slices.len() >= file.items.len());
         Ok(RankOutput {
             manifest: cfg.out_dir.join(format!(".shardplan-rank_{rank}.json")),
@@ -1186,7 +1404,7 @@ impl Prepared {
     ///
     /// # Errors
     ///
-    /// [`ReshardError::Mismatch`] when the output folder overlaps the
+    /// [`ReshardError::OutputOverlaps`] when the output folder overlaps the
     /// sources (which are never written); [`ReshardError::Io`] naming the
     /// file; temporary files are removed.
     pub fn write_rank(
@@ -1200,14 +1418,10 @@ impl Prepared {
             .iter()
             .find(|d| paths_overlap(d, &cfg.out_dir))
         {
-            return Err(mismatch(
-                format!(
-                    "the output {} overlaps the source {}",
-                    cfg.out_dir.display(),
-                    src.display()
-                ),
-                "write the output elsewhere; sources are never modified",
-            ));
+            return Err(ReshardError::OutputOverlaps {
+                out: cfg.out_dir.display().to_string(),
+                src: src.display().to_string(),
+            });
         }
         let out = self.rank_output(cfg, rank)?;
         std::fs::create_dir_all(&out.dir).map_err(io(&out.dir))?;
@@ -1313,10 +1527,7 @@ impl Prepared {
         .map_err(io(out))?;
         if matches!(&f.framing, OutFraming::Shard(_)) && f.slices.is_empty() {
             // A shard of no tensors is only its header.
-            return Err(mismatch(
-                format!("internal error: empty shard {}", out.display()),
-                "report this",
-            ));
+            return Err(internal(format!("empty shard {}", out.display())));
         }
         for &i in &f.slices {
             let (slice, pieces) = &runs[i];
@@ -1333,7 +1544,7 @@ impl Prepared {
     ///
     /// # Errors
     ///
-    /// [`ReshardError::Mismatch`] for a rank outside the destination.
+    /// [`ReshardError::NoSuchRank`] for a rank outside the destination.
     pub fn rank_slices(&self, rank: u64) -> Result<Vec<RankSlice>, ReshardError> {
         self.check_rank(rank)?;
         let planned = self
@@ -1356,33 +1567,28 @@ impl Prepared {
     ///
     /// # Errors
     ///
-    /// [`ReshardError::Mismatch`] for a rank outside the destination or
+    /// [`ReshardError::NoSuchRank`] for a rank outside the destination;
+    /// [`ReshardError::BufferCount`] or [`ReshardError::BufferSize`] for
     /// buffers that do not match the slices in number or size;
     /// [`ReshardError::Io`] naming the source file of a failed read.
     pub fn read_rank_into(&self, rank: u64, bufs: &mut [&mut [u8]]) -> Result<(), ReshardError> {
         let mut files = SourceFiles::default();
         let slices = self.rank_runs(rank, &mut files)?;
         if slices.len() != bufs.len() {
-            return Err(mismatch(
-                format!(
-                    "rank {rank} receives {} tensors but {} buffers were given",
-                    slices.len(),
-                    bufs.len()
-                ),
-                "pass one buffer per tensor of `rank_slices`",
-            ));
+            return Err(ReshardError::BufferCount {
+                rank,
+                slices: slices.len(),
+                buffers: bufs.len(),
+            });
         }
         for ((slice, pieces), buf) in slices.iter().zip(bufs.iter_mut()) {
             if buf.len() as u64 != slice.bytes {
-                return Err(mismatch(
-                    format!(
-                        "tensor `{}` of rank {rank} is {} bytes but its buffer holds {}",
-                        slice.name,
-                        slice.bytes,
-                        buf.len()
-                    ),
-                    "size each buffer as `rank_slices` says",
-                ));
+                return Err(ReshardError::BufferSize {
+                    tensor: slice.name.clone(),
+                    rank,
+                    bytes: slice.bytes,
+                    len: buf.len(),
+                });
             }
             fill_range(&files.0, pieces, 0, buf).map_err(|(path, e)| io(path)(e))?;
         }
@@ -1392,10 +1598,7 @@ impl Prepared {
     fn check_rank(&self, rank: u64) -> Result<(), ReshardError> {
         let ranks = self.dst.mesh().rank_count();
         if rank >= ranks {
-            return Err(mismatch(
-                format!("rank {rank} is not a destination rank: the destination has {ranks}"),
-                format!("pick a rank from 0 to {}", ranks.saturating_sub(1)),
-            ));
+            return Err(ReshardError::NoSuchRank { rank, ranks });
         }
         Ok(())
     }
@@ -1418,12 +1621,7 @@ impl Prepared {
                 .tensors
                 .iter()
                 .find(|p| p.name == t.name)
-                .ok_or_else(|| {
-                    mismatch(
-                        format!("internal error: tensor `{}` is not in the plan", t.name),
-                        "report this",
-                    )
-                })?;
+                .ok_or_else(|| internal(format!("tensor `{}` is not in the plan", t.name)))?;
             let size = t.dtype.size_bytes();
             let mut pieces: Vec<PieceRuns> = Vec::new();
             for p in tp.pieces.iter().filter(|p| p.dst_rank == rank) {

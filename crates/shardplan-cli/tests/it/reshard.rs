@@ -348,7 +348,7 @@ fn bad_inputs_are_refused_before_writing() {
     let err = p
         .write_rank(&writing(&inside, None, 1 << 20, true), 0, &mut |_| {})
         .unwrap_err();
-    assert!(matches!(err, ReshardError::Mismatch { .. }), "{err}");
+    assert!(matches!(err, ReshardError::OutputOverlaps { .. }), "{err}");
     assert!(!inside.exists());
     // Also when the path only reaches the sources through `..` or `.`, or
     // a symbolic link.
@@ -361,7 +361,7 @@ fn bad_inputs_are_refused_before_writing() {
     ] {
         let err = p.write_rank(&writing(&sneaky, None, 1 << 20, true), 0, &mut |_| {});
         assert!(
-            matches!(err, Err(ReshardError::Mismatch { .. })),
+            matches!(err, Err(ReshardError::OutputOverlaps { .. })),
             "{}",
             sneaky.display()
         );

@@ -242,7 +242,7 @@ fn the_command_takes_every_source_and_refuses_hostile_ones() {
         (
             "tp2_dp2/checkpoint",
             &["--src-strategy", "specs/tiny-model.yaml"],
-            "shardplan::reshard::mismatch",
+            "shardplan::reshard::needless_strategy",
         ),
     ];
     for (i, (case, extra, code)) in bad.iter().enumerate() {
