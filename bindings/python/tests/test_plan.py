@@ -102,7 +102,7 @@ def test_json_round_trip_and_a_tampered_plan(tmp_path):
     out.write_text(json.dumps(doc))
     with pytest.raises(sp.PlanFileError) as e:
         sp.Plan.from_json(out, src, dst)
-    assert e.value.code == "shardplan::formats::plan_json"
+    assert e.value.code == "shardplan::formats::plan_json::piece_bytes"
     assert e.value.file == str(out)
 
 

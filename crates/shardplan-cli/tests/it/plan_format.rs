@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use serde_json::{Value, json};
-use shardplan::formats::plan_json::{PlanFileError, from_json, to_json};
+use shardplan::formats::plan_json::{PlanFileError, PlanFileFault, from_json, to_json};
 use shardplan::spec::{Spec, parse_spec};
 use shardplan::{
     DType, DeviceMesh, DimSplit, LayoutConfig, PlanConfig, ReplicaChoice, Strategy, TensorInfo,
@@ -204,68 +204,81 @@ fn structural_errors_name_the_place() {
 #[test]
 fn semantic_errors_name_the_tensor_and_piece() {
     type Edit = fn(&mut Value);
+    // Each edit and the fault it makes, by its code under
+    // `shardplan::formats::plan_json::`.
     let cases: &[(Edit, &str)] = &[
-        (
-            |v| v["version"] = json!(2),
-            "version 2: this shardplan reads",
-        ),
-        (
-            |v| v["version"] = json!(0),
-            "version 0: this shardplan reads",
-        ),
-        (
-            |v| v["format"] = json!("shardplan-spec"),
-            "format `shardplan-spec` version 1",
-        ),
-        (
-            |v| v["replica_choice"] = json!("random"),
-            "unknown replica_choice `random`",
-        ),
-        (
-            |v| v["tensors"][0]["dtype"] = json!("f33"),
-            "tensor `w`: unknown dtype `f33`",
-        ),
+        (|v| v["version"] = json!(2), "version"),
+        (|v| v["version"] = json!(0), "version"),
+        (|v| v["format"] = json!("shardplan-spec"), "version"),
+        (|v| v["replica_choice"] = json!("random"), "replica_choice"),
+        (|v| v["tensors"][0]["dtype"] = json!("f33"), "dtype"),
         (
             |v| v["tensors"][0]["pieces"][1]["dst_offset"] = json!([2]),
-            "tensor `w` piece 1: offsets and extent must have 2 entries",
+            "piece_dims",
         ),
         (
             |v| v["tensors"][0]["pieces"][0]["src_offset"] = json!([0, 0, 0]),
-            "tensor `w` piece 0: offsets and extent must have 2 entries",
+            "piece_dims",
         ),
         (
             |v| v["tensors"][0]["pieces"][1]["dst_local_offset"] = json!([]),
-            "tensor `w` piece 1: offsets and extent must have 2 entries",
+            "piece_dims",
         ),
         (
             |v| v["tensors"][0]["pieces"][1]["extent"] = json!([2, 4, 1]),
-            "tensor `w` piece 1: offsets and extent must have 2 entries",
+            "piece_dims",
         ),
-        (
-            |v| v["tensors"][0]["shape"] = json!([32]),
-            "tensor `w` piece 0: offsets and extent must have 1 entries",
-        ),
+        (|v| v["tensors"][0]["shape"] = json!([32]), "piece_dims"),
         (
             |v| v["tensors"][0]["pieces"][0]["bytes"] = json!(7),
-            "tensor `w` piece 0: bytes 7 do not match extent",
+            "piece_bytes",
         ),
-        (
-            // Half the width: bytes counted for f32 but the dtype says bf16.
-            |v| v["tensors"][0]["dtype"] = json!("bf16"),
-            "tensor `w` piece 0: bytes 32 do not match extent [2, 4] of bf16",
-        ),
+        // Half the width: bytes counted for f32 but the dtype says bf16.
+        (|v| v["tensors"][0]["dtype"] = json!("bf16"), "piece_bytes"),
         (
             |v| v["tensors"][0]["pieces"][0]["dst_offset"] = json!([u64::MAX, 0]),
-            "tensor `w` piece 0: offset + extent overflows",
+            "piece_overflow",
         ),
         (
+            // A volume past 64 bits matches no byte count.
             |v| v["tensors"][0]["pieces"][0]["extent"] = json!([u64::MAX, u64::MAX]),
-            "tensor `w` piece 0:",
+            "piece_bytes",
+        ),
+        (
+            |v| v["tensors"][0]["pieces"][0]["op"] = json!("max"),
+            "piece_op",
         ),
     ];
-    for (edit, needle) in cases {
-        check_err(&edited(edit), needle);
+    for (edit, fault) in cases {
+        let json = edited(edit);
+        let e = from_json("plan.json", &json).expect_err("an edited plan is refused");
+        let code = miette::Diagnostic::code(&e).map(|c| c.to_string());
+        assert_eq!(
+            code.as_deref(),
+            Some(format!("shardplan::formats::plan_json::{fault}").as_str()),
+            "{e}"
+        );
+        assert_eq!((e.file.as_str(), e.line), ("plan.json", 0), "{e}");
     }
+    // The fields name the tensor and piece.
+    let e = from_json(
+        "plan.json",
+        &edited(|v| v["tensors"][0]["dtype"] = json!("bf16")),
+    )
+    .unwrap_err();
+    assert!(
+        matches!(
+            &e.fault,
+            PlanFileFault::PieceBytes {
+                tensor,
+                piece: 0,
+                bytes: 32,
+                dtype: DType::BF16,
+                ..
+            } if tensor == "w"
+        ),
+        "{e}"
+    );
 }
 
 /// The first fenced block whose info string is exactly `json`.

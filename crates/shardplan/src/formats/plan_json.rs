@@ -93,15 +93,11 @@ struct PieceJson {
     op: String,
 }
 
-/// A plan file that cannot be read.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, miette::Diagnostic)]
-#[error("{}{message}", place(file, *line, *column))]
-#[diagnostic(
-    code(shardplan::formats::plan_json),
-    help(
-        "plan files are written by `shardplan plan --format json`; docs/plan-format.md describes them"
-    )
-)]
+/// A plan file that cannot be read: the file, the place where known, and
+/// the fault.
+#[derive(Debug, thiserror::Error, miette::Diagnostic)]
+#[error("{}{fault}", place(file, *line, *column))]
+#[diagnostic(forward(fault))]
 pub struct PlanFileError {
     /// File name.
     pub file: String,
@@ -109,8 +105,116 @@ pub struct PlanFileError {
     pub line: usize,
     /// 1-based column.
     pub column: usize,
-    /// What is wrong.
-    pub message: String,
+    /// What is wrong; its code and help are the error's.
+    pub fault: PlanFileFault,
+}
+
+/// What is wrong with a plan file, one variant per fault.
+#[derive(Debug, thiserror::Error, miette::Diagnostic)]
+#[non_exhaustive]
+pub enum PlanFileFault {
+    /// Another format or schema version than this crate reads.
+    #[error(
+        "format `{format}` version {version}: this shardplan reads `{FORMAT}` version {VERSION}"
+    )]
+    #[diagnostic(code(shardplan::formats::plan_json::version), help("{}", PLAN_HELP))]
+    Version {
+        /// The file's `format`.
+        format: String,
+        /// Its `version`.
+        version: u64,
+    },
+    /// Not JSON, or JSON that is not a plan document (a missing, unknown
+    /// or mistyped field); the place is the error's line and column.
+    #[error("{}", json_message(.0))]
+    #[diagnostic(code(shardplan::formats::plan_json::json), help("{}", PLAN_HELP))]
+    Json(serde_json::Error),
+    /// An unknown `replica_choice`.
+    #[error("unknown replica_choice `{0}`")]
+    #[diagnostic(
+        code(shardplan::formats::plan_json::replica_choice),
+        help("{}", PLAN_HELP)
+    )]
+    ReplicaChoice(String),
+    /// A tensor of an unknown dtype.
+    #[error("tensor `{tensor}`: unknown dtype `{dtype}`")]
+    #[diagnostic(code(shardplan::formats::plan_json::dtype), help("{}", PLAN_HELP))]
+    Dtype {
+        /// The tensor.
+        tensor: String,
+        /// The dtype as written.
+        dtype: String,
+    },
+    /// A piece whose offsets or extent have another length than the
+    /// tensor has dimensions.
+    #[error(
+        "tensor `{tensor}` piece {piece}: offsets and extent must have {dims} entries, one per tensor dimension"
+    )]
+    #[diagnostic(code(shardplan::formats::plan_json::piece_dims), help("{}", PLAN_HELP))]
+    PieceDims {
+        /// The tensor.
+        tensor: String,
+        /// The piece's index.
+        piece: usize,
+        /// The tensor's dimensions.
+        dims: usize,
+    },
+    /// A piece whose offset plus extent overflows.
+    #[error("tensor `{tensor}` piece {piece}: offset + extent overflows")]
+    #[diagnostic(
+        code(shardplan::formats::plan_json::piece_overflow),
+        help("{}", PLAN_HELP)
+    )]
+    PieceOverflow {
+        /// The tensor.
+        tensor: String,
+        /// The piece's index.
+        piece: usize,
+    },
+    /// A piece whose byte count does not match its extent and dtype.
+    #[error(
+        "tensor `{tensor}` piece {piece}: bytes {bytes} do not match extent {extent:?} of {dtype}"
+    )]
+    #[diagnostic(
+        code(shardplan::formats::plan_json::piece_bytes),
+        help("{}", PLAN_HELP)
+    )]
+    PieceBytes {
+        /// The tensor.
+        tensor: String,
+        /// The piece's index.
+        piece: usize,
+        /// The bytes written.
+        bytes: u64,
+        /// The extent.
+        extent: Vec<u64>,
+        /// The tensor's dtype.
+        dtype: DType,
+    },
+    /// A piece of an unknown op.
+    #[error("tensor `{tensor}` piece {piece}: unknown op `{op}`; expected copy or sum")]
+    #[diagnostic(code(shardplan::formats::plan_json::piece_op), help("{}", PLAN_HELP))]
+    PieceOp {
+        /// The tensor.
+        tensor: String,
+        /// The piece's index.
+        piece: usize,
+        /// The op as written.
+        op: String,
+    },
+}
+
+const PLAN_HELP: &str =
+    "plan files are written by `shardplan plan --format json`; docs/plan-format.md describes them";
+
+/// serde_json's message without its " at line L column C": the error
+/// names the place itself.
+fn json_message(e: &serde_json::Error) -> String {
+    let mut m = e.to_string();
+    if let Some(i) = m.rfind(" at line ") {
+        m.truncate(i);
+    }
+    m
 }
 
 fn place(file: &str, line: usize, column: usize) -> String {
@@ -211,11 +315,11 @@ pub(crate) fn write_json(plan: &SlicePlan) -> String {
 /// [`PlanFileError`] naming the file, line and column, or the tensor and
 /// piece.
 pub fn from_json(file: &str, text: &str) -> Result<SlicePlan, PlanFileError> {
-    let err = |line: usize, column: usize, message: String| PlanFileError {
+    let err = |line: usize, column: usize, fault: PlanFileFault| PlanFileError {
         file: file.to_string(),
         line,
         column,
-        message,
+        fault,
     };
     // The version first: a newer file may have fields this reader lacks.
     if let Ok(v) = serde_json::from_str::<serde_json::Value>(text) {
@@ -227,33 +331,29 @@ pub fn from_json(file: &str, text: &str) -> Result<SlicePlan, PlanFileError> {
             return Err(err(
                 0,
                 0,
-                format!(
-                    "format `{f}` version {n}: this shardplan reads `{FORMAT}` version {VERSION}"
-                ),
+                PlanFileFault::Version {
+                    format: f.to_string(),
+                    version: n,
+                },
             ));
         }
     }
-    let f: PlanFile = serde_json::from_str(text).map_err(|e| {
-        let mut m = e.to_string();
-        if let Some(i) = m.rfind(" at line ") {
-            m.truncate(i);
-        }
-        err(e.line(), e.column(), m)
-    })?;
+    let f: PlanFile = serde_json::from_str(text)
+        .map_err(|e| err(e.line(), e.column(), PlanFileFault::Json(e)))?;
     if f.format != FORMAT || f.version != VERSION {
         return Err(err(
             0,
             0,
-            format!(
-                "format `{}` version {}: this shardplan reads `{FORMAT}` version {VERSION}",
-                f.format, f.version
-            ),
+            PlanFileFault::Version {
+                format: f.format,
+                version: u64::from(f.version),
+            },
         ));
     }
     let replica_choice = match f.replica_choice.as_str() {
         "balance" => ReplicaChoice::Balance,
         "min-files" => ReplicaChoice::MinFiles,
-        other => return Err(err(0, 0, format!("unknown replica_choice `{other}`"))),
+        other => return Err(err(0, 0, PlanFileFault::ReplicaChoice(other.to_string()))),
     };
     let mut tensors = Vec::with_capacity(f.tensors.len());
     for t in f.tensors {
@@ -261,20 +361,29 @@ pub fn from_json(file: &str, text: &str) -> Result<SlicePlan, PlanFileError> {
             err(
                 0,
                 0,
-                format!("tensor `{}`: unknown dtype `{}`", t.name, t.dtype),
+                PlanFileFault::Dtype {
+                    tensor: t.name.clone(),
+                    dtype: t.dtype.clone(),
+                },
             )
         })?;
         let rank = t.shape.len();
         let mut pieces = Vec::with_capacity(t.pieces.len());
         for (i, p) in t.pieces.into_iter().enumerate() {
-            let piece_err = |m: &str| err(0, 0, format!("tensor `{}` piece {i}: {m}", t.name));
+            let tensor = || t.name.clone();
             if [&p.dst_offset, &p.dst_local_offset, &p.src_offset, &p.extent]
                 .iter()
                 .any(|v| v.len() != rank)
             {
-                return Err(piece_err(&format!(
-                    "offsets and extent must have {rank} entries, one per tensor dimension"
-                )));
+                return Err(err(
+                    0,
+                    0,
+                    PlanFileFault::PieceDims {
+                        tensor: tensor(),
+                        piece: i,
+                        dims: rank,
+                    },
+                ));
             }
             let fits = |o: &[u64]| {
                 o.iter()
@@ -282,22 +391,42 @@ pub fn from_json(file: &str, text: &str) -> Result<SlicePlan, PlanFileError> {
                     .all(|(a, b)| a.checked_add(*b).is_some())
             };
             if !fits(&p.dst_offset) || !fits(&p.src_offset) || !fits(&p.dst_local_offset) {
-                return Err(piece_err("offset + extent overflows"));
+                return Err(err(
+                    0,
+                    0,
+                    PlanFileFault::PieceOverflow {
+                        tensor: tensor(),
+                        piece: i,
+                    },
+                ));
             }
             let volume = p.extent.iter().try_fold(1u64, |a, &b| a.checked_mul(b));
             if volume.and_then(|v| v.checked_mul(dtype.size_bytes())) != Some(p.bytes) {
-                return Err(piece_err(&format!(
-                    "bytes {} do not match extent {:?} of {dtype}",
-                    p.bytes, p.extent
-                )));
+                return Err(err(
+                    0,
+                    0,
+                    PlanFileFault::PieceBytes {
+                        tensor: tensor(),
+                        piece: i,
+                        bytes: p.bytes,
+                        extent: p.extent.clone(),
+                        dtype,
+                    },
+                ));
             }
             let reduce = match p.op.as_str() {
                 "copy" => false,
                 "sum" => true,
                 other => {
-                    return Err(piece_err(&format!(
-                        "unknown op `{other}`; expected copy or sum"
-                    )));
+                    return Err(err(
+                        0,
+                        0,
+                        PlanFileFault::PieceOp {
+                            tensor: tensor(),
+                            piece: i,
+                            op: other.to_string(),
+                        },
+                    ));
                 }
             };
             pieces.push(Piece {
