@@ -6,7 +6,7 @@
 //! from source to destination, each byte once.
 
 use crate::dtype::DType;
-use crate::geometry::Region;
+use crate::geometry::{BoxRuns, Region};
 use crate::plan::Piece;
 use crate::strategy::Strategy;
 use crate::verify::VerifiedPlan;
@@ -470,14 +470,23 @@ fn run_job(
                 p.dst_box, p.src_rank, p.dst_rank
             )));
         }
-        let (e, so, dofs) = (p.dst_box.extent(), p.src_box.offset(), &p.dst_local_offset);
+        // In bytes: the buffers are bytes, and `fits` bounds every run.
+        let runs = BoxRuns::new(
+            sreg.extent(),
+            p.src_box.offset(),
+            dreg.extent(),
+            &p.dst_local_offset,
+            p.dst_box.extent(),
+            size as u64,
+        );
         match acc.as_mut() {
-            Some(acc) => for_each_run(sreg.extent(), so, dreg.extent(), dofs, e, |s0, d0, run| {
-                acc.add(&sbuf[s0 * size..(s0 + run) * size], d0);
+            Some(acc) => runs.for_each(|s0, d0, run| {
+                let (s0, d0, run) = (s0 as usize, d0 as usize, run as usize);
+                acc.add(&sbuf[s0..s0 + run], d0 / size);
             }),
-            None => for_each_run(sreg.extent(), so, dreg.extent(), dofs, e, |s0, d0, run| {
-                dbuf[d0 * size..(d0 + run) * size]
-                    .copy_from_slice(&sbuf[s0 * size..(s0 + run) * size]);
+            None => runs.for_each(|s0, d0, run| {
+                let (s0, d0, run) = (s0 as usize, d0 as usize, run as usize);
+                dbuf[d0..d0 + run].copy_from_slice(&sbuf[s0..s0 + run]);
             }),
         }
         stats.pieces += 1;
@@ -498,67 +507,6 @@ fn fits(p: &Piece, sreg: &Region, dreg: &Region) -> bool {
             p.src_box.offset()[k] + e[k] <= sreg.extent()[k]
                 && p.dst_local_offset[k] + e[k] <= dreg.extent()[k]
         })
-}
-
-/// Calls `f(src_element, dst_element, run)` for each contiguous run of a
-/// box copy between two row-major arrays. Trailing dimensions that are
-/// whole in both arrays are fused into one run, so a row-split copy is a
-/// single run.
-pub(crate) fn for_each_run(
-    src_shape: &[u64],
-    src_off: &[u64],
-    dst_shape: &[u64],
-    dst_off: &[u64],
-    extent: &[u64],
-    mut f: impl FnMut(usize, usize, usize),
-) {
-    let n = extent.len();
-    if n == 0 {
-        f(0, 0, 1);
-        return;
-    }
-    let mut split = n - 1;
-    let mut run = extent[n - 1] as usize;
-    while split > 0 && extent[split] == src_shape[split] && extent[split] == dst_shape[split] {
-        split -= 1;
-        run *= extent[split] as usize;
-    }
-    let strides = |shape: &[u64]| {
-        let mut s = vec![1usize; n];
-        for k in (0..n - 1).rev() {
-            s[k] = s[k + 1] * shape[k + 1] as usize;
-        }
-        s
-    };
-    let (ss, ds) = (strides(src_shape), strides(dst_shape));
-    let start = |off: &[u64], st: &[usize]| {
-        off.iter()
-            .zip(st)
-            .map(|(o, s)| *o as usize * s)
-            .sum::<usize>()
-    };
-    let (mut so, mut dof) = (start(src_off, &ss), start(dst_off, &ds));
-    let mut idx = vec![0u64; split];
-    loop {
-        f(so, dof, run);
-        // Odometer over the dims before `split`, offsets kept incrementally.
-        let mut k = split;
-        loop {
-            if k == 0 {
-                return;
-            }
-            k -= 1;
-            idx[k] += 1;
-            so += ss[k];
-            dof += ds[k];
-            if idx[k] < extent[k] {
-                break;
-            }
-            so -= ss[k] * extent[k] as usize;
-            dof -= ds[k] * extent[k] as usize;
-            idx[k] = 0;
-        }
-    }
 }
 
 /// Running sums of one destination buffer.

@@ -90,7 +90,7 @@ pub use execute::{
     ExecConfig, ExecError, ExecStats, ShardStore, execute_plan, execute_plan_with,
     partial_term_value, synthetic_element,
 };
-pub use geometry::{MAX_ELEMENTS, Region, element_count};
+pub use geometry::{BoxRuns, MAX_ELEMENTS, Region, element_count};
 pub use layout::{DimLayout, DimSplit, LayoutConfig, SplitPolicy, TensorLayout};
 pub use mesh::{DeviceMesh, MAX_RANKS, MeshAxis};
 pub use plan::{Piece, PlanSummary, RankTraffic, ReplicaChoice, SlicePlan, TensorPlan};

@@ -17,6 +17,7 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use crate::BoxRuns;
 use crate::DeviceMesh;
 use crate::TensorLayout;
 use crate::formats::checkpoint::{
@@ -1642,7 +1643,7 @@ impl Prepared {
             // up to it (windows and buffers are reused, so a gap would
             // leave old bytes).
             debug_assert_eq!(
-                pieces.iter().map(|p| p.count * p.run).sum::<u64>(),
+                pieces.iter().map(PieceRuns::bytes).sum::<u64>(),
                 slice.bytes
             );
             out.push((slice, pieces));
@@ -1839,24 +1840,13 @@ fn write_tensor(
     }
 }
 
-/// The byte runs of one piece, computed on demand: the piece's box in
-/// row-major order is `count` runs of `run` bytes, contiguous in the source
-/// file and in the destination slice, ascending in both. Run `r` is found
-/// from its index, so a window seeks to its first run by bisection and no
-/// list of runs is kept (a box of many short rows would make one larger
-/// than the data).
+/// The byte runs of one piece: its box's runs in bytes ([`BoxRuns`]),
+/// from `base` in one source file to the destination slice.
 #[derive(Debug)]
 struct PieceRuns {
     file: usize,
-    count: u64,
-    /// Bytes per run.
-    run: u64,
-    /// Byte offsets of run 0 in the source file and the destination slice.
-    src0: u64,
-    dst0: u64,
-    /// Per outer dimension (before the fused trailing ones): extent and the
-    /// byte strides in the source and the destination.
-    outer: Vec<(u64, u64, u64)>,
+    base: u64,
+    runs: BoxRuns,
 }
 
 impl PieceRuns {
@@ -1871,70 +1861,16 @@ impl PieceRuns {
         dst_off: &[u64],
         extent: &[u64],
     ) -> Self {
-        let n = extent.len();
-        let strides = |shape: &[u64]| {
-            let mut s = vec![size; n];
-            for k in (0..n.saturating_sub(1)).rev() {
-                s[k] = s[k + 1] * shape[k + 1];
-            }
-            s
-        };
-        let (ss, ds) = (strides(src_shape), strides(dst_shape));
-        let dot = |off: &[u64], st: &[u64]| off.iter().zip(st).map(|(o, s)| o * s).sum::<u64>();
-        // Trailing dimensions whole in both arrays fuse into one run, as in
-        // the executor.
-        let mut split = n;
-        let mut run = size;
-        if n > 0 {
-            split = n - 1;
-            run *= extent[n - 1];
-            while split > 0
-                && extent[split] == src_shape[split]
-                && extent[split] == dst_shape[split]
-            {
-                split -= 1;
-                run *= extent[split];
-            }
-        }
-        let outer: Vec<(u64, u64, u64)> = (0..split).map(|k| (extent[k], ss[k], ds[k])).collect();
         PieceRuns {
             file,
-            count: if extent.contains(&0) {
-                0
-            } else {
-                outer.iter().map(|o| o.0).product()
-            },
-            run,
-            src0: base + dot(src_off, &ss),
-            dst0: dot(dst_off, &ds),
-            outer,
+            base,
+            runs: BoxRuns::new(src_shape, src_off, dst_shape, dst_off, extent, size),
         }
     }
 
-    /// Source file offset and destination byte of run `r`.
-    fn at(&self, mut r: u64) -> (u64, u64) {
-        let (mut s, mut d) = (self.src0, self.dst0);
-        for &(e, ss, ds) in self.outer.iter().rev() {
-            let i = r % e;
-            r /= e;
-            s += i * ss;
-            d += i * ds;
-        }
-        (s, d)
-    }
-
-    /// The first run ending after destination byte `at`.
-    fn first_after(&self, at: u64) -> u64 {
-        let (mut lo, mut hi) = (0, self.count);
-        while lo < hi {
-            let mid = lo + (hi - lo) / 2;
-            if self.at(mid).1 + self.run <= at {
-                lo = mid + 1;
-            } else {
-                hi = mid;
-            }
-        }
-        lo
+    /// The bytes the piece fills.
+    fn bytes(&self) -> u64 {
+        self.runs.count() * self.runs.run()
     }
 }
 
@@ -1960,13 +1896,15 @@ fn fill_range<'a>(
         // `out` is carved front to back; `rest` starts at `rest_at`.
         let mut rest: &mut [u8] = &mut *out;
         let mut rest_at = at;
-        for r in p.first_after(at)..p.count {
-            let (src, dst) = p.at(r);
+        let run = p.runs.run();
+        for r in p.runs.first_after(at)..p.runs.count() {
+            let (src, dst) = p.runs.at(r);
+            let src = p.base + src;
             if dst >= end {
                 break;
             }
             let a = dst.max(at);
-            let b = (dst + p.run).min(end);
+            let b = (dst + run).min(end);
             let (_, tail) = std::mem::take(&mut rest).split_at_mut((a - rest_at) as usize);
             let (piece, tail) = tail.split_at_mut((b - a) as usize);
             rest = tail;
@@ -2123,82 +2061,4 @@ pub fn ranks_for_process(
         }
     }
     (0..ranks).collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::PieceRuns;
-    use proptest::prelude::*;
-
-    /// Source shape and offset, destination shape and offset, extent.
-    type BoxCopy = (Vec<u64>, Vec<u64>, Vec<u64>, Vec<u64>, Vec<u64>);
-
-    /// A box copy between two row-major arrays, the box inside both.
-    fn box_copy() -> impl Strategy<Value = BoxCopy> {
-        (0usize..=3)
-            .prop_flat_map(|n| {
-                proptest::collection::vec((1u64..=5, 1u64..=5, 0u64..=5, 0u64..=5, 0u64..=5), n)
-            })
-            .prop_map(|dims| {
-                let (mut ss, mut ds, mut so, mut dof, mut ext) =
-                    (vec![], vec![], vec![], vec![], vec![]);
-                for (s, d, a, b, e) in dims {
-                    // The extent fits both arrays; offsets within the rest.
-                    let e = e.min(s).min(d);
-                    ss.push(s);
-                    ds.push(d);
-                    so.push(a % (s - e + 1));
-                    dof.push(b % (d - e + 1));
-                    ext.push(e);
-                }
-                (ss, so, ds, dof, ext)
-            })
-    }
-
-    proptest! {
-        /// The runs, expanded element by element, are the box's elements
-        /// in row-major order at their source and destination bytes; the
-        /// bisection finds the first run ending after any byte.
-        #[test]
-        fn runs_are_the_box_in_order((ss, so, ds, dof, ext) in box_copy(), size in 1u64..=4, base in 0u64..100) {
-            let p = PieceRuns::new(0, base, size, &ss, &so, &ds, &dof, &ext);
-            let mut got = Vec::new();
-            for r in 0..p.count {
-                let (s, d) = p.at(r);
-                prop_assert_eq!(p.run % size, 0);
-                for k in 0..p.run / size {
-                    got.push((s + k * size, d + k * size));
-                }
-            }
-            let n = ext.len();
-            let flat = |shape: &[u64], idx: &[u64]| (0..n).fold(0u64, |acc, k| acc * shape[k] + idx[k]);
-            let mut want = Vec::new();
-            let total: u64 = ext.iter().product();
-            let mut idx = vec![0u64; n];
-            for _ in 0..total {
-                let si: Vec<u64> = (0..n).map(|k| so[k] + idx[k]).collect();
-                let di: Vec<u64> = (0..n).map(|k| dof[k] + idx[k]).collect();
-                want.push((base + flat(&ss, &si) * size, flat(&ds, &di) * size));
-                for k in (0..n).rev() {
-                    idx[k] += 1;
-                    if idx[k] < ext[k] {
-                        break;
-                    }
-                    idx[k] = 0;
-                }
-            }
-            prop_assert_eq!(got, want);
-            // Every run's first and last byte and the bytes around them.
-            let mut probes = vec![0u64];
-            for r in 0..p.count {
-                let d = p.at(r).1;
-                probes.extend([d.saturating_sub(1), d, d + p.run - 1, d + p.run]);
-            }
-            for probe in probes {
-                let r = p.first_after(probe);
-                prop_assert!(r == p.count || p.at(r).1 + p.run > probe, "{} {}", probe, r);
-                prop_assert!(r == 0 || p.at(r - 1).1 + p.run <= probe, "{} {}", probe, r);
-            }
-        }
-    }
 }
