@@ -11,7 +11,7 @@ use shardplan::formats::dcp::DcpError;
 use shardplan::formats::dcp_write::DcpWriteError;
 use shardplan::formats::hf::HfError;
 use shardplan::formats::import::ImportError;
-use shardplan::formats::mindspore_strategy::StrategyFileError;
+use shardplan::formats::mindspore_strategy::{StrategyFileError, StrategyFileFault};
 use shardplan::formats::plan_json::PlanFileError;
 use shardplan::reshard::ReshardError;
 use shardplan::spec::{LoadError, SpecDiagnostic, SpecError};
@@ -224,15 +224,31 @@ impl From<DcpWriteError> for Fault {
     }
 }
 
+impl Fault {
+    /// The same fault naming the strategy file of `e`, and the line and
+    /// column of a JSON syntax error.
+    fn strategy_file(mut self, e: &StrategyFileError) -> Self {
+        if let StrategyFileFault::Json { line, column, .. } = e.fault {
+            self.line = Some(line);
+            self.column = Some(column);
+        }
+        self.file(&e.file)
+    }
+}
+
 impl From<StrategyFileError> for Fault {
     fn from(e: StrategyFileError) -> Self {
-        Fault::of("StrategyFileError", &e).file(&e.file)
+        Fault::of("StrategyFileError", &e).strategy_file(&e)
     }
 }
 
 impl From<ImportError> for Fault {
     fn from(e: ImportError) -> Self {
-        Fault::of("StrategyFileError", &e)
+        let f = Fault::of("StrategyFileError", &e);
+        match &e {
+            ImportError::Read(file) => f.strategy_file(file),
+            _ => f,
+        }
     }
 }
 

@@ -141,7 +141,32 @@ def test_strategy_file_error(tmp_path):
     with pytest.raises(sp.StrategyFileError) as e:
         sp.load_distributed_checkpoint(d / "src", src, str(bad), rank=0)
     assert e.value.file == str(bad)
-    assert e.value.code == "shardplan::formats::mindspore_strategy"
+    assert e.value.code == "shardplan::formats::mindspore_strategy::json"
+    assert (e.value.line, e.value.column) == (1, 2)
+
+
+@pytest.mark.parametrize(
+    "text, code, line",
+    [
+        # A file that does not read: the file, and for JSON syntax the line.
+        ("{not json", "shardplan::formats::import::read", 1),
+        ('{"parallel_layout_item": {"w": {"dev_matrix": [2]}}}', "shardplan::formats::import::read", None),
+        # A layout that does not fit its tensor: no file to name.
+        (
+            '{"parallel_layout_item": {"w": {"dev_matrix": [2], "tensor_map": [0, -1], "tensor_shape": [3, 4]}}}',
+            "shardplan::formats::import::layout",
+            None,
+        ),
+    ],
+)
+def test_read_strategy_errors_by_code(tmp_path, text, code, line):
+    bad = tmp_path / "strategy.json"
+    bad.write_text(text)
+    with pytest.raises(sp.StrategyFileError) as e:
+        sp.read_strategy([bad])
+    assert e.value.code == code and e.value.help
+    assert e.value.file == (str(bad) if code.endswith("::read") else None)
+    assert e.value.line == line
 
 
 def test_reshard_error_for_device_counts_mindspore_refuses(tmp_path):

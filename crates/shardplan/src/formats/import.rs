@@ -5,8 +5,9 @@ use std::path::Path;
 
 use crate::DType;
 use crate::TensorInfo;
-use crate::formats::mindspore_strategy::{StrategyFile, read_strategy_files};
-use crate::spec::Spec;
+use crate::formats::mindspore_strategy::{StrategyFile, StrategyFileError, read_strategy_files};
+use crate::spec::write::WriteError;
+use crate::spec::{Spec, SpecError};
 
 /// Where imported tensors get their shapes and dtypes.
 #[derive(Debug, Clone, Copy)]
@@ -18,34 +19,55 @@ pub enum ShapeSource<'a> {
     Tensors(&'a [TensorInfo]),
 }
 
-/// An import that cannot be made: the message, and what to do about it.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, miette::Diagnostic)]
-#[error("{0}")]
-#[diagnostic(code(shardplan::formats::import))]
-pub struct ImportError(pub String, #[help] pub String);
+const LAYOUT: &str =
+    "the layout named does not fit its tensor; check the strategy files against the checkpoint";
 
-impl ImportError {
-    fn reading(message: impl Into<String>) -> Self {
-        ImportError(
-            message.into(),
+/// An import that cannot be made, one variant per fault.
+#[derive(Debug, thiserror::Error, miette::Diagnostic)]
+#[non_exhaustive]
+pub enum ImportError {
+    /// A strategy file that cannot be read; it names the file and its
+    /// fault.
+    #[error(transparent)]
+    #[diagnostic(
+        code(shardplan::formats::import::read),
+        help(
             "pass the strategy files MindSpore wrote: one file, the merged file, or one per stage"
-                .into(),
         )
-    }
-
-    fn shapes(message: impl Into<String>) -> Self {
-        ImportError(
-            message.into(),
-            "protobuf strategies record no shapes: give them with --shapes-from CKPT_DIR".into(),
-        )
-    }
-
-    fn layout(message: impl Into<String>) -> Self {
-        ImportError(
-            message.into(),
-            "the layout named does not fit its tensor; check the strategy files against the checkpoint".into(),
-        )
-    }
+    )]
+    Read(StrategyFileError),
+    /// A parameter whose shape the files do not record (protobuf files
+    /// record none), with no shapes given.
+    #[error(
+        "parameter `{parameter}` has no tensor_shape (protobuf strategies record none); give the shapes with a checkpoint"
+    )]
+    #[diagnostic(
+        code(shardplan::formats::import::no_shape),
+        help("protobuf strategies record no shapes: give them with --shapes-from CKPT_DIR")
+    )]
+    NoShape {
+        /// The parameter.
+        parameter: String,
+    },
+    /// A layout of the files that does not fit its tensor, or files that
+    /// disagree on the devices per stage, as
+    /// [`StrategyFile::to_strategy`] words it.
+    #[error("{0}")]
+    #[diagnostic(code(shardplan::formats::import::layout), help("{}", LAYOUT))]
+    Layout(String),
+    /// An optimizer shard (`opt_weight_shard_size`,
+    /// `opt_weight_shard_step`) that does not fit its parameter's layout.
+    #[error(transparent)]
+    #[diagnostic(code(shardplan::formats::import::optimizer_shard), help("{}", LAYOUT))]
+    OptimizerShard(crate::LayoutError),
+    /// The imported strategy that does not make a spec.
+    #[error(transparent)]
+    #[diagnostic(code(shardplan::formats::import::spec), help("{}", LAYOUT))]
+    Spec(SpecError),
+    /// A layout that the spec format cannot express.
+    #[error(transparent)]
+    #[diagnostic(code(shardplan::formats::import::write), help("{}", LAYOUT))]
+    Write(WriteError),
 }
 
 /// The strategy in `paths` (one file, a merged file, or one per stage) as a
@@ -56,22 +78,31 @@ impl ImportError {
 ///
 /// # Errors
 ///
-/// [`ImportError`] for unreadable files, missing shapes, or layouts that do
-/// not fit.
+/// [`ImportError::Read`] for unreadable files, [`ImportError::NoShape`] for
+/// missing shapes, [`ImportError::Layout`] (and, for the optimizer shard,
+/// [`ImportError::OptimizerShard`]) for layouts that do not fit,
+/// [`ImportError::Spec`] for a strategy that makes no spec.
 pub fn import_strategy(
     paths: &[&Path],
     shapes: ShapeSource<'_>,
     name: &str,
 ) -> Result<Spec, ImportError> {
-    let file: StrategyFile =
-        read_strategy_files(paths).map_err(|e| ImportError::reading(e.to_string()))?;
+    let file: StrategyFile = read_strategy_files(paths).map_err(ImportError::Read)?;
     let tensors = match shapes {
-        ShapeSource::Recorded(dtype) => file.tensors(dtype).map_err(ImportError::shapes)?,
+        ShapeSource::Recorded(dtype) => {
+            if let Some(p) = file.params.iter().find(|p| p.shape.is_none()) {
+                return Err(ImportError::NoShape {
+                    parameter: p.name.clone(),
+                });
+            }
+            file.tensors(dtype)
+                .expect("every parameter records its shape")
+        }
         ShapeSource::Tensors(t) => t.to_vec(),
     };
     let strategy = file
         .to_strategy(name, &tensors)
-        .map_err(ImportError::layout)?;
+        .map_err(ImportError::Layout)?;
     let mut shards = std::collections::BTreeMap::new();
     for t in &tensors {
         let Some(p) = file.params.iter().find(|p| p.name == t.name) else {
@@ -80,8 +111,9 @@ pub fn import_strategy(
         // The layout was built from the same entry, so it reads.
         let ways = p
             .mindspore_layout(t.shape.len(), file.stage_count)
-            .and_then(|ms| ms.opt_shard_group_size().map_err(|e| e.to_string()))
-            .map_err(ImportError::layout)?;
+            .map_err(ImportError::Layout)?
+            .opt_shard_group_size()
+            .map_err(ImportError::OptimizerShard)?;
         shards.insert(t.name.clone(), ways);
     }
     let mesh = strategy.mesh().clone();
@@ -91,7 +123,7 @@ pub fn import_strategy(
         None,
     )
     .map(|spec| spec.with_optimizer_shards(name, shards))
-    .map_err(|e| ImportError::layout(e.to_string()))
+    .map_err(ImportError::Spec)
 }
 
 /// [`import_strategy`] written as the text of a spec, headed by a comment
@@ -99,8 +131,8 @@ pub fn import_strategy(
 ///
 /// # Errors
 ///
-/// As [`import_strategy`]; [`ImportError`] for a layout the spec format
-/// cannot express.
+/// As [`import_strategy`]; [`ImportError::Write`] for a layout the spec
+/// format cannot express.
 pub fn import_spec(
     paths: &[&Path],
     shapes: ShapeSource<'_>,
@@ -112,5 +144,5 @@ pub fn import_spec(
         "Imported by shardplan from MindSpore strategy file(s): {}",
         list.join(", ")
     ))
-    .map_err(|e| ImportError::layout(e.to_string()))
+    .map_err(ImportError::Write)
 }

@@ -55,24 +55,234 @@ pub struct StrategyFile {
     pub stage_count: u64,
 }
 
-/// A strategy file that cannot be read or written.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, miette::Diagnostic)]
-#[error("{file}: {message}")]
-#[diagnostic(code(shardplan::formats::mindspore_strategy), help("{help}"))]
+/// A strategy file that cannot be read or written: the file, and what is
+/// wrong with it.
+#[derive(Debug, thiserror::Error, miette::Diagnostic)]
+#[error("{file}: {fault}")]
+#[diagnostic(forward(fault))]
 pub struct StrategyFileError {
-    /// File name (or what was being written).
+    /// File name (or what was being written: `merged strategy`,
+    /// ``strategy `name` ``).
     pub file: String,
-    /// What is wrong, with the line and column for JSON syntax.
-    pub message: String,
-    /// How to fix it.
-    pub help: String,
+    /// What is wrong with it; its code and help are the error's.
+    pub fault: StrategyFileFault,
 }
 
-fn fail(file: &str, message: impl Into<String>, help: impl Into<String>) -> StrategyFileError {
-    StrategyFileError {
-        file: file.to_string(),
-        message: message.into(),
-        help: help.into(),
+const INT32: &str = "MindSpore stores it as int32";
+
+/// What is wrong with a strategy file being read, or with a strategy being
+/// written as one, one variant per fault.
+#[derive(Debug, thiserror::Error, miette::Diagnostic)]
+#[non_exhaustive]
+pub enum StrategyFileFault {
+    /// A file that cannot be read.
+    #[error(transparent)]
+    #[diagnostic(
+        code(shardplan::formats::mindspore_strategy::read),
+        help("check the path")
+    )]
+    Read(std::io::Error),
+    /// JSON that is not a strategy document: a syntax error, or a top-level
+    /// field missing or of the wrong type.
+    #[error("line {line}, column {column}: {source}")]
+    #[diagnostic(
+        code(shardplan::formats::mindspore_strategy::json),
+        help("a MindSpore JSON strategy has `current_stage` and `parallel_layout_item`")
+    )]
+    Json {
+        /// Line of the fault, from 1.
+        line: usize,
+        /// Column of the fault, from 1.
+        column: usize,
+        /// The parser's error.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// A JSON layout with a field missing or of the wrong type.
+    #[error("parameter `{parameter}`: {source}")]
+    #[diagnostic(
+        code(shardplan::formats::mindspore_strategy::malformed_layout),
+        help(
+            "each layout has dev_matrix, tensor_map and (optionally) tensor_shape, opt_weight_shard_size, opt_weight_shard_step"
+        )
+    )]
+    MalformedLayout {
+        /// The parameter.
+        parameter: String,
+        /// The parser's error.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// A JSON tensor map entry that is not an integer (a nested map, which
+    /// only the protobuf form holds).
+    #[error("parameter `{parameter}`: tensor_map entry {entry} is not an integer")]
+    #[diagnostic(
+        code(shardplan::formats::mindspore_strategy::tensor_map_entry),
+        help("JSON strategies hold flat tensor maps; nested maps need the protobuf form")
+    )]
+    TensorMapEntry {
+        /// The parameter.
+        parameter: String,
+        /// The entry (boxed: errors stay small).
+        entry: Box<serde_json::Value>,
+    },
+    /// A file that is neither JSON nor a protobuf `ParallelStrategyMap`.
+    #[error("neither JSON nor a protobuf ParallelStrategyMap: {0}")]
+    #[diagnostic(
+        code(shardplan::formats::mindspore_strategy::not_a_strategy),
+        help("pass the strategy file MindSpore wrote (strategy.json or strategy.ckpt)")
+    )]
+    NotAStrategy(#[source] prost::DecodeError),
+    /// A parameter with an empty name.
+    #[error("a parameter has an empty name")]
+    #[diagnostic(
+        code(shardplan::formats::mindspore_strategy::empty_name),
+        help("every parameter needs a name")
+    )]
+    EmptyName,
+    /// A parameter listed twice for one stage in one file.
+    #[error("parameter `{parameter}` is listed twice for stage {stage}")]
+    #[diagnostic(
+        code(shardplan::formats::mindspore_strategy::listed_twice),
+        help("each parameter has one layout per stage")
+    )]
+    ListedTwice {
+        /// The parameter.
+        parameter: String,
+        /// The stage.
+        stage: u64,
+    },
+    /// A parameter on two stages of one file with different layouts.
+    #[error("parameter `{parameter}` is on stages {first} and {second} with different layouts")]
+    #[diagnostic(
+        code(shardplan::formats::mindspore_strategy::different_layouts),
+        help("a parameter shared by several stages (a tied embedding) must be cut alike on each")
+    )]
+    DifferentLayouts {
+        /// The parameter.
+        parameter: String,
+        /// The stage of its layout read before (the lowest so far).
+        first: u64,
+        /// The stage whose layout differs.
+        second: u64,
+    },
+    /// A parameter listed for one stage in two of the files read together.
+    #[error("parameter `{parameter}` is listed twice for stage {stage}, counting the other files")]
+    #[diagnostic(
+        code(shardplan::formats::mindspore_strategy::listed_twice_across_files),
+        help("pass each stage's file once")
+    )]
+    ListedTwiceAcrossFiles {
+        /// The parameter.
+        parameter: String,
+        /// The stage.
+        stage: u64,
+    },
+    /// A parameter on two stages, in two of the files read together, with
+    /// different layouts.
+    #[error(
+        "parameter `{parameter}` is on stages {first} and {second} with different layouts, counting the other files"
+    )]
+    #[diagnostic(
+        code(shardplan::formats::mindspore_strategy::different_layouts_across_files),
+        help("pass each stage's file once")
+    )]
+    DifferentLayoutsAcrossFiles {
+        /// The parameter.
+        parameter: String,
+        /// The stage of its layout read before (the lowest so far).
+        first: u64,
+        /// The stage whose layout differs.
+        second: u64,
+    },
+    /// A nested tensor map merged into the JSON form, which holds flat
+    /// maps only.
+    #[error("parameter `{parameter}` has a nested tensor map")]
+    #[diagnostic(
+        code(shardplan::formats::mindspore_strategy::merge_nested_map),
+        help("merge into the protobuf form (.ckpt)")
+    )]
+    MergeNestedMap {
+        /// The parameter.
+        parameter: String,
+    },
+    /// A tensor map entry or optimizer shard value merged into the
+    /// protobuf form that does not fit its int32 field.
+    #[error("parameter `{parameter}`: {value} does not fit int32")]
+    #[diagnostic(
+        code(shardplan::formats::mindspore_strategy::merge_out_of_range),
+        help("{}", INT32)
+    )]
+    MergeOutOfRange {
+        /// The parameter.
+        parameter: String,
+        /// The value.
+        value: i64,
+    },
+    /// A layout MindSpore's notation cannot express (partial sums, pins
+    /// other than a first-axis stage, uneven splits other than
+    /// `param_split_shape`).
+    #[error("tensor `{tensor}`: {source}")]
+    #[diagnostic(
+        code(shardplan::formats::mindspore_strategy::inexpressible),
+        help("express the layout in MindSpore terms or leave it out")
+    )]
+    Inexpressible {
+        /// The tensor.
+        tensor: String,
+        /// Why the notation cannot express it (boxed: errors stay small).
+        #[source]
+        source: Box<crate::LayoutError>,
+    },
+    /// A dimension split over several axes (a nested tensor map) written in
+    /// the JSON form, which holds flat maps only.
+    #[error("tensor `{tensor}` splits a dimension over several axes")]
+    #[diagnostic(
+        code(shardplan::formats::mindspore_strategy::split_over_axes),
+        help("write the protobuf form (--format mindspore-pb), which holds nested tensor maps")
+    )]
+    SplitOverAxes {
+        /// The tensor.
+        tensor: String,
+    },
+    /// A value written in the protobuf form that does not fit its int32
+    /// field.
+    #[error("tensor `{tensor}`: {field} {value} does not fit int32")]
+    #[diagnostic(
+        code(shardplan::formats::mindspore_strategy::out_of_range),
+        help("{}", INT32)
+    )]
+    OutOfRange {
+        /// The tensor.
+        tensor: String,
+        /// The field (`tensor_map entry`, `opt_weight_shard_step`,
+        /// `opt_weight_shard_size`).
+        field: &'static str,
+        /// The value.
+        value: i64,
+    },
+    /// A device matrix entry written in the protobuf form that does not
+    /// fit its uint32 field.
+    #[error("tensor `{tensor}`: device matrix entry {value} too large")]
+    #[diagnostic(
+        code(shardplan::formats::mindspore_strategy::device_matrix_entry),
+        help("MindSpore stores it as uint32")
+    )]
+    DeviceMatrixEntry {
+        /// The tensor.
+        tensor: String,
+        /// The entry.
+        value: u64,
+    },
+}
+
+impl StrategyFileFault {
+    /// The fault in `file`.
+    fn of(self, file: &str) -> StrategyFileError {
+        StrategyFileError {
+            file: file.to_string(),
+            fault: self,
+        }
     }
 }
 
@@ -121,9 +331,16 @@ fn stage_prefix(name: &str) -> Option<(u64, &str)> {
 ///
 /// # Errors
 ///
-/// [`StrategyFileError`] for a file that is neither, JSON with a syntax
-/// error (line and column named), a layout with a malformed field, or a
-/// parameter listed twice.
+/// [`StrategyFileError`] naming `file`, with its [`StrategyFileFault`]:
+/// [`NotAStrategy`](StrategyFileFault::NotAStrategy) for a file that is
+/// neither; [`Json`](StrategyFileFault::Json) for JSON with a syntax error
+/// or a missing top-level field (line and column named);
+/// [`MalformedLayout`](StrategyFileFault::MalformedLayout) and
+/// [`TensorMapEntry`](StrategyFileFault::TensorMapEntry) for a layout with
+/// a malformed field; [`EmptyName`](StrategyFileFault::EmptyName);
+/// [`ListedTwice`](StrategyFileFault::ListedTwice) and
+/// [`DifferentLayouts`](StrategyFileFault::DifferentLayouts) for a
+/// parameter listed twice for one stage, or on two with different layouts.
 pub fn parse_strategy_file(file: &str, bytes: &[u8]) -> Result<StrategyFile, StrategyFileError> {
     let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
     let (current, raw): (u64, Vec<(String, ParamEntry)>) = if first == Some(&b'{') {
@@ -143,13 +360,9 @@ pub fn parse_strategy_file(file: &str, bytes: &[u8]) -> Result<StrategyFile, Str
             p.name = name;
         }
         if p.name.is_empty() {
-            return Err(fail(
-                file,
-                "a parameter has an empty name",
-                "every parameter needs a name",
-            ));
+            return Err(StrategyFileFault::EmptyName.of(file));
         }
-        add_param(&mut params, p).map_err(|(message, help)| fail(file, message, help))?;
+        add_param(&mut params, p).map_err(|c| c.in_one_file().of(file))?;
     }
     // Stage numbers come from the file: a huge one must fail later, when
     // its mesh is built, not overflow here.
@@ -171,26 +384,72 @@ pub fn parse_strategy_file(file: &str, bytes: &[u8]) -> Result<StrategyFile, Str
     })
 }
 
+/// Why [`add_param`] refused an entry: the fault of one file, or of the
+/// files read together.
+enum Clash {
+    /// Listed twice for one stage.
+    Twice { parameter: String, stage: u64 },
+    /// On two stages with different layouts.
+    Differ {
+        parameter: String,
+        first: u64,
+        second: u64,
+    },
+}
+
+impl Clash {
+    fn in_one_file(self) -> StrategyFileFault {
+        match self {
+            Clash::Twice { parameter, stage } => {
+                StrategyFileFault::ListedTwice { parameter, stage }
+            }
+            Clash::Differ {
+                parameter,
+                first,
+                second,
+            } => StrategyFileFault::DifferentLayouts {
+                parameter,
+                first,
+                second,
+            },
+        }
+    }
+
+    fn across_files(self) -> StrategyFileFault {
+        match self {
+            Clash::Twice { parameter, stage } => {
+                StrategyFileFault::ListedTwiceAcrossFiles { parameter, stage }
+            }
+            Clash::Differ {
+                parameter,
+                first,
+                second,
+            } => StrategyFileFault::DifferentLayoutsAcrossFiles {
+                parameter,
+                first,
+                second,
+            },
+        }
+    }
+}
+
 /// Adds `p` to `params`, or, when the parameter is already there for
 /// another stage with the same layout, records the stage on that entry.
 ///
 /// # Errors
 ///
-/// A message and a hint when the parameter is listed twice for one stage,
-/// or on two stages with different layouts.
-fn add_param(params: &mut Vec<ParamEntry>, p: ParamEntry) -> Result<(), (String, &'static str)> {
+/// [`Clash`] when the parameter is listed twice for one stage, or on two
+/// stages with different layouts.
+fn add_param(params: &mut Vec<ParamEntry>, p: ParamEntry) -> Result<(), Clash> {
     let Some(old) = params.iter_mut().find(|q| q.name == p.name) else {
         params.push(p);
         return Ok(());
     };
     if old.stage == p.stage || old.also_on.contains(&p.stage) {
-        return Err((
-            format!(
-                "parameter `{}` is listed twice for stage {}",
-                p.name, p.stage
-            ),
-            "each parameter has one layout per stage",
-        ));
+        return Err(Clash::Twice {
+            parameter: p.name,
+            stage: p.stage,
+        });
     }
     let same_cut = old.dev_matrix == p.dev_matrix
         && old.tensor_map == p.tensor_map
@@ -199,13 +458,11 @@ fn add_param(params: &mut Vec<ParamEntry>, p: ParamEntry) -> Result<(), (String,
         && old.param_split_shape == p.param_split_shape
         && (old.shape.is_none() || p.shape.is_none() || old.shape == p.shape);
     if !same_cut {
-        return Err((
-            format!(
-                "parameter `{}` is on stages {} and {} with different layouts",
-                p.name, old.stage, p.stage
-            ),
-            "a parameter shared by several stages (a tied embedding) must be cut alike on each",
-        ));
+        return Err(Clash::Differ {
+            parameter: p.name,
+            first: old.stage,
+            second: p.stage,
+        });
     }
     old.shape = old.shape.take().or(p.shape);
     // Keep the lowest stage first and the others ascending.
@@ -222,32 +479,33 @@ fn add_param(params: &mut Vec<ParamEntry>, p: ParamEntry) -> Result<(), (String,
 type Parsed = (u64, Vec<(String, ParamEntry)>);
 
 fn parse_json(file: &str, bytes: &[u8]) -> Result<Parsed, StrategyFileError> {
-    let doc: JsonFile = serde_json::from_slice(bytes).map_err(|e| {
-        fail(
-            file,
-            format!("line {}, column {}: {e}", e.line(), e.column()),
-            "a MindSpore JSON strategy has `current_stage` and `parallel_layout_item`",
-        )
+    let doc: JsonFile = serde_json::from_slice(bytes).map_err(|source| {
+        StrategyFileFault::Json {
+            line: source.line(),
+            column: source.column(),
+            source,
+        }
+        .of(file)
     })?;
     let mut out = Vec::new();
     for (name, v) in doc.parallel_layout_item {
-        let l: JsonLayout = serde_json::from_value(v).map_err(|e| {
-            fail(
-                file,
-                format!("parameter `{name}`: {e}"),
-                "each layout has dev_matrix, tensor_map and (optionally) tensor_shape, opt_weight_shard_size, opt_weight_shard_step",
-            )
+        let l: JsonLayout = serde_json::from_value(v).map_err(|source| {
+            StrategyFileFault::MalformedLayout {
+                parameter: name.clone(),
+                source,
+            }
+            .of(file)
         })?;
         let mut flat = Vec::with_capacity(l.tensor_map.len());
         for e in &l.tensor_map {
             match e.as_i64() {
                 Some(k) => flat.push(k),
                 None => {
-                    return Err(fail(
-                        file,
-                        format!("parameter `{name}`: tensor_map entry {e} is not an integer"),
-                        "JSON strategies hold flat tensor maps; nested maps need the protobuf form",
-                    ));
+                    return Err(StrategyFileFault::TensorMapEntry {
+                        parameter: name,
+                        entry: Box::new(e.clone()),
+                    }
+                    .of(file));
                 }
             }
         }
@@ -270,13 +528,8 @@ fn parse_json(file: &str, bytes: &[u8]) -> Result<Parsed, StrategyFileError> {
 }
 
 fn parse_pb(file: &str, bytes: &[u8]) -> Result<Parsed, StrategyFileError> {
-    let map = pb::ParallelStrategyMap::decode(bytes).map_err(|e| {
-        fail(
-            file,
-            format!("neither JSON nor a protobuf ParallelStrategyMap: {e}"),
-            "pass the strategy file MindSpore wrote (strategy.json or strategy.ckpt)",
-        )
-    })?;
+    let map = pb::ParallelStrategyMap::decode(bytes)
+        .map_err(|e| StrategyFileFault::NotAStrategy(e).of(file))?;
     let mut out = Vec::new();
     for item in map.parallel_layout_item {
         let l = item.parallel_layouts;
@@ -318,8 +571,11 @@ fn parse_pb(file: &str, bytes: &[u8]) -> Result<Parsed, StrategyFileError> {
 ///
 /// # Errors
 ///
-/// IO errors and [`StrategyFileError`]s, naming the file; a parameter in
-/// two files.
+/// [`StrategyFileError`] naming the file: [`StrategyFileFault::Read`] for a
+/// file that cannot be read, the faults of [`parse_strategy_file`], and
+/// [`ListedTwiceAcrossFiles`](StrategyFileFault::ListedTwiceAcrossFiles) or
+/// [`DifferentLayoutsAcrossFiles`](StrategyFileFault::DifferentLayoutsAcrossFiles)
+/// for a parameter in two files.
 pub fn read_strategy_files(paths: &[&Path]) -> Result<StrategyFile, StrategyFileError> {
     let mut all = StrategyFile {
         params: Vec::new(),
@@ -327,21 +583,14 @@ pub fn read_strategy_files(paths: &[&Path]) -> Result<StrategyFile, StrategyFile
     };
     for path in paths {
         let name = path.display().to_string();
-        let bytes =
-            std::fs::read(path).map_err(|e| fail(&name, e.to_string(), "check the path"))?;
+        let bytes = std::fs::read(path).map_err(|e| StrategyFileFault::Read(e).of(&name))?;
         let f = parse_strategy_file(&name, &bytes)?;
         all.stage_count = all.stage_count.max(f.stage_count);
         for p in f.params {
             // Stages one by one: a parameter on several stages is in
             // several files.
             for one in p.per_stage() {
-                add_param(&mut all.params, one).map_err(|(message, _)| {
-                    fail(
-                        &name,
-                        format!("{message}, counting the other files"),
-                        "pass each stage's file once",
-                    )
-                })?;
+                add_param(&mut all.params, one).map_err(|c| c.across_files().of(&name))?;
             }
         }
     }
@@ -534,8 +783,10 @@ impl StrategyFile {
     ///
     /// # Errors
     ///
-    /// [`StrategyFileError`] for a nested tensor map in JSON, or a value
-    /// that does not fit protobuf's integer fields.
+    /// [`StrategyFileError`] naming `merged strategy`:
+    /// [`MergeNestedMap`](StrategyFileFault::MergeNestedMap) for a nested
+    /// tensor map in JSON, [`MergeOutOfRange`](StrategyFileFault::MergeOutOfRange)
+    /// for a value that does not fit protobuf's integer fields.
     pub fn write_merged(&self, format: StrategyFormat) -> Result<Vec<u8>, StrategyFileError> {
         let what = "merged strategy";
         let current = self.stage_count.max(1) - 1;
@@ -548,11 +799,10 @@ impl StrategyFile {
                 let mut items = serde_json::Map::new();
                 for p in &per_stage {
                     let [flat] = p.tensor_map.as_slice() else {
-                        return Err(fail(
-                            what,
-                            format!("parameter `{}` has a nested tensor map", p.name),
-                            "merge into the protobuf form (.ckpt)",
-                        ));
+                        return Err(StrategyFileFault::MergeNestedMap {
+                            parameter: p.name.clone(),
+                        }
+                        .of(what));
                     };
                     let l = JsonLayout {
                         dev_matrix: p.dev_matrix.clone(),
@@ -576,11 +826,11 @@ impl StrategyFile {
             StrategyFormat::Protobuf => {
                 let int = |v: i64, p: &ParamEntry| {
                     i32::try_from(v).map_err(|_| {
-                        fail(
-                            what,
-                            format!("parameter `{}`: {v} does not fit int32", p.name),
-                            "MindSpore stores it as int32",
-                        )
+                        StrategyFileFault::MergeOutOfRange {
+                            parameter: p.name.clone(),
+                            value: v,
+                        }
+                        .of(what)
                     })
                 };
                 let mut items = Vec::new();
@@ -644,9 +894,14 @@ pub enum StrategyFormat {
 ///
 /// # Errors
 ///
-/// [`StrategyFileError`] for a layout MindSpore cannot express (partial
-/// sums, pins other than a first-axis stage, uneven splits other than
-/// `param_split_shape`), or a nested tensor map in JSON.
+/// [`StrategyFileError`] naming ``strategy `name` ``:
+/// [`Inexpressible`](StrategyFileFault::Inexpressible) for a layout
+/// MindSpore cannot express (partial sums, pins other than a first-axis
+/// stage, uneven splits other than `param_split_shape`);
+/// [`SplitOverAxes`](StrategyFileFault::SplitOverAxes) for a nested tensor
+/// map in JSON; [`OutOfRange`](StrategyFileFault::OutOfRange) and
+/// [`DeviceMatrixEntry`](StrategyFileFault::DeviceMatrixEntry) for a value
+/// that does not fit protobuf's integer fields.
 pub fn write_strategy_file(
     strategy: &Strategy,
     format: StrategyFormat,
@@ -669,12 +924,12 @@ pub fn write_strategy_file(
             l.split_pins()
         };
         for one in per_stage {
-            let ms = MindSporeLayout::from_layout(&one).map_err(|e| {
-                fail(
-                    &what,
-                    format!("tensor `{}`: {e}", t.name),
-                    "express the layout in MindSpore terms or leave it out",
-                )
+            let ms = MindSporeLayout::from_layout(&one).map_err(|source| {
+                StrategyFileFault::Inexpressible {
+                    tensor: t.name.clone(),
+                    source: Box::new(source),
+                }
+                .of(&what)
             })?;
             stages.insert((ms.stage, ms.stage_count));
             entries.push((t, ms));
@@ -696,11 +951,10 @@ pub fn write_strategy_file(
             let mut items = serde_json::Map::new();
             for (t, ms) in &entries {
                 if !ms.is_flat() {
-                    return Err(fail(
-                        &what,
-                        format!("tensor `{}` splits a dimension over several axes", t.name),
-                        "write the protobuf form (--format mindspore-pb), which holds nested tensor maps",
-                    ));
+                    return Err(StrategyFileFault::SplitOverAxes {
+                        tensor: t.name.clone(),
+                    }
+                    .of(&what));
                 }
                 let l = JsonLayout {
                     dev_matrix: ms.dev_matrix.clone(),
@@ -726,13 +980,14 @@ pub fn write_strategy_file(
             Ok(serde_json::to_vec(&doc).expect("serializes"))
         }
         StrategyFormat::Protobuf => {
-            let to_i32 = |v: i64, field: &str, t: &TensorInfo| {
+            let to_i32 = |v: i64, field: &'static str, t: &TensorInfo| {
                 i32::try_from(v).map_err(|_| {
-                    fail(
-                        &what,
-                        format!("tensor `{}`: {field} {v} does not fit int32", t.name),
-                        "MindSpore stores it as int32",
-                    )
+                    StrategyFileFault::OutOfRange {
+                        tensor: t.name.clone(),
+                        field,
+                        value: v,
+                    }
+                    .of(&what)
                 })
             };
             let mut items = Vec::new();
@@ -742,11 +997,11 @@ pub fn write_strategy_file(
                     .iter()
                     .map(|&d| {
                         u32::try_from(d).map_err(|_| {
-                            fail(
-                                &what,
-                                format!("tensor `{}`: device matrix entry {d} too large", t.name),
-                                "MindSpore stores it as uint32",
-                            )
+                            StrategyFileFault::DeviceMatrixEntry {
+                                tensor: t.name.clone(),
+                                value: d,
+                            }
+                            .of(&what)
                         })
                     })
                     .collect::<Result<Vec<u32>, _>>()?;
