@@ -89,15 +89,9 @@ pub fn import_strategy(
 ) -> Result<Spec, ImportError> {
     let file: StrategyFile = read_strategy_files(paths).map_err(ImportError::Read)?;
     let tensors = match shapes {
-        ShapeSource::Recorded(dtype) => {
-            if let Some(p) = file.params.iter().find(|p| p.shape.is_none()) {
-                return Err(ImportError::NoShape {
-                    parameter: p.name.clone(),
-                });
-            }
-            file.tensors(dtype)
-                .expect("every parameter records its shape")
-        }
+        ShapeSource::Recorded(dtype) => file
+            .tensors(dtype)
+            .map_err(|parameter| ImportError::NoShape { parameter })?,
         ShapeSource::Tensors(t) => t.to_vec(),
     };
     let strategy = file
