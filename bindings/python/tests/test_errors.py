@@ -154,7 +154,7 @@ def test_strategy_file_error(tmp_path):
         # A layout that does not fit its tensor: no file to name.
         (
             '{"parallel_layout_item": {"w": {"dev_matrix": [2], "tensor_map": [0, -1], "tensor_shape": [3, 4]}}}',
-            "shardplan::formats::import::layout",
+            "shardplan::formats::mindspore_strategy::layout",
             None,
         ),
     ],

@@ -179,13 +179,14 @@ pub enum ReshardError {
     },
     /// A MindSpore strategy file whose layouts do not fit the checkpoint's
     /// tensors.
-    #[error("{reason}")]
+    #[error("{source}")]
     #[diagnostic(code(shardplan::reshard::strategy_layouts), help("{}", side.check()))]
     StrategyLayouts {
         /// Which strategy.
         side: Side,
-        /// What does not fit (from the strategy file's reader).
-        reason: String,
+        /// What does not fit.
+        #[source]
+        source: crate::formats::mindspore_strategy::StrategyLayoutError,
     },
     /// A source strategy with another rank count than the checkpoint.
     #[error(
@@ -443,6 +444,13 @@ pub enum Side {
 }
 
 impl Side {
+    /// Wraps a strategy file's layout fault as this side's.
+    fn layouts_error(
+        self,
+    ) -> impl FnOnce(crate::formats::mindspore_strategy::StrategyLayoutError) -> ReshardError {
+        move |source| ReshardError::StrategyLayouts { side: self, source }
+    }
+
     fn check(self) -> &'static str {
         match self {
             Side::Source => "check the source strategy against the checkpoints",
@@ -585,13 +593,9 @@ pub fn prepare(cfg: &ReshardConfig) -> Result<Prepared, ReshardError> {
     let tensors = global_tensors(&cfg.src, src_file.as_ref(), &sources)?;
     let src = match (&cfg.src, &src_file) {
         (LayoutSource::Strategy(s), _) => (**s).clone(),
-        (LayoutSource::MindSpore(_), Some(f)) => {
-            f.to_strategy("source", &tensors)
-                .map_err(|reason| ReshardError::StrategyLayouts {
-                    side: Side::Source,
-                    reason,
-                })?
-        }
+        (LayoutSource::MindSpore(_), Some(f)) => f
+            .to_strategy("source", &tensors)
+            .map_err(Side::Source.layouts_error())?,
         _ => single_device("source", &tensors)?,
     };
     let n = src.mesh().rank_count();
@@ -1047,10 +1051,7 @@ fn copy_through(
         .partition(|t| in_src.contains(t.name.as_str()) && !in_dst.contains(t.name.as_str()));
     let mut dst = dst_file
         .to_strategy("destination", &laid_out)
-        .map_err(|reason| ReshardError::StrategyLayouts {
-            side: Side::Destination,
-            reason,
-        })?;
+        .map_err(Side::Destination.layouts_error())?;
     let mut layouts = dst.layouts().to_vec();
     let mut changed = false;
     for (i, t) in laid_out.iter().enumerate() {
@@ -1074,17 +1075,9 @@ fn copy_through(
     let m = dst.mesh().rank_count();
     let dst_stage = dst_file
         .stage_devices()
-        .map_err(|reason| ReshardError::StrategyLayouts {
-            side: Side::Destination,
-            reason,
-        })?;
+        .map_err(Side::Destination.layouts_error())?;
     let src_stage = match src_file {
-        Some(f) => f
-            .stage_devices()
-            .map_err(|reason| ReshardError::StrategyLayouts {
-                side: Side::Source,
-                reason,
-            })?,
+        Some(f) => f.stage_devices().map_err(Side::Source.layouts_error())?,
         None => src.mesh().rank_count(),
     };
     let mut copies = Vec::with_capacity(copied.len());

@@ -10,11 +10,11 @@ use common::conformance_cases;
 use serde_json::Value;
 use shardplan::formats::import::{ShapeSource, import_spec};
 use shardplan::formats::mindspore_strategy::{
-    StrategyFileFault, StrategyFormat, parse_strategy_file, read_strategy_files,
-    write_strategy_file,
+    StrategyFileFault, StrategyFormat, StrategyLayoutError, parse_strategy_file,
+    read_strategy_files, write_strategy_file,
 };
 use shardplan::notation::mindspore::MindSporeLayout;
-use shardplan::{DType, TensorInfo};
+use shardplan::{DType, LayoutError, TensorInfo};
 
 fn tensors(case: &Value) -> Vec<TensorInfo> {
     case["params"]
@@ -90,10 +90,16 @@ fn strategy_files_read_as_the_cases_state() {
                 let all = tensors(&case);
                 if name == "err_uneven_dim" {
                     // MindSpore would not cut it; neither do we.
+                    let err = f.to_strategy(side, &all).unwrap_err();
                     assert!(
-                        f.to_strategy(side, &all)
-                            .unwrap_err()
-                            .contains("does not split evenly")
+                        matches!(
+                            err,
+                            StrategyLayoutError::Layout {
+                                source: LayoutError::UnevenSplit { .. },
+                                ..
+                            }
+                        ),
+                        "{err:?}"
                     );
                     continue;
                 }
@@ -413,8 +419,96 @@ fn bad_strategy_files_name_the_fault() {
             shape: vec![4],
             dtype: DType::F32,
         }];
-        assert!(f.to_strategy("s", &t).is_err());
+        assert!(
+            matches!(f.to_strategy("s", &t), Err(StrategyLayoutError::Mesh(_))),
+            "{json}"
+        );
     }
+}
+
+/// Each way a strategy file's layouts can fail to fit the tensors given,
+/// by its code; the message names the parameter.
+#[test]
+fn strategy_layout_faults_by_code() {
+    let one = |name: &str, shape: &[u64]| TensorInfo {
+        name: name.into(),
+        shape: shape.to_vec(),
+        dtype: DType::F32,
+    };
+    let item = |dev: &str, map: &str, shape: &str| {
+        format!(r#"{{"dev_matrix": {dev}, "tensor_map": {map}, "tensor_shape": {shape}}}"#)
+    };
+    let w = item("[2]", "[0]", "[4]");
+    // (code, the layout items, the tensors given, a name the message holds)
+    let cases: Vec<(&str, String, Vec<TensorInfo>, &str)> = vec![
+        (
+            "stage_devices",
+            format!(r#""w": {w}, "v": {}"#, item("[4]", "[0]", "[4]")),
+            vec![one("w", &[4]), one("v", &[4])],
+            "`v`",
+        ),
+        (
+            "dev_matrix_overflow",
+            format!(
+                r#""w": {}"#,
+                item("[4294967296, 4294967296]", "[1, 0]", "[4, 4]")
+            ),
+            vec![one("w", &[4, 4])],
+            "`w`",
+        ),
+        (
+            "shape_mismatch",
+            format!(r#""w": {w}"#),
+            vec![one("w", &[8])],
+            "`w`",
+        ),
+        (
+            "tensor_map_shape",
+            format!(r#""w": {}"#, item("[2]", "[0]", "[4, 4]")),
+            vec![one("w", &[4, 4])],
+            "`w`",
+        ),
+        (
+            "layout",
+            format!(r#""w": {}"#, item("[3]", "[0]", "[4]")),
+            vec![one("w", &[4])],
+            "`w`",
+        ),
+        (
+            "replicated",
+            format!(r#""w": {w}"#),
+            vec![one("w", &[4]), one("huge", &[1 << 40, 1 << 40])],
+            "",
+        ),
+        (
+            "strategy",
+            format!(r#""w": {w}"#),
+            vec![one("w", &[4]), one("w", &[4])],
+            "`w`",
+        ),
+    ];
+    for (code, items, tensors, names) in cases {
+        let json = format!(r#"{{"current_stage": 0, "parallel_layout_item": {{{items}}}}}"#);
+        let f = parse_strategy_file("strategy.json", json.as_bytes()).unwrap();
+        let err = f.to_strategy("s", &tensors).unwrap_err();
+        let got = miette::Diagnostic::code(&err).map(|c| c.to_string());
+        assert_eq!(
+            got.as_deref(),
+            Some(format!("shardplan::formats::mindspore_strategy::{code}").as_str()),
+            "{err}"
+        );
+        assert!(err.to_string().contains(names), "{code}: {err}");
+    }
+    // The tensor map alone, against a number of dimensions.
+    let f = parse_strategy_file(
+        "strategy.json",
+        format!(r#"{{"current_stage": 0, "parallel_layout_item": {{"w": {w}}}}}"#).as_bytes(),
+    )
+    .unwrap();
+    assert!(matches!(
+        f.params[0].mindspore_layout(2, 1),
+        Err(StrategyLayoutError::TensorMapRank { rank: 2, .. })
+    ));
 }
 
 /// Strategies MindSpore's files cannot hold are refused by fault, naming
@@ -517,17 +611,26 @@ fn bad_imports_name_the_fault() {
     };
     let (wide, uneven) = (shaped(vec![4, 6]), shaped(vec![3, 4]));
     let missing = dir.join("missing.json");
+    // A layout that does not fit carries the strategy file's own code.
     let cases: Vec<(&Path, ShapeSource<'_>, &str)> = vec![
-        (&missing, ShapeSource::Recorded(DType::F32), "read"),
-        (&pb, ShapeSource::Recorded(DType::F32), "no_shape"),
-        (&json, ShapeSource::Tensors(&wide), "layout"),
-        (&pb, ShapeSource::Tensors(&uneven), "layout"),
+        (&missing, ShapeSource::Recorded(DType::F32), "import::read"),
+        (&pb, ShapeSource::Recorded(DType::F32), "import::no_shape"),
+        (
+            &json,
+            ShapeSource::Tensors(&wide),
+            "mindspore_strategy::shape_mismatch",
+        ),
+        (
+            &pb,
+            ShapeSource::Tensors(&uneven),
+            "mindspore_strategy::layout",
+        ),
     ];
     for (path, shapes, fault) in cases {
         let err = import_strategy(&[path], shapes, "i").unwrap_err();
         assert_eq!(
             code_of(&err),
-            format!("shardplan::formats::import::{fault}"),
+            format!("shardplan::formats::{fault}"),
             "{err}"
         );
     }
@@ -796,7 +899,16 @@ fn whole_group_shards_and_recorded_steps_round_trip() {
             .to_strategy("s", &tensors)
     };
     let err = with_step(2).unwrap_err();
-    assert!(err.contains("records for this group: 3"), "{err}");
+    // The notation's faults carry their reason as text (one variant for
+    // all of them), so the reason is what tells this one apart.
+    let StrategyLayoutError::Layout {
+        source: LayoutError::Notation { reason, .. },
+        ..
+    } = &err
+    else {
+        panic!("{err:?}")
+    };
+    assert!(reason.contains("records for this group: 3"), "{err}");
     // Unsharded parameters as MindSpore writes them: step 0, size -1.
     let s0 = with_step(0).unwrap();
     assert_eq!(rows(&s0), [0; 16]);
@@ -954,5 +1066,8 @@ strategies:
         dtype: DType::F32,
     }];
     let err = f.to_strategy("s", &t).unwrap_err();
-    assert!(err.contains("does not fit a tensor of shape [8]"), "{err}");
+    assert!(
+        matches!(&err, StrategyLayoutError::TensorMapShape { parameter, shape, .. } if parameter == "w" && shape == &[8]),
+        "{err:?}"
+    );
 }

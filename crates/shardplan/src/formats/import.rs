@@ -5,7 +5,9 @@ use std::path::Path;
 
 use crate::DType;
 use crate::TensorInfo;
-use crate::formats::mindspore_strategy::{StrategyFile, StrategyFileError, read_strategy_files};
+use crate::formats::mindspore_strategy::{
+    StrategyFile, StrategyFileError, StrategyLayoutError, read_strategy_files,
+};
 use crate::spec::write::WriteError;
 use crate::spec::{Spec, SpecError};
 
@@ -50,11 +52,11 @@ pub enum ImportError {
         parameter: String,
     },
     /// A layout of the files that does not fit its tensor, or files that
-    /// disagree on the devices per stage, as
-    /// [`StrategyFile::to_strategy`] words it.
-    #[error("{0}")]
-    #[diagnostic(code(shardplan::formats::import::layout), help("{}", LAYOUT))]
-    Layout(String),
+    /// disagree on the devices per stage; its code and help are the
+    /// fault's.
+    #[error(transparent)]
+    #[diagnostic(forward(0))]
+    Layout(StrategyLayoutError),
     /// An optimizer shard (`opt_weight_shard_size`,
     /// `opt_weight_shard_step`) that does not fit its parameter's layout.
     #[error(transparent)]

@@ -12,7 +12,7 @@ use crate::DType;
 use crate::DeviceMesh;
 use crate::TensorLayout;
 use crate::notation::mindspore::{MindSporeLayout, STAGE_AXIS};
-use crate::{Strategy, TensorInfo};
+use crate::{LayoutError, Strategy, StrategyError, TensorInfo};
 
 /// Messages generated from `proto/node_strategy.proto`.
 #[allow(missing_docs, clippy::all)]
@@ -284,6 +284,139 @@ impl StrategyFileFault {
             fault: self,
         }
     }
+}
+
+const SAME_RUN: &str = "pass the strategy files and the checkpoint (or spec) of the same run";
+
+/// A strategy file's layout that does not fit the tensors it is applied
+/// to, one variant per fault. Each names the parameter when one is at
+/// fault.
+#[derive(Debug, thiserror::Error, miette::Diagnostic)]
+#[non_exhaustive]
+pub enum StrategyLayoutError {
+    /// A tensor map with another number of dimensions than the tensor.
+    #[error(
+        "parameter `{parameter}`: tensor_map {tensor_map:?} does not fit a tensor of {rank} dimensions"
+    )]
+    #[diagnostic(
+        code(shardplan::formats::mindspore_strategy::tensor_map_rank),
+        help("a tensor map has one entry per dimension of its tensor; {}", SAME_RUN)
+    )]
+    TensorMapRank {
+        /// The parameter.
+        parameter: String,
+        /// The tensor map as stored.
+        tensor_map: Vec<Vec<i64>>,
+        /// The tensor's number of dimensions.
+        rank: usize,
+    },
+    /// A tensor map with another number of dimensions than the shape it is
+    /// laid over.
+    #[error(
+        "parameter `{parameter}`: tensor_map {tensor_map:?} does not fit a tensor of shape {shape:?}"
+    )]
+    #[diagnostic(
+        code(shardplan::formats::mindspore_strategy::tensor_map_shape),
+        help("a tensor map has one entry per dimension of its tensor; {}", SAME_RUN)
+    )]
+    TensorMapShape {
+        /// The parameter.
+        parameter: String,
+        /// The tensor map as stored.
+        tensor_map: Vec<Vec<i64>>,
+        /// The tensor's shape.
+        shape: Vec<u64>,
+    },
+    /// A layout whose device matrix, tensor map, optimizer shard or stages
+    /// do not make a layout of its tensor.
+    #[error("parameter `{parameter}`: {source}")]
+    #[diagnostic(
+        code(shardplan::formats::mindspore_strategy::layout),
+        help(
+            "the device matrix, tensor map, optimizer shard and stages must make a layout of the tensor; {}",
+            SAME_RUN
+        )
+    )]
+    Layout {
+        /// The parameter.
+        parameter: String,
+        /// Why the layout does not fit.
+        #[source]
+        source: LayoutError,
+    },
+    /// A device matrix whose product overflows 64 bits.
+    #[error("parameter `{parameter}`: dev_matrix {dev_matrix:?} overflows")]
+    #[diagnostic(
+        code(shardplan::formats::mindspore_strategy::dev_matrix_overflow),
+        help("a device matrix's product is the devices of one stage; fix the file's dev_matrix")
+    )]
+    DevMatrixOverflow {
+        /// The parameter.
+        parameter: String,
+        /// The device matrix.
+        dev_matrix: Vec<u64>,
+    },
+    /// Parameters whose device matrices span different numbers of devices.
+    #[error("parameter `{parameter}` spans {devices} devices per stage, others {others}")]
+    #[diagnostic(
+        code(shardplan::formats::mindspore_strategy::stage_devices),
+        help("every stage has as many devices; pass the files of one run")
+    )]
+    StageDevices {
+        /// The parameter that differs from those before it.
+        parameter: String,
+        /// Its devices per stage.
+        devices: u64,
+        /// The devices per stage of the parameters before it.
+        others: u64,
+    },
+    /// A parameter with another shape in the files than in the tensors
+    /// given.
+    #[error(
+        "parameter `{parameter}` has shape {in_strategy:?} in the strategy but {given:?} in the checkpoint"
+    )]
+    #[diagnostic(
+        code(shardplan::formats::mindspore_strategy::shape_mismatch),
+        help("{}", SAME_RUN)
+    )]
+    ShapeMismatch {
+        /// The parameter.
+        parameter: String,
+        /// Its shape in the strategy file.
+        in_strategy: Vec<u64>,
+        /// Its shape in the tensors given.
+        given: Vec<u64>,
+    },
+    /// The mesh of the files (stages by devices per stage) that cannot be
+    /// built.
+    #[error("{0}")]
+    #[diagnostic(
+        code(shardplan::formats::mindspore_strategy::mesh),
+        help(
+            "the stages and devices per stage make the mesh; fix the file's current_stage or dev_matrix"
+        )
+    )]
+    Mesh(#[source] LayoutError),
+    /// A tensor the files do not lay out that cannot be held whole.
+    #[error("{source}")]
+    #[diagnostic(
+        code(shardplan::formats::mindspore_strategy::replicated),
+        help("a tensor missing from the files is held whole by every rank; check its shape")
+    )]
+    Replicated {
+        /// The tensor.
+        tensor: String,
+        /// Why it cannot be held whole.
+        #[source]
+        source: LayoutError,
+    },
+    /// The layouts, each fitting, that do not make a strategy.
+    #[error("{0}")]
+    #[diagnostic(
+        code(shardplan::formats::mindspore_strategy::strategy),
+        help("{}", SAME_RUN)
+    )]
+    Strategy(#[source] StrategyError),
 }
 
 #[derive(serde::Deserialize, serde::Serialize)]
@@ -630,18 +763,20 @@ impl ParamEntry {
     ///
     /// # Errors
     ///
-    /// A message when the tensor map does not fit that many dimensions.
+    /// [`StrategyLayoutError::TensorMapRank`] when the tensor map does not
+    /// fit that many dimensions.
     pub fn mindspore_layout(
         &self,
         rank: usize,
         stage_count: u64,
-    ) -> Result<MindSporeLayout, String> {
-        let tensor_map = self.tensor_map_for(rank).ok_or_else(|| {
-            format!(
-                "parameter `{}`: tensor_map {:?} does not fit a tensor of {rank} dimensions",
-                self.name, self.tensor_map
-            )
-        })?;
+    ) -> Result<MindSporeLayout, StrategyLayoutError> {
+        let tensor_map =
+            self.tensor_map_for(rank)
+                .ok_or_else(|| StrategyLayoutError::TensorMapRank {
+                    parameter: self.name.clone(),
+                    tensor_map: self.tensor_map.clone(),
+                    rank,
+                })?;
         Ok(MindSporeLayout {
             dev_matrix: self.dev_matrix.clone(),
             tensor_map,
@@ -658,19 +793,37 @@ impl ParamEntry {
     ///
     /// # Errors
     ///
-    /// A message when the tensor map does not fit the shape or the layout
-    /// is inconsistent.
-    pub fn layout(&self, shape: &[u64], stage_count: u64) -> Result<TensorLayout, String> {
+    /// [`StrategyLayoutError::TensorMapShape`] when the tensor map does not
+    /// fit the shape, [`StrategyLayoutError::Layout`] when the entry does
+    /// not make a layout of it.
+    pub fn layout(
+        &self,
+        shape: &[u64],
+        stage_count: u64,
+    ) -> Result<TensorLayout, StrategyLayoutError> {
         let ms = self
             .mindspore_layout(shape.len(), stage_count)
-            .map_err(|_| {
-                format!(
-                    "parameter `{}`: tensor_map {:?} does not fit a tensor of shape {shape:?}",
-                    self.name, self.tensor_map
-                )
+            .map_err(|_| StrategyLayoutError::TensorMapShape {
+                parameter: self.name.clone(),
+                tensor_map: self.tensor_map.clone(),
+                shape: shape.to_vec(),
             })?;
         ms.to_layout_on_stages(shape, &self.also_on)
-            .map_err(|e| format!("parameter `{}`: {e}", self.name))
+            .map_err(|source| StrategyLayoutError::Layout {
+                parameter: self.name.clone(),
+                source,
+            })
+    }
+
+    /// Devices of one stage this entry spans (its device matrix's product).
+    fn stage_devices(&self) -> Result<u64, StrategyLayoutError> {
+        self.dev_matrix
+            .iter()
+            .try_fold(1u64, |a, &b| a.checked_mul(b))
+            .ok_or_else(|| StrategyLayoutError::DevMatrixOverflow {
+                parameter: self.name.clone(),
+                dev_matrix: self.dev_matrix.clone(),
+            })
     }
 }
 
@@ -679,31 +832,65 @@ impl StrategyFile {
     ///
     /// # Errors
     ///
-    /// A message when parameters disagree or a product overflows.
-    pub fn stage_devices(&self) -> Result<u64, String> {
+    /// [`StrategyLayoutError::DevMatrixOverflow`] when a product
+    /// overflows, [`StrategyLayoutError::StageDevices`] when parameters
+    /// disagree.
+    pub fn stage_devices(&self) -> Result<u64, StrategyLayoutError> {
         let mut n: Option<u64> = None;
         for p in &self.params {
-            let prod = p
-                .dev_matrix
-                .iter()
-                .try_fold(1u64, |a, &b| a.checked_mul(b))
-                .ok_or_else(|| {
-                    format!(
-                        "parameter `{}`: dev_matrix {:?} overflows",
-                        p.name, p.dev_matrix
-                    )
-                })?;
+            let devices = p.stage_devices()?;
             match n {
-                Some(m) if m != prod => {
-                    return Err(format!(
-                        "parameter `{}` spans {prod} devices per stage, others {m}",
-                        p.name
-                    ));
+                Some(others) if others != devices => {
+                    return Err(StrategyLayoutError::StageDevices {
+                        parameter: p.name.clone(),
+                        devices,
+                        others,
+                    });
                 }
-                _ => n = Some(prod),
+                _ => n = Some(devices),
             }
         }
         Ok(n.unwrap_or(1))
+    }
+
+    /// The mesh of these files: `[rank = n]`, or `[stage = S, rank = n]`
+    /// with pipeline stages.
+    fn mesh(&self) -> Result<Arc<DeviceMesh>, StrategyLayoutError> {
+        let n = self.stage_devices()?;
+        let axes: Vec<(&str, u64)> = if self.stage_count > 1 {
+            vec![(STAGE_AXIS, self.stage_count), ("rank", n)]
+        } else {
+            vec![("rank", n)]
+        };
+        DeviceMesh::new(axes)
+            .map(Arc::new)
+            .map_err(StrategyLayoutError::Mesh)
+    }
+
+    /// The layout of tensor `t` on `mesh`: its entry's, or whole on every
+    /// rank when the files do not name it.
+    fn layout_of(
+        &self,
+        entry: Option<&ParamEntry>,
+        t: &TensorInfo,
+        mesh: &Arc<DeviceMesh>,
+    ) -> Result<TensorLayout, StrategyLayoutError> {
+        let Some(p) = entry else {
+            return TensorLayout::replicated(mesh.clone(), &t.shape).map_err(|source| {
+                StrategyLayoutError::Replicated {
+                    tensor: t.name.clone(),
+                    source,
+                }
+            });
+        };
+        if let Some(s) = p.shape.as_ref().filter(|s| **s != t.shape) {
+            return Err(StrategyLayoutError::ShapeMismatch {
+                parameter: t.name.clone(),
+                in_strategy: s.clone(),
+                given: t.shape.clone(),
+            });
+        }
+        p.layout(&t.shape, self.stage_count)
     }
 
     /// The strategy these files describe, for the tensors in `tensors`
@@ -716,39 +903,21 @@ impl StrategyFile {
     ///
     /// # Errors
     ///
-    /// A message naming the parameter when a layout does not fit.
-    pub fn to_strategy(&self, name: &str, tensors: &[TensorInfo]) -> Result<Strategy, String> {
-        let n = self.stage_devices()?;
-        let axes: Vec<(String, u64)> = if self.stage_count > 1 {
-            vec![
-                (STAGE_AXIS.to_string(), self.stage_count),
-                ("rank".to_string(), n),
-            ]
-        } else {
-            vec![("rank".to_string(), n)]
-        };
-        let mesh = Arc::new(DeviceMesh::new(axes).map_err(|e| e.to_string())?);
+    /// A [`StrategyLayoutError`], naming the parameter when a layout does
+    /// not fit.
+    pub fn to_strategy(
+        &self,
+        name: &str,
+        tensors: &[TensorInfo],
+    ) -> Result<Strategy, StrategyLayoutError> {
+        let mesh = self.mesh()?;
         let by_name: BTreeMap<&str, &ParamEntry> =
             self.params.iter().map(|p| (p.name.as_str(), p)).collect();
-        let mut layouts = Vec::with_capacity(tensors.len());
-        for t in tensors {
-            let layout = match by_name.get(t.name.as_str()) {
-                Some(p) => {
-                    if let Some(s) = p.shape.as_ref().filter(|s| **s != t.shape) {
-                        return Err(format!(
-                            "parameter `{}` has shape {s:?} in the strategy but {:?} in the checkpoint",
-                            t.name, t.shape
-                        ));
-                    }
-                    p.layout(&t.shape, self.stage_count)?
-                }
-                None => {
-                    TensorLayout::replicated(mesh.clone(), &t.shape).map_err(|e| e.to_string())?
-                }
-            };
-            layouts.push(layout);
-        }
-        Strategy::new(name, mesh, tensors.to_vec(), layouts).map_err(|e| e.to_string())
+        let layouts = tensors
+            .iter()
+            .map(|t| self.layout_of(by_name.get(t.name.as_str()).copied(), t, &mesh))
+            .collect::<Result<Vec<_>, _>>()?;
+        Strategy::new(name, mesh, tensors.to_vec(), layouts).map_err(StrategyLayoutError::Strategy)
     }
 
     /// Tensors with the shapes the files record (JSON only), in file order.
