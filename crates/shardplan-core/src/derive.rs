@@ -1013,7 +1013,7 @@ fn strategy_roles(train: &Strategy, rules: &DeriveRules) -> Result<Vec<AxisRole>
     let mut splits = vec![false; n];
     let mut pins = vec![false; n];
     for l in train.layouts() {
-        if !same_mesh(l.mesh(), mesh) {
+        if **l.mesh() != **mesh {
             continue;
         }
         for d in l.dims() {
@@ -1060,10 +1060,6 @@ fn strategy_roles(train: &Strategy, rules: &DeriveRules) -> Result<Vec<AxisRole>
         });
     }
     Ok(roles)
-}
-
-fn same_mesh(a: &Arc<DeviceMesh>, b: &Arc<DeviceMesh>) -> bool {
-    Arc::ptr_eq(a, b) || **a == **b
 }
 
 /// Sorts a layout on the strategy's mesh by the strategy's axis roles.
@@ -1572,7 +1568,7 @@ pub fn derive_strategy(
             || train
                 .layouts()
                 .iter()
-                .any(|l| !same_mesh(l.mesh(), train.mesh()) && !l.pin().is_empty());
+                .any(|l| **l.mesh() != **train.mesh() && !l.pin().is_empty());
         if pattern.is_none() && !source_pipelined {
             return Err(DeriveError::NoLayerPattern { stages });
         }
@@ -1593,7 +1589,7 @@ pub fn derive_strategy(
     let mut reasons = Vec::with_capacity(train.tensors().len());
     let mut indivisible = Vec::new();
     for ((t, l), layer) in train.tensors().iter().zip(train.layouts()).zip(&layer_of) {
-        let view = if same_mesh(l.mesh(), train.mesh()) {
+        let view = if **l.mesh() == **train.mesh() {
             view_native(train.name(), &t.name, l, &roles)?
         } else {
             view_own(train.name(), &t.name, l, rules)?

@@ -12,7 +12,7 @@ use crate::common::*;
 
 pub(crate) fn derive(path: &Path, args: &DeriveArgs) -> miette::Result<Status> {
     use shardplan::derive::{DeriveTarget, derive_strategy};
-    use shardplan::spec::{derived_spec_yaml, rules_for};
+    use shardplan::spec::rules_for;
     let spec = match load_spec(path)? {
         Ok(s) => s,
         Err(code) => return Ok(code),
@@ -81,12 +81,15 @@ pub(crate) fn derive(path: &Path, args: &DeriveArgs) -> miette::Result<Status> {
         args.name,
         derived.target
     );
-    let yaml = match derived_spec_yaml(&spec, Some(&from), &derived.strategy, &comment) {
+    let yaml = match derived_yaml(
+        &spec,
+        Some(&from),
+        &derived.strategy,
+        args.target.as_deref(),
+        &comment,
+    ) {
         Ok(y) => y,
-        Err(e) => {
-            eprintln!("{:?}", miette::Report::new(e));
-            return Ok(Status::from(1));
-        }
+        Err(code) => return Ok(code),
     };
     let explanation = args.explain.then(|| derived.explain(&from));
     let summary = format!(
@@ -148,10 +151,29 @@ pub(crate) fn write_derived(
     Ok(Status::SUCCESS)
 }
 
+/// The spec with the derived strategy, as YAML headed by `comment`; a
+/// derived strategy that does not join the spec or cannot be written is
+/// reported, and exits 1.
+fn derived_yaml(
+    spec: &shardplan::spec::Spec,
+    from: Option<&str>,
+    derived: &Strategy,
+    mesh: Option<&str>,
+    comment: &str,
+) -> Result<String, Status> {
+    let report = |e: miette::Report| {
+        eprintln!("{e:?}");
+        Status::from(1)
+    };
+    let spec = shardplan::spec::derived_spec(spec, from, derived, mesh)
+        .map_err(|e| report(miette::Report::new(e)))?;
+    spec.to_yaml(comment)
+        .map_err(|e| report(miette::Report::new(e)))
+}
+
 /// `derive --operators`: weights laid out by the spec's operators.
 pub(crate) fn derive_operators(path: &Path, args: &DeriveArgs) -> miette::Result<Status> {
     use shardplan::derive::ops::derive_from_operators;
-    use shardplan::spec::derived_spec_yaml;
     let spec = match load_spec(path)? {
         Ok(s) => s,
         Err(code) => return Ok(code),
@@ -208,12 +230,9 @@ pub(crate) fn derive_operators(path: &Path, args: &DeriveArgs) -> miette::Result
         graph.ops.len(),
         graph.batch
     );
-    let yaml = match derived_spec_yaml(&spec, from.as_deref(), &derived.strategy, &comment) {
+    let yaml = match derived_yaml(&spec, from.as_deref(), &derived.strategy, None, &comment) {
         Ok(y) => y,
-        Err(e) => {
-            eprintln!("{:?}", miette::Report::new(e));
-            return Ok(Status::from(1));
-        }
+        Err(code) => return Ok(code),
     };
     let laid_out = derived.weights.iter().flatten().count();
     let summary = format!(

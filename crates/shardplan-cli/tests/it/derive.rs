@@ -17,7 +17,7 @@ use std::process::Output;
 use std::sync::Arc;
 
 use crate::common;
-use shardplan::spec::{derived_spec_yaml, rules_for};
+use shardplan::spec::{derived_spec, rules_for};
 
 use common::{ms_layout, shardplan, shared_cases_dir, text};
 use serde_json::Value;
@@ -159,10 +159,7 @@ fn summary(d: &Derived, source: &str) -> String {
 /// plus one device.
 fn targets(spec: &Spec) -> Vec<(String, Option<String>)> {
     let to = spec.transfer().unwrap().to.clone();
-    let mesh = spec
-        .mesh_name_of(spec.strategy(&to).unwrap().mesh())
-        .map(str::to_string)
-        .unwrap();
+    let mesh = spec.mesh_of(&to).unwrap().to_string();
     vec![(mesh, Some(to)), ("single device".into(), None)]
 }
 
@@ -309,8 +306,15 @@ fn derived_specs_read_back() {
             let d = derive_for(&spec, &from, &target)
                 .renamed("derived_for_test")
                 .unwrap();
-            let yaml =
-                derived_spec_yaml(&spec, Some(&from), &d.strategy, "derived\nfor a test").unwrap();
+            let with = derived_spec(&spec, Some(&from), &d.strategy, Some(&target)).unwrap();
+            // On the target mesh, by its name; one device on a mesh equal
+            // to it, the spec's or a new one.
+            let on = with.mesh_of("derived_for_test").unwrap().as_str();
+            if spec.meshes().contains_key(&target) {
+                assert_eq!(on, target);
+            }
+            assert_eq!(*with.meshes()[on], **d.strategy.mesh(), "{on}");
+            let yaml = with.to_yaml("derived\nfor a test").unwrap();
             assert!(yaml.starts_with("# derived\n# for a test\n"), "{yaml}");
             let back = parse(&yaml);
             let t = back.transfer().unwrap();
@@ -330,7 +334,7 @@ fn derived_specs_read_back() {
             }
             // A taken name is refused.
             let d = d.renamed(&from).unwrap();
-            let err = derived_spec_yaml(&spec, Some(&from), &d.strategy, "").unwrap_err();
+            let err = derived_spec(&spec, Some(&from), &d.strategy, None).unwrap_err();
             assert!(
                 matches!(err, shardplan::spec::DerivedSpecError::NameTaken(_)),
                 "{err}"
@@ -801,7 +805,10 @@ fn tied_embeddings_go_to_the_stages_that_use_them() {
         &rules_for(&spec, "train"),
     )
     .unwrap();
-    let yaml = derived_spec_yaml(&spec, Some("train"), &d.strategy, "").unwrap();
+    let yaml = derived_spec(&spec, Some("train"), &d.strategy, None)
+        .unwrap()
+        .to_yaml("")
+        .unwrap();
     assert!(yaml.contains(r#"at: {"pp": [0, 3]}"#), "{yaml}");
     let back = parse(&yaml);
     let again = back
@@ -2274,7 +2281,10 @@ operators:
         plan_and_simulate(&d.strategy, whole, SMALL);
         // Written as a spec (the table on both stages), it reads back alike.
         let d = d.renamed("staged").unwrap();
-        let yaml = derived_spec_yaml(&spec, Some("whole"), &d.strategy, "").unwrap();
+        let yaml = derived_spec(&spec, Some("whole"), &d.strategy, None)
+            .unwrap()
+            .to_yaml("")
+            .unwrap();
         assert!(yaml.contains(r#"at: {"stage": [0, 2]}"#), "{yaml}");
         let back = parse(&yaml);
         assert!(differences(&d.strategy, back.strategy("staged").unwrap()).is_empty());

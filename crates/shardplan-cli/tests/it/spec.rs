@@ -366,3 +366,121 @@ fn load_tells_the_format_from_the_file() {
     ));
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// Two meshes of one shape stay two meshes: a strategy keeps the one it
+/// names, read, built in code, derived onto and written back.
+#[test]
+fn equal_meshes_keep_their_names() {
+    use shardplan::spec::{MeshId, Spec, derived_spec};
+    let yaml = "
+version: 1
+meshes: {a: {shape: [2], axes: [tp]}, b: {shape: [2], axes: [tp]}}
+tensors: [{name: w, shape: [4], dtype: f32}]
+strategies:
+  on_b: {mesh: b, rules: [{match: '*', dims: [tp]}]}
+";
+    let (spec, diags) = parse_spec("t.yaml", yaml);
+    let spec = spec.unwrap_or_else(|| panic!("{diags:?}"));
+    assert_eq!(spec.mesh_of("on_b"), Some(&MeshId::new("b")));
+    let written = spec.to_yaml("").unwrap();
+    assert!(written.contains("mesh: \"b\""), "{written}");
+    // Derived onto `b` by name, the derived strategy is on `b` too; with
+    // no name, on the first equal mesh.
+    let s = spec.strategy("on_b").unwrap().clone();
+    let d = s.renamed("d");
+    for (named, on) in [(Some("b"), "b"), (None, "a")] {
+        let with = derived_spec(&spec, None, &d, named).unwrap();
+        assert_eq!(with.mesh_of("d").map(MeshId::as_str), Some(on));
+        assert_eq!(with.mesh_of("on_b").map(MeshId::as_str), Some("b"));
+    }
+    // Built in code on `a`, it is written on `a`.
+    let meshes: Vec<_> = spec.meshes().clone().into_iter().collect();
+    let built = Spec::from_parts(meshes, vec![("s".into(), "a".into(), s)], None).unwrap();
+    let written = built.to_yaml("").unwrap();
+    assert!(written.contains("mesh: \"a\""), "{written}");
+}
+
+/// What `Spec::from_parts` refuses, by code.
+#[test]
+fn spec_parts_faults_by_code() {
+    use shardplan::spec::{MeshId, Spec, Transfer};
+    use shardplan::{DType, DeviceMesh, Strategy, TensorInfo, TensorLayout};
+    use std::sync::Arc;
+    let mesh = |n: u64| Arc::new(DeviceMesh::new([("tp", n)]).unwrap());
+    let on = |m: &Arc<DeviceMesh>, name: &str, shape: u64| {
+        let t = TensorInfo {
+            name: "w".into(),
+            shape: vec![shape],
+            dtype: DType::F32,
+        };
+        let l = TensorLayout::replicated(m.clone(), &t.shape).unwrap();
+        Strategy::new(name, m.clone(), vec![t], vec![l]).unwrap()
+    };
+    let (two, four) = (mesh(2), mesh(4));
+    let meshes = || vec![("two".to_string(), two.clone())];
+    let part = |n: &str, m: &str, s: Strategy| (n.to_string(), MeshId::new(m), s);
+    let to = |t: &str| {
+        Some(Transfer {
+            from: "s".into(),
+            to: t.into(),
+        })
+    };
+    type Parts = (
+        Vec<(String, Arc<DeviceMesh>)>,
+        Vec<(String, MeshId, Strategy)>,
+        Option<Transfer>,
+    );
+    let cases: Vec<(&str, Parts)> = vec![
+        (
+            "unknown_mesh",
+            (meshes(), vec![part("s", "four", on(&two, "s", 4))], None),
+        ),
+        (
+            "mesh_differs",
+            (meshes(), vec![part("s", "two", on(&four, "s", 4))], None),
+        ),
+        (
+            "tensors_differ",
+            (
+                meshes(),
+                vec![
+                    part("s", "two", on(&two, "s", 4)),
+                    part("t", "two", on(&two, "t", 8)),
+                ],
+                None,
+            ),
+        ),
+        (
+            "duplicate_name",
+            (
+                meshes(),
+                vec![
+                    part("s", "two", on(&two, "s", 4)),
+                    part("s", "two", on(&two, "s", 4)),
+                ],
+                None,
+            ),
+        ),
+        (
+            "duplicate_name",
+            (
+                vec![("two".into(), two.clone()), ("two".into(), two.clone())],
+                vec![],
+                None,
+            ),
+        ),
+        (
+            "unknown_strategy",
+            (meshes(), vec![part("s", "two", on(&two, "s", 4))], to("t")),
+        ),
+    ];
+    for (code, (m, s, t)) in cases {
+        let err = Spec::from_parts(m, s, t).unwrap_err();
+        let got = miette::Diagnostic::code(&err).map(|c| c.to_string());
+        assert_eq!(
+            got.as_deref(),
+            Some(format!("shardplan::spec::parts::{code}").as_str()),
+            "{err}"
+        );
+    }
+}

@@ -303,7 +303,7 @@ fn a_spec_refuses_to_write_boxes() {
     let src = p.src().clone();
     let spec = shardplan::spec::Spec::from_parts(
         vec![("ranks".into(), src.mesh().clone())],
-        vec![("dcp".into(), src)],
+        vec![("dcp".into(), "ranks".into(), src)],
         None,
     )
     .unwrap();

@@ -9,7 +9,7 @@ use crate::formats::mindspore_strategy::{
     StrategyFile, StrategyFileError, StrategyLayoutError, read_strategy_files,
 };
 use crate::spec::write::WriteError;
-use crate::spec::{Spec, SpecError};
+use crate::spec::{MeshId, Spec, SpecError};
 
 /// Where imported tensors get their shapes and dtypes.
 #[derive(Debug, Clone, Copy)]
@@ -115,7 +115,7 @@ pub fn import_strategy(
     let mesh = strategy.mesh().clone();
     Spec::from_parts(
         vec![(name.to_string(), mesh)],
-        vec![(name.to_string(), strategy)],
+        vec![(name.to_string(), MeshId::new(name), strategy)],
         None,
     )
     .map(|spec| spec.with_optimizer_shards(name, shards))

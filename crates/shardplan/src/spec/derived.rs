@@ -3,17 +3,17 @@
 
 use crate::Strategy;
 use crate::derive::DeriveRules;
-use crate::spec::Spec;
-use crate::spec::write::{StrategyOut, WriteError, write_spec};
+use crate::spec::{MeshId, Spec, SpecError, Transfer};
 
-/// Why a derived strategy cannot be written as a spec.
+/// Why a derived strategy cannot be added to its spec.
 #[derive(Debug, thiserror::Error, miette::Diagnostic)]
 #[non_exhaustive]
 pub enum DerivedSpecError {
-    /// The derived spec could not be written.
+    /// The derived strategy does not join the spec (another set of
+    /// tensors, or a transfer from a strategy it does not have).
     #[error(transparent)]
     #[diagnostic(transparent)]
-    Write(#[from] WriteError),
+    Parts(#[from] SpecError),
     /// The strategy name is taken.
     #[error("the spec already has a strategy `{0}`")]
     #[diagnostic(
@@ -42,51 +42,48 @@ pub fn rules_for(spec: &Spec, from: &str) -> DeriveRules {
     rules
 }
 
-/// A complete spec, as YAML: the meshes and strategies of `spec`, the
-/// mesh of `derived` (kept under its name when it is a mesh of the spec,
-/// else called `derived`, or `derived_2`, ... when that name is taken), the
-/// `derived` strategy, and, with `from`, `transfer: {from: <from>, to:
-/// <derived>}`. `comment` goes at the top. [`crate::spec::parse_spec`]
-/// reads it back with the same layouts.
+/// The spec with the `derived` strategy added: the meshes and strategies
+/// of `spec`, the mesh of `derived` (the spec's mesh `mesh` when it is
+/// that one, else a mesh of the spec equal to it, else a new one called
+/// `derived`, or `derived_2`, ... when that name is taken), and, with
+/// `from`, the transfer `from -> derived` (without, no transfer).
 ///
 /// # Errors
 ///
-/// [`DerivedSpecError::NameTaken`] when the spec already has a strategy of the
-/// derived strategy's name; [`DerivedSpecError::Write`] for a tensor name or
-/// layout the spec format cannot express.
-pub fn derived_spec_yaml(
+/// [`DerivedSpecError::NameTaken`] when the spec already has a strategy of
+/// the derived strategy's name; [`DerivedSpecError::Parts`] when the
+/// derived strategy does not lay out the spec's tensors.
+pub fn derived_spec(
     spec: &Spec,
     from: Option<&str>,
     derived: &Strategy,
-    comment: &str,
-) -> Result<String, DerivedSpecError> {
+    mesh: Option<&str>,
+) -> Result<Spec, DerivedSpecError> {
     let name = derived.name();
     if spec.strategy(name).is_some() {
         return Err(DerivedSpecError::NameTaken(name.to_string()));
     }
-    // The derived mesh keeps its name when the spec has it.
-    let new_mesh = spec.mesh_name_of(derived.mesh()).is_none().then(|| {
-        std::iter::once("derived".to_string())
-            .chain((2..).map(|k| format!("derived_{k}")))
-            .find(|n| !spec.meshes().contains_key(n))
-            .expect("names are unbounded")
+    let named = mesh.filter(|m| {
+        spec.meshes()
+            .get(*m)
+            .is_some_and(|m| **m == **derived.mesh())
     });
-    let mut out = spec.to_out(comment)?;
-    let target = match &new_mesh {
-        Some(n) => {
-            out.meshes.push((n.as_str(), derived.mesh().clone()));
-            n.as_str()
+    let mut out = spec.clone();
+    let on = match named.or_else(|| spec.find_mesh(derived.mesh())) {
+        Some(m) => MeshId::new(m),
+        None => {
+            let fresh = std::iter::once("derived".to_string())
+                .chain((2..).map(|k| format!("derived_{k}")))
+                .find(|n| !spec.meshes().contains_key(n))
+                .expect("names are unbounded");
+            out.add_mesh(fresh.clone(), derived.mesh().clone())?;
+            MeshId::new(fresh)
         }
-        None => spec
-            .mesh_name_of(derived.mesh())
-            .expect("a mesh of the spec"),
     };
-    out.strategies.push(StrategyOut {
-        name,
-        mesh: target,
-        strategy: derived,
-        optimizer_shards: None,
-    });
-    out.transfer = from.map(|f| (f, name));
-    Ok(write_spec(&out)?)
+    out.add_strategy(name.to_string(), on, derived.clone())?;
+    out.set_transfer(from.map(|f| Transfer {
+        from: f.to_string(),
+        to: name.to_string(),
+    }))?;
+    Ok(out)
 }

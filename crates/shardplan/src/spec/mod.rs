@@ -11,10 +11,12 @@ mod derived;
 mod diag;
 mod load;
 mod raw;
+mod value;
 pub mod write;
 
-pub use derived::{DerivedSpecError, derived_spec_yaml, rules_for};
+pub use derived::{DerivedSpecError, derived_spec, rules_for};
 pub use load::{LoadError, SpecSource, detect, load};
+pub use value::{MeshId, Spec, SpecError, StageSpec, Transfer};
 
 /// A JSON Schema (draft 7) of the spec format, shipped as
 /// `docs/spec.schema.json` for editors (the YAML language server validates
@@ -79,296 +81,6 @@ pub const DEFAULT_BUDGET: SpecBudget = SpecBudget {
     max_tensors: 100_000,
     max_rules: 10_000,
 };
-
-/// A transfer named by the spec: from one strategy to another.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Transfer {
-    /// Source strategy.
-    pub from: String,
-    /// Destination strategy.
-    pub to: String,
-}
-
-/// A checked spec: meshes by name, the tensors, strategies by name, and
-/// what the spec says about transfers and derivation. A value: read from
-/// YAML by [`parse_spec`] or [`load`], built in code by
-/// [`Spec::from_parts`], written back by [`Spec::to_yaml`]. The fields are
-/// private, so a `Spec` always holds strategies on its own meshes and over
-/// the same tensors.
-#[derive(Debug, Clone)]
-pub struct Spec {
-    meshes: BTreeMap<String, Arc<DeviceMesh>>,
-    tensors: Vec<TensorInfo>,
-    strategies: BTreeMap<String, Strategy>,
-    decided_by: BTreeMap<String, Vec<usize>>,
-    transfer: Option<Transfer>,
-    derive: Option<DeriveRules>,
-    operators: Option<OperatorGraph>,
-    stages: BTreeMap<String, StageSpec>,
-    optimizer_shards: BTreeMap<String, BTreeMap<String, u64>>,
-}
-
-/// A spec that [`Spec::from_parts`] cannot build.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, miette::Diagnostic)]
-#[non_exhaustive]
-pub enum SpecError {
-    /// A strategy's mesh is none of the spec's meshes.
-    #[error("strategy `{strategy}` is on a mesh {mesh} that the spec does not name")]
-    #[diagnostic(
-        code(shardplan::spec::parts::unnamed_mesh),
-        help("add the strategy's mesh to the meshes, under a name")
-    )]
-    UnnamedMesh {
-        /// The strategy.
-        strategy: String,
-        /// Its mesh.
-        mesh: String,
-    },
-    /// Two strategies lay out different tensors.
-    #[error("strategies `{first}` and `{other}` lay out different tensors")]
-    #[diagnostic(
-        code(shardplan::spec::parts::tensors_differ),
-        help(
-            "every strategy of a spec lays out the same tensors, with the same shapes and dtypes"
-        )
-    )]
-    TensorsDiffer {
-        /// The first strategy.
-        first: String,
-        /// The one that differs.
-        other: String,
-    },
-    /// A name is used twice.
-    #[error("the name `{0}` is given twice")]
-    #[diagnostic(
-        code(shardplan::spec::parts::duplicate_name),
-        help("give each mesh and each strategy its own name")
-    )]
-    DuplicateName(String),
-    /// The transfer names a strategy the spec does not have.
-    #[error("the transfer names strategy `{0}`, which the spec does not have")]
-    #[diagnostic(
-        code(shardplan::spec::parts::unknown_strategy),
-        help("name one of the spec's strategies")
-    )]
-    UnknownStrategy(String),
-}
-
-impl Spec {
-    /// A spec of `meshes` and `strategies` (each on one of the meshes, by
-    /// identity or by equality), with an optional default transfer.
-    ///
-    /// # Errors
-    ///
-    /// [`SpecError`] for a strategy on a mesh not given, strategies over
-    /// different tensors, a name given twice, or a transfer to a strategy
-    /// not given.
-    ///
-    /// # Example
-    ///
-    /// ```
-    /// use std::sync::Arc;
-    /// use shardplan::spec::{Spec, Transfer};
-    /// use shardplan::*;
-    ///
-    /// let m = Arc::new(DeviceMesh::new([("tp", 2)]).unwrap());
-    /// let t = TensorInfo { name: "w".into(), shape: vec![4], dtype: DType::F32 };
-    /// let whole = TensorLayout::replicated(m.clone(), &t.shape).unwrap();
-    /// let s = Strategy::new("s", m.clone(), vec![t], vec![whole]).unwrap();
-    /// let spec = Spec::from_parts(vec![("m".into(), m)], vec![("s".into(), s)], None).unwrap();
-    /// let yaml = spec.to_yaml("an example").unwrap();
-    /// let (back, _) = shardplan::spec::parse_spec("back.yaml", &yaml);
-    /// assert_eq!(back.unwrap().strategy("s").unwrap().layouts(), spec.strategy("s").unwrap().layouts());
-    /// // A transfer to a strategy the spec does not have is refused.
-    /// let to = Transfer { from: "s".into(), to: "t".into() };
-    /// assert!(Spec::from_parts(spec.meshes().iter().map(|(n, m)| (n.clone(), m.clone())).collect(),
-    ///     vec![("s".into(), spec.strategy("s").unwrap().clone())], Some(to)).is_err());
-    /// ```
-    pub fn from_parts(
-        meshes: Vec<(String, Arc<DeviceMesh>)>,
-        strategies: Vec<(String, Strategy)>,
-        transfer: Option<Transfer>,
-    ) -> Result<Spec, SpecError> {
-        let mut mesh_map = BTreeMap::new();
-        for (n, m) in meshes {
-            if mesh_map.insert(n.clone(), m).is_some() {
-                return Err(SpecError::DuplicateName(n));
-            }
-        }
-        let mut strategy_map: BTreeMap<String, Strategy> = BTreeMap::new();
-        let mut tensors: Option<(String, Vec<TensorInfo>)> = None;
-        for (n, s) in strategies {
-            if !mesh_map
-                .values()
-                .any(|m| Arc::ptr_eq(m, s.mesh()) || **m == **s.mesh())
-            {
-                return Err(SpecError::UnnamedMesh {
-                    strategy: n,
-                    mesh: s.mesh().to_string(),
-                });
-            }
-            match &tensors {
-                None => tensors = Some((n.clone(), s.tensors().to_vec())),
-                Some((first, t)) if t.as_slice() != s.tensors() => {
-                    return Err(SpecError::TensorsDiffer {
-                        first: first.clone(),
-                        other: n,
-                    });
-                }
-                Some(_) => {}
-            }
-            if strategy_map.contains_key(&n) {
-                return Err(SpecError::DuplicateName(n));
-            }
-            strategy_map.insert(n, s);
-        }
-        if let Some(t) = &transfer {
-            for end in [&t.from, &t.to] {
-                if !strategy_map.contains_key(end) {
-                    return Err(SpecError::UnknownStrategy(end.clone()));
-                }
-            }
-        }
-        Ok(Spec {
-            meshes: mesh_map,
-            tensors: tensors.map(|(_, t)| t).unwrap_or_default(),
-            strategies: strategy_map,
-            decided_by: BTreeMap::new(),
-            transfer,
-            derive: None,
-            operators: None,
-            stages: BTreeMap::new(),
-            optimizer_shards: BTreeMap::new(),
-        })
-    }
-
-    /// The spec with the optimizer shard of each tensor of strategy
-    /// `strategy` recorded (tensor name to ways; what MindSpore's
-    /// `opt_weight_shard_size` states and a layout alone cannot tell from a
-    /// split), for derivation.
-    pub fn with_optimizer_shards(mut self, strategy: &str, shards: BTreeMap<String, u64>) -> Spec {
-        self.optimizer_shards.insert(strategy.to_string(), shards);
-        self
-    }
-
-    /// Meshes by name.
-    pub fn meshes(&self) -> &BTreeMap<String, Arc<DeviceMesh>> {
-        &self.meshes
-    }
-
-    /// The name of `mesh` in the spec: the mesh itself, or else one equal
-    /// to it.
-    pub fn mesh_name_of(&self, mesh: &Arc<DeviceMesh>) -> Option<&str> {
-        self.meshes
-            .iter()
-            .find(|(_, m)| Arc::ptr_eq(m, mesh))
-            .or_else(|| self.meshes.iter().find(|(_, m)| ***m == **mesh))
-            .map(|(n, _)| n.as_str())
-    }
-
-    /// Tensors in declaration order.
-    pub fn tensors(&self) -> &[TensorInfo] {
-        &self.tensors
-    }
-
-    /// Strategies by name.
-    pub fn strategies(&self) -> &BTreeMap<String, Strategy> {
-        &self.strategies
-    }
-
-    /// The strategy called `name`.
-    pub fn strategy(&self, name: &str) -> Option<&Strategy> {
-        self.strategies.get(name)
-    }
-
-    /// For strategy `name`, the index of the rule that decided each tensor
-    /// (empty for a spec built in code).
-    pub fn decided_by(&self, name: &str) -> &[usize] {
-        self.decided_by.get(name).map_or(&[], Vec::as_slice)
-    }
-
-    /// The default transfer.
-    pub fn transfer(&self) -> Option<&Transfer> {
-        self.transfer.as_ref()
-    }
-
-    /// The `derive:` section: rules for `shardplan derive`.
-    pub fn derive_rules(&self) -> Option<&DeriveRules> {
-        self.derive.as_ref()
-    }
-
-    /// The `operators:` section: MindSpore operator shard strategies.
-    pub fn operators(&self) -> Option<&OperatorGraph> {
-        self.operators.as_ref()
-    }
-
-    /// Strategy `name`'s `stages` section, if it has one.
-    pub fn stages(&self, name: &str) -> Option<&StageSpec> {
-        self.stages.get(name)
-    }
-
-    /// For strategy `name`, the optimizer-shard ways (MindSpore's
-    /// `opt_weight_shard_size`, as a group size; 1 = none) of every tensor
-    /// a `mindspore` rule (or strategy file) decides.
-    pub fn optimizer_shards(&self, name: &str) -> Option<&BTreeMap<String, u64>> {
-        self.optimizer_shards.get(name)
-    }
-
-    /// The spec as YAML with `comment` at the top, which [`parse_spec`]
-    /// reads back with the same layouts.
-    ///
-    /// # Errors
-    ///
-    /// [`write::WriteError`] for a tensor name or layout the spec format
-    /// cannot express, or a strategy whose mesh the spec does not name.
-    pub fn to_yaml(&self, comment: &str) -> Result<String, write::WriteError> {
-        write::write_spec(&self.to_out(comment)?)
-    }
-
-    /// The spec as the writer's input: meshes, strategies by the name of
-    /// their mesh, the transfer.
-    pub(crate) fn to_out(&self, comment: &str) -> Result<write::SpecOut<'_>, write::WriteError> {
-        let mut strategies = Vec::with_capacity(self.strategies.len());
-        for (n, s) in &self.strategies {
-            let mesh = self
-                .mesh_name_of(s.mesh())
-                .ok_or_else(|| write::WriteError {
-                    strategy: n.clone(),
-                    tensor: String::new(),
-                    reason: "its mesh is not a mesh of the spec".into(),
-                })?;
-            strategies.push(write::StrategyOut {
-                name: n,
-                mesh,
-                strategy: s,
-                optimizer_shards: self.optimizer_shards.get(n),
-            });
-        }
-        Ok(write::SpecOut {
-            comment: comment.to_string(),
-            meshes: self
-                .meshes
-                .iter()
-                .map(|(n, m)| (n.as_str(), m.clone()))
-                .collect(),
-            strategies,
-            transfer: self
-                .transfer
-                .as_ref()
-                .map(|t| (t.from.as_str(), t.to.as_str())),
-        })
-    }
-}
-
-/// A strategy's `stages` section, as written: the stage axis and the layer
-/// pattern.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StageSpec {
-    /// The stage axis.
-    pub axis: String,
-    /// The layer pattern, with `{}` where the layer index is.
-    pub layer: String,
-}
 
 /// Reads and checks a spec. Returns the spec when there is no error, and
 /// every diagnostic (warnings included) in file order.
@@ -640,8 +352,10 @@ impl Cx {
         let mut strategies = BTreeMap::new();
         let mut decided_by = BTreeMap::new();
         let mut optimizer_shards = BTreeMap::new();
+        let mut strategy_meshes = BTreeMap::new();
         for (name, rs) in &raw.strategies {
             if let Some((s, d, o)) = self.lower_strategy(name, rs, &meshes, &tensors, budget) {
+                strategy_meshes.insert(name.clone(), MeshId::new(rs.mesh.value.clone()));
                 strategies.insert(name.clone(), s);
                 decided_by.insert(name.clone(), d);
                 optimizer_shards.insert(name.clone(), o);
@@ -692,17 +406,23 @@ impl Cx {
                 })
             })
             .collect();
+        let meshes: BTreeMap<String, Arc<DeviceMesh>> = meshes
+            .into_iter()
+            .filter_map(|(k, v)| v.map(|m| (k, m)))
+            .collect();
         Some(Spec {
             derive,
             operators,
             stages,
             optimizer_shards,
-            meshes: meshes
-                .into_iter()
-                .filter_map(|(k, v)| v.map(|m| (k, m)))
-                .collect(),
             tensors: tensors.into_iter().map(|(t, _)| t).collect(),
+            order: value::Order {
+                meshes: meshes.keys().cloned().collect(),
+                strategies: strategies.keys().cloned().collect(),
+            },
+            meshes,
             strategies,
+            strategy_meshes,
             decided_by,
             transfer,
         })

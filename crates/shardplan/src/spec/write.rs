@@ -156,17 +156,16 @@ pub fn write_spec(spec: &SpecOut<'_>) -> Result<String, WriteError> {
                         .into(),
                 ));
             }
-            let body =
-                if Arc::ptr_eq(l.mesh(), s.strategy.mesh()) || **l.mesh() == **s.strategy.mesh() {
-                    native_rule(l)
-                } else {
-                    let ways = s
-                        .optimizer_shards
-                        .and_then(|o| o.get(&t.name))
-                        .copied()
-                        .unwrap_or(1);
-                    mindspore_rule(l, s.strategy.mesh(), ways).map_err(err)?
-                };
+            let body = if **l.mesh() == **s.strategy.mesh() {
+                native_rule(l)
+            } else {
+                let ways = s
+                    .optimizer_shards
+                    .and_then(|o| o.get(&t.name))
+                    .copied()
+                    .unwrap_or(1);
+                mindspore_rule(l, s.strategy.mesh(), ways).map_err(err)?
+            };
             let _ = writeln!(out, "      - {{match: {}, {body}}}", quote(&t.name));
         }
     }
