@@ -10,6 +10,8 @@ mod budget;
 mod derived;
 mod diag;
 mod load;
+mod lower_derive;
+mod lower_ops;
 mod raw;
 mod value;
 pub mod write;
@@ -43,10 +45,6 @@ use raw::{
 use crate::DType;
 use crate::DeviceMesh;
 use crate::LayoutError;
-use crate::derive::ops::{
-    ActivationInput, DimSize, OpKind, Operator, OperatorGraph, RepeatSide, derive_from_operators,
-};
-use crate::derive::{DeriveRules, Fallback, LayerRef, SharedTensors};
 use crate::element_count;
 use crate::notation::dtensor::{self, Placement};
 use crate::notation::jax::PartitionSpec;
@@ -428,364 +426,6 @@ impl Cx {
         })
     }
 
-    /// Checks the `derive:` section: axes on some mesh and with one role,
-    /// a known fallback, a layer pattern, ranges and globs.
-    fn lower_derive(
-        &mut self,
-        d: &S<raw::RawDerive>,
-        meshes: &BTreeMap<String, Option<Arc<DeviceMesh>>>,
-    ) -> Option<DeriveRules> {
-        let raw = &d.value;
-        let mut ok = true;
-        // An axis may be on a mesh that failed to lower; then it is not
-        // reported as unknown.
-        let all_meshes_ok = meshes.values().all(Option::is_some);
-        let mut known: Vec<&str> = meshes
-            .values()
-            .flatten()
-            .flat_map(|m| m.axes().iter().map(|a| a.name.as_str()))
-            .collect();
-        known.sort_unstable();
-        known.dedup();
-        let mut seen: Vec<(&str, &str, Span)> = Vec::new();
-        let roles = raw
-            .tp_axes
-            .iter()
-            .map(|a| (a, "tp_axes"))
-            .chain(raw.dp_axes.iter().map(|a| (a, "dp_axes")))
-            .chain(raw.pp_axis.iter().map(|a| (a, "pp_axis")));
-        for (axis, role) in roles {
-            let span = span_of(axis);
-            if all_meshes_ok && !known.contains(&axis.value.as_str()) {
-                self.error(
-                    DiagCode::UnknownAxis,
-                    span,
-                    format!("derive: axis `{}` is on no mesh of the spec", axis.value),
-                    "unknown axis",
-                    &format!("axes of the spec's meshes: {}", known.join(", ")),
-                );
-                ok = false;
-                continue;
-            }
-            if let Some((_, first_role, first)) =
-                seen.iter().find(|(n, _, _)| *n == axis.value.as_str())
-            {
-                let (line, col) = diag::line_col(&self.text, first.offset);
-                self.error(
-                    DiagCode::AxisReused,
-                    span,
-                    format!(
-                        "derive: axis `{}` is in `{role}` and already in `{first_role}` (line {line}, column {col})",
-                        axis.value
-                    ),
-                    "second role",
-                    "give each axis one role: tensor-parallel, data-parallel or pipeline",
-                );
-                ok = false;
-                continue;
-            }
-            seen.push((axis.value.as_str(), role, span));
-        }
-        let fallback = match &raw.fallback {
-            None => Fallback::Error,
-            Some(f) => match f.value.parse::<Fallback>() {
-                Ok(f) => f,
-                Err(e) => {
-                    self.error(
-                        DiagCode::BadPolicy,
-                        span_of(f),
-                        format!("derive: {e}"),
-                        "unknown fallback",
-                        "`fallback` is error (refuse), replicate or chunk",
-                    );
-                    ok = false;
-                    Fallback::Error
-                }
-            },
-        };
-        if let Some(l) = &raw.layer
-            && let Err(e) = LayerPattern::new(&l.value)
-        {
-            self.error(
-                DiagCode::BadStages,
-                span_of(l),
-                format!("derive: layer pattern `{}`: {e}", l.value),
-                "bad layer pattern",
-                "write e.g. \"model.layers.{}.*\", with {} where the layer index is",
-            );
-            ok = false;
-        }
-        if let Some(r) = &raw.ranges {
-            for w in &r.value {
-                if w.value[0] > w.value[1] {
-                    self.error(
-                        DiagCode::BadStages,
-                        span_of(w),
-                        format!("derive: range [{}, {}] is empty", w.value[0], w.value[1]),
-                        "empty range",
-                        "ranges are [first, last] layer, inclusive, one per target stage",
-                    );
-                    ok = false;
-                }
-            }
-        }
-        let shared_patterns = raw
-            .shared
-            .iter()
-            .map(|g| (g.value.pattern.as_str(), span_of(g)));
-        let replicate_patterns = raw.replicate.iter().map(|g| (g.value.as_str(), span_of(g)));
-        for (g, span) in shared_patterns.chain(replicate_patterns) {
-            if let Err(e) = Glob::new(g) {
-                self.error(
-                    DiagCode::BadPattern,
-                    span,
-                    format!("derive: pattern `{g}`: {e}"),
-                    "bad pattern",
-                    "`*` matches any characters, `?` one character",
-                );
-                ok = false;
-            }
-        }
-        let mut shared = Vec::with_capacity(raw.shared.len());
-        for g in &raw.shared {
-            let mut layers = Vec::with_capacity(g.value.layers.len());
-            for l in &g.value.layers {
-                layers.push(match l {
-                    raw::RawLayerRef::Index(i) => LayerRef::Index(*i),
-                    raw::RawLayerRef::Word(w) if w == "first" => LayerRef::First,
-                    raw::RawLayerRef::Word(w) if w == "last" => LayerRef::Last,
-                    raw::RawLayerRef::Word(w) => {
-                        self.error(
-                            DiagCode::BadStages,
-                            span_of(g),
-                            format!("derive: shared `{}`: `{w}` is not a layer", g.value.pattern),
-                            "unknown layer",
-                            "name layers by index, or `first` / `last`",
-                        );
-                        ok = false;
-                        continue;
-                    }
-                });
-            }
-            if g.value.layers_given && g.value.layers.is_empty() {
-                self.error(
-                    DiagCode::BadStages,
-                    span_of(g),
-                    format!("derive: shared `{}` has an empty `layers` list", g.value.pattern),
-                    "no layers",
-                    "name the layers that use the tensors (e.g. [first, last]), or drop `layers` to put them on every stage",
-                );
-                ok = false;
-            }
-            shared.push(SharedTensors {
-                pattern: g.value.pattern.clone(),
-                layers,
-            });
-        }
-        let names = |v: &[S<String>]| v.iter().map(|a| a.value.clone()).collect();
-        ok.then(|| DeriveRules {
-            tp_axes: names(&raw.tp_axes),
-            dp_axes: names(&raw.dp_axes),
-            pp_axis: raw.pp_axis.as_ref().map(|a| a.value.clone()),
-            fallback,
-            layer: raw.layer.as_ref().map(|l| l.value.clone()),
-            ranges: raw
-                .ranges
-                .as_ref()
-                .map(|r| r.value.iter().map(|w| w.value).collect()),
-            shared,
-            replicate: names(&raw.replicate),
-            optimizer_shards: BTreeMap::new(),
-        })
-    }
-
-    /// Checks the `operators:` section and lays the operators out, so that
-    /// a spec that checks also derives.
-    fn lower_operators(
-        &mut self,
-        o: &S<raw::RawOperators>,
-        tensors: &[(TensorInfo, Span)],
-    ) -> Option<OperatorGraph> {
-        let raw = &o.value;
-        let mut ok = true;
-        let help = "see docs/derive.md: operators take weights, graph inputs or earlier outputs, one strategy per input";
-        if raw.devices.value == 0 {
-            self.error(
-                DiagCode::BadOperator,
-                span_of(&raw.devices),
-                "operators: `devices` is 0".into(),
-                "no devices",
-                "give the devices of the stage the strategies are written for",
-            );
-            ok = false;
-        }
-        if let Some(st) = raw.stages.as_ref().filter(|s| s.value == 0) {
-            self.error(
-                DiagCode::BadOperator,
-                span_of(st),
-                "operators: `stages` is 0".into(),
-                "no stages",
-                "give the pipeline stages (1 without a pipeline)",
-            );
-            ok = false;
-        }
-        if raw.batch.as_ref().is_some_and(|b| b.value == 0) {
-            self.error(
-                DiagCode::BadOperator,
-                raw.batch.as_ref().map_or(span_of(o), span_of),
-                "operators: `batch` is 0".into(),
-                "empty batch",
-                "the batch is at least 1",
-            );
-            ok = false;
-        }
-        let repeated_calc = match &raw.repeated_calc {
-            None => RepeatSide::Right,
-            Some(r) => r.value.parse().unwrap_or_else(|e: String| {
-                self.error(
-                    DiagCode::BadOperator,
-                    span_of(r),
-                    format!("operators: {e}"),
-                    "unknown side",
-                    "`repeated_calc` is right (MindSpore 2.x) or left (earlier versions)",
-                );
-                ok = false;
-                RepeatSide::Right
-            }),
-        };
-        let mut inputs = Vec::new();
-        for a in &raw.inputs {
-            let a = &a.value;
-            if tensors.iter().any(|(t, _)| t.name == a.name.value)
-                || inputs
-                    .iter()
-                    .any(|i: &ActivationInput| i.name == a.name.value)
-            {
-                self.error(
-                    DiagCode::BadOperator,
-                    span_of(&a.name),
-                    format!(
-                        "operators: graph input `{}` is already a tensor or another input",
-                        a.name.value
-                    ),
-                    "name taken",
-                    "give graph inputs names of their own",
-                );
-                ok = false;
-                continue;
-            }
-            let dtype = match a.dtype.value.parse::<DType>() {
-                Ok(d) => d,
-                Err(_) => {
-                    let names: Vec<&str> = DType::ALL.iter().map(|d| d.name()).collect();
-                    self.error(
-                        DiagCode::UnknownDType,
-                        span_of(&a.dtype),
-                        format!(
-                            "graph input `{}` has unknown dtype `{}`",
-                            a.name.value, a.dtype.value
-                        ),
-                        "unknown dtype",
-                        &format!("use one of: {}", names.join(", ")),
-                    );
-                    ok = false;
-                    continue;
-                }
-            };
-            let mut shape = Vec::new();
-            for d in &a.shape.value {
-                match &d.value {
-                    raw::RawSize::Fixed(n) => shape.push(DimSize::Fixed(*n)),
-                    raw::RawSize::Word(w) if w == "batch" => shape.push(DimSize::Batch),
-                    raw::RawSize::Word(w) => {
-                        self.error(
-                            DiagCode::BadOperator,
-                            span_of(d),
-                            format!("operators: `{w}` in the shape of `{}` is neither a size nor `batch`", a.name.value),
-                            "not a size",
-                            "write sizes as integers, and `batch` for the batch dimension",
-                        );
-                        ok = false;
-                    }
-                }
-            }
-            inputs.push(ActivationInput {
-                name: a.name.value.clone(),
-                shape,
-                dtype,
-            });
-        }
-        let mut ops = Vec::new();
-        for (i, op) in raw.ops.value.iter().enumerate() {
-            let r = &op.value;
-            let kind = match r.op.value.parse::<OpKind>() {
-                Ok(k) => k,
-                Err(e) => {
-                    self.error(
-                        DiagCode::BadOperator,
-                        span_of(&r.op),
-                        format!("operators: {e}"),
-                        "unknown operator",
-                        help,
-                    );
-                    ok = false;
-                    continue;
-                }
-            };
-            let name = r
-                .name
-                .as_ref()
-                .map_or_else(|| format!("{kind}#{i}"), |n| n.value.clone());
-            ops.push(Operator {
-                kind,
-                output: r
-                    .output
-                    .as_ref()
-                    .map_or_else(|| name.clone(), |n| n.value.clone()),
-                name,
-                inputs: r.inputs.value.iter().map(|n| n.value.clone()).collect(),
-                strategy: r.strategy.value.clone(),
-                transpose_b: r.transpose_b,
-                transpose_a: r.transpose_a,
-                stage: r.stage.as_ref().map_or(0, |s| s.value),
-            });
-        }
-        if !ok {
-            return None;
-        }
-        let graph = OperatorGraph {
-            devices: raw.devices.value,
-            stages: raw.stages.as_ref().map_or(1, |s| s.value),
-            batch: raw.batch.as_ref().map_or(1, |b| b.value),
-            repeated_calc,
-            inputs,
-            ops,
-        };
-        let infos: Vec<TensorInfo> = tensors.iter().map(|(t, _)| t.clone()).collect();
-        if let Err(e) = derive_from_operators(&graph, &infos) {
-            let at_input = |(op, input): (usize, Option<usize>)| {
-                let r = raw.ops.value.get(op)?;
-                Some(match input.and_then(|k| r.value.inputs.value.get(k)) {
-                    Some(i) => (span_of(i), "this input"),
-                    None => (span_of(&r.value.op), "this operator"),
-                })
-            };
-            let (span, label) = e
-                .location()
-                .and_then(at_input)
-                .unwrap_or((span_of(o), "operators"));
-            self.error(
-                DiagCode::BadOperator,
-                span,
-                format!("operators: {e}"),
-                label,
-                &miette_help(&e),
-            );
-            return None;
-        }
-        Some(graph)
-    }
-
     fn lower_meshes(&mut self, raw: &RawSpec) -> BTreeMap<String, Option<Arc<DeviceMesh>>> {
         let mut out = BTreeMap::new();
         for (name, m) in &raw.meshes {
@@ -990,36 +630,8 @@ impl Cx {
         tensors: &[(TensorInfo, Span)],
         budget: &SpecBudget,
     ) -> Option<(Strategy, Vec<usize>, BTreeMap<String, u64>)> {
-        let mesh = match meshes.get(&rs.mesh.value) {
-            Some(Some(m)) => m.clone(),
-            Some(None) => return None, // already reported
-            None => {
-                let known: Vec<&str> = meshes.keys().map(String::as_str).collect();
-                self.error(
-                    DiagCode::UnknownMesh,
-                    span_of(&rs.mesh),
-                    format!(
-                        "strategy `{name}` uses mesh `{}`, which the spec does not define",
-                        rs.mesh.value
-                    ),
-                    "unknown mesh",
-                    &format!("defined meshes: {}", known.join(", ")),
-                );
-                return None;
-            }
-        };
-        if rs.rules.value.len() > budget.max_rules {
-            self.error(
-                DiagCode::Budget,
-                span_of(&rs.rules),
-                format!(
-                    "strategy `{name}` has {} rules, over the budget of {}",
-                    rs.rules.value.len(),
-                    budget.max_rules
-                ),
-                "too many rules",
-                "use globs and a `stages` section instead of a rule per tensor",
-            );
+        let mesh = self.strategy_mesh(name, rs, meshes)?;
+        if !self.check_rule_budget(name, rs, budget) {
             return None;
         }
         let stages = rs
@@ -1032,15 +644,96 @@ impl Cx {
             .iter()
             .map(|r| self.lower_rule(name, r, &mesh, stages.as_ref()))
             .collect();
+        let d = self.decide(name, rs, &rules, &mesh, stages.as_ref(), tensors);
+        let used_ok = self.report_unused_rules(name, rs, tensors, &d.used);
+        if !(d.ok && used_ok) || rules.iter().any(Option::is_none) {
+            return None;
+        }
+        let optimizer_shards = optimizer_shards(tensors, &d.decided, &rules);
+        let infos = tensors.iter().map(|(t, _)| t.clone()).collect();
+        match Strategy::new(name, mesh, infos, d.layouts) {
+            Ok(s) => Some((s, d.decided, optimizer_shards)),
+            Err(e) => {
+                self.error(
+                    DiagCode::Notation,
+                    span_of(&rs.mesh),
+                    e.to_string(),
+                    "here",
+                    "the layout must span the strategy's mesh",
+                );
+                None
+            }
+        }
+    }
+
+    /// The mesh the strategy names; `None` when it is unknown (reported)
+    /// or failed to lower (reported already).
+    fn strategy_mesh(
+        &mut self,
+        name: &str,
+        rs: &RawStrategy,
+        meshes: &BTreeMap<String, Option<Arc<DeviceMesh>>>,
+    ) -> Option<Arc<DeviceMesh>> {
+        match meshes.get(&rs.mesh.value) {
+            Some(m) => m.clone(),
+            None => {
+                let known: Vec<&str> = meshes.keys().map(String::as_str).collect();
+                self.error(
+                    DiagCode::UnknownMesh,
+                    span_of(&rs.mesh),
+                    format!(
+                        "strategy `{name}` uses mesh `{}`, which the spec does not define",
+                        rs.mesh.value
+                    ),
+                    "unknown mesh",
+                    &format!("defined meshes: {}", known.join(", ")),
+                );
+                None
+            }
+        }
+    }
+
+    /// The strategy's rules are within the budget.
+    fn check_rule_budget(&mut self, name: &str, rs: &RawStrategy, budget: &SpecBudget) -> bool {
+        if rs.rules.value.len() <= budget.max_rules {
+            return true;
+        }
+        self.error(
+            DiagCode::Budget,
+            span_of(&rs.rules),
+            format!(
+                "strategy `{name}` has {} rules, over the budget of {}",
+                rs.rules.value.len(),
+                budget.max_rules
+            ),
+            "too many rules",
+            "use globs and a `stages` section instead of a rule per tensor",
+        );
+        false
+    }
+
+    /// Each tensor's layout by the first rule that matches it, reporting
+    /// tensors no rule matches and layouts that fail.
+    fn decide(
+        &mut self,
+        name: &str,
+        rs: &RawStrategy,
+        rules: &[Option<Rule>],
+        mesh: &Arc<DeviceMesh>,
+        stages: Option<&Stages>,
+        tensors: &[(TensorInfo, Span)],
+    ) -> Decisions {
         let broken_glob = rs
             .rules
             .value
             .iter()
             .any(|r| Glob::new(&r.pattern.value).is_err());
-        let mut used = vec![false; rules.len()];
-        let mut layouts = Vec::with_capacity(tensors.len());
-        let mut decided = Vec::with_capacity(tensors.len());
-        let mut ok = true;
+        let mut d = Decisions {
+            layouts: Vec::with_capacity(tensors.len()),
+            decided: Vec::with_capacity(tensors.len()),
+            used: vec![false; rules.len()],
+            ok: true,
+        };
         // Per-tensor failures of one rule are reported once, with a count.
         let mut failures: BTreeMap<(usize, DiagCode, usize), (Failure, usize)> = BTreeMap::new();
         for (t, t_span) in tensors {
@@ -1048,42 +741,55 @@ impl Cx {
                 .rules
                 .value
                 .iter()
-                .zip(&rules)
+                .zip(rules)
                 .position(|(r, compiled)| match compiled {
                     Some(c) => c.glob.matches(&t.name),
                     None => Glob::new(&r.pattern.value).is_ok_and(|g| g.matches(&t.name)),
                 });
             let Some(i) = hit else {
-                ok = false;
-                if broken_glob {
-                    // The broken pattern is reported; what it would have
-                    // matched is unknown.
-                    continue;
+                d.ok = false;
+                // With a broken pattern (reported), what it would have
+                // matched is unknown.
+                if !broken_glob {
+                    self.report_unmatched(name, t, *t_span);
                 }
-                self.error(
-                    DiagCode::UnmatchedTensor,
-                    *t_span,
-                    format!("no rule of strategy `{name}` matches tensor `{}`", t.name),
-                    &format!("not covered by strategy `{name}`"),
-                    "add a rule whose `match` glob covers it, e.g. a last rule {match: \"*\", dims: replicated}",
-                );
                 continue;
             };
-            used[i] = true;
-            decided.push(i);
+            d.used[i] = true;
+            d.decided.push(i);
             let Some(rule) = &rules[i] else {
-                ok = false;
+                d.ok = false;
                 continue;
             };
-            match rule.layout_for(t, &mesh, stages.as_ref()) {
-                Ok(l) => layouts.push(l),
+            match rule.layout_for(t, mesh, stages) {
+                Ok(l) => d.layouts.push(l),
                 Err(f) => {
-                    ok = false;
+                    d.ok = false;
                     let key = (i, f.code, f.span.offset);
                     failures.entry(key).or_insert((f, 0)).1 += 1;
                 }
             }
         }
+        self.report_failures(name, failures);
+        d
+    }
+
+    fn report_unmatched(&mut self, name: &str, t: &TensorInfo, span: Span) {
+        self.error(
+            DiagCode::UnmatchedTensor,
+            span,
+            format!("no rule of strategy `{name}` matches tensor `{}`", t.name),
+            &format!("not covered by strategy `{name}`"),
+            "add a rule whose `match` glob covers it, e.g. a last rule {match: \"*\", dims: replicated}",
+        );
+    }
+
+    /// Each rule's failures once, with the count of tensors it failed.
+    fn report_failures(
+        &mut self,
+        name: &str,
+        failures: BTreeMap<(usize, DiagCode, usize), (Failure, usize)>,
+    ) {
         for ((_, code, _), (f, count)) in failures {
             let more = if count > 1 {
                 format!(" (and {} more tensors)", count - 1)
@@ -1097,36 +803,6 @@ impl Cx {
                 &f.label,
                 &f.help,
             );
-        }
-        ok &= self.report_unused_rules(name, rs, tensors, &used);
-        if !ok || rules.iter().any(Option::is_none) {
-            return None;
-        }
-        // The optimizer shard each `mindspore` rule states: the layout
-        // alone cannot tell it from a tensor-map split of a whole axis.
-        let optimizer_shards = tensors
-            .iter()
-            .zip(&decided)
-            .filter_map(|((t, _), &i)| match &rules[i].as_ref()?.form {
-                Form::MindSpore(ms, _) => {
-                    Some((t.name.clone(), ms.opt_shard_group_size().unwrap_or(1)))
-                }
-                _ => None,
-            })
-            .collect();
-        let infos = tensors.iter().map(|(t, _)| t.clone()).collect();
-        match Strategy::new(name, mesh, infos, layouts) {
-            Ok(s) => Some((s, decided, optimizer_shards)),
-            Err(e) => {
-                self.error(
-                    DiagCode::Notation,
-                    span_of(&rs.mesh),
-                    e.to_string(),
-                    "here",
-                    "the layout must span the strategy's mesh",
-                );
-                None
-            }
         }
     }
 
@@ -1726,6 +1402,37 @@ struct Rule {
 
 /// A per-tensor failure of a rule, before it is counted and reported.
 #[derive(Debug)]
+/// What a strategy's rules decide for its tensors.
+struct Decisions {
+    /// The layout of each tensor laid out, in order.
+    layouts: Vec<TensorLayout>,
+    /// The rule deciding each tensor matched, in order.
+    decided: Vec<usize>,
+    /// Per rule, whether it matched a tensor.
+    used: Vec<bool>,
+    /// Every tensor matched and laid out.
+    ok: bool,
+}
+
+/// The optimizer shard each `mindspore` rule states: the layout alone
+/// cannot tell it from a tensor-map split of a whole axis.
+fn optimizer_shards(
+    tensors: &[(TensorInfo, Span)],
+    decided: &[usize],
+    rules: &[Option<Rule>],
+) -> BTreeMap<String, u64> {
+    tensors
+        .iter()
+        .zip(decided)
+        .filter_map(|((t, _), &i)| match &rules[i].as_ref()?.form {
+            Form::MindSpore(ms, _) => {
+                Some((t.name.clone(), ms.opt_shard_group_size().unwrap_or(1)))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
 struct Failure {
     code: DiagCode,
     span: Span,
