@@ -4,11 +4,11 @@
 
 use super::raw::{self, RawActivation, RawOp, RawOperators, S};
 use super::{Cx, DiagCode, Span, miette_help, span_of};
+use crate::TensorInfo;
 use crate::derive::ops::{
     ActivationInput, DimSize, OpKind, Operator, OperatorGraph, OpsError, RepeatSide,
     derive_from_operators,
 };
-use crate::{DType, TensorInfo};
 
 const OPS_HELP: &str = "see docs/derive.md: operators take weights, graph inputs or earlier outputs, one strategy per input";
 
@@ -147,20 +147,7 @@ impl Cx {
     /// One graph input, and whether its shape (sizes and `batch`) reads;
     /// `None` for an unknown dtype.
     fn graph_input(&mut self, a: &RawActivation) -> Option<(ActivationInput, bool)> {
-        let Ok(dtype) = a.dtype.value.parse::<DType>() else {
-            let names: Vec<&str> = DType::ALL.iter().map(|d| d.name()).collect();
-            self.error(
-                DiagCode::UnknownDType,
-                span_of(&a.dtype),
-                format!(
-                    "graph input `{}` has unknown dtype `{}`",
-                    a.name.value, a.dtype.value
-                ),
-                "unknown dtype",
-                &format!("use one of: {}", names.join(", ")),
-            );
-            return None;
-        };
+        let dtype = self.dtype(&format!("graph input `{}`", a.name.value), &a.dtype)?;
         let mut ok = true;
         let mut shape = Vec::new();
         for d in &a.shape.value {

@@ -258,6 +258,23 @@ impl Cx {
         self.push(code, Severity::Error, span, message, label, help);
     }
 
+    /// The dtype `s` names, for `what` (e.g. ``tensor `w` ``); `None` when
+    /// it names none (reported).
+    fn dtype(&mut self, what: &str, s: &S<String>) -> Option<DType> {
+        let dtype = s.value.parse::<DType>().ok();
+        if dtype.is_none() {
+            let names: Vec<&str> = DType::ALL.iter().map(|d| d.name()).collect();
+            self.error(
+                DiagCode::UnknownDType,
+                span_of(s),
+                format!("{what} has unknown dtype `{}`", s.value),
+                "unknown dtype",
+                &format!("use one of: {}", names.join(", ")),
+            );
+        }
+        dtype
+    }
+
     fn yaml_error(&mut self, e: &serde_saphyr::Error) {
         use serde_saphyr::Error as E;
         let inner = e.without_snippet();
@@ -528,22 +545,8 @@ impl Cx {
                 continue;
             }
             seen.insert(&t.name.value, name_span);
-            let dtype = match t.dtype.value.parse::<DType>() {
-                Ok(d) => d,
-                Err(_) => {
-                    let names: Vec<&str> = DType::ALL.iter().map(|d| d.name()).collect();
-                    self.error(
-                        DiagCode::UnknownDType,
-                        span_of(&t.dtype),
-                        format!(
-                            "tensor `{}` has unknown dtype `{}`",
-                            t.name.value, t.dtype.value
-                        ),
-                        "unknown dtype",
-                        &format!("use one of: {}", names.join(", ")),
-                    );
-                    continue;
-                }
+            let Some(dtype) = self.dtype(&format!("tensor `{}`", t.name.value), &t.dtype) else {
+                continue;
             };
             if let Err(e) = element_count(&t.shape.value) {
                 self.error(
