@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use crate::geometry::Region;
 use crate::layout::TensorLayout;
-use crate::plan::{Piece, SlicePlan};
+use crate::plan::{Piece, SlicePlan, TensorPlan};
 use crate::strategy::Strategy;
 
 /// A defect found in a plan, naming the tensor, rank and box involved.
@@ -324,12 +324,35 @@ pub fn check_plan(
     src: &Strategy,
     dst: &Strategy,
 ) -> Result<Verified, PlanDefect> {
+    check_header(plan, src, dst)?;
     let mut out = Verified {
         pieces: 0,
         network_bytes: 0,
         local_bytes: 0,
     };
+    let src_device: HashMap<u64, u64> = (0..src.mesh().rank_count())
+        .map(|r| (src.mesh().device_of(r).unwrap_or(r), r))
+        .collect();
     let mut bound = 0u64;
+    for t in &plan.tensors {
+        let (sl, dl) = tensor_layouts(t, src, dst)?;
+        let per_dst = check_pieces(t, sl, dl, src, dst, &mut out)?;
+        bound += sweep_ranks(t, sl, dl, dst, &src_device, per_dst)?;
+    }
+    // The volume must be the bound, and the bound the plan reports the
+    // true one.
+    for moved in [out.network_bytes, plan.lower_bound_bytes] {
+        if moved != bound {
+            return Err(PlanDefect::Volume { moved, bound });
+        }
+    }
+    Ok(out)
+}
+
+/// The plan's rank counts are the strategies', and no tensor is in it
+/// twice.
+#[allow(clippy::result_large_err)]
+fn check_header(plan: &SlicePlan, src: &Strategy, dst: &Strategy) -> Result<(), PlanDefect> {
     if plan.src_ranks != src.mesh().rank_count() || plan.dst_ranks != dst.mesh().rank_count() {
         return Err(PlanDefect::Tensor {
             tensor: String::new(),
@@ -348,102 +371,132 @@ pub fn check_plan(
             fault: TensorFault::Duplicate,
         });
     }
-    let src_device: HashMap<u64, u64> = (0..src.mesh().rank_count())
-        .map(|r| (src.mesh().device_of(r).unwrap_or(r), r))
-        .collect();
-    for t in &plan.tensors {
-        let tensor_err = |fault: TensorFault| PlanDefect::Tensor {
+    Ok(())
+}
+
+/// The source and destination layouts of a planned tensor, which both
+/// strategies have with the plan's dtype and shape.
+#[allow(clippy::result_large_err)]
+fn tensor_layouts<'s>(
+    t: &TensorPlan,
+    src: &'s Strategy,
+    dst: &'s Strategy,
+) -> Result<(&'s TensorLayout, &'s TensorLayout), PlanDefect> {
+    let tensor_err = |fault: TensorFault| PlanDefect::Tensor {
+        tensor: t.name.clone(),
+        fault,
+    };
+    let (Some(si), Some(di)) = (src.tensor(&t.name), dst.tensor(&t.name)) else {
+        return Err(tensor_err(TensorFault::Missing));
+    };
+    for (side, info) in [("source", si), ("destination", di)] {
+        if info.dtype != t.dtype || info.shape != t.shape {
+            return Err(tensor_err(TensorFault::Mismatch {
+                plan: format!("{} {:?}", t.dtype, t.shape),
+                side,
+                strategy: format!("{} {:?}", info.dtype, info.shape),
+            }));
+        }
+    }
+    let layout = |s: &'s Strategy| s.layout(&t.name).expect("tensor present");
+    Ok((layout(src), layout(dst)))
+}
+
+/// The boxes written per destination rank and partial term (the source
+/// rank's coordinates on the partial axes; one empty term without them).
+type BoxesPerRank<'p> = BTreeMap<(u64, Vec<u64>), Vec<&'p Region>>;
+
+/// Each piece alone ([`check_piece`]), counted into `out`; the boxes it
+/// writes, per destination rank and partial term.
+#[allow(clippy::result_large_err)]
+fn check_pieces<'p>(
+    t: &'p TensorPlan,
+    sl: &TensorLayout,
+    dl: &TensorLayout,
+    src: &Strategy,
+    dst: &Strategy,
+    out: &mut Verified,
+) -> Result<BoxesPerRank<'p>, PlanDefect> {
+    let size = t.dtype.size_bytes();
+    let term_of = |rank: u64| -> Vec<u64> {
+        let c = sl.mesh().coords(rank).unwrap_or_default();
+        sl.partial()
+            .iter()
+            .map(|&a| c.get(a).copied().unwrap_or(0))
+            .collect()
+    };
+    let mut per_dst = BoxesPerRank::new();
+    for p in &t.pieces {
+        check_piece(p, t.shape.len(), sl, dl, src, dst).map_err(|fault| PlanDefect::Piece {
             tensor: t.name.clone(),
+            src_rank: p.src_rank,
+            dst_rank: p.dst_rank,
+            dst_box: p.dst_box.clone(),
             fault,
-        };
-        let (Some(si), Some(di)) = (src.tensor(&t.name), dst.tensor(&t.name)) else {
-            return Err(tensor_err(TensorFault::Missing));
-        };
-        for (side, info) in [("source", si), ("destination", di)] {
-            if info.dtype != t.dtype || info.shape != t.shape {
-                return Err(tensor_err(TensorFault::Mismatch {
-                    plan: format!("{} {:?}", t.dtype, t.shape),
-                    side,
-                    strategy: format!("{} {:?}", info.dtype, info.shape),
-                }));
-            }
+        })?;
+        let bytes = p.dst_box.volume() * size;
+        if p.local {
+            out.local_bytes += bytes;
+        } else {
+            out.network_bytes += bytes;
         }
-        let sl = src.layout(&t.name).expect("tensor present");
-        let dl = dst.layout(&t.name).expect("tensor present");
-        let size = t.dtype.size_bytes();
-        // Boxes per destination rank and partial term (the source rank's
-        // coordinates on the partial axes; one empty term without them).
-        let mut per_dst: BTreeMap<(u64, Vec<u64>), Vec<&Region>> = BTreeMap::new();
-        let term_of = |rank: u64| -> Vec<u64> {
-            let c = sl.mesh().coords(rank).unwrap_or_default();
-            sl.partial()
-                .iter()
-                .map(|&a| c.get(a).copied().unwrap_or(0))
-                .collect()
-        };
-        let terms: Vec<Vec<u64>> = sl.partial().iter().fold(vec![Vec::new()], |acc, &a| {
-            acc.into_iter()
-                .flat_map(|t| {
-                    (0..sl.mesh().axis_size(a)).map(move |c| {
-                        let mut t = t.clone();
-                        t.push(c);
-                        t
-                    })
+        out.pieces += 1;
+        per_dst
+            .entry((p.dst_rank, term_of(p.src_rank)))
+            .or_default()
+            .push(&p.dst_box);
+    }
+    Ok(per_dst)
+}
+
+/// Every partial term of a layout: each combination of coordinates on its
+/// partial axes (one empty term without them).
+fn partial_terms(sl: &TensorLayout) -> Vec<Vec<u64>> {
+    sl.partial().iter().fold(vec![Vec::new()], |acc, &a| {
+        acc.into_iter()
+            .flat_map(|t| {
+                (0..sl.mesh().axis_size(a)).map(move |c| {
+                    let mut t = t.clone();
+                    t.push(c);
+                    t
                 })
-                .collect()
-        });
-        for p in &t.pieces {
-            check_piece(p, t.shape.len(), sl, dl, src, dst).map_err(|fault| PlanDefect::Piece {
-                tensor: t.name.clone(),
-                src_rank: p.src_rank,
-                dst_rank: p.dst_rank,
-                dst_box: p.dst_box.clone(),
-                fault,
-            })?;
-            let bytes = p.dst_box.volume() * size;
-            if p.local {
-                out.local_bytes += bytes;
-            } else {
-                out.network_bytes += bytes;
-            }
-            out.pieces += 1;
-            per_dst
-                .entry((p.dst_rank, term_of(p.src_rank)))
-                .or_default()
-                .push(&p.dst_box);
+            })
+            .collect()
+    })
+}
+
+/// The per-rank sweep: every destination rank's region written exactly
+/// once per partial term ([`check_coverage`]). Returns the bytes no plan
+/// can avoid sending for the tensor: all but the same-device part.
+#[allow(clippy::result_large_err)]
+fn sweep_ranks(
+    t: &TensorPlan,
+    sl: &TensorLayout,
+    dl: &TensorLayout,
+    dst: &Strategy,
+    src_device: &HashMap<u64, u64>,
+    mut per_dst: BoxesPerRank<'_>,
+) -> Result<u64, PlanDefect> {
+    let terms = partial_terms(sl);
+    let size = t.dtype.size_bytes();
+    let mut bound = 0u64;
+    for d in 0..dst.mesh().rank_count() {
+        let Some(need) = dl.region_of(d) else {
+            continue;
+        };
+        for term in &terms {
+            let boxes = per_dst.remove(&(d, term.clone())).unwrap_or_default();
+            check_coverage(&t.name, d, &need, &boxes)?;
         }
-        for d in 0..dst.mesh().rank_count() {
-            let Some(need) = dl.region_of(d) else {
-                continue;
-            };
-            for term in &terms {
-                let boxes = per_dst.remove(&(d, term.clone())).unwrap_or_default();
-                check_coverage(&t.name, d, &need, &boxes)?;
-            }
-            // What no plan can avoid sending: all but the same-device part.
-            let device = dst.mesh().device_of(d).unwrap_or(d);
-            let local = src_device
-                .get(&device)
-                .and_then(|&s| sl.region_of(s))
-                .and_then(|h| h.intersect(&need))
-                .map_or(0, |r| r.volume());
-            bound += (need.volume() * terms.len() as u64 - local) * size;
-        }
+        let device = dst.mesh().device_of(d).unwrap_or(d);
+        let local = src_device
+            .get(&device)
+            .and_then(|&s| sl.region_of(s))
+            .and_then(|h| h.intersect(&need))
+            .map_or(0, |r| r.volume());
+        bound += (need.volume() * terms.len() as u64 - local) * size;
     }
-    if out.network_bytes != bound {
-        return Err(PlanDefect::Volume {
-            moved: out.network_bytes,
-            bound,
-        });
-    }
-    // The bound the plan reports must be the true one.
-    if plan.lower_bound_bytes != bound {
-        return Err(PlanDefect::Volume {
-            moved: plan.lower_bound_bytes,
-            bound,
-        });
-    }
-    Ok(out)
+    Ok(bound)
 }
 
 /// The sweep of one destination rank (and partial term): the boxes its
