@@ -2,7 +2,7 @@
 //! the protobuf `ParallelStrategyMap` (`strategy.ckpt`), one file per
 //! pipeline stage or merged with `"<stage>-"` name prefixes.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -1071,8 +1071,51 @@ pub fn write_strategy_file(
     format: StrategyFormat,
 ) -> Result<Vec<u8>, StrategyFileError> {
     let what = format!("strategy `{}`", strategy.name());
+    let entries = stage_entries(strategy, &what)?;
+    let merged = entries.iter().any(|(_, ms)| ms.stage_count > 1);
+    let named: Vec<(String, &TensorInfo, &MindSporeLayout)> = entries
+        .iter()
+        .map(|(t, ms)| {
+            let name = if merged {
+                format!("{}-{}", ms.stage, t.name)
+            } else {
+                t.name.clone()
+            };
+            (name, *t, ms)
+        })
+        .collect();
+    // The last stage's index, as merge_pipeline_strategys writes it; it
+    // also carries the stage count when the last stage holds no parameter.
+    let current = entries
+        .iter()
+        .map(|(_, ms)| ms.stage_count)
+        .max()
+        .unwrap_or(1)
+        - 1;
+    match format {
+        StrategyFormat::Json => json_strategy(&named, current, &what),
+        StrategyFormat::Protobuf => {
+            let items = named
+                .iter()
+                .map(|(name, t, ms)| protobuf_item(name, t, ms, &what))
+                .collect::<Result<Vec<_>, _>>()?;
+            let map = pb::ParallelStrategyMap {
+                current_stage: u32::try_from(current).unwrap_or(u32::MAX),
+                parallel_strategy_item: Vec::new(),
+                parallel_layout_item: items,
+            };
+            Ok(map.encode_to_vec())
+        }
+    }
+}
+
+/// Each tensor of `strategy` in MindSpore's notation, once per stage it
+/// is on.
+fn stage_entries<'s>(
+    strategy: &'s Strategy,
+    what: &str,
+) -> Result<Vec<(&'s TensorInfo, MindSporeLayout)>, StrategyFileError> {
     let mut entries = Vec::new();
-    let mut stages = BTreeSet::new();
     let staged = strategy
         .layouts()
         .iter()
@@ -1093,140 +1136,119 @@ pub fn write_strategy_file(
                     tensor: t.name.clone(),
                     source: Box::new(source),
                 }
-                .of(&what)
+                .of(what)
             })?;
-            stages.insert((ms.stage, ms.stage_count));
             entries.push((t, ms));
         }
     }
-    let merged = entries.iter().any(|(_, ms)| ms.stage_count > 1);
-    let name_of = |t: &TensorInfo, ms: &MindSporeLayout| {
-        if merged {
-            format!("{}-{}", ms.stage, t.name)
-        } else {
-            t.name.clone()
-        }
-    };
-    // The last stage's index, as merge_pipeline_strategys writes it; it
-    // also carries the stage count when the last stage holds no parameter.
-    let current = stages.iter().map(|(_, n)| *n).max().unwrap_or(1) - 1;
-    match format {
-        StrategyFormat::Json => {
-            let mut items = serde_json::Map::new();
-            for (t, ms) in &entries {
-                if !ms.is_flat() {
-                    return Err(StrategyFileFault::SplitOverAxes {
-                        tensor: t.name.clone(),
-                    }
-                    .of(&what));
-                }
-                let l = JsonLayout {
-                    dev_matrix: ms.dev_matrix.clone(),
-                    tensor_map: ms
-                        .tensor_map
-                        .iter()
-                        .map(|e| serde_json::Value::from(e[0]))
-                        .collect(),
-                    tensor_shape: Some(t.shape.clone()),
-                    field: 0,
-                    opt_weight_shard_step: ms.opt_weight_shard_step,
-                    opt_weight_shard_size: ms.opt_weight_shard_size,
-                    param_split_shape: ms.param_split_shape.clone(),
-                    indices_offset: Vec::new(),
-                };
-                items.insert(name_of(t, ms), serde_json::to_value(l).expect("serializes"));
+    Ok(entries)
+}
+
+/// The entries as a JSON strategy file (flat tensor maps only).
+fn json_strategy(
+    named: &[(String, &TensorInfo, &MindSporeLayout)],
+    current: u64,
+    what: &str,
+) -> Result<Vec<u8>, StrategyFileError> {
+    let mut items = serde_json::Map::new();
+    for (name, t, ms) in named {
+        if !ms.is_flat() {
+            return Err(StrategyFileFault::SplitOverAxes {
+                tensor: t.name.clone(),
             }
-            let doc = JsonFile {
-                current_stage: current,
-                parallel_strategy_item: serde_json::Map::new(),
-                parallel_layout_item: items,
-            };
-            Ok(serde_json::to_vec(&doc).expect("serializes"))
+            .of(what));
         }
-        StrategyFormat::Protobuf => {
-            let to_i32 = |v: i64, field: &'static str, t: &TensorInfo| {
-                i32::try_from(v).map_err(|_| {
-                    StrategyFileFault::OutOfRange {
-                        tensor: t.name.clone(),
-                        field,
-                        value: v,
-                    }
-                    .of(&what)
-                })
-            };
-            let mut items = Vec::new();
-            for (t, ms) in &entries {
-                let dev = ms
-                    .dev_matrix
-                    .iter()
-                    .map(|&d| {
-                        u32::try_from(d).map_err(|_| {
-                            StrategyFileFault::DeviceMatrixEntry {
-                                tensor: t.name.clone(),
-                                value: d,
-                            }
-                            .of(&what)
-                        })
-                    })
-                    .collect::<Result<Vec<u32>, _>>()?;
-                let tensor_map = if ms.is_flat() {
-                    vec![pb::TensorMap {
-                        dim: ms
-                            .tensor_map
-                            .iter()
-                            .map(|e| to_i32(e[0], "tensor_map entry", t))
-                            .collect::<Result<_, _>>()?,
-                    }]
-                } else {
-                    let mut nested = ms
-                        .tensor_map
-                        .iter()
-                        .map(|e| {
-                            Ok(pb::TensorMap {
-                                dim: e
-                                    .iter()
-                                    .map(|&k| to_i32(k, "tensor_map entry", t))
-                                    .collect::<Result<_, _>>()?,
-                            })
-                        })
-                        .collect::<Result<Vec<_>, StrategyFileError>>()?;
-                    if nested.len() == 1 {
-                        // MindSpore reads a single map as flat: a 1-D
-                        // tensor's nested map gets an empty one after it,
-                        // as MindSpore's writer does.
-                        nested.push(pb::TensorMap { dim: Vec::new() });
-                    }
-                    nested
-                };
-                items.push(pb::ParallelLayoutItem {
-                    param_name: name_of(t, ms),
-                    parallel_layouts: pb::ParallelLayouts {
-                        dev_matrix: vec![pb::DevMatrix { dim: dev }],
-                        tensor_map,
-                        param_split_shape: vec![pb::ParamSplitShape {
-                            dim: ms.param_split_shape.iter().map(|&x| x as i64).collect(),
-                        }],
-                        indices_offset: vec![pb::IndicesOffset { dim: Vec::new() }],
-                        field: 0,
-                        opt_weight_shard_step: to_i32(
-                            ms.opt_weight_shard_step,
-                            "opt_weight_shard_step",
-                            t,
-                        )?,
-                        opt_weight_shard_size: to_i32(
-                            ms.opt_weight_shard_size,
-                            "opt_weight_shard_size",
-                            t,
-                        )?,
-                    },
-                });
-            }
-            let map = pb::ParallelStrategyMap {
-                current_stage: u32::try_from(current).unwrap_or(u32::MAX),
-                parallel_strategy_item: Vec::new(),
-                parallel_layout_item: items,
-            };
-            Ok(map.encode_to_vec())
-        }
+        let l = JsonLayout {
+            dev_matrix: ms.dev_matrix.clone(),
+            tensor_map: ms
+                .tensor_map
+                .iter()
+                .map(|e| serde_json::Value::from(e[0]))
+                .collect(),
+            tensor_shape: Some(t.shape.clone()),
+            field: 0,
+            opt_weight_shard_step: ms.opt_weight_shard_step,
+            opt_weight_shard_size: ms.opt_weight_shard_size,
+            param_split_shape: ms.param_split_shape.clone(),
+            indices_offset: Vec::new(),
+        };
+        items.insert(name.clone(), serde_json::to_value(l).expect("serializes"));
     }
+    let doc = JsonFile {
+        current_stage: current,
+        parallel_strategy_item: serde_json::Map::new(),
+        parallel_layout_item: items,
+    };
+    Ok(serde_json::to_vec(&doc).expect("serializes"))
+}
+
+/// One entry as a protobuf layout item, its values checked against the
+/// protobuf fields' integer types.
+fn protobuf_item(
+    name: &str,
+    t: &TensorInfo,
+    ms: &MindSporeLayout,
+    what: &str,
+) -> Result<pb::ParallelLayoutItem, StrategyFileError> {
+    let to_i32 = |v: i64, field: &'static str| {
+        i32::try_from(v).map_err(|_| {
+            StrategyFileFault::OutOfRange {
+                tensor: t.name.clone(),
+                field,
+                value: v,
+            }
+            .of(what)
+        })
+    };
+    let dev = ms
+        .dev_matrix
+        .iter()
+        .map(|&d| {
+            u32::try_from(d).map_err(|_| {
+                StrategyFileFault::DeviceMatrixEntry {
+                    tensor: t.name.clone(),
+                    value: d,
+                }
+                .of(what)
+            })
+        })
+        .collect::<Result<Vec<u32>, _>>()?;
+    let map_of = |e: &[i64]| -> Result<pb::TensorMap, StrategyFileError> {
+        Ok(pb::TensorMap {
+            dim: e
+                .iter()
+                .map(|&k| to_i32(k, "tensor_map entry"))
+                .collect::<Result<_, _>>()?,
+        })
+    };
+    let tensor_map = if ms.is_flat() {
+        let flat: Vec<i64> = ms.tensor_map.iter().map(|e| e[0]).collect();
+        vec![map_of(&flat)?]
+    } else {
+        let mut nested = ms
+            .tensor_map
+            .iter()
+            .map(|e| map_of(e))
+            .collect::<Result<Vec<_>, _>>()?;
+        if nested.len() == 1 {
+            // MindSpore reads a single map as flat: a 1-D tensor's nested
+            // map gets an empty one after it, as MindSpore's writer does.
+            nested.push(pb::TensorMap { dim: Vec::new() });
+        }
+        nested
+    };
+    Ok(pb::ParallelLayoutItem {
+        param_name: name.to_string(),
+        parallel_layouts: pb::ParallelLayouts {
+            dev_matrix: vec![pb::DevMatrix { dim: dev }],
+            tensor_map,
+            param_split_shape: vec![pb::ParamSplitShape {
+                dim: ms.param_split_shape.iter().map(|&x| x as i64).collect(),
+            }],
+            indices_offset: vec![pb::IndicesOffset { dim: Vec::new() }],
+            field: 0,
+            opt_weight_shard_step: to_i32(ms.opt_weight_shard_step, "opt_weight_shard_step")?,
+            opt_weight_shard_size: to_i32(ms.opt_weight_shard_size, "opt_weight_shard_size")?,
+        },
+    })
 }
