@@ -756,150 +756,245 @@ fn product(v: &[u64]) -> u64 {
     v.iter().product()
 }
 
+/// A strategy fault of operator `op`, at `input` when one is to blame.
+fn bad_strategy(op: usize, kind: OpKind, input: Option<usize>, reason: String) -> OpsError {
+    OpsError::Strategy {
+        op,
+        input,
+        kind,
+        reason,
+    }
+}
+
+/// Lays out a `MatMul`/`BatchMatMul` as MindSpore's `MatMulBase` does.
 fn matmul(
     op: usize,
     kind: OpKind,
     shapes: &[&[u64]],
     st: &[Vec<u64>],
-    (ta, tb): (bool, bool),
+    transpose: (bool, bool),
     devices: u64,
 ) -> Result<Raw, OpsError> {
-    let bad = |input: Option<usize>, reason: String| OpsError::Strategy {
-        op,
-        input,
-        kind,
-        reason,
-    };
     if shapes[0].len() < 2 || shapes[1].len() < 2 {
         let (a, b) = (shapes[0], shapes[1]);
-        return Err(bad(
+        return Err(bad_strategy(
+            op,
+            kind,
             Some(usize::from(a.len() >= 2)),
             format!("inputs need at least 2 dimensions, got {a:?} and {b:?}"),
         ));
     }
-    // With transpose_a, `a` is stored [.., K, M]: reason on [.., M, K] and
-    // swap its tensor map back at the end.
-    let swapped = |v: &[u64]| {
-        let mut v = v.to_vec();
-        let n = v.len();
-        v.swap(n - 1, n - 2);
-        v
-    };
-    let (a_t, sa_t);
-    let (a, sa): (&[u64], &[u64]) = if ta {
-        a_t = swapped(shapes[0]);
-        sa_t = swapped(&st[0]);
-        (&a_t, &sa_t)
-    } else {
-        (shapes[0], &st[0])
-    };
-    let (b, sb): (&[u64], &[u64]) = (shapes[1], &st[1]);
-    if a.len() < 2 || b.len() < 2 {
-        return Err(bad(
-            Some(usize::from(a.len() >= 2)),
-            format!("inputs need at least 2 dimensions, got {a:?} and {b:?}"),
-        ));
+    let inputs = MatMulInputs::new(shapes, st, transpose);
+    inputs.check_shapes(op, kind)?;
+    if let Some(raw) = inputs.whole_stage(kind, devices) {
+        return Ok(raw);
     }
-    if kind == OpKind::MatMul && (a.len() != 2 || b.len() != 2) {
-        return Err(bad(
-            None,
-            format!("MatMul multiplies 2-D inputs, got {a:?} and {b:?}; use BatchMatMul"),
-        ));
+    inputs.check_strategies(op, kind)?;
+    Ok(inputs.layout())
+}
+
+/// The two inputs of a `MatMul`/`BatchMatMul` with their strategies, the
+/// first as `[.., M, K]` and the second as stored (`[.., K, N]`, or
+/// `[.., N, K]` with `transpose_b`).
+struct MatMulInputs<'a> {
+    a: Vec<u64>,
+    sa: Vec<u64>,
+    b: &'a [u64],
+    sb: &'a [u64],
+    transpose_a: bool,
+    transpose_b: bool,
+}
+
+/// An input's shape and its strategy.
+type Operand<'s> = (&'s [u64], &'s [u64]);
+
+impl<'a> MatMulInputs<'a> {
+    /// With `transpose_a`, `a` is stored `[.., K, M]`: reason on
+    /// `[.., M, K]` and swap its tensor map back at the end.
+    fn new(shapes: &[&'a [u64]], st: &'a [Vec<u64>], (ta, tb): (bool, bool)) -> Self {
+        let stored = |v: &[u64]| {
+            let mut v = v.to_vec();
+            if ta {
+                let n = v.len();
+                v.swap(n - 1, n - 2);
+            }
+            v
+        };
+        MatMulInputs {
+            a: stored(shapes[0]),
+            sa: stored(&st[0]),
+            b: shapes[1],
+            sb: &st[1],
+            transpose_a: ta,
+            transpose_b: tb,
+        }
     }
-    let (la, lb) = (a.len(), b.len());
-    // Shapes: a [.., M, K], b [.., K, N] (or [.., N, K]).
-    let (k_a, k_b, n) = (
-        a[la - 1],
-        if tb { b[lb - 1] } else { b[lb - 2] },
-        if tb { b[lb - 2] } else { b[lb - 1] },
-    );
-    if k_a != k_b {
-        return Err(bad(
-            Some(1),
-            format!("the reduction dimensions differ: {k_a} and {k_b} (transpose_b: {tb})"),
-        ));
+
+    /// Positions of `b`'s reduction dimension (K) and its output one (N).
+    fn b_dims(&self) -> (usize, usize) {
+        let lb = self.b.len();
+        if self.transpose_b {
+            (lb - 1, lb - 2)
+        } else {
+            (lb - 2, lb - 1)
+        }
     }
-    // MindSpore's special case: a 2-D MatMul whose inputs have the same
-    // strategy using every device of the stage keeps that strategy as the
-    // device matrix, with maps [1, 0] on both inputs and the output and no
-    // collective of its own.
-    if kind == OpKind::MatMul && !ta && !tb && st[0] == st[1] && product(&st[0]) == devices {
-        return Ok(Raw {
-            dev: st[0].clone(),
-            out_dev: st[0].clone(),
-            inputs: vec![vec![1, 0], vec![1, 0]],
-            output: vec![1, 0],
-            output_shape: vec![a[0], b[1]],
-            forward: None,
-            side: None,
-        });
+
+    /// The longer input's shape and strategy, then the shorter one's (`a`
+    /// first when their ranks are equal).
+    fn longer_first(&self) -> (Operand<'_>, Operand<'_>) {
+        let a = (self.a.as_slice(), self.sa.as_slice());
+        let b = (self.b, self.sb);
+        if self.a.len() >= self.b.len() {
+            (a, b)
+        } else {
+            (b, a)
+        }
     }
-    let s_kb = if tb { sb[lb - 1] } else { sb[lb - 2] };
-    if sa[la - 1] != s_kb {
-        return Err(bad(
-            Some(1),
-            format!(
-                "the reduction dimension is split {} ways in the first input and {s_kb} in the second",
-                sa[la - 1]
-            ),
-        ));
-    }
-    // Batch dimensions, right-aligned, must agree where both have them.
-    let (long, short, ls) = if la >= lb { (a, b, sa) } else { (b, a, sb) };
-    let diff = long.len() - short.len();
-    let ss = if la >= lb { sb } else { sa };
-    for j in 0..short.len() - 2 {
-        if ls[diff + j] != ss[j] {
-            return Err(bad(
+
+    /// `MatMul` takes 2-D inputs only, and both inputs must agree on K.
+    fn check_shapes(&self, op: usize, kind: OpKind) -> Result<(), OpsError> {
+        let (a, b) = (&self.a, self.b);
+        if kind == OpKind::MatMul && (a.len() != 2 || b.len() != 2) {
+            return Err(bad_strategy(
+                op,
+                kind,
                 None,
+                format!("MatMul multiplies 2-D inputs, got {a:?} and {b:?}; use BatchMatMul"),
+            ));
+        }
+        let (k_a, k_b) = (a[a.len() - 1], b[self.b_dims().0]);
+        if k_a != k_b {
+            return Err(bad_strategy(
+                op,
+                kind,
+                Some(1),
                 format!(
-                    "batch dimension {j} is split {} and {} ways; the strategies of batch dimensions must be equal",
-                    ls[diff + j],
-                    ss[j]
+                    "the reduction dimensions differ: {k_a} and {k_b} (transpose_b: {})",
+                    self.transpose_b
                 ),
             ));
         }
-        if long[diff + j] != short[j] {
-            return Err(bad(
-                None,
-                format!("batch dimensions differ: {:?} and {:?}", long, short),
+        Ok(())
+    }
+
+    /// MindSpore's special case: a 2-D MatMul whose inputs have the same
+    /// strategy using every device of the stage keeps that strategy as the
+    /// device matrix, with maps [1, 0] on both inputs and the output and no
+    /// collective of its own.
+    fn whole_stage(&self, kind: OpKind, devices: u64) -> Option<Raw> {
+        let plain = !self.transpose_a && !self.transpose_b;
+        if kind != OpKind::MatMul || !plain || self.sa != self.sb || product(&self.sa) != devices {
+            return None;
+        }
+        Some(Raw {
+            dev: self.sa.clone(),
+            out_dev: self.sa.clone(),
+            inputs: vec![vec![1, 0], vec![1, 0]],
+            output: vec![1, 0],
+            output_shape: vec![self.a[0], self.b[1]],
+            forward: None,
+            side: None,
+        })
+    }
+
+    /// The reduction dimension must be split alike in both inputs, and the
+    /// batch dimensions, right-aligned, alike where both have them.
+    fn check_strategies(&self, op: usize, kind: OpKind) -> Result<(), OpsError> {
+        let s_ka = self.sa[self.a.len() - 1];
+        let s_kb = self.sb[self.b_dims().0];
+        if s_ka != s_kb {
+            return Err(bad_strategy(
+                op,
+                kind,
+                Some(1),
+                format!(
+                    "the reduction dimension is split {s_ka} ways in the first input and {s_kb} in the second"
+                ),
             ));
         }
+        let ((long, ls), (short, ss)) = self.longer_first();
+        let diff = long.len() - short.len();
+        for j in 0..short.len() - 2 {
+            if ls[diff + j] != ss[j] {
+                return Err(bad_strategy(
+                    op,
+                    kind,
+                    None,
+                    format!(
+                        "batch dimension {j} is split {} and {} ways; the strategies of batch dimensions must be equal",
+                        ls[diff + j],
+                        ss[j]
+                    ),
+                ));
+            }
+            if long[diff + j] != short[j] {
+                return Err(bad_strategy(
+                    op,
+                    kind,
+                    None,
+                    format!("batch dimensions differ: {:?} and {:?}", long, short),
+                ));
+            }
+        }
+        Ok(())
     }
-    let mut dev: Vec<u64> = ls[..ls.len() - 2].to_vec();
-    dev.push(sa[la - 2]);
-    dev.push(sa[la - 1]);
-    dev.push(if tb { sb[lb - 2] } else { sb[lb - 1] });
-    let size = dev.len();
-    let index = descending(size);
-    let mut out = index.clone();
-    out.remove(size - 2);
-    let mut a_map = index.clone();
-    a_map.pop();
-    a_map.drain(..size - 1 - la);
-    if ta {
-        a_map.swap(la - 1, la - 2);
+
+    /// Device matrix `[batch.., M, K, N]` (the longer input's batch
+    /// strategy), the tensor maps, the output shape, and the all-reduce a
+    /// split K needs.
+    fn layout(&self) -> Raw {
+        let la = self.a.len();
+        let ((long, ls), _) = self.longer_first();
+        let n = self.b_dims().1;
+        let mut dev: Vec<u64> = ls[..ls.len() - 2].to_vec();
+        dev.push(self.sa[la - 2]);
+        dev.push(self.sa[la - 1]);
+        dev.push(self.sb[n]);
+        let size = dev.len();
+        let mut output = descending(size);
+        output.remove(size - 2);
+        let mut output_shape: Vec<u64> = long[..long.len() - 2].to_vec();
+        output_shape.push(self.a[la - 2]);
+        output_shape.push(self.b[n]);
+        let forward = (self.sa[la - 1] > 1).then_some((Collective::AllReduce, self.sa[la - 1]));
+        Raw {
+            inputs: vec![self.a_map(size), self.b_map(size)],
+            out_dev: dev.clone(),
+            dev,
+            output,
+            output_shape,
+            forward,
+            side: None,
+        }
     }
-    let mut b_map = index.clone();
-    b_map.remove(size - 3);
-    b_map.drain(..size - 1 - lb);
-    if tb {
-        let n = b_map.len();
-        b_map.swap(n - 1, n - 2);
+
+    /// `a`'s tensor map over a device matrix of `size` axes: its batch
+    /// axes, M and K, in stored order.
+    fn a_map(&self, size: usize) -> Vec<i64> {
+        let la = self.a.len();
+        let mut map = descending(size);
+        map.pop();
+        map.drain(..size - 1 - la);
+        if self.transpose_a {
+            map.swap(la - 1, la - 2);
+        }
+        map
     }
-    let mut output_shape: Vec<u64> = long[..long.len() - 2].to_vec();
-    output_shape.push(a[la - 2]);
-    output_shape.push(n);
-    let forward = (sa[la - 1] > 1).then_some((Collective::AllReduce, sa[la - 1]));
-    Ok(Raw {
-        out_dev: dev.clone(),
-        dev,
-        inputs: vec![a_map, b_map],
-        output: out,
-        output_shape,
-        forward,
-        side: None,
-    })
+
+    /// `b`'s tensor map over a device matrix of `size` axes: its batch
+    /// axes, K and N, in stored order.
+    fn b_map(&self, size: usize) -> Vec<i64> {
+        let lb = self.b.len();
+        let mut map = descending(size);
+        map.remove(size - 3);
+        map.drain(..size - 1 - lb);
+        if self.transpose_b {
+            let n = map.len();
+            map.swap(n - 1, n - 2);
+        }
+        map
+    }
 }
 
 fn gather(op: usize, shapes: &[&[u64]], st: &[Vec<u64>], devices: u64) -> Result<Raw, OpsError> {
@@ -1188,23 +1283,308 @@ pub fn derive_from_operators(
     graph: &OperatorGraph,
     tensors: &[TensorInfo],
 ) -> Result<OperatorDerivation, OpsError> {
-    let (devices, batch) = (graph.devices, graph.batch);
-    if devices == 0 || batch == 0 {
-        return Err(OpsError::Empty { devices, batch });
+    let mut walk = Walk::new(graph, tensors)?;
+    for (o, op) in graph.ops.iter().enumerate() {
+        walk.operator(o, op)?;
     }
-    let stages = graph.stages.max(1);
-    let mesh = Arc::new(DeviceMesh::new([("rank", devices)]).map_err(OpsError::Mesh)?);
-    let mut values: BTreeMap<String, Value> = BTreeMap::new();
+    walk.finish()
+}
+
+/// The walk over the operators in execution order: every value named so
+/// far, and what the operators decided or need.
+struct Walk<'g> {
+    graph: &'g OperatorGraph,
+    tensors: &'g [TensorInfo],
+    /// Stages of the graph, at least 1.
+    stages: u64,
+    /// One stage's devices: layouts are compared within a stage.
+    mesh: Arc<DeviceMesh>,
+    /// Weights, graph inputs and the outputs of the operators walked.
+    values: BTreeMap<String, Value>,
+    /// Per weight: who decided it, its layout on one stage.
+    weights: Vec<Option<(WeightSource, TensorLayout)>>,
+    ops: Vec<OpLayout>,
+    redistributions: Vec<Redistribution>,
+    conflicts: Vec<WeightConflict>,
+}
+
+/// One input of an operator and the layout the operator needs it in.
+struct Read<'a> {
+    /// Index of the operator.
+    op: usize,
+    /// Its stage.
+    stage: u64,
+    /// Position of the input.
+    input: usize,
+    name: &'a str,
+    value: &'a Value,
+    /// The layout needed, as MindSpore states it.
+    want_ms: MindSporeLayout,
+    /// The same layout on the stage's mesh.
+    want: TensorLayout,
+}
+
+impl<'g> Walk<'g> {
+    /// Checks the graph has devices and a batch, builds one stage's mesh,
+    /// and names the weights and graph inputs.
+    fn new(graph: &'g OperatorGraph, tensors: &'g [TensorInfo]) -> Result<Self, OpsError> {
+        let (devices, batch) = (graph.devices, graph.batch);
+        if devices == 0 || batch == 0 {
+            return Err(OpsError::Empty { devices, batch });
+        }
+        let mesh = Arc::new(DeviceMesh::new([("rank", devices)]).map_err(OpsError::Mesh)?);
+        Ok(Walk {
+            graph,
+            tensors,
+            stages: graph.stages.max(1),
+            mesh,
+            values: seed_values(graph, tensors)?,
+            weights: vec![None; tensors.len()],
+            ops: Vec::with_capacity(graph.ops.len()),
+            redistributions: Vec::new(),
+            conflicts: Vec::new(),
+        })
+    }
+
+    /// Lays out operator `o`, records what it reads and names its output;
+    /// checks run in the order errors are reported.
+    fn operator(&mut self, o: usize, op: &Operator) -> Result<(), OpsError> {
+        check_operator(o, op, self.stages)?;
+        let ins = self.resolve_inputs(o, op)?;
+        let shapes: Vec<&[u64]> = ins.iter().map(|v| v.shape.as_slice()).collect();
+        let raw = raw_layout(o, op, &shapes, self.graph.devices)?;
+        let dtype = output_dtype(op.kind, &ins);
+        let layout = op_layout(o, raw, self.graph, dtype)?;
+        self.record_inputs(o, op, &ins, &layout)?;
+        self.record_output(o, op, layout, dtype)
+    }
+
+    /// The values `op` reads, in input order.
+    fn resolve_inputs(&self, o: usize, op: &Operator) -> Result<Vec<Value>, OpsError> {
+        (0..op.inputs.len())
+            .map(|k| self.resolve_input(o, op, k))
+            .collect()
+    }
+
+    /// Input `k` of `op`: a known value its strategy fits, produced on the
+    /// operator's stage or an earlier one.
+    fn resolve_input(&self, o: usize, op: &Operator, k: usize) -> Result<Value, OpsError> {
+        let name = &op.inputs[k];
+        let v = self
+            .values
+            .get(name)
+            .ok_or_else(|| OpsError::UnknownInput {
+                op: o,
+                input: k,
+                name: name.clone(),
+            })?;
+        let s = &op.strategy[k];
+        if s.len() != v.shape.len() {
+            return Err(bad_strategy(
+                o,
+                op.kind,
+                Some(k),
+                format!(
+                    "input `{name}` has {} dimensions {:?}, its strategy {} entries",
+                    v.shape.len(),
+                    v.shape,
+                    s.len()
+                ),
+            ));
+        }
+        if s.contains(&0) {
+            return Err(bad_strategy(
+                o,
+                op.kind,
+                Some(k),
+                "a strategy entry is 0".into(),
+            ));
+        }
+        if let Some((producer, _)) = &v.produced
+            && self.graph.ops[*producer].stage > op.stage
+        {
+            return Err(OpsError::StageOrder {
+                op: o,
+                input: k,
+                name: name.clone(),
+                stage: op.stage,
+                producer: *producer,
+                producer_stage: self.graph.ops[*producer].stage,
+            });
+        }
+        Ok(v.clone())
+    }
+
+    /// Checks every input fits the layout operator `o` needs it in, then
+    /// notes weight sources, conflicts and redistributions, input by input.
+    fn record_inputs(
+        &mut self,
+        o: usize,
+        op: &Operator,
+        ins: &[Value],
+        layout: &OpLayout,
+    ) -> Result<(), OpsError> {
+        for (k, (v, map)) in ins.iter().zip(&layout.inputs).enumerate() {
+            let name = &op.inputs[k];
+            let want_ms = ms(&layout.dev_matrix, map);
+            let want = tensor_layout(o, &want_ms, &v.shape, name, Some(k))?;
+            let read = Read {
+                op: o,
+                stage: op.stage,
+                input: k,
+                name,
+                value: v,
+                want_ms,
+                want,
+            };
+            if let Some(w) = v.weight {
+                self.read_weight(w, read);
+            } else if let Some((producer, from_ms)) = &v.produced {
+                self.read_activation(*producer, from_ms, read)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The first operator to read weight `w` decides its layout; a later
+    /// one wanting another cut is a conflict, one on another stage wanting
+    /// the same cut puts the weight on that stage too.
+    fn read_weight(&mut self, w: usize, read: Read<'_>) {
+        let Read { op, stage, .. } = read;
+        match &self.weights[w] {
+            None => {
+                let source = WeightSource {
+                    op,
+                    input: read.input,
+                    layout: read.want_ms,
+                    stages: vec![stage],
+                };
+                self.weights[w] = Some((source, read.want.clone()));
+            }
+            Some((first, have)) if !have.same_placement(&read.want) => {
+                let v = read.value;
+                self.conflicts.push(WeightConflict {
+                    tensor: read.name.to_string(),
+                    first: first.op,
+                    other: op,
+                    bytes: moved_bytes(read.name, &v.shape, v.dtype, have, &read.want, &self.mesh),
+                    wanted: read.want_ms,
+                });
+            }
+            Some(_) => {}
+        }
+        if let Some((src, have)) = &mut self.weights[w]
+            && have.same_placement(&read.want)
+            && !src.stages.contains(&stage)
+        {
+            src.stages.push(stage);
+            src.stages.sort_unstable();
+        }
+    }
+
+    /// An activation `producer` left in `from_ms`: when the reader needs
+    /// another placement, the runtime redistributes it.
+    fn read_activation(
+        &mut self,
+        producer: usize,
+        from_ms: &MindSporeLayout,
+        read: Read<'_>,
+    ) -> Result<(), OpsError> {
+        let v = read.value;
+        let from = tensor_layout(read.op, from_ms, &v.shape, read.name, None)?;
+        if !from.same_placement(&read.want) {
+            self.redistributions.push(Redistribution {
+                activation: read.name.to_string(),
+                producer,
+                consumer: read.op,
+                from: from_ms.clone(),
+                bytes: moved_bytes(read.name, &v.shape, v.dtype, &from, &read.want, &self.mesh),
+                to: read.want_ms,
+            });
+        }
+        Ok(())
+    }
+
+    /// Checks operator `o`'s output fits its layout and has a new name,
+    /// then names it and keeps the operator's layout.
+    fn record_output(
+        &mut self,
+        o: usize,
+        op: &Operator,
+        layout: OpLayout,
+        dtype: DType,
+    ) -> Result<(), OpsError> {
+        let out_ms = ms(&layout.output_dev_matrix, &layout.output);
+        tensor_layout(o, &out_ms, &layout.output_shape, &op.output, None)?;
+        if self.values.contains_key(&op.output) {
+            return Err(OpsError::DuplicateOutput {
+                op: o,
+                name: op.output.clone(),
+            });
+        }
+        let value = Value {
+            shape: layout.output_shape.clone(),
+            dtype,
+            produced: Some((o, out_ms)),
+            weight: None,
+        };
+        self.values.insert(op.output.clone(), value);
+        self.ops.push(layout);
+        Ok(())
+    }
+
+    /// The strategy of the weights' layouts and the derivation around it.
+    fn finish(self) -> Result<OperatorDerivation, OpsError> {
+        let Walk {
+            graph,
+            tensors,
+            stages,
+            mesh,
+            weights,
+            ops,
+            redistributions,
+            conflicts,
+            ..
+        } = self;
+        // With stages, each weight lives on the stages that read it; the
+        // activations' comparisons above stay within one stage's devices.
+        let mesh = if stages > 1 {
+            let axes = [("stage", stages), ("rank", graph.devices)];
+            Arc::new(DeviceMesh::new(axes).map_err(OpsError::Mesh)?)
+        } else {
+            mesh
+        };
+        let layouts = tensors
+            .iter()
+            .zip(&weights)
+            .map(|(t, w)| weight_layout(t, w.as_ref(), stages, &mesh))
+            .collect::<Result<Vec<_>, _>>()?;
+        let strategy = Strategy::new("derived", mesh, tensors.to_vec(), layouts)?;
+        Ok(OperatorDerivation {
+            strategy,
+            ops,
+            weights: weights.into_iter().map(|w| w.map(|(s, _)| s)).collect(),
+            redistributions,
+            conflicts,
+        })
+    }
+}
+
+/// The values before any operator: the weights, then the graph inputs
+/// with the graph's batch, which must not reuse a name.
+fn seed_values(
+    graph: &OperatorGraph,
+    tensors: &[TensorInfo],
+) -> Result<BTreeMap<String, Value>, OpsError> {
+    let mut values = BTreeMap::new();
     for (i, t) in tensors.iter().enumerate() {
-        values.insert(
-            t.name.clone(),
-            Value {
-                shape: t.shape.clone(),
-                dtype: t.dtype,
-                produced: None,
-                weight: Some(i),
-            },
-        );
+        let value = Value {
+            shape: t.shape.clone(),
+            dtype: t.dtype,
+            produced: None,
+            weight: Some(i),
+        };
+        values.insert(t.name.clone(), value);
     }
     for a in &graph.inputs {
         if values.contains_key(&a.name) {
@@ -1212,277 +1592,171 @@ pub fn derive_from_operators(
                 name: a.name.clone(),
             });
         }
-        values.insert(
-            a.name.clone(),
-            Value {
-                shape: a
-                    .shape
-                    .iter()
-                    .map(|d| match d {
-                        DimSize::Fixed(n) => *n,
-                        DimSize::Batch => batch,
-                    })
-                    .collect(),
-                dtype: a.dtype,
-                produced: None,
-                weight: None,
-            },
-        );
+        let shape = a
+            .shape
+            .iter()
+            .map(|d| match d {
+                DimSize::Fixed(n) => *n,
+                DimSize::Batch => graph.batch,
+            })
+            .collect();
+        let value = Value {
+            shape,
+            dtype: a.dtype,
+            produced: None,
+            weight: None,
+        };
+        values.insert(a.name.clone(), value);
     }
-    // Per weight: who decided it, its layout on one stage.
-    let mut weights: Vec<Option<(WeightSource, TensorLayout)>> = vec![None; tensors.len()];
-    let mut ops = Vec::with_capacity(graph.ops.len());
-    let mut redistributions = Vec::new();
-    let mut conflicts = Vec::new();
-    for (o, op) in graph.ops.iter().enumerate() {
-        let strat_err = |input: Option<usize>, reason: String| OpsError::Strategy {
+    Ok(values)
+}
+
+/// Checks operator `o` is on a stage of the graph and has as many inputs
+/// as its kind takes, with one strategy each.
+fn check_operator(o: usize, op: &Operator, stages: u64) -> Result<(), OpsError> {
+    if op.stage >= stages {
+        return Err(OpsError::Stage {
+            op: o,
+            stage: op.stage,
+            stages,
+        });
+    }
+    let n = op.inputs.len();
+    if !op.kind.arity().contains(&n) {
+        let reason = format!("takes {:?} inputs, got {n}", op.kind.arity());
+        return Err(bad_strategy(o, op.kind, None, reason));
+    }
+    if op.strategy.len() != n {
+        let reason = format!("{} strategies for {n} inputs", op.strategy.len());
+        return Err(bad_strategy(o, op.kind, None, reason));
+    }
+    Ok(())
+}
+
+/// The layout operator `o`'s kind builds from its inputs' shapes and its
+/// strategy, before the repeated-calculation axis.
+fn raw_layout(o: usize, op: &Operator, shapes: &[&[u64]], devices: u64) -> Result<Raw, OpsError> {
+    let st = &op.strategy;
+    match op.kind {
+        OpKind::MatMul | OpKind::BatchMatMul => {
+            let t = (op.transpose_a, op.transpose_b);
+            matmul(o, op.kind, shapes, st, t, devices)
+        }
+        OpKind::Gather => gather(o, shapes, st, devices),
+        OpKind::Add | OpKind::Mul => elementwise(o, op.kind, shapes, st),
+        OpKind::RmsNorm | OpKind::LayerNorm => norm(o, op.kind, shapes, st),
+    }
+}
+
+/// The output's element type: a `Gather` returns its table's, the others
+/// their first floating-point input's (else the first input's).
+fn output_dtype(kind: OpKind, ins: &[Value]) -> DType {
+    match kind {
+        OpKind::Gather => ins[0].dtype,
+        _ => ins
+            .iter()
+            .map(|v| v.dtype)
+            .find(|d| matches!(d, DType::F64 | DType::F32 | DType::F16 | DType::BF16))
+            .unwrap_or(ins[0].dtype),
+    }
+}
+
+/// Operator `o`'s layout on the stage: `raw` with the repeated-calculation
+/// axis for the devices its strategy leaves idle, and its collective
+/// sized by an output of `dtype`.
+fn op_layout(
+    o: usize,
+    raw: Raw,
+    graph: &OperatorGraph,
+    dtype: DType,
+) -> Result<OpLayout, OpsError> {
+    let devices = graph.devices;
+    let used = raw
+        .dev
+        .iter()
+        .try_fold(1u64, |a, &b| a.checked_mul(b))
+        .unwrap_or(u64::MAX);
+    if used > devices || !devices.is_multiple_of(used) {
+        return Err(OpsError::Devices {
+            op: o,
+            product: used,
+            devices,
+        });
+    }
+    let repeat = devices / used;
+    let side = raw.side.unwrap_or(graph.repeated_calc);
+    let output_bytes = raw
+        .output_shape
+        .iter()
+        .try_fold(dtype.size_bytes(), |a, &b| a.checked_mul(b))
+        .unwrap_or(u64::MAX);
+    Ok(OpLayout {
+        dev_matrix: with_repeat(&raw.dev, repeat, side),
+        repeat,
+        inputs: raw.inputs.iter().map(|m| shift(m, repeat, side)).collect(),
+        output_dev_matrix: with_repeat(&raw.out_dev, repeat, side),
+        output: shift(&raw.output, repeat, side),
+        output_shape: raw.output_shape,
+        forward: raw.forward.map(|(collective, ranks)| ForwardComm {
+            collective,
+            ranks,
+            output_bytes,
+        }),
+    })
+}
+
+/// `ml` as a layout of `shape`, refusals named after operator `o` and the
+/// tensor: an uneven split is the strategy's fault, anything else the
+/// core's.
+fn tensor_layout(
+    o: usize,
+    ml: &MindSporeLayout,
+    shape: &[u64],
+    name: &str,
+    input: Option<usize>,
+) -> Result<TensorLayout, OpsError> {
+    ml.to_layout(shape).map_err(|e| match e {
+        LayoutError::UnevenSplit { dim, size, blocks } => OpsError::Indivisible {
             op: o,
             input,
-            kind: op.kind,
-            reason,
-        };
-        if op.stage >= stages {
-            return Err(OpsError::Stage {
-                op: o,
-                stage: op.stage,
-                stages,
-            });
-        }
-        if !op.kind.arity().contains(&op.inputs.len()) {
-            return Err(strat_err(
-                None,
-                format!(
-                    "takes {:?} inputs, got {}",
-                    op.kind.arity(),
-                    op.inputs.len()
-                ),
-            ));
-        }
-        if op.strategy.len() != op.inputs.len() {
-            return Err(strat_err(
-                None,
-                format!(
-                    "{} strategies for {} inputs",
-                    op.strategy.len(),
-                    op.inputs.len()
-                ),
-            ));
-        }
-        let mut ins: Vec<Value> = Vec::with_capacity(op.inputs.len());
-        for (k, name) in op.inputs.iter().enumerate() {
-            let v = values.get(name).ok_or_else(|| OpsError::UnknownInput {
-                op: o,
-                input: k,
-                name: name.clone(),
-            })?;
-            let s = &op.strategy[k];
-            if s.len() != v.shape.len() {
-                return Err(strat_err(
-                    Some(k),
-                    format!(
-                        "input `{name}` has {} dimensions {:?}, its strategy {} entries",
-                        v.shape.len(),
-                        v.shape,
-                        s.len()
-                    ),
-                ));
-            }
-            if s.contains(&0) {
-                return Err(strat_err(Some(k), "a strategy entry is 0".into()));
-            }
-            if let Some((producer, _)) = &v.produced
-                && graph.ops[*producer].stage > op.stage
-            {
-                return Err(OpsError::StageOrder {
-                    op: o,
-                    input: k,
-                    name: name.clone(),
-                    stage: op.stage,
-                    producer: *producer,
-                    producer_stage: graph.ops[*producer].stage,
-                });
-            }
-            ins.push(v.clone());
-        }
-        let shapes: Vec<&[u64]> = ins.iter().map(|v| v.shape.as_slice()).collect();
-        let raw = match op.kind {
-            OpKind::MatMul | OpKind::BatchMatMul => {
-                let t = (op.transpose_a, op.transpose_b);
-                matmul(o, op.kind, &shapes, &op.strategy, t, devices)?
-            }
-            OpKind::Gather => gather(o, &shapes, &op.strategy, devices)?,
-            OpKind::Add | OpKind::Mul => elementwise(o, op.kind, &shapes, &op.strategy)?,
-            OpKind::RmsNorm | OpKind::LayerNorm => norm(o, op.kind, &shapes, &op.strategy)?,
-        };
-        let used = raw
-            .dev
-            .iter()
-            .try_fold(1u64, |a, &b| a.checked_mul(b))
-            .unwrap_or(u64::MAX);
-        if used > devices || !devices.is_multiple_of(used) {
-            return Err(OpsError::Devices {
-                op: o,
-                product: used,
-                devices,
-            });
-        }
-        let repeat = devices / used;
-        let side = raw.side.unwrap_or(graph.repeated_calc);
-        let dev = with_repeat(&raw.dev, repeat, side);
-        let out_dev = with_repeat(&raw.out_dev, repeat, side);
-        let in_maps: Vec<Vec<i64>> = raw.inputs.iter().map(|m| shift(m, repeat, side)).collect();
-        let out_map = shift(&raw.output, repeat, side);
-        let layout_of = |ml: &MindSporeLayout,
-                         shape: &[u64],
-                         name: &str,
-                         input: Option<usize>|
-         -> Result<TensorLayout, OpsError> {
-            ml.to_layout(shape).map_err(|e| match e {
-                LayoutError::UnevenSplit { dim, size, blocks } => OpsError::Indivisible {
-                    op: o,
-                    input,
-                    tensor: name.to_string(),
-                    dim,
-                    size,
-                    ways: blocks,
-                },
-                source => OpsError::Layout {
-                    op: o,
-                    tensor: name.to_string(),
-                    source,
-                },
-            })
-        };
-        for (k, (v, map)) in ins.iter().zip(&in_maps).enumerate() {
-            let name = &op.inputs[k];
-            let want_ms = ms(&dev, map);
-            let want = layout_of(&want_ms, &v.shape, name, Some(k))?;
-            if let Some(w) = v.weight {
-                match &weights[w] {
-                    None => {
-                        weights[w] = Some((
-                            WeightSource {
-                                op: o,
-                                input: k,
-                                layout: want_ms,
-                                stages: vec![op.stage],
-                            },
-                            want.clone(),
-                        ));
-                    }
-                    Some((first, have)) if !have.same_placement(&want) => {
-                        conflicts.push(WeightConflict {
-                            tensor: name.clone(),
-                            first: first.op,
-                            other: o,
-                            bytes: moved_bytes(name, &v.shape, v.dtype, have, &want, &mesh),
-                            wanted: want_ms,
-                        });
-                    }
-                    Some(_) => {}
-                }
-                // Read on another stage alike: that stage holds it too (a
-                // different cut is the conflict above instead).
-                if let Some((src, have)) = &mut weights[w]
-                    && have.same_placement(&want)
-                    && !src.stages.contains(&op.stage)
-                {
-                    src.stages.push(op.stage);
-                    src.stages.sort_unstable();
-                }
-            } else if let Some((producer, from_ms)) = &v.produced {
-                let from = layout_of(from_ms, &v.shape, name, None)?;
-                if !from.same_placement(&want) {
-                    redistributions.push(Redistribution {
-                        activation: name.clone(),
-                        producer: *producer,
-                        consumer: o,
-                        from: from_ms.clone(),
-                        to: want_ms,
-                        bytes: moved_bytes(name, &v.shape, v.dtype, &from, &want, &mesh),
-                    });
-                }
-            }
-        }
-        let out_ms = ms(&out_dev, &out_map);
-        layout_of(&out_ms, &raw.output_shape, &op.output, None)?;
-        let dtype = match op.kind {
-            OpKind::Gather => ins[0].dtype,
-            _ => ins
-                .iter()
-                .map(|v| v.dtype)
-                .find(|d| matches!(d, DType::F64 | DType::F32 | DType::F16 | DType::BF16))
-                .unwrap_or(ins[0].dtype),
-        };
-        let out_bytes = raw
-            .output_shape
-            .iter()
-            .try_fold(dtype.size_bytes(), |a, &b| a.checked_mul(b))
-            .unwrap_or(u64::MAX);
-        if values.contains_key(&op.output) {
-            return Err(OpsError::DuplicateOutput {
-                op: o,
-                name: op.output.clone(),
-            });
-        }
-        values.insert(
-            op.output.clone(),
-            Value {
-                shape: raw.output_shape.clone(),
-                dtype,
-                produced: Some((o, out_ms)),
-                weight: None,
-            },
-        );
-        ops.push(OpLayout {
-            dev_matrix: dev,
-            repeat,
-            inputs: in_maps,
-            output_dev_matrix: out_dev,
-            output: out_map,
-            output_shape: raw.output_shape,
-            forward: raw.forward.map(|(collective, ranks)| ForwardComm {
-                collective,
-                ranks,
-                output_bytes: out_bytes,
-            }),
-        });
-    }
-    // With stages, each weight lives on the stages that read it; the
-    // activations' comparisons above stay within one stage's devices.
-    let mesh = if stages > 1 {
-        Arc::new(DeviceMesh::new([("stage", stages), ("rank", devices)]).map_err(OpsError::Mesh)?)
-    } else {
-        mesh
-    };
-    let mut layouts = Vec::with_capacity(tensors.len());
-    for (t, w) in tensors.iter().zip(&weights) {
-        let fail = |source| OpsError::Layout {
-            op: w.as_ref().map_or(0, |(s, _)| s.op),
-            tensor: t.name.clone(),
+            tensor: name.to_string(),
+            dim,
+            size,
+            ways: blocks,
+        },
+        source => OpsError::Layout {
+            op: o,
+            tensor: name.to_string(),
             source,
-        };
-        layouts.push(match w {
-            Some((_, l)) if stages == 1 => l.clone(),
-            Some((src, _)) => {
-                let staged = MindSporeLayout {
-                    stage: src.stages[0],
-                    stage_count: stages,
-                    ..src.layout.clone()
-                };
-                staged
-                    .to_layout_on_stages(&t.shape, &src.stages[1..])
-                    .map_err(fail)?
-            }
-            None => TensorLayout::replicated(mesh.clone(), &t.shape).map_err(fail)?,
-        });
-    }
-    let strategy = Strategy::new("derived", mesh, tensors.to_vec(), layouts)?;
-    Ok(OperatorDerivation {
-        strategy,
-        ops,
-        weights: weights.into_iter().map(|w| w.map(|(s, _)| s)).collect(),
-        redistributions,
-        conflicts,
+        },
     })
+}
+
+/// Weight `t`'s layout in the strategy: the one its first reader decided,
+/// on every stage that reads it, or replicated when no operator reads it.
+fn weight_layout(
+    t: &TensorInfo,
+    w: Option<&(WeightSource, TensorLayout)>,
+    stages: u64,
+    mesh: &Arc<DeviceMesh>,
+) -> Result<TensorLayout, OpsError> {
+    let fail = |source| OpsError::Layout {
+        op: w.map_or(0, |(s, _)| s.op),
+        tensor: t.name.clone(),
+        source,
+    };
+    match w {
+        Some((_, l)) if stages == 1 => Ok(l.clone()),
+        Some((src, _)) => {
+            let staged = MindSporeLayout {
+                stage: src.stages[0],
+                stage_count: stages,
+                ..src.layout.clone()
+            };
+            staged
+                .to_layout_on_stages(&t.shape, &src.stages[1..])
+                .map_err(fail)
+        }
+        None => TensorLayout::replicated(mesh.clone(), &t.shape).map_err(fail),
+    }
 }
