@@ -484,3 +484,33 @@ fn spec_parts_faults_by_code() {
         );
     }
 }
+
+/// A tensor name a glob would read as a pattern is not written.
+#[test]
+fn a_glob_name_is_not_written() {
+    use shardplan::spec::write::WriteFault;
+    use shardplan::spec::{MeshId, Spec};
+    use shardplan::{DType, DeviceMesh, Strategy, TensorInfo, TensorLayout};
+    use std::sync::Arc;
+    let m = Arc::new(DeviceMesh::new([("tp", 2)]).unwrap());
+    let t = TensorInfo {
+        name: "w*".into(),
+        shape: vec![4],
+        dtype: DType::F32,
+    };
+    let l = TensorLayout::replicated(m.clone(), &t.shape).unwrap();
+    let s = Strategy::new("s", m.clone(), vec![t], vec![l]).unwrap();
+    let spec = Spec::from_parts(
+        vec![("m".into(), m)],
+        vec![("s".into(), MeshId::new("m"), s)],
+        None,
+    )
+    .unwrap();
+    let err = spec.to_yaml("").unwrap_err();
+    assert_eq!(
+        (err.tensor.as_str(), &err.fault),
+        ("w*", &WriteFault::GlobName)
+    );
+    let code = miette::Diagnostic::code(&err).map(|c| c.to_string());
+    assert_eq!(code.as_deref(), Some("shardplan::spec::write::glob_name"));
+}

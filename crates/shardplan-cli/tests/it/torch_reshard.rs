@@ -309,6 +309,7 @@ fn a_spec_refuses_to_write_boxes() {
     .unwrap();
     let err = spec.to_yaml("").unwrap_err();
     assert_eq!(err.strategy, "dcp");
+    assert_eq!(err.fault, shardplan::spec::write::WriteFault::Boxes);
 }
 
 /// `shardplan show` on a DCP folder draws its chunks as the layout they are.

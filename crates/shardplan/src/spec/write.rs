@@ -9,7 +9,7 @@ use std::sync::Arc;
 use crate::DeviceMesh;
 use crate::Strategy;
 use crate::notation::mindspore::MindSporeLayout;
-use crate::{SplitPolicy, TensorLayout};
+use crate::{LayoutError, SplitPolicy, TensorLayout};
 
 /// A strategy to write, with the name of the mesh it is written on.
 #[derive(Debug, Clone)]
@@ -38,20 +38,61 @@ pub struct SpecOut<'a> {
     pub transfer: Option<(&'a str, &'a str)>,
 }
 
-/// A layout that no spec form can express.
+/// A tensor of a strategy that no spec form can express.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, miette::Diagnostic)]
-#[error("strategy `{strategy}`, tensor `{tensor}`: {reason}")]
-#[diagnostic(
-    code(shardplan::spec::write),
-    help("the spec format cannot express this layout")
-)]
+#[error("strategy `{strategy}`, tensor `{tensor}`: {fault}")]
+#[diagnostic(forward(fault))]
 pub struct WriteError {
     /// Strategy.
     pub strategy: String,
     /// Tensor.
     pub tensor: String,
-    /// Why.
-    pub reason: String,
+    /// Why it cannot be written; its code and help are the error's.
+    pub fault: WriteFault,
+}
+
+/// Why a tensor's layout cannot be written as a spec rule, one variant per
+/// fault.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, miette::Diagnostic)]
+#[non_exhaustive]
+pub enum WriteFault {
+    /// A tensor name a rule's glob would read as a pattern.
+    #[error("the name contains `*` or `?`, which a rule's glob would read as a pattern")]
+    #[diagnostic(
+        code(shardplan::spec::write::glob_name),
+        help("rename the tensor: spec rules match names by glob")
+    )]
+    GlobName,
+    /// A layout given box by box (a checkpoint's chunks).
+    #[error(
+        "the layout is given box by box (a checkpoint's chunks), which a spec rule cannot write"
+    )]
+    #[diagnostic(
+        code(shardplan::spec::write::boxes),
+        help("plan or reshard from the checkpoint itself; a spec holds layouts by mesh axes")
+    )]
+    Boxes,
+    /// A layout on a mesh of its own that is not a MindSpore layout.
+    #[error("{0}")]
+    #[diagnostic(
+        code(shardplan::spec::write::not_mindspore),
+        help("the spec format cannot express this layout")
+    )]
+    NotMindSpore(LayoutError),
+    /// A MindSpore layout on a stage the strategy mesh has no stage axis for.
+    #[error(
+        "the layout is on stage {stage} of {stage_count}, but the strategy mesh's first axis is not a stage axis of that size"
+    )]
+    #[diagnostic(
+        code(shardplan::spec::write::stage_axis),
+        help("put a stage axis of that size first in the strategy's mesh")
+    )]
+    StageAxis {
+        /// The layout's stage.
+        stage: u64,
+        /// Its number of stages.
+        stage_count: u64,
+    },
 }
 
 /// A YAML double-quoted string (JSON escapes are valid YAML).
@@ -138,23 +179,17 @@ pub fn write_spec(spec: &SpecOut<'_>) -> Result<String, WriteError> {
             }
         );
         for (t, l) in s.strategy.tensors().iter().zip(s.strategy.layouts()) {
-            let err = |reason: String| WriteError {
+            let err = |fault: WriteFault| WriteError {
                 strategy: s.name.to_string(),
                 tensor: t.name.clone(),
-                reason,
+                fault,
             };
             if t.name.contains(['*', '?']) {
-                return Err(err(
-                    "the name contains `*` or `?`, which a rule's glob would read as a pattern"
-                        .into(),
-                ));
+                return Err(err(WriteFault::GlobName));
             }
             if l.is_explicit() {
                 // Written as a grid it would read back as another layout.
-                return Err(err(
-                    "the layout is given box by box (a checkpoint's chunks), which a spec rule cannot write"
-                        .into(),
-                ));
+                return Err(err(WriteFault::Boxes));
             }
             let body = if **l.mesh() == **s.strategy.mesh() {
                 native_rule(l)
@@ -246,10 +281,10 @@ fn mindspore_rule(
     l: &TensorLayout,
     strategy_mesh: &DeviceMesh,
     ways: u64,
-) -> Result<String, String> {
+) -> Result<String, WriteFault> {
     let per_stage = l.split_pins();
-    let ms =
-        MindSporeLayout::from_layout_with_shard(&per_stage[0], ways).map_err(|e| e.to_string())?;
+    let ms = MindSporeLayout::from_layout_with_shard(&per_stage[0], ways)
+        .map_err(WriteFault::NotMindSpore)?;
     let tm: Vec<String> = ms
         .tensor_map
         .iter()
@@ -279,11 +314,9 @@ fn mindspore_rule(
             .axes()
             .first()
             .filter(|a| a.size == ms.stage_count)
-            .ok_or_else(|| {
-                format!(
-                    "the layout is on stage {} of {}, but the strategy mesh's first axis is not a stage axis of that size",
-                    ms.stage, ms.stage_count
-                )
+            .ok_or(WriteFault::StageAxis {
+                stage: ms.stage,
+                stage_count: ms.stage_count,
             })?;
         let stages: Vec<u64> = match per_stage.len() {
             1 => vec![ms.stage],
