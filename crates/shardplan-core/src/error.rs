@@ -1,4 +1,9 @@
-//! Errors of the core model. Each variant has a stable code (`shardplan::layout::*`).
+//! Errors of the core model. Each variant has a stable code (`shardplan::layout::*`);
+//! the notations' faults have theirs (`shardplan::notation::<notation>::*`).
+
+use crate::notation::dtensor::DTensorFault;
+use crate::notation::jax::JaxFault;
+use crate::notation::mindspore::MindSporeFault;
 
 /// A mesh, layout or notation that violates an invariant.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, miette::Diagnostic)]
@@ -277,30 +282,19 @@ pub enum LayoutError {
         /// One element no box holds.
         missing: Vec<u64>,
     },
-    /// A layout that another notation cannot express, or notation text that
-    /// does not parse.
-    #[error("{notation}: {reason}")]
-    #[diagnostic(code(shardplan::layout::notation), help("{help}"))]
-    Notation {
-        /// `mindspore`, `dtensor` or `jax`.
-        notation: &'static str,
-        /// What is wrong.
-        reason: String,
-        /// How to fix it.
-        help: String,
-    },
-}
-
-impl LayoutError {
-    pub(crate) fn notation(
-        notation: &'static str,
-        reason: impl Into<String>,
-        help: impl Into<String>,
-    ) -> Self {
-        LayoutError::Notation {
-            notation,
-            reason: reason.into(),
-            help: help.into(),
-        }
-    }
+    /// A MindSpore layout that does not make a layout, or a layout MindSpore
+    /// cannot express.
+    #[error("mindspore: {0}")]
+    #[diagnostic(forward(0))]
+    MindSpore(MindSporeFault),
+    /// DTensor placements that do not parse or do not fit, or a layout
+    /// DTensor cannot express.
+    #[error("dtensor: {0}")]
+    #[diagnostic(forward(0))]
+    DTensor(DTensorFault),
+    /// A JAX `PartitionSpec` that does not parse or does not fit, or a
+    /// layout a `PartitionSpec` cannot express.
+    #[error("jax: {0}")]
+    #[diagnostic(forward(0))]
+    Jax(JaxFault),
 }

@@ -13,7 +13,7 @@ use shardplan::formats::mindspore_strategy::{
     StrategyFileFault, StrategyFormat, StrategyLayoutError, parse_strategy_file,
     read_strategy_files, write_strategy_file,
 };
-use shardplan::notation::mindspore::MindSporeLayout;
+use shardplan::notation::mindspore::{MindSporeFault, MindSporeLayout};
 use shardplan::{DType, LayoutError, TensorInfo};
 
 fn tensors(case: &Value) -> Vec<TensorInfo> {
@@ -899,16 +899,20 @@ fn whole_group_shards_and_recorded_steps_round_trip() {
             .to_strategy("s", &tensors)
     };
     let err = with_step(2).unwrap_err();
-    // The notation's faults carry their reason as text (one variant for
-    // all of them), so the reason is what tells this one apart.
-    let StrategyLayoutError::Layout {
-        source: LayoutError::Notation { reason, .. },
-        ..
-    } = &err
-    else {
-        panic!("{err:?}")
-    };
-    assert!(reason.contains("records for this group: 3"), "{err}");
+    assert!(
+        matches!(
+            err,
+            StrategyLayoutError::Layout {
+                source: LayoutError::MindSpore(MindSporeFault::StepMismatch {
+                    step: 2,
+                    recorded: 3,
+                    ..
+                }),
+                ..
+            }
+        ),
+        "{err:?}"
+    );
     // Unsharded parameters as MindSpore writes them: step 0, size -1.
     let s0 = with_step(0).unwrap();
     assert_eq!(rows(&s0), [0; 16]);

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use super::{is_nested_chunk_blocks, nested_chunk_sizes};
+use super::{EXPLICIT_HELP, is_nested_chunk_blocks, nested_chunk_sizes};
 use crate::error::LayoutError;
 use crate::layout::{DimSplit, LayoutConfig, SplitPolicy, TensorLayout};
 use crate::mesh::DeviceMesh;
@@ -29,12 +29,103 @@ pub enum Placement {
     Partial,
 }
 
-fn bad(reason: impl Into<String>) -> LayoutError {
-    LayoutError::notation(
-        "dtensor",
-        reason,
-        "write one placement per mesh dimension: Shard(d), Replicate() or Partial()",
-    )
+/// Help for placements that do not parse or do not fit the mesh.
+const PLACEMENT_HELP: &str =
+    "write one placement per mesh dimension: Shard(d), Replicate() or Partial()";
+
+/// What is wrong with DTensor placements, or with a layout DTensor cannot
+/// express, one variant per fault ([`LayoutError::DTensor`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, miette::Diagnostic)]
+#[non_exhaustive]
+pub enum DTensorFault {
+    /// Text that is not `Shard(d)`, `Replicate()` or `Partial()`.
+    #[error("`{text}` is not a placement")]
+    #[diagnostic(
+        code(shardplan::notation::dtensor::not_a_placement),
+        help("{}", PLACEMENT_HELP)
+    )]
+    NotAPlacement {
+        /// The text, as given.
+        text: String,
+    },
+    /// A placement count other than the mesh's dimension count.
+    #[error("{placements} placements for a mesh of {mesh_dims} dimensions")]
+    #[diagnostic(
+        code(shardplan::notation::dtensor::placement_count),
+        help("{}", PLACEMENT_HELP)
+    )]
+    PlacementCount {
+        /// Placements given.
+        placements: usize,
+        /// Dimensions of the mesh.
+        mesh_dims: usize,
+    },
+    /// A `Shard` of a tensor dimension the tensor does not have.
+    #[error(
+        "Shard({dim}) on mesh dimension `{axis}` is out of range for a tensor of {tensor_dims} dimensions"
+    )]
+    #[diagnostic(
+        code(shardplan::notation::dtensor::shard_out_of_range),
+        help("{}", PLACEMENT_HELP)
+    )]
+    ShardOutOfRange {
+        /// The sharded dimension, as given (negative counts from the end).
+        dim: i64,
+        /// The mesh dimension holding the placement.
+        axis: String,
+        /// Dimensions of the tensor.
+        tensor_dims: usize,
+    },
+    /// A layout given box by box, which no placement writes.
+    #[error("layout {layout} is given box by box, not by mesh axes")]
+    #[diagnostic(
+        code(shardplan::notation::dtensor::explicit),
+        help("{}", EXPLICIT_HELP)
+    )]
+    Explicit {
+        /// The layout.
+        layout: String,
+    },
+    /// A layout pinned to a sub-mesh.
+    #[error("layout {layout} is pinned to a sub-mesh")]
+    #[diagnostic(
+        code(shardplan::notation::dtensor::pinned),
+        help("build the DTensor on the sub-mesh of the stage instead")
+    )]
+    Pinned {
+        /// The layout.
+        layout: String,
+    },
+    /// A dimension split by mesh axes in another order than the mesh's.
+    #[error("dimension {dim} of layout {layout} is split by axes out of mesh order")]
+    #[diagnostic(
+        code(shardplan::notation::dtensor::axes_out_of_order),
+        help("DTensor splits a dimension over mesh dimensions in mesh order; reorder the mesh")
+    )]
+    AxesOutOfOrder {
+        /// The tensor dimension.
+        dim: usize,
+        /// The layout.
+        layout: String,
+    },
+    /// A dimension whose blocks are not (nested) `torch.chunk` blocks.
+    #[error("dimension {dim} of layout {layout} does not use torch.chunk blocks")]
+    #[diagnostic(
+        code(shardplan::notation::dtensor::not_chunk_blocks),
+        help("use the chunk policy, or sizes the split divides")
+    )]
+    NotChunkBlocks {
+        /// The tensor dimension.
+        dim: usize,
+        /// The layout.
+        layout: String,
+    },
+}
+
+impl From<DTensorFault> for LayoutError {
+    fn from(fault: DTensorFault) -> Self {
+        LayoutError::DTensor(fault)
+    }
 }
 
 impl std::str::FromStr for Placement {
@@ -55,7 +146,9 @@ impl std::str::FromStr for Placement {
             .or_else(|| t.strip_prefix("S("))
             .and_then(|s| s.strip_suffix(')'))
             .and_then(|s| s.strip_prefix("dim=").unwrap_or(s).parse::<i64>().ok())
-            .ok_or_else(|| bad(format!("`{text}` is not a placement")))?;
+            .ok_or_else(|| DTensorFault::NotAPlacement {
+                text: text.to_string(),
+            })?;
         Ok(Placement::Shard(dim))
     }
 }
@@ -79,8 +172,10 @@ impl std::fmt::Display for Placement {
 ///
 /// # Errors
 ///
-/// [`LayoutError::Notation`] when the placement count differs from the mesh
-/// rank, or a `Shard` dimension is out of range.
+/// [`LayoutError::DTensor`] when the placement count differs from the mesh
+/// rank ([`DTensorFault::PlacementCount`]), or a `Shard` dimension is out of
+/// range ([`DTensorFault::ShardOutOfRange`]); otherwise whatever
+/// [`TensorLayout::new`] refuses.
 ///
 /// # Example
 ///
@@ -100,24 +195,26 @@ pub fn to_layout(
     placements: &[Placement],
 ) -> Result<TensorLayout, LayoutError> {
     if placements.len() != mesh.axes().len() {
-        return Err(bad(format!(
-            "{} placements for a mesh of {} dimensions",
-            placements.len(),
-            mesh.axes().len()
-        )));
+        return Err(DTensorFault::PlacementCount {
+            placements: placements.len(),
+            mesh_dims: mesh.axes().len(),
+        }
+        .into());
     }
     let rank = shape.len() as i64;
     let mut dims = vec![DimSplit::none(); shape.len()];
     let mut partial = Vec::new();
     for (axis, p) in mesh.axes().iter().zip(placements) {
         match *p {
-            Placement::Shard(d) => {
-                let d = if d < 0 { d + rank } else { d };
+            Placement::Shard(given) => {
+                let d = if given < 0 { given + rank } else { given };
                 if !(0 <= d && d < rank) {
-                    return Err(bad(format!(
-                        "{p} on mesh dimension `{}` is out of range for a tensor of {rank} dimensions",
-                        axis.name
-                    )));
+                    return Err(DTensorFault::ShardOutOfRange {
+                        dim: given,
+                        axis: axis.name.clone(),
+                        tensor_dims: shape.len(),
+                    }
+                    .into());
                 }
                 dims[d as usize].axes.push(axis.name.clone());
             }
@@ -148,17 +245,18 @@ pub fn to_layout(
 ///
 /// # Errors
 ///
-/// [`LayoutError::Notation`] for a layout given box by box, a pinned
-/// layout, a dimension split by axes out of mesh order, or blocks that are
-/// not DTensor's (nested) `torch.chunk` blocks.
+/// [`LayoutError::DTensor`] for a layout given box by box
+/// ([`DTensorFault::Explicit`]), a pinned layout ([`DTensorFault::Pinned`]),
+/// a dimension split by axes out of mesh order
+/// ([`DTensorFault::AxesOutOfOrder`]), or blocks that are not DTensor's
+/// (nested) `torch.chunk` blocks ([`DTensorFault::NotChunkBlocks`]).
 pub fn from_layout(layout: &TensorLayout) -> Result<Vec<Placement>, LayoutError> {
-    super::refuse_explicit("dtensor", layout)?;
+    super::refuse_explicit(layout, |layout| DTensorFault::Explicit { layout }.into())?;
     if !layout.pin().is_empty() {
-        return Err(LayoutError::notation(
-            "dtensor",
-            format!("layout {layout} is pinned to a sub-mesh"),
-            "build the DTensor on the sub-mesh of the stage instead",
-        ));
+        return Err(DTensorFault::Pinned {
+            layout: layout.to_string(),
+        }
+        .into());
     }
     let mut placements = vec![Placement::Replicate; layout.mesh().axes().len()];
     for &a in layout.partial() {
@@ -166,11 +264,11 @@ pub fn from_layout(layout: &TensorLayout) -> Result<Vec<Placement>, LayoutError>
     }
     for (d, dim) in layout.dims().iter().enumerate() {
         if !dim.axes().windows(2).all(|w| w[0] < w[1]) {
-            return Err(LayoutError::notation(
-                "dtensor",
-                format!("dimension {d} of layout {layout} is split by axes out of mesh order"),
-                "DTensor splits a dimension over mesh dimensions in mesh order; reorder the mesh",
-            ));
+            return Err(DTensorFault::AxesOutOfOrder {
+                dim: d,
+                layout: layout.to_string(),
+            }
+            .into());
         }
         let counts: Vec<u64> = dim
             .axes()
@@ -178,15 +276,81 @@ pub fn from_layout(layout: &TensorLayout) -> Result<Vec<Placement>, LayoutError>
             .map(|&a| layout.mesh().axis_size(a))
             .collect();
         if !is_nested_chunk_blocks(dim, layout.shape()[d], &counts) {
-            return Err(LayoutError::notation(
-                "dtensor",
-                format!("dimension {d} of layout {layout} does not use torch.chunk blocks"),
-                "use the chunk policy, or sizes the split divides",
-            ));
+            return Err(DTensorFault::NotChunkBlocks {
+                dim: d,
+                layout: layout.to_string(),
+            }
+            .into());
         }
         for &a in dim.axes() {
             placements[a] = Placement::Shard(d as i64);
         }
     }
     Ok(placements)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusals() {
+        let mesh = Arc::new(DeviceMesh::new([("dp", 2), ("tp", 2)]).unwrap());
+        let cases: Vec<(Vec<Placement>, DTensorFault)> = vec![
+            (
+                vec![Placement::Replicate],
+                DTensorFault::PlacementCount {
+                    placements: 1,
+                    mesh_dims: 2,
+                },
+            ),
+            (
+                vec![Placement::Replicate, Placement::Shard(2)],
+                DTensorFault::ShardOutOfRange {
+                    dim: 2,
+                    axis: "tp".into(),
+                    tensor_dims: 2,
+                },
+            ),
+            (
+                vec![Placement::Shard(-3), Placement::Replicate],
+                DTensorFault::ShardOutOfRange {
+                    dim: -3,
+                    axis: "dp".into(),
+                    tensor_dims: 2,
+                },
+            ),
+        ];
+        for (placements, fault) in cases {
+            assert_eq!(
+                to_layout(mesh.clone(), &[8, 4], &placements),
+                Err(LayoutError::DTensor(fault)),
+                "{placements:?}"
+            );
+        }
+        assert_eq!(
+            "Shard(x)".parse::<Placement>(),
+            Err(LayoutError::DTensor(DTensorFault::NotAPlacement {
+                text: "Shard(x)".into()
+            }))
+        );
+    }
+
+    /// The fault's text follows the notation's name; code and help are the
+    /// fault's.
+    #[test]
+    fn fault_text_code_and_help() {
+        use miette::Diagnostic;
+        let mesh = Arc::new(DeviceMesh::new([("dp", 2), ("tp", 2)]).unwrap());
+        let e = to_layout(mesh, &[8, 4], &[Placement::Shard(2), Placement::Replicate]).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "dtensor: Shard(2) on mesh dimension `dp` is out of range for a tensor of 2 dimensions"
+        );
+        assert_eq!(
+            e.code().unwrap().to_string(),
+            "shardplan::notation::dtensor::shard_out_of_range"
+        );
+        assert_eq!(e.help().unwrap().to_string(), PLACEMENT_HELP);
+    }
 }

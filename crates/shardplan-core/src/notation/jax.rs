@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use super::is_even_blocks;
+use super::{EXPLICIT_HELP, is_even_blocks};
 use crate::error::LayoutError;
 use crate::layout::{DimSplit, LayoutConfig, TensorLayout};
 use crate::mesh::DeviceMesh;
@@ -26,12 +26,107 @@ pub struct PartitionSpec {
     pub dims: Vec<Vec<String>>,
 }
 
-fn bad(reason: impl Into<String>) -> LayoutError {
-    LayoutError::notation(
-        "jax",
-        reason,
-        "write a PartitionSpec such as P('dp', ('tp', 'sp'), None)",
-    )
+/// Help for a `PartitionSpec` that does not parse or does not fit.
+const SPEC_HELP: &str = "write a PartitionSpec such as P('dp', ('tp', 'sp'), None)";
+
+/// What is wrong with a JAX `PartitionSpec`, or with a layout a
+/// `PartitionSpec` cannot express, one variant per fault
+/// ([`LayoutError::Jax`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, miette::Diagnostic)]
+#[non_exhaustive]
+pub enum JaxFault {
+    /// Text that is not `P(...)` or `PartitionSpec(...)`.
+    #[error("`{text}` is not of the form P(...)")]
+    #[diagnostic(
+        code(shardplan::notation::jax::not_a_partition_spec),
+        help("{}", SPEC_HELP)
+    )]
+    NotAPartitionSpec {
+        /// The text, as given.
+        text: String,
+    },
+    /// A tuple of axis names without its closing parenthesis.
+    #[error("unclosed tuple in `{text}`")]
+    #[diagnostic(code(shardplan::notation::jax::unclosed_tuple), help("{}", SPEC_HELP))]
+    UnclosedTuple {
+        /// The text, as given.
+        text: String,
+    },
+    /// Two entries without a comma between them.
+    #[error("expected `,` in `{text}`")]
+    #[diagnostic(code(shardplan::notation::jax::expected_comma), help("{}", SPEC_HELP))]
+    ExpectedComma {
+        /// The text, as given.
+        text: String,
+    },
+    /// An entry that is not `None`, a quoted axis name or a tuple of them.
+    #[error("`{item}` in `{text}` is not None, a quoted axis name or a tuple of them")]
+    #[diagnostic(code(shardplan::notation::jax::bad_entry), help("{}", SPEC_HELP))]
+    BadEntry {
+        /// The entry.
+        item: String,
+        /// The whole text, as given.
+        text: String,
+    },
+    /// A spec with more entries than the tensor has dimensions.
+    #[error("{spec} has {entries} entries but the tensor has {tensor_dims} dimensions")]
+    #[diagnostic(
+        code(shardplan::notation::jax::too_many_entries),
+        help("{}", SPEC_HELP)
+    )]
+    TooManyEntries {
+        /// The spec, written as `P(...)`.
+        spec: String,
+        /// Its entries.
+        entries: usize,
+        /// Dimensions of the tensor.
+        tensor_dims: usize,
+    },
+    /// A layout given box by box, which no `PartitionSpec` writes.
+    #[error("layout {layout} is given box by box, not by mesh axes")]
+    #[diagnostic(code(shardplan::notation::jax::explicit), help("{}", EXPLICIT_HELP))]
+    Explicit {
+        /// The layout.
+        layout: String,
+    },
+    /// A layout with partial-sum axes.
+    #[error("layout {layout} has partial-sum axes")]
+    #[diagnostic(
+        code(shardplan::notation::jax::partial),
+        help("reduce the partial sums first; a PartitionSpec has no partial state")
+    )]
+    Partial {
+        /// The layout.
+        layout: String,
+    },
+    /// A layout pinned to a sub-mesh.
+    #[error("layout {layout} is pinned to a sub-mesh")]
+    #[diagnostic(
+        code(shardplan::notation::jax::pinned),
+        help("express the pipeline stage as a mesh of its own")
+    )]
+    Pinned {
+        /// The layout.
+        layout: String,
+    },
+    /// A dimension whose blocks are not equal.
+    #[error("dimension {dim} of layout {layout} has uneven blocks")]
+    #[diagnostic(
+        code(shardplan::notation::jax::uneven_blocks),
+        help("use a size the split divides, or another notation")
+    )]
+    UnevenBlocks {
+        /// The tensor dimension.
+        dim: usize,
+        /// The layout.
+        layout: String,
+    },
+}
+
+impl From<JaxFault> for LayoutError {
+    fn from(fault: JaxFault) -> Self {
+        LayoutError::Jax(fault)
+    }
 }
 
 impl std::str::FromStr for PartitionSpec {
@@ -43,14 +138,16 @@ impl std::str::FromStr for PartitionSpec {
             .strip_prefix("PartitionSpec(")
             .or_else(|| t.strip_prefix("P("))
             .and_then(|s| s.strip_suffix(')'))
-            .ok_or_else(|| bad(format!("`{text}` is not of the form P(...)")))?;
+            .ok_or_else(|| JaxFault::NotAPartitionSpec {
+                text: text.to_string(),
+            })?;
         let mut dims = Vec::new();
         let mut rest = inner.trim();
         while !rest.is_empty() {
             let (entry, tail) = if let Some(r) = rest.strip_prefix('(') {
-                let close = r
-                    .find(')')
-                    .ok_or_else(|| bad(format!("unclosed tuple in `{text}`")))?;
+                let close = r.find(')').ok_or_else(|| JaxFault::UnclosedTuple {
+                    text: text.to_string(),
+                })?;
                 let names = r[..close]
                     .split(',')
                     .map(str::trim)
@@ -73,7 +170,12 @@ impl std::str::FromStr for PartitionSpec {
             rest = match tail.strip_prefix(',') {
                 Some(t) => t.trim_start(),
                 None if tail.is_empty() => tail,
-                None => return Err(bad(format!("expected `,` in `{text}`"))),
+                None => {
+                    return Err(JaxFault::ExpectedComma {
+                        text: text.to_string(),
+                    }
+                    .into());
+                }
             };
         }
         Ok(PartitionSpec { dims })
@@ -94,9 +196,11 @@ fn axis_name(item: &str, text: &str) -> Result<String, LayoutError> {
         {
             Ok(name.to_string())
         }
-        _ => Err(bad(format!(
-            "`{item}` in `{text}` is not None, a quoted axis name or a tuple of them"
-        ))),
+        _ => Err(JaxFault::BadEntry {
+            item: item.to_string(),
+            text: text.to_string(),
+        }
+        .into()),
     }
 }
 
@@ -125,20 +229,21 @@ impl PartitionSpec {
     ///
     /// # Errors
     ///
-    /// [`LayoutError::Notation`] when the spec has more entries than the
-    /// tensor has dimensions; otherwise whatever [`TensorLayout::new`] refuses.
+    /// [`LayoutError::Jax`] ([`JaxFault::TooManyEntries`]) when the spec has
+    /// more entries than the tensor has dimensions; otherwise whatever
+    /// [`TensorLayout::new`] refuses.
     pub fn to_layout(
         &self,
         mesh: Arc<DeviceMesh>,
         shape: &[u64],
     ) -> Result<TensorLayout, LayoutError> {
         if self.dims.len() > shape.len() {
-            return Err(bad(format!(
-                "{} has {} entries but the tensor has {} dimensions",
-                self,
-                self.dims.len(),
-                shape.len()
-            )));
+            return Err(JaxFault::TooManyEntries {
+                spec: self.to_string(),
+                entries: self.dims.len(),
+                tensor_dims: shape.len(),
+            }
+            .into());
         }
         let mut dims: Vec<DimSplit> = self
             .dims
@@ -153,32 +258,32 @@ impl PartitionSpec {
     ///
     /// # Errors
     ///
-    /// [`LayoutError::Notation`] for partial axes, pins, and uneven blocks,
+    /// [`LayoutError::Jax`] for a layout given box by box
+    /// ([`JaxFault::Explicit`]), partial axes ([`JaxFault::Partial`]), pins
+    /// ([`JaxFault::Pinned`]), and uneven blocks ([`JaxFault::UnevenBlocks`]),
     /// which a `PartitionSpec` cannot express.
     pub fn from_layout(layout: &TensorLayout) -> Result<Self, LayoutError> {
-        super::refuse_explicit("jax", layout)?;
+        super::refuse_explicit(layout, |layout| JaxFault::Explicit { layout }.into())?;
         if !layout.partial().is_empty() {
-            return Err(LayoutError::notation(
-                "jax",
-                format!("layout {layout} has partial-sum axes"),
-                "reduce the partial sums first; a PartitionSpec has no partial state",
-            ));
+            return Err(JaxFault::Partial {
+                layout: layout.to_string(),
+            }
+            .into());
         }
         if !layout.pin().is_empty() {
-            return Err(LayoutError::notation(
-                "jax",
-                format!("layout {layout} is pinned to a sub-mesh"),
-                "express the pipeline stage as a mesh of its own",
-            ));
+            return Err(JaxFault::Pinned {
+                layout: layout.to_string(),
+            }
+            .into());
         }
         let mut dims = Vec::new();
         for (d, dim) in layout.dims().iter().enumerate() {
             if !is_even_blocks(dim, layout.shape()[d]) {
-                return Err(LayoutError::notation(
-                    "jax",
-                    format!("dimension {d} of layout {layout} has uneven blocks"),
-                    "use a size the split divides, or another notation",
-                ));
+                return Err(JaxFault::UnevenBlocks {
+                    dim: d,
+                    layout: layout.to_string(),
+                }
+                .into());
             }
             dims.push(
                 dim.axes()
@@ -197,19 +302,69 @@ mod tests {
 
     #[test]
     fn parse_forms() {
-        let cases: &[(&str, Option<&str>)] = &[
-            ("P()", Some("P()")),
-            ("PartitionSpec('a', None)", Some("P('a', None)")),
-            ("P(\"a\", ('b',))", Some("P('a', 'b')")),
-            ("P(None, ('x', 'y'))", Some("P(None, ('x', 'y'))")),
-            ("P(a)", None),
-            ("Q('a')", None),
-            ("P(('a', 'b')", None),
-            ("P('a' 'b')", None),
+        let text = |t: &str| t.to_string();
+        let cases: Vec<(&str, Result<&str, JaxFault>)> = vec![
+            ("P()", Ok("P()")),
+            ("PartitionSpec('a', None)", Ok("P('a', None)")),
+            ("P(\"a\", ('b',))", Ok("P('a', 'b')")),
+            ("P(None, ('x', 'y'))", Ok("P(None, ('x', 'y'))")),
+            (
+                "P(a)",
+                Err(JaxFault::BadEntry {
+                    item: text("a"),
+                    text: text("P(a)"),
+                }),
+            ),
+            (
+                "Q('a')",
+                Err(JaxFault::NotAPartitionSpec {
+                    text: text("Q('a')"),
+                }),
+            ),
+            (
+                "P(('a', 'b')",
+                Err(JaxFault::UnclosedTuple {
+                    text: text("P(('a', 'b')"),
+                }),
+            ),
+            (
+                "P('a' 'b')",
+                Err(JaxFault::BadEntry {
+                    item: text("'a' 'b'"),
+                    text: text("P('a' 'b')"),
+                }),
+            ),
+            (
+                "P(('a') 'b')",
+                Err(JaxFault::ExpectedComma {
+                    text: text("P(('a') 'b')"),
+                }),
+            ),
         ];
-        for (text, expect) in cases {
-            let got = text.parse::<PartitionSpec>().map(|s| s.to_string()).ok();
-            assert_eq!(got.as_deref(), *expect, "{text}");
+        for (t, expect) in cases {
+            let got = t.parse::<PartitionSpec>().map(|s| s.to_string());
+            assert_eq!(
+                got,
+                expect.map(str::to_string).map_err(LayoutError::Jax),
+                "{t}"
+            );
         }
+    }
+
+    /// The fault's text follows the notation's name; code and help are the
+    /// fault's.
+    #[test]
+    fn fault_text_code_and_help() {
+        use miette::Diagnostic;
+        let e = "P(a)".parse::<PartitionSpec>().unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "jax: `a` in `P(a)` is not None, a quoted axis name or a tuple of them"
+        );
+        assert_eq!(
+            e.code().unwrap().to_string(),
+            "shardplan::notation::jax::bad_entry"
+        );
+        assert_eq!(e.help().unwrap().to_string(), SPEC_HELP);
     }
 }

@@ -25,7 +25,7 @@
 
 use std::sync::Arc;
 
-use super::is_even_blocks;
+use super::{EXPLICIT_HELP, is_even_blocks};
 use crate::error::LayoutError;
 use crate::layout::{DimSplit, LayoutConfig, SplitPolicy, TensorLayout};
 use crate::mesh::DeviceMesh;
@@ -94,8 +94,214 @@ impl Default for MindSporeLayout {
     }
 }
 
-fn bad(reason: impl Into<String>, help: impl Into<String>) -> LayoutError {
-    LayoutError::notation("mindspore", reason, help)
+/// What is wrong with a MindSpore layout, or with a layout MindSpore cannot
+/// express, one variant per fault ([`LayoutError::MindSpore`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, miette::Diagnostic)]
+#[non_exhaustive]
+pub enum MindSporeFault {
+    /// A tensor on other stages too, of a layout with one stage.
+    #[error("the tensor is on stages {stage} and {also_on:?}, but the layout has one stage")]
+    #[diagnostic(
+        code(shardplan::notation::mindspore::extra_stages),
+        help("give the strategy's stage count (stage_count)")
+    )]
+    ExtraStages {
+        /// The layout's stage.
+        stage: u64,
+        /// The other stages.
+        also_on: Vec<u64>,
+    },
+    /// A tensor map without one entry per tensor dimension.
+    #[error("tensor_map has {entries} entries but the tensor has {tensor_dims} dimensions")]
+    #[diagnostic(
+        code(shardplan::notation::mindspore::tensor_map_length),
+        help("give one tensor_map entry per dimension, -1 for a dimension that is not split")
+    )]
+    TensorMapLength {
+        /// Entries of the tensor map.
+        entries: usize,
+        /// Dimensions of the tensor.
+        tensor_dims: usize,
+    },
+    /// A stage beyond the stage count, or a stage count of 0.
+    #[error("stage {stage} of {stage_count} stages")]
+    #[diagnostic(
+        code(shardplan::notation::mindspore::stage_out_of_range),
+        help("stages count from 0 and there is at least one")
+    )]
+    StageOutOfRange {
+        /// The stage.
+        stage: u64,
+        /// The stage count.
+        stage_count: u64,
+    },
+    /// A tensor map entry naming no device-matrix axis.
+    #[error("tensor_map entry {entry} is outside a device matrix of {axes} axes")]
+    #[diagnostic(
+        code(shardplan::notation::mindspore::map_entry_out_of_range),
+        help("entries count device-matrix axes from the right, from 0, or are -1")
+    )]
+    MapEntryOutOfRange {
+        /// The entry.
+        entry: i64,
+        /// Axes of the device matrix.
+        axes: usize,
+    },
+    /// A device-matrix axis the tensor map names twice.
+    #[error("tensor_map uses device-matrix axis {axis} twice")]
+    #[diagnostic(
+        code(shardplan::notation::mindspore::map_axis_twice),
+        help("each device-matrix axis splits at most one dimension once")
+    )]
+    MapAxisTwice {
+        /// The axis, counted from the right as in the tensor map.
+        axis: i64,
+    },
+    /// An optimizer shard of a scalar.
+    #[error("optimizer sharding of a scalar")]
+    #[diagnostic(
+        code(shardplan::notation::mindspore::scalar_optimizer_shard),
+        help("drop opt_weight_shard_size for scalars")
+    )]
+    ScalarOptimizerShard,
+    /// An optimizer shard size the replicated axes cannot make.
+    #[error(
+        "opt_weight_shard_size {size} does not divide into the {replicas} ranks that hold each model-parallel slice"
+    )]
+    #[diagnostic(
+        code(shardplan::notation::mindspore::shard_size_indivisible),
+        help(
+            "the optimizer shard takes whole replicated axes from the innermost outwards, then a divisor of the next one; pick a size that fits, or -1 for all of them"
+        )
+    )]
+    ShardSizeIndivisible {
+        /// Ranks of the optimizer shard group.
+        size: u64,
+        /// Ranks holding each model-parallel slice.
+        replicas: u64,
+    },
+    /// A recorded step other than the one MindSpore records for the group.
+    #[error(
+        "opt_weight_shard_step {step} is not what MindSpore records for this group: {recorded} ((last - first) / (len - 1) over the {size} ranks of rank 0's group)"
+    )]
+    #[diagnostic(
+        code(shardplan::notation::mindspore::step_mismatch),
+        help(
+            "check that dev_matrix, tensor_map and opt_weight_shard_size belong to this parameter"
+        )
+    )]
+    StepMismatch {
+        /// The step given.
+        step: i64,
+        /// The step MindSpore records ([`MindSporeLayout::recorded_step`]).
+        recorded: i64,
+        /// Ranks of the optimizer shard group.
+        size: u64,
+    },
+    /// Explicit block sizes on a scalar.
+    #[error("param_split_shape on a scalar")]
+    #[diagnostic(
+        code(shardplan::notation::mindspore::scalar_split_shape),
+        help("drop param_split_shape")
+    )]
+    ScalarSplitShape,
+    /// A layout given box by box, which no device matrix writes.
+    #[error("layout {layout} is given box by box, not by mesh axes")]
+    #[diagnostic(
+        code(shardplan::notation::mindspore::explicit),
+        help("{}", EXPLICIT_HELP)
+    )]
+    Explicit {
+        /// The layout.
+        layout: String,
+    },
+    /// A layout with partial-sum axes.
+    #[error("layout {layout} has partial-sum axes")]
+    #[diagnostic(
+        code(shardplan::notation::mindspore::partial),
+        help("MindSpore strategy files hold reduced weights; reduce the partial sums first")
+    )]
+    Partial {
+        /// The layout.
+        layout: String,
+    },
+    /// A mesh whose ranks run on other device ids.
+    #[error("the mesh maps ranks to other device ids")]
+    #[diagnostic(
+        code(shardplan::notation::mindspore::device_ids),
+        help("MindSpore runs rank r on device r; renumber the ranks instead")
+    )]
+    DeviceIds,
+    /// A layout on several pipeline stages.
+    #[error("layout {layout} is on several pipeline stages")]
+    #[diagnostic(
+        code(shardplan::notation::mindspore::several_stages),
+        help(
+            "a MindSpore strategy file holds a parameter once per stage file: export the stages separately, or place the tensor on one stage"
+        )
+    )]
+    SeveralStages {
+        /// The layout.
+        layout: String,
+    },
+    /// A layout pinned on an axis other than the mesh's first.
+    #[error("layout {layout} is pinned on an axis that is not the first of its mesh")]
+    #[diagnostic(
+        code(shardplan::notation::mindspore::pin_not_first),
+        help("put the pipeline axis first in the mesh")
+    )]
+    PinNotFirst {
+        /// The layout.
+        layout: String,
+    },
+    /// Uneven blocks other than explicit sizes on dimension 0.
+    #[error("dimension {dim} of layout {layout} has uneven blocks")]
+    #[diagnostic(
+        code(shardplan::notation::mindspore::uneven_blocks),
+        help("MindSpore splits evenly, except for explicit block sizes on dimension 0")
+    )]
+    UnevenBlocks {
+        /// The tensor dimension.
+        dim: usize,
+        /// The layout.
+        layout: String,
+    },
+    /// An optimizer shard size below `-1` or a negative step.
+    #[error("opt_weight_shard_size {size} with opt_weight_shard_step {step}")]
+    #[diagnostic(
+        code(shardplan::notation::mindspore::shard_fields),
+        help(
+            "the size is -1 (the whole group), 0 (none) or a group size; the step is 0 (none) or positive"
+        )
+    )]
+    ShardFields {
+        /// `opt_weight_shard_size`.
+        size: i64,
+        /// `opt_weight_shard_step`.
+        step: i64,
+    },
+    /// An optimizer shard of more ranks than hold each model-parallel slice.
+    #[error(
+        "opt_weight_shard_size {size} is more than the {replicas} ranks that hold each model-parallel slice"
+    )]
+    #[diagnostic(
+        code(shardplan::notation::mindspore::shard_size_too_large),
+        help(
+            "the optimizer shard divides the ranks holding one slice; pick a size that divides them, or -1 for all of them"
+        )
+    )]
+    ShardSizeTooLarge {
+        /// Ranks of the optimizer shard group.
+        size: u64,
+        /// Ranks holding each model-parallel slice.
+        replicas: u64,
+    },
+}
+
+impl From<MindSporeFault> for LayoutError {
+    fn from(fault: MindSporeFault) -> Self {
+        LayoutError::MindSpore(fault)
+    }
 }
 
 /// Name of the mesh axis for device-matrix axis `k` (counted from the right).
@@ -111,8 +317,8 @@ impl MindSporeLayout {
     ///
     /// # Errors
     ///
-    /// As [`MindSporeLayout::to_layout`]; [`LayoutError::Notation`] when
-    /// `also_on` is not empty but the layout has one stage;
+    /// As [`MindSporeLayout::to_layout`]; [`MindSporeFault::ExtraStages`]
+    /// when `also_on` is not empty but the layout has one stage;
     /// [`LayoutError::PinOutOfRange`] for a stage beyond `stage_count`.
     pub fn to_layout_on_stages(
         &self,
@@ -124,13 +330,11 @@ impl MindSporeLayout {
             return Ok(one);
         }
         if self.stage_count <= 1 {
-            return Err(bad(
-                format!(
-                    "the tensor is on stages {} and {also_on:?}, but the layout has one stage",
-                    self.stage
-                ),
-                "give the strategy's stage count (stage_count)",
-            ));
+            return Err(MindSporeFault::ExtraStages {
+                stage: self.stage,
+                also_on: also_on.to_vec(),
+            }
+            .into());
         }
         let mut cfg = one.to_config();
         let axis = one.axis_name(0).to_string();
@@ -147,27 +351,27 @@ impl MindSporeLayout {
     ///
     /// # Errors
     ///
-    /// [`LayoutError::Notation`] for a tensor map of the wrong length, an
-    /// entry outside the device matrix or used twice, an optimizer shard the
-    /// replicated ranks cannot hold, or a recorded step that disagrees with
-    /// the group rule; [`LayoutError`]s of [`TensorLayout::new`] otherwise.
+    /// [`LayoutError::MindSpore`] for a tensor map of the wrong length, an
+    /// entry outside the device matrix or used twice, a stage beyond the
+    /// stage count, an optimizer shard the replicated ranks cannot hold (or
+    /// of a scalar), a recorded step that disagrees with the group rule
+    /// ([`MindSporeFault::StepMismatch`]), or explicit block sizes on a
+    /// scalar; [`LayoutError`]s of [`TensorLayout::new`] otherwise.
     pub fn to_layout(&self, shape: &[u64]) -> Result<TensorLayout, LayoutError> {
         let n = self.dev_matrix.len();
         if self.tensor_map.len() != shape.len() {
-            return Err(bad(
-                format!(
-                    "tensor_map has {} entries but the tensor has {} dimensions",
-                    self.tensor_map.len(),
-                    shape.len()
-                ),
-                "give one tensor_map entry per dimension, -1 for a dimension that is not split",
-            ));
+            return Err(MindSporeFault::TensorMapLength {
+                entries: self.tensor_map.len(),
+                tensor_dims: shape.len(),
+            }
+            .into());
         }
         if self.stage_count == 0 || !(self.stage < self.stage_count) {
-            return Err(bad(
-                format!("stage {} of {} stages", self.stage, self.stage_count),
-                "stages count from 0 and there is at least one",
-            ));
+            return Err(MindSporeFault::StageOutOfRange {
+                stage: self.stage,
+                stage_count: self.stage_count,
+            }
+            .into());
         }
         // Mesh axes in mesh order: (name, size). Position i of dev_matrix is
         // map index n - 1 - i.
@@ -184,16 +388,10 @@ impl MindSporeLayout {
                     continue;
                 }
                 if !(0 <= k && (k as usize) < n) {
-                    return Err(bad(
-                        format!("tensor_map entry {k} is outside a device matrix of {n} axes"),
-                        "entries count device-matrix axes from the right, from 0, or are -1",
-                    ));
+                    return Err(MindSporeFault::MapEntryOutOfRange { entry: k, axes: n }.into());
                 }
                 if used[k as usize] {
-                    return Err(bad(
-                        format!("tensor_map uses device-matrix axis {k} twice"),
-                        "each device-matrix axis splits at most one dimension once",
-                    ));
+                    return Err(MindSporeFault::MapAxisTwice { axis: k }.into());
                 }
                 used[k as usize] = true;
                 split.axes.push(axis_name(k as usize));
@@ -206,10 +404,7 @@ impl MindSporeLayout {
         let size = self.opt_shard_group_size()?;
         if size > 1 {
             if shape.is_empty() {
-                return Err(bad(
-                    "optimizer sharding of a scalar",
-                    "drop opt_weight_shard_size for scalars",
-                ));
+                return Err(MindSporeFault::ScalarOptimizerShard.into());
             }
             let mut rest = size;
             let mut inner_axes = Vec::new();
@@ -230,23 +425,20 @@ impl MindSporeLayout {
                 }
             }
             if rest != 1 {
-                return Err(bad(
-                    format!(
-                        "opt_weight_shard_size {size} does not divide into the {} ranks that hold each model-parallel slice",
-                        self.replica_count()
-                    ),
-                    "the optimizer shard takes whole replicated axes from the innermost outwards, then a divisor of the next one; pick a size that fits, or -1 for all of them",
-                ));
+                return Err(MindSporeFault::ShardSizeIndivisible {
+                    size,
+                    replicas: self.replica_count(),
+                }
+                .into());
             }
             let recorded = self.recorded_step()?;
             if self.opt_weight_shard_step != recorded {
-                return Err(bad(
-                    format!(
-                        "opt_weight_shard_step {} is not what MindSpore records for this group: {recorded} ((last - first) / (len - 1) over the {size} ranks of rank 0's group)",
-                        self.opt_weight_shard_step
-                    ),
-                    "check that dev_matrix, tensor_map and opt_weight_shard_size belong to this parameter",
-                ));
+                return Err(MindSporeFault::StepMismatch {
+                    step: self.opt_weight_shard_step,
+                    recorded,
+                    size,
+                }
+                .into());
             }
             inner_axes.reverse();
             dims[0].axes.extend(inner_axes);
@@ -264,10 +456,7 @@ impl MindSporeLayout {
         }
         if !self.param_split_shape.is_empty() {
             if shape.is_empty() {
-                return Err(bad(
-                    "param_split_shape on a scalar",
-                    "drop param_split_shape",
-                ));
+                return Err(MindSporeFault::ScalarSplitShape.into());
             }
             dims[0].policy = SplitPolicy::Blocks(self.param_split_shape.clone());
         }
@@ -289,9 +478,10 @@ impl MindSporeLayout {
     ///
     /// # Errors
     ///
-    /// [`LayoutError::Notation`] for partial-sum axes, a pin other than on
-    /// the first axis, explicit device ids, and uneven blocks other than
-    /// explicit sizes on dimension 0.
+    /// [`LayoutError::MindSpore`] for a layout given box by box, partial-sum
+    /// axes, a pin other than on the first axis or on several stages,
+    /// explicit device ids, and uneven blocks other than explicit sizes on
+    /// dimension 0.
     pub fn from_layout(layout: &TensorLayout) -> Result<Self, LayoutError> {
         Self::from_layout_sharded(layout, None)
     }
@@ -311,39 +501,34 @@ impl MindSporeLayout {
     }
 
     fn from_layout_sharded(layout: &TensorLayout, ways: Option<u64>) -> Result<Self, LayoutError> {
-        super::refuse_explicit("mindspore", layout)?;
+        super::refuse_explicit(layout, |layout| MindSporeFault::Explicit { layout }.into())?;
         let mesh = layout.mesh();
         if !layout.partial().is_empty() {
-            return Err(bad(
-                format!("layout {layout} has partial-sum axes"),
-                "MindSpore strategy files hold reduced weights; reduce the partial sums first",
-            ));
+            return Err(MindSporeFault::Partial {
+                layout: layout.to_string(),
+            }
+            .into());
         }
         if mesh
             .device_ids()
             .is_some_and(|ids| ids.iter().enumerate().any(|(r, &d)| r as u64 != d))
         {
-            return Err(bad(
-                "the mesh maps ranks to other device ids",
-                "MindSpore runs rank r on device r; renumber the ranks instead",
-            ));
+            return Err(MindSporeFault::DeviceIds.into());
         }
         let (stage, stage_count, first) = match layout.pin() {
             [] => (0, 1, 0),
             [(0, c)] => (*c, mesh.axis_size(0), 1),
             [(0, _), (0, _), ..] => {
-                return Err(bad(
-                    format!("layout {layout} is on several pipeline stages"),
-                    "a MindSpore strategy file holds a parameter once per stage file: export the stages separately, or place the tensor on one stage",
-                ));
+                return Err(MindSporeFault::SeveralStages {
+                    layout: layout.to_string(),
+                }
+                .into());
             }
             _ => {
-                return Err(bad(
-                    format!(
-                        "layout {layout} is pinned on an axis that is not the first of its mesh"
-                    ),
-                    "put the pipeline axis first in the mesh",
-                ));
+                return Err(MindSporeFault::PinNotFirst {
+                    layout: layout.to_string(),
+                }
+                .into());
             }
         };
         let n = mesh.axes().len() - first;
@@ -402,10 +587,11 @@ impl MindSporeLayout {
                     })
                     .collect();
             } else {
-                return Err(bad(
-                    format!("dimension {d} of layout {layout} has uneven blocks"),
-                    "MindSpore splits evenly, except for explicit block sizes on dimension 0",
-                ));
+                return Err(MindSporeFault::UnevenBlocks {
+                    dim: d,
+                    layout: layout.to_string(),
+                }
+                .into());
             }
         }
         let size = opt.iter().map(|&a| mesh.axis_size(a)).product::<u64>();
@@ -476,14 +662,12 @@ impl MindSporeLayout {
     ///
     /// # Errors
     ///
-    /// [`LayoutError::Notation`] for a size below `-1` or a negative step.
+    /// [`MindSporeFault::ShardFields`] for a size below `-1` or a negative
+    /// step.
     pub fn opt_shard_group_size(&self) -> Result<u64, LayoutError> {
         let (size, step) = (self.opt_weight_shard_size, self.opt_weight_shard_step);
         if size < -1 || step < 0 {
-            return Err(bad(
-                format!("opt_weight_shard_size {size} with opt_weight_shard_step {step}"),
-                "the size is -1 (the whole group), 0 (none) or a group size; the step is 0 (none) or positive",
-            ));
+            return Err(MindSporeFault::ShardFields { size, step }.into());
         }
         Ok(match size {
             _ if step == 0 => 1,
@@ -552,8 +736,9 @@ impl MindSporeLayout {
     ///
     /// # Errors
     ///
-    /// As [`MindSporeLayout::opt_shard_group_size`]; [`LayoutError::Notation`]
-    /// for a size larger than the replica group.
+    /// As [`MindSporeLayout::opt_shard_group_size`];
+    /// [`MindSporeFault::ShardSizeTooLarge`] for a size larger than the
+    /// replica group.
     pub fn recorded_step(&self) -> Result<i64, LayoutError> {
         // Ask for the size as if the step were set: the step is what is
         // being computed.
@@ -582,13 +767,11 @@ impl MindSporeLayout {
             stride = stride.saturating_mul(d);
         }
         if index != 0 {
-            return Err(bad(
-                format!(
-                    "opt_weight_shard_size {size} is more than the {} ranks that hold each model-parallel slice",
-                    self.replica_count()
-                ),
-                "the optimizer shard divides the ranks holding one slice; pick a size that divides them, or -1 for all of them",
-            ));
+            return Err(MindSporeFault::ShardSizeTooLarge {
+                size,
+                replicas: self.replica_count(),
+            }
+            .into());
         }
         Ok(i64::try_from(last / (size - 1)).unwrap_or(i64::MAX))
     }
@@ -747,31 +930,131 @@ mod tests {
 
     #[test]
     fn refusals() {
-        let cases = [
-            (ms(&[4], &[&[1], &[-1]], 0, 0), "outside"),
-            (ms(&[4], &[&[0], &[0]], 0, 0), "twice"),
-            (ms(&[4], &[&[-1]], 0, 0), "entries"),
-            (ms(&[3], &[&[-1], &[-1]], 2, 1), "does not divide"),
+        use MindSporeFault as F;
+        let scalar_shard = MindSporeLayout {
+            dev_matrix: vec![2],
+            opt_weight_shard_size: 2,
+            opt_weight_shard_step: 1,
+            ..Default::default()
+        };
+        let scalar_split = MindSporeLayout {
+            dev_matrix: vec![2],
+            param_split_shape: vec![1],
+            ..Default::default()
+        };
+        let cases: Vec<(MindSporeLayout, &[u64], MindSporeFault)> = vec![
+            (
+                ms(&[4], &[&[1], &[-1]], 0, 0),
+                &[8, 4],
+                F::MapEntryOutOfRange { entry: 1, axes: 1 },
+            ),
+            (
+                ms(&[4], &[&[0], &[0]], 0, 0),
+                &[8, 4],
+                F::MapAxisTwice { axis: 0 },
+            ),
+            (
+                ms(&[4], &[&[-1]], 0, 0),
+                &[8, 4],
+                F::TensorMapLength {
+                    entries: 1,
+                    tensor_dims: 2,
+                },
+            ),
+            (
+                MindSporeLayout {
+                    stage: 1,
+                    ..ms(&[4], &[&[-1], &[-1]], 0, 0)
+                },
+                &[8, 4],
+                F::StageOutOfRange {
+                    stage: 1,
+                    stage_count: 1,
+                },
+            ),
+            (
+                ms(&[3], &[&[-1], &[-1]], 2, 1),
+                &[8, 4],
+                F::ShardSizeIndivisible {
+                    size: 2,
+                    replicas: 3,
+                },
+            ),
             (
                 ms(&[4, 2], &[&[-1], &[0]], 2, 4),
-                "records for this group: 2",
+                &[8, 4],
+                F::StepMismatch {
+                    step: 4,
+                    recorded: 2,
+                    size: 2,
+                },
             ),
             (
                 ms(&[2, 4, 2], &[&[-1], &[1]], -1, 1),
-                "records for this group: 3",
+                &[8, 4],
+                F::StepMismatch {
+                    step: 1,
+                    recorded: 3,
+                    size: 4,
+                },
             ),
             (
                 ms(&[4, 2], &[&[-1], &[0]], -2, 2),
-                "opt_weight_shard_size -2",
+                &[8, 4],
+                F::ShardFields { size: -2, step: 2 },
             ),
             (
                 ms(&[4, 2], &[&[-1], &[0]], 2, -1),
-                "opt_weight_shard_step -1",
+                &[8, 4],
+                F::ShardFields { size: 2, step: -1 },
             ),
+            (scalar_shard, &[], F::ScalarOptimizerShard),
+            (scalar_split, &[], F::ScalarSplitShape),
         ];
-        for (layout, needle) in cases {
-            let err = layout.to_layout(&[8, 4]).unwrap_err().to_string();
-            assert!(err.contains(needle), "{layout:?}: {err}");
+        for (layout, shape, fault) in cases {
+            assert_eq!(
+                layout.to_layout(shape),
+                Err(LayoutError::MindSpore(fault)),
+                "{layout:?}"
+            );
         }
+        // A shard of more ranks than the replicas, as `recorded_step` finds.
+        assert_eq!(
+            ms(&[4, 2], &[&[-1], &[0]], 0, 0).with_optimizer_shard(8),
+            Err(LayoutError::MindSpore(F::ShardSizeTooLarge {
+                size: 8,
+                replicas: 4
+            }))
+        );
+        // Other stages for a layout of one stage.
+        assert_eq!(
+            ms(&[2], &[&[0], &[-1]], 0, 0).to_layout_on_stages(&[4, 2], &[2]),
+            Err(LayoutError::MindSpore(F::ExtraStages {
+                stage: 0,
+                also_on: vec![2]
+            }))
+        );
+    }
+
+    /// The fault's text follows the notation's name, word for word as
+    /// before the faults were typed; code and help are the fault's.
+    #[test]
+    fn fault_text_code_and_help() {
+        use miette::Diagnostic;
+        let e = ms(&[4, 2], &[&[-1], &[0]], 2, 4)
+            .to_layout(&[8, 4])
+            .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "mindspore: opt_weight_shard_step 4 is not what MindSpore records for this group: 2 ((last - first) / (len - 1) over the 2 ranks of rank 0's group)"
+        );
+        assert_eq!(
+            e.code().unwrap().to_string(),
+            "shardplan::notation::mindspore::step_mismatch"
+        );
+        assert_eq!(
+            e.help().unwrap().to_string(),
+            "check that dev_matrix, tensor_map and opt_weight_shard_size belong to this parameter"
+        );
     }
 }

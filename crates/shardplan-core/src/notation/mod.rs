@@ -1,7 +1,9 @@
 //! Conversions between [`TensorLayout`] and the layout
-//! notations of other frameworks. Each conversion refuses, with
-//! [`LayoutError::Notation`], a layout the
-//! other notation cannot express.
+//! notations of other frameworks. Each conversion refuses, with a fault of
+//! its notation ([`MindSporeFault`](mindspore::MindSporeFault),
+//! [`DTensorFault`](dtensor::DTensorFault), [`JaxFault`](jax::JaxFault),
+//! wrapped in [`LayoutError`]), a layout the other notation cannot express
+//! and notation text that does not parse.
 
 pub mod dtensor;
 pub mod jax;
@@ -10,17 +12,17 @@ pub mod mindspore;
 use crate::LayoutError;
 use crate::layout::{DimLayout, TensorLayout};
 
+/// Help of each notation's fault for a layout given box by box.
+pub(crate) const EXPLICIT_HELP: &str = "keep the boxes (as a spec's `boxes` or the checkpoint's own index), or give the layout in mesh axes";
+
 /// Refuses a layout given box by box: no notation of mesh axes writes it.
+/// `fault` makes the notation's error from the layout's text.
 pub(crate) fn refuse_explicit(
-    notation: &'static str,
     layout: &TensorLayout,
+    fault: impl FnOnce(String) -> LayoutError,
 ) -> Result<(), LayoutError> {
     if layout.is_explicit() {
-        return Err(LayoutError::notation(
-            notation,
-            format!("layout {layout} is given box by box, not by mesh axes"),
-            "keep the boxes (as a spec's `boxes` or the checkpoint's own index), or give the layout in mesh axes",
-        ));
+        return Err(fault(layout.to_string()));
     }
     Ok(())
 }
