@@ -27,17 +27,15 @@ pub struct ShardStore {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, miette::Diagnostic)]
 #[non_exhaustive]
 pub enum ExecError {
-    /// The plan names a tensor or rank the stores lack.
-    #[error("tensor `{tensor}`: {reason}")]
-    #[diagnostic(
-        code(shardplan::execute::mismatch),
-        help("execute a plan with stores built from the strategies it was planned between")
-    )]
+    /// The plan names a tensor or rank the stores lack; the code and help
+    /// are the fault's.
+    #[error("tensor `{tensor}`: {fault}")]
+    #[diagnostic(forward(fault))]
     Mismatch {
         /// Tensor.
         tensor: String,
-        /// What is missing.
-        reason: String,
+        /// What the stores lack.
+        fault: StoreMismatch,
     },
     /// A buffer does not hold what its layout assigns.
     #[error(
@@ -59,6 +57,58 @@ pub enum ExecError {
         /// Bytes expected.
         expected: Vec<u8>,
     },
+}
+
+const SAME_STRATEGIES: &str =
+    "execute a plan with stores built from the strategies it was planned between";
+
+/// What a plan needs that its stores do not have, one variant per fault.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, miette::Diagnostic)]
+#[non_exhaustive]
+pub enum StoreMismatch {
+    /// The source store has no such tensor.
+    #[error("not in the source store")]
+    #[diagnostic(code(shardplan::execute::not_in_source), help("{}", SAME_STRATEGIES))]
+    NotInSource,
+    /// The destination store has no such tensor.
+    #[error("not in the destination store")]
+    #[diagnostic(
+        code(shardplan::execute::not_in_destination),
+        help("{}", SAME_STRATEGIES)
+    )]
+    NotInDestination,
+    /// A destination rank with no buffer for the tensor.
+    #[error("destination rank {0} holds no buffer")]
+    #[diagnostic(
+        code(shardplan::execute::no_destination_buffer),
+        help("{}", SAME_STRATEGIES)
+    )]
+    NoDestinationBuffer(u64),
+    /// A source rank with no buffer for the tensor.
+    #[error("source rank {0} holds no buffer")]
+    #[diagnostic(
+        code(shardplan::execute::no_source_buffer),
+        help("{}", SAME_STRATEGIES)
+    )]
+    NoSourceBuffer(u64),
+    /// A piece whose box falls outside a buffer.
+    #[error("piece {dst_box} from rank {src_rank} to rank {dst_rank} falls outside a buffer")]
+    #[diagnostic(code(shardplan::execute::outside_buffer), help("{}", SAME_STRATEGIES))]
+    OutsideBuffer {
+        /// The piece's destination box.
+        dst_box: Region,
+        /// Its source rank.
+        src_rank: u64,
+        /// Its destination rank.
+        dst_rank: u64,
+    },
+    /// Partial sums of a bool tensor.
+    #[error("partial sums of bool cannot be reduced")]
+    #[diagnostic(
+        code(shardplan::execute::bool_partial),
+        help("bool tensors cannot be partial sums; lay them out without partial axes")
+    )]
+    BoolPartial,
 }
 
 impl ShardStore {
@@ -357,22 +407,19 @@ pub fn execute_plan_with(
     // One job per destination buffer.
     let mut jobs: std::collections::BTreeMap<(usize, u64), Job<'_>> = Default::default();
     for t in &plan.tensors {
-        let mismatch = |reason: String| ExecError::Mismatch {
+        let mismatch = |fault: StoreMismatch| ExecError::Mismatch {
             tensor: t.name.clone(),
-            reason,
+            fault,
         };
         let si = src
             .tensor_index(&t.name)
-            .ok_or_else(|| mismatch("not in the source store".into()))?;
+            .ok_or_else(|| mismatch(StoreMismatch::NotInSource))?;
         let di = dst
             .tensor_index(&t.name)
-            .ok_or_else(|| mismatch("not in the destination store".into()))?;
+            .ok_or_else(|| mismatch(StoreMismatch::NotInDestination))?;
         for p in &t.pieces {
             if dst.region(di, p.dst_rank).is_none() {
-                return Err(mismatch(format!(
-                    "destination rank {} holds no buffer",
-                    p.dst_rank
-                )));
+                return Err(mismatch(StoreMismatch::NoDestinationBuffer(p.dst_rank)));
             }
             jobs.entry((di, p.dst_rank))
                 .or_insert_with(|| Job {
@@ -443,14 +490,14 @@ fn run_job(
     dbuf: &mut [u8],
 ) -> Result<ExecStats, ExecError> {
     let t = job.tensor;
-    let mismatch = |reason: String| ExecError::Mismatch {
+    let mismatch = |fault: StoreMismatch| ExecError::Mismatch {
         tensor: t.name.clone(),
-        reason,
+        fault,
     };
     let size = t.dtype.size_bytes() as usize;
     let reduce = job.pieces.iter().any(|p| p.reduce);
     if reduce && t.dtype == DType::Bool {
-        return Err(mismatch("partial sums of bool cannot be reduced".into()));
+        return Err(mismatch(StoreMismatch::BoolPartial));
     }
     let mut acc = reduce.then(|| Accumulator::new(t.dtype, dreg.volume() as usize));
     let mut stats = ExecStats::default();
@@ -459,16 +506,14 @@ fn run_job(
             src.buffer(job.si, p.src_rank),
             src.region(job.si, p.src_rank),
         ) else {
-            return Err(mismatch(format!(
-                "source rank {} holds no buffer",
-                p.src_rank
-            )));
+            return Err(mismatch(StoreMismatch::NoSourceBuffer(p.src_rank)));
         };
         if !fits(p, sreg, dreg) {
-            return Err(mismatch(format!(
-                "piece {} from rank {} to rank {} falls outside a buffer",
-                p.dst_box, p.src_rank, p.dst_rank
-            )));
+            return Err(mismatch(StoreMismatch::OutsideBuffer {
+                dst_box: p.dst_box.clone(),
+                src_rank: p.src_rank,
+                dst_rank: p.dst_rank,
+            }));
         }
         // In bytes: the buffers are bytes, and `fits` bounds every run.
         let runs = BoxRuns::new(

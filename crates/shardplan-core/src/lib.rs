@@ -61,7 +61,7 @@
 //! | notations | [`notation::mindspore::MindSporeLayout`], [`notation::dtensor`] (`Placement`, `to_layout`, `from_layout`), [`notation::jax::PartitionSpec`] |
 //! | planning | [`plan_transfer`], [`PlanConfig`], [`ReplicaChoice`], [`PlanError`], [`MAX_PIECES`]; the plan: [`SlicePlan`], [`TensorPlan`], [`Piece`], [`PlanSummary`], [`RankTraffic`]; [`volume_lower_bound`] |
 //! | verification | [`verify_plan`] → [`VerifiedPlan`]; [`check_plan`] → [`Verified`]; [`PlanDefect`] |
-//! | execution | [`execute_plan`], [`execute_plan_with`], [`ExecConfig`], [`ExecStats`], [`ExecError`], [`ShardStore`], [`synthetic_element`], [`partial_term_value`] |
+//! | execution | [`execute_plan`], [`execute_plan_with`], [`ExecConfig`], [`ExecStats`], [`ExecError`], [`StoreMismatch`], [`ShardStore`], [`synthetic_element`], [`partial_term_value`] |
 //! | derivation | [`derive::derive_strategy`], [`derive::DeriveTarget`], [`derive::DeriveRules`], [`derive::ops`] (operator graphs) |
 //! | numerics | [`model::check_model`], [`model::forward_single`], [`model::forward_sharded`], [`model::ModelConfig`] |
 //! | names | [`pattern::Glob`], [`pattern::LayerPattern`] |
@@ -87,7 +87,7 @@ pub use bounds::volume_lower_bound;
 pub use dtype::{DType, UnknownDType};
 pub use error::LayoutError;
 pub use execute::{
-    ExecConfig, ExecError, ExecStats, ShardStore, execute_plan, execute_plan_with,
+    ExecConfig, ExecError, ExecStats, ShardStore, StoreMismatch, execute_plan, execute_plan_with,
     partial_term_value, synthetic_element,
 };
 pub use geometry::{BoxRuns, MAX_ELEMENTS, Region, element_count};

@@ -691,3 +691,76 @@ fn a_billion_pieces_is_refused_before_planning() {
     );
     assert!(err.to_string().contains("budget"), "{err}");
 }
+
+/// A verified plan run against stores of other strategies is refused by
+/// what the stores lack, before any byte is written.
+#[test]
+fn store_mismatches_by_fault() {
+    use shardplan::{ExecError, StoreMismatch};
+    let mesh = |n: u64| Arc::new(DeviceMesh::new([("tp", n)]).unwrap());
+    let tensor = |name: &str, dtype: DType| TensorInfo {
+        name: name.into(),
+        shape: vec![8],
+        dtype,
+    };
+    let split = |m: &Arc<DeviceMesh>, t: &TensorInfo| {
+        let cfg = LayoutConfig::new(vec![DimSplit::over(["tp"])]);
+        let l = TensorLayout::new(m.clone(), &t.shape, &cfg).unwrap();
+        Strategy::new("split", m.clone(), vec![t.clone()], vec![l]).unwrap()
+    };
+    let whole = |m: &Arc<DeviceMesh>, t: &TensorInfo| {
+        let l = TensorLayout::replicated(m.clone(), &t.shape).unwrap();
+        Strategy::new("whole", m.clone(), vec![t.clone()], vec![l]).unwrap()
+    };
+    let w = tensor("w", DType::F32);
+    let (two, one) = (mesh(2), mesh(1));
+    // The plan: rows split over two ranks, gathered whole on each.
+    let (src, dst) = (split(&two, &w), whole(&two, &w));
+    let plan = plan_transfer(&src, &dst, &PlanConfig::new(ReplicaChoice::Balance)).unwrap();
+    let plan = verify_plan(plan, &src, &dst).unwrap();
+    let other = whole(&two, &tensor("v", DType::F32));
+    // (source store's strategy, destination store's strategy, fault)
+    let cases: Vec<(Strategy, Strategy, StoreMismatch)> = vec![
+        (other.clone(), dst.clone(), StoreMismatch::NotInSource),
+        (src.clone(), other, StoreMismatch::NotInDestination),
+        (
+            src.clone(),
+            whole(&one, &w),
+            StoreMismatch::NoDestinationBuffer(1),
+        ),
+        (
+            split(&one, &w),
+            dst.clone(),
+            StoreMismatch::NoSourceBuffer(1),
+        ),
+    ];
+    for (s, d, want) in cases {
+        let from = ShardStore::synthetic(&s);
+        let mut to = ShardStore::zeroed(&d);
+        let err = execute_plan(&plan, &from, &mut to).unwrap_err();
+        assert_eq!(
+            err,
+            ExecError::Mismatch {
+                tensor: "w".into(),
+                fault: want.clone()
+            },
+            "{want}"
+        );
+    }
+    // Destination buffers of half the rows: a piece falls outside.
+    let from = ShardStore::synthetic(&src);
+    let mut to = ShardStore::zeroed(&split(&two, &w));
+    let err = execute_plan(&plan, &from, &mut to).unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            ExecError::Mismatch {
+                fault: StoreMismatch::OutsideBuffer { .. },
+                ..
+            }
+        ),
+        "{err}"
+    );
+    let code = miette::Diagnostic::code(&err).map(|c| c.to_string());
+    assert_eq!(code.as_deref(), Some("shardplan::execute::outside_buffer"));
+}
