@@ -90,10 +90,9 @@ impl Cx {
         let Some(r) = &raw.repeated_calc else {
             return Some(RepeatSide::Right);
         };
-        match r.value.parse() {
+        match r.value.parse::<RepeatSide>() {
             Ok(side) => Some(side),
             Err(e) => {
-                let e: String = e;
                 self.error(
                     DiagCode::BadOperator,
                     span_of(r),

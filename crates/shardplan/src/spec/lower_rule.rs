@@ -623,18 +623,9 @@ impl Rule {
     ) -> Result<TensorLayout, Failure> {
         let pin = self.pin_with_stage(t, stages)?;
         let fail = |e: LayoutError| self.failure(t, e, self.form_span());
-        // DTensor and JAX forms know no pins: added after.
-        let with_pin = |l: TensorLayout| -> Result<TensorLayout, LayoutError> {
-            if pin.is_empty() {
-                return Ok(l);
-            }
-            let mut cfg = l.to_config();
-            cfg.pin.extend(pin.iter().cloned());
-            TensorLayout::new(mesh.clone(), t.shape.as_slice(), &cfg)
-        };
         match &self.form {
             Form::Dims(dims) => {
-                TensorLayout::new(mesh.clone(), &t.shape, &self.grid_config(dims, pin.clone()))
+                TensorLayout::new(mesh.clone(), &t.shape, &self.grid_config(dims, pin))
                     .map_err(fail)
             }
             Form::Replicated => {
@@ -650,11 +641,11 @@ impl Rule {
                 &t.shape,
                 &self.all_placements(p, mesh, stages),
             )
-            .and_then(with_pin)
+            .and_then(|l| with_pin(l, pin))
             .map_err(fail),
             Form::Jax(ps, _) => ps
                 .to_layout(mesh.clone(), &t.shape)
-                .and_then(with_pin)
+                .and_then(|l| with_pin(l, pin))
                 .map_err(fail),
         }
     }
@@ -839,4 +830,14 @@ impl Rule {
             help: miette_help(&e),
         }
     }
+}
+
+/// `l` with `pin` added: DTensor and JAX forms know no pins.
+fn with_pin(l: TensorLayout, pin: Vec<(String, u64)>) -> Result<TensorLayout, LayoutError> {
+    if pin.is_empty() {
+        return Ok(l);
+    }
+    let mut cfg = l.to_config();
+    cfg.pin.extend(pin);
+    TensorLayout::new(l.mesh().clone(), l.shape(), &cfg)
 }
