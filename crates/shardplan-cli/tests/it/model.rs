@@ -5,8 +5,8 @@
 
 use shardplan::ShardStore;
 use shardplan::model::{
-    DEFAULT_SEED, DEFAULT_TOLERANCE, ModelConfig, ModelError, Weights, check_layout, check_model,
-    forward_sharded, forward_single,
+    DEFAULT_SEED, DEFAULT_TOLERANCE, LayoutFault, ModelConfig, ModelError, StoreFault, Weights,
+    check_layout, check_model, forward_sharded, forward_single,
 };
 use shardplan::spec::{Spec, parse_spec};
 
@@ -169,7 +169,7 @@ const WRONG: &[(&str, &str, &str, &str)] = &[
         "norm_split",
         r#"      - {match: "model.layers.0.post_attention_layernorm.weight", dims: [tp]}
 "#,
-        "unsupported_layout",
+        "split_norm",
         "model.layers.0.post_attention_layernorm.weight",
     ),
     (
@@ -222,11 +222,13 @@ fn the_training_layout_is_not_an_inference_layout() {
     let spec = tiny();
     let train = spec.strategy("train").unwrap();
     let err = check_layout(&ModelConfig::tiny(), train).unwrap_err();
-    assert!(matches!(err, ModelError::UnsupportedLayout { .. }), "{err}");
+    let ModelError::UnsupportedLayout { tensor, fault, .. } = err else {
+        panic!("{err}");
+    };
+    assert_eq!(tensor, "model.layers.0.self_attn.o_proj.weight");
     assert!(
-        err.to_string()
-            .contains("`model.layers.0.self_attn.o_proj.weight`"),
-        "{err}"
+        matches!(fault, LayoutFault::SplitTwice(ref d) if d.len() == 2),
+        "{fault}"
     );
 }
 
@@ -332,6 +334,25 @@ fn a_wrong_shard_is_caught_by_the_comparison() {
         .zip(&bad)
         .fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
     assert!(err / max > 1e-2, "{err} / {max}");
+}
+
+#[test]
+fn a_store_of_another_strategy_is_refused() {
+    let spec = tiny();
+    let infer = spec.strategy("infer").unwrap();
+    let single = spec.strategy("single").unwrap();
+    let store = ShardStore::zeroed(single);
+    let err = forward_sharded(&ModelConfig::tiny(), infer, &store, &tokens());
+    assert!(
+        matches!(
+            err,
+            Err(ModelError::Store {
+                fault: StoreFault::WrongBox { held: Some(_), .. },
+                ..
+            })
+        ),
+        "{err:?}"
+    );
 }
 
 #[test]

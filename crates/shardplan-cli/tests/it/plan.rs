@@ -763,4 +763,21 @@ fn store_mismatches_by_fault() {
     );
     let code = miette::Diagnostic::code(&err).map(|c| c.to_string());
     assert_eq!(code.as_deref(), Some("shardplan::execute::outside_buffer"));
+    // Partial sums of bool plan and verify, but cannot be reduced.
+    let b = tensor("b", DType::Bool);
+    let cfg = LayoutConfig::new(vec![DimSplit::none()]).with_partial(["tp"]);
+    let l = TensorLayout::new(two.clone(), &b.shape, &cfg).unwrap();
+    let partial = Strategy::new("partial", two.clone(), vec![b.clone()], vec![l]).unwrap();
+    let reduced = whole(&two, &b);
+    let plan = plan_transfer(&partial, &reduced, &PlanConfig::new(ReplicaChoice::Balance)).unwrap();
+    let plan = verify_plan(plan, &partial, &reduced).unwrap();
+    let from = ShardStore::synthetic(&partial);
+    let mut to = ShardStore::zeroed(&reduced);
+    assert_eq!(
+        execute_plan(&plan, &from, &mut to).unwrap_err(),
+        ExecError::Mismatch {
+            tensor: "b".into(),
+            fault: StoreMismatch::BoolPartial
+        }
+    );
 }

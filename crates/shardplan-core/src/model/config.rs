@@ -123,7 +123,10 @@ impl ModelConfig {
                 .get(d)
                 .map(|&s| s as usize)
                 .ok_or_else(|| ModelError::Config {
-                    reason: format!("`{}` has shape {:?}, too few dimensions", t.name, t.shape),
+                    fault: ConfigFault::TooFewDimensions {
+                        tensor: t.name.clone(),
+                        shape: t.shape.clone(),
+                    },
                 })
         };
         let embed = get(EMBED)?;
@@ -136,7 +139,7 @@ impl ModelConfig {
         if layers > 0 {
             if head_dim == 0 {
                 return Err(ModelError::Config {
-                    reason: "head_dim is 0".into(),
+                    fault: ConfigFault::ZeroHeadDim,
                 });
             }
             let q = dim(get(&layer_tensor(0, "self_attn.q_proj.weight"))?, 0)?;
@@ -144,9 +147,11 @@ impl ModelConfig {
             for (what, rows) in [("q_proj", q), ("k_proj", k)] {
                 if !rows.is_multiple_of(head_dim) {
                     return Err(ModelError::Config {
-                        reason: format!(
-                            "layer 0 {what} has {rows} rows, not a multiple of head_dim {head_dim}"
-                        ),
+                        fault: ConfigFault::HeadRows {
+                            projection: what,
+                            rows,
+                            head_dim,
+                        },
                     });
                 }
             }
@@ -193,28 +198,25 @@ impl ModelConfig {
     /// [`ModelError::Config`] when a size is zero, `kv_heads` does not
     /// divide `heads`, or `head_dim` is odd.
     pub fn validate(&self) -> Result<(), ModelError> {
-        let bad = |reason: String| Err(ModelError::Config { reason });
+        let bad = |fault: ConfigFault| Err(ModelError::Config { fault });
         if self.vocab == 0 || self.hidden == 0 {
-            return bad(format!(
-                "vocab {} and hidden {} must be positive",
-                self.vocab, self.hidden
-            ));
+            return bad(ConfigFault::ZeroSize {
+                vocab: self.vocab,
+                hidden: self.hidden,
+            });
         }
         if self.layers > 0 {
             if self.heads == 0 || self.kv_heads == 0 || self.head_dim == 0 {
-                return bad("heads, kv_heads and head_dim must be positive".into());
+                return bad(ConfigFault::ZeroHeads);
             }
             if !self.heads.is_multiple_of(self.kv_heads) {
-                return bad(format!(
-                    "{} kv heads do not divide {} query heads",
-                    self.kv_heads, self.heads
-                ));
+                return bad(ConfigFault::KvHeads {
+                    kv_heads: self.kv_heads,
+                    heads: self.heads,
+                });
             }
             if !self.head_dim.is_multiple_of(2) {
-                return bad(format!(
-                    "head_dim {} is odd; rotary embeddings rotate pairs",
-                    self.head_dim
-                ));
+                return bad(ConfigFault::OddHeadDim(self.head_dim));
             }
         }
         Ok(())

@@ -2,6 +2,7 @@
 
 use crate::dtype::DType;
 use crate::execute::ExecError;
+use crate::geometry::Region;
 use crate::planner::PlanError;
 use crate::verify::PlanDefect;
 
@@ -49,12 +50,12 @@ pub enum ModelError {
         /// Its dtype.
         dtype: DType,
     },
-    /// Sizes that do not make a model.
-    #[error("model configuration: {reason}")]
-    #[diagnostic(code(shardplan::model::config))]
+    /// Sizes that do not make a model; the code is the fault's.
+    #[error("model configuration: {fault}")]
+    #[diagnostic(forward(fault))]
     Config {
         /// What is wrong.
-        reason: String,
+        fault: ConfigFault,
     },
     /// A token id outside the vocabulary.
     #[error(
@@ -71,14 +72,10 @@ pub enum ModelError {
         /// Vocabulary size.
         vocab: usize,
     },
-    /// A layout the sharded forward does not support for this tensor.
-    #[error("strategy `{strategy}`: tensor `{tensor}` {layout}: {reason}")]
-    #[diagnostic(
-        code(shardplan::model::unsupported_layout),
-        help(
-            "split a matmul weight along one dimension only (rows: column-parallel, columns: row-parallel), keep norms whole, and hold reduced values"
-        )
-    )]
+    /// A layout the sharded forward does not support for this tensor; the
+    /// code and help are the fault's.
+    #[error("strategy `{strategy}`: tensor `{tensor}` {layout}: {fault}")]
+    #[diagnostic(forward(fault))]
     UnsupportedLayout {
         /// Strategy name.
         strategy: String,
@@ -87,7 +84,7 @@ pub enum ModelError {
         /// Its layout.
         layout: String,
         /// What is wrong.
-        reason: String,
+        fault: LayoutFault,
     },
     /// Two tensors of a block split in ways that do not compose.
     #[error(
@@ -161,19 +158,17 @@ pub enum ModelError {
         /// What is wrong.
         reason: String,
     },
-    /// A shard store that does not hold what the strategy assigns.
-    #[error("store: tensor `{tensor}`, rank {rank}: {reason}")]
-    #[diagnostic(
-        code(shardplan::model::store),
-        help("run the model with a store built for the same strategy")
-    )]
+    /// A shard store that does not hold what the strategy assigns; the
+    /// code is the fault's.
+    #[error("store: tensor `{tensor}`, rank {rank}: {fault}")]
+    #[diagnostic(forward(fault))]
     Store {
         /// Tensor name.
         tensor: String,
         /// Rank.
         rank: u64,
         /// What is wrong.
-        reason: String,
+        fault: StoreFault,
     },
     /// Planning the transfer failed.
     #[error(transparent)]
@@ -209,4 +204,187 @@ pub enum ModelError {
         /// Vocabulary entry of the largest difference.
         column: usize,
     },
+}
+
+const CONFIG_HELP: &str = "the sizes come from the tensors' shapes and `head_dim`; check them against a Llama configuration";
+
+/// Why sizes do not make a model, one variant per fault.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, miette::Diagnostic)]
+#[non_exhaustive]
+pub enum ConfigFault {
+    /// A tensor with fewer dimensions than the model reads a size from.
+    #[error("`{tensor}` has shape {shape:?}, too few dimensions")]
+    #[diagnostic(code(shardplan::model::too_few_dimensions), help("{}", CONFIG_HELP))]
+    TooFewDimensions {
+        /// Tensor name.
+        tensor: String,
+        /// Its shape.
+        shape: Vec<u64>,
+    },
+    /// A model with layers and a zero `head_dim`.
+    #[error("head_dim is 0")]
+    #[diagnostic(code(shardplan::model::zero_head_dim), help("{}", CONFIG_HELP))]
+    ZeroHeadDim,
+    /// A projection of layer 0 whose rows are not whole heads.
+    #[error("layer 0 {projection} has {rows} rows, not a multiple of head_dim {head_dim}")]
+    #[diagnostic(code(shardplan::model::head_rows), help("{}", CONFIG_HELP))]
+    HeadRows {
+        /// `q_proj` or `k_proj`.
+        projection: &'static str,
+        /// Its rows.
+        rows: usize,
+        /// Rows per head.
+        head_dim: usize,
+    },
+    /// An empty vocabulary or hidden size.
+    #[error("vocab {vocab} and hidden {hidden} must be positive")]
+    #[diagnostic(code(shardplan::model::zero_size), help("{}", CONFIG_HELP))]
+    ZeroSize {
+        /// Vocabulary size.
+        vocab: usize,
+        /// Hidden size.
+        hidden: usize,
+    },
+    /// Layers without heads.
+    #[error("heads, kv_heads and head_dim must be positive")]
+    #[diagnostic(code(shardplan::model::zero_heads), help("{}", CONFIG_HELP))]
+    ZeroHeads,
+    /// Key/value heads that do not divide the query heads.
+    #[error("{kv_heads} kv heads do not divide {heads} query heads")]
+    #[diagnostic(
+        code(shardplan::model::kv_heads),
+        help("grouped-query attention shares each kv head among heads / kv_heads query heads")
+    )]
+    KvHeads {
+        /// Key/value heads.
+        kv_heads: usize,
+        /// Query heads.
+        heads: usize,
+    },
+    /// An odd `head_dim`.
+    #[error("head_dim {0} is odd; rotary embeddings rotate pairs")]
+    #[diagnostic(code(shardplan::model::odd_head_dim), help("{}", CONFIG_HELP))]
+    OddHeadDim(usize),
+}
+
+const STORE_HELP: &str = "run the model with a store built for the same strategy";
+
+/// How a shard store differs from what the strategy assigns, one variant
+/// per fault.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, miette::Diagnostic)]
+#[non_exhaustive]
+pub enum StoreFault {
+    /// The store has no such tensor.
+    #[error("the store has no such tensor")]
+    #[diagnostic(code(shardplan::model::not_in_store), help("{}", STORE_HELP))]
+    NotInStore,
+    /// The strategy assigns the rank no box of the tensor.
+    #[error("the strategy assigns the rank nothing")]
+    #[diagnostic(code(shardplan::model::nothing_assigned), help("{}", STORE_HELP))]
+    NothingAssigned,
+    /// The store holds another box than the strategy assigns.
+    #[error("the store holds {}, the strategy assigns {assigned}", held_text(held))]
+    #[diagnostic(code(shardplan::model::wrong_box), help("{}", STORE_HELP))]
+    WrongBox {
+        /// The box held, if any.
+        held: Option<Region>,
+        /// The box assigned.
+        assigned: Region,
+    },
+    /// The store has the box but no buffer for it.
+    #[error("no buffer")]
+    #[diagnostic(code(shardplan::model::no_buffer), help("{}", STORE_HELP))]
+    NoBuffer,
+    /// A buffer whose length is not the box's f32 elements.
+    #[error("the buffer has {bytes} bytes for {elements} f32 elements")]
+    #[diagnostic(code(shardplan::model::buffer_size), help("{}", STORE_HELP))]
+    BufferSize {
+        /// Bytes in the buffer.
+        bytes: usize,
+        /// Elements of the box.
+        elements: u64,
+    },
+}
+
+fn held_text(held: &Option<Region>) -> String {
+    held.as_ref()
+        .map_or("nothing".to_string(), Region::to_string)
+}
+
+/// Mesh axis names as a layout writes a split: `tp`, or `(dp, tp)`.
+pub(super) fn axes_text(axes: &[String]) -> String {
+    match axes {
+        [one] => one.clone(),
+        _ => format!("({})", axes.join(", ")),
+    }
+}
+
+fn dims_text(dims: &[(usize, Vec<String>)]) -> String {
+    let parts: Vec<String> = dims
+        .iter()
+        .map(|(d, axes)| format!("dimension {d} over {}", axes_text(axes)))
+        .collect();
+    parts.join(", ")
+}
+
+const LAYOUT_HELP: &str = "split a matmul weight along one dimension only (rows: column-parallel, columns: row-parallel), keep norms whole, and hold reduced values";
+
+/// Why the sharded forward cannot run a tensor's layout, one variant per
+/// fault.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, miette::Diagnostic)]
+#[non_exhaustive]
+pub enum LayoutFault {
+    /// A layout given box by box.
+    #[error("the layout is given box by box; the model reads splits by mesh axis")]
+    #[diagnostic(
+        code(shardplan::model::explicit_layout),
+        help("give the tensor a layout by mesh axes (`dims`)")
+    )]
+    Explicit,
+    /// A layout on another mesh than its strategy's.
+    #[error(
+        "the layout is on mesh {layout_mesh}, not on the strategy's mesh {strategy_mesh}; the model reads axes by name from one mesh"
+    )]
+    #[diagnostic(
+        code(shardplan::model::other_mesh),
+        help("lay every tensor of the model out on the strategy's mesh")
+    )]
+    OtherMesh {
+        /// The layout's mesh.
+        layout_mesh: String,
+        /// The strategy's mesh.
+        strategy_mesh: String,
+    },
+    /// Partial sums.
+    #[error("holds partial sums over {}; the model needs reduced weights", axes_text(.0))]
+    #[diagnostic(code(shardplan::model::partial_weight), help("{}", LAYOUT_HELP))]
+    Partial(Vec<String>),
+    /// A weight split along more than one dimension.
+    #[error(
+        "split in both dimensions ({}); a weight may be split along one dimension only",
+        dims_text(.0)
+    )]
+    #[diagnostic(code(shardplan::model::split_twice), help("{}", LAYOUT_HELP))]
+    SplitTwice(Vec<(usize, Vec<String>)>),
+    /// A split norm weight.
+    #[error(
+        "split over {}; a norm weight must be whole on every rank that uses it",
+        axes_text(.0)
+    )]
+    #[diagnostic(code(shardplan::model::split_norm), help("{}", LAYOUT_HELP))]
+    SplitNorm(Vec<String>),
+    /// q, k or v split by columns.
+    #[error(
+        "split by columns (its input) over {}; q, k and v may split only their rows, by whole heads",
+        axes_text(.0)
+    )]
+    #[diagnostic(code(shardplan::model::attention_columns), help("{}", LAYOUT_HELP))]
+    AttentionColumns(Vec<String>),
+    /// gate or up split by columns.
+    #[error(
+        "split by columns (its input) over {}; gate and up may split only their rows",
+        axes_text(.0)
+    )]
+    #[diagnostic(code(shardplan::model::mlp_columns), help("{}", LAYOUT_HELP))]
+    MlpColumns(Vec<String>),
 }

@@ -100,39 +100,38 @@ pub(super) struct Shards<'a> {
 impl Shards<'_> {
     /// The box rank `rank` holds of `name` and its values.
     fn local(&self, name: &str, rank: u64) -> Result<(Region, Vec<f32>), ModelError> {
-        let err = |reason: String| ModelError::Store {
+        let err = |fault: StoreFault| ModelError::Store {
             tensor: name.to_string(),
             rank,
-            reason,
+            fault,
         };
         let t = self
             .store
             .tensor_index(name)
-            .ok_or_else(|| err("the store has no such tensor".into()))?;
+            .ok_or_else(|| err(StoreFault::NotInStore))?;
         let want = self
             .s
             .layout(name)
             .and_then(|l| l.region_of(rank))
-            .ok_or_else(|| err("the strategy assigns the rank nothing".into()))?;
+            .ok_or_else(|| err(StoreFault::NothingAssigned))?;
         match self.store.region(t, rank) {
             Some(r) if *r == want => {}
             other => {
-                return Err(err(format!(
-                    "the store holds {}, the strategy assigns {want}",
-                    other.map_or("nothing".to_string(), |r| r.to_string())
-                )));
+                return Err(err(StoreFault::WrongBox {
+                    held: other.cloned(),
+                    assigned: want,
+                }));
             }
         }
         let buf = self
             .store
             .buffer(t, rank)
-            .ok_or_else(|| err("no buffer".into()))?;
+            .ok_or_else(|| err(StoreFault::NoBuffer))?;
         if buf.len() as u64 != want.volume() * 4 {
-            return Err(err(format!(
-                "the buffer has {} bytes for {} f32 elements",
-                buf.len(),
-                want.volume()
-            )));
+            return Err(err(StoreFault::BufferSize {
+                bytes: buf.len(),
+                elements: want.volume(),
+            }));
         }
         let values = buf
             .chunks_exact(4)

@@ -27,11 +27,11 @@ pub(super) struct Checker<'a> {
 }
 
 pub(super) fn axis_names(l: &TensorLayout, axes: &[usize]) -> String {
-    let names: Vec<&str> = axes.iter().map(|&a| l.axis_name(a)).collect();
-    match names.len() {
-        1 => names[0].to_string(),
-        _ => format!("({})", names.join(", ")),
-    }
+    axes_text(&axis_list(l, axes))
+}
+
+fn axis_list(l: &TensorLayout, axes: &[usize]) -> Vec<String> {
+    axes.iter().map(|&a| l.axis_name(a).to_string()).collect()
 }
 
 pub(super) fn pin_text(l: &TensorLayout) -> String {
@@ -66,42 +66,25 @@ impl<'a> Checker<'a> {
             });
         }
         let l = self.s.layout(name).expect("a tensor of the strategy");
-        let unsupported = |reason: String| ModelError::UnsupportedLayout {
-            strategy: self.s.name().to_string(),
-            tensor: name.to_string(),
-            layout: l.to_string(),
-            reason,
-        };
+        let unsupported = |fault: LayoutFault| self.unsupported(name, l, fault);
         if l.is_explicit() {
-            return Err(unsupported(
-                "the layout is given box by box; the model reads splits by mesh axis".to_string(),
-            ));
+            return Err(unsupported(LayoutFault::Explicit));
         }
         if l.mesh().axes() != self.s.mesh().axes() {
-            return Err(unsupported(format!(
-                "the layout is on mesh {}, not on the strategy's mesh {}; the model reads axes by name from one mesh",
-                l.mesh(),
-                self.s.mesh()
-            )));
+            return Err(unsupported(LayoutFault::OtherMesh {
+                layout_mesh: l.mesh().to_string(),
+                strategy_mesh: self.s.mesh().to_string(),
+            }));
         }
         if !l.partial().is_empty() {
-            return Err(unsupported(format!(
-                "holds partial sums over {}; the model needs reduced weights",
-                axis_names(l, l.partial())
-            )));
+            return Err(unsupported(LayoutFault::Partial(axis_list(l, l.partial()))));
         }
-        let split: Vec<usize> = (0..l.dims().len())
+        let split: Vec<(usize, Vec<String>)> = (0..l.dims().len())
             .filter(|&d| !l.dims()[d].axes().is_empty())
+            .map(|d| (d, axis_list(l, l.dims()[d].axes())))
             .collect();
         if split.len() > 1 {
-            let parts: Vec<String> = split
-                .iter()
-                .map(|&d| format!("dimension {d} over {}", axis_names(l, l.dims()[d].axes())))
-                .collect();
-            return Err(unsupported(format!(
-                "split in both dimensions ({}); a weight may be split along one dimension only",
-                parts.join(", ")
-            )));
+            return Err(unsupported(LayoutFault::SplitTwice(split)));
         }
         Ok(l)
     }
@@ -109,15 +92,7 @@ impl<'a> Checker<'a> {
     fn whole(&self, name: &str) -> Result<&'a TensorLayout, ModelError> {
         let l = self.layout(name)?;
         if let Some(d) = l.dims().iter().find(|d| !d.axes().is_empty()) {
-            return Err(ModelError::UnsupportedLayout {
-                strategy: self.s.name().to_string(),
-                tensor: name.to_string(),
-                layout: l.to_string(),
-                reason: format!(
-                    "split over {}; a norm weight must be whole on every rank that uses it",
-                    axis_names(l, d.axes())
-                ),
-            });
+            return Err(self.unsupported(name, l, LayoutFault::SplitNorm(axis_list(l, d.axes()))));
         }
         Ok(l)
     }
@@ -226,6 +201,15 @@ impl<'a> Checker<'a> {
         Ok(ranks)
     }
 
+    fn unsupported(&self, tensor: &str, l: &TensorLayout, fault: LayoutFault) -> ModelError {
+        ModelError::UnsupportedLayout {
+            strategy: self.s.name().to_string(),
+            tensor: tensor.to_string(),
+            layout: l.to_string(),
+            fault,
+        }
+    }
+
     fn inconsistent(&self, tensor: &str, other: &str, reason: String) -> ModelError {
         ModelError::InconsistentSplit {
             strategy: self.s.name().to_string(),
@@ -285,15 +269,8 @@ impl<'a> Checker<'a> {
         self.whole(&norm)?;
         let lq = self.layout(&q)?;
         if !lq.dims()[1].axes().is_empty() {
-            return Err(ModelError::UnsupportedLayout {
-                strategy: self.s.name().to_string(),
-                tensor: q.clone(),
-                layout: lq.to_string(),
-                reason: format!(
-                    "split by columns (its input) over {}; q, k and v may split only their rows, by whole heads",
-                    axis_names(lq, lq.dims()[1].axes())
-                ),
-            });
+            let axes = axis_list(lq, lq.dims()[1].axes());
+            return Err(self.unsupported(&q, lq, LayoutFault::AttentionColumns(axes)));
         }
         let axes = lq.dims()[0].axes();
         let q_how = Self::describe(lq);
@@ -380,15 +357,8 @@ impl<'a> Checker<'a> {
         self.whole(&norm)?;
         let lg = self.layout(&gate)?;
         if !lg.dims()[1].axes().is_empty() {
-            return Err(ModelError::UnsupportedLayout {
-                strategy: self.s.name().to_string(),
-                tensor: gate.clone(),
-                layout: lg.to_string(),
-                reason: format!(
-                    "split by columns (its input) over {}; gate and up may split only their rows",
-                    axis_names(lg, lg.dims()[1].axes())
-                ),
-            });
+            let axes = axis_list(lg, lg.dims()[1].axes());
+            return Err(self.unsupported(&gate, lg, LayoutFault::MlpColumns(axes)));
         }
         let axes = lg.dims()[0].axes();
         let g_how = Self::describe(lg);

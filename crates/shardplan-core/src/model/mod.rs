@@ -266,12 +266,54 @@ mod tests {
     }
 
     #[test]
+    fn sizes_that_make_no_model_are_refused() {
+        let c = ModelConfig::tiny();
+        let cases = [
+            (
+                ModelConfig { vocab: 0, ..c },
+                ConfigFault::ZeroSize {
+                    vocab: 0,
+                    hidden: c.hidden,
+                },
+            ),
+            (ModelConfig { heads: 0, ..c }, ConfigFault::ZeroHeads),
+            (
+                ModelConfig { kv_heads: 3, ..c },
+                ConfigFault::KvHeads {
+                    kv_heads: 3,
+                    heads: c.heads,
+                },
+            ),
+            (ModelConfig { head_dim: 7, ..c }, ConfigFault::OddHeadDim(7)),
+        ];
+        for (config, fault) in cases {
+            assert_eq!(config.validate(), Err(ModelError::Config { fault }));
+        }
+        let mut short = c.tensors();
+        short[0].shape.truncate(1);
+        assert!(matches!(
+            ModelConfig::from_tensors(&short, 8),
+            Err(ModelError::Config {
+                fault: ConfigFault::TooFewDimensions { .. }
+            })
+        ));
+        assert_eq!(
+            ModelConfig::from_tensors(&c.tensors(), 0),
+            Err(ModelError::Config {
+                fault: ConfigFault::ZeroHeadDim
+            })
+        );
+    }
+
+    #[test]
     fn config_from_tensors() {
         let c = ModelConfig::tiny();
         assert_eq!(ModelConfig::from_tensors(&c.tensors(), 8).unwrap(), c);
         assert!(matches!(
             ModelConfig::from_tensors(&c.tensors(), 3),
-            Err(ModelError::Config { .. })
+            Err(ModelError::Config {
+                fault: ConfigFault::HeadRows { head_dim: 3, .. }
+            })
         ));
         let mut t = c.tensors();
         t.retain(|t| t.name != FINAL_NORM);
