@@ -5,8 +5,8 @@
 
 use shardplan::ShardStore;
 use shardplan::model::{
-    DEFAULT_SEED, DEFAULT_TOLERANCE, LayoutFault, ModelConfig, ModelError, StoreFault, Weights,
-    check_layout, check_model, forward_sharded, forward_single,
+    DEFAULT_SEED, DEFAULT_TOLERANCE, LayoutFault, ModelConfig, ModelError, SplitFault, StageFault,
+    StoreFault, WeightSplit, Weights, check_layout, check_model, forward_sharded, forward_single,
 };
 use shardplan::spec::{Spec, parse_spec};
 
@@ -117,93 +117,202 @@ fn infer_rules(name: &str, first: &str) -> String {
     )
 }
 
-/// Strategies that do not fit the model, the error code expected, and the
-/// tensor the message must name.
-const WRONG: &[(&str, &str, &str, &str)] = &[
-    (
-        "q_rows_k_columns",
-        r#"      - {match: "*.k_proj.weight", dims: [null, tp]}
+/// A strategy that does not fit the model.
+struct Wrong {
+    /// Strategy name.
+    name: &'static str,
+    /// Rules taking precedence over a correct inference strategy's.
+    first: &'static str,
+    /// The error code expected.
+    code: &'static str,
+    /// The tensor the message must name.
+    tensor: &'static str,
+    /// Whether the error is the fault expected.
+    fault: fn(&ModelError) -> bool,
+}
+
+const WRONG: &[Wrong] = &[
+    Wrong {
+        name: "q_rows_k_columns",
+        first: r#"      - {match: "*.k_proj.weight", dims: [null, tp]}
 "#,
-        "inconsistent_split",
-        "model.layers.0.self_attn.k_proj.weight",
-    ),
-    (
-        "o_by_rows",
-        r#"      - {match: "*.o_proj.weight", dims: [tp, null]}
+        code: "inconsistent_split",
+        tensor: "model.layers.0.self_attn.k_proj.weight",
+        fault: |e| split_fault(e, |f| matches!(f, SplitFault::KvAxes { .. })),
+    },
+    Wrong {
+        name: "o_by_rows",
+        first: r#"      - {match: "*.o_proj.weight", dims: [tp, null]}
 "#,
-        "inconsistent_split",
-        "model.layers.0.self_attn.o_proj.weight",
-    ),
-    (
-        "head_cut_in_half",
-        r#"      - {match: "*.q_proj.weight", dims: [tp, null], split: [{blocks: [12, 20]}, null]}
+        code: "inconsistent_split",
+        tensor: "model.layers.0.self_attn.o_proj.weight",
+        fault: |e| split_fault(e, |f| matches!(f, SplitFault::OutputRows { .. })),
+    },
+    Wrong {
+        name: "o_whole",
+        first: r#"      - {match: "*.o_proj.weight", dims: replicated}
+"#,
+        code: "inconsistent_split",
+        tensor: "model.layers.0.self_attn.o_proj.weight",
+        fault: |e| {
+            split_fault(e, |f| {
+                matches!(
+                    f,
+                    SplitFault::OutputAxes {
+                        split: WeightSplit::Whole,
+                        ..
+                    }
+                )
+            })
+        },
+    },
+    Wrong {
+        name: "o_over_other_blocks",
+        first: r#"      - {match: "*.o_proj.weight", dims: [null, tp], split: [null, {blocks: [8, 24]}]}
+"#,
+        code: "inconsistent_split",
+        tensor: "model.layers.0.self_attn.o_proj.weight",
+        fault: |e| {
+            split_fault(e, |f| {
+                matches!(f, SplitFault::OutputHeads { rank: 0, columns, rows }
+                    if *columns == (0..8) && *rows == (0..16))
+            })
+        },
+    },
+    Wrong {
+        name: "head_cut_in_half",
+        first: r#"      - {match: "*.q_proj.weight", dims: [tp, null], split: [{blocks: [12, 20]}, null]}
       - {match: "*.k_proj.weight", dims: [tp, null], split: [{blocks: [12, 20]}, null]}
       - {match: "*.v_proj.weight", dims: [tp, null], split: [{blocks: [12, 20]}, null]}
       - {match: "*.o_proj.weight", dims: [null, tp], split: [null, {blocks: [12, 20]}]}
 "#,
-        "head_split",
-        "model.layers.0.self_attn.q_proj.weight",
-    ),
-    (
-        "k_over_other_blocks",
-        r#"      - {match: "*.k_proj.weight", dims: [tp, null], split: [{blocks: [8, 24]}, null]}
+        code: "head_split",
+        tensor: "model.layers.0.self_attn.q_proj.weight",
+        fault: |e| matches!(e, ModelError::HeadSplit { head_dim: 8, .. }),
+    },
+    Wrong {
+        name: "k_over_other_blocks",
+        first: r#"      - {match: "*.k_proj.weight", dims: [tp, null], split: [{blocks: [8, 24]}, null]}
 "#,
-        "inconsistent_split",
-        "model.layers.0.self_attn.k_proj.weight",
-    ),
-    (
-        "down_unlike_gate",
-        r#"      - {match: "model.layers.1.mlp.down_proj.weight", dims: [null, tp], split: [null, {blocks: [16, 48]}]}
+        code: "inconsistent_split",
+        tensor: "model.layers.0.self_attn.k_proj.weight",
+        fault: |e| split_fault(e, |f| matches!(f, SplitFault::KvHeads { rank: 0, .. })),
+    },
+    Wrong {
+        name: "down_unlike_gate",
+        first: r#"      - {match: "model.layers.1.mlp.down_proj.weight", dims: [null, tp], split: [null, {blocks: [16, 48]}]}
 "#,
-        "inconsistent_split",
-        "model.layers.1.mlp.down_proj.weight",
-    ),
-    (
-        "up_split_by_columns",
-        r#"      - {match: "*.up_proj.weight", dims: [null, tp]}
+        code: "inconsistent_split",
+        tensor: "model.layers.1.mlp.down_proj.weight",
+        fault: |e| split_fault(e, |f| matches!(f, SplitFault::DownColumns { .. })),
+    },
+    Wrong {
+        name: "down_whole",
+        first: r#"      - {match: "*.down_proj.weight", dims: replicated}
 "#,
-        "inconsistent_split",
-        "model.layers.0.mlp.up_proj.weight",
-    ),
-    (
-        "norm_split",
-        r#"      - {match: "model.layers.0.post_attention_layernorm.weight", dims: [tp]}
+        code: "inconsistent_split",
+        tensor: "model.layers.0.mlp.down_proj.weight",
+        fault: |e| split_fault(e, |f| matches!(f, SplitFault::DownAxes { .. })),
+    },
+    Wrong {
+        name: "up_split_by_columns",
+        first: r#"      - {match: "*.up_proj.weight", dims: [null, tp]}
 "#,
-        "split_norm",
-        "model.layers.0.post_attention_layernorm.weight",
-    ),
-    (
-        "layer_across_stages",
-        r#"      - {match: "model.layers.1.self_attn.v_proj.weight", dims: [tp, null], at: {pp: 0}}
+        code: "inconsistent_split",
+        tensor: "model.layers.0.mlp.up_proj.weight",
+        fault: |e| {
+            split_fault(e, |f| {
+                matches!(
+                    f,
+                    SplitFault::UpAxes {
+                        split: WeightSplit::Columns(_),
+                        ..
+                    }
+                )
+            })
+        },
+    },
+    Wrong {
+        name: "up_over_other_blocks",
+        first: r#"      - {match: "*.up_proj.weight", dims: [tp, null], split: [{blocks: [16, 48]}, null]}
 "#,
-        "stages",
-        "model.layers.1.self_attn.v_proj.weight",
-    ),
-    (
-        "head_across_stages",
-        r#"      - {match: "model.norm.weight", dims: replicated, at: {pp: 0}}
+        code: "inconsistent_split",
+        tensor: "model.layers.0.mlp.up_proj.weight",
+        fault: |e| split_fault(e, |f| matches!(f, SplitFault::UpRows { rank: 0, .. })),
+    },
+    Wrong {
+        name: "norm_split",
+        first: r#"      - {match: "model.layers.0.post_attention_layernorm.weight", dims: [tp]}
 "#,
-        "stages",
-        "lm_head.weight",
-    ),
+        code: "split_norm",
+        tensor: "model.layers.0.post_attention_layernorm.weight",
+        fault: |e| {
+            matches!(
+                e,
+                ModelError::UnsupportedLayout {
+                    fault: LayoutFault::SplitNorm(_),
+                    ..
+                }
+            )
+        },
+    },
+    Wrong {
+        name: "layer_across_stages",
+        first: r#"      - {match: "model.layers.1.self_attn.v_proj.weight", dims: [tp, null], at: {pp: 0}}
+"#,
+        code: "stages",
+        tensor: "model.layers.1.self_attn.v_proj.weight",
+        fault: |e| {
+            matches!(
+                e,
+                ModelError::Stages {
+                    fault: StageFault::Layer,
+                    ..
+                }
+            )
+        },
+    },
+    Wrong {
+        name: "head_across_stages",
+        first: r#"      - {match: "model.norm.weight", dims: replicated, at: {pp: 0}}
+"#,
+        code: "stages",
+        tensor: "lm_head.weight",
+        fault: |e| {
+            matches!(
+                e,
+                ModelError::Stages {
+                    fault: StageFault::Head,
+                    ..
+                }
+            )
+        },
+    },
 ];
+
+fn split_fault(e: &ModelError, is: fn(&SplitFault) -> bool) -> bool {
+    matches!(e, ModelError::InconsistentSplit { fault, .. } if is(fault))
+}
 
 #[test]
 fn layouts_wrong_for_the_model_are_refused() {
-    let extra: String = WRONG
-        .iter()
-        .map(|(name, first, _, _)| infer_rules(name, first))
-        .collect();
+    let extra: String = WRONG.iter().map(|w| infer_rules(w.name, w.first)).collect();
     let spec = spec_with(&extra);
     let train = spec.strategy("train").unwrap();
     let config = ModelConfig::from_tensors(spec.tensors(), 8).unwrap();
-    for (name, _, code, tensor) in WRONG {
+    for w in WRONG {
+        let (name, tensor) = (w.name, w.tensor);
         let dst = spec.strategy(name).unwrap();
         let err = check_model(train, dst, &tokens(), DEFAULT_TOLERANCE).unwrap_err();
         let msg = err.to_string();
         let got = miette::Diagnostic::code(&err).unwrap().to_string();
         println!("{name}: {got}: {msg}");
-        assert_eq!(got, format!("shardplan::model::{code}"), "{name}: {msg}");
+        assert_eq!(
+            got,
+            format!("shardplan::model::{}", w.code),
+            "{name}: {msg}"
+        );
+        assert!((w.fault)(&err), "{name}: {err:?}");
         assert!(msg.contains(&format!("`{tensor}`")), "{name}: {msg}");
         assert!(msg.contains(&format!("`{name}`")), "{name}: {msg}");
         // The sharded forward refuses it too, even given correct data.

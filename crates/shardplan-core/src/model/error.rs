@@ -1,5 +1,7 @@
 //! Why the model cannot run, or did not match.
 
+use std::ops::Range;
+
 use crate::dtype::DType;
 use crate::execute::ExecError;
 use crate::geometry::Region;
@@ -88,7 +90,7 @@ pub enum ModelError {
     },
     /// Two tensors of a block split in ways that do not compose.
     #[error(
-        "strategy `{strategy}`: tensor `{tensor}` {layout} does not fit `{other}` {other_layout}: {reason}"
+        "strategy `{strategy}`: tensor `{tensor}` {layout} does not fit `{other}` {other_layout}: {fault}"
     )]
     #[diagnostic(
         code(shardplan::model::inconsistent_split),
@@ -108,7 +110,7 @@ pub enum ModelError {
         /// That tensor's layout.
         other_layout: String,
         /// How they disagree.
-        reason: String,
+        fault: SplitFault,
     },
     /// A split of q/k/v rows that cuts a head.
     #[error(
@@ -136,7 +138,7 @@ pub enum ModelError {
     },
     /// Tensors of one block pinned to different pipeline stages.
     #[error(
-        "strategy `{strategy}`: `{tensor}` is on {pin} but `{other}` is on {other_pin}: {reason}"
+        "strategy `{strategy}`: `{tensor}` is on {pin} but `{other}` is on {other_pin}: {fault}"
     )]
     #[diagnostic(
         code(shardplan::model::stages),
@@ -156,7 +158,7 @@ pub enum ModelError {
         /// That tensor's pins.
         other_pin: String,
         /// What is wrong.
-        reason: String,
+        fault: StageFault,
     },
     /// A shard store that does not hold what the strategy assigns; the
     /// code is the fault's.
@@ -387,4 +389,173 @@ pub enum LayoutFault {
     )]
     #[diagnostic(code(shardplan::model::mlp_columns), help("{}", LAYOUT_HELP))]
     MlpColumns(Vec<String>),
+}
+
+/// How a weight of a block is split, as the consistency checks compare it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum WeightSplit {
+    /// Not split.
+    Whole,
+    /// Rows (dimension 0) split over these mesh axes.
+    Rows(Vec<String>),
+    /// Columns split over these mesh axes.
+    Columns(Vec<String>),
+}
+
+impl std::fmt::Display for WeightSplit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            WeightSplit::Whole => f.write_str("whole"),
+            WeightSplit::Rows(axes) => write!(f, "split by rows over {}", axes_text(axes)),
+            WeightSplit::Columns(axes) => write!(f, "split by columns over {}", axes_text(axes)),
+        }
+    }
+}
+
+/// A range as `a..b`.
+pub(super) fn span_text(r: &Range<u64>) -> String {
+    format!("{}..{}", r.start, r.end)
+}
+
+/// How two weights of one block disagree, one variant per fault. Every
+/// fault shares the code and help of [`ModelError::InconsistentSplit`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SplitFault {
+    /// k or v splits its rows otherwise than q.
+    #[error(
+        "it is {split} but q is {q}; q, k and v must split their rows (heads) over the same axes, so that each rank holds the keys and values of its query heads"
+    )]
+    KvAxes {
+        /// How k or v is split.
+        split: WeightSplit,
+        /// How q is split.
+        q: WeightSplit,
+    },
+    /// o split by rows (its output).
+    #[error(
+        "o_proj is split by rows (column-parallel) over {}; its columns (input, the heads) must be split like the rows of q ({q}) so that each rank multiplies its own heads and the results are summed",
+        axes_text(axes)
+    )]
+    OutputRows {
+        /// The axes splitting the rows of o.
+        axes: Vec<String>,
+        /// How q is split.
+        q: WeightSplit,
+    },
+    /// o splits its columns over other axes than the heads.
+    #[error(
+        "o_proj is {split} but q is {q}; the columns of o must be split over the axes that split the heads"
+    )]
+    OutputAxes {
+        /// How o is split.
+        split: WeightSplit,
+        /// How q is split.
+        q: WeightSplit,
+    },
+    /// A rank's k/v heads do not serve its q heads.
+    #[error(
+        "rank {rank} holds q heads {} but k/v heads {}, which serve q heads {}..{}",
+        span_text(q_heads),
+        span_text(kv_heads),
+        kv_heads.start * group,
+        kv_heads.end * group
+    )]
+    KvHeads {
+        /// The rank.
+        rank: u64,
+        /// Its query heads.
+        q_heads: Range<u64>,
+        /// Its key/value heads.
+        kv_heads: Range<u64>,
+        /// Query heads per key/value head.
+        group: u64,
+    },
+    /// A rank's columns of o are not its rows of q.
+    #[error(
+        "rank {rank} holds columns {} of o_proj but rows {} of q; they must be the same heads",
+        span_text(columns),
+        span_text(rows)
+    )]
+    OutputHeads {
+        /// The rank.
+        rank: u64,
+        /// Its columns of o.
+        columns: Range<u64>,
+        /// Its rows of q.
+        rows: Range<u64>,
+    },
+    /// up splits its rows otherwise than gate.
+    #[error(
+        "it is {split} but gate is {gate}; gate and up must split their rows over the same axes"
+    )]
+    UpAxes {
+        /// How up is split.
+        split: WeightSplit,
+        /// How gate is split.
+        gate: WeightSplit,
+    },
+    /// down splits otherwise than by the columns gate and up split.
+    #[error(
+        "down_proj is {split} but gate is {gate}; the columns (input) of down must be split over the axes that split the rows of gate and up"
+    )]
+    DownAxes {
+        /// How down is split.
+        split: WeightSplit,
+        /// How gate is split.
+        gate: WeightSplit,
+    },
+    /// A rank's rows of up are not its rows of gate.
+    #[error(
+        "rank {rank} holds rows {} of up but rows {} of gate",
+        span_text(up),
+        span_text(gate)
+    )]
+    UpRows {
+        /// The rank.
+        rank: u64,
+        /// Its rows of up.
+        up: Range<u64>,
+        /// Its rows of gate.
+        gate: Range<u64>,
+    },
+    /// A rank's columns of down are not its rows of gate and up.
+    #[error(
+        "rank {rank} holds columns {} of down_proj but rows {} of gate and up",
+        span_text(columns),
+        span_text(rows)
+    )]
+    DownColumns {
+        /// The rank.
+        rank: u64,
+        /// Its columns of down.
+        columns: Range<u64>,
+        /// Its rows of gate and up.
+        rows: Range<u64>,
+    },
+}
+
+/// Why the tensors of a block are not on one pipeline stage, one variant
+/// per fault. Every fault shares the code and help of
+/// [`ModelError::Stages`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum StageFault {
+    /// The embedding's tensors (a tied output projection among them) are
+    /// pinned to different stages.
+    #[error("the embedding's tensors must be on one pipeline stage")]
+    Embedding,
+    /// The tensors of one layer are pinned to different stages.
+    #[error("the tensors of one layer must be on one pipeline stage")]
+    Layer,
+    /// The final norm and the output projection are on different stages.
+    #[error("the final norm and the output projection must be on one pipeline stage")]
+    Head,
+    /// A block split over the axis that pins it.
+    #[error("a block cannot split over the axis that pins it to a stage")]
+    SplitOverPin,
+    /// A rank of the block's replica does not hold one of its tensors.
+    #[error("the block's rank does not hold the tensor")]
+    NotHeld,
 }

@@ -26,10 +26,6 @@ pub(super) struct Checker<'a> {
     s: &'a Strategy,
 }
 
-pub(super) fn axis_names(l: &TensorLayout, axes: &[usize]) -> String {
-    axes_text(&axis_list(l, axes))
-}
-
 fn axis_list(l: &TensorLayout, axes: &[usize]) -> Vec<String> {
     axes.iter().map(|&a| l.axis_name(a).to_string()).collect()
 }
@@ -44,10 +40,6 @@ pub(super) fn pin_text(l: &TensorLayout) -> String {
 /// Rows (dim 0) of `r`, as a range.
 pub(super) fn span(r: &Region, d: usize) -> Range<u64> {
     r.offset()[d]..r.end(d)
-}
-
-pub(super) fn range_text(r: &Range<u64>) -> String {
-    format!("{}..{}", r.start, r.end)
 }
 
 impl<'a> Checker<'a> {
@@ -100,7 +92,7 @@ impl<'a> Checker<'a> {
     /// The stage the block of `names` runs on: on each pinned axis, the
     /// first coordinate every tensor pinning that axis is on (a tensor on
     /// several stages, such as a tied embedding, joins the block's stage).
-    fn stage(&self, names: &[String], reason: &str) -> Result<Vec<(usize, u64)>, ModelError> {
+    fn stage(&self, names: &[String], fault: StageFault) -> Result<Vec<(usize, u64)>, ModelError> {
         // Per axis: the coordinates still shared, and the tensor that
         // narrowed them last (for the error).
         let mut pins: BTreeMap<usize, (Vec<u64>, &str)> = BTreeMap::new();
@@ -124,7 +116,7 @@ impl<'a> Checker<'a> {
                                 pin: pin_text(l),
                                 other: first.to_string(),
                                 other_pin: pin_text(other),
-                                reason: reason.to_string(),
+                                fault,
                             });
                         }
                         *common = kept;
@@ -167,7 +159,7 @@ impl<'a> Checker<'a> {
                 pin: format!("every position of {}", lead_layout.axis_name(a)),
                 other,
                 other_pin: format!("{}={c}", lead_layout.axis_name(a)),
-                reason: "a block cannot split over the axis that pins it to a stage".into(),
+                fault: StageFault::SplitOverPin,
             });
         }
         let count: u64 = axes.iter().map(|&a| mesh.axis_size(a)).product();
@@ -192,7 +184,7 @@ impl<'a> Checker<'a> {
                         pin: pin_text(l),
                         other: lead.to_string(),
                         other_pin: format!("rank {rank}"),
-                        reason: "the block's rank does not hold the tensor".into(),
+                        fault: StageFault::NotHeld,
                     });
                 }
             }
@@ -210,7 +202,7 @@ impl<'a> Checker<'a> {
         }
     }
 
-    fn inconsistent(&self, tensor: &str, other: &str, reason: String) -> ModelError {
+    fn inconsistent(&self, tensor: &str, other: &str, fault: SplitFault) -> ModelError {
         ModelError::InconsistentSplit {
             strategy: self.s.name().to_string(),
             tensor: tensor.to_string(),
@@ -225,18 +217,15 @@ impl<'a> Checker<'a> {
                 .layout(other)
                 .map(|l| l.to_string())
                 .unwrap_or_default(),
-            reason,
+            fault,
         }
     }
 
-    fn describe(l: &TensorLayout) -> String {
+    fn describe(l: &TensorLayout) -> WeightSplit {
         match l.dims().iter().position(|d| !d.axes().is_empty()) {
-            None => "whole".into(),
-            Some(0) => format!("split by rows over {}", axis_names(l, l.dims()[0].axes())),
-            Some(d) => format!(
-                "split by columns over {}",
-                axis_names(l, l.dims()[d].axes())
-            ),
+            None => WeightSplit::Whole,
+            Some(0) => WeightSplit::Rows(axis_list(l, l.dims()[0].axes())),
+            Some(d) => WeightSplit::Columns(axis_list(l, l.dims()[d].axes())),
         }
     }
 
@@ -250,7 +239,7 @@ impl<'a> Checker<'a> {
                 tensor: name.to_string(),
                 layout: l.to_string(),
                 rank,
-                rows: range_text(&rows),
+                rows: span_text(&rows),
                 head_dim: self.config.head_dim,
             });
         }
@@ -277,36 +266,27 @@ impl<'a> Checker<'a> {
         for t in [&k, &v] {
             let l = self.layout(t)?;
             if !l.dims()[1].axes().is_empty() || l.dims()[0].axes() != axes {
-                return Err(self.inconsistent(
-                    t,
-                    &q,
-                    format!(
-                        "it is {} but q is {q_how}; q, k and v must split their rows (heads) over the same axes, so that each rank holds the keys and values of its query heads",
-                        Self::describe(l)
-                    ),
-                ));
+                let fault = SplitFault::KvAxes {
+                    split: Self::describe(l),
+                    q: q_how,
+                };
+                return Err(self.inconsistent(t, &q, fault));
             }
         }
         let lo = self.layout(&o)?;
         if !lo.dims()[0].axes().is_empty() {
-            return Err(self.inconsistent(
-                &o,
-                &q,
-                format!(
-                    "o_proj is split by rows (column-parallel) over {}; its columns (input, the heads) must be split like the rows of q ({q_how}) so that each rank multiplies its own heads and the results are summed",
-                    axis_names(lo, lo.dims()[0].axes())
-                ),
-            ));
+            let fault = SplitFault::OutputRows {
+                axes: axis_list(lo, lo.dims()[0].axes()),
+                q: q_how,
+            };
+            return Err(self.inconsistent(&o, &q, fault));
         }
         if lo.dims()[1].axes() != axes {
-            return Err(self.inconsistent(
-                &o,
-                &q,
-                format!(
-                    "o_proj is {} but q is {q_how}; the columns of o must be split over the axes that split the heads",
-                    Self::describe(lo)
-                ),
-            ));
+            let fault = SplitFault::OutputAxes {
+                split: Self::describe(lo),
+                q: q_how,
+            };
+            return Err(self.inconsistent(&o, &q, fault));
         }
         let names = [norm, q.clone(), k.clone(), v.clone(), o.clone()];
         let ranks = self.group(stage, axes, &q, &names)?;
@@ -316,31 +296,24 @@ impl<'a> Checker<'a> {
             for t in [&k, &v] {
                 let kh = self.head_rows(t, r)?;
                 if qh.start != kh.start * group || qh.end != kh.end * group {
-                    return Err(self.inconsistent(
-                        t,
-                        &q,
-                        format!(
-                            "rank {r} holds q heads {} but k/v heads {}, which serve q heads {}..{}",
-                            range_text(&qh),
-                            range_text(&kh),
-                            kh.start * group,
-                            kh.end * group
-                        ),
-                    ));
+                    let fault = SplitFault::KvHeads {
+                        rank: r,
+                        q_heads: qh,
+                        kv_heads: kh,
+                        group,
+                    };
+                    return Err(self.inconsistent(t, &q, fault));
                 }
             }
             let q_rows = span(&lq.region_of(r).expect("held"), 0);
             let o_cols = span(&lo.region_of(r).expect("held"), 1);
             if o_cols != q_rows {
-                return Err(self.inconsistent(
-                    &o,
-                    &q,
-                    format!(
-                        "rank {r} holds columns {} of o_proj but rows {} of q; they must be the same heads",
-                        range_text(&o_cols),
-                        range_text(&q_rows)
-                    ),
-                ));
+                let fault = SplitFault::OutputHeads {
+                    rank: r,
+                    columns: o_cols,
+                    rows: q_rows,
+                };
+                return Err(self.inconsistent(&o, &q, fault));
             }
         }
         Ok(ranks)
@@ -364,25 +337,19 @@ impl<'a> Checker<'a> {
         let g_how = Self::describe(lg);
         let lu = self.layout(&up)?;
         if !lu.dims()[1].axes().is_empty() || lu.dims()[0].axes() != axes {
-            return Err(self.inconsistent(
-                &up,
-                &gate,
-                format!(
-                    "it is {} but gate is {g_how}; gate and up must split their rows over the same axes",
-                    Self::describe(lu)
-                ),
-            ));
+            let fault = SplitFault::UpAxes {
+                split: Self::describe(lu),
+                gate: g_how,
+            };
+            return Err(self.inconsistent(&up, &gate, fault));
         }
         let ld = self.layout(&down)?;
         if !ld.dims()[0].axes().is_empty() || ld.dims()[1].axes() != axes {
-            return Err(self.inconsistent(
-                &down,
-                &gate,
-                format!(
-                    "down_proj is {} but gate is {g_how}; the columns (input) of down must be split over the axes that split the rows of gate and up",
-                    Self::describe(ld)
-                ),
-            ));
+            let fault = SplitFault::DownAxes {
+                split: Self::describe(ld),
+                gate: g_how,
+            };
+            return Err(self.inconsistent(&down, &gate, fault));
         }
         let names = [norm, gate.clone(), up.clone(), down.clone()];
         let ranks = self.group(stage, axes, &gate, &names)?;
@@ -391,26 +358,20 @@ impl<'a> Checker<'a> {
             let u_rows = span(&lu.region_of(r).expect("held"), 0);
             let d_cols = span(&ld.region_of(r).expect("held"), 1);
             if u_rows != g_rows {
-                return Err(self.inconsistent(
-                    &up,
-                    &gate,
-                    format!(
-                        "rank {r} holds rows {} of up but rows {} of gate",
-                        range_text(&u_rows),
-                        range_text(&g_rows)
-                    ),
-                ));
+                let fault = SplitFault::UpRows {
+                    rank: r,
+                    up: u_rows,
+                    gate: g_rows,
+                };
+                return Err(self.inconsistent(&up, &gate, fault));
             }
             if d_cols != g_rows {
-                return Err(self.inconsistent(
-                    &down,
-                    &gate,
-                    format!(
-                        "rank {r} holds columns {} of down_proj but rows {} of gate and up",
-                        range_text(&d_cols),
-                        range_text(&g_rows)
-                    ),
-                ));
+                let fault = SplitFault::DownColumns {
+                    rank: r,
+                    columns: d_cols,
+                    rows: g_rows,
+                };
+                return Err(self.inconsistent(&down, &gate, fault));
             }
         }
         Ok(ranks)
@@ -444,7 +405,7 @@ impl<'a> Checker<'a> {
             }
         }
         let embed_names = [EMBED.to_string()];
-        let embed_stage = self.stage(&embed_names, "")?;
+        let embed_stage = self.stage(&embed_names, StageFault::Embedding)?;
         let (embed_dim, embed_axes) = self.split_axes(EMBED)?;
         let embed = (
             self.group(&embed_stage, embed_axes, EMBED, &embed_names)?,
@@ -457,10 +418,7 @@ impl<'a> Checker<'a> {
             for n in &names {
                 self.layout(n)?;
             }
-            let stage = self.stage(
-                &names,
-                "the tensors of one layer must be on one pipeline stage",
-            )?;
+            let stage = self.stage(&names, StageFault::Layer)?;
             layers.push((self.attention(i, &stage)?, self.mlp(i, &stage)?));
         }
         // With tied weights the embedding is the output projection too: it
@@ -469,10 +427,7 @@ impl<'a> Checker<'a> {
         let head_names = [FINAL_NORM.to_string(), head_tensor.to_string()];
         self.whole(FINAL_NORM)?;
         self.layout(head_tensor)?;
-        let head_stage = self.stage(
-            &head_names,
-            "the final norm and the output projection must be on one pipeline stage",
-        )?;
+        let head_stage = self.stage(&head_names, StageFault::Head)?;
         let (head_dim, head_axes) = self.split_axes(head_tensor)?;
         let head = (
             self.group(&head_stage, head_axes, head_tensor, &head_names)?,
