@@ -314,7 +314,7 @@ fn held_text(held: &Option<Region>) -> String {
 }
 
 /// Mesh axis names as a layout writes a split: `tp`, or `(dp, tp)`.
-pub(super) fn axes_text(axes: &[String]) -> String {
+fn axes_text(axes: &[String]) -> String {
     match axes {
         [one] => one.clone(),
         _ => format!("({})", axes.join(", ")),
