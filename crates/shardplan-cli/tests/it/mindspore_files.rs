@@ -172,6 +172,43 @@ fn names_with_dashes_survive_the_merged_form() {
     assert_eq!(f.params[0].name, "lm-head");
 }
 
+/// One stage whose every name looks stage-prefixed (`0-layer0.w`, as a
+/// merged file read once more would give): written and read back, in both
+/// forms, each name and layout survives. The fuzzer found the plain form
+/// losing the `0-`.
+#[test]
+fn names_that_look_stage_prefixed_round_trip() {
+    for names in [&["0-layer0.w"][..], &["0-a", "12-b"], &["0-a", "b"]] {
+        let json = format!(
+            r#"{{"current_stage": 0, "parallel_layout_item": {{{}}}}}"#,
+            names
+                .iter()
+                .map(|n| format!(
+                    r#""0-{n}": {{"dev_matrix": [2], "tensor_map": [-1, 0], "tensor_shape": [8, 4]}}"#
+                ))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        let file = parse_strategy_file("merged.json", json.as_bytes()).unwrap();
+        let tensors = file.tensors(DType::F32).unwrap();
+        let got: Vec<&str> = tensors.iter().map(|t| t.name.as_str()).collect();
+        assert_eq!(got, names);
+        let s = file.to_strategy("s", &tensors).unwrap();
+        for format in [StrategyFormat::Json, StrategyFormat::Protobuf] {
+            let bytes = write_strategy_file(&s, format).unwrap();
+            let back = parse_strategy_file("written", &bytes).unwrap();
+            let back_names: Vec<&str> = back.params.iter().map(|p| p.name.as_str()).collect();
+            assert_eq!(back_names, names, "{format:?}");
+            let back = back.to_strategy("back", &tensors).unwrap();
+            for t in &tensors {
+                let (a, b) = (s.layout(&t.name).unwrap(), back.layout(&t.name).unwrap());
+                assert!(a.same_placement(b), "{format:?} {}: {a} vs {b}", t.name);
+                assert_eq!(b.region_of(0).unwrap().extent(), [8, 2], "{}", t.name);
+            }
+        }
+    }
+}
+
 /// A parameter on two stages (a tied embedding in the first and the last
 /// stage's file) is one tensor held by both stages, in the merged form and
 /// across per-stage files, and is written back once per stage.

@@ -1054,7 +1054,9 @@ pub enum StrategyFormat {
 
 /// Writes `strategy` as one MindSpore strategy file. With several pipeline
 /// stages, the merged form is written (names prefixed `"<stage>-"`), as
-/// `merge_pipeline_strategys` does.
+/// `merge_pipeline_strategys` does; also when every name already looks
+/// like `"<digits>-<rest>"`, which [`parse_strategy_file`] would otherwise
+/// take for the merged form.
 ///
 /// # Errors
 ///
@@ -1072,7 +1074,10 @@ pub fn write_strategy_file(
 ) -> Result<Vec<u8>, StrategyFileError> {
     let what = format!("strategy `{}`", strategy.name());
     let entries = stage_entries(strategy, &what)?;
-    let merged = entries.iter().any(|(_, ms)| ms.stage_count > 1);
+    // Names that all look stage-prefixed would be read as the merged form
+    // and lose their first part, so they are written prefixed too.
+    let merged = entries.iter().any(|(_, ms)| ms.stage_count > 1)
+        || (!entries.is_empty() && entries.iter().all(|(t, _)| stage_prefix(&t.name).is_some()));
     let named: Vec<(String, &TensorInfo, &MindSporeLayout)> = entries
         .iter()
         .map(|(t, ms)| {
