@@ -67,7 +67,7 @@ use crate::error::LayoutError;
 use crate::layout::{DimSplit, LayoutConfig, SplitPolicy, TensorLayout};
 use crate::mesh::DeviceMesh;
 use crate::notation::mindspore::MindSporeLayout;
-use crate::pattern::{Glob, LayerPattern};
+use crate::pattern::{Glob, LayerPattern, PatternError};
 use crate::strategy::{Strategy, StrategyError, TensorInfo};
 
 /// What a tensor whose tensor-parallel split the target's degree does not
@@ -860,7 +860,7 @@ pub enum DeriveError {
         axes: Vec<String>,
     },
     /// The training strategy's axes have conflicting roles.
-    #[error("strategy `{strategy}`: {reason}")]
+    #[error("strategy `{strategy}`: {fault}")]
     #[diagnostic(
         code(shardplan::derive::axis_roles),
         help(
@@ -871,7 +871,7 @@ pub enum DeriveError {
         /// Strategy.
         strategy: String,
         /// What conflicts.
-        reason: String,
+        fault: AxisRoleFault,
     },
     /// A tensor split over the pipeline axis.
     #[error("strategy `{strategy}`: tensor `{tensor}` is split over `{axis}`, a pipeline axis")]
@@ -919,7 +919,7 @@ pub enum DeriveError {
         stages: u64,
     },
     /// A malformed layer pattern or glob.
-    #[error("pattern `{pattern}`: {reason}")]
+    #[error("pattern `{pattern}`: {fault}")]
     #[diagnostic(
         code(shardplan::derive::pattern),
         help("layer patterns have one {{}} where the layer index is; globs use * and ?")
@@ -928,17 +928,17 @@ pub enum DeriveError {
         /// The pattern.
         pattern: String,
         /// What is wrong.
-        reason: String,
+        fault: PatternError,
     },
     /// Stage ranges that do not fit the target.
-    #[error("stage ranges: {reason}")]
+    #[error("stage ranges: {fault}")]
     #[diagnostic(
         code(shardplan::derive::ranges),
         help("give one [first, last] range per target stage, covering every layer")
     )]
     Ranges {
         /// What is wrong.
-        reason: String,
+        fault: RangeFault,
     },
     /// A `derive.shared` entry naming a layer the model does not have.
     #[error(
@@ -974,6 +974,69 @@ pub enum DeriveError {
     #[error(transparent)]
     #[diagnostic(transparent)]
     Strategy(#[from] StrategyError),
+}
+
+/// Why the training axes' roles conflict, one variant per fault. Every
+/// fault shares the code and help of [`DeriveError::AxisRoles`]: the fix is
+/// to name the roles in the spec.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum AxisRoleFault {
+    /// An unnamed axis that both splits some tensor and pins another.
+    #[error("axis `{axis}` both splits tensors and pins them, so its role is unclear")]
+    SplitsAndPins {
+        /// The axis.
+        axis: String,
+    },
+    /// More than one axis read as the pipeline.
+    #[error("axes {axes:?} would all be pipeline axes")]
+    SeveralPipelines {
+        /// The axes, in mesh order.
+        axes: Vec<String>,
+    },
+    /// A recorded optimizer shard the layout's dimension 0 does not carry.
+    #[error(
+        "tensor `{tensor}` records an optimizer shard of {ways} ways, but its layout {layout} does not split dimension 0 innermost that way"
+    )]
+    OptimizerShard {
+        /// The tensor.
+        tensor: String,
+        /// The recorded shard size.
+        ways: u64,
+        /// Its training layout.
+        layout: String,
+    },
+}
+
+/// Why explicit stage ranges do not fit the target, one variant per fault.
+/// Every fault shares the code and help of [`DeriveError::Ranges`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RangeFault {
+    /// Not one range per target stage.
+    #[error("{ranges} ranges for {stages} target stages")]
+    Count {
+        /// Ranges given.
+        ranges: usize,
+        /// Target pipeline stages.
+        stages: u64,
+    },
+    /// A range whose first layer is after its last.
+    #[error("range [{first}, {last}] is empty")]
+    Empty {
+        /// First layer.
+        first: u64,
+        /// Last layer.
+        last: u64,
+    },
+    /// A layer that no range holds.
+    #[error("tensor `{tensor}` is in layer {layer}, which no range holds")]
+    Unheld {
+        /// A tensor of that layer.
+        tensor: String,
+        /// The layer.
+        layer: u64,
+    },
 }
 
 /// One dimension of a training layout, sorted by role.
@@ -1033,10 +1096,9 @@ fn strategy_roles(train: &Strategy, rules: &DeriveRules) -> Result<Vec<AxisRole>
                 (true, true) => {
                     return Err(DeriveError::AxisRoles {
                         strategy: train.name().to_string(),
-                        reason: format!(
-                            "axis `{}` both splits tensors and pins them, so its role is unclear",
-                            a.name
-                        ),
+                        fault: AxisRoleFault::SplitsAndPins {
+                            axis: a.name.clone(),
+                        },
                     });
                 }
                 (true, false) => AxisRole::Tensor,
@@ -1046,17 +1108,17 @@ fn strategy_roles(train: &Strategy, rules: &DeriveRules) -> Result<Vec<AxisRole>
         };
         roles.push(role);
     }
-    let pp: Vec<&str> = mesh
+    let pp: Vec<String> = mesh
         .axes()
         .iter()
         .zip(&roles)
         .filter(|(_, r)| **r == AxisRole::Pipeline)
-        .map(|(a, _)| a.name.as_str())
+        .map(|(a, _)| a.name.clone())
         .collect();
     if pp.len() > 1 {
         return Err(DeriveError::AxisRoles {
             strategy: train.name().to_string(),
-            reason: format!("axes {pp:?} would all be pipeline axes"),
+            fault: AxisRoleFault::SeveralPipelines { axes: pp },
         });
     }
     Ok(roles)
@@ -1149,9 +1211,11 @@ fn view_own(
             if prod != ways.max(1) {
                 return Err(DeriveError::AxisRoles {
                     strategy: strategy.to_string(),
-                    reason: format!(
-                        "tensor `{tensor}` records an optimizer shard of {ways} ways, but its layout {l} does not split dimension 0 innermost that way"
-                    ),
+                    fault: AxisRoleFault::OptimizerShard {
+                        tensor: tensor.to_string(),
+                        ways,
+                        layout: l.to_string(),
+                    },
                 });
             }
             out
@@ -1219,12 +1283,18 @@ fn stage_ranges(
     if let Some(r) = &rules.ranges {
         if r.len() as u64 != stages {
             return Err(DeriveError::Ranges {
-                reason: format!("{} ranges for {stages} target stages", r.len()),
+                fault: RangeFault::Count {
+                    ranges: r.len(),
+                    stages,
+                },
             });
         }
         if let Some(w) = r.iter().find(|w| w[0] > w[1]) {
             return Err(DeriveError::Ranges {
-                reason: format!("range [{}, {}] is empty", w[0], w[1]),
+                fault: RangeFault::Empty {
+                    first: w[0],
+                    last: w[1],
+                },
             });
         }
         return Ok(r.clone());
@@ -1247,9 +1317,9 @@ fn compile_globs(globs: &[String]) -> Result<Vec<Glob>, DeriveError> {
     globs
         .iter()
         .map(|g| {
-            Glob::new(g).map_err(|reason| DeriveError::Pattern {
+            Glob::new(g).map_err(|fault| DeriveError::Pattern {
                 pattern: g.clone(),
-                reason,
+                fault,
             })
         })
         .collect()
@@ -1505,7 +1575,10 @@ impl Cx<'_> {
             })
             .map(|(_, s)| s)
             .ok_or_else(|| DeriveError::Ranges {
-                reason: format!("tensor `{tensor}` is in layer {layer}, which no range holds"),
+                fault: RangeFault::Unheld {
+                    tensor: tensor.to_string(),
+                    layer,
+                },
             })
     }
 }
@@ -1549,9 +1622,9 @@ pub fn derive_strategy(
         .layer
         .as_deref()
         .map(|p| {
-            LayerPattern::new(p).map_err(|reason| DeriveError::Pattern {
+            LayerPattern::new(p).map_err(|fault| DeriveError::Pattern {
                 pattern: p.to_string(),
-                reason,
+                fault,
             })
         })
         .transpose()?;

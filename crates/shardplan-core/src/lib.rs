@@ -62,9 +62,9 @@
 //! | planning | [`plan_transfer`], [`PlanConfig`], [`ReplicaChoice`], [`PlanError`], [`MAX_PIECES`]; the plan: [`SlicePlan`], [`TensorPlan`], [`Piece`], [`PlanSummary`], [`RankTraffic`]; [`volume_lower_bound`] |
 //! | verification | [`verify_plan`] → [`VerifiedPlan`]; [`check_plan`] → [`Verified`]; [`PlanDefect`] |
 //! | execution | [`execute_plan`], [`execute_plan_with`], [`ExecConfig`], [`ExecStats`], [`ExecError`], [`StoreMismatch`], [`ShardStore`], [`synthetic_element`], [`partial_term_value`] |
-//! | derivation | [`derive::derive_strategy`], [`derive::DeriveTarget`], [`derive::DeriveRules`], [`derive::ops`] (operator graphs) |
+//! | derivation | [`derive::derive_strategy`], [`derive::DeriveTarget`], [`derive::DeriveRules`], [`derive::DeriveError`] ([`derive::AxisRoleFault`], [`derive::RangeFault`]), [`derive::ops`] (operator graphs) |
 //! | numerics | [`model::check_model`], [`model::forward_single`], [`model::forward_sharded`], [`model::ModelConfig`] |
-//! | names | [`pattern::Glob`], [`pattern::LayerPattern`] |
+//! | names | [`pattern::Glob`], [`pattern::LayerPattern`], [`pattern::PatternError`] |
 //!
 //! # Not supported
 //!

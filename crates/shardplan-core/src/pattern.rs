@@ -3,14 +3,32 @@
 //! layer index.
 //!
 //! ```
-//! use shardplan_core::pattern::{Glob, LayerPattern};
+//! use shardplan_core::pattern::{Glob, LayerPattern, PatternError};
 //!
 //! let g = Glob::new("layers.*.wq").unwrap();
 //! assert!(g.matches("layers.12.wq") && !g.matches("layers.12.wk"));
 //! let p = LayerPattern::new("layers.{}.*").unwrap();
 //! assert_eq!(p.capture("layers.7.ffn.w1"), Some(7));
-//! assert!(Glob::new("").is_err());
+//! assert_eq!(Glob::new(""), Err(PatternError::Empty));
 //! ```
+
+/// Why a pattern does not compile, one variant per fault.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum PatternError {
+    /// An empty glob, which would match nothing.
+    #[error("the pattern is empty")]
+    Empty,
+    /// A glob containing `{}`, which only a layer pattern captures.
+    #[error("`{{}}` is only meaningful in a stages `layer` pattern")]
+    CaptureInGlob,
+    /// A layer pattern without `{}`.
+    #[error("the layer pattern needs one `{{}}` where the layer index is")]
+    NoCapture,
+    /// A layer pattern with two or more `{}`.
+    #[error("the layer pattern has more than one `{{}}`")]
+    SeveralCaptures,
+}
 
 /// A compiled name pattern.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -23,13 +41,13 @@ impl Glob {
     ///
     /// # Errors
     ///
-    /// The reason, for an empty pattern or one containing `{}`.
-    pub fn new(pattern: &str) -> Result<Self, String> {
+    /// [`PatternError::Empty`] or [`PatternError::CaptureInGlob`].
+    pub fn new(pattern: &str) -> Result<Self, PatternError> {
         if pattern.is_empty() {
-            return Err("the pattern is empty".into());
+            return Err(PatternError::Empty);
         }
         if pattern.contains("{}") {
-            return Err("`{}` is only meaningful in a stages `layer` pattern".into());
+            return Err(PatternError::CaptureInGlob);
         }
         Ok(Glob {
             chars: pattern.chars().collect(),
@@ -75,13 +93,14 @@ impl LayerPattern {
     ///
     /// # Errors
     ///
-    /// The reason, for a pattern without exactly one `{}`.
-    pub fn new(pattern: &str) -> Result<Self, String> {
+    /// [`PatternError::NoCapture`] or [`PatternError::SeveralCaptures`]:
+    /// a pattern without exactly one `{}`.
+    pub fn new(pattern: &str) -> Result<Self, PatternError> {
         let Some((l, r)) = pattern.split_once("{}") else {
-            return Err("the layer pattern needs one `{}` where the layer index is".into());
+            return Err(PatternError::NoCapture);
         };
         if r.contains("{}") {
-            return Err("the layer pattern has more than one `{}`".into());
+            return Err(PatternError::SeveralCaptures);
         }
         let glob = |s: &str| -> Glob {
             Glob {
@@ -155,6 +174,24 @@ mod tests {
         assert_eq!(p.capture("model.norm.weight"), None);
         let p = LayerPattern::new("*h.{}.*").unwrap();
         assert_eq!(p.capture("transformer.h.102.attn"), Some(102));
-        assert!(LayerPattern::new("no capture").is_err());
+    }
+
+    #[test]
+    fn malformed_patterns_name_the_fault() {
+        let globs = [
+            ("", PatternError::Empty),
+            ("layers.{}.w", PatternError::CaptureInGlob),
+        ];
+        for (p, fault) in globs {
+            assert_eq!(Glob::new(p), Err(fault), "{p:?}");
+        }
+        let layers = [
+            ("no capture", PatternError::NoCapture),
+            ("", PatternError::NoCapture),
+            ("a.{}.b.{}", PatternError::SeveralCaptures),
+        ];
+        for (p, fault) in layers {
+            assert_eq!(LayerPattern::new(p).err(), Some(fault), "{p:?}");
+        }
     }
 }

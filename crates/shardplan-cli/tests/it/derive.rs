@@ -22,10 +22,11 @@ use shardplan::spec::{derived_spec, rules_for};
 use common::{ms_layout, shardplan, shared_cases_dir, text};
 use serde_json::Value;
 use shardplan::derive::{
-    DeriveError, DeriveRules, DeriveTarget, Derived, Fallback, LayerRef, SharedTensors,
-    derive_strategy,
+    AxisRoleFault, DeriveError, DeriveRules, DeriveTarget, Derived, Fallback, LayerRef, RangeFault,
+    SharedTensors, derive_strategy,
 };
 use shardplan::notation::mindspore::{MindSporeFault, MindSporeLayout};
+use shardplan::pattern::PatternError;
 use shardplan::spec::{Spec, parse_spec};
 use shardplan::{
     DType, DeviceMesh, LayoutError, PlanConfig, ReplicaChoice, ShardStore, Strategy, TensorInfo,
@@ -1009,30 +1010,36 @@ strategies: {s: {mesh: m, rules: [{match: v, dims: replicated}]}}
 ",
     );
     let deg = |n, tp, pp| DeriveTarget::from_degrees(n, tp, pp).unwrap();
-    let cases: Vec<(&str, Result<Derived, DeriveError>)> = vec![
+    let cases: Vec<(&str, Option<DeriveError>, Result<Derived, DeriveError>)> = vec![
         (
             "target_shape",
+            None,
             DeriveTarget::from_degrees(6, 4, 1).map(|_| unreachable!()),
         ),
         (
             "target_shape",
+            None,
             DeriveTarget::from_degrees(4, 0, 1).map(|_| unreachable!()),
         ),
         (
             "target_shape",
+            None,
             DeriveTarget::from_degrees(4, u64::MAX, 2).map(|_| unreachable!()),
         ),
         (
             "target_mesh",
+            None,
             DeriveTarget::from_degrees(1 << 21, 1, 1).map(|_| unreachable!()),
         ),
         (
             "unknown_axis",
+            None,
             DeriveTarget::new(deg(2, 2, 1).mesh().clone(), vec!["zz".into()], None)
                 .map(|_| unreachable!()),
         ),
         (
             "target_roles",
+            None,
             DeriveTarget::new(
                 deg(2, 2, 1).mesh().clone(),
                 vec!["tp".into()],
@@ -1042,15 +1049,18 @@ strategies: {s: {mesh: m, rules: [{match: v, dims: replicated}]}}
         ),
         (
             "target_roles",
+            None,
             DeriveTarget::from_mesh(two_pp.meshes()["m"].clone(), &DeriveRules::default())
                 .map(|_| unreachable!()),
         ),
         (
             "indivisible",
+            None,
             derive_strategy(tiny_train, &deg(7, 7, 1), &tiny_rules),
         ),
         (
             "pipeline_split",
+            None,
             derive_strategy(
                 split_pp.strategy("s").unwrap(),
                 &deg(2, 2, 1),
@@ -1059,6 +1069,10 @@ strategies: {s: {mesh: m, rules: [{match: v, dims: replicated}]}}
         ),
         (
             "axis_roles",
+            Some(DeriveError::AxisRoles {
+                strategy: "s".into(),
+                fault: AxisRoleFault::SplitsAndPins { axis: "x".into() },
+            }),
             derive_strategy(
                 two_roles.strategy("s").unwrap(),
                 &deg(2, 2, 1),
@@ -1067,6 +1081,12 @@ strategies: {s: {mesh: m, rules: [{match: v, dims: replicated}]}}
         ),
         (
             "axis_roles",
+            Some(DeriveError::AxisRoles {
+                strategy: "s".into(),
+                fault: AxisRoleFault::SeveralPipelines {
+                    axes: vec!["pp".into(), "stage".into()],
+                },
+            }),
             derive_strategy(
                 two_pp.strategy("s").unwrap(),
                 &deg(2, 2, 1),
@@ -1075,10 +1095,15 @@ strategies: {s: {mesh: m, rules: [{match: v, dims: replicated}]}}
         ),
         (
             "no_layer_pattern",
+            None,
             derive_strategy(flat_train, &deg(4, 2, 2), &DeriveRules::default()),
         ),
         (
             "pattern",
+            Some(DeriveError::Pattern {
+                pattern: "no index".into(),
+                fault: PatternError::NoCapture,
+            }),
             derive_strategy(
                 flat_train,
                 &deg(2, 2, 1),
@@ -1090,6 +1115,10 @@ strategies: {s: {mesh: m, rules: [{match: v, dims: replicated}]}}
         ),
         (
             "pattern",
+            Some(DeriveError::Pattern {
+                pattern: "".into(),
+                fault: PatternError::Empty,
+            }),
             derive_strategy(
                 flat_train,
                 &deg(2, 2, 1),
@@ -1101,6 +1130,12 @@ strategies: {s: {mesh: m, rules: [{match: v, dims: replicated}]}}
         ),
         (
             "ranges",
+            Some(DeriveError::Ranges {
+                fault: RangeFault::Count {
+                    ranges: 1,
+                    stages: 2,
+                },
+            }),
             derive_strategy(
                 pipe_train,
                 &deg(4, 2, 2),
@@ -1112,6 +1147,12 @@ strategies: {s: {mesh: m, rules: [{match: v, dims: replicated}]}}
         ),
         (
             "ranges",
+            Some(DeriveError::Ranges {
+                fault: RangeFault::Unheld {
+                    tensor: "layers.4.w".into(),
+                    layer: 4,
+                },
+            }),
             derive_strategy(
                 pipe_train,
                 &deg(4, 2, 2),
@@ -1123,6 +1164,9 @@ strategies: {s: {mesh: m, rules: [{match: v, dims: replicated}]}}
         ),
         (
             "ranges",
+            Some(DeriveError::Ranges {
+                fault: RangeFault::Empty { first: 3, last: 2 },
+            }),
             derive_strategy(
                 pipe_train,
                 &deg(4, 2, 2),
@@ -1134,6 +1178,14 @@ strategies: {s: {mesh: m, rules: [{match: v, dims: replicated}]}}
         ),
         (
             "axis_roles",
+            Some(DeriveError::AxisRoles {
+                strategy: "s".into(),
+                fault: AxisRoleFault::OptimizerShard {
+                    tensor: "w".into(),
+                    ways: 4,
+                    layout: "[d1, d0]".into(),
+                },
+            }),
             derive_strategy(
                 &ms_strategy(),
                 &deg(2, 2, 1),
@@ -1144,9 +1196,13 @@ strategies: {s: {mesh: m, rules: [{match: v, dims: replicated}]}}
             ),
         ),
     ];
-    for (want, got) in cases {
+    for (want, fault, got) in cases {
         let err = got.err().unwrap_or_else(|| panic!("{want}: no error"));
         assert_eq!(code(&err), format!("shardplan::derive::{want}"), "{err}");
+        // The faults told apart, with what they name.
+        if let Some(fault) = fault {
+            assert_eq!(err, fault);
+        }
         // Every error says how to fix it.
         assert!(miette::Diagnostic::help(&err).is_some(), "{want}: no help");
     }
@@ -1424,7 +1480,7 @@ mod operators {
     use super::*;
     use shardplan::derive::ops::{
         ActivationInput, Collective, DimSize, OpKind, Operator, OperatorGraph, OpsError,
-        RepeatSide, derive_from_operators,
+        RepeatSide, StrategyFault, derive_from_operators,
     };
 
     /// One operator on inputs of the given shapes (the first input is an
@@ -1661,6 +1717,9 @@ mod operators {
         },
     ];
 
+    /// A graph's tensors and the graph.
+    type OpCase = (Vec<TensorInfo>, OperatorGraph);
+
     /// Weights `w1`, `w2` (all inputs but the first) and the graph. For a
     /// Gather the table comes first and the indices are the activation.
     fn one_op(
@@ -1670,7 +1729,7 @@ mod operators {
         transpose_b: bool,
         devices: u64,
         side: RepeatSide,
-    ) -> (Vec<TensorInfo>, OperatorGraph) {
+    ) -> OpCase {
         let act = if kind == OpKind::Gather { 1 } else { 0 };
         let mut tensors = Vec::new();
         let mut inputs = Vec::new();
@@ -1962,18 +2021,45 @@ operators:
                 RepeatSide::Right,
             )
         };
-        let cases: Vec<(&str, (Vec<TensorInfo>, OperatorGraph))> = vec![
-            ("strategy", mm(&[&[1, 2], &[4, 1]], 8)),
-            ("strategy", mm(&[&[1, 1]], 8)),
-            ("strategy", mm(&[&[1, 1, 1], &[1, 1]], 8)),
-            ("strategy", mm(&[&[1, 0], &[0, 1]], 8)),
-            ("devices", mm(&[&[3, 1], &[1, 1]], 8)),
-            ("devices", mm(&[&[4, 2], &[2, 2]], 8)),
-            ("indivisible", mm(&[&[32, 1], &[1, 1]], 32)),
-            ("empty", mm(&[&[1, 1], &[1, 1]], 0)),
-            ("mesh", mm(&[&[1, 1], &[1, 1]], 1 << 21)),
+        let cases: Vec<(&str, Option<StrategyFault>, OpCase)> = vec![
             (
                 "strategy",
+                Some(StrategyFault::ReductionSplit { a: 2, b: 4 }),
+                mm(&[&[1, 2], &[4, 1]], 8),
+            ),
+            (
+                "strategy",
+                Some(StrategyFault::StrategyCount {
+                    strategies: 1,
+                    inputs: 2,
+                }),
+                mm(&[&[1, 1]], 8),
+            ),
+            (
+                "strategy",
+                Some(StrategyFault::StrategyRank {
+                    input: "x".into(),
+                    shape: vec![16, 64],
+                    entries: 3,
+                }),
+                mm(&[&[1, 1, 1], &[1, 1]], 8),
+            ),
+            (
+                "strategy",
+                Some(StrategyFault::ZeroEntry),
+                mm(&[&[1, 0], &[0, 1]], 8),
+            ),
+            ("devices", None, mm(&[&[3, 1], &[1, 1]], 8)),
+            ("devices", None, mm(&[&[4, 2], &[2, 2]], 8)),
+            ("indivisible", None, mm(&[&[32, 1], &[1, 1]], 32)),
+            ("empty", None, mm(&[&[1, 1], &[1, 1]], 0)),
+            ("mesh", None, mm(&[&[1, 1], &[1, 1]], 1 << 21)),
+            (
+                "strategy",
+                Some(StrategyFault::NotTwoDims {
+                    a: vec![2, 16, 64],
+                    b: vec![64, 32],
+                }),
                 one_op(
                     OpKind::MatMul,
                     &[&[2, 16, 64], &[64, 32]],
@@ -1985,6 +2071,11 @@ operators:
             ),
             (
                 "strategy",
+                Some(StrategyFault::ReductionSizes {
+                    a: 64,
+                    b: 32,
+                    transpose_b: false,
+                }),
                 one_op(
                     OpKind::MatMul,
                     &[&[16, 64], &[32, 32]],
@@ -1996,6 +2087,7 @@ operators:
             ),
             (
                 "strategy",
+                Some(StrategyFault::VocabIndicesSplit),
                 one_op(
                     OpKind::Gather,
                     &[&[64, 32], &[8, 16]],
@@ -2007,6 +2099,7 @@ operators:
             ),
             (
                 "strategy",
+                Some(StrategyFault::VocabRepeated),
                 one_op(
                     OpKind::Gather,
                     &[&[64, 32], &[8]],
@@ -2018,6 +2111,7 @@ operators:
             ),
             (
                 "strategy",
+                Some(StrategyFault::BroadcastSplit { dim: 0, a: 2, b: 1 }),
                 one_op(
                     OpKind::Add,
                     &[&[16, 32], &[16, 32]],
@@ -2029,6 +2123,10 @@ operators:
             ),
             (
                 "strategy",
+                Some(StrategyFault::NoBroadcast {
+                    a: vec![16, 32],
+                    b: vec![8, 32],
+                }),
                 one_op(
                     OpKind::Add,
                     &[&[16, 32], &[8, 32]],
@@ -2040,6 +2138,7 @@ operators:
             ),
             (
                 "strategy",
+                Some(StrategyFault::NormalizedSplit),
                 one_op(
                     OpKind::RmsNorm,
                     &[&[16, 32], &[32]],
@@ -2051,6 +2150,10 @@ operators:
             ),
             (
                 "strategy",
+                Some(StrategyFault::NotTrailing {
+                    normalized: vec![16],
+                    shape: vec![16, 32],
+                }),
                 one_op(
                     OpKind::RmsNorm,
                     &[&[16, 32], &[16]],
@@ -2062,6 +2165,10 @@ operators:
             ),
             (
                 "strategy",
+                Some(StrategyFault::Arity {
+                    takes: vec![2],
+                    got: 3,
+                }),
                 one_op(
                     OpKind::Add,
                     &[&[16, 32], &[32], &[32]],
@@ -2072,9 +2179,15 @@ operators:
                 ),
             ),
         ];
-        for (want, (tensors, graph)) in cases {
+        for (want, fault, (tensors, graph)) in cases {
             let e = derive_from_operators(&graph, &tensors).unwrap_err();
             assert_eq!(code_of(&e), format!("shardplan::ops::{want}"), "{e}");
+            if let Some(fault) = fault {
+                assert!(
+                    matches!(&e, OpsError::Strategy { fault: f, .. } if *f == fault),
+                    "{e}: want {fault:?}"
+                );
+            }
             assert!(miette::Diagnostic::help(&e).is_some(), "{e}");
             if want != "empty" && want != "mesh" {
                 assert_eq!(e.location().map(|l| l.0), Some(0), "{e}");

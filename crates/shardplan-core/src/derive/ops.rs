@@ -592,7 +592,7 @@ pub enum OpsError {
         name: String,
     },
     /// A strategy that does not fit the operator or its inputs.
-    #[error("operator #{op} ({kind}): {reason}")]
+    #[error("operator #{op} ({kind}): {fault}")]
     #[diagnostic(
         code(shardplan::ops::strategy),
         help(
@@ -607,7 +607,7 @@ pub enum OpsError {
         /// Its kind.
         kind: OpKind,
         /// What is wrong.
-        reason: String,
+        fault: StrategyFault,
     },
     /// An operator on a stage the graph does not have.
     #[error("operator #{op}: stage {stage} is beyond the graph's {stages} stages")]
@@ -705,6 +705,146 @@ pub enum OpsError {
     StrategyBuild(#[from] StrategyError),
 }
 
+/// How an operator's strategy does not fit it or its inputs, one variant
+/// per fault. Every fault shares the code and help of
+/// [`OpsError::Strategy`]; shapes and splits are as the graph gives them.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum StrategyFault {
+    /// Not as many inputs as the operator's kind takes.
+    #[error("takes {takes:?} inputs, got {got}")]
+    Arity {
+        /// The input counts the kind takes.
+        takes: Vec<usize>,
+        /// Inputs given.
+        got: usize,
+    },
+    /// Not one strategy per input.
+    #[error("{strategies} strategies for {inputs} inputs")]
+    StrategyCount {
+        /// Strategies given.
+        strategies: usize,
+        /// Inputs given.
+        inputs: usize,
+    },
+    /// A strategy with another number of entries than its input has dimensions.
+    #[error("input `{input}` has {} dimensions {shape:?}, its strategy {entries} entries", shape.len())]
+    StrategyRank {
+        /// The input's name.
+        input: String,
+        /// Its shape.
+        shape: Vec<u64>,
+        /// Entries of its strategy.
+        entries: usize,
+    },
+    /// A strategy entry of 0, which splits nothing.
+    #[error("a strategy entry is 0")]
+    ZeroEntry,
+    /// A matrix product of an input with fewer than 2 dimensions.
+    #[error("inputs need at least 2 dimensions, got {a:?} and {b:?}")]
+    TooFewDims {
+        /// The first input's shape.
+        a: Vec<u64>,
+        /// The second input's shape.
+        b: Vec<u64>,
+    },
+    /// A `MatMul` of inputs other than 2-D.
+    #[error("MatMul multiplies 2-D inputs, got {a:?} and {b:?}; use BatchMatMul")]
+    NotTwoDims {
+        /// The first input's shape.
+        a: Vec<u64>,
+        /// The second input's shape.
+        b: Vec<u64>,
+    },
+    /// Reduction dimensions of different sizes.
+    #[error("the reduction dimensions differ: {a} and {b} (transpose_b: {transpose_b})")]
+    ReductionSizes {
+        /// Size in the first input.
+        a: u64,
+        /// Size in the second input.
+        b: u64,
+        /// Whether the second input is transposed.
+        transpose_b: bool,
+    },
+    /// The reduction dimension split unlike in the two inputs.
+    #[error("the reduction dimension is split {a} ways in the first input and {b} in the second")]
+    ReductionSplit {
+        /// Ways in the first input.
+        a: u64,
+        /// Ways in the second input.
+        b: u64,
+    },
+    /// A batch dimension split unlike in the two inputs.
+    #[error(
+        "batch dimension {dim} is split {a} and {b} ways; the strategies of batch dimensions must be equal"
+    )]
+    BatchSplit {
+        /// The batch dimension, counted in the shorter input.
+        dim: usize,
+        /// Ways in the longer input.
+        a: u64,
+        /// Ways in the shorter input.
+        b: u64,
+    },
+    /// Batch dimensions of different sizes.
+    #[error("batch dimensions differ: {a:?} and {b:?}")]
+    BatchSizes {
+        /// The longer input's shape.
+        a: Vec<u64>,
+        /// The shorter input's shape.
+        b: Vec<u64>,
+    },
+    /// A `Gather` from a scalar table.
+    #[error("the table cannot be a scalar")]
+    ScalarTable,
+    /// A table split along the vocabulary with more than 2 dimensions.
+    #[error("a table split along the vocabulary must have 1 or 2 dimensions")]
+    VocabTableRank,
+    /// Indices split while the vocabulary is.
+    #[error(
+        "with the vocabulary split, the indices cannot be split (except [[v, 1], [b, 1]] with v * b = devices)"
+    )]
+    VocabIndicesSplit,
+    /// A table split along vocabulary and hidden dimension that repeats
+    /// the calculation.
+    #[error(
+        "with the vocabulary split and the hidden dimension split too, the table's strategy must use every device (no repeated calculation)"
+    )]
+    VocabRepeated,
+    /// Shapes that do not broadcast.
+    #[error("shapes {a:?} and {b:?} do not broadcast")]
+    NoBroadcast {
+        /// The first input's shape.
+        a: Vec<u64>,
+        /// The second input's shape.
+        b: Vec<u64>,
+    },
+    /// An element-wise dimension split unlike in the two inputs, or a
+    /// broadcast dimension split.
+    #[error(
+        "dimension {dim} (right-aligned) is split {a} and {b} ways; equal sizes need equal strategies, and a broadcast dimension of size 1 is not split"
+    )]
+    BroadcastSplit {
+        /// The dimension, right-aligned.
+        dim: usize,
+        /// Ways in the first input.
+        a: u64,
+        /// Ways in the second input.
+        b: u64,
+    },
+    /// A normalization weight whose shape does not end the input's.
+    #[error("{normalized:?} is not the trailing part of the input's shape {shape:?}")]
+    NotTrailing {
+        /// The weight's shape.
+        normalized: Vec<u64>,
+        /// The input's shape.
+        shape: Vec<u64>,
+    },
+    /// Normalized dimensions split.
+    #[error("the normalized dimensions cannot be split")]
+    NormalizedSplit,
+}
+
 impl OpsError {
     /// The operator at fault and, when one is, its input position.
     pub fn location(&self) -> Option<(usize, Option<usize>)> {
@@ -757,12 +897,12 @@ fn product(v: &[u64]) -> u64 {
 }
 
 /// A strategy fault of operator `op`, at `input` when one is to blame.
-fn bad_strategy(op: usize, kind: OpKind, input: Option<usize>, reason: String) -> OpsError {
+fn bad_strategy(op: usize, kind: OpKind, input: Option<usize>, fault: StrategyFault) -> OpsError {
     OpsError::Strategy {
         op,
         input,
         kind,
-        reason,
+        fault,
     }
 }
 
@@ -781,7 +921,10 @@ fn matmul(
             op,
             kind,
             Some(usize::from(a.len() >= 2)),
-            format!("inputs need at least 2 dimensions, got {a:?} and {b:?}"),
+            StrategyFault::TooFewDims {
+                a: a.to_vec(),
+                b: b.to_vec(),
+            },
         ));
     }
     let inputs = MatMulInputs::new(shapes, st, transpose);
@@ -860,7 +1003,10 @@ impl<'a> MatMulInputs<'a> {
                 op,
                 kind,
                 None,
-                format!("MatMul multiplies 2-D inputs, got {a:?} and {b:?}; use BatchMatMul"),
+                StrategyFault::NotTwoDims {
+                    a: a.to_vec(),
+                    b: b.to_vec(),
+                },
             ));
         }
         let (k_a, k_b) = (a[a.len() - 1], b[self.b_dims().0]);
@@ -869,10 +1015,11 @@ impl<'a> MatMulInputs<'a> {
                 op,
                 kind,
                 Some(1),
-                format!(
-                    "the reduction dimensions differ: {k_a} and {k_b} (transpose_b: {})",
-                    self.transpose_b
-                ),
+                StrategyFault::ReductionSizes {
+                    a: k_a,
+                    b: k_b,
+                    transpose_b: self.transpose_b,
+                },
             ));
         }
         Ok(())
@@ -908,9 +1055,7 @@ impl<'a> MatMulInputs<'a> {
                 op,
                 kind,
                 Some(1),
-                format!(
-                    "the reduction dimension is split {s_ka} ways in the first input and {s_kb} in the second"
-                ),
+                StrategyFault::ReductionSplit { a: s_ka, b: s_kb },
             ));
         }
         let ((long, ls), (short, ss)) = self.longer_first();
@@ -921,11 +1066,11 @@ impl<'a> MatMulInputs<'a> {
                     op,
                     kind,
                     None,
-                    format!(
-                        "batch dimension {j} is split {} and {} ways; the strategies of batch dimensions must be equal",
-                        ls[diff + j],
-                        ss[j]
-                    ),
+                    StrategyFault::BatchSplit {
+                        dim: j,
+                        a: ls[diff + j],
+                        b: ss[j],
+                    },
                 ));
             }
             if long[diff + j] != short[j] {
@@ -933,7 +1078,10 @@ impl<'a> MatMulInputs<'a> {
                     op,
                     kind,
                     None,
-                    format!("batch dimensions differ: {:?} and {:?}", long, short),
+                    StrategyFault::BatchSizes {
+                        a: long.to_vec(),
+                        b: short.to_vec(),
+                    },
                 ));
             }
         }
@@ -998,16 +1146,16 @@ impl<'a> MatMulInputs<'a> {
 }
 
 fn gather(op: usize, shapes: &[&[u64]], st: &[Vec<u64>], devices: u64) -> Result<Raw, OpsError> {
-    let bad = |input: Option<usize>, reason: String| OpsError::Strategy {
+    let bad = |input: Option<usize>, fault: StrategyFault| OpsError::Strategy {
         op,
         input,
         kind: OpKind::Gather,
-        reason,
+        fault,
     };
     let (p, i) = (shapes[0], shapes[1]);
     let (ps, is) = (&st[0], &st[1]);
     if p.is_empty() {
-        return Err(bad(Some(0), "the table cannot be a scalar".into()));
+        return Err(bad(Some(0), StrategyFault::ScalarTable));
     }
     let mut output_shape = i.to_vec();
     output_shape.extend_from_slice(&p[1..]);
@@ -1052,23 +1200,14 @@ fn gather(op: usize, shapes: &[&[u64]], st: &[Vec<u64>], devices: u64) -> Result
         });
     }
     if p.len() > 2 {
-        return Err(bad(
-            Some(0),
-            "a table split along the vocabulary must have 1 or 2 dimensions".into(),
-        ));
+        return Err(bad(Some(0), StrategyFault::VocabTableRank));
     }
     if product(is) != 1 {
-        return Err(bad(
-            Some(1),
-            "with the vocabulary split, the indices cannot be split (except [[v, 1], [b, 1]] with v * b = devices)".into(),
-        ));
+        return Err(bad(Some(1), StrategyFault::VocabIndicesSplit));
     }
     let pp = product(ps);
     if pp != devices && p.len() == 2 && ps[1] != 1 {
-        return Err(bad(
-            Some(0),
-            "with the vocabulary split and the hidden dimension split too, the table's strategy must use every device (no repeated calculation)".into(),
-        ));
+        return Err(bad(Some(0), StrategyFault::VocabRepeated));
     }
     let param_map = descending(p.len());
     let indices_map = vec![-1; i.len()];
@@ -1127,10 +1266,10 @@ fn elementwise(
                 op,
                 input: None,
                 kind,
-                reason: format!(
-                    "shapes {:?} and {:?} do not broadcast",
-                    shapes[0], shapes[1]
-                ),
+                fault: StrategyFault::NoBroadcast {
+                    a: shapes[0].to_vec(),
+                    b: shapes[1].to_vec(),
+                },
             });
         }
         let ok = if x == y {
@@ -1145,10 +1284,11 @@ fn elementwise(
                 op,
                 input: Some(1),
                 kind,
-                reason: format!(
-                    "dimension {d} (right-aligned) is split {} and {} ways; equal sizes need equal strategies, and a broadcast dimension of size 1 is not split",
-                    sa[d], sb[d]
-                ),
+                fault: StrategyFault::BroadcastSplit {
+                    dim: d,
+                    a: sa[d],
+                    b: sb[d],
+                },
             });
         }
         dev.push(sa[d].max(sb[d]));
@@ -1188,7 +1328,10 @@ fn norm(op: usize, kind: OpKind, shapes: &[&[u64]], st: &[Vec<u64>]) -> Result<R
                 op,
                 input: Some(k),
                 kind,
-                reason: format!("{g:?} is not the trailing part of the input's shape {x:?}"),
+                fault: StrategyFault::NotTrailing {
+                    normalized: g.to_vec(),
+                    shape: x.to_vec(),
+                },
             });
         }
         if sg.iter().chain(&st[0][n - g.len()..]).any(|&s| s != 1) {
@@ -1196,7 +1339,7 @@ fn norm(op: usize, kind: OpKind, shapes: &[&[u64]], st: &[Vec<u64>]) -> Result<R
                 op,
                 input: Some(k),
                 kind,
-                reason: "the normalized dimensions cannot be split".into(),
+                fault: StrategyFault::NormalizedSplit,
             });
         }
         inputs.push(descending(g.len()));
@@ -1384,21 +1527,15 @@ impl<'g> Walk<'g> {
                 o,
                 op.kind,
                 Some(k),
-                format!(
-                    "input `{name}` has {} dimensions {:?}, its strategy {} entries",
-                    v.shape.len(),
-                    v.shape,
-                    s.len()
-                ),
+                StrategyFault::StrategyRank {
+                    input: name.clone(),
+                    shape: v.shape.clone(),
+                    entries: s.len(),
+                },
             ));
         }
         if s.contains(&0) {
-            return Err(bad_strategy(
-                o,
-                op.kind,
-                Some(k),
-                "a strategy entry is 0".into(),
-            ));
+            return Err(bad_strategy(o, op.kind, Some(k), StrategyFault::ZeroEntry));
         }
         if let Some((producer, _)) = &v.produced
             && self.graph.ops[*producer].stage > op.stage
@@ -1623,12 +1760,18 @@ fn check_operator(o: usize, op: &Operator, stages: u64) -> Result<(), OpsError> 
     }
     let n = op.inputs.len();
     if !op.kind.arity().contains(&n) {
-        let reason = format!("takes {:?} inputs, got {n}", op.kind.arity());
-        return Err(bad_strategy(o, op.kind, None, reason));
+        let fault = StrategyFault::Arity {
+            takes: op.kind.arity().to_vec(),
+            got: n,
+        };
+        return Err(bad_strategy(o, op.kind, None, fault));
     }
     if op.strategy.len() != n {
-        let reason = format!("{} strategies for {n} inputs", op.strategy.len());
-        return Err(bad_strategy(o, op.kind, None, reason));
+        let fault = StrategyFault::StrategyCount {
+            strategies: op.strategy.len(),
+            inputs: n,
+        };
+        return Err(bad_strategy(o, op.kind, None, fault));
     }
     Ok(())
 }

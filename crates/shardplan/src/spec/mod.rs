@@ -36,7 +36,7 @@ pub const JSON_SCHEMA: &str = include_str!("schema.json");
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use crate::pattern::{Glob, LayerPattern};
+use crate::pattern::{Glob, LayerPattern, PatternError};
 pub use diag::{DiagCode, Severity, Span, SpecDiagnostic};
 use lower_rule::*;
 use raw::{
@@ -852,8 +852,8 @@ fn optimizer_shards(
 ///
 /// # Errors
 ///
-/// A message when the pattern is empty or malformed.
-pub fn select_tensors(spec: &Spec, pattern: &str) -> Result<Vec<String>, String> {
+/// The [`PatternError`] of an empty or malformed pattern.
+pub fn select_tensors(spec: &Spec, pattern: &str) -> Result<Vec<String>, PatternError> {
     let g = Glob::new(pattern)?;
     Ok(spec
         .tensors
