@@ -183,20 +183,63 @@ pub fn plan_transfer(
     config: &PlanConfig,
 ) -> Result<SlicePlan, PlanError> {
     let names = selected_tensors(src, dst, config)?;
-    let by_device = source_rank_by_device(src);
-    let mut groups: Vec<Vec<u64>> = Vec::new();
-    let mut group_of: HashMap<Vec<u64>, usize> = HashMap::new();
-    let mut pending: Vec<Pending> = Vec::new();
-    let mut tensors: Vec<TensorPlan> = Vec::with_capacity(names.len());
     check_piece_budget(src, dst, &names)?;
-    for (ti, name) in names.iter().enumerate() {
+    let by_device = source_rank_by_device(src);
+    let mut needs = Needs::default();
+    let mut tensors: Vec<TensorPlan> = names
+        .iter()
+        .enumerate()
+        .map(|(ti, name)| needs.add_tensor(src, dst, &by_device, ti, name))
+        .collect();
+    let (assignment, max_send_bound) =
+        needs.assign_senders(config.replica_choice, &tensors, src, dst, &by_device);
+    place_remote(assignment, &mut tensors, src, dst);
+    for t in &mut tensors {
+        coalesce(&mut t.pieces);
+    }
+    let name_refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    Ok(SlicePlan {
+        source: src.name().to_string(),
+        destination: dst.name().to_string(),
+        src_ranks: src.mesh().rank_count(),
+        dst_ranks: dst.mesh().rank_count(),
+        replica_choice: config.replica_choice,
+        lower_bound_bytes: volume_lower_bound(src, dst, &name_refs),
+        max_send_lower_bound_bytes: max_send_bound,
+        tensors,
+    })
+}
+
+/// The network cells of every tensor, before their senders are chosen,
+/// with the replica groups (sets of source ranks holding the same values)
+/// they draw from.
+#[derive(Default)]
+struct Needs {
+    /// Each group's holders.
+    groups: Vec<Vec<u64>>,
+    /// The group of a set of holders.
+    group_of: HashMap<Vec<u64>, usize>,
+    pending: Vec<Pending>,
+}
+
+impl Needs {
+    /// Tensor `ti`'s plan with its local pieces (a destination's own
+    /// device holds the cell); its network cells join `self`.
+    fn add_tensor(
+        &mut self,
+        src: &Strategy,
+        dst: &Strategy,
+        by_device: &HashMap<u64, u64>,
+        ti: usize,
+        name: &str,
+    ) -> TensorPlan {
         let (sl, dl) = (
             src.layout(name).expect("checked"),
             dst.layout(name).expect("checked"),
         );
         let info = dst.tensor(name).expect("checked");
         let mut plan = TensorPlan {
-            name: name.clone(),
+            name: name.to_string(),
             dtype: info.dtype,
             shape: info.shape.clone(),
             pieces: Vec::new(),
@@ -207,83 +250,121 @@ pub fn plan_transfer(
             };
             let device = dst.mesh().device_of(d).unwrap_or(d);
             let local_src = by_device.get(&device).copied().filter(|&s| sl.holds(s));
-            let local_region = local_src.and_then(|s| sl.region_of(s));
-            // Per dimension, the source blocks the box overlaps.
-            let ranges: Vec<std::ops::Range<u64>> = sl
-                .dims()
-                .iter()
-                .enumerate()
-                .map(|(k, dim)| dim.blocks_overlapping(need.offset()[k], need.end(k)))
-                .collect();
+            let local = local_src.and_then(|s| sl.region_of(s).map(|held| (s, held)));
+            self.add_rank(sl, ti, d, &need, local.as_ref(), &mut plan.pieces);
+        }
+        plan
+    }
 
-            for_each_cell(&ranges, |blocks| {
-                let mut offset = Vec::with_capacity(blocks.len());
-                let mut extent = Vec::with_capacity(blocks.len());
-                for (k, &b) in blocks.iter().enumerate() {
-                    let (s, e) = sl.dims()[k].block(b);
-                    let lo = s.max(need.offset()[k]);
-                    let hi = e.min(need.end(k));
-                    if hi <= lo {
-                        return;
+    /// Destination rank `d` of tensor `ti` needs `need`: one cell per
+    /// source block it overlaps and partial term, sent locally by `local`
+    /// (the source rank on `d`'s device and what it holds) when it holds
+    /// the cell, else left for [`Self::assign_senders`].
+    fn add_rank(
+        &mut self,
+        sl: &TensorLayout,
+        ti: usize,
+        d: u64,
+        need: &Region,
+        local: Option<&(u64, Region)>,
+        pieces: &mut Vec<Piece>,
+    ) {
+        // Per dimension, the source blocks the box overlaps.
+        let ranges: Vec<std::ops::Range<u64>> = sl
+            .dims()
+            .iter()
+            .enumerate()
+            .map(|(k, dim)| dim.blocks_overlapping(need.offset()[k], need.end(k)))
+            .collect();
+        for_each_cell(&ranges, |blocks| {
+            let Some(cell) = block_cell(sl, need, blocks) else {
+                return;
+            };
+            let holders = sl.holders(cell.offset()).expect("cell inside the tensor");
+            // One contribution per partial term (a single term when the
+            // source holds reduced values).
+            for holders in split_by_term(sl, holders) {
+                match local.filter(|(s, _)| holders.contains(s)) {
+                    Some((s, held)) => {
+                        pieces.push(piece(sl, need, held, d, cell.clone(), *s, true));
                     }
-                    offset.push(lo);
-                    extent.push(hi - lo);
-                }
-                let cell = Region::new(offset, extent);
-                let holders = sl.holders(cell.offset()).expect("cell inside the tensor");
-                // One contribution per partial term (a single term when the
-                // source holds reduced values).
-                for holders in split_by_term(sl, holders) {
-                    match local_src.filter(|s| holders.contains(s)) {
-                        Some(s) => {
-                            let held = local_region
-                                .as_ref()
-                                .expect("local source holds the tensor");
-                            plan.pieces
-                                .push(piece(sl, &need, held, d, cell.clone(), s, true));
-                        }
-                        None => {
-                            let next = groups.len();
-                            let g = *group_of.entry(holders.clone()).or_insert(next);
-                            if g == next {
-                                groups.push(holders);
-                            }
-                            pending.push(Pending {
-                                tensor: ti,
-                                dst_rank: d,
-                                dst_box: cell.clone(),
-                                group: g,
-                            });
-                        }
+                    None => {
+                        let group = self.group(holders);
+                        self.pending.push(Pending {
+                            tensor: ti,
+                            dst_rank: d,
+                            dst_box: cell.clone(),
+                            group,
+                        });
                     }
                 }
-            });
-        }
-        tensors.push(plan);
+            }
+        });
     }
-    let bytes_of = |p: &Pending| -> u64 {
-        p.dst_box
-            .volume()
-            .saturating_mul(tensors[p.tensor].dtype.size_bytes())
-    };
-    let mut demand = vec![0u64; groups.len()];
-    for p in &pending {
-        demand[p.group] += bytes_of(p);
+
+    /// The group of `holders`, new if no cell drew from them yet.
+    fn group(&mut self, holders: Vec<u64>) -> usize {
+        let next = self.groups.len();
+        let g = *self.group_of.entry(holders.clone()).or_insert(next);
+        if g == next {
+            self.groups.push(holders);
+        }
+        g
     }
-    let (assignment, max_send_bound) = match config.replica_choice {
-        ReplicaChoice::Balance => {
-            let (quota, bound) = balance(&groups, &demand);
-            (split_by_quota(&pending, &groups, &quota, &tensors), bound)
+
+    /// Who sends each network cell (a cell may be cut between holders),
+    /// and the lower bound on the largest rank's sent bytes.
+    fn assign_senders<'a>(
+        &'a self,
+        choice: ReplicaChoice,
+        tensors: &[TensorPlan],
+        src: &Strategy,
+        dst: &Strategy,
+        by_device: &HashMap<u64, u64>,
+    ) -> (Vec<(&'a Pending, u64, Region)>, u64) {
+        let mut demand = vec![0u64; self.groups.len()];
+        for p in &self.pending {
+            demand[p.group] += p
+                .dst_box
+                .volume()
+                .saturating_mul(tensors[p.tensor].dtype.size_bytes());
         }
-        ReplicaChoice::MinFiles => {
-            let (_, bound) = balance(&groups, &demand);
-            (
-                min_files(&pending, &groups, &tensors, src, dst, &by_device),
-                bound,
-            )
+        let (quota, bound) = balance(&self.groups, &demand);
+        let assignment = match choice {
+            ReplicaChoice::Balance => split_by_quota(&self.pending, &self.groups, &quota, tensors),
+            ReplicaChoice::MinFiles => {
+                min_files(&self.pending, &self.groups, tensors, src, dst, by_device)
+            }
+        };
+        (assignment, bound)
+    }
+}
+
+/// The cell of source blocks `blocks` inside `need`, if not empty.
+fn block_cell(sl: &TensorLayout, need: &Region, blocks: &[u64]) -> Option<Region> {
+    let mut offset = Vec::with_capacity(blocks.len());
+    let mut extent = Vec::with_capacity(blocks.len());
+    for (k, &b) in blocks.iter().enumerate() {
+        let (s, e) = sl.dims()[k].block(b);
+        let lo = s.max(need.offset()[k]);
+        let hi = e.min(need.end(k));
+        if hi <= lo {
+            return None;
         }
-    };
-    // Regions are looked up once per (tensor, rank).
+        offset.push(lo);
+        extent.push(hi - lo);
+    }
+    Some(Region::new(offset, extent))
+}
+
+/// Adds the network pieces the senders were chosen for; each source and
+/// destination region is looked up once per (tensor, rank).
+fn place_remote(
+    assignment: Vec<(&Pending, u64, Region)>,
+    tensors: &mut [TensorPlan],
+    src: &Strategy,
+    dst: &Strategy,
+) {
     let layouts: Vec<(&TensorLayout, &TensorLayout)> = tensors
         .iter()
         .map(|t| {
@@ -309,20 +390,6 @@ pub fn plan_transfer(
         let pc = piece(sl, need, held, p.dst_rank, dst_box, src_rank, false);
         tensors[p.tensor].pieces.push(pc);
     }
-    for t in &mut tensors {
-        coalesce(&mut t.pieces);
-    }
-    let name_refs: Vec<&str> = names.iter().map(String::as_str).collect();
-    Ok(SlicePlan {
-        source: src.name().to_string(),
-        destination: dst.name().to_string(),
-        src_ranks: src.mesh().rank_count(),
-        dst_ranks: dst.mesh().rank_count(),
-        replica_choice: config.replica_choice,
-        lower_bound_bytes: volume_lower_bound(src, dst, &name_refs),
-        max_send_lower_bound_bytes: max_send_bound,
-        tensors,
-    })
 }
 
 /// A piece of `dst_box` from `src_rank` (holding `held`) to `dst_rank`
