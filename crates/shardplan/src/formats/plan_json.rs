@@ -322,130 +322,48 @@ pub fn from_json(file: &str, text: &str) -> Result<SlicePlan, PlanFileError> {
         fault,
     };
     // The version first: a newer file may have fields this reader lacks.
-    if let Ok(v) = serde_json::from_str::<serde_json::Value>(text) {
-        let format = v.get("format").and_then(|f| f.as_str());
-        let version = v.get("version").and_then(|f| f.as_u64());
-        if let (Some(f), Some(n)) = (format, version)
-            && (f != FORMAT || n != u64::from(VERSION))
-        {
-            return Err(err(
-                0,
-                0,
-                PlanFileFault::Version {
-                    format: f.to_string(),
-                    version: n,
-                },
-            ));
-        }
-    }
+    newer_version(text).map_err(|fault| err(0, 0, fault))?;
     let f: PlanFile = serde_json::from_str(text)
         .map_err(|e| err(e.line(), e.column(), PlanFileFault::Json(e)))?;
+    plan_of(f).map_err(|fault| err(0, 0, fault))
+}
+
+/// A file of another format or version, told by those two fields alone.
+fn newer_version(text: &str) -> Result<(), PlanFileFault> {
+    let Ok(v) = serde_json::from_str::<serde_json::Value>(text) else {
+        return Ok(());
+    };
+    let format = v.get("format").and_then(|f| f.as_str());
+    let version = v.get("version").and_then(|f| f.as_u64());
+    match (format, version) {
+        (Some(f), Some(n)) if f != FORMAT || n != u64::from(VERSION) => {
+            Err(PlanFileFault::Version {
+                format: f.to_string(),
+                version: n,
+            })
+        }
+        _ => Ok(()),
+    }
+}
+
+/// The plan a file that parsed holds, its values checked.
+fn plan_of(f: PlanFile) -> Result<SlicePlan, PlanFileFault> {
     if f.format != FORMAT || f.version != VERSION {
-        return Err(err(
-            0,
-            0,
-            PlanFileFault::Version {
-                format: f.format,
-                version: u64::from(f.version),
-            },
-        ));
+        return Err(PlanFileFault::Version {
+            format: f.format,
+            version: u64::from(f.version),
+        });
     }
     let replica_choice = match f.replica_choice.as_str() {
         "balance" => ReplicaChoice::Balance,
         "min-files" => ReplicaChoice::MinFiles,
-        other => return Err(err(0, 0, PlanFileFault::ReplicaChoice(other.to_string()))),
+        other => return Err(PlanFileFault::ReplicaChoice(other.to_string())),
     };
-    let mut tensors = Vec::with_capacity(f.tensors.len());
-    for t in f.tensors {
-        let dtype: DType = t.dtype.parse().map_err(|_| {
-            err(
-                0,
-                0,
-                PlanFileFault::Dtype {
-                    tensor: t.name.clone(),
-                    dtype: t.dtype.clone(),
-                },
-            )
-        })?;
-        let rank = t.shape.len();
-        let mut pieces = Vec::with_capacity(t.pieces.len());
-        for (i, p) in t.pieces.into_iter().enumerate() {
-            let tensor = || t.name.clone();
-            if [&p.dst_offset, &p.dst_local_offset, &p.src_offset, &p.extent]
-                .iter()
-                .any(|v| v.len() != rank)
-            {
-                return Err(err(
-                    0,
-                    0,
-                    PlanFileFault::PieceDims {
-                        tensor: tensor(),
-                        piece: i,
-                        dims: rank,
-                    },
-                ));
-            }
-            let fits = |o: &[u64]| {
-                o.iter()
-                    .zip(&p.extent)
-                    .all(|(a, b)| a.checked_add(*b).is_some())
-            };
-            if !fits(&p.dst_offset) || !fits(&p.src_offset) || !fits(&p.dst_local_offset) {
-                return Err(err(
-                    0,
-                    0,
-                    PlanFileFault::PieceOverflow {
-                        tensor: tensor(),
-                        piece: i,
-                    },
-                ));
-            }
-            let volume = p.extent.iter().try_fold(1u64, |a, &b| a.checked_mul(b));
-            if volume.and_then(|v| v.checked_mul(dtype.size_bytes())) != Some(p.bytes) {
-                return Err(err(
-                    0,
-                    0,
-                    PlanFileFault::PieceBytes {
-                        tensor: tensor(),
-                        piece: i,
-                        bytes: p.bytes,
-                        extent: p.extent.clone(),
-                        dtype,
-                    },
-                ));
-            }
-            let reduce = match p.op.as_str() {
-                "copy" => false,
-                "sum" => true,
-                other => {
-                    return Err(err(
-                        0,
-                        0,
-                        PlanFileFault::PieceOp {
-                            tensor: tensor(),
-                            piece: i,
-                            op: other.to_string(),
-                        },
-                    ));
-                }
-            };
-            pieces.push(Piece {
-                dst_rank: p.dst_rank,
-                dst_box: Region::new(p.dst_offset, p.extent.clone()),
-                dst_local_offset: p.dst_local_offset,
-                src_rank: p.src_rank,
-                src_box: Region::new(p.src_offset, p.extent),
-                local: p.local,
-                reduce,
-            });
-        }
-        tensors.push(TensorPlan {
-            name: t.name,
-            dtype,
-            shape: t.shape,
-            pieces,
-        });
-    }
+    let tensors = f
+        .tensors
+        .into_iter()
+        .map(tensor_plan_of)
+        .collect::<Result<Vec<_>, _>>()?;
     Ok(SlicePlan {
         source: f.source.strategy,
         destination: f.destination.strategy,
@@ -455,5 +373,87 @@ pub fn from_json(file: &str, text: &str) -> Result<SlicePlan, PlanFileError> {
         lower_bound_bytes: f.summary.lower_bound_bytes,
         max_send_lower_bound_bytes: f.summary.max_send_lower_bound_bytes,
         tensors,
+    })
+}
+
+/// One tensor's plan, each piece checked against its shape and dtype.
+fn tensor_plan_of(t: TensorJson) -> Result<TensorPlan, PlanFileFault> {
+    let dtype: DType = t.dtype.parse().map_err(|_| PlanFileFault::Dtype {
+        tensor: t.name.clone(),
+        dtype: t.dtype.clone(),
+    })?;
+    let pieces = t
+        .pieces
+        .into_iter()
+        .enumerate()
+        .map(|(i, p)| piece_of(&t.name, t.shape.len(), dtype, i, p))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(TensorPlan {
+        name: t.name,
+        dtype,
+        shape: t.shape,
+        pieces,
+    })
+}
+
+/// Piece `i` of tensor `tensor` (of `dims` dimensions): its boxes have
+/// `dims` entries, do not overflow, and its byte count matches its box.
+fn piece_of(
+    tensor: &str,
+    dims: usize,
+    dtype: DType,
+    i: usize,
+    p: PieceJson,
+) -> Result<Piece, PlanFileFault> {
+    if [&p.dst_offset, &p.dst_local_offset, &p.src_offset, &p.extent]
+        .iter()
+        .any(|v| v.len() != dims)
+    {
+        return Err(PlanFileFault::PieceDims {
+            tensor: tensor.to_string(),
+            piece: i,
+            dims,
+        });
+    }
+    let fits = |o: &[u64]| {
+        o.iter()
+            .zip(&p.extent)
+            .all(|(a, b)| a.checked_add(*b).is_some())
+    };
+    if !fits(&p.dst_offset) || !fits(&p.src_offset) || !fits(&p.dst_local_offset) {
+        return Err(PlanFileFault::PieceOverflow {
+            tensor: tensor.to_string(),
+            piece: i,
+        });
+    }
+    let volume = p.extent.iter().try_fold(1u64, |a, &b| a.checked_mul(b));
+    if volume.and_then(|v| v.checked_mul(dtype.size_bytes())) != Some(p.bytes) {
+        return Err(PlanFileFault::PieceBytes {
+            tensor: tensor.to_string(),
+            piece: i,
+            bytes: p.bytes,
+            extent: p.extent.clone(),
+            dtype,
+        });
+    }
+    let reduce = match p.op.as_str() {
+        "copy" => false,
+        "sum" => true,
+        other => {
+            return Err(PlanFileFault::PieceOp {
+                tensor: tensor.to_string(),
+                piece: i,
+                op: other.to_string(),
+            });
+        }
+    };
+    Ok(Piece {
+        dst_rank: p.dst_rank,
+        dst_box: Region::new(p.dst_offset, p.extent.clone()),
+        dst_local_offset: p.dst_local_offset,
+        src_rank: p.src_rank,
+        src_box: Region::new(p.src_offset, p.extent),
+        local: p.local,
+        reduce,
     })
 }
