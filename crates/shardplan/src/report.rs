@@ -1,9 +1,14 @@
 //! Human-readable plan reports and explanations (pure text, no IO).
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write;
 
 use crate::Strategy;
+use crate::{DimLayout, TensorLayout};
 use crate::{SlicePlan, TensorPlan};
+
+/// Per rank, what it sends or receives.
+type Traffic = BTreeMap<u64, crate::RankTraffic>;
 
 /// `1.5 GiB`-style sizes.
 pub fn human_bytes(b: u64) -> String {
@@ -24,20 +29,31 @@ pub fn human_bytes(b: u64) -> String {
 /// The text report of `shardplan plan`: totals, the `top` largest movers
 /// among tensors and ranks.
 pub fn plan_report(plan: &SlicePlan, top: usize) -> String {
-    let s = plan.summary();
     let (send, recv) = plan.traffic();
     let mut out = String::new();
-    let ratio = |a: u64, b: u64| {
-        if b == 0 {
-            if a == 0 {
-                "1.000".to_string()
-            } else {
-                "inf".to_string()
-            }
+    write_totals(&mut out, plan, &recv);
+    write_tensor_movers(&mut out, plan, top);
+    write_senders(&mut out, &send, top);
+    write_receivers(&mut out, &recv, top);
+    out
+}
+
+/// `a / b` to three places; `inf` when only `b` is 0.
+fn ratio(a: u64, b: u64) -> String {
+    if b == 0 {
+        if a == 0 {
+            "1.000".to_string()
         } else {
-            format!("{:.3}", a as f64 / b as f64)
+            "inf".to_string()
         }
-    };
+    } else {
+        format!("{:.3}", a as f64 / b as f64)
+    }
+}
+
+/// The header and the plan's totals against their lower bounds.
+fn write_totals(out: &mut String, plan: &SlicePlan, recv: &Traffic) {
+    let s = plan.summary();
     let _ = writeln!(
         out,
         "plan {} ({} ranks) -> {} ({} ranks), {} tensors, replicas chosen to {}",
@@ -79,7 +95,10 @@ pub fn plan_report(plan: &SlicePlan, top: usize) -> String {
         files.iter().sum::<usize>(),
         files.iter().max().unwrap_or(&0)
     );
+}
 
+/// The `top` tensors moving the most network bytes.
+fn write_tensor_movers(out: &mut String, plan: &SlicePlan, top: usize) {
     let mut by_tensor: Vec<(&TensorPlan, u64, u64, u64)> = plan
         .tensors
         .iter()
@@ -119,6 +138,10 @@ pub fn plan_report(plan: &SlicePlan, top: usize) -> String {
     if by_tensor.len() > top {
         let _ = writeln!(out, "  ... {} more tensors", by_tensor.len() - top);
     }
+}
+
+/// The `top` source ranks sending the most bytes.
+fn write_senders(out: &mut String, send: &Traffic, top: usize) {
     let mut senders: Vec<(u64, u64, u64)> = send
         .iter()
         .map(|(r, t)| (*r, t.send_bytes, t.sent_messages))
@@ -136,6 +159,10 @@ pub fn plan_report(plan: &SlicePlan, top: usize) -> String {
     if senders.len() > top {
         let _ = writeln!(out, "  ... {} more ranks", senders.len() - top);
     }
+}
+
+/// The `top` destination ranks receiving the most bytes.
+fn write_receivers(out: &mut String, recv: &Traffic, top: usize) {
     let mut receivers: Vec<(u64, &crate::RankTraffic)> =
         recv.iter().map(|(r, t)| (*r, t)).collect();
     receivers.sort_by(|a, b| b.1.recv_bytes.cmp(&a.1.recv_bytes).then(a.0.cmp(&b.0)));
@@ -154,7 +181,6 @@ pub fn plan_report(plan: &SlicePlan, top: usize) -> String {
     if receivers.len() > top {
         let _ = writeln!(out, "  ... {} more ranks", receivers.len() - top);
     }
-    out
 }
 
 /// Why `tensor` moves what it moves between `src` and `dst`: which
@@ -190,40 +216,8 @@ pub fn explain_tensor(src: &Strategy, dst: &Strategy, t: &TensorPlan) -> String 
     }
     let _ = writeln!(out);
     for (k, (sd, dd)) in sl.dims().iter().zip(dl.dims()).enumerate() {
-        let names = |l: &crate::TensorLayout, axes: &[usize]| -> String {
-            axes.iter()
-                .map(|&a| l.axis_name(a).to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
-        let blocks = |d: &crate::DimLayout| -> String {
-            let sizes: std::collections::BTreeSet<u64> = (0..d.block_count())
-                .map(|b| {
-                    let (s, e) = d.block(b);
-                    e - s
-                })
-                .collect();
-            let list: Vec<String> = sizes.iter().map(u64::to_string).collect();
-            format!("{} block(s) of {}", d.block_count(), list.join(" or "))
-        };
-        // A layout given box by box has no axes: its boxes' edges cut it.
-        let describe = |l: &crate::TensorLayout, d: &crate::DimLayout| -> String {
-            if l.is_explicit() && d.block_count() > 1 {
-                format!("cut by its boxes into {}", blocks(d))
-            } else if d.axes().is_empty() {
-                "not split".to_string()
-            } else {
-                format!("split over {} into {}", names(l, d.axes()), blocks(d))
-            }
-        };
-        let (sdesc, ddesc) = (describe(sl, sd), describe(dl, dd));
-        let same = (0..sd.block_count())
-            .map(|b| sd.block(b))
-            .collect::<Vec<_>>()
-            == (0..dd.block_count())
-                .map(|b| dd.block(b))
-                .collect::<Vec<_>>();
-        let verdict = if same {
+        let (sdesc, ddesc) = (describe_dim(sl, sd), describe_dim(dl, dd));
+        let verdict = if block_bounds(sd) == block_bounds(dd) {
             "same cut on both sides"
         } else {
             "the cuts differ: blocks are regrouped"
@@ -235,22 +229,61 @@ pub fn explain_tensor(src: &Strategy, dst: &Strategy, t: &TensorPlan) -> String 
         );
     }
     if !sl.pin().is_empty() || !dl.pin().is_empty() {
-        let pins = |l: &crate::TensorLayout| -> String {
-            if l.pin().is_empty() {
-                "every rank of the mesh".into()
-            } else {
-                l.pin_text()
-            }
-        };
         let _ = writeln!(
             out,
             "  stages: source on {}; destination on {}",
-            pins(sl),
-            pins(dl)
+            pin_text(sl),
+            pin_text(dl)
         );
     }
+    write_pieces(&mut out, t);
+    out
+}
+
+/// How one dimension of `l` is cut. A layout given box by box has no
+/// axes: its boxes' edges cut it.
+fn describe_dim(l: &TensorLayout, d: &DimLayout) -> String {
+    if l.is_explicit() && d.block_count() > 1 {
+        format!("cut by its boxes into {}", block_sizes(d))
+    } else if d.axes().is_empty() {
+        "not split".to_string()
+    } else {
+        let names: Vec<&str> = d.axes().iter().map(|&a| l.axis_name(a)).collect();
+        format!("split over {} into {}", names.join(", "), block_sizes(d))
+    }
+}
+
+/// `4 block(s) of 3 or 2`: the count and the distinct sizes.
+fn block_sizes(d: &DimLayout) -> String {
+    let sizes: BTreeSet<u64> = (0..d.block_count())
+        .map(|b| {
+            let (s, e) = d.block(b);
+            e - s
+        })
+        .collect();
+    let list: Vec<String> = sizes.iter().map(u64::to_string).collect();
+    format!("{} block(s) of {}", d.block_count(), list.join(" or "))
+}
+
+/// Each block's `(start, end)`.
+fn block_bounds(d: &DimLayout) -> Vec<(u64, u64)> {
+    (0..d.block_count()).map(|b| d.block(b)).collect()
+}
+
+/// The stage a layout is pinned to, or the whole mesh.
+fn pin_text(l: &TensorLayout) -> String {
+    if l.pin().is_empty() {
+        "every rank of the mesh".into()
+    } else {
+        l.pin_text()
+    }
+}
+
+/// The tensor's bytes moved, then per destination rank the first 16 pieces
+/// it receives.
+fn write_pieces(out: &mut String, t: &TensorPlan) {
     let (mut net, mut local) = (0, 0);
-    let mut lines: std::collections::BTreeMap<u64, Vec<String>> = Default::default();
+    let mut lines: BTreeMap<u64, Vec<String>> = BTreeMap::new();
     for p in &t.pieces {
         let b = t.piece_bytes(p);
         if p.local {
@@ -281,5 +314,4 @@ pub fn explain_tensor(src: &Strategy, dst: &Strategy, t: &TensorPlan) -> String 
             let _ = writeln!(out, "    ... {} more pieces", ls.len() - 16);
         }
     }
-    out
 }
