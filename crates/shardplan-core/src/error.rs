@@ -1,9 +1,7 @@
 //! Errors of the core model. Each variant has a stable code (`shardplan::layout::*`);
 //! the notations' faults have theirs (`shardplan::notation::<notation>::*`).
 
-use crate::notation::dtensor::DTensorFault;
-use crate::notation::jax::JaxFault;
-use crate::notation::mindspore::MindSporeFault;
+use crate::notation::fault::{DTensorFault, JaxFault, MindSporeFault};
 
 /// A mesh, layout or notation that violates an invariant.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, miette::Diagnostic)]

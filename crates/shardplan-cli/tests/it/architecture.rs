@@ -157,3 +157,181 @@ fn every_error_code_is_documented() {
         "codes missing from docs/errors.md (run scripts/gen_error_codes.py): {missing:?}"
     );
 }
+
+/// A crate's layers, bottom first: module path prefixes (`notation/fault`
+/// is the file `notation/fault.rs`) and their layer. A file may name, by a
+/// `crate::` path, its own top-level module or a module on a lower layer,
+/// never one on its own layer or above.
+struct Layering {
+    src: &'static str,
+    layers: &'static [(&'static str, u32)],
+}
+
+const LAYERINGS: [Layering; 2] = [
+    Layering {
+        src: "crates/shardplan-core/src",
+        layers: &[
+            ("notation/fault", 0),
+            ("dtype", 0),
+            ("pattern", 0),
+            ("error", 1),
+            ("mesh", 2),
+            ("geometry", 2),
+            ("layout", 3),
+            ("notation", 4),
+            ("strategy", 5),
+            ("plan", 6),
+            // The verifier shares no code with the planner or its bounds.
+            ("bounds", 7),
+            ("verify", 7),
+            ("planner", 8),
+            ("execute", 9),
+            ("model", 10),
+            ("derive", 10),
+        ],
+    },
+    Layering {
+        src: "crates/shardplan/src",
+        // What is not a module of this crate is the core, below all.
+        layers: &[
+            // A spec knows no file format and a format builds no spec ...
+            ("spec", 1),
+            ("formats", 1),
+            // ... but the import of strategy files, and the one loader
+            // that tells every format apart.
+            ("formats/import", 2),
+            ("spec/load", 3),
+            ("reshard", 4),
+            ("report", 4),
+            ("show", 4),
+            ("arbitrary", 4),
+            ("fuzzing", 5),
+        ],
+    },
+];
+
+impl Layering {
+    /// The layer of a module path, by its longest listed prefix.
+    fn layer_of(&self, path: &[&str]) -> Option<u32> {
+        self.layers
+            .iter()
+            .filter(|(prefix, _)| {
+                let p: Vec<&str> = prefix.split('/').collect();
+                path.len() >= p.len() && path[..p.len()] == p[..]
+            })
+            .max_by_key(|(prefix, _)| prefix.len())
+            .map(|&(_, layer)| layer)
+    }
+}
+
+/// Root re-exports of `lib.rs`: item name to its module.
+fn reexports(lib: &str) -> std::collections::BTreeMap<String, String> {
+    let mut out = std::collections::BTreeMap::new();
+    for stmt in lib.split(';') {
+        let Some(rest) = stmt.trim().strip_prefix("pub use ") else {
+            continue;
+        };
+        let Some((module, names)) = rest.split_once("::") else {
+            continue;
+        };
+        for name in names.trim_matches(|c| "{} \n".contains(c)).split(',') {
+            let name = name.trim().rsplit(' ').next().unwrap_or("");
+            if !name.is_empty() {
+                out.insert(name.to_string(), module.to_string());
+            }
+        }
+    }
+    out
+}
+
+/// The module paths a source text names with `crate::`, outside comments,
+/// test modules and `#[cfg(doc)]` imports: `crate::a::b::C` gives
+/// `[a, b]`, `crate::{a::X, Y}` each entry's.
+fn crate_paths(text: &str) -> Vec<String> {
+    let code = text.split("#[cfg(test)]").next().unwrap_or("");
+    let mut out = Vec::new();
+    let mut doc_only = false;
+    for line in code.lines() {
+        let t = line.trim();
+        if t.starts_with("//") {
+            continue;
+        }
+        if std::mem::replace(&mut doc_only, t == "#[cfg(doc)]") {
+            continue;
+        }
+        for (i, _) in line.match_indices("crate::") {
+            let rest = &line[i + "crate::".len()..];
+            let entries: Vec<&str> = match rest.strip_prefix('{') {
+                Some(group) => group.split([',', '}']).collect(),
+                None => vec![rest],
+            };
+            for e in entries {
+                let path: String = e
+                    .trim()
+                    .chars()
+                    .take_while(|c| c.is_alphanumeric() || *c == '_' || *c == ':')
+                    .collect();
+                if !path.is_empty() {
+                    out.push(path);
+                }
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn modules_import_only_layers_below() {
+    let root = crate::common::repo_root();
+    let mut checked = 0;
+    for layering in &LAYERINGS {
+        let src = root.join(layering.src);
+        let names = reexports(&std::fs::read_to_string(src.join("lib.rs")).unwrap());
+        let is_module = |m: &str| src.join(format!("{m}.rs")).exists() || src.join(m).is_dir();
+        let mut files = vec![src.clone()];
+        while let Some(p) = files.pop() {
+            if p.is_dir() {
+                files.extend(std::fs::read_dir(&p).unwrap().map(|e| e.unwrap().path()));
+                continue;
+            }
+            if p.extension().is_none_or(|e| e != "rs") {
+                continue;
+            }
+            let rel = p.strip_prefix(&src).unwrap().with_extension("");
+            let rel = rel.to_str().unwrap().to_string();
+            if rel == "lib" || rel == "main" || rel.ends_with("tests") {
+                continue;
+            }
+            let here: Vec<&str> = rel.split('/').collect();
+            let layer = layering
+                .layer_of(&here)
+                .unwrap_or_else(|| panic!("{rel}.rs is in no layer of {}", layering.src));
+            for path in crate_paths(&std::fs::read_to_string(&p).unwrap()) {
+                let mut segs: Vec<&str> = path.split("::").filter(|s| !s.is_empty()).collect();
+                let Some(&first) = segs.first() else { continue };
+                if !is_module(first) {
+                    // A root re-export, or (in the edge crate) the core.
+                    let Some(m) = names.get(first) else { continue };
+                    segs = vec![m.as_str()];
+                }
+                if segs[0] == here[0] || !is_module(segs[0]) {
+                    continue;
+                }
+                let target: Vec<&str> = segs
+                    .iter()
+                    .take(2)
+                    .copied()
+                    .filter(|s| s.chars().next().is_some_and(|c| c.is_lowercase()))
+                    .collect();
+                let theirs = layering.layer_of(&target).unwrap();
+                assert!(
+                    theirs < layer,
+                    "{}/{rel}.rs (layer {layer}) names crate::{path} (layer {theirs}); see the layers in docs/ARCHITECTURE.md",
+                    layering.src
+                );
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked > 50, "only {checked} imports checked");
+}

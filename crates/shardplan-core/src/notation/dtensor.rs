@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use super::{EXPLICIT_HELP, is_nested_chunk_blocks, nested_chunk_sizes};
+use super::{is_nested_chunk_blocks, nested_chunk_sizes};
 use crate::error::LayoutError;
 use crate::layout::{DimSplit, LayoutConfig, SplitPolicy, TensorLayout};
 use crate::mesh::DeviceMesh;
@@ -29,98 +29,7 @@ pub enum Placement {
     Partial,
 }
 
-/// Help for placements that do not parse or do not fit the mesh.
-const PLACEMENT_HELP: &str =
-    "write one placement per mesh dimension: Shard(d), Replicate() or Partial()";
-
-/// What is wrong with DTensor placements, or with a layout DTensor cannot
-/// express, one variant per fault ([`LayoutError::DTensor`]).
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, miette::Diagnostic)]
-#[non_exhaustive]
-pub enum DTensorFault {
-    /// Text that is not `Shard(d)`, `Replicate()` or `Partial()`.
-    #[error("`{text}` is not a placement")]
-    #[diagnostic(
-        code(shardplan::notation::dtensor::not_a_placement),
-        help("{}", PLACEMENT_HELP)
-    )]
-    NotAPlacement {
-        /// The text, as given.
-        text: String,
-    },
-    /// A placement count other than the mesh's dimension count.
-    #[error("{placements} placements for a mesh of {mesh_dims} dimensions")]
-    #[diagnostic(
-        code(shardplan::notation::dtensor::placement_count),
-        help("{}", PLACEMENT_HELP)
-    )]
-    PlacementCount {
-        /// Placements given.
-        placements: usize,
-        /// Dimensions of the mesh.
-        mesh_dims: usize,
-    },
-    /// A `Shard` of a tensor dimension the tensor does not have.
-    #[error(
-        "Shard({dim}) on mesh dimension `{axis}` is out of range for a tensor of {tensor_dims} dimensions"
-    )]
-    #[diagnostic(
-        code(shardplan::notation::dtensor::shard_out_of_range),
-        help("{}", PLACEMENT_HELP)
-    )]
-    ShardOutOfRange {
-        /// The sharded dimension, as given (negative counts from the end).
-        dim: i64,
-        /// The mesh dimension holding the placement.
-        axis: String,
-        /// Dimensions of the tensor.
-        tensor_dims: usize,
-    },
-    /// A layout given box by box, which no placement writes.
-    #[error("layout {layout} is given box by box, not by mesh axes")]
-    #[diagnostic(
-        code(shardplan::notation::dtensor::explicit),
-        help("{}", EXPLICIT_HELP)
-    )]
-    Explicit {
-        /// The layout.
-        layout: String,
-    },
-    /// A layout pinned to a sub-mesh.
-    #[error("layout {layout} is pinned to a sub-mesh")]
-    #[diagnostic(
-        code(shardplan::notation::dtensor::pinned),
-        help("build the DTensor on the sub-mesh of the stage instead")
-    )]
-    Pinned {
-        /// The layout.
-        layout: String,
-    },
-    /// A dimension split by mesh axes in another order than the mesh's.
-    #[error("dimension {dim} of layout {layout} is split by axes out of mesh order")]
-    #[diagnostic(
-        code(shardplan::notation::dtensor::axes_out_of_order),
-        help("DTensor splits a dimension over mesh dimensions in mesh order; reorder the mesh")
-    )]
-    AxesOutOfOrder {
-        /// The tensor dimension.
-        dim: usize,
-        /// The layout.
-        layout: String,
-    },
-    /// A dimension whose blocks are not (nested) `torch.chunk` blocks.
-    #[error("dimension {dim} of layout {layout} does not use torch.chunk blocks")]
-    #[diagnostic(
-        code(shardplan::notation::dtensor::not_chunk_blocks),
-        help("use the chunk policy, or sizes the split divides")
-    )]
-    NotChunkBlocks {
-        /// The tensor dimension.
-        dim: usize,
-        /// The layout.
-        layout: String,
-    },
-}
+pub use super::fault::DTensorFault;
 
 impl From<DTensorFault> for LayoutError {
     fn from(fault: DTensorFault) -> Self {
@@ -351,6 +260,9 @@ mod tests {
             e.code().unwrap().to_string(),
             "shardplan::notation::dtensor::shard_out_of_range"
         );
-        assert_eq!(e.help().unwrap().to_string(), PLACEMENT_HELP);
+        assert_eq!(
+            e.help().unwrap().to_string(),
+            super::super::fault::PLACEMENT_HELP
+        );
     }
 }

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use super::{EXPLICIT_HELP, is_even_blocks};
+use super::is_even_blocks;
 use crate::error::LayoutError;
 use crate::layout::{DimSplit, LayoutConfig, TensorLayout};
 use crate::mesh::DeviceMesh;
@@ -26,102 +26,7 @@ pub struct PartitionSpec {
     pub dims: Vec<Vec<String>>,
 }
 
-/// Help for a `PartitionSpec` that does not parse or does not fit.
-const SPEC_HELP: &str = "write a PartitionSpec such as P('dp', ('tp', 'sp'), None)";
-
-/// What is wrong with a JAX `PartitionSpec`, or with a layout a
-/// `PartitionSpec` cannot express, one variant per fault
-/// ([`LayoutError::Jax`]).
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, miette::Diagnostic)]
-#[non_exhaustive]
-pub enum JaxFault {
-    /// Text that is not `P(...)` or `PartitionSpec(...)`.
-    #[error("`{text}` is not of the form P(...)")]
-    #[diagnostic(
-        code(shardplan::notation::jax::not_a_partition_spec),
-        help("{}", SPEC_HELP)
-    )]
-    NotAPartitionSpec {
-        /// The text, as given.
-        text: String,
-    },
-    /// A tuple of axis names without its closing parenthesis.
-    #[error("unclosed tuple in `{text}`")]
-    #[diagnostic(code(shardplan::notation::jax::unclosed_tuple), help("{}", SPEC_HELP))]
-    UnclosedTuple {
-        /// The text, as given.
-        text: String,
-    },
-    /// Two entries without a comma between them.
-    #[error("expected `,` in `{text}`")]
-    #[diagnostic(code(shardplan::notation::jax::expected_comma), help("{}", SPEC_HELP))]
-    ExpectedComma {
-        /// The text, as given.
-        text: String,
-    },
-    /// An entry that is not `None`, a quoted axis name or a tuple of them.
-    #[error("`{item}` in `{text}` is not None, a quoted axis name or a tuple of them")]
-    #[diagnostic(code(shardplan::notation::jax::bad_entry), help("{}", SPEC_HELP))]
-    BadEntry {
-        /// The entry.
-        item: String,
-        /// The whole text, as given.
-        text: String,
-    },
-    /// A spec with more entries than the tensor has dimensions.
-    #[error("{spec} has {entries} entries but the tensor has {tensor_dims} dimensions")]
-    #[diagnostic(
-        code(shardplan::notation::jax::too_many_entries),
-        help("{}", SPEC_HELP)
-    )]
-    TooManyEntries {
-        /// The spec, written as `P(...)`.
-        spec: String,
-        /// Its entries.
-        entries: usize,
-        /// Dimensions of the tensor.
-        tensor_dims: usize,
-    },
-    /// A layout given box by box, which no `PartitionSpec` writes.
-    #[error("layout {layout} is given box by box, not by mesh axes")]
-    #[diagnostic(code(shardplan::notation::jax::explicit), help("{}", EXPLICIT_HELP))]
-    Explicit {
-        /// The layout.
-        layout: String,
-    },
-    /// A layout with partial-sum axes.
-    #[error("layout {layout} has partial-sum axes")]
-    #[diagnostic(
-        code(shardplan::notation::jax::partial),
-        help("reduce the partial sums first; a PartitionSpec has no partial state")
-    )]
-    Partial {
-        /// The layout.
-        layout: String,
-    },
-    /// A layout pinned to a sub-mesh.
-    #[error("layout {layout} is pinned to a sub-mesh")]
-    #[diagnostic(
-        code(shardplan::notation::jax::pinned),
-        help("express the pipeline stage as a mesh of its own")
-    )]
-    Pinned {
-        /// The layout.
-        layout: String,
-    },
-    /// A dimension whose blocks are not equal.
-    #[error("dimension {dim} of layout {layout} has uneven blocks")]
-    #[diagnostic(
-        code(shardplan::notation::jax::uneven_blocks),
-        help("use a size the split divides, or another notation")
-    )]
-    UnevenBlocks {
-        /// The tensor dimension.
-        dim: usize,
-        /// The layout.
-        layout: String,
-    },
-}
+pub use super::fault::JaxFault;
 
 impl From<JaxFault> for LayoutError {
     fn from(fault: JaxFault) -> Self {
@@ -365,6 +270,9 @@ mod tests {
             e.code().unwrap().to_string(),
             "shardplan::notation::jax::bad_entry"
         );
-        assert_eq!(e.help().unwrap().to_string(), SPEC_HELP);
+        assert_eq!(
+            e.help().unwrap().to_string(),
+            super::super::fault::SPEC_HELP
+        );
     }
 }

@@ -6,14 +6,12 @@
 //! and notation text that does not parse.
 
 pub mod dtensor;
+pub(crate) mod fault;
 pub mod jax;
 pub mod mindspore;
 
 use crate::LayoutError;
 use crate::layout::{DimLayout, TensorLayout};
-
-/// Help of each notation's fault for a layout given box by box.
-pub(crate) const EXPLICIT_HELP: &str = "keep the boxes (as a spec's `boxes` or the checkpoint's own index), or give the layout in mesh axes";
 
 /// Refuses a layout given box by box: no notation of mesh axes writes it.
 /// `fault` makes the notation's error from the layout's text.
