@@ -51,10 +51,10 @@
 //!
 //! | module | items |
 //! |---|---|
-//! | [`spec`] | [`spec::parse_spec`], [`spec::parse_spec_bytes`], [`spec::Spec`], [`spec::MeshId`], [`spec::SpecDiagnostic`], [`spec::DiagCode`], [`spec::write::write_spec`], [`spec::rules_for`], [`spec::derived_spec`] |
+//! | [`spec`] | [`spec::load`] (any file a spec can come from, [`spec::detect`], [`spec::LoadError`]), [`spec::parse_spec`], [`spec::parse_spec_bytes`], [`spec::Spec`], [`spec::MeshId`], [`spec::SpecDiagnostic`], [`spec::DiagCode`], [`spec::write::write_spec`], [`spec::rules_for`], [`spec::derived_spec`] |
 //! | [`formats`] | [`formats::plan_json`] (`to_json`, `from_json`), [`formats::mindspore_strategy`] (`read_strategy_files`, `write_strategy_file`), [`formats::checkpoint`] (`read_index`, `CheckpointWriter`), [`formats::dcp_write`] (`DcpLayout`, `TorchSaveItem`, `write_dcp_folder`), [`formats::hf`] (`read_hf_folder`, `read_safetensors_file`, `read_dcp_hf_folder`, `detect`, `HfLayout`, `write_hf_folder`, `parse_shard_size`), [`formats::import`], [`formats::stream`], [`formats::write_atomic`] |
 //! | [`reshard`] | [`reshard::prepare`], [`reshard::ReshardConfig`], [`reshard::Prepared`], [`reshard::CopyThrough`], [`reshard::ranks_for_process`] |
-//! | text | [`report::plan_report`], [`show::draw_holdings`] |
+//! | text | [`report::plan_report`], [`report::explain_tensor`], [`show::draw_holdings`] |
 //!
 //! # Overview
 //!
