@@ -2,7 +2,8 @@
 //! `tests/` would be its own binary linking every crate): the library
 //! through its public API, and the `shardplan` binary as users run it. Test
 //! data is beside this file (`fixtures/`, `fuzz_regressions/`,
-//! `snapshots/`); specs and docs are read from the repository root.
+//! `snapshots/`; a module in a folder keeps its snapshots there, as
+//! `derive/snapshots/`); specs and docs are read from the repository root.
 
 mod arbitrary;
 mod architecture;
