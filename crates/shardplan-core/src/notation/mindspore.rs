@@ -102,6 +102,114 @@ impl From<MindSporeFault> for LayoutError {
     }
 }
 
+/// The stage of a layout MindSpore can express, its stage count, and the
+/// index of its first device-matrix axis (1 after a stage axis).
+///
+/// # Errors
+///
+/// [`LayoutError::MindSpore`] for a layout given box by box, partial sums,
+/// explicit device ids, or a pin other than on the first axis or on
+/// several stages.
+fn expressible_stage(layout: &TensorLayout) -> Result<(u64, u64, usize), LayoutError> {
+    super::refuse_explicit(layout, |layout| MindSporeFault::Explicit { layout }.into())?;
+    let mesh = layout.mesh();
+    if !layout.partial().is_empty() {
+        return Err(MindSporeFault::Partial {
+            layout: layout.to_string(),
+        }
+        .into());
+    }
+    if mesh
+        .device_ids()
+        .is_some_and(|ids| ids.iter().enumerate().any(|(r, &d)| r as u64 != d))
+    {
+        return Err(MindSporeFault::DeviceIds.into());
+    }
+    match layout.pin() {
+        [] => Ok((0, 1, 0)),
+        [(0, c)] => Ok((*c, mesh.axis_size(0), 1)),
+        [(0, _), (0, _), ..] => Err(MindSporeFault::SeveralStages {
+            layout: layout.to_string(),
+        }
+        .into()),
+        _ => Err(MindSporeFault::PinNotFirst {
+            layout: layout.to_string(),
+        }
+        .into()),
+    }
+}
+
+/// The trailing axes of dimension 0 that are the optimizer shard: with a
+/// recorded shard of `ways` ranks, the suffix of that size; else the
+/// longest proper suffix that is innermost among the replicated axes.
+/// None when dimension 0's blocks are uneven (`param_split_shape`, which
+/// MindSpore does not combine with an optimizer shard).
+fn optimizer_axes(layout: &TensorLayout, ways: Option<u64>) -> Vec<usize> {
+    let mesh = layout.mesh();
+    let Some(d0) = layout
+        .dims()
+        .first()
+        .filter(|d| is_even_blocks(d, layout.shape()[0]))
+        .map(|d| d.axes())
+    else {
+        return Vec::new();
+    };
+    let replicated = layout.replica_axes();
+    // A single axis stays a tensor-map entry; only the trailing axes of a
+    // dimension split several ways become an optimizer shard, so the flat
+    // (JSON) form can hold the layout.
+    let innermost = |suffix: &[usize]| {
+        let mut pool: Vec<usize> = replicated.iter().chain(suffix).copied().collect();
+        pool.sort_unstable();
+        pool.ends_with(suffix) && suffix.iter().any(|&a| mesh.axis_size(a) > 1)
+    };
+    let recorded = ways.and_then(|w| {
+        (1..=d0.len())
+            .map(|take| &d0[d0.len() - take..])
+            .find(|suffix| {
+                suffix.iter().map(|&a| mesh.axis_size(a)).product::<u64>() == w && innermost(suffix)
+            })
+    });
+    if let Some(suffix) = recorded {
+        return suffix.to_vec();
+    }
+    (1..d0.len())
+        .rev()
+        .map(|take| &d0[d0.len() - take..])
+        .find(|suffix| innermost(suffix))
+        .map_or_else(Vec::new, <[usize]>::to_vec)
+}
+
+/// `param_split_shape`: the block sizes of an uneven dimension 0 when it
+/// holds no optimizer shard (`no_shard`); empty when every dimension is
+/// even.
+///
+/// # Errors
+///
+/// [`MindSporeFault::UnevenBlocks`] for any other uneven dimension.
+fn split_shape(layout: &TensorLayout, no_shard: bool) -> Result<Vec<u64>, MindSporeFault> {
+    let mut param_split_shape = Vec::new();
+    for (d, dim) in layout.dims().iter().enumerate() {
+        if is_even_blocks(dim, layout.shape()[d]) {
+            continue;
+        }
+        if d == 0 && no_shard {
+            param_split_shape = (0..dim.block_count())
+                .map(|b| {
+                    let (s, e) = dim.block(b);
+                    e - s
+                })
+                .collect();
+        } else {
+            return Err(MindSporeFault::UnevenBlocks {
+                dim: d,
+                layout: layout.to_string(),
+            });
+        }
+    }
+    Ok(param_split_shape)
+}
+
 /// Name of the mesh axis for device-matrix axis `k` (counted from the right).
 fn axis_name(k: usize) -> String {
     format!("d{k}")
@@ -156,102 +264,9 @@ impl MindSporeLayout {
     /// ([`MindSporeFault::StepMismatch`]), or explicit block sizes on a
     /// scalar; [`LayoutError`]s of [`TensorLayout::new`] otherwise.
     pub fn to_layout(&self, shape: &[u64]) -> Result<TensorLayout, LayoutError> {
-        let n = self.dev_matrix.len();
-        if self.tensor_map.len() != shape.len() {
-            return Err(MindSporeFault::TensorMapLength {
-                entries: self.tensor_map.len(),
-                tensor_dims: shape.len(),
-            }
-            .into());
-        }
-        if self.stage_count == 0 || !(self.stage < self.stage_count) {
-            return Err(MindSporeFault::StageOutOfRange {
-                stage: self.stage,
-                stage_count: self.stage_count,
-            }
-            .into());
-        }
-        // Mesh axes in mesh order: (name, size). Position i of dev_matrix is
-        // map index n - 1 - i.
-        let mut axes: Vec<(String, u64)> = Vec::new();
-        if self.stage_count > 1 {
-            axes.push((STAGE_AXIS.to_string(), self.stage_count));
-        }
-        let mut used = vec![false; n];
-        let mut dims: Vec<DimSplit> = Vec::with_capacity(shape.len());
-        for entry in &self.tensor_map {
-            let mut split = DimSplit::none();
-            for &k in entry {
-                if k == -1 {
-                    continue;
-                }
-                if !(0 <= k && (k as usize) < n) {
-                    return Err(MindSporeFault::MapEntryOutOfRange { entry: k, axes: n }.into());
-                }
-                if used[k as usize] {
-                    return Err(MindSporeFault::MapAxisTwice { axis: k }.into());
-                }
-                used[k as usize] = true;
-                split.axes.push(axis_name(k as usize));
-            }
-            dims.push(split);
-        }
-        // Replicated axes, in mesh order, as map indices.
-        let replicated: Vec<usize> = (0..n).rev().filter(|&k| !used[k]).collect();
-        let mut factored: Option<(usize, u64)> = None; // (map index, inner size)
-        let size = self.opt_shard_group_size()?;
-        if size > 1 {
-            if shape.is_empty() {
-                return Err(MindSporeFault::ScalarOptimizerShard.into());
-            }
-            let mut rest = size;
-            let mut inner_axes = Vec::new();
-            for &k in replicated.iter().rev() {
-                if rest == 1 {
-                    break;
-                }
-                let s = self.dev_matrix[n - 1 - k];
-                if rest.is_multiple_of(s) {
-                    inner_axes.push(axis_name(k));
-                    rest /= s;
-                } else if s.is_multiple_of(rest) {
-                    factored = Some((k, rest));
-                    inner_axes.push(format!("{}_opt", axis_name(k)));
-                    rest = 1;
-                } else {
-                    break;
-                }
-            }
-            if rest != 1 {
-                return Err(MindSporeFault::ShardSizeIndivisible {
-                    size,
-                    replicas: self.replica_count(),
-                }
-                .into());
-            }
-            let recorded = self.recorded_step()?;
-            if self.opt_weight_shard_step != recorded {
-                return Err(MindSporeFault::StepMismatch {
-                    step: self.opt_weight_shard_step,
-                    recorded,
-                    size,
-                }
-                .into());
-            }
-            inner_axes.reverse();
-            dims[0].axes.extend(inner_axes);
-        }
-        for i in 0..n {
-            let k = n - 1 - i;
-            let s = self.dev_matrix[i];
-            match factored {
-                Some((fk, inner)) if fk == k => {
-                    axes.push((axis_name(k), s / inner));
-                    axes.push((format!("{}_opt", axis_name(k)), inner));
-                }
-                _ => axes.push((axis_name(k), s)),
-            }
-        }
+        self.check_map_and_stage(shape)?;
+        let (mut dims, used) = self.map_dims()?;
+        let factored = self.add_optimizer_shard(shape, &used, &mut dims)?;
         if !self.param_split_shape.is_empty() {
             if shape.is_empty() {
                 return Err(MindSporeFault::ScalarSplitShape.into());
@@ -263,8 +278,134 @@ impl MindSporeLayout {
         } else {
             Vec::new()
         };
-        let mesh = Arc::new(DeviceMesh::new(axes)?);
+        let mesh = Arc::new(DeviceMesh::new(self.mesh_axes(factored))?);
         TensorLayout::new(mesh, shape, &LayoutConfig::new(dims).with_pin(pin))
+    }
+
+    /// One tensor-map entry per dimension of `shape`, and a stage inside
+    /// the stage count.
+    fn check_map_and_stage(&self, shape: &[u64]) -> Result<(), MindSporeFault> {
+        if self.tensor_map.len() != shape.len() {
+            return Err(MindSporeFault::TensorMapLength {
+                entries: self.tensor_map.len(),
+                tensor_dims: shape.len(),
+            });
+        }
+        if self.stage_count == 0 || !(self.stage < self.stage_count) {
+            return Err(MindSporeFault::StageOutOfRange {
+                stage: self.stage,
+                stage_count: self.stage_count,
+            });
+        }
+        Ok(())
+    }
+
+    /// Each dimension's split by the tensor map, and which device-matrix
+    /// axes (by map index) the map uses.
+    fn map_dims(&self) -> Result<(Vec<DimSplit>, Vec<bool>), MindSporeFault> {
+        let n = self.dev_matrix.len();
+        let mut used = vec![false; n];
+        let mut dims: Vec<DimSplit> = Vec::with_capacity(self.tensor_map.len());
+        for entry in &self.tensor_map {
+            let mut split = DimSplit::none();
+            for &k in entry {
+                if k == -1 {
+                    continue;
+                }
+                if !(0 <= k && (k as usize) < n) {
+                    return Err(MindSporeFault::MapEntryOutOfRange { entry: k, axes: n });
+                }
+                if used[k as usize] {
+                    return Err(MindSporeFault::MapAxisTwice { axis: k });
+                }
+                used[k as usize] = true;
+                split.axes.push(axis_name(k as usize));
+            }
+            dims.push(split);
+        }
+        Ok((dims, used))
+    }
+
+    /// Splits dimension 0 further over the optimizer shard: the innermost
+    /// replicated axes whose sizes make the group size, the last of them
+    /// factored into `d<k>` and `d<k>_opt` when the group takes only part
+    /// of it. Returns that factored axis (map index, inner size).
+    fn add_optimizer_shard(
+        &self,
+        shape: &[u64],
+        used: &[bool],
+        dims: &mut [DimSplit],
+    ) -> Result<Option<(usize, u64)>, LayoutError> {
+        let n = self.dev_matrix.len();
+        // Replicated axes, in mesh order, as map indices.
+        let replicated: Vec<usize> = (0..n).rev().filter(|&k| !used[k]).collect();
+        let size = self.opt_shard_group_size()?;
+        if size <= 1 {
+            return Ok(None);
+        }
+        if shape.is_empty() {
+            return Err(MindSporeFault::ScalarOptimizerShard.into());
+        }
+        let mut factored = None;
+        let mut rest = size;
+        let mut inner_axes = Vec::new();
+        for &k in replicated.iter().rev() {
+            if rest == 1 {
+                break;
+            }
+            let s = self.dev_matrix[n - 1 - k];
+            if rest.is_multiple_of(s) {
+                inner_axes.push(axis_name(k));
+                rest /= s;
+            } else if s.is_multiple_of(rest) {
+                factored = Some((k, rest));
+                inner_axes.push(format!("{}_opt", axis_name(k)));
+                rest = 1;
+            } else {
+                break;
+            }
+        }
+        if rest != 1 {
+            return Err(MindSporeFault::ShardSizeIndivisible {
+                size,
+                replicas: self.replica_count(),
+            }
+            .into());
+        }
+        let recorded = self.recorded_step()?;
+        if self.opt_weight_shard_step != recorded {
+            return Err(MindSporeFault::StepMismatch {
+                step: self.opt_weight_shard_step,
+                recorded,
+                size,
+            }
+            .into());
+        }
+        inner_axes.reverse();
+        dims[0].axes.extend(inner_axes);
+        Ok(factored)
+    }
+
+    /// Mesh axes in mesh order, (name, size): the stage axis when there are
+    /// stages, then the device matrix (position i is map index n - 1 - i),
+    /// the `factored` axis split in two.
+    fn mesh_axes(&self, factored: Option<(usize, u64)>) -> Vec<(String, u64)> {
+        let n = self.dev_matrix.len();
+        let mut axes: Vec<(String, u64)> = Vec::with_capacity(n + 2);
+        if self.stage_count > 1 {
+            axes.push((STAGE_AXIS.to_string(), self.stage_count));
+        }
+        for (i, &s) in self.dev_matrix.iter().enumerate() {
+            let k = n - 1 - i;
+            match factored {
+                Some((fk, inner)) if fk == k => {
+                    axes.push((axis_name(k), s / inner));
+                    axes.push((format!("{}_opt", axis_name(k)), inner));
+                }
+                _ => axes.push((axis_name(k), s)),
+            }
+        }
+        axes
     }
 
     /// The MindSpore form of `layout`.
@@ -299,99 +440,17 @@ impl MindSporeLayout {
     }
 
     fn from_layout_sharded(layout: &TensorLayout, ways: Option<u64>) -> Result<Self, LayoutError> {
-        super::refuse_explicit(layout, |layout| MindSporeFault::Explicit { layout }.into())?;
+        let (stage, stage_count, first) = expressible_stage(layout)?;
         let mesh = layout.mesh();
-        if !layout.partial().is_empty() {
-            return Err(MindSporeFault::Partial {
-                layout: layout.to_string(),
-            }
-            .into());
-        }
-        if mesh
-            .device_ids()
-            .is_some_and(|ids| ids.iter().enumerate().any(|(r, &d)| r as u64 != d))
-        {
-            return Err(MindSporeFault::DeviceIds.into());
-        }
-        let (stage, stage_count, first) = match layout.pin() {
-            [] => (0, 1, 0),
-            [(0, c)] => (*c, mesh.axis_size(0), 1),
-            [(0, _), (0, _), ..] => {
-                return Err(MindSporeFault::SeveralStages {
-                    layout: layout.to_string(),
-                }
-                .into());
-            }
-            _ => {
-                return Err(MindSporeFault::PinNotFirst {
-                    layout: layout.to_string(),
-                }
-                .into());
-            }
-        };
         let n = mesh.axes().len() - first;
         // Map index of mesh axis a.
         let k_of = |a: usize| (n - 1 - (a - first)) as i64;
         let mut dims: Vec<Vec<usize>> = layout.dims().iter().map(|d| d.axes().to_vec()).collect();
-        let mut opt: Vec<usize> = Vec::new();
-        // Uneven blocks on dimension 0 are `param_split_shape`, which
-        // MindSpore does not combine with an optimizer shard.
-        let d0_even = layout
-            .dims()
-            .first()
-            .is_some_and(|d| is_even_blocks(d, layout.shape()[0]));
-        if let Some(d0) = dims.first().filter(|_| d0_even) {
-            let replicated = layout.replica_axes();
-            // A single axis stays a tensor-map entry; only the trailing axes of
-            // a dimension split several ways become an optimizer shard, so
-            // the flat (JSON) form can hold the layout.
-            let innermost = |suffix: &[usize]| {
-                let mut pool: Vec<usize> = replicated.iter().chain(suffix).copied().collect();
-                pool.sort_unstable();
-                pool.ends_with(suffix) && suffix.iter().any(|&a| mesh.axis_size(a) > 1)
-            };
-            let recorded = ways.and_then(|w| {
-                (1..=d0.len())
-                    .map(|take| &d0[d0.len() - take..])
-                    .find(|suffix| {
-                        suffix.iter().map(|&a| mesh.axis_size(a)).product::<u64>() == w
-                            && innermost(suffix)
-                    })
-            });
-            if let Some(suffix) = recorded {
-                opt = suffix.to_vec();
-            } else {
-                for take in (1..d0.len()).rev() {
-                    let suffix = &d0[d0.len() - take..];
-                    if innermost(suffix) {
-                        opt = suffix.to_vec();
-                        break;
-                    }
-                }
-            }
-            let keep = d0.len() - opt.len();
-            dims[0].truncate(keep);
+        let opt = optimizer_axes(layout, ways);
+        if let Some(d0) = dims.first_mut() {
+            d0.truncate(d0.len() - opt.len());
         }
-        let mut param_split_shape = Vec::new();
-        for (d, dim) in layout.dims().iter().enumerate() {
-            if is_even_blocks(dim, layout.shape()[d]) {
-                continue;
-            }
-            if d == 0 && opt.is_empty() {
-                param_split_shape = (0..dim.block_count())
-                    .map(|b| {
-                        let (s, e) = dim.block(b);
-                        e - s
-                    })
-                    .collect();
-            } else {
-                return Err(MindSporeFault::UnevenBlocks {
-                    dim: d,
-                    layout: layout.to_string(),
-                }
-                .into());
-            }
-        }
+        let param_split_shape = split_shape(layout, opt.is_empty())?;
         let size = opt.iter().map(|&a| mesh.axis_size(a)).product::<u64>();
         let size = if opt.is_empty() { 0 } else { size as i64 };
         let mut ms = MindSporeLayout {
