@@ -48,28 +48,7 @@ pub(crate) enum Command {
         width: usize,
     },
     /// Plan the transfer between two strategies of a spec.
-    Plan {
-        /// Spec file.
-        spec: PathBuf,
-        #[command(flatten)]
-        ends: Ends,
-        /// Plan only the tensors matching this glob.
-        #[arg(long)]
-        tensor: Option<String>,
-        /// Output format.
-        #[arg(long, value_enum, default_value_t = Format::Text)]
-        format: Format,
-        /// Write the plan to this file (written atomically) instead of stdout.
-        #[arg(short, long)]
-        output: Option<PathBuf>,
-        /// Pick replicas to minimise the files each destination rank reads,
-        /// instead of balancing the send volume.
-        #[arg(long)]
-        min_files: bool,
-        /// Tensors and ranks listed in the text report.
-        #[arg(long, default_value_t = 10)]
-        top: usize,
-    },
+    Plan(PlanArgs),
     /// Check a JSON plan against a spec; exit 0 when valid, 1 when not.
     Verify {
         /// Spec file.
@@ -79,29 +58,7 @@ pub(crate) enum Command {
     },
     /// Plan, verify and execute a transfer on synthetic buffers in memory,
     /// and check every destination element; exit 1 on any mismatch.
-    Simulate {
-        /// Spec file.
-        spec: PathBuf,
-        #[command(flatten)]
-        ends: Ends,
-        /// Simulate only the tensors matching this glob.
-        #[arg(long)]
-        tensor: Option<String>,
-        /// Pick replicas to minimise files read instead of balancing sends.
-        #[arg(long)]
-        min_files: bool,
-        /// Execute the destination buffers in parallel.
-        #[arg(long)]
-        parallel: bool,
-        /// Refuse to allocate more than this many MiB of buffers.
-        #[arg(long, default_value_t = 4096)]
-        max_memory_mib: u64,
-        /// Also run the spec's model (a Llama-like transformer; see
-        /// `shardplan::model`) on one device and under the destination
-        /// layout, from weights moved by the plan, and compare the logits.
-        #[arg(long)]
-        model: bool,
-    },
+    Simulate(SimulateArgs),
     /// Reshard checkpoints file by file: N source ranks to M destination
     /// ranks, each output written atomically and recorded in a manifest.
     Reshard(ReshardArgs),
@@ -167,47 +124,7 @@ pub(crate) enum Command {
     /// per tensor saying which rules decided its layout (to stdout with
     /// --output, to stderr otherwise). Exit status: 0 on success, 1 when
     /// the spec is invalid or the derivation is refused, 2 on a usage error.
-    Derive {
-        /// Spec file.
-        spec: PathBuf,
-        /// Training strategy; defaults to the source of the spec's transfer,
-        /// or to the spec's only strategy.
-        #[arg(long)]
-        from: Option<String>,
-        /// Derive for this mesh of the spec (axis roles from the names or
-        /// the spec's `derive:` section).
-        #[arg(long, conflicts_with_all = ["devices", "tp", "pp", "operators"], required_unless_present_any = ["devices", "operators"])]
-        target: Option<String>,
-        /// Derive for this many devices, on the mesh [pp, dp, tp] without
-        /// its axes of size 1; with --operators, the devices of the stage
-        /// (default: the `operators:` section's).
-        #[arg(long)]
-        devices: Option<u64>,
-        /// Tensor-parallel degree; defaults to devices / pp.
-        #[arg(long, requires = "devices")]
-        tp: Option<u64>,
-        /// Pipeline stages.
-        #[arg(long, requires = "devices", default_value_t = 1)]
-        pp: u64,
-        /// Name of the derived strategy.
-        #[arg(long, default_value = "derived")]
-        name: String,
-        /// Write the spec to this file (atomically) instead of stdout.
-        #[arg(short, long)]
-        output: Option<PathBuf>,
-        /// Print the reason for every tensor's layout (with --operators:
-        /// every operator's device matrix and tensor maps, each weight's
-        /// source, and the redistributions).
-        #[arg(long)]
-        explain: bool,
-        /// Derive from the spec's `operators:` section (MindSpore operator
-        /// shard strategies) instead of a training strategy.
-        #[arg(long, conflicts_with_all = ["tp", "pp"])]
-        operators: bool,
-        /// With --operators: the batch (default: the section's).
-        #[arg(long, requires = "operators")]
-        batch: Option<u64>,
-    },
+    Derive(DeriveArgs),
 }
 
 /// Which strategies to plan between; defaults to the spec's `transfer`.
@@ -288,14 +205,97 @@ pub(crate) enum Format {
     Json,
 }
 
-pub(crate) struct DeriveArgs {
-    pub(crate) from: Option<String>,
-    pub(crate) target: Option<String>,
-    pub(crate) devices: Option<u64>,
-    pub(crate) tp: Option<u64>,
-    pub(crate) pp: u64,
-    pub(crate) name: String,
+/// The arguments of `plan`.
+#[derive(clap::Args)]
+pub(crate) struct PlanArgs {
+    /// Spec file.
+    pub(crate) spec: PathBuf,
+    #[command(flatten)]
+    pub(crate) ends: Ends,
+    /// Plan only the tensors matching this glob.
+    #[arg(long)]
+    pub(crate) tensor: Option<String>,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    pub(crate) format: Format,
+    /// Write the plan to this file (written atomically) instead of stdout.
+    #[arg(short, long)]
     pub(crate) output: Option<PathBuf>,
+    /// Pick replicas to minimise the files each destination rank reads,
+    /// instead of balancing the send volume.
+    #[arg(long)]
+    pub(crate) min_files: bool,
+    /// Tensors and ranks listed in the text report.
+    #[arg(long, default_value_t = 10)]
+    pub(crate) top: usize,
+}
+
+/// The arguments of `simulate`.
+#[derive(clap::Args)]
+pub(crate) struct SimulateArgs {
+    /// Spec file.
+    pub(crate) spec: PathBuf,
+    #[command(flatten)]
+    pub(crate) ends: Ends,
+    /// Simulate only the tensors matching this glob.
+    #[arg(long)]
+    pub(crate) tensor: Option<String>,
+    /// Pick replicas to minimise files read instead of balancing sends.
+    #[arg(long)]
+    pub(crate) min_files: bool,
+    /// Execute the destination buffers in parallel.
+    #[arg(long)]
+    pub(crate) parallel: bool,
+    /// Refuse to allocate more than this many MiB of buffers.
+    #[arg(long, default_value_t = 4096)]
+    pub(crate) max_memory_mib: u64,
+    /// Also run the spec's model (a Llama-like transformer; see
+    /// `shardplan::model`) on one device and under the destination
+    /// layout, from weights moved by the plan, and compare the logits.
+    #[arg(long)]
+    pub(crate) model: bool,
+}
+
+/// The arguments of `derive`.
+#[derive(clap::Args)]
+pub(crate) struct DeriveArgs {
+    /// Spec file.
+    pub(crate) spec: PathBuf,
+    /// Training strategy; defaults to the source of the spec's transfer,
+    /// or to the spec's only strategy.
+    #[arg(long)]
+    pub(crate) from: Option<String>,
+    /// Derive for this mesh of the spec (axis roles from the names or
+    /// the spec's `derive:` section).
+    #[arg(long, conflicts_with_all = ["devices", "tp", "pp", "operators"], required_unless_present_any = ["devices", "operators"])]
+    pub(crate) target: Option<String>,
+    /// Derive for this many devices, on the mesh [pp, dp, tp] without
+    /// its axes of size 1; with --operators, the devices of the stage
+    /// (default: the `operators:` section's).
+    #[arg(long)]
+    pub(crate) devices: Option<u64>,
+    /// Tensor-parallel degree; defaults to devices / pp.
+    #[arg(long, requires = "devices")]
+    pub(crate) tp: Option<u64>,
+    /// Pipeline stages.
+    #[arg(long, requires = "devices", default_value_t = 1)]
+    pub(crate) pp: u64,
+    /// Name of the derived strategy.
+    #[arg(long, default_value = "derived")]
+    pub(crate) name: String,
+    /// Write the spec to this file (atomically) instead of stdout.
+    #[arg(short, long)]
+    pub(crate) output: Option<PathBuf>,
+    /// Print the reason for every tensor's layout (with --operators:
+    /// every operator's device matrix and tensor maps, each weight's
+    /// source, and the redistributions).
+    #[arg(long)]
     pub(crate) explain: bool,
+    /// Derive from the spec's `operators:` section (MindSpore operator
+    /// shard strategies) instead of a training strategy.
+    #[arg(long, conflicts_with_all = ["tp", "pp"])]
+    pub(crate) operators: bool,
+    /// With --operators: the batch (default: the section's).
+    #[arg(long, requires = "operators")]
     pub(crate) batch: Option<u64>,
 }

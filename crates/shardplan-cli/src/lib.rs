@@ -69,41 +69,9 @@ where
             tensor,
             width,
         } => show(&spec, strategy.as_deref(), &tensor, width),
-        Command::Plan {
-            spec,
-            ends,
-            tensor,
-            format,
-            output,
-            min_files,
-            top,
-        } => plan(
-            &spec,
-            &ends,
-            tensor.as_deref(),
-            format,
-            output.as_deref(),
-            min_files,
-            top,
-        ),
+        Command::Plan(args) => plan(&args),
         Command::Verify { spec, plan } => verify(&spec, &plan),
-        Command::Simulate {
-            spec,
-            ends,
-            tensor,
-            min_files,
-            parallel,
-            max_memory_mib,
-            model,
-        } => simulate(
-            &spec,
-            &ends,
-            tensor.as_deref(),
-            min_files,
-            parallel,
-            max_memory_mib,
-            model,
-        ),
+        Command::Simulate(args) => simulate(&args),
         Command::Explain { spec, ends, tensor } => explain(&spec, &ends, &tensor),
         Command::Reshard(args) => reshard(&args),
         Command::Schema => {
@@ -124,36 +92,8 @@ where
             output,
         } => export(&spec, &strategy, format, output.as_deref()),
         Command::MergeStages { dir, output } => merge_stages(&dir, &output),
-        Command::Derive {
-            spec,
-            from,
-            target,
-            devices,
-            tp,
-            pp,
-            name,
-            output,
-            explain,
-            operators,
-            batch,
-        } => {
-            let args = DeriveArgs {
-                from,
-                target,
-                devices,
-                tp,
-                pp,
-                name,
-                output,
-                explain,
-                batch,
-            };
-            if operators {
-                derive_operators(&spec, &args)
-            } else {
-                derive(&spec, &args)
-            }
-        }
+        Command::Derive(args) if args.operators => derive_operators(&args.spec, &args),
+        Command::Derive(args) => derive(&args.spec, &args),
     };
     match result {
         Ok(status) => status.0,

@@ -12,15 +12,14 @@ use shardplan::{
 use crate::args::*;
 use crate::common::*;
 
-pub(crate) fn plan(
-    path: &Path,
-    ends: &Ends,
-    tensor: Option<&str>,
-    format: Format,
-    output: Option<&Path>,
-    min_files: bool,
-    top: usize,
-) -> miette::Result<Status> {
+pub(crate) fn plan(args: &PlanArgs) -> miette::Result<Status> {
+    let (path, ends, tensor) = (args.spec.as_path(), &args.ends, args.tensor.as_deref());
+    let (format, output, min_files, top) = (
+        args.format,
+        args.output.as_deref(),
+        args.min_files,
+        args.top,
+    );
     let spec = match load_spec(path)? {
         Ok(s) => s,
         Err(code) => return Ok(code),

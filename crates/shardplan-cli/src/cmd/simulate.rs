@@ -1,7 +1,6 @@
 //! `shardplan simulate`: plan, verify and execute in memory, optionally the model.
 
 use crate::Status;
-use std::path::Path;
 
 use shardplan::spec::select_tensors;
 use shardplan::{
@@ -12,15 +11,14 @@ use shardplan::{
 use crate::args::*;
 use crate::common::*;
 
-pub(crate) fn simulate(
-    path: &Path,
-    ends: &Ends,
-    tensor: Option<&str>,
-    min_files: bool,
-    parallel: bool,
-    max_memory_mib: u64,
-    model: bool,
-) -> miette::Result<Status> {
+pub(crate) fn simulate(args: &SimulateArgs) -> miette::Result<Status> {
+    let (path, ends, tensor) = (args.spec.as_path(), &args.ends, args.tensor.as_deref());
+    let (min_files, parallel, max_memory_mib, model) = (
+        args.min_files,
+        args.parallel,
+        args.max_memory_mib,
+        args.model,
+    );
     let spec = match load_spec(path)? {
         Ok(s) => s,
         Err(code) => return Ok(code),
