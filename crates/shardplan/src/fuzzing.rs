@@ -1,7 +1,7 @@
-//! The checks the fuzz targets run, shared with the regression tests that
-//! replay stored inputs (`tests/fuzz_regressions.rs`). Each panics with a
-//! message naming the input when an invariant breaks; none may panic
-//! otherwise.
+//! The checks the fuzz targets run, shared with the regression test that
+//! replays stored inputs (`crates/shardplan-cli/tests/it/fuzz_regressions.rs`).
+//! Each panics with a message naming the input when an invariant breaks;
+//! none may panic otherwise.
 
 use std::path::Path;
 
