@@ -1,3 +1,4 @@
+#![forbid(unsafe_code)]
 //! The `shardplan` command-line tool, as a library: [`run`] parses the
 //! arguments and dispatches to one module per subcommand; the binary is
 //! `fn main() { run(std::env::args_os()) }`. Everything it computes comes

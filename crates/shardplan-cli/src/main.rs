@@ -1,3 +1,4 @@
+#![forbid(unsafe_code)]
 //! The `shardplan` command-line tool: [`shardplan_cli::run`] does it all.
 
 use std::process::ExitCode;

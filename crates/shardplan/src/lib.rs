@@ -1,3 +1,5 @@
+// Unsafe code only where IO needs it, each function allowing it by name.
+#![deny(unsafe_code)]
 #![warn(missing_docs)]
 // Invariants read as `if !(idx < len)`, the way they are stated.
 #![allow(clippy::nonminimal_bool)]

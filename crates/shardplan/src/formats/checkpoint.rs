@@ -433,6 +433,7 @@ fn open_map(path: &Path) -> Result<memmap2::Mmap, CheckpointError> {
     map_file(path, &file)
 }
 
+#[allow(unsafe_code)] // IO: see the SAFETY comment inside
 fn map_file(path: &Path, file: &File) -> Result<memmap2::Mmap, CheckpointError> {
     // SAFETY: the map is read-only and private to the caller; a concurrent
     // truncation of the file by another process could fault, which is the

@@ -806,6 +806,7 @@ impl<'a> DataFiles<'a> {
 /// a header maps the page cache's whole folio around it (up to megabytes
 /// for files read ahead), so indexing a 16 GB checkpoint of 2,328 items
 /// otherwise peaked at 3 GB resident.
+#[allow(unsafe_code)] // IO: see the SAFETY comment inside
 fn release_pages(map: &memmap2::Mmap, offset: u64, len: u64) {
     #[cfg(unix)]
     {
@@ -826,6 +827,7 @@ fn release_pages(map: &memmap2::Mmap, offset: u64, len: u64) {
     }
 }
 
+#[allow(unsafe_code)] // IO: see the SAFETY comment inside
 fn open_data_file(path: PathBuf) -> Result<DataFile, DcpError> {
     let f = File::open(&path).map_err(|e| io(&path, &e))?;
     // SAFETY: the map is read-only and private to this reader; a

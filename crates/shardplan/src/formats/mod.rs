@@ -11,6 +11,7 @@ pub mod mindspore_strategy;
 pub mod pickle;
 mod pickle_write;
 pub mod plan_json;
+pub(crate) mod pread;
 pub mod stream;
 pub mod torch_zip;
 

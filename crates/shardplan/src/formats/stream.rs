@@ -324,6 +324,7 @@ fn write_window(file: &File, job: &Job) -> io::Result<()> {
 
 /// Turns `O_DIRECT` off on `file`; false when it was not on.
 #[cfg(target_os = "linux")]
+#[allow(unsafe_code)] // IO: see the SAFETY comment inside
 fn clear_direct(file: &File) -> io::Result<bool> {
     use std::os::fd::AsRawFd;
     let fd = file.as_raw_fd();
