@@ -100,13 +100,67 @@ fn layers_depend_downwards_only() {
     assert!(binding.contains("shardplan") && binding.contains("shardplan-cli"));
 }
 
+/// The Rust files under `dir`, recursively.
+fn rust_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(p) = stack.pop() {
+        if p.is_dir() {
+            stack.extend(std::fs::read_dir(&p).unwrap().map(|e| e.unwrap().path()));
+        } else if p.extension().is_some_and(|e| e == "rs") {
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// The core and the CLI forbid `unsafe`; the library denies it at its root
+/// and only its file formats' IO allows it, each block with a `SAFETY`
+/// comment just above.
 #[test]
-fn the_core_forbids_unsafe_code() {
-    let lib = std::fs::read_to_string(
-        crate::common::repo_root().join("crates/shardplan-core/src/lib.rs"),
-    )
-    .unwrap();
-    assert!(lib.contains("#![forbid(unsafe_code)]"));
+fn unsafe_code_is_only_where_io_needs_it() {
+    let root = crate::common::repo_root();
+    let read = |p: &str| std::fs::read_to_string(root.join(p)).unwrap();
+    for forbidding in [
+        "crates/shardplan-core/src/lib.rs",
+        "crates/shardplan-cli/src/lib.rs",
+        "crates/shardplan-cli/src/main.rs",
+    ] {
+        assert!(
+            read(forbidding).contains("#![forbid(unsafe_code)]"),
+            "{forbidding}"
+        );
+    }
+    assert!(read("crates/shardplan/src/lib.rs").contains("#![deny(unsafe_code)]"));
+    let mut blocks = 0;
+    for path in rust_files(&root.join("crates/shardplan/src")) {
+        let text = std::fs::read_to_string(&path).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        let in_formats = path.to_string_lossy().contains("/src/formats/");
+        for (i, line) in lines.iter().enumerate() {
+            if line.contains("allow(unsafe_code)") {
+                assert!(
+                    in_formats,
+                    "{}:{}: unsafe outside formats",
+                    path.display(),
+                    i + 1
+                );
+            }
+            if line.contains("unsafe {") {
+                blocks += 1;
+                let above = &lines[i.saturating_sub(8)..i];
+                assert!(
+                    above
+                        .iter()
+                        .any(|l| l.trim_start().starts_with("// SAFETY:")),
+                    "{}:{}: an unsafe block without a SAFETY comment",
+                    path.display(),
+                    i + 1
+                );
+            }
+        }
+    }
+    assert!(blocks > 0, "the IO's unsafe blocks were found");
 }
 
 /// Every error code the sources define (`code(shardplan::...)` on a

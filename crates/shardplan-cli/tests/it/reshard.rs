@@ -7,7 +7,7 @@ use crate::common;
 
 use common::{conformance_cases, ms_layout, random_cases, value_rule_slice};
 use serde_json::Value;
-use shardplan::formats::checkpoint::{CheckpointFormat, rank_files, read_index};
+use shardplan::formats::checkpoint::{CheckpointFault, CheckpointFormat, rank_files, read_index};
 use shardplan::reshard::{
     LayoutSource, ReshardConfig, ReshardError, WriteConfig, prepare, ranks_for_process,
 };
@@ -371,16 +371,28 @@ fn bad_inputs_are_refused_before_writing() {
     let f = src.join("rank_2/checkpoint_2.ckpt");
     let bytes = std::fs::read(&f).unwrap();
     std::fs::write(&f, &bytes[..bytes.len() - 5]).unwrap();
-    let err = prepare(&cfg(&src)).unwrap_err().to_string();
+    let err = prepare(&cfg(&src)).unwrap_err();
     assert!(
-        err.contains("checkpoint_2.ckpt") && err.contains("past the end"),
-        "{err}"
+        matches!(&err, ReshardError::Checkpoint(e)
+            if e.file.ends_with("checkpoint_2.ckpt")
+                && matches!(e.fault, CheckpointFault::CkptRecord { .. })),
+        "{err:?}"
     );
     std::fs::write(&f, &bytes).unwrap();
     // A missing rank folder.
     std::fs::rename(src.join("rank_3"), work.join("rank_3_away")).unwrap();
-    let err = prepare(&cfg(&src)).unwrap_err().to_string();
-    assert!(err.contains("3 rank folders"), "{err}");
+    let err = prepare(&cfg(&src)).unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            ReshardError::RankCount {
+                folder: Some(_),
+                files: 3,
+                ranks: 4
+            }
+        ),
+        "{err:?}"
+    );
     std::fs::rename(work.join("rank_3_away"), src.join("rank_3")).unwrap();
     // A slice of the wrong shape: rank 1's file replaced by rank 0's
     // checkpoint of another case's layout.
@@ -398,10 +410,11 @@ fn bad_inputs_are_refused_before_writing() {
         .unwrap()
         .join("tp4_col_to_tp2_col/src/rank_1/checkpoint_1.ckpt");
     std::fs::copy(&wide, src.join("rank_1/checkpoint_1.ckpt")).unwrap();
-    let err = prepare(&cfg(&src)).unwrap_err().to_string();
+    let err = prepare(&cfg(&src)).unwrap_err();
     assert!(
-        err.contains("checkpoint_1.ckpt") && err.contains("`w`") && err.contains("rank 1"),
-        "{err}"
+        matches!(&err, ReshardError::SliceShape { file, tensor, rank: 1, .. }
+            if file.ends_with("checkpoint_1.ckpt") && tensor == "w"),
+        "{err:?}"
     );
     assert!(!work.join("out").exists());
     std::fs::remove_dir_all(&work).unwrap();
