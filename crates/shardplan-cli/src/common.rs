@@ -101,6 +101,18 @@ pub(crate) fn named_strategy(spec: &Spec, name: &str, path: &Path) -> miette::Re
     ))
 }
 
+/// `r`'s value, or its error reported on stderr as exit status 1: the
+/// input was read and found wrong.
+pub(crate) fn or_report<T, E>(r: Result<T, E>) -> Result<T, Status>
+where
+    E: miette::Diagnostic + Send + Sync + 'static,
+{
+    r.map_err(|e| {
+        eprintln!("{:?}", miette::Report::new(e));
+        Status::from(1)
+    })
+}
+
 /// Writes to stdout; a closed pipe (`| head`) ends the output quietly
 /// instead of panicking.
 pub(crate) fn emit(text: &str) {

@@ -4,76 +4,37 @@ use crate::Status;
 use std::path::Path;
 
 use miette::{IntoDiagnostic, WrapErr};
-use shardplan::spec::parse_spec;
+use shardplan::derive::{DeriveError, DeriveRules, DeriveTarget};
+use shardplan::spec::{Spec, parse_spec};
 use shardplan::{Strategy, formats};
 
 use crate::args::*;
 use crate::common::*;
 
 pub(crate) fn derive(path: &Path, args: &DeriveArgs) -> miette::Result<Status> {
-    use shardplan::derive::{DeriveTarget, derive_strategy};
+    use shardplan::derive::derive_strategy;
     use shardplan::spec::rules_for;
     let spec = match load_spec(path)? {
         Ok(s) => s,
         Err(code) => return Ok(code),
     };
-    // The training strategy: named, the transfer's source, or the only one.
-    let only = (spec.strategies().len() == 1)
-        .then(|| spec.strategies().keys().next().cloned())
-        .flatten();
-    let Some(from) = args
-        .from
-        .clone()
-        .or_else(|| spec.transfer().map(|t| t.from.clone()))
-        .or(only)
-    else {
+    let Some(from) = source_name(&spec, args) else {
         return Err(miette::miette!(
             help = "pass --from STRATEGY, or add `transfer: {from: A, to: B}` to the spec",
             "{} has several strategies and no transfer to take the training strategy from",
             path.display()
         ));
     };
-    let train = spec.strategy(&from).ok_or_else(|| {
-        let names: Vec<&String> = spec.strategies().keys().collect();
-        miette::miette!(
-            help = format!("strategies in the spec: {names:?}"),
-            "no strategy `{from}` in {}",
-            path.display()
-        )
-    })?;
+    let train = spec
+        .strategy(&from)
+        .ok_or_else(|| no_strategy(&spec, &from, path))?;
     let rules = rules_for(&spec, &from);
-    let target = match (&args.target, args.devices) {
-        (Some(m), _) => {
-            let mesh = spec.meshes().get(m).ok_or_else(|| {
-                let names: Vec<&String> = spec.meshes().keys().collect();
-                miette::miette!(
-                    help = format!("meshes in the spec: {names:?}"),
-                    "no mesh `{m}` in {}",
-                    path.display()
-                )
-            })?;
-            DeriveTarget::from_mesh(mesh.clone(), &rules)
-        }
-        (None, Some(devices)) => {
-            let tp = args.tp.unwrap_or(devices.checked_div(args.pp).unwrap_or(0));
-            DeriveTarget::from_degrees(devices, tp, args.pp)
-        }
-        (None, None) => {
-            return Err(miette::miette!(
-                help = "pass --target MESH or --devices N [--tp T] [--pp P]",
-                "no target"
-            ));
-        }
-    };
-    let derived = target
+    let derived = derive_target(&spec, args, &rules, path)?
         .and_then(|t| derive_strategy(train, &t, &rules))
         .and_then(|d| d.renamed(&args.name));
-    let derived = match derived {
+    let derived = match or_report(derived) {
         Ok(d) => d,
-        Err(e) => {
-            eprintln!("{:?}", miette::Report::new(e));
-            return Ok(Status::from(1));
-        }
+        Err(code) => return Ok(code),
     };
     let comment = format!(
         "Written by `shardplan derive` from strategy `{from}` of {}:\nstrategy `{}` on {}.",
@@ -100,6 +61,59 @@ pub(crate) fn derive(path: &Path, args: &DeriveArgs) -> miette::Result<Status> {
         args.name
     );
     write_derived(&yaml, &derived.strategy, args, &summary, explanation)
+}
+
+/// The source strategy's name: `--from`, else the transfer's source, else
+/// the spec's only strategy.
+fn source_name(spec: &Spec, args: &DeriveArgs) -> Option<String> {
+    let only = (spec.strategies().len() == 1)
+        .then(|| spec.strategies().keys().next().cloned())
+        .flatten();
+    args.from
+        .clone()
+        .or_else(|| spec.transfer().map(|t| t.from.clone()))
+        .or(only)
+}
+
+fn no_strategy(spec: &Spec, name: &str, path: &Path) -> miette::Report {
+    let names: Vec<&String> = spec.strategies().keys().collect();
+    miette::miette!(
+        help = format!("strategies in the spec: {names:?}"),
+        "no strategy `{name}` in {}",
+        path.display()
+    )
+}
+
+/// The target `--target MESH` or `--devices N [--tp T] [--pp P]` names;
+/// the inner error is the derivation's own (a degree the devices do not
+/// divide), reported as a derivation failure.
+fn derive_target(
+    spec: &Spec,
+    args: &DeriveArgs,
+    rules: &DeriveRules,
+    path: &Path,
+) -> miette::Result<Result<DeriveTarget, DeriveError>> {
+    match (&args.target, args.devices) {
+        (Some(m), _) => {
+            let mesh = spec.meshes().get(m).ok_or_else(|| {
+                let names: Vec<&String> = spec.meshes().keys().collect();
+                miette::miette!(
+                    help = format!("meshes in the spec: {names:?}"),
+                    "no mesh `{m}` in {}",
+                    path.display()
+                )
+            })?;
+            Ok(DeriveTarget::from_mesh(mesh.clone(), rules))
+        }
+        (None, Some(devices)) => {
+            let tp = args.tp.unwrap_or(devices.checked_div(args.pp).unwrap_or(0));
+            Ok(DeriveTarget::from_degrees(devices, tp, args.pp))
+        }
+        (None, None) => Err(miette::miette!(
+            help = "pass --target MESH or --devices N [--tp T] [--pp P]",
+            "no target"
+        )),
+    }
 }
 
 /// Checks that the derived spec reads back to the derived layouts, then
@@ -155,20 +169,14 @@ pub(crate) fn write_derived(
 /// derived strategy that does not join the spec or cannot be written is
 /// reported, and exits 1.
 fn derived_yaml(
-    spec: &shardplan::spec::Spec,
+    spec: &Spec,
     from: Option<&str>,
     derived: &Strategy,
     mesh: Option<&str>,
     comment: &str,
 ) -> Result<String, Status> {
-    let report = |e: miette::Report| {
-        eprintln!("{e:?}");
-        Status::from(1)
-    };
-    let spec = shardplan::spec::derived_spec(spec, from, derived, mesh)
-        .map_err(|e| report(miette::Report::new(e)))?;
-    spec.to_yaml(comment)
-        .map_err(|e| report(miette::Report::new(e)))
+    let spec = or_report(shardplan::spec::derived_spec(spec, from, derived, mesh))?;
+    or_report(spec.to_yaml(comment))
 }
 
 /// `derive --operators`: weights laid out by the spec's operators.
@@ -192,31 +200,16 @@ pub(crate) fn derive_operators(path: &Path, args: &DeriveArgs) -> miette::Result
         graph.batch = b;
     }
     // The transfer source, when there is one.
-    let only = (spec.strategies().len() == 1)
-        .then(|| spec.strategies().keys().next().cloned())
-        .flatten();
-    let from = args
-        .from
-        .clone()
-        .or_else(|| spec.transfer().map(|t| t.from.clone()))
-        .or(only);
+    let from = source_name(&spec, args);
     if let Some(f) = &from
         && spec.strategy(f).is_none()
     {
-        let names: Vec<&String> = spec.strategies().keys().collect();
-        return Err(miette::miette!(
-            help = format!("strategies in the spec: {names:?}"),
-            "no strategy `{f}` in {}",
-            path.display()
-        ));
+        return Err(no_strategy(&spec, f, path));
     }
     let derived = derive_from_operators(&graph, spec.tensors()).and_then(|d| d.renamed(&args.name));
-    let derived = match derived {
+    let derived = match or_report(derived) {
         Ok(d) => d,
-        Err(e) => {
-            eprintln!("{:?}", miette::Report::new(e));
-            return Ok(Status::from(1));
-        }
+        Err(code) => return Ok(code),
     };
     let devices = if graph.stages > 1 {
         format!("{} stages of {} devices", graph.stages, graph.devices)

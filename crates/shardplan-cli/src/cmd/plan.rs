@@ -79,12 +79,12 @@ pub(crate) fn verify(spec_path: &Path, plan_path: &Path) -> miette::Result<Statu
         Err(code) => return Ok(code),
     };
     let text = read(plan_path)?;
-    let plan = match formats::plan_json::from_json(&plan_path.display().to_string(), &text) {
+    let plan = match or_report(formats::plan_json::from_json(
+        &plan_path.display().to_string(),
+        &text,
+    )) {
         Ok(p) => p,
-        Err(e) => {
-            eprintln!("{:?}", miette::Report::new(e));
-            return Ok(Status::from(1));
-        }
+        Err(code) => return Ok(code),
     };
     let ends = Ends {
         from: Some(plan.source.clone()),
