@@ -1367,7 +1367,77 @@ struct Cx<'a> {
     layers: u64,
 }
 
+impl<'a> Cx<'a> {
+    /// The rules compiled for `train`, and the layer of each of its
+    /// tensors: the globs, the layer pattern, and with several target
+    /// stages the layer range of each (which needs a layer pattern unless
+    /// the source is pipelined itself).
+    fn new(
+        train: &Strategy,
+        target: &'a DeriveTarget,
+        rules: &'a DeriveRules,
+        roles: &[AxisRole],
+    ) -> Result<(Self, Vec<Option<u64>>), DeriveError> {
+        let shared_patterns: Vec<String> = rules.shared.iter().map(|r| r.pattern.clone()).collect();
+        let shared = compile_globs(&shared_patterns)?;
+        let replicate = compile_globs(&rules.replicate)?;
+        let pattern = layer_pattern(rules)?;
+        let layer_of: Vec<Option<u64>> = train
+            .tensors()
+            .iter()
+            .map(|t| pattern.as_ref().and_then(|p| p.capture(&t.name)))
+            .collect();
+        let stages = target.pp_degree();
+        let layers = layer_of.iter().flatten().max().map_or(0, |m| m + 1);
+        let ranges = if stages > 1 {
+            let source_pipelined = roles.contains(&AxisRole::Pipeline)
+                || train
+                    .layouts()
+                    .iter()
+                    .any(|l| **l.mesh() != **train.mesh() && !l.pin().is_empty());
+            if pattern.is_none() && !source_pipelined {
+                return Err(DeriveError::NoLayerPattern { stages });
+            }
+            stage_ranges(rules, stages, layers)?
+        } else {
+            Vec::new()
+        };
+        let cx = Cx {
+            target,
+            rules,
+            shared,
+            replicate,
+            ranges,
+            layers,
+        };
+        Ok((cx, layer_of))
+    }
+}
+
 impl Cx<'_> {
+    /// Tensor `t`'s target layout and the notes saying why, from its
+    /// source view; an indivisible split is pushed to `indivisible`.
+    fn derive_tensor(
+        &self,
+        t: &TensorInfo,
+        view: &SrcView,
+        layer: Option<u64>,
+        indivisible: &mut Vec<IndivisibleTensor>,
+    ) -> Result<(TensorLayout, Vec<DeriveNote>), DeriveError> {
+        let mut notes = dropped(view);
+        let dims = self.tp_dims(t, view, &mut notes, indivisible);
+        let pin = self.stage(t, layer, view, &mut notes)?;
+        let cfg = LayoutConfig::new(dims).with_pin(pin);
+        let layout =
+            TensorLayout::new(self.target.mesh.clone(), &t.shape, &cfg).map_err(|source| {
+                DeriveError::Layout {
+                    tensor: t.name.clone(),
+                    source,
+                }
+            })?;
+        Ok((layout, notes))
+    }
+
     /// The target splits of tensor `t`: the dimension split most ways over
     /// tensor-parallel axes keeps a split over the target's. An
     /// indivisible split under the `error` fallback is pushed to
@@ -1604,60 +1674,9 @@ pub fn derive_strategy(
     target: &DeriveTarget,
     rules: &DeriveRules,
 ) -> Result<Derived, DeriveError> {
-    if let Some((t, _)) = train
-        .tensors()
-        .iter()
-        .zip(train.layouts())
-        .find(|(_, l)| l.is_explicit())
-    {
-        return Err(DeriveError::ExplicitBoxes {
-            tensor: t.name.clone(),
-        });
-    }
+    refuse_explicit_boxes(train)?;
     let roles = strategy_roles(train, rules)?;
-    let shared_patterns: Vec<String> = rules.shared.iter().map(|r| r.pattern.clone()).collect();
-    let shared = compile_globs(&shared_patterns)?;
-    let replicate = compile_globs(&rules.replicate)?;
-    let pattern = rules
-        .layer
-        .as_deref()
-        .map(|p| {
-            LayerPattern::new(p).map_err(|fault| DeriveError::Pattern {
-                pattern: p.to_string(),
-                fault,
-            })
-        })
-        .transpose()?;
-    let stages = target.pp_degree();
-    let tp = target.tp_degree();
-    let layer_of: Vec<Option<u64>> = train
-        .tensors()
-        .iter()
-        .map(|t| pattern.as_ref().and_then(|p| p.capture(&t.name)))
-        .collect();
-    let layers = layer_of.iter().flatten().max().map_or(0, |m| m + 1);
-    let ranges = if stages > 1 {
-        let source_pipelined = roles.contains(&AxisRole::Pipeline)
-            || train
-                .layouts()
-                .iter()
-                .any(|l| **l.mesh() != **train.mesh() && !l.pin().is_empty());
-        if pattern.is_none() && !source_pipelined {
-            return Err(DeriveError::NoLayerPattern { stages });
-        }
-        stage_ranges(rules, stages, layers)?
-    } else {
-        Vec::new()
-    };
-
-    let cx = Cx {
-        target,
-        rules,
-        shared,
-        replicate,
-        ranges,
-        layers,
-    };
+    let (cx, layer_of) = Cx::new(train, target, rules, &roles)?;
     let mut layouts = Vec::with_capacity(train.tensors().len());
     let mut reasons = Vec::with_capacity(train.tensors().len());
     let mut indivisible = Vec::new();
@@ -1667,16 +1686,7 @@ pub fn derive_strategy(
         } else {
             view_own(train.name(), &t.name, l, rules)?
         };
-        let mut notes = dropped(&view);
-        let dims = cx.tp_dims(t, &view, &mut notes, &mut indivisible);
-        let pin = cx.stage(t, *layer, &view, &mut notes)?;
-        let cfg = LayoutConfig::new(dims).with_pin(pin);
-        let layout = TensorLayout::new(target.mesh.clone(), &t.shape, &cfg).map_err(|source| {
-            DeriveError::Layout {
-                tensor: t.name.clone(),
-                source,
-            }
-        })?;
+        let (layout, notes) = cx.derive_tensor(t, &view, *layer, &mut indivisible)?;
         layouts.push(layout);
         reasons.push(TensorReason {
             tensor: t.name.clone(),
@@ -1685,7 +1695,7 @@ pub fn derive_strategy(
     }
     if !indivisible.is_empty() {
         return Err(DeriveError::Indivisible {
-            tp,
+            tp: target.tp_degree(),
             tensors: indivisible,
         });
     }
@@ -1707,6 +1717,36 @@ pub fn derive_strategy(
             .collect(),
         target: target.clone(),
     })
+}
+
+/// Explicit boxes say nothing about how a tensor was split: nothing to
+/// derive from.
+fn refuse_explicit_boxes(train: &Strategy) -> Result<(), DeriveError> {
+    match train
+        .tensors()
+        .iter()
+        .zip(train.layouts())
+        .find(|(_, l)| l.is_explicit())
+    {
+        Some((t, _)) => Err(DeriveError::ExplicitBoxes {
+            tensor: t.name.clone(),
+        }),
+        None => Ok(()),
+    }
+}
+
+/// The rules' layer pattern, compiled.
+fn layer_pattern(rules: &DeriveRules) -> Result<Option<LayerPattern>, DeriveError> {
+    rules
+        .layer
+        .as_deref()
+        .map(|p| {
+            LayerPattern::new(p).map_err(|fault| DeriveError::Pattern {
+                pattern: p.to_string(),
+                fault,
+            })
+        })
+        .transpose()
 }
 
 /// Whether balanced stage `s` holds any layer.

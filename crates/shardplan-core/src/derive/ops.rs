@@ -415,82 +415,45 @@ impl OperatorDerivation {
     /// A text report: every operator's device matrix and tensor maps, each
     /// weight's source, and the redistributions.
     pub fn report(&self, graph: &OperatorGraph) -> String {
-        use std::fmt::Write;
-        let mut out = String::new();
-        let staged = graph.stages > 1;
-        let _ = writeln!(
-            out,
-            "operators on {}{} devices, batch {} (repeated calculation: {})",
-            if staged {
-                format!("{} stages of ", graph.stages)
-            } else {
-                String::new()
-            },
-            graph.devices,
-            graph.batch,
-            match graph.repeated_calc {
-                RepeatSide::Right => "right",
-                RepeatSide::Left => "left",
-            }
-        );
+        let mut out = report_header(graph);
         for (i, (op, l)) in graph.ops.iter().zip(&self.ops).enumerate() {
-            let maps: Vec<String> = op
-                .inputs
-                .iter()
-                .zip(&l.inputs)
-                .map(|(n, m)| format!("{n} {m:?}"))
-                .collect();
-            let _ = write!(out, "  #{i} {} `{}`", op.kind, op.name);
-            if staged {
-                let _ = write!(out, " (stage {})", op.stage);
-            }
-            let _ = write!(out, ": dev_matrix {:?}", l.dev_matrix);
-            if l.repeat > 1 {
-                let _ = write!(out, " (repeated x{})", l.repeat);
-            }
+            write_operator(&mut out, i, op, l, graph.stages > 1);
+        }
+        self.write_weights(&mut out, graph);
+        self.write_conflicts(&mut out, graph);
+        self.write_redistributions(&mut out, graph);
+        out
+    }
+
+    /// One line per tensor: the operator input whose layout it takes, or
+    /// replicated.
+    fn write_weights(&self, out: &mut String, graph: &OperatorGraph) {
+        use std::fmt::Write;
+        let _ = writeln!(out, "weights:");
+        for (t, w) in self.strategy.tensors().iter().zip(&self.weights) {
+            let Some(w) = w else {
+                let _ = writeln!(out, "  {}: replicated (no operator reads it)", t.name);
+                continue;
+            };
             let _ = write!(
                 out,
-                "; {}; -> {} {:?}",
-                maps.join(", "),
-                op.output,
-                l.output
+                "  {}: {} (input {} of #{} `{}`)",
+                t.name,
+                show_ms(&w.layout),
+                w.input,
+                w.op,
+                graph.ops[w.op].name
             );
-            if l.output_dev_matrix != l.dev_matrix {
-                let _ = write!(out, " on {:?}", l.output_dev_matrix);
-            }
-            if let Some(c) = l.forward {
-                let _ = write!(
-                    out,
-                    "; {} over {} ranks of {} B",
-                    c.collective, c.ranks, c.output_bytes
-                );
+            if graph.stages > 1 {
+                let st: Vec<String> = w.stages.iter().map(u64::to_string).collect();
+                let _ = write!(out, " on stage {}", st.join(", "));
             }
             out.push('\n');
         }
-        let _ = writeln!(out, "weights:");
-        for (t, w) in self.strategy.tensors().iter().zip(&self.weights) {
-            match w {
-                Some(w) => {
-                    let _ = write!(
-                        out,
-                        "  {}: {} (input {} of #{} `{}`)",
-                        t.name,
-                        show_ms(&w.layout),
-                        w.input,
-                        w.op,
-                        graph.ops[w.op].name
-                    );
-                    if staged {
-                        let st: Vec<String> = w.stages.iter().map(u64::to_string).collect();
-                        let _ = write!(out, " on stage {}", st.join(", "));
-                    }
-                    out.push('\n');
-                }
-                None => {
-                    let _ = writeln!(out, "  {}: replicated (no operator reads it)", t.name);
-                }
-            }
-        }
+    }
+
+    fn write_conflicts(&self, out: &mut String, graph: &OperatorGraph) {
+        use std::fmt::Write;
         for c in &self.conflicts {
             let _ = writeln!(
                 out,
@@ -504,6 +467,10 @@ impl OperatorDerivation {
                 graph.ops[c.first].name
             );
         }
+    }
+
+    fn write_redistributions(&self, out: &mut String, graph: &OperatorGraph) {
+        use std::fmt::Write;
         let _ = writeln!(
             out,
             "redistributions: {} ({} B)",
@@ -524,8 +491,62 @@ impl OperatorDerivation {
                 r.bytes
             );
         }
-        out
     }
+}
+
+/// The report's first line: devices, stages, batch, repeated calculation.
+fn report_header(graph: &OperatorGraph) -> String {
+    let stages = if graph.stages > 1 {
+        format!("{} stages of ", graph.stages)
+    } else {
+        String::new()
+    };
+    let repeat = match graph.repeated_calc {
+        RepeatSide::Right => "right",
+        RepeatSide::Left => "left",
+    };
+    format!(
+        "operators on {stages}{} devices, batch {} (repeated calculation: {repeat})\n",
+        graph.devices, graph.batch
+    )
+}
+
+/// Operator `i`'s line: its device matrix, input and output maps, and the
+/// collective its output needs.
+fn write_operator(out: &mut String, i: usize, op: &Operator, l: &OpLayout, staged: bool) {
+    use std::fmt::Write;
+    let maps: Vec<String> = op
+        .inputs
+        .iter()
+        .zip(&l.inputs)
+        .map(|(n, m)| format!("{n} {m:?}"))
+        .collect();
+    let _ = write!(out, "  #{i} {} `{}`", op.kind, op.name);
+    if staged {
+        let _ = write!(out, " (stage {})", op.stage);
+    }
+    let _ = write!(out, ": dev_matrix {:?}", l.dev_matrix);
+    if l.repeat > 1 {
+        let _ = write!(out, " (repeated x{})", l.repeat);
+    }
+    let _ = write!(
+        out,
+        "; {}; -> {} {:?}",
+        maps.join(", "),
+        op.output,
+        l.output
+    );
+    if l.output_dev_matrix != l.dev_matrix {
+        let _ = write!(out, " on {:?}", l.output_dev_matrix);
+    }
+    if let Some(c) = l.forward {
+        let _ = write!(
+            out,
+            "; {} over {} ranks of {} B",
+            c.collective, c.ranks, c.output_bytes
+        );
+    }
+    out.push('\n');
 }
 
 /// Why operators could not be laid out. Each variant names the operator

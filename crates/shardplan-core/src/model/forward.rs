@@ -163,47 +163,77 @@ pub fn forward_sharded(
     let schedule = schedule(config, strategy)?;
     let b = Batch::new(tokens, config.vocab)?;
     let sh = Shards { s: strategy, store };
-    let (n, hd, d) = (b.rows(), config.hidden, config.head_dim);
-
-    // Embedding: rows (vocabulary-parallel: masked lookup, all-reduce),
-    // columns (hidden slices, all-gather) or whole.
     let (embed_ranks, embed_split) = &schedule.embed;
-    let mut acc = None;
-    let mut gathered = vec![0.0f32; n * hd];
-    for &r in embed_ranks {
-        let (reg, w) = sh.local(EMBED, r)?;
-        let (rows, cols) = (span(&reg, 0), span(&reg, 1));
-        let width = (cols.end - cols.start) as usize;
-        let mut part = vec![0.0f32; n * width];
-        if width > 0 {
-            for (row, &t) in part.chunks_exact_mut(width).zip(&b.ids) {
-                if rows.contains(&(t as u64)) {
-                    let lt = t - rows.start as usize;
-                    row.copy_from_slice(&w[lt * width..(lt + 1) * width]);
+    let mut x = sh.embed(config, &b, embed_ranks, *embed_split)?;
+    for (i, (attn_ranks, mlp_ranks)) in schedule.layers.iter().enumerate() {
+        let a = sh.attention(config, &b, i, attn_ranks, &x)?;
+        add_into(&mut x, &a);
+        let m = sh.mlp(config, &b, i, mlp_ranks, &x)?;
+        add_into(&mut x, &m);
+    }
+    let (head_ranks, head_split) = &schedule.head;
+    sh.head(config, &b, head_ranks, *head_split, &x)
+}
+
+/// The blocks of the forward, each run rank by rank on the rank's shards
+/// and combined as the layout asks.
+impl Shards<'_> {
+    /// Embedding: rows (vocabulary-parallel: masked lookup, all-reduce),
+    /// columns (hidden slices, all-gather) or whole.
+    fn embed(
+        &self,
+        config: &ModelConfig,
+        b: &Batch,
+        ranks: &[u64],
+        split: Option<usize>,
+    ) -> Result<Vec<f32>, ModelError> {
+        let (n, hd) = (b.rows(), config.hidden);
+        let mut acc = None;
+        let mut gathered = vec![0.0f32; n * hd];
+        for &r in ranks {
+            let (reg, w) = self.local(EMBED, r)?;
+            let (rows, cols) = (span(&reg, 0), span(&reg, 1));
+            let width = (cols.end - cols.start) as usize;
+            let mut part = vec![0.0f32; n * width];
+            if width > 0 {
+                for (row, &t) in part.chunks_exact_mut(width).zip(&b.ids) {
+                    if rows.contains(&(t as u64)) {
+                        let lt = t - rows.start as usize;
+                        row.copy_from_slice(&w[lt * width..(lt + 1) * width]);
+                    }
                 }
             }
+            if split == Some(1) {
+                put_columns(&mut gathered, hd, cols.start as usize, &part, width);
+            } else {
+                all_reduce(&mut acc, part);
+            }
         }
-        if *embed_split == Some(1) {
-            put_columns(&mut gathered, hd, cols.start as usize, &part, width);
-        } else {
-            all_reduce(&mut acc, part);
-        }
+        Ok(match split {
+            Some(1) => gathered,
+            _ => acc.expect("a block has at least one rank"),
+        })
     }
-    let mut x = match embed_split {
-        Some(1) => gathered,
-        _ => acc.expect("a block has at least one rank"),
-    };
 
-    for (i, (attn_ranks, mlp_ranks)) in schedule.layers.iter().enumerate() {
-        // Attention: each rank on its own heads; o outputs all-reduced.
+    /// Layer `i`'s attention: each rank on its own heads; the o outputs
+    /// all-reduced.
+    fn attention(
+        &self,
+        config: &ModelConfig,
+        b: &Batch,
+        i: usize,
+        ranks: &[u64],
+        x: &[f32],
+    ) -> Result<Vec<f32>, ModelError> {
+        let (n, hd, d) = (b.rows(), config.hidden, config.head_dim);
         let mut acc = None;
-        for &r in attn_ranks {
-            let (_, norm) = sh.layer(i, "input_layernorm.weight", r)?;
-            let h = rmsnorm(&x, hd, &norm);
-            let (qr, wq) = sh.layer(i, "self_attn.q_proj.weight", r)?;
-            let (kr, wk) = sh.layer(i, "self_attn.k_proj.weight", r)?;
-            let (_, wv) = sh.layer(i, "self_attn.v_proj.weight", r)?;
-            let (or, wo) = sh.layer(i, "self_attn.o_proj.weight", r)?;
+        for &r in ranks {
+            let (_, norm) = self.layer(i, "input_layernorm.weight", r)?;
+            let h = rmsnorm(x, hd, &norm);
+            let (qr, wq) = self.layer(i, "self_attn.q_proj.weight", r)?;
+            let (kr, wk) = self.layer(i, "self_attn.k_proj.weight", r)?;
+            let (_, wv) = self.layer(i, "self_attn.v_proj.weight", r)?;
+            let (or, wo) = self.layer(i, "self_attn.o_proj.weight", r)?;
             let (qn, kvn) = (qr.extent()[0] as usize, kr.extent()[0] as usize);
             let mut q = linear(&h, n, hd, &wq, qn);
             let mut k = linear(&h, n, hd, &wk, kvn);
@@ -214,52 +244,72 @@ pub fn forward_sharded(
             let o_in = or.extent()[1] as usize;
             all_reduce(&mut acc, linear(&a, n, o_in, &wo, hd));
         }
-        add_into(&mut x, &acc.expect("a block has at least one rank"));
+        Ok(acc.expect("a block has at least one rank"))
+    }
 
-        // MLP: each rank on its slice of the inner dimension; all-reduce.
+    /// Layer `i`'s MLP: each rank on its slice of the inner dimension;
+    /// all-reduced.
+    fn mlp(
+        &self,
+        config: &ModelConfig,
+        b: &Batch,
+        i: usize,
+        ranks: &[u64],
+        x: &[f32],
+    ) -> Result<Vec<f32>, ModelError> {
+        let (n, hd) = (b.rows(), config.hidden);
         let mut acc = None;
-        for &r in mlp_ranks {
-            let (_, norm) = sh.layer(i, "post_attention_layernorm.weight", r)?;
-            let h = rmsnorm(&x, hd, &norm);
-            let (gr, wg) = sh.layer(i, "mlp.gate_proj.weight", r)?;
-            let (_, wu) = sh.layer(i, "mlp.up_proj.weight", r)?;
-            let (_, wd) = sh.layer(i, "mlp.down_proj.weight", r)?;
+        for &r in ranks {
+            let (_, norm) = self.layer(i, "post_attention_layernorm.weight", r)?;
+            let h = rmsnorm(x, hd, &norm);
+            let (gr, wg) = self.layer(i, "mlp.gate_proj.weight", r)?;
+            let (_, wu) = self.layer(i, "mlp.up_proj.weight", r)?;
+            let (_, wd) = self.layer(i, "mlp.down_proj.weight", r)?;
             let m = gr.extent()[0] as usize;
             let g = linear(&h, n, hd, &wg, m);
             let u = linear(&h, n, hd, &wu, m);
             all_reduce(&mut acc, linear(&swiglu(&g, &u), n, m, &wd, hd));
         }
-        add_into(&mut x, &acc.expect("a block has at least one rank"));
+        Ok(acc.expect("a block has at least one rank"))
     }
 
-    // Final norm and output projection: rows (vocabulary slices,
-    // all-gather), columns (partial logits, all-reduce) or whole.
-    let (head_ranks, head_split) = &schedule.head;
-    let mut acc = None;
-    let mut gathered = vec![0.0f32; n * config.vocab];
-    for &r in head_ranks {
-        let (_, norm) = sh.local(FINAL_NORM, r)?;
-        let h = rmsnorm(&x, hd, &norm);
-        let (reg, w) = sh.local(config.head_tensor(), r)?;
-        let (rows, cols) = (span(&reg, 0), span(&reg, 1));
-        let (vr, width) = (
-            (rows.end - rows.start) as usize,
-            (cols.end - cols.start) as usize,
-        );
-        match head_split {
-            Some(0) => {
-                let part = linear(&h, n, hd, &w, vr);
-                put_columns(&mut gathered, config.vocab, rows.start as usize, &part, vr);
+    /// Final norm and output projection: rows (vocabulary slices,
+    /// all-gather), columns (partial logits, all-reduce) or whole.
+    fn head(
+        &self,
+        config: &ModelConfig,
+        b: &Batch,
+        ranks: &[u64],
+        split: Option<usize>,
+        x: &[f32],
+    ) -> Result<Vec<f32>, ModelError> {
+        let (n, hd) = (b.rows(), config.hidden);
+        let mut acc = None;
+        let mut gathered = vec![0.0f32; n * config.vocab];
+        for &r in ranks {
+            let (_, norm) = self.local(FINAL_NORM, r)?;
+            let h = rmsnorm(x, hd, &norm);
+            let (reg, w) = self.local(config.head_tensor(), r)?;
+            let (rows, cols) = (span(&reg, 0), span(&reg, 1));
+            let (vr, width) = (
+                (rows.end - rows.start) as usize,
+                (cols.end - cols.start) as usize,
+            );
+            match split {
+                Some(0) => {
+                    let part = linear(&h, n, hd, &w, vr);
+                    put_columns(&mut gathered, config.vocab, rows.start as usize, &part, vr);
+                }
+                Some(_) => {
+                    let hs = columns(&h, hd, cols.start as usize, cols.end as usize);
+                    all_reduce(&mut acc, linear(&hs, n, width, &w, vr));
+                }
+                None => all_reduce(&mut acc, linear(&h, n, hd, &w, vr)),
             }
-            Some(_) => {
-                let hs = columns(&h, hd, cols.start as usize, cols.end as usize);
-                all_reduce(&mut acc, linear(&hs, n, width, &w, vr));
-            }
-            None => all_reduce(&mut acc, linear(&h, n, hd, &w, vr)),
         }
+        Ok(match split {
+            Some(0) => gathered,
+            _ => acc.expect("a block has at least one rank"),
+        })
     }
-    Ok(match head_split {
-        Some(0) => gathered,
-        _ => acc.expect("a block has at least one rank"),
-    })
 }
