@@ -545,76 +545,118 @@ fn index_ckpt(path: &Path, b: &[u8]) -> Result<BTreeMap<String, TensorEntry>, Ch
         }
         let (vs, ve) = delimited(b, &mut i)
             .ok_or_else(|| corrupt("a tensor record runs past the end of the file"))?;
-        // Value { tag = 1; tensor = 2 }
-        let mut name = None;
-        let mut tensor = None;
-        let mut j = vs;
-        while j < ve {
-            let key =
-                varint(&b[..ve], &mut j).ok_or_else(|| corrupt("a record header is cut off"))?;
-            match (key >> 3, key & 7) {
-                (1, 2) => {
-                    let (s, e) = delimited(&b[..ve], &mut j)
-                        .ok_or_else(|| corrupt("a name runs past its record"))?;
-                    name = Some(
-                        String::from_utf8(b[s..e].to_vec())
-                            .map_err(|_| corrupt("a tensor name is not UTF-8"))?,
-                    );
-                }
-                (2, 2) => {
-                    tensor = Some(
-                        delimited(&b[..ve], &mut j)
-                            .ok_or_else(|| corrupt("a tensor runs past its record"))?,
-                    )
-                }
-                (_, wt) => skip(&b[..ve], &mut j, wt)
-                    .ok_or_else(|| corrupt("a field runs past its record"))?,
-            }
-        }
-        let name = name.ok_or_else(|| corrupt("a record has no name"))?;
+        let (name, tensor) = value_record(path, &b[..ve], vs)?;
         let Some((ts, te)) = tensor else {
             // Map tensors and other records carry no dense tensor; skip them.
             continue;
         };
-        // TensorProto { dims = 1 (repeated int64); tensor_type = 2; tensor_content = 3 }
-        let mut dims = Vec::new();
-        let mut dtype_name = None;
-        let mut content = None;
-        let mut j = ts;
-        while j < te {
-            let key =
-                varint(&b[..te], &mut j).ok_or_else(|| corrupt("a tensor header is cut off"))?;
-            match (key >> 3, key & 7) {
-                (1, 0) => dims.push(
-                    varint(&b[..te], &mut j).ok_or_else(|| corrupt("a dimension is cut off"))?,
-                ),
-                (1, 2) => {
-                    let (s, e) = delimited(&b[..te], &mut j)
-                        .ok_or_else(|| corrupt("packed dimensions run past the tensor"))?;
-                    let mut k = s;
-                    while k < e {
-                        dims.push(
-                            varint(&b[..e], &mut k)
-                                .ok_or_else(|| corrupt("a dimension is cut off"))?,
-                        );
-                    }
-                }
-                (2, 2) => {
-                    let (s, e) = delimited(&b[..te], &mut j)
-                        .ok_or_else(|| corrupt("a dtype runs past the tensor"))?;
-                    dtype_name = Some(String::from_utf8_lossy(&b[s..e]).into_owned());
-                }
-                (3, 2) => {
-                    content = Some(
-                        delimited(&b[..te], &mut j)
-                            .ok_or_else(|| corrupt("tensor data runs past the end of the file"))?,
-                    )
-                }
-                (_, wt) => skip(&b[..te], &mut j, wt)
-                    .ok_or_else(|| corrupt("a field runs past its tensor"))?,
+        let entry = tensor_proto(path, &b[..te], ts)?.entry(path, name)?;
+        if out.insert(entry.name.clone(), entry.clone()).is_some() {
+            return Err(bad(
+                path,
+                CheckpointFault::StoredTwice { tensor: entry.name },
+            ));
+        }
+    }
+    Ok(out)
+}
+
+/// The name and the dense tensor's byte range of the record
+/// `Value { tag = 1; tensor = 2 }` from `start` to the end of `b`.
+fn value_record(
+    path: &Path,
+    b: &[u8],
+    start: usize,
+) -> Result<(String, Option<(usize, usize)>), CheckpointError> {
+    let corrupt = |what: &'static str| bad(path, CheckpointFault::CkptRecord { what });
+    let mut name = None;
+    let mut tensor = None;
+    let mut j = start;
+    while j < b.len() {
+        let key = varint(b, &mut j).ok_or_else(|| corrupt("a record header is cut off"))?;
+        match (key >> 3, key & 7) {
+            (1, 2) => {
+                let (s, e) =
+                    delimited(b, &mut j).ok_or_else(|| corrupt("a name runs past its record"))?;
+                name = Some(
+                    String::from_utf8(b[s..e].to_vec())
+                        .map_err(|_| corrupt("a tensor name is not UTF-8"))?,
+                );
+            }
+            (2, 2) => {
+                tensor = Some(
+                    delimited(b, &mut j).ok_or_else(|| corrupt("a tensor runs past its record"))?,
+                )
+            }
+            (_, wt) => {
+                skip(b, &mut j, wt).ok_or_else(|| corrupt("a field runs past its record"))?
             }
         }
-        let Some(dtype_name) = dtype_name else {
+    }
+    let name = name.ok_or_else(|| corrupt("a record has no name"))?;
+    Ok((name, tensor))
+}
+
+/// A `TensorProto` as stored: its dimensions, dtype name and data range.
+struct TensorProto {
+    dims: Vec<u64>,
+    dtype_name: Option<String>,
+    /// The data's byte range; an empty one at the proto's end when absent.
+    content: (usize, usize),
+}
+
+/// Reads `TensorProto { dims = 1 (repeated int64); tensor_type = 2;
+/// tensor_content = 3 }` from `start` to the end of `b`.
+fn tensor_proto(path: &Path, b: &[u8], start: usize) -> Result<TensorProto, CheckpointError> {
+    let corrupt = |what: &'static str| bad(path, CheckpointFault::CkptRecord { what });
+    let mut dims = Vec::new();
+    let mut dtype_name = None;
+    let mut content = None;
+    let mut j = start;
+    while j < b.len() {
+        let key = varint(b, &mut j).ok_or_else(|| corrupt("a tensor header is cut off"))?;
+        match (key >> 3, key & 7) {
+            (1, 0) => {
+                dims.push(varint(b, &mut j).ok_or_else(|| corrupt("a dimension is cut off"))?)
+            }
+            (1, 2) => {
+                let (s, e) = delimited(b, &mut j)
+                    .ok_or_else(|| corrupt("packed dimensions run past the tensor"))?;
+                let mut k = s;
+                while k < e {
+                    dims.push(
+                        varint(&b[..e], &mut k).ok_or_else(|| corrupt("a dimension is cut off"))?,
+                    );
+                }
+            }
+            (2, 2) => {
+                let (s, e) =
+                    delimited(b, &mut j).ok_or_else(|| corrupt("a dtype runs past the tensor"))?;
+                dtype_name = Some(String::from_utf8_lossy(&b[s..e]).into_owned());
+            }
+            (3, 2) => {
+                content = Some(
+                    delimited(b, &mut j)
+                        .ok_or_else(|| corrupt("tensor data runs past the end of the file"))?,
+                )
+            }
+            (_, wt) => {
+                skip(b, &mut j, wt).ok_or_else(|| corrupt("a field runs past its tensor"))?
+            }
+        }
+    }
+    Ok(TensorProto {
+        dims,
+        dtype_name,
+        content: content.unwrap_or((b.len(), b.len())),
+    })
+}
+
+impl TensorProto {
+    /// The index entry of tensor `name`: a known dtype and data that fit
+    /// the shape.
+    fn entry(self, path: &Path, name: String) -> Result<TensorEntry, CheckpointError> {
+        let Some(dtype_name) = self.dtype_name else {
             return Err(bad(path, CheckpointFault::CkptNoDtype { tensor: name }));
         };
         let Some(dtype) = ms_dtype(&dtype_name) else {
@@ -626,16 +668,9 @@ fn index_ckpt(path: &Path, b: &[u8]) -> Result<BTreeMap<String, TensorEntry>, Ch
                 },
             ));
         };
-        let (cs, ce) = content.unwrap_or((te, te));
-        let entry = entry(path, name, dtype, dims, cs as u64, (ce - cs) as u64)?;
-        if out.insert(entry.name.clone(), entry.clone()).is_some() {
-            return Err(bad(
-                path,
-                CheckpointFault::StoredTwice { tensor: entry.name },
-            ));
-        }
+        let (cs, ce) = self.content;
+        entry(path, name, dtype, self.dims, cs as u64, (ce - cs) as u64)
     }
-    Ok(out)
 }
 
 /// Checks that `len` bytes hold a `dtype` tensor of `shape`.

@@ -17,6 +17,7 @@ pub(crate) struct ReadBatch<'f, 'b> {
 const MAX_SLICES: usize = 1024;
 
 impl<'f, 'b> ReadBatch<'f, 'b> {
+    #[inline]
     pub(crate) fn new(file: &'f File) -> Self {
         ReadBatch {
             file,
@@ -26,6 +27,7 @@ impl<'f, 'b> ReadBatch<'f, 'b> {
         }
     }
 
+    #[inline]
     pub(crate) fn push(&mut self, src: u64, buf: &'b mut [u8]) -> std::io::Result<()> {
         if !self.bufs.is_empty() && (src != self.next || self.bufs.len() == MAX_SLICES) {
             self.flush()?;
@@ -39,6 +41,7 @@ impl<'f, 'b> ReadBatch<'f, 'b> {
         Ok(())
     }
 
+    #[inline]
     pub(crate) fn flush(&mut self) -> std::io::Result<()> {
         read_exact_vectored_at(self.file, &mut self.bufs, self.start)?;
         self.bufs.clear();

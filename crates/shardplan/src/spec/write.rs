@@ -118,13 +118,34 @@ pub fn write_spec(spec: &SpecOut<'_>) -> Result<String, WriteError> {
         let _ = writeln!(out, "# {line}");
     }
     let _ = writeln!(out, "version: 1");
+    write_meshes(&mut out, &spec.meshes);
+    write_tensors(&mut out, spec.strategies.first().map(|s| s.strategy));
     // Empty collections are written as `{}` / `[]`: a bare key reads as null.
-    let _ = writeln!(
-        out,
-        "meshes:{}",
-        if spec.meshes.is_empty() { " {}" } else { "" }
-    );
-    for (name, mesh) in &spec.meshes {
+    let empty = if spec.strategies.is_empty() {
+        " {}"
+    } else {
+        ""
+    };
+    let _ = writeln!(out, "strategies:{empty}");
+    for s in &spec.strategies {
+        write_strategy(&mut out, s)?;
+    }
+    if let Some((from, to)) = spec.transfer {
+        let _ = writeln!(
+            out,
+            "transfer: {{from: {}, to: {}}}",
+            quote(from),
+            quote(to)
+        );
+    }
+    Ok(out)
+}
+
+/// The `meshes:` section, one flow mapping per mesh.
+fn write_meshes(out: &mut String, meshes: &[(&str, Arc<DeviceMesh>)]) {
+    let empty = if meshes.is_empty() { " {}" } else { "" };
+    let _ = writeln!(out, "meshes:{empty}");
+    for (name, mesh) in meshes {
         let _ = write!(
             out,
             "  {}: {{shape: {}, axes: {}",
@@ -137,82 +158,61 @@ pub fn write_spec(spec: &SpecOut<'_>) -> Result<String, WriteError> {
         }
         let _ = writeln!(out, "}}");
     }
-    let tensor_count = spec
-        .strategies
-        .first()
-        .map_or(0, |s| s.strategy.tensors().len());
-    let _ = writeln!(
-        out,
-        "tensors:{}",
-        if tensor_count == 0 { " []" } else { "" }
-    );
-    if let Some(first) = spec.strategies.first() {
-        for t in first.strategy.tensors() {
-            let _ = writeln!(
-                out,
-                "  - {{name: {}, shape: {}, dtype: {}}}",
-                quote(&t.name),
-                list(&t.shape),
-                t.dtype
-            );
-        }
+}
+
+/// The `tensors:` section: the first strategy's tensors.
+fn write_tensors(out: &mut String, first: Option<&Strategy>) {
+    let tensors = first.map_or(&[][..], |s| s.tensors());
+    let empty = if tensors.is_empty() { " []" } else { "" };
+    let _ = writeln!(out, "tensors:{empty}");
+    for t in tensors {
+        let _ = writeln!(
+            out,
+            "  - {{name: {}, shape: {}, dtype: {}}}",
+            quote(&t.name),
+            list(&t.shape),
+            t.dtype
+        );
     }
-    let _ = writeln!(
-        out,
-        "strategies:{}",
-        if spec.strategies.is_empty() {
-            " {}"
+}
+
+/// One strategy: its mesh and a rule per tensor, native on the strategy's
+/// mesh, MindSpore on a mesh of the tensor's own.
+fn write_strategy(out: &mut String, s: &StrategyOut<'_>) -> Result<(), WriteError> {
+    let _ = writeln!(out, "  {}:", quote(s.name));
+    let _ = writeln!(out, "    mesh: {}", quote(s.mesh));
+    let empty = if s.strategy.tensors().is_empty() {
+        " []"
+    } else {
+        ""
+    };
+    let _ = writeln!(out, "    rules:{empty}");
+    for (t, l) in s.strategy.tensors().iter().zip(s.strategy.layouts()) {
+        let err = |fault: WriteFault| WriteError {
+            strategy: s.name.to_string(),
+            tensor: t.name.clone(),
+            fault,
+        };
+        if t.name.contains(['*', '?']) {
+            return Err(err(WriteFault::GlobName));
+        }
+        if l.is_explicit() {
+            // Written as a grid it would read back as another layout.
+            return Err(err(WriteFault::Boxes));
+        }
+        let body = if **l.mesh() == **s.strategy.mesh() {
+            native_rule(l)
         } else {
-            ""
-        }
-    );
-    for s in &spec.strategies {
-        let _ = writeln!(out, "  {}:", quote(s.name));
-        let _ = writeln!(out, "    mesh: {}", quote(s.mesh));
-        let _ = writeln!(
-            out,
-            "    rules:{}",
-            if s.strategy.tensors().is_empty() {
-                " []"
-            } else {
-                ""
-            }
-        );
-        for (t, l) in s.strategy.tensors().iter().zip(s.strategy.layouts()) {
-            let err = |fault: WriteFault| WriteError {
-                strategy: s.name.to_string(),
-                tensor: t.name.clone(),
-                fault,
-            };
-            if t.name.contains(['*', '?']) {
-                return Err(err(WriteFault::GlobName));
-            }
-            if l.is_explicit() {
-                // Written as a grid it would read back as another layout.
-                return Err(err(WriteFault::Boxes));
-            }
-            let body = if **l.mesh() == **s.strategy.mesh() {
-                native_rule(l)
-            } else {
-                let ways = s
-                    .optimizer_shards
-                    .and_then(|o| o.get(&t.name))
-                    .copied()
-                    .unwrap_or(1);
-                mindspore_rule(l, s.strategy.mesh(), ways).map_err(err)?
-            };
-            let _ = writeln!(out, "      - {{match: {}, {body}}}", quote(&t.name));
-        }
+            let ways = s
+                .optimizer_shards
+                .and_then(|o| o.get(&t.name))
+                .copied()
+                .unwrap_or(1);
+            mindspore_rule(l, s.strategy.mesh(), ways).map_err(err)?
+        };
+        let _ = writeln!(out, "      - {{match: {}, {body}}}", quote(&t.name));
     }
-    if let Some((from, to)) = spec.transfer {
-        let _ = writeln!(
-            out,
-            "transfer: {{from: {}, to: {}}}",
-            quote(from),
-            quote(to)
-        );
-    }
-    Ok(out)
+    Ok(())
 }
 
 /// `dims: [...]` with `split`, `partial` and `at` as needed.
