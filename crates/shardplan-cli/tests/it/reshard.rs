@@ -10,6 +10,7 @@ use serde_json::Value;
 use shardplan::formats::checkpoint::{CheckpointFault, CheckpointFormat, rank_files, read_index};
 use shardplan::reshard::{
     LayoutSource, ReshardConfig, ReshardError, WriteConfig, prepare, ranks_for_process,
+    tensors_from_checkpoints,
 };
 
 fn strategy(dir: &Path, case: &Value, side: &str) -> LayoutSource {
@@ -379,6 +380,21 @@ fn bad_inputs_are_refused_before_writing() {
         "{err:?}"
     );
     std::fs::write(&f, &bytes).unwrap();
+    // A tensor two files of one rank hold: refused by name, by the
+    // resharding and by the import that sizes tensors from checkpoints.
+    let twice = src.join("rank_2/checkpoint_2_part1.ckpt");
+    std::fs::copy(&f, &twice).unwrap();
+    let err = prepare(&cfg(&src)).unwrap_err();
+    assert!(
+        matches!(&err, ReshardError::TensorTwice { rank: 2, tensor } if tensor == "w"),
+        "{err:?}"
+    );
+    let err = tensors_from_checkpoints(&src, None).unwrap_err();
+    assert!(
+        matches!(&err, ReshardError::TensorTwice { rank: 2, .. }),
+        "{err:?}"
+    );
+    std::fs::remove_file(&twice).unwrap();
     // A missing rank folder.
     std::fs::rename(src.join("rank_3"), work.join("rank_3_away")).unwrap();
     let err = prepare(&cfg(&src)).unwrap_err();

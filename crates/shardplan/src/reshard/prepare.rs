@@ -40,31 +40,7 @@ pub fn prepare(cfg: &ReshardConfig) -> Result<Prepared, ReshardError> {
         Some(files) => files.clone(),
         None => rank_files(&cfg.src_dir)?,
     };
-    let mut sources: RankSources = BTreeMap::new();
-    let mut format = None;
-    for (rank, paths) in &files {
-        let mut tensors = BTreeMap::new();
-        for p in paths {
-            let idx = read_index(p)?;
-            format.get_or_insert(idx.format);
-            for (name, entry) in idx.tensors {
-                if tensors.contains_key(&name) {
-                    return Err(ReshardError::TensorTwice {
-                        rank: *rank,
-                        tensor: name,
-                    });
-                }
-                tensors.insert(
-                    name,
-                    Located {
-                        path: p.clone(),
-                        entry,
-                    },
-                );
-            }
-        }
-        sources.insert(*rank, tensors);
-    }
+    let (sources, format) = index_sources(&files)?;
     let src_file = read_layout_file(&cfg.src)?;
     let tensors = global_tensors(&cfg.src, src_file.as_ref(), &sources)?;
     let src = match (&cfg.src, &src_file) {
@@ -366,36 +342,52 @@ fn source_dirs(cfg: &ReshardConfig, files: &BTreeMap<u64, Vec<PathBuf>>) -> Vec<
     dirs
 }
 
+/// Each rank's tensors, indexed from its files, and the format of the
+/// first file.
+///
+/// # Errors
+///
+/// [`ReshardError`] for an unreadable or corrupt file, or a tensor two of a
+/// rank's files hold.
+fn index_sources(
+    files: &BTreeMap<u64, Vec<PathBuf>>,
+) -> Result<(RankSources, Option<CheckpointFormat>), ReshardError> {
+    let mut sources: RankSources = BTreeMap::new();
+    let mut format = None;
+    for (rank, paths) in files {
+        let mut tensors = BTreeMap::new();
+        for p in paths {
+            let idx = read_index(p)?;
+            format.get_or_insert(idx.format);
+            for (name, entry) in idx.tensors {
+                if tensors.contains_key(&name) {
+                    return Err(ReshardError::TensorTwice {
+                        rank: *rank,
+                        tensor: name,
+                    });
+                }
+                let path = p.clone();
+                tensors.insert(name, Located { path, entry });
+            }
+        }
+        sources.insert(*rank, tensors);
+    }
+    Ok((sources, format))
+}
+
 /// Global tensors (name, full shape, dtype) of the checkpoints in
 /// `src_dir` (`rank_<r>/` folders) laid out by `file` (or whole, without
 /// one), e.g. to give a protobuf strategy its shapes.
 ///
 /// # Errors
 ///
-/// [`ReshardError`] for unreadable checkpoints or a slice that its layout
-/// cannot size.
+/// [`ReshardError`] for unreadable checkpoints, a tensor two files of one
+/// rank hold, or a slice that its layout cannot size.
 pub fn tensors_from_checkpoints(
     src_dir: &Path,
     file: Option<&StrategyFile>,
 ) -> Result<Vec<TensorInfo>, ReshardError> {
-    let files = rank_files(src_dir)?;
-    let mut sources: RankSources = BTreeMap::new();
-    for (rank, paths) in &files {
-        let mut tensors = BTreeMap::new();
-        for p in paths {
-            let idx = read_index(p)?;
-            for (name, entry) in idx.tensors {
-                tensors.insert(
-                    name,
-                    Located {
-                        path: p.clone(),
-                        entry,
-                    },
-                );
-            }
-        }
-        sources.insert(*rank, tensors);
-    }
+    let (sources, _) = index_sources(&rank_files(src_dir)?)?;
     let src = match file {
         Some(_) => LayoutSource::MindSpore(Vec::new()),
         None => LayoutSource::SingleDevice,
