@@ -33,9 +33,7 @@ pub(crate) fn reshard(args: &ReshardArgs) -> miette::Result<Status> {
     let ranks = ranks_for_process(args.rank, prepared.dst().mesh().rank_count(), &|k| {
         std::env::var(k).ok()
     });
-    let t0 = std::time::Instant::now();
-    let written = write_ranks(&prepared, &write, &ranks)?;
-    let secs = t0.elapsed().as_secs_f64();
+    let (written, secs) = write_ranks(&prepared, &write, &ranks)?;
     emit(&format!(
         "resharded {} to {} ranks ({} produced here): {:.2} GB written in {:.2} s ({:.2} GB/s)\n",
         prepared.src().mesh().rank_count(),
@@ -49,8 +47,8 @@ pub(crate) fn reshard(args: &ReshardArgs) -> miette::Result<Status> {
 }
 
 /// The source folder, resolved, and the output folder, absolute; refused
-/// when one is inside the other. The output is created only once every
-/// input has been checked.
+/// when one is inside the other. Nothing is created here: the output is,
+/// once every input has been checked.
 fn source_and_output(args: &ReshardArgs) -> miette::Result<(PathBuf, PathBuf)> {
     let src_dir = args
         .src
@@ -117,9 +115,15 @@ fn progress_bar(total: u64) -> indicatif::ProgressBar {
 }
 
 /// Writes `ranks` one after the other; the bytes written (not those found
-/// complete from an earlier run). Off a terminal, one line per rank.
-fn write_ranks(prepared: &Prepared, write: &WriteConfig, ranks: &[u64]) -> miette::Result<u64> {
+/// complete from an earlier run) and the seconds it took. Off a terminal,
+/// one line per rank.
+fn write_ranks(
+    prepared: &Prepared,
+    write: &WriteConfig,
+    ranks: &[u64],
+) -> miette::Result<(u64, f64)> {
     let bar = progress_bar(ranks.iter().map(|&r| prepared.rank_bytes(r)).sum());
+    let t0 = std::time::Instant::now();
     let mut written = 0u64;
     for &r in ranks {
         let o = prepared.write_rank(write, r, &mut |n| bar.inc(n))?;
@@ -138,5 +142,5 @@ fn write_ranks(prepared: &Prepared, write: &WriteConfig, ranks: &[u64]) -> miett
         }
     }
     bar.finish_and_clear();
-    Ok(written)
+    Ok((written, t0.elapsed().as_secs_f64()))
 }

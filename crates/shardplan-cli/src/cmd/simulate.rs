@@ -151,7 +151,8 @@ impl Run {
 }
 
 /// Runs the spec's model on one device and under `dst` and appends the
-/// comparison to `out`; false on a mismatch.
+/// comparison to `out`; false when the logits differ or the model cannot
+/// run under the layouts.
 fn check_model_logits(spec: &Spec, src: &Strategy, dst: &Strategy, out: &mut String) -> bool {
     use shardplan::model::{DEFAULT_TOLERANCE, EMBED, check_model};
     // A fixed batch: two sequences of different lengths.

@@ -115,52 +115,74 @@ fn rust_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
 }
 
 /// The core and the CLI forbid `unsafe`; the library denies it at its root
-/// and only its file formats' IO allows it, each block with a `SAFETY`
+/// and only functions of its file formats' IO allow it, each by name (an
+/// outer `#[allow(unsafe_code)]` on the `fn`), each block with a `SAFETY`
 /// comment just above.
 #[test]
 fn unsafe_code_is_only_where_io_needs_it() {
     let root = crate::common::repo_root();
-    let read = |p: &str| std::fs::read_to_string(root.join(p)).unwrap();
+    let has_line = |p: &str, want: &str| {
+        std::fs::read_to_string(root.join(p))
+            .unwrap()
+            .lines()
+            .any(|l| l.trim() == want)
+    };
     for forbidding in [
         "crates/shardplan-core/src/lib.rs",
         "crates/shardplan-cli/src/lib.rs",
         "crates/shardplan-cli/src/main.rs",
     ] {
         assert!(
-            read(forbidding).contains("#![forbid(unsafe_code)]"),
+            has_line(forbidding, "#![forbid(unsafe_code)]"),
             "{forbidding}"
         );
     }
-    assert!(read("crates/shardplan/src/lib.rs").contains("#![deny(unsafe_code)]"));
-    let mut blocks = 0;
+    assert!(has_line(
+        "crates/shardplan/src/lib.rs",
+        "#![deny(unsafe_code)]"
+    ));
+    let (mut blocks, mut allowing) = (0, 0);
     for path in rust_files(&root.join("crates/shardplan/src")) {
         let text = std::fs::read_to_string(&path).unwrap();
         let lines: Vec<&str> = text.lines().collect();
         let in_formats = path.to_string_lossy().contains("/src/formats/");
+        let at = |i: usize| format!("{}:{}", path.display(), i + 1);
         for (i, line) in lines.iter().enumerate() {
-            if line.contains("allow(unsafe_code)") {
+            let code = line.split("//").next().unwrap_or_default();
+            if code.contains("unsafe_code") && !code.contains("#![deny(unsafe_code)]") {
+                // Only `#[allow(unsafe_code)]` right above a function of
+                // the formats: no module-wide allow, no `expect`.
+                let next_is_fn = lines[i + 1..]
+                    .iter()
+                    .map(|l| l.trim_start())
+                    .find(|l| !l.starts_with("#["))
+                    .is_some_and(|l| l.starts_with("fn ") || l.starts_with("pub"));
                 assert!(
-                    in_formats,
-                    "{}:{}: unsafe outside formats",
-                    path.display(),
-                    i + 1
+                    in_formats && code.trim() == "#[allow(unsafe_code)]" && next_is_fn,
+                    "{}: unsafe code allowed other than on one IO function",
+                    at(i)
                 );
+                allowing += 1;
             }
-            if line.contains("unsafe {") {
+            if code.contains("unsafe {") {
                 blocks += 1;
                 let above = &lines[i.saturating_sub(8)..i];
                 assert!(
                     above
                         .iter()
                         .any(|l| l.trim_start().starts_with("// SAFETY:")),
-                    "{}:{}: an unsafe block without a SAFETY comment",
-                    path.display(),
-                    i + 1
+                    "{}: an unsafe block without a SAFETY comment",
+                    at(i)
                 );
             }
         }
     }
-    assert!(blocks > 0, "the IO's unsafe blocks were found");
+    assert!(
+        blocks > 0 && allowing > 0,
+        "no unsafe block found: is the search right?"
+    );
+    // docs/ARCHITECTURE.md counts them.
+    assert_eq!(allowing, 5, "update the count in docs/ARCHITECTURE.md");
 }
 
 /// Every error code the sources define (`code(shardplan::...)` on a

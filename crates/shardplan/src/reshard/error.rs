@@ -308,7 +308,7 @@ impl Side {
 
 /// The internal error's text after "internal error": its own punctuation
 /// kept (", invalid plan: ..." or ": no DCP file ...").
-pub(super) fn internal_detail(what: &str) -> String {
+fn internal_detail(what: &str) -> String {
     if what.starts_with(',') {
         what.to_string()
     } else {

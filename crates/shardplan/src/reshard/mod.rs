@@ -44,7 +44,7 @@ pub enum LayoutSource {
     Strategy(Box<Strategy>),
 }
 
-/// What [`prepare`] reads and checks: the sources, the two layouts, how
+/// What [`prepare()`] reads and checks: the sources, the two layouts, how
 /// replicas are chosen. Where and how outputs are written is
 /// [`WriteConfig`].
 #[derive(Debug, Clone)]

@@ -113,6 +113,8 @@ fn list<T: std::fmt::Display>(v: impl IntoIterator<Item = T>) -> String {
 /// `?`), a layout given box by box, or a layout on a mesh of its own that
 /// is not a MindSpore layout.
 pub fn write_spec(spec: &SpecOut<'_>) -> Result<String, WriteError> {
+    // Empty collections, in every section, are written as `{}` / `[]`: a
+    // bare key reads as null.
     let mut out = String::new();
     for line in spec.comment.lines() {
         let _ = writeln!(out, "# {line}");
@@ -120,7 +122,6 @@ pub fn write_spec(spec: &SpecOut<'_>) -> Result<String, WriteError> {
     let _ = writeln!(out, "version: 1");
     write_meshes(&mut out, &spec.meshes);
     write_tensors(&mut out, spec.strategies.first().map(|s| s.strategy));
-    // Empty collections are written as `{}` / `[]`: a bare key reads as null.
     let empty = if spec.strategies.is_empty() {
         " {}"
     } else {
