@@ -1355,6 +1355,34 @@ fn dropped(view: &SrcView) -> Vec<DeriveNote> {
     notes
 }
 
+/// The target stages of a tensor in no layer: the source's stages at the
+/// same relative position (the last stays last), or every stage (empty)
+/// when the source holds it on all.
+fn mapped_stages(view: &SrcView, stages: u64, notes: &mut Vec<DeriveNote>) -> Vec<u64> {
+    let Some((from, from_count)) = &view.stage else {
+        notes.push(DeriveNote::EveryStage { stages });
+        return Vec::new();
+    };
+    let mut to: Vec<u64> = from
+        .iter()
+        .map(|&f| {
+            if f + 1 == *from_count {
+                stages - 1
+            } else {
+                f * stages / from_count
+            }
+        })
+        .collect();
+    to.dedup();
+    notes.push(DeriveNote::StageMapped {
+        from: from.clone(),
+        from_count: *from_count,
+        to: to.clone(),
+        to_count: stages,
+    });
+    to
+}
+
 /// Everything a derivation decides per tensor from.
 struct Cx<'a> {
     target: &'a DeriveTarget,
@@ -1486,6 +1514,30 @@ impl Cx<'_> {
             notes.push(DeriveNote::TpMerged { dim: kd, from });
             return dims;
         }
+        let policy = self.kept_policy(t, kd, from, view, notes, indivisible);
+        if let Some(policy) = policy {
+            dims[kd] = DimSplit {
+                axes: self.target.tp_axes.clone(),
+                policy,
+            };
+        }
+        dims
+    }
+
+    /// How the kept dimension `kd` (split `from` ways in the source) is
+    /// split over the target's tensor-parallel axes: its source policy
+    /// where the target can keep it, else the fallback's (`None`:
+    /// replicated, or an indivisible tensor pushed to `indivisible`).
+    fn kept_policy(
+        &self,
+        t: &TensorInfo,
+        kd: usize,
+        from: u64,
+        view: &SrcView,
+        notes: &mut Vec<DeriveNote>,
+        indivisible: &mut Vec<IndivisibleTensor>,
+    ) -> Option<SplitPolicy> {
+        let tp = self.target.tp_degree();
         let size = t.shape[kd];
         let policy = match &view.dims[kd].policy {
             p @ (SplitPolicy::Chunk | SplitPolicy::Balanced) => Some(p.clone()),
@@ -1493,7 +1545,7 @@ impl Cx<'_> {
                 size.is_multiple_of(tp).then_some(SplitPolicy::Even)
             }
         };
-        let policy = match policy {
+        match policy {
             Some(policy) => {
                 notes.push(DeriveNote::TpKept {
                     dim: kd,
@@ -1523,14 +1575,7 @@ impl Cx<'_> {
                     Fallback::Chunk => Some(SplitPolicy::Chunk),
                 }
             }
-        };
-        if let Some(policy) = policy {
-            dims[kd] = DimSplit {
-                axes: self.target.tp_axes.clone(),
-                policy,
-            };
         }
-        dims
     }
 
     /// The target stages of tensor `t` (in layer `layer`), as pins on the
@@ -1552,51 +1597,14 @@ impl Cx<'_> {
             }
             return Ok(Vec::new());
         }
-        let pp = self.target.pp_axis.clone().unwrap_or_default();
-        let pins = |to: &[u64]| to.iter().map(|&s| (pp.clone(), s)).collect();
-        if let Some((_, rule)) = self
+        let shared = self
             .shared
             .iter()
             .zip(&self.rules.shared)
-            .find(|(g, _)| g.matches(&t.name))
-        {
-            if rule.layers.is_empty() {
-                notes.push(DeriveNote::Shared { stages });
-                return Ok(Vec::new());
-            }
-            let mut layers: Vec<u64> = Vec::with_capacity(rule.layers.len());
-            for r in &rule.layers {
-                let l = match r {
-                    LayerRef::Index(i) => *i,
-                    LayerRef::First => 0,
-                    LayerRef::Last => self.layers.saturating_sub(1),
-                };
-                if l >= self.layers {
-                    return Err(DeriveError::SharedLayer {
-                        pattern: rule.pattern.clone(),
-                        tensor: t.name.clone(),
-                        layer: r.to_string(),
-                        layers: self.layers,
-                    });
-                }
-                layers.push(l);
-            }
-            layers.sort_unstable();
-            layers.dedup();
-            let mut to = Vec::with_capacity(layers.len());
-            for &l in &layers {
-                to.push(self.stage_of_layer(&t.name, l)?);
-            }
-            to.sort_unstable();
-            to.dedup();
-            notes.push(DeriveNote::SharedByLayers {
-                layers,
-                to: to.clone(),
-                stages,
-            });
-            return Ok(pins(&to));
-        }
-        if let Some(layer) = layer {
+            .find(|(g, _)| g.matches(&t.name));
+        let to = if let Some((_, rule)) = shared {
+            self.shared_stages(t, rule, notes)?
+        } else if let Some(layer) = layer {
             let s = self.stage_of_layer(&t.name, layer)?;
             let [first, last] = self.ranges[s as usize];
             notes.push(DeriveNote::StageByLayer {
@@ -1606,31 +1614,58 @@ impl Cx<'_> {
                 first,
                 last,
             });
-            return Ok(pins(&[s]));
-        }
-        let Some((from, from_count)) = &view.stage else {
-            notes.push(DeriveNote::EveryStage { stages });
-            return Ok(Vec::new());
+            vec![s]
+        } else {
+            mapped_stages(view, stages, notes)
         };
-        // Relative position; the last stage stays last.
-        let mut to: Vec<u64> = from
-            .iter()
-            .map(|&f| {
-                if f + 1 == *from_count {
-                    stages - 1
-                } else {
-                    f * stages / from_count
-                }
-            })
-            .collect();
+        let pp = self.target.pp_axis.clone().unwrap_or_default();
+        Ok(to.into_iter().map(|s| (pp.clone(), s)).collect())
+    }
+
+    /// The stages of a tensor a `derive.shared` rule names: every stage
+    /// (empty) without layers, else the stages of the layers it lists.
+    fn shared_stages(
+        &self,
+        t: &TensorInfo,
+        rule: &SharedTensors,
+        notes: &mut Vec<DeriveNote>,
+    ) -> Result<Vec<u64>, DeriveError> {
+        let stages = self.target.pp_degree();
+        if rule.layers.is_empty() {
+            notes.push(DeriveNote::Shared { stages });
+            return Ok(Vec::new());
+        }
+        let mut layers: Vec<u64> = Vec::with_capacity(rule.layers.len());
+        for r in &rule.layers {
+            let l = match r {
+                LayerRef::Index(i) => *i,
+                LayerRef::First => 0,
+                LayerRef::Last => self.layers.saturating_sub(1),
+            };
+            if l >= self.layers {
+                return Err(DeriveError::SharedLayer {
+                    pattern: rule.pattern.clone(),
+                    tensor: t.name.clone(),
+                    layer: r.to_string(),
+                    layers: self.layers,
+                });
+            }
+            layers.push(l);
+        }
+        layers.sort_unstable();
+        layers.dedup();
+        let mut to = Vec::with_capacity(layers.len());
+        for &l in &layers {
+            to.push(self.stage_of_layer(&t.name, l)?);
+        }
+        to.sort_unstable();
         to.dedup();
-        notes.push(DeriveNote::StageMapped {
-            from: from.clone(),
-            from_count: *from_count,
+        notes.push(DeriveNote::SharedByLayers {
+            layers,
             to: to.clone(),
-            to_count: stages,
+            stages,
         });
-        Ok(pins(&to))
+        Ok(to)
     }
 
     /// The target stage whose layer range holds `layer`.
