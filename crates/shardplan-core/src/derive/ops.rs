@@ -1167,39 +1167,16 @@ impl<'a> MatMulInputs<'a> {
 }
 
 fn gather(op: usize, shapes: &[&[u64]], st: &[Vec<u64>], devices: u64) -> Result<Raw, OpsError> {
-    let bad = |input: Option<usize>, fault: StrategyFault| OpsError::Strategy {
-        op,
-        input,
-        kind: OpKind::Gather,
-        fault,
-    };
     let (p, i) = (shapes[0], shapes[1]);
     let (ps, is) = (&st[0], &st[1]);
     if p.is_empty() {
-        return Err(bad(Some(0), StrategyFault::ScalarTable));
+        return Err(gather_fault(op, 0, StrategyFault::ScalarTable));
     }
     let mut output_shape = i.to_vec();
     output_shape.extend_from_slice(&p[1..]);
     if ps[0] == 1 {
-        // Normal mode: dev = indices ++ table strategy.
-        let mut dev = is.clone();
-        dev.extend_from_slice(ps);
-        let tmp = descending(i.len() + p.len());
-        let param_map = tmp[i.len()..].to_vec();
-        let indices_map = tmp[..i.len()].to_vec();
-        let mut out = indices_map.clone();
-        out.extend_from_slice(&param_map[1..]);
-        return Ok(Raw {
-            out_dev: dev.clone(),
-            dev,
-            inputs: vec![param_map, indices_map],
-            output: out,
-            output_shape,
-            forward: None,
-            side: None,
-        });
+        return Ok(gather_whole_vocab(p, i, ps, is, output_shape));
     }
-    // The vocabulary is split.
     if p.len() == 2
         && i.len() == 2
         && ps[1] == 1
@@ -1220,19 +1197,63 @@ fn gather(op: usize, shapes: &[&[u64]], st: &[Vec<u64>], devices: u64) -> Result
             side: None,
         });
     }
+    gather_split_vocab(op, p, i, ps, is, devices, output_shape)
+}
+
+fn gather_fault(op: usize, input: usize, fault: StrategyFault) -> OpsError {
+    OpsError::Strategy {
+        op,
+        input: Some(input),
+        kind: OpKind::Gather,
+        fault,
+    }
+}
+
+/// Gather in normal mode (the vocabulary whole): the device matrix is the
+/// indices' strategy then the table's.
+fn gather_whole_vocab(p: &[u64], i: &[u64], ps: &[u64], is: &[u64], output_shape: Vec<u64>) -> Raw {
+    let mut dev = is.to_vec();
+    dev.extend_from_slice(ps);
+    let tmp = descending(i.len() + p.len());
+    let param_map = tmp[i.len()..].to_vec();
+    let indices_map = tmp[..i.len()].to_vec();
+    let mut out = indices_map.clone();
+    out.extend_from_slice(&param_map[1..]);
+    Raw {
+        out_dev: dev.clone(),
+        dev,
+        inputs: vec![param_map, indices_map],
+        output: out,
+        output_shape,
+        forward: None,
+        side: None,
+    }
+}
+
+/// Gather with the vocabulary split and the indices whole: each rank
+/// looks up its rows, and the outputs are reduce-scattered along the first
+/// output dimension when it divides, else all-reduced.
+fn gather_split_vocab(
+    op: usize,
+    p: &[u64],
+    i: &[u64],
+    ps: &[u64],
+    is: &[u64],
+    devices: u64,
+    output_shape: Vec<u64>,
+) -> Result<Raw, OpsError> {
     if p.len() > 2 {
-        return Err(bad(Some(0), StrategyFault::VocabTableRank));
+        return Err(gather_fault(op, 0, StrategyFault::VocabTableRank));
     }
     if product(is) != 1 {
-        return Err(bad(Some(1), StrategyFault::VocabIndicesSplit));
+        return Err(gather_fault(op, 1, StrategyFault::VocabIndicesSplit));
     }
     let pp = product(ps);
     if pp != devices && p.len() == 2 && ps[1] != 1 {
-        return Err(bad(Some(0), StrategyFault::VocabRepeated));
+        return Err(gather_fault(op, 0, StrategyFault::VocabRepeated));
     }
     let param_map = descending(p.len());
     let indices_map = vec![-1; i.len()];
-    // Reduce-scatter along the first output dimension when it divides.
     let all_reduce = i.first().is_none_or(|&d| !d.is_multiple_of(ps[0]));
     let mut out = vec![if all_reduce { -1 } else { p.len() as i64 - 1 }];
     out.extend(std::iter::repeat_n(-1, i.len().saturating_sub(1)));
@@ -1246,20 +1267,18 @@ fn gather(op: usize, shapes: &[&[u64]], st: &[Vec<u64>], devices: u64) -> Result
     } else {
         RepeatSide::Left
     };
+    let collective = if all_reduce {
+        Collective::AllReduce
+    } else {
+        Collective::ReduceScatter
+    };
     Ok(Raw {
-        out_dev: ps.clone(),
-        dev: ps.clone(),
+        out_dev: ps.to_vec(),
+        dev: ps.to_vec(),
         inputs: vec![param_map, indices_map],
         output: out,
         output_shape,
-        forward: Some((
-            if all_reduce {
-                Collective::AllReduce
-            } else {
-                Collective::ReduceScatter
-            },
-            ps[0],
-        )),
+        forward: Some((collective, ps[0])),
         side: Some(side),
     })
 }
