@@ -241,24 +241,42 @@ fn grid(full: &[&Shard], dims: usize, max_width: usize, max_height: usize) -> Op
     if full.is_empty() {
         return None;
     }
-    let spans = |d: usize| -> Option<Vec<(u64, u64)>> {
-        let mut v: Vec<(u64, u64)> = full
-            .iter()
-            .map(|(r, _)| (r.offset()[d], r.end(d)))
-            .collect();
-        v.sort_unstable();
-        v.dedup();
-        // Overlapping ranges cannot be drawn as a grid.
-        v.windows(2).all(|w| w[0].1 <= w[1].0).then_some(v)
+    let cols = spans(full, dims - 1)?;
+    let rows = if dims == 2 {
+        spans(full, 0)?
+    } else {
+        Vec::new()
     };
-    let cols = spans(dims - 1)?;
-    let rows = if dims == 2 { spans(0)? } else { Vec::new() };
     let nrows = rows.len().max(1);
     // Every cell takes at least two lines and every column two characters:
     // give up early on grids that cannot fit.
     if 2 * nrows + 2 > max_height || 2 * cols.len() + 1 > max_width {
         return None;
     }
+    let cells = cell_labels(full, dims, &rows, &cols)?;
+    draw_grid(&rows, &cols, &cells, max_width, max_height)
+}
+
+/// The distinct ranges of the blocks along dimension `d`, sorted; `None`
+/// when two overlap (they cannot be drawn as a grid).
+fn spans(full: &[&Shard], d: usize) -> Option<Vec<(u64, u64)>> {
+    let mut v: Vec<(u64, u64)> = full
+        .iter()
+        .map(|(r, _)| (r.offset()[d], r.end(d)))
+        .collect();
+    v.sort_unstable();
+    v.dedup();
+    v.windows(2).all(|w| w[0].1 <= w[1].0).then_some(v)
+}
+
+/// Each cell's label (its holders) by (row, column); `None` unless every
+/// cell of the grid holds exactly one block.
+fn cell_labels(
+    full: &[&Shard],
+    dims: usize,
+    rows: &[(u64, u64)],
+    cols: &[(u64, u64)],
+) -> Option<BTreeMap<(usize, usize), String>> {
     let mut cells: BTreeMap<(usize, usize), String> = BTreeMap::new();
     for (region, ranks) in full {
         let ri = if dims == 2 {
@@ -275,10 +293,20 @@ fn grid(full: &[&Shard], dims: usize, max_width: usize, max_height: usize) -> Op
             return None;
         }
     }
-    if cells.len() != nrows * cols.len() {
-        return None;
-    }
+    (cells.len() == rows.len().max(1) * cols.len()).then_some(cells)
+}
 
+/// Draws the grid: column ranges on top, row ranges (a 2-D tensor's) on
+/// the left, box-drawing rules between the cells; `None` when wider or
+/// taller than allowed.
+fn draw_grid(
+    rows: &[(u64, u64)],
+    cols: &[(u64, u64)],
+    cells: &BTreeMap<(usize, usize), String>,
+    max_width: usize,
+    max_height: usize,
+) -> Option<Vec<String>> {
+    let nrows = rows.len().max(1);
     let col_heads: Vec<String> = cols.iter().map(|(a, b)| format!("{a}..{b}")).collect();
     let row_heads: Vec<String> = rows.iter().map(|(a, b)| format!("{a}..{b}")).collect();
     let widths: Vec<usize> = (0..cols.len())
@@ -289,12 +317,11 @@ fn grid(full: &[&Shard], dims: usize, max_width: usize, max_height: usize) -> Op
         .collect();
     let head_width = row_heads.iter().map(|h| width(h)).max().unwrap_or(0);
     // Row ranges, right-aligned, then a space before the grid.
-    let margin = if dims == 2 { head_width + 1 } else { 0 };
+    let margin = if rows.is_empty() { 0 } else { head_width + 1 };
     let total = margin + 1 + widths.iter().map(|w| w + 1).sum::<usize>();
     if total > max_width || 2 * nrows + 2 > max_height {
         return None;
     }
-
     let rule = |left: char, mid: char, right: char| {
         let mut s = " ".repeat(margin);
         s.push(left);
