@@ -214,6 +214,25 @@ fn read_yaml(text: &str, budget: &SpecBudget) -> Result<RawSpec, serde_saphyr::E
     serde_saphyr::from_str_with_options(text, opts)
 }
 
+/// The `stages:` of each strategy that lowered.
+fn stage_specs<S>(raw: &RawSpec, strategies: &BTreeMap<String, S>) -> BTreeMap<String, StageSpec> {
+    raw.strategies
+        .iter()
+        .filter(|(name, _)| strategies.contains_key(*name))
+        .filter_map(|(name, rs)| {
+            rs.stages.as_ref().map(|st| {
+                (
+                    name.clone(),
+                    StageSpec {
+                        axis: st.axis.value.clone(),
+                        layer: st.layer.value.clone(),
+                    },
+                )
+            })
+        })
+        .collect()
+}
+
 struct Cx {
     file: String,
     text: Arc<String>,
@@ -378,27 +397,7 @@ impl Cx {
                 optimizer_shards.insert(name.clone(), o);
             }
         }
-        let transfer = raw.transfer.as_ref().map(|t| {
-            for end in [&t.from, &t.to] {
-                if !raw.strategies.contains_key(&end.value) {
-                    let known: Vec<&str> = raw.strategies.keys().map(String::as_str).collect();
-                    self.error(
-                        DiagCode::UnknownStrategy,
-                        span_of(end),
-                        format!(
-                            "transfer names strategy `{}`, which the spec does not define",
-                            end.value
-                        ),
-                        "unknown strategy",
-                        &format!("defined strategies: {}", known.join(", ")),
-                    );
-                }
-            }
-            Transfer {
-                from: t.from.value.clone(),
-                to: t.to.value.clone(),
-            }
-        });
+        let transfer = self.lower_transfer(&raw);
         let derive = raw
             .derive
             .as_ref()
@@ -407,22 +406,7 @@ impl Cx {
             .operators
             .as_ref()
             .and_then(|o| self.lower_operators(o, &tensors));
-        let stages = raw
-            .strategies
-            .iter()
-            .filter(|(name, _)| strategies.contains_key(*name))
-            .filter_map(|(name, rs)| {
-                rs.stages.as_ref().map(|st| {
-                    (
-                        name.clone(),
-                        StageSpec {
-                            axis: st.axis.value.clone(),
-                            layer: st.layer.value.clone(),
-                        },
-                    )
-                })
-            })
-            .collect();
+        let stages = stage_specs(&raw, &strategies);
         let meshes: BTreeMap<String, Arc<DeviceMesh>> = meshes
             .into_iter()
             .filter_map(|(k, v)| v.map(|m| (k, m)))
@@ -442,6 +426,31 @@ impl Cx {
             strategy_meshes,
             decided_by,
             transfer,
+        })
+    }
+
+    /// The default transfer; each end that names no strategy of the spec
+    /// is reported.
+    fn lower_transfer(&mut self, raw: &RawSpec) -> Option<Transfer> {
+        let t = raw.transfer.as_ref()?;
+        for end in [&t.from, &t.to] {
+            if !raw.strategies.contains_key(&end.value) {
+                let known: Vec<&str> = raw.strategies.keys().map(String::as_str).collect();
+                self.error(
+                    DiagCode::UnknownStrategy,
+                    span_of(end),
+                    format!(
+                        "transfer names strategy `{}`, which the spec does not define",
+                        end.value
+                    ),
+                    "unknown strategy",
+                    &format!("defined strategies: {}", known.join(", ")),
+                );
+            }
+        }
+        Some(Transfer {
+            from: t.from.value.clone(),
+            to: t.to.value.clone(),
         })
     }
 
