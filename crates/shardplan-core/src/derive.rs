@@ -1525,9 +1525,11 @@ impl Cx<'_> {
     }
 
     /// How the kept dimension `kd` (split `from` ways in the source) is
-    /// split over the target's tensor-parallel axes: its source policy
-    /// where the target can keep it, else the fallback's (`None`:
-    /// replicated, or an indivisible tensor pushed to `indivisible`).
+    /// split over the target's tensor-parallel axes: a `chunk` or
+    /// `balanced` source keeps its policy; an even one, or one of explicit
+    /// block sizes, is split evenly where the target's degree divides the
+    /// size; otherwise the fallback's (`None`: replicated, or an
+    /// indivisible tensor pushed to `indivisible`).
     fn kept_policy(
         &self,
         t: &TensorInfo,

@@ -1185,21 +1185,27 @@ fn gather(op: usize, shapes: &[&[u64]], st: &[Vec<u64>], devices: u64) -> Result
         && ps[0] != devices
         && is[0] != devices
     {
-        // Shard batch and axis: dev [b, v], forward all-reduce.
-        let dev = vec![is[0], ps[0]];
-        return Ok(Raw {
-            out_dev: dev.clone(),
-            dev,
-            inputs: vec![vec![0, -1], vec![1, -1]],
-            output: vec![1, -1, -1],
-            output_shape,
-            forward: Some((Collective::AllReduce, ps[0])),
-            side: None,
-        });
+        return Ok(gather_batch_and_vocab(ps, is, output_shape));
     }
     gather_split_vocab(op, p, i, ps, is, devices, output_shape)
 }
 
+/// Gather with the batch and the vocabulary both split over all devices:
+/// device matrix `[b, v]`, the outputs all-reduced.
+fn gather_batch_and_vocab(ps: &[u64], is: &[u64], output_shape: Vec<u64>) -> Raw {
+    let dev = vec![is[0], ps[0]];
+    Raw {
+        out_dev: dev.clone(),
+        dev,
+        inputs: vec![vec![0, -1], vec![1, -1]],
+        output: vec![1, -1, -1],
+        output_shape,
+        forward: Some((Collective::AllReduce, ps[0])),
+        side: None,
+    }
+}
+
+/// A Gather strategy's fault at input `input` of operator `op`.
 fn gather_fault(op: usize, input: usize, fault: StrategyFault) -> OpsError {
     OpsError::Strategy {
         op,
