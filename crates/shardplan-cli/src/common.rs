@@ -76,6 +76,17 @@ pub(crate) fn strategy_pair(
     ))
 }
 
+/// The error for a strategy `name` that `spec` (read from `path`) lacks,
+/// listing those it has.
+pub(crate) fn no_strategy(spec: &Spec, name: &str, path: &Path) -> miette::Report {
+    let names: Vec<&String> = spec.strategies().keys().collect();
+    miette::miette!(
+        help = format!("strategies in the spec: {names:?}"),
+        "no strategy `{name}` in {}",
+        path.display()
+    )
+}
+
 /// A strategy of the spec, or a MindSpore strategy file laying out the
 /// spec's tensors: wherever a strategy name is expected, a file works too.
 pub(crate) fn named_strategy(spec: &Spec, name: &str, path: &Path) -> miette::Result<Strategy> {

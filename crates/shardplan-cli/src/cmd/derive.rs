@@ -75,15 +75,6 @@ fn source_name(spec: &Spec, args: &DeriveArgs) -> Option<String> {
         .or(only)
 }
 
-fn no_strategy(spec: &Spec, name: &str, path: &Path) -> miette::Report {
-    let names: Vec<&String> = spec.strategies().keys().collect();
-    miette::miette!(
-        help = format!("strategies in the spec: {names:?}"),
-        "no strategy `{name}` in {}",
-        path.display()
-    )
-}
-
 /// The target `--target MESH` or `--devices N [--tp T] [--pp P]` names;
 /// the inner error is the derivation's own (a degree the devices do not
 /// divide), reported as a derivation failure.

@@ -29,14 +29,9 @@ pub(crate) fn show(
         eprint!("{}", render(&diags));
         return Ok(Status::from(1));
     };
-    let s = spec.strategy(strategy).ok_or_else(|| {
-        let names: Vec<&String> = spec.strategies().keys().collect();
-        miette::miette!(
-            help = format!("strategies in the spec: {names:?}"),
-            "no strategy `{strategy}` in {}",
-            path.display()
-        )
-    })?;
+    let s = spec
+        .strategy(strategy)
+        .ok_or_else(|| no_strategy(&spec, strategy, path))?;
     let layout = s.layout(tensor).ok_or_else(|| {
         miette::miette!(
             help = "names are matched exactly, as listed under `tensors:` in the spec",
