@@ -11,14 +11,14 @@ for f in specs/*.yaml specs/invalid/*.yaml; do
     [ "$(wc -c < "$f")" -lt 20000 ] && cp "$f" "$seeds/spec_parse/$(basename "$f")"
 done
 i=0
-for f in crates/shardplan-cli/tests/it/fixtures/mindspore/*/*_strategy/*; do
+for f in crates/shardplan/tests/it/fixtures/mindspore/*/*_strategy/*; do
     cp "$f" "$seeds/strategy_file/$i-$(basename "$f")"; i=$((i + 1))
 done
 i=0
-for f in crates/shardplan-cli/tests/it/fixtures/mindspore/*/src/rank_0/*.ckpt; do
+for f in crates/shardplan/tests/it/fixtures/mindspore/*/src/rank_0/*.ckpt; do
     { printf '\x00'; cat "$f"; } > "$seeds/checkpoint_index/ckpt-$i"; i=$((i + 1))
 done
-for f in crates/shardplan-cli/tests/it/fixtures/mindspore/*/src_safetensors/rank_0/*.safetensors; do
+for f in crates/shardplan/tests/it/fixtures/mindspore/*/src_safetensors/rank_0/*.safetensors; do
     { printf '\x01'; cat "$f"; } > "$seeds/checkpoint_index/st-$i"; i=$((i + 1))
 done
 cargo build -q --release
@@ -32,10 +32,10 @@ printf '\x01{"w": {"saved_offsets": [10, 0]}, "n": {"saved_offsets": []}}' > "$s
 echo "seeds: $(find "$seeds" -type f | wc -l) files"
 # dcp_pickle: the .metadata pickles of the DCP fixtures; torch_zip: the
 # first torch.save archive of each of their .distcp files.
-for f in crates/shardplan-cli/tests/it/fixtures/torch/*/checkpoint/.metadata; do
+for f in crates/shardplan/tests/it/fixtures/torch/*/checkpoint/.metadata; do
     cp "$f" "$seeds/dcp_pickle/$(basename "$(dirname "$(dirname "$f")")")"
 done
-for f in crates/shardplan-cli/tests/it/fixtures/torch/*/checkpoint/__0_0.distcp; do
+for f in crates/shardplan/tests/it/fixtures/torch/*/checkpoint/__0_0.distcp; do
     case="$(basename "$(dirname "$(dirname "$f")")")"
     python3 - "$f" "$seeds/torch_zip/$case" <<'PY'
 import struct, sys

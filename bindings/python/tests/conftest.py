@@ -11,7 +11,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[3]
 SPECS = REPO / "specs"
-FIXTURE_CASES = REPO / "crates" / "shardplan-cli" / "tests" / "it" / "fixtures" / "mindspore"
+FIXTURE_CASES = REPO / "crates" / "shardplan" / "tests" / "it" / "fixtures" / "mindspore"
 SHARED = REPO.parent / "shared"
 
 

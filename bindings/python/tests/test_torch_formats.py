@@ -23,7 +23,7 @@ from conftest import REPO, SHARED, is_ci
 TORCH_CASES = SHARED / "conformance" / "torch"
 if not TORCH_CASES.is_dir() and not is_ci():
     # The copies of the five cases kept in the repository.
-    TORCH_CASES = REPO / "crates" / "shardplan-cli" / "tests" / "it" / "fixtures" / "torch"
+    TORCH_CASES = REPO / "crates" / "shardplan" / "tests" / "it" / "fixtures" / "torch"
 CASES = ["fsdp4_uneven", "tp2_dp2", "safetensors_format_tp4", "hf_writer_fsdp2", "hf_sharded_llama"]
 
 if not TORCH_CASES.is_dir():  # pragma: no cover - depends on the machine

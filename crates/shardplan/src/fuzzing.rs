@@ -1,5 +1,5 @@
 //! The checks the fuzz targets run, shared with the regression test that
-//! replays stored inputs (`crates/shardplan-cli/tests/it/fuzz_regressions.rs`).
+//! replays stored inputs (`crates/shardplan/tests/it/fuzz_regressions.rs`).
 //! Each panics with a message naming the input when an invariant breaks;
 //! none may panic otherwise.
 

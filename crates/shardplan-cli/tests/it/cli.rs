@@ -114,9 +114,7 @@ fn usage_errors() {
 }
 
 fn conformance(case: &str) -> Option<std::path::PathBuf> {
-    let fixtures = crate::common::test_data()
-        .join("fixtures/mindspore")
-        .join(case);
+    let fixtures = crate::common::fixtures().join("mindspore").join(case);
     fixtures.is_dir().then_some(fixtures)
 }
 

@@ -10,10 +10,6 @@ use shardplan::formats::dcp_write::{
     DCP_ARCHIVE_NAME, DcpChunkData, DcpChunkOut, DcpLayout, TorchSaveItem, write_dcp_folder,
 };
 
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
 /// A tensor of the test folder: tensor `k` holds `arange(numel) + 1000*k`.
 struct Tensor {
     name: &'static str,
@@ -141,7 +137,7 @@ fn python_with_torch() -> Result<PathBuf, String> {
     let python = match std::env::var_os("SHARDPLAN_PYTHON") {
         Some(p) => PathBuf::from(p),
         None => {
-            let venv = repo_root().join(".venv/bin/python");
+            let venv = crate::common::repo_root().join(".venv/bin/python");
             if venv.exists() {
                 venv
             } else {
@@ -233,7 +229,7 @@ fn writing_twice_gives_the_same_bytes() {
 fn conformance_dir() -> Option<PathBuf> {
     let dir = match std::env::var_os("SHARDPLAN_CONFORMANCE_DIR") {
         Some(d) => PathBuf::from(d),
-        None => repo_root().join("../shared/conformance"),
+        None => crate::common::repo_root().join("../shared/conformance"),
     };
     dir.join("torch").is_dir().then(|| dir.join("torch"))
 }

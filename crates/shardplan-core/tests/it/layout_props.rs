@@ -14,10 +14,10 @@ use proptest::prelude::*;
 use proptest::strategy::ValueTree;
 use proptest::test_runner::{Config, TestRunner};
 
-use shardplan::notation::dtensor;
-use shardplan::notation::jax::PartitionSpec;
-use shardplan::notation::mindspore::MindSporeLayout;
-use shardplan::{
+use shardplan_core::notation::dtensor;
+use shardplan_core::notation::jax::PartitionSpec;
+use shardplan_core::notation::mindspore::MindSporeLayout;
+use shardplan_core::{
     DeviceMesh, DimSplit, LayoutConfig, Region, SplitPolicy, TensorLayout, element_count,
 };
 

@@ -390,22 +390,11 @@ fn placements_follow_the_device_matrix() {
 
 fn tiny_with_ops() -> Spec {
     let text = std::fs::read_to_string(root().join("specs/tiny-model.yaml")).unwrap();
-    parse(&format!("{text}{TINY_OPS}"))
+    parse(&format!("{text}\n{TINY_OPS}"))
 }
 
-const TINY_OPS: &str = "
-operators:
-  devices: 4
-  batch: 8
-  inputs:
-    - {name: tokens, shape: [batch], dtype: i32}
-  ops:
-    - {op: Gather, name: embed, inputs: [model.embed_tokens.weight, tokens], strategy: [[4, 1], [1]], output: h}
-    - {op: RmsNorm, name: norm0, inputs: [h, model.layers.0.input_layernorm.weight], strategy: [[4, 1], [1]], output: hn}
-    - {op: MatMul, name: q, inputs: [hn, model.layers.0.self_attn.q_proj.weight], strategy: [[1, 1], [4, 1]], transpose_b: true}
-    - {op: MatMul, name: o, inputs: [q, model.layers.0.self_attn.o_proj.weight], strategy: [[1, 4], [1, 4]], transpose_b: true}
-    - {op: Add, name: residual, inputs: [h, o], strategy: [[4, 1], [4, 1]]}
-";
+/// The operators section of the tiny model, shared with the binary's tests.
+const TINY_OPS: &str = include_str!("tiny_ops.yaml");
 
 #[test]
 fn weights_and_redistributions_of_a_layer() {
@@ -810,54 +799,6 @@ operators:
     let no_devices = "version: 1\noperators: {ops: []}\n";
     let (_, diags) = parse_spec("x.yaml", no_devices);
     assert_eq!(diags[0].code.short(), "missing_field");
-}
-
-#[test]
-fn cli_derives_from_operators() {
-    let dir = std::env::temp_dir().join(format!("shardplan-ops-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let spec_file = dir.join("tiny-ops.yaml");
-    let text = std::fs::read_to_string(root().join("specs/tiny-model.yaml")).unwrap();
-    std::fs::write(&spec_file, format!("{text}{TINY_OPS}")).unwrap();
-    let s = spec_file.to_str().unwrap();
-    for (i, extra) in [&[][..], &["--devices", "8", "--batch", "16"][..]]
-        .iter()
-        .enumerate()
-    {
-        let out = dir.join(format!("derived-{i}.yaml"));
-        let o = out.to_str().unwrap();
-        let mut argv = vec!["derive", s, "--operators", "-o", o, "--explain"];
-        argv.extend_from_slice(extra);
-        let r = shardplan(&argv);
-        assert_eq!(r.status.code(), Some(0), "{argv:?}: {}", text_of(&r));
-        let stdout = String::from_utf8_lossy(&r.stdout);
-        assert!(stdout.contains("redistributions:"), "{stdout}");
-        assert!(String::from_utf8_lossy(&r.stderr).contains("redistribution(s) of activations"));
-        for cmd in [vec!["check", o], vec!["plan", o], vec!["simulate", o]] {
-            let r = shardplan(&cmd);
-            assert_eq!(r.status.code(), Some(0), "{cmd:?}: {}", text_of(&r));
-        }
-    }
-    let fails: &[(&[&str], i32, &str)] = &[
-        (&["--batch", "6"], 1, "shardplan::ops::indivisible"),
-        (&["--devices", "6"], 1, "shardplan::ops::devices"),
-        (&["--tp", "2"], 2, "cannot be used with"),
-    ];
-    for (extra, status, needle) in fails {
-        let mut argv = vec!["derive", s, "--operators"];
-        argv.extend_from_slice(extra);
-        let r = shardplan(&argv);
-        assert_eq!(r.status.code(), Some(*status), "{argv:?}: {}", text_of(&r));
-        assert!(text_of(&r).contains(needle), "{argv:?}: {}", text_of(&r));
-    }
-    let r = shardplan(&["derive", "specs/tiny-model.yaml", "--operators"]);
-    assert_eq!(r.status.code(), Some(2));
-    assert!(text_of(&r).contains("has no `operators:` section"));
-    std::fs::remove_dir_all(&dir).ok();
-}
-
-fn text_of(o: &Output) -> String {
-    text(o)
 }
 
 const STAGED: &str = "

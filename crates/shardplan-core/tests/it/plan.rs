@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use proptest::prelude::*;
 use proptest::strategy::Strategy as _;
-use shardplan::{
+use shardplan_core::{
     DType, DeviceMesh, DimSplit, ExecConfig, LayoutConfig, PieceFault, PlanConfig, PlanDefect,
     ReplicaChoice, ShardStore, SlicePlan, SplitPolicy, Strategy, TensorFault, TensorInfo,
     TensorLayout, check_plan, execute_plan, execute_plan_with, plan_transfer, verify_plan,
@@ -89,7 +89,7 @@ fn boxes_layout(mesh: Arc<DeviceMesh>, shape: Vec<u64>, mut seed: u64) -> Tensor
         (seed >> 33) % n.max(1)
     };
     let ranks = mesh.rank_count();
-    let mut tiles = vec![shardplan::Region::whole(&shape)];
+    let mut tiles = vec![shardplan_core::Region::whole(&shape)];
     for _ in 1..=next(ranks) {
         let t = next(tiles.len() as u64) as usize;
         let cuttable: Vec<usize> = (0..shape.len())
@@ -105,15 +105,15 @@ fn boxes_layout(mesh: Arc<DeviceMesh>, shape: Vec<u64>, mut seed: u64) -> Tensor
         e1[k] = at;
         o2[k] += at;
         e2[k] -= at;
-        tiles[t] = shardplan::Region::new(o, e1);
-        tiles.push(shardplan::Region::new(o2, e2));
+        tiles[t] = shardplan_core::Region::new(o, e1);
+        tiles.push(shardplan_core::Region::new(o2, e2));
     }
     // A random order of the ranks: the first ones take the tiles.
     let mut order: Vec<u64> = (0..ranks).collect();
     for i in (1..order.len()).rev() {
         order.swap(i, next(i as u64 + 1) as usize);
     }
-    let mut boxes: Vec<(u64, shardplan::Region)> = Vec::new();
+    let mut boxes: Vec<(u64, shardplan_core::Region)> = Vec::new();
     for (i, &r) in order.iter().enumerate() {
         match tiles.get(i) {
             Some(t) => boxes.push((r, t.clone())),
@@ -232,7 +232,8 @@ fn corrupt(
             let k = piece.dst_box.extent().iter().position(|_| true)?;
             let mut off = piece.dst_box.offset().to_vec();
             off[k] += 1;
-            tp.pieces[i].dst_box = shardplan::Region::new(off, piece.dst_box.extent().to_vec());
+            tp.pieces[i].dst_box =
+                shardplan_core::Region::new(off, piece.dst_box.extent().to_vec());
         }
         Corruption::WrongSource => {
             let sl = src.layout(&tp.name).unwrap();
@@ -479,7 +480,7 @@ fn corruptions_are_named() {
             // Shift along dim 1 for a box still inside the tensor's rows.
             bad = p.clone();
             let pc = &mut bad.tensors[0].pieces[piece];
-            pc.dst_box = shardplan::Region::new(vec![2, 1], vec![2, 4]);
+            pc.dst_box = shardplan_core::Region::new(vec![2, 1], vec![2, 4]);
         }
         let err: PlanDefect = check_plan(&bad, &src, &dst).unwrap_err();
         assert!(fault(&err), "{c:?}: {err:?}");
@@ -577,7 +578,7 @@ fn verifier_sweeps_many_pieces() {
     assert_eq!(p.summary().pieces, 64 * 64);
     assert!(check_plan(&p, &src, &dst).is_ok());
     let mut bad = p.clone();
-    bad.tensors[0].pieces[100].dst_box = shardplan::Region::new(vec![1, 37], vec![1, 1]);
+    bad.tensors[0].pieces[100].dst_box = shardplan_core::Region::new(vec![1, 37], vec![1, 1]);
     bad.tensors[0].pieces[100].dst_local_offset = vec![1, 37];
     bad.tensors[0].pieces[100].src_rank = 64 + 37;
     let err = check_plan(&bad, &src, &dst).unwrap_err();
@@ -686,7 +687,7 @@ fn a_billion_pieces_is_refused_before_planning() {
     let dst = Strategy::new("cols", dm, vec![t], vec![dl]).unwrap();
     let err = plan_transfer(&src, &dst, &PlanConfig::new(ReplicaChoice::Balance)).unwrap_err();
     assert!(
-        matches!(err, shardplan::PlanError::TooManyPieces { .. }),
+        matches!(err, shardplan_core::PlanError::TooManyPieces { .. }),
         "{err}"
     );
     assert!(err.to_string().contains("budget"), "{err}");
@@ -696,7 +697,7 @@ fn a_billion_pieces_is_refused_before_planning() {
 /// what the stores lack, before any byte is written.
 #[test]
 fn store_mismatches_by_fault() {
-    use shardplan::{ExecError, StoreMismatch};
+    use shardplan_core::{ExecError, StoreMismatch};
     let mesh = |n: u64| Arc::new(DeviceMesh::new([("tp", n)]).unwrap());
     let tensor = |name: &str, dtype: DType| TensorInfo {
         name: name.into(),

@@ -186,40 +186,34 @@ fn unsafe_code_is_only_where_io_needs_it() {
 }
 
 /// Every error code the sources define (`code(shardplan::...)` on a
-/// diagnostic, or a code string of `DiagCode` and `PieceFault`) is listed in
-/// docs/errors.md; `scripts/gen_error_codes.py` rewrites the page.
+/// diagnostic, a code string of `DiagCode` and `PieceFault`, or a code the
+/// Python package passes to its exceptions) is listed in docs/errors.md with
+/// a meaning; `scripts/gen_error_codes.py` rewrites the page.
 #[test]
 fn every_error_code_is_documented() {
     let root = crate::common::repo_root();
     let doc = std::fs::read_to_string(root.join("docs/errors.md")).unwrap();
     let mut missing = Vec::new();
     let mut seen = 0;
-    let mut stack = vec![root.join("crates")];
+    let mut stack = vec![root.join("crates"), root.join("bindings/python")];
     while let Some(dir) = stack.pop() {
         for entry in std::fs::read_dir(&dir).unwrap() {
             let path = entry.unwrap().path();
             if path.is_dir() {
-                if !path.ends_with("tests") {
+                if !path.ends_with("tests") && !path.ends_with("target") {
                     stack.push(path);
                 }
                 continue;
             }
-            if path.extension().is_none_or(|e| e != "rs")
+            let source = path.extension().is_some_and(|e| e == "rs" || e == "py");
+            if !source
                 || !path.to_string_lossy().contains("/src/")
+                    && !path.to_string_lossy().contains("/python/shardplan/")
             {
                 continue;
             }
             let text = std::fs::read_to_string(&path).unwrap();
-            for (at, _) in text.match_indices("shardplan::") {
-                let before = &text[..at];
-                let is_code = before.ends_with("code(") || before.ends_with("=> \"");
-                if !is_code {
-                    continue;
-                }
-                let code: String = text[at..]
-                    .chars()
-                    .take_while(|c| c.is_ascii_lowercase() || *c == '_' || *c == ':')
-                    .collect();
+            for code in error_codes_in(&text) {
                 seen += 1;
                 if !doc.contains(&format!("`{code}`")) {
                     missing.push(format!("{code} ({})", path.display()));
@@ -232,6 +226,40 @@ fn every_error_code_is_documented() {
         missing.is_empty(),
         "codes missing from docs/errors.md (run scripts/gen_error_codes.py): {missing:?}"
     );
+    let blank: Vec<&str> = doc
+        .lines()
+        .filter(|l| l.starts_with("| `shardplan::"))
+        .filter(|l| {
+            l.trim_end()
+                .trim_end_matches('|')
+                .rsplit('|')
+                .next()
+                .is_none_or(|m| m.trim().is_empty())
+        })
+        .collect();
+    assert!(
+        blank.is_empty(),
+        "codes without a meaning in docs/errors.md (give the variant a doc comment, then run scripts/gen_error_codes.py): {blank:?}"
+    );
+}
+
+/// The error codes a source file defines or raises: what follows `code(`
+/// (a diagnostic attribute), `=> "` (a code string of `DiagCode` or
+/// `PieceFault`), `code="` (Python), `code: Some("` or `with_class(..., "`
+/// (the extension).
+fn error_codes_in(text: &str) -> Vec<String> {
+    const BEFORE: [&str; 5] = ["code(", "=> \"", "code=\"", "code: Some(\"", "\", \""];
+    text.match_indices("shardplan::")
+        .filter(|(at, _)| BEFORE.iter().any(|b| text[..*at].ends_with(b)))
+        .map(|(at, _)| {
+            text[at..]
+                .chars()
+                .take_while(|c| c.is_ascii_lowercase() || *c == '_' || *c == ':')
+                .collect::<String>()
+                .trim_end_matches(':')
+                .to_string()
+        })
+        .collect()
 }
 
 /// A crate's layers, bottom first: module path prefixes (`notation/fault`
