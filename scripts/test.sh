@@ -15,6 +15,8 @@ fi
 "$venv/bin/python" -m pip install --quiet --disable-pip-version-check \
     -r bindings/python/requirements-test.txt
 SHARDPLAN_PYTHON="$(cd "$venv" && pwd)/bin/python" cargo test --workspace
+# The embedding example (built by the tests above) must also run.
+cargo run --quiet -p shardplan --example embed > /dev/null
 
 # Builds the extension in release mode into target/ (incremental) and
 # installs the package, with its `shardplan` command, into the venv.
