@@ -14,6 +14,7 @@ mod architecture;
 mod common;
 mod dcp_write;
 mod derive;
+mod docs_tree;
 mod fuzz_regressions;
 mod hf_formats;
 mod mindspore_conformance;
