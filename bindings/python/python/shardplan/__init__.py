@@ -13,11 +13,11 @@ Python shape: numpy arrays, exceptions, paths. See docs/python.md.
 
 from __future__ import annotations
 
-import os
-import warnings
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Union
+import os as _os
+import typing as _t
+import warnings as _warnings
 
-import numpy as np
+import numpy as _np
 
 from . import _shardplan
 from ._errors import (
@@ -49,6 +49,7 @@ __all__ = [
     "Error",
     "FileError",
     "Layout",
+    "LayoutError",
     "Piece",
     "Plan",
     "PlanDefect",
@@ -73,10 +74,10 @@ __all__ = [
     "reshard",
 ]
 
-PathLike = Union[str, "os.PathLike[str]"]
+_PathLike = _t.Union[str, "os.PathLike[str]"]
 
 
-def numpy_dtype(name: str) -> np.dtype:
+def numpy_dtype(name: str) -> _np.dtype:
     """The numpy dtype of a shardplan dtype name (``bf16`` is
     ``ml_dtypes.bfloat16``).
 
@@ -86,9 +87,9 @@ def numpy_dtype(name: str) -> np.dtype:
     if name == "bf16":
         import ml_dtypes
 
-        return np.dtype(ml_dtypes.bfloat16)
+        return _np.dtype(ml_dtypes.bfloat16)
     try:
-        return np.dtype(_NUMPY_NAMES[name])
+        return _np.dtype(_NUMPY_NAMES[name])
     except KeyError:
         raise UsageError(
             f"`{name}` is not a shardplan dtype",
@@ -101,14 +102,15 @@ def dtype_name(dtype: "np.typing.DTypeLike") -> str:
     """The shardplan dtype name of a numpy dtype, the inverse of
     :func:`numpy_dtype`.
 
+    >>> import numpy as np
     >>> dtype_name(np.float16)
     'f16'
     """
-    d = np.dtype(dtype)
+    d = _np.dtype(dtype)
     if d.name == "bfloat16":
         return "bf16"
     for name, numpy_name in _NUMPY_NAMES.items():
-        if d == np.dtype(numpy_name):
+        if d == _np.dtype(numpy_name):
             return name
     raise UsageError(
         f"numpy dtype `{d}` has no shardplan dtype",
@@ -143,11 +145,11 @@ class Plan:
 
     __slots__ = ("_inner",)
 
-    def __init__(self, inner: Any) -> None:
+    def __init__(self, inner: _t.Any) -> None:
         self._inner = inner
 
     @property
-    def summary(self) -> Dict[str, int]:
+    def summary(self) -> _t.Dict[str, int]:
         """Totals, the keys of the JSON plan's ``summary``: ``total_bytes``,
         ``lower_bound_bytes``, ``local_bytes``, ``max_send_bytes``,
         ``max_send_lower_bound_bytes``, ``max_recv_bytes``, ``messages``,
@@ -155,7 +157,7 @@ class Plan:
         return self._inner.summary
 
     @property
-    def ranks(self) -> Dict[str, Dict[int, Dict[str, Any]]]:
+    def ranks(self) -> _t.Dict[str, _t.Dict[int, _t.Dict[str, _t.Any]]]:
         """Per-rank traffic: ``{"send": {rank: {bytes, messages}},
         "receive": {rank: {bytes, messages, local_bytes, files}}}``."""
         return self._inner.ranks
@@ -186,7 +188,7 @@ class Plan:
         return self._inner.replicas
 
     @property
-    def tensors(self) -> List[str]:
+    def tensors(self) -> _t.List[str]:
         """Planned tensor names; ``to_numpy()["tensor"]`` indexes this list."""
         return self._inner.tensors
 
@@ -198,15 +200,15 @@ class Plan:
     def pieces(
         self,
         *,
-        tensor: Optional[str] = None,
-        src_rank: Optional[int] = None,
-        dst_rank: Optional[int] = None,
-    ) -> List[Piece]:
+        tensor: _t.Optional[str] = None,
+        src_rank: _t.Optional[int] = None,
+        dst_rank: _t.Optional[int] = None,
+    ) -> _t.List[Piece]:
         """The pieces, optionally only those of ``tensor``, from
         ``src_rank`` or to ``dst_rank``."""
         return self._inner.pieces(tensor=tensor, src_rank=src_rank, dst_rank=dst_rank)
 
-    def to_numpy(self) -> np.ndarray:
+    def to_numpy(self) -> _np.ndarray:
         """Every piece as one row of a numpy structured array.
 
         Fields: ``tensor`` (index into :attr:`tensors`), ``src_rank``,
@@ -218,22 +220,22 @@ class Plan:
         """
         matrix, ndim = self._inner._piece_matrix()
         dims = (ndim,) if ndim else (0,)
-        dtype = np.dtype(
+        dtype = _np.dtype(
             [
-                ("tensor", np.uint32),
-                ("src_rank", np.uint64),
-                ("dst_rank", np.uint64),
-                ("bytes", np.uint64),
-                ("local", np.bool_),
-                ("reduce", np.bool_),
-                ("ndim", np.uint8),
-                ("offset", np.uint64, dims),
-                ("src_offset", np.uint64, dims),
-                ("dst_offset", np.uint64, dims),
-                ("extent", np.uint64, dims),
+                ("tensor", _np.uint32),
+                ("src_rank", _np.uint64),
+                ("dst_rank", _np.uint64),
+                ("bytes", _np.uint64),
+                ("local", _np.bool_),
+                ("reduce", _np.bool_),
+                ("ndim", _np.uint8),
+                ("offset", _np.uint64, dims),
+                ("src_offset", _np.uint64, dims),
+                ("dst_offset", _np.uint64, dims),
+                ("extent", _np.uint64, dims),
             ]
         )
-        out = np.empty(matrix.shape[0], dtype=dtype)
+        out = _np.empty(matrix.shape[0], dtype=dtype)
         for i, name in enumerate(("tensor", "src_rank", "dst_rank", "bytes", "local", "reduce", "ndim")):
             out[name] = matrix[:, i]
         for k, name in enumerate(("offset", "src_offset", "dst_offset", "extent")):
@@ -250,21 +252,21 @@ class Plan:
         """The report ``shardplan plan`` prints."""
         return self._inner.report(top)
 
-    def to_json(self, path: Optional[PathLike] = None) -> str:
+    def to_json(self, path: _t.Optional[_PathLike] = None) -> str:
         """The plan in the JSON plan format (docs/plan-format.md). With
         ``path``, also written there (to a temporary name, fsynced,
         renamed)."""
         text = self._inner._json() + "\n"
         if path is not None:
-            _write_atomic(os.fspath(path), text.encode())
+            _write_atomic(_os.fspath(path), text.encode())
         return text
 
     @staticmethod
-    def from_json(path: PathLike, src: Strategy, dst: Strategy) -> "Plan":
+    def from_json(path: _PathLike, src: Strategy, dst: Strategy) -> "Plan":
         """Reads a JSON plan and verifies it moves ``src`` to ``dst``:
         :class:`PlanFileError` for a malformed file, :class:`PlanDefect`
         for a wrong plan."""
-        name = os.fspath(path)
+        name = _os.fspath(path)
         try:
             with open(name, "rb") as f:
                 raw = f.read()
@@ -298,7 +300,7 @@ def plan(
     dst: Strategy,
     *,
     replicas: str = "balance",
-    tensors: Optional[Sequence[str]] = None,
+    tensors: _t.Optional[_t.Sequence[str]] = None,
 ) -> Plan:
     """Plans moving every tensor (or those in ``tensors``) from ``src`` to
     ``dst``, and verifies the plan. ``replicas="balance"`` spreads the
@@ -309,14 +311,14 @@ def plan(
     return Plan(_shardplan.plan(src, dst, replicas=replicas, tensors=names))
 
 
-def _path_or_paths(value: Any) -> Union[str, List[str]]:
+def _path_or_paths(value: _t.Any) -> _t.Union[str, _t.List[str]]:
     """One path as a string, several as a list of strings."""
-    if isinstance(value, (str, os.PathLike)):
-        return os.fspath(value)
-    return [os.fspath(v) for v in value]
+    if isinstance(value, (str, _os.PathLike)):
+        return _os.fspath(value)
+    return [_os.fspath(v) for v in value]
 
 
-def _side(value: Any) -> Any:
+def _side(value: _t.Any) -> _t.Any:
     """A strategy argument as the extension takes it."""
     if value is None or isinstance(value, Strategy):
         return value
@@ -324,14 +326,14 @@ def _side(value: Any) -> Any:
 
 
 def load_distributed_checkpoint(
-    checkpoint: Union[PathLike, Sequence[PathLike]],
-    train_strategy: Union[None, PathLike, Sequence[PathLike], Strategy] = None,
-    predict_strategy: Union[None, PathLike, Sequence[PathLike], Strategy] = None,
+    checkpoint: _t.Union[_PathLike, _t.Sequence[_PathLike]],
+    train_strategy: _t.Union[None, _PathLike, _t.Sequence[_PathLike], Strategy] = None,
+    predict_strategy: _t.Union[None, _PathLike, _t.Sequence[_PathLike], Strategy] = None,
     rank: int = 0,
     *,
     replicas: str = "min_files",
     any_device_count: bool = False,
-) -> Dict[str, np.ndarray]:
+) -> _t.Dict[str, _np.ndarray]:
     """Reads what rank ``rank`` holds under ``predict_strategy`` from a
     distributed checkpoint, as numpy arrays by tensor name.
 
@@ -355,26 +357,26 @@ def load_distributed_checkpoint(
         any_device_count,
     )
     for note in notes:
-        warnings.warn(note, ShardplanWarning, stacklevel=2)
-    out: Dict[str, np.ndarray] = {}
+        _warnings.warn(note, ShardplanWarning, stacklevel=2)
+    out: _t.Dict[str, _np.ndarray] = {}
     for name, dtype, shape, data in raw:
         out[name] = data.view(numpy_dtype(dtype)).reshape(shape)
     return out
 
 
 def reshard(
-    src_dir: Union[PathLike, Sequence[PathLike]],
-    out_dir: PathLike,
+    src_dir: _t.Union[_PathLike, _t.Sequence[_PathLike]],
+    out_dir: _PathLike,
     *,
-    src_strategy: Union[None, PathLike, Sequence[PathLike], Strategy] = None,
-    dst_strategy: Union[None, PathLike, Sequence[PathLike], Strategy] = None,
-    format: Optional[str] = None,
-    rank: Optional[int] = None,
+    src_strategy: _t.Union[None, _PathLike, _t.Sequence[_PathLike], Strategy] = None,
+    dst_strategy: _t.Union[None, _PathLike, _t.Sequence[_PathLike], Strategy] = None,
+    format: _t.Optional[str] = None,
+    rank: _t.Optional[int] = None,
     replicas: str = "min_files",
     any_device_count: bool = False,
     direct_io: bool = True,
-    max_shard_size: Union[int, str] = "5GB",
-) -> List[Dict[str, Any]]:
+    max_shard_size: _t.Union[int, str] = "5GB",
+) -> _t.List[_t.Dict[str, _t.Any]]:
     """Reshards a checkpoint into ``out_dir``, as ``shardplan reshard``
     does: outputs temp-named, fsynced and renamed, resumable, sources never
     modified. The source is a MindSpore folder of ``rank_<r>/`` folders (or
@@ -392,7 +394,7 @@ def reshard(
         max_shard_size = _shardplan._parse_shard_size(max_shard_size)
     return _shardplan.reshard(
         _path_or_paths(src_dir),
-        os.fspath(out_dir),
+        _os.fspath(out_dir),
         src_strategy=_side(src_strategy),
         dst_strategy=_side(dst_strategy),
         format=format,
@@ -404,7 +406,7 @@ def reshard(
     )
 
 
-def check(files: Union[PathLike, Iterable[PathLike]]) -> List[Diagnostic]:
+def check(files: _t.Union[_PathLike, _t.Iterable[_PathLike]]) -> _t.List[Diagnostic]:
     """Checks spec files, as ``shardplan check`` does, and returns every
     diagnostic (errors and warnings) in file order; ``[]`` for valid specs.
     An unreadable file raises :class:`FileError`."""
@@ -415,16 +417,16 @@ def check(files: Union[PathLike, Iterable[PathLike]]) -> List[Diagnostic]:
 def _write_atomic(path: str, data: bytes) -> None:
     """Writes ``data`` to a temporary name beside ``path``, fsyncs it and
     renames it over ``path``."""
-    tmp = f"{path}.tmp-{os.getpid()}"
+    tmp = f"{path}.tmp-{_os.getpid()}"
     try:
         with open(tmp, "wb") as f:
             f.write(data)
             f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+            _os.fsync(f.fileno())
+        _os.replace(tmp, path)
     except OSError as e:
         try:
-            os.unlink(tmp)
+            _os.unlink(tmp)
         except OSError:
             pass
         raise FileError(
@@ -433,3 +435,6 @@ def _write_atomic(path: str, data: bytes) -> None:
             help="check that the folder exists and is writable",
             file=path,
         ) from e
+
+
+del annotations  # the __future__ import binds it; only __all__ is public

@@ -1,0 +1,30 @@
+"""Only the names in ``__all__`` are public: a module's imports and helpers
+are private (``_``-prefixed), so ``dir()`` and tab completion show the API."""
+
+from __future__ import annotations
+
+import importlib
+
+import pytest
+
+import shardplan as sp
+
+SUBMODULES = {"testing", "torch"}
+
+
+def public(module):
+    return {n for n in dir(module) if not n.startswith("_")}
+
+
+def test_package_shows_only_its_api():
+    assert public(sp) - SUBMODULES == set(sp.__all__)
+    assert all(hasattr(sp, n) for n in sp.__all__)
+
+
+@pytest.mark.parametrize("name", sorted(SUBMODULES))
+def test_submodule_shows_only_its_api(name):
+    if name == "torch":
+        pytest.importorskip("torch")
+    module = importlib.import_module(f"shardplan.{name}")
+    assert public(module) == set(module.__all__)
+    assert all(hasattr(module, n) for n in module.__all__)
