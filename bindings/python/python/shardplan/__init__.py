@@ -37,7 +37,7 @@ from ._errors import (
     StrategyFileError,
     UsageError,
 )
-from ._shardplan import DeviceMesh, Layout, Piece, Spec, Strategy, derive, load, read_strategy
+from ._shardplan import DeviceMesh, Layout, Piece, Plan, Spec, Strategy, derive, load, read_strategy
 
 __version__: str = _shardplan.__version__
 
@@ -135,166 +135,6 @@ _NUMPY_NAMES = {
 }
 
 
-class Plan:
-    """A slice-transfer plan that passed the independent verifier: which
-    source rank sends which box of which tensor to which destination rank.
-
-    Made by :func:`plan` or read by :meth:`Plan.from_json`; never built
-    unverified.
-    """
-
-    __slots__ = ("_inner",)
-
-    def __init__(self, inner: _t.Any) -> None:
-        self._inner = inner
-
-    @property
-    def summary(self) -> _t.Dict[str, int]:
-        """Totals, the keys of the JSON plan's ``summary``: ``total_bytes``,
-        ``lower_bound_bytes``, ``local_bytes``, ``max_send_bytes``,
-        ``max_send_lower_bound_bytes``, ``max_recv_bytes``, ``messages``,
-        ``pieces``."""
-        return self._inner.summary
-
-    @property
-    def ranks(self) -> _t.Dict[str, _t.Dict[int, _t.Dict[str, _t.Any]]]:
-        """Per-rank traffic: ``{"send": {rank: {bytes, messages}},
-        "receive": {rank: {bytes, messages, local_bytes, files}}}``."""
-        return self._inner.ranks
-
-    @property
-    def src(self) -> Strategy:
-        """The source strategy the plan was verified against."""
-        return self._inner.src
-
-    @property
-    def dst(self) -> Strategy:
-        """The destination strategy the plan was verified against."""
-        return self._inner.dst
-
-    @property
-    def source(self) -> str:
-        """The source strategy's name."""
-        return self._inner.source
-
-    @property
-    def destination(self) -> str:
-        """The destination strategy's name."""
-        return self._inner.destination
-
-    @property
-    def replicas(self) -> str:
-        """How replicas were chosen: ``"balance"`` or ``"min_files"``."""
-        return self._inner.replicas
-
-    @property
-    def tensors(self) -> _t.List[str]:
-        """Planned tensor names; ``to_numpy()["tensor"]`` indexes this list."""
-        return self._inner.tensors
-
-    def verify(self) -> None:
-        """Checks the plan again with the independent verifier; raises
-        :class:`PlanDefect` naming the tensor, rank and box at fault."""
-        self._inner.verify()
-
-    def pieces(
-        self,
-        *,
-        tensor: _t.Optional[str] = None,
-        src_rank: _t.Optional[int] = None,
-        dst_rank: _t.Optional[int] = None,
-    ) -> _t.List[Piece]:
-        """The pieces, optionally only those of ``tensor``, from
-        ``src_rank`` or to ``dst_rank``."""
-        return self._inner.pieces(tensor=tensor, src_rank=src_rank, dst_rank=dst_rank)
-
-    def to_numpy(self) -> _np.ndarray:
-        """Every piece as one row of a numpy structured array.
-
-        Fields: ``tensor`` (index into :attr:`tensors`), ``src_rank``,
-        ``dst_rank``, ``bytes``, ``local``, ``reduce``, ``ndim``, and per
-        dimension (arrays of the largest tensor rank, padded with 0 for
-        offsets and 1 for extents): ``offset`` (in the global tensor),
-        ``src_offset`` (in the source rank's local buffer), ``dst_offset``
-        (in the destination rank's local buffer), ``extent``.
-        """
-        matrix, ndim = self._inner._piece_matrix()
-        dims = (ndim,) if ndim else (0,)
-        dtype = _np.dtype(
-            [
-                ("tensor", _np.uint32),
-                ("src_rank", _np.uint64),
-                ("dst_rank", _np.uint64),
-                ("bytes", _np.uint64),
-                ("local", _np.bool_),
-                ("reduce", _np.bool_),
-                ("ndim", _np.uint8),
-                ("offset", _np.uint64, dims),
-                ("src_offset", _np.uint64, dims),
-                ("dst_offset", _np.uint64, dims),
-                ("extent", _np.uint64, dims),
-            ]
-        )
-        out = _np.empty(matrix.shape[0], dtype=dtype)
-        for i, name in enumerate(("tensor", "src_rank", "dst_rank", "bytes", "local", "reduce", "ndim")):
-            out[name] = matrix[:, i]
-        for k, name in enumerate(("offset", "src_offset", "dst_offset", "extent")):
-            start = 7 + k * ndim
-            out[name] = matrix[:, start : start + ndim].reshape((-1, *dims))
-        return out
-
-    def explain(self, tensor: str) -> str:
-        """Why ``tensor`` moves what it moves: its layouts, pieces and
-        bounds, as text."""
-        return self._inner.explain(tensor)
-
-    def report(self, top: int = 5) -> str:
-        """The report ``shardplan plan`` prints."""
-        return self._inner.report(top)
-
-    def to_json(self, path: _t.Optional[_PathLike] = None) -> str:
-        """The plan in the JSON plan format (docs/plan-format.md). With
-        ``path``, also written there (to a temporary name, fsynced,
-        renamed)."""
-        text = self._inner._json() + "\n"
-        if path is not None:
-            _write_atomic(_os.fspath(path), text.encode())
-        return text
-
-    @staticmethod
-    def from_json(path: _PathLike, src: Strategy, dst: Strategy) -> "Plan":
-        """Reads a JSON plan and verifies it moves ``src`` to ``dst``:
-        :class:`PlanFileError` for a malformed file, :class:`PlanDefect`
-        for a wrong plan."""
-        name = _os.fspath(path)
-        try:
-            with open(name, "rb") as f:
-                raw = f.read()
-        except OSError as e:
-            raise FileError(
-                f"cannot read {name}: {e.strerror}",
-                code="shardplan::python::read",
-                help="check the path",
-                file=name,
-            ) from e
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError as e:
-            raise PlanFileError(
-                f"{name}: not UTF-8 at byte {e.start}",
-                code="shardplan::formats::plan_json",
-                help="plan files are JSON, written by `shardplan plan --format json`",
-                file=name,
-            ) from None
-        return Plan(_shardplan.Plan._from_json_text(name, text, src, dst))
-
-    def __len__(self) -> int:
-        return len(self._inner)
-
-    def __repr__(self) -> str:
-        return repr(self._inner)
-
-
 def plan(
     src: Strategy,
     dst: Strategy,
@@ -308,7 +148,7 @@ def plan(
     ``"min_files"`` reads as few source files per destination as possible.
     """
     names = None if tensors is None else list(tensors)
-    return Plan(_shardplan.plan(src, dst, replicas=replicas, tensors=names))
+    return _shardplan.plan(src, dst, replicas=replicas, tensors=names)
 
 
 def _path_or_paths(value: _t.Any) -> _t.Union[str, _t.List[str]]:
@@ -412,29 +252,6 @@ def check(files: _t.Union[_PathLike, _t.Iterable[_PathLike]]) -> _t.List[Diagnos
     An unreadable file raises :class:`FileError`."""
     paths = _path_or_paths(files)
     return _shardplan._check([paths] if isinstance(paths, str) else paths)
-
-
-def _write_atomic(path: str, data: bytes) -> None:
-    """Writes ``data`` to a temporary name beside ``path``, fsyncs it and
-    renames it over ``path``."""
-    tmp = f"{path}.tmp-{_os.getpid()}"
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            _os.fsync(f.fileno())
-        _os.replace(tmp, path)
-    except OSError as e:
-        try:
-            _os.unlink(tmp)
-        except OSError:
-            pass
-        raise FileError(
-            f"cannot write {path}: {e.strerror}",
-            code="shardplan::python::write",
-            help="check that the folder exists and is writable",
-            file=path,
-        ) from e
 
 
 del annotations  # the __future__ import binds it; only __all__ is public

@@ -151,26 +151,53 @@ class Piece:
     reduce: bool
 
 class Plan:
-    """The extension's plan; ``shardplan.Plan`` wraps it."""
+    """A slice-transfer plan that passed the independent verifier: which
+    source rank sends which box of which tensor to which destination rank.
+    Made by ``plan`` or read by ``Plan.from_json``; never built unverified."""
 
-    summary: Dict[str, int]
-    ranks: Dict[str, Dict[int, Dict[str, Any]]]
-    src: Strategy
-    dst: Strategy
-    source: str
-    destination: str
-    replicas: str
-    tensors: List[str]
-    def verify(self) -> None: ...
+    @property
+    def summary(self) -> Dict[str, int]:
+        """Totals, the keys of the JSON plan's ``summary``."""
+    @property
+    def ranks(self) -> Dict[str, Dict[int, Dict[str, Any]]]:
+        """Per-rank traffic: ``{"send": {rank: ...}, "receive": {rank: ...}}``."""
+    @property
+    def src(self) -> Strategy:
+        """The source strategy the plan was verified against."""
+    @property
+    def dst(self) -> Strategy:
+        """The destination strategy the plan was verified against."""
+    @property
+    def source(self) -> str:
+        """The source strategy's name."""
+    @property
+    def destination(self) -> str:
+        """The destination strategy's name."""
+    @property
+    def replicas(self) -> str:
+        """``"balance"`` or ``"min_files"``."""
+    @property
+    def tensors(self) -> List[str]:
+        """Planned tensor names; ``to_numpy()["tensor"]`` indexes this list."""
+    def verify(self) -> None:
+        """Checks the plan again; raises ``PlanDefect``."""
     def pieces(
         self, *, tensor: Optional[str] = None, src_rank: Optional[int] = None, dst_rank: Optional[int] = None
-    ) -> List[Piece]: ...
-    def _piece_matrix(self) -> Tuple[np.ndarray, int]: ...
-    def explain(self, name: str) -> str: ...
-    def report(self, top: int = 5) -> str: ...
-    def _json(self) -> str: ...
+    ) -> List[Piece]:
+        """The pieces, optionally only those of ``tensor``, from ``src_rank``
+        or to ``dst_rank``."""
+    def to_numpy(self) -> np.ndarray:
+        """Every piece as one row of a numpy structured array."""
+    def explain(self, name: str) -> str:
+        """Why tensor ``name`` moves what it moves, as text."""
+    def report(self, top: int = 5) -> str:
+        """The report ``shardplan plan`` prints."""
+    def to_json(self, path: Optional[StrPath] = None) -> str:
+        """The plan in the JSON plan format; with ``path``, also written
+        there atomically (temporary name, fsync, rename)."""
     @staticmethod
-    def _from_json_text(file: str, text: str, src: Strategy, dst: Strategy) -> "Plan": ...
+    def from_json(path: StrPath, src: Strategy, dst: Strategy) -> "Plan":
+        """Reads a JSON plan and verifies it moves ``src`` to ``dst``."""
     def __len__(self) -> int: ...
 
 def load(path: StrPath) -> Spec:
