@@ -1,4 +1,4 @@
-//! Rust errors as the package's Python exceptions (`shardplan._errors`):
+//! Rust errors as the package's Python exceptions (`crate::exceptions`):
 //! each carries the stable code, the help, and where known the file, line
 //! and column or the tensor and rank at fault.
 
@@ -17,6 +17,8 @@ use shardplan::reshard::ReshardError;
 use shardplan::spec::{LoadError, SpecDiagnostic, SpecError};
 use shardplan::{LayoutError, PlanDefect, PlanError, StrategyError, derive::DeriveError};
 
+pub(crate) use crate::exceptions::Class;
+
 /// One error on its way to Python (boxed: results stay small).
 #[derive(Debug, Default)]
 pub(crate) struct Fault(Box<FaultInfo>);
@@ -31,46 +33,6 @@ impl std::ops::Deref for Fault {
 impl std::ops::DerefMut for Fault {
     fn deref_mut(&mut self) -> &mut FaultInfo {
         &mut self.0
-    }
-}
-
-/// The package's exception classes.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Class {
-    #[default]
-    Error,
-    Usage,
-    File,
-    Spec,
-    Layout,
-    Strategy,
-    Derive,
-    Plan,
-    PlanDefect,
-    PlanFile,
-    Checkpoint,
-    StrategyFile,
-    Reshard,
-}
-
-impl Class {
-    /// The class's Python name.
-    fn name(self) -> &'static str {
-        match self {
-            Class::Error => "Error",
-            Class::Usage => "UsageError",
-            Class::File => "FileError",
-            Class::Spec => "SpecError",
-            Class::Layout => "LayoutError",
-            Class::Strategy => "StrategyError",
-            Class::Derive => "DeriveError",
-            Class::Plan => "PlanError",
-            Class::PlanDefect => "PlanDefect",
-            Class::PlanFile => "PlanFileError",
-            Class::Checkpoint => "CheckpointError",
-            Class::StrategyFile => "StrategyFileError",
-            Class::Reshard => "ReshardError",
-        }
     }
 }
 
@@ -139,8 +101,7 @@ impl Fault {
 
     /// Builds the Python exception.
     fn to_pyerr(&self, py: Python<'_>) -> PyResult<PyErr> {
-        let module = py.import("shardplan._errors")?;
-        let class = module.getattr(self.class.name())?;
+        let class = self.class.get(py)?;
         let kw = PyDict::new(py);
         kw.set_item("code", &self.code)?;
         kw.set_item("help", &self.help)?;

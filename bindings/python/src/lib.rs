@@ -5,6 +5,7 @@
 mod check;
 mod checkpoint;
 mod errors;
+mod exceptions;
 mod layout;
 mod plan;
 mod strategy;
@@ -36,6 +37,7 @@ fn _shardplan(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(checkpoint::_parse_shard_size, m)?)?;
     m.add_function(wrap_pyfunction!(check::_check, m)?)?;
     m.add_function(wrap_pyfunction!(run_cli, m)?)?;
+    exceptions::add(m)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

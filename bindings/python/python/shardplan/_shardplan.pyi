@@ -200,6 +200,69 @@ class Plan:
         """Reads a JSON plan and verifies it moves ``src`` to ``dst``."""
     def __len__(self) -> int: ...
 
+class Error(Exception):
+    """Base class of every error shardplan raises (made by the extension,
+    src/exceptions.rs)."""
+
+    message: str
+    code: Optional[str]
+    help: Optional[str]
+    file: Optional[str]
+    line: Optional[int]
+    column: Optional[int]
+    tensor: Optional[str]
+    rank: Optional[int]
+    diagnostics: List[Diagnostic]
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: Optional[str] = None,
+        help: Optional[str] = None,
+        file: Optional[str] = None,
+        line: Optional[int] = None,
+        column: Optional[int] = None,
+        tensor: Optional[str] = None,
+        rank: Optional[int] = None,
+        diagnostics: Optional[Sequence[Diagnostic]] = None,
+    ) -> None: ...
+
+class UsageError(Error, ValueError):
+    """An argument of a shardplan function that it cannot use."""
+
+class FileError(Error, OSError):
+    """A file that cannot be read or written."""
+
+class SpecError(Error):
+    """A spec with errors; ``diagnostics`` lists every one."""
+
+class LayoutError(Error):
+    """A mesh, layout or notation that breaks an invariant."""
+
+class StrategyError(Error):
+    """A strategy whose tensors and layouts disagree."""
+
+class DeriveError(Error):
+    """An inference layout that cannot be derived."""
+
+class PlanError(Error):
+    """Two strategies that cannot be planned between."""
+
+class PlanDefect(Error):
+    """A plan that does not move the source to the destination exactly."""
+
+class PlanFileError(Error):
+    """A JSON plan file that cannot be read."""
+
+class CheckpointError(Error):
+    """A checkpoint that is unreadable, truncated or corrupt."""
+
+class StrategyFileError(Error):
+    """A MindSpore strategy file that cannot be read."""
+
+class ReshardError(Error):
+    """Checkpoints and strategies that disagree with each other."""
+
 def load(path: StrPath) -> Spec:
     """Reads a YAML spec or a MindSpore strategy file."""
 
