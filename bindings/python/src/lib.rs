@@ -31,6 +31,7 @@ fn _shardplan(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(strategy::derive, m)?)?;
     m.add_function(wrap_pyfunction!(strategy::read_strategy, m)?)?;
     m.add_function(wrap_pyfunction!(plan::plan, m)?)?;
+    #[cfg(feature = "bench")]
     m.add_function(wrap_pyfunction!(plan::_timed_plan, m)?)?;
     m.add_function(wrap_pyfunction!(checkpoint::_load_rank, m)?)?;
     m.add_function(wrap_pyfunction!(checkpoint::reshard, m)?)?;

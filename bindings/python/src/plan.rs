@@ -98,7 +98,8 @@ pub(crate) fn plan(
 
 /// [`plan`] with the seconds the Rust planner and verifier took inside the
 /// call, for the benchmark of the binding's overhead
-/// (`benches/python/bench_python.py`).
+/// (`benches/python/bench_python.py`). Only with the `bench` feature.
+#[cfg(feature = "bench")]
 #[pyfunction]
 pub(crate) fn _timed_plan(
     py: Python<'_>,

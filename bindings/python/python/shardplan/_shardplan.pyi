@@ -294,7 +294,6 @@ def derive(
     """Derives an inference strategy from a training strategy."""
 
 def plan(src: Strategy, dst: Strategy, *, replicas: str = "balance", tensors: Optional[List[str]] = None) -> Plan: ...
-def _timed_plan(src: Strategy, dst: Strategy, replicas: str) -> Tuple[Plan, float]: ...
 def _load_rank(
     checkpoint: Union[str, List[str]],
     train_strategy: Any,
