@@ -165,33 +165,55 @@ def _side(value: _t.Any) -> _t.Any:
     return _path_or_paths(value)
 
 
+def _alias(value: _t.Any, name: str, alias_value: _t.Any, alias: str) -> _t.Any:
+    """``value``, or ``alias_value`` given under the alias; both given is a
+    :class:`UsageError`."""
+    if alias_value is None:
+        return value
+    if value is not None:
+        raise UsageError(
+            f"both `{name}` and its alias `{alias}` were given",
+            code="shardplan::python::usage",
+            help=f"give only `{name}` (`{alias}` is MindSpore's name for it)",
+        )
+    return alias_value
+
+
 def load_distributed_checkpoint(
     checkpoint: _t.Union[_PathLike, _t.Sequence[_PathLike]],
-    train_strategy: _t.Union[None, _PathLike, _t.Sequence[_PathLike], Strategy] = None,
-    predict_strategy: _t.Union[None, _PathLike, _t.Sequence[_PathLike], Strategy] = None,
+    src_strategy: _t.Union[None, _PathLike, _t.Sequence[_PathLike], Strategy] = None,
+    dst_strategy: _t.Union[None, _PathLike, _t.Sequence[_PathLike], Strategy] = None,
     rank: int = 0,
     *,
     replicas: str = "min_files",
     any_device_count: bool = False,
+    train_strategy: _t.Union[None, _PathLike, _t.Sequence[_PathLike], Strategy] = None,
+    predict_strategy: _t.Union[None, _PathLike, _t.Sequence[_PathLike], Strategy] = None,
 ) -> _t.Dict[str, _np.ndarray]:
-    """Reads what rank ``rank`` holds under ``predict_strategy`` from a
+    """Reads what rank ``rank`` holds under ``dst_strategy`` from a
     distributed checkpoint, as numpy arrays by tensor name.
 
     ``checkpoint`` is a folder of ``rank_<r>/`` folders or a list of files
     (file ``r`` is rank ``r``'s), or a PyTorch DCP folder, a Hugging Face
     model folder or a safetensors file, whose index is their layout (give
-    no ``train_strategy`` then). ``train_strategy`` and
-    ``predict_strategy`` are MindSpore strategy files (a list for per-stage
-    files), :class:`Strategy` values, or ``None``: a source of one rank
-    holding whole tensors, a destination of one device (whole tensors).
-    Only the bytes the rank needs are read, with positional reads.
-    Parameters missing from a strategy follow MindSpore's rules, each with
-    a :class:`ShardplanWarning`.
+    no ``src_strategy`` then). ``src_strategy`` and ``dst_strategy`` (as
+    :func:`reshard` names them) are MindSpore strategy files (a list for
+    per-stage files), :class:`Strategy` values, or ``None``: a source of
+    one rank holding whole tensors, a destination of one device (whole
+    tensors). ``train_strategy`` and ``predict_strategy`` are their aliases,
+    MindSpore's names (``load_distributed_checkpoint(network,
+    checkpoint_filenames, predict_strategy, train_strategy_filename)``);
+    giving a name and its alias raises :class:`UsageError`. Only the bytes
+    the rank needs are read, with positional reads. Parameters missing
+    from a strategy follow MindSpore's rules, each with a
+    :class:`ShardplanWarning`.
     """
+    src_strategy = _alias(src_strategy, "src_strategy", train_strategy, "train_strategy")
+    dst_strategy = _alias(dst_strategy, "dst_strategy", predict_strategy, "predict_strategy")
     raw, notes = _shardplan._load_rank(
         _path_or_paths(checkpoint),
-        _side(train_strategy),
-        _side(predict_strategy),
+        _side(src_strategy),
+        _side(dst_strategy),
         rank,
         replicas,
         any_device_count,

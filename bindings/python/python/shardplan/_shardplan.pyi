@@ -296,8 +296,8 @@ def derive(
 def plan(src: Strategy, dst: Strategy, *, replicas: str = "balance", tensors: Optional[List[str]] = None) -> Plan: ...
 def _load_rank(
     checkpoint: Union[str, List[str]],
-    train_strategy: Any,
-    predict_strategy: Any,
+    src_strategy: Any,
+    dst_strategy: Any,
     rank: int,
     replicas: str,
     any_device_count: bool,
