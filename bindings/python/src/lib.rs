@@ -19,6 +19,16 @@ fn run_cli(py: Python<'_>, argv: Vec<String>) -> u8 {
     py.detach(|| shardplan_cli::run_status(argv))
 }
 
+/// Every dtype as `(name, bytes per element)`, in `shardplan::DType::ALL`'s
+/// order: the one table the package's numpy and torch spellings derive from.
+#[pyfunction]
+fn _dtypes() -> Vec<(&'static str, u64)> {
+    shardplan::DType::ALL
+        .iter()
+        .map(|d| (d.name(), d.size_bytes()))
+        .collect()
+}
+
 #[pymodule]
 fn _shardplan(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<layout::PyMesh>()?;
@@ -38,6 +48,7 @@ fn _shardplan(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(checkpoint::_parse_shard_size, m)?)?;
     m.add_function(wrap_pyfunction!(check::_check, m)?)?;
     m.add_function(wrap_pyfunction!(run_cli, m)?)?;
+    m.add_function(wrap_pyfunction!(_dtypes, m)?)?;
     exceptions::add(m)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())

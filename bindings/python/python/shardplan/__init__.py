@@ -77,6 +77,23 @@ __all__ = [
 _PathLike = _t.Union[str, "os.PathLike[str]"]
 
 
+def _long_name(name: str, width: int) -> str:
+    """numpy's and torch's spelling of a shardplan dtype: ``float32``,
+    ``bfloat16``, ``int8``, ``uint64``, ``bool``."""
+    if name == "bool":
+        return name
+    kind = {"f": "float", "bf": "bfloat", "i": "int", "u": "uint"}[name.rstrip("0123456789")]
+    return f"{kind}{8 * width}"
+
+
+#: Every shardplan dtype name with its numpy/torch name and width in bytes,
+#: from the Rust library's ``DType`` (the one table; ``shardplan.torch``
+#: maps from it too).
+_DTYPES: _t.Dict[str, _t.Tuple[str, int]] = {
+    name: (_long_name(name, width), width) for name, width in _shardplan._dtypes()
+}
+
+
 def numpy_dtype(name: str) -> _np.dtype:
     """The numpy dtype of a shardplan dtype name (``bf16`` is
     ``ml_dtypes.bfloat16``).
@@ -84,21 +101,22 @@ def numpy_dtype(name: str) -> _np.dtype:
     >>> numpy_dtype("f16")
     dtype('float16')
     """
-    if name == "bf16":
-        import ml_dtypes
-
-        return _np.dtype(ml_dtypes.bfloat16)
     try:
-        return _np.dtype(_NUMPY_NAMES[name])
+        long_name = _DTYPES[name][0]
     except KeyError:
         raise UsageError(
             f"`{name}` is not a shardplan dtype",
             code="shardplan::python::usage",
-            help="use one of " + ", ".join(sorted([*_NUMPY_NAMES, "bf16"])),
+            help="use one of " + ", ".join(sorted(_DTYPES)),
         ) from None
+    if long_name == "bfloat16":
+        import ml_dtypes
+
+        return _np.dtype(ml_dtypes.bfloat16)
+    return _np.dtype(long_name)
 
 
-def dtype_name(dtype: "np.typing.DTypeLike") -> str:
+def dtype_name(dtype: "_np.typing.DTypeLike") -> str:
     """The shardplan dtype name of a numpy dtype, the inverse of
     :func:`numpy_dtype`.
 
@@ -107,32 +125,16 @@ def dtype_name(dtype: "np.typing.DTypeLike") -> str:
     'f16'
     """
     d = _np.dtype(dtype)
-    if d.name == "bfloat16":
-        return "bf16"
-    for name, numpy_name in _NUMPY_NAMES.items():
-        if d == _np.dtype(numpy_name):
+    for name, (long_name, _) in _DTYPES.items():
+        # numpy has no bfloat16 of its own (ml_dtypes'): matched by name.
+        same = d.name == long_name if long_name == "bfloat16" else d == _np.dtype(long_name)
+        if same:
             return name
     raise UsageError(
         f"numpy dtype `{d}` has no shardplan dtype",
         code="shardplan::python::usage",
-        help="use one of " + ", ".join(sorted([*_NUMPY_NAMES.values(), "bfloat16"])),
+        help="use one of " + ", ".join(sorted(long for long, _ in _DTYPES.values())),
     )
-
-
-_NUMPY_NAMES = {
-    "f64": "float64",
-    "f32": "float32",
-    "f16": "float16",
-    "i64": "int64",
-    "i32": "int32",
-    "i16": "int16",
-    "i8": "int8",
-    "u64": "uint64",
-    "u32": "uint32",
-    "u16": "uint16",
-    "u8": "uint8",
-    "bool": "bool",
-}
 
 
 def plan(

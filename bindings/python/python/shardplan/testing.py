@@ -188,7 +188,7 @@ def strategy_pairs(max_tensors: int = 3) -> "st.SearchStrategy[Tuple[Strategy, S
     def build(draw: _t.Any) -> _t.Tuple[_sp.Strategy, _sp.Strategy]:
         n = draw(_st.integers(1, max_tensors))
         tensors = {
-            f"t{i}": (draw(shapes()), draw(_st.sampled_from(["f32", "bf16", "f16", "i32", "u8"]))) for i in range(n)
+            f"t{i}": (draw(shapes()), draw(_st.sampled_from(sorted(_sp._DTYPES)))) for i in range(n)
         }
         src = draw(strategies(draw(meshes()), tensors, "src"))
         dst = draw(strategies(draw(meshes()), tensors, "dst"))

@@ -43,20 +43,10 @@ __all__ = [
     "schedule",
 ]
 
+#: The torch dtype of each shardplan dtype name, from the package's one
+#: dtype table (the Rust library's ``DType``).
 _TORCH_DTYPES: _t.Dict[str, _torch.dtype] = {
-    "f64": _torch.float64,
-    "f32": _torch.float32,
-    "f16": _torch.float16,
-    "bf16": _torch.bfloat16,
-    "i64": _torch.int64,
-    "i32": _torch.int32,
-    "i16": _torch.int16,
-    "i8": _torch.int8,
-    "u64": _torch.uint64,
-    "u32": _torch.uint32,
-    "u16": _torch.uint16,
-    "u8": _torch.uint8,
-    "bool": _torch.bool,
+    name: getattr(_torch, long_name) for name, (long_name, _) in _sp._DTYPES.items()
 }
 
 #: A box moved in one message: tensor index, source and destination mesh
@@ -277,7 +267,7 @@ def modelled_time(
 
 
 def _width(dtype: str) -> int:
-    return _torch.empty((), dtype=_TORCH_DTYPES[dtype]).element_size()
+    return _sp._DTYPES[dtype][1]
 
 
 def _index(offset, extent):
