@@ -84,7 +84,7 @@ def binding_codes(path):
     text = path.read_text()
     found = re.findall(r'code="(' + CODE + r')"', text)
     found += re.findall(r'code: Some\("(' + CODE + r')"', text)
-    found += re.findall(r'with_class\(\s*"[A-Za-z]+",\s*"(' + CODE + r')"', text)
+    found += re.findall(r'with_class\(\s*(?:"[A-Za-z]+"|Class::[A-Za-z]+),\s*"(' + CODE + r')"', text)
     return sorted(set(found))
 
 

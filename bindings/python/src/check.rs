@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use pyo3::prelude::*;
 use shardplan::spec::{SpecDiagnostic, parse_spec_bytes};
 
-use crate::errors::Fault;
+use crate::errors::{Class, Fault};
 
 /// `d` as a `shardplan.Diagnostic`.
 pub(crate) fn diagnostic<'py>(py: Python<'py>, d: &SpecDiagnostic) -> PyResult<Bound<'py, PyAny>> {
@@ -35,7 +35,7 @@ pub(crate) fn _check<'py>(
                 format!("cannot read {}: {e}", path.display()),
                 "check the path",
             )
-            .with_class("FileError", "shardplan::python::read")
+            .with_class(Class::File, "shardplan::python::read")
             .file(path.display().to_string())
         })?;
         let name = path.display().to_string();

@@ -82,21 +82,21 @@ type RawTensor<'py> = (String, &'static str, Vec<u64>, Bound<'py, PyArray1<u8>>)
 /// package's `load_distributed_checkpoint` views them with their dtypes),
 /// with the warnings about parameters copied through.
 #[pyfunction]
-#[pyo3(signature = (checkpoint, train_strategy, predict_strategy, rank, replicas, any_device_count))]
+#[pyo3(signature = (checkpoint, src_strategy, dst_strategy, rank, replicas, any_device_count))]
 #[allow(clippy::type_complexity)]
 pub(crate) fn _load_rank<'py>(
     py: Python<'py>,
     checkpoint: &Bound<'py, PyAny>,
-    train_strategy: Option<&Bound<'py, PyAny>>,
-    predict_strategy: Option<&Bound<'py, PyAny>>,
+    src_strategy: Option<&Bound<'py, PyAny>>,
+    dst_strategy: Option<&Bound<'py, PyAny>>,
     rank: u64,
     replicas: &str,
     any_device_count: bool,
 ) -> PyResult<(Vec<RawTensor<'py>>, Vec<String>)> {
     let cfg = config(
         checkpoint,
-        layout_source("train_strategy", train_strategy)?,
-        layout_source("predict_strategy", predict_strategy)?,
+        layout_source("src_strategy", src_strategy)?,
+        layout_source("dst_strategy", dst_strategy)?,
         replicas,
         any_device_count,
     )?;

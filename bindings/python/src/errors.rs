@@ -1,4 +1,4 @@
-//! Rust errors as the package's Python exceptions (`shardplan._errors`):
+//! Rust errors as the package's Python exceptions (`crate::exceptions`):
 //! each carries the stable code, the help, and where known the file, line
 //! and column or the tensor and rank at fault.
 
@@ -17,6 +17,8 @@ use shardplan::reshard::ReshardError;
 use shardplan::spec::{LoadError, SpecDiagnostic, SpecError};
 use shardplan::{LayoutError, PlanDefect, PlanError, StrategyError, derive::DeriveError};
 
+pub(crate) use crate::exceptions::Class;
+
 /// One error on its way to Python (boxed: results stay small).
 #[derive(Debug, Default)]
 pub(crate) struct Fault(Box<FaultInfo>);
@@ -34,11 +36,10 @@ impl std::ops::DerefMut for Fault {
     }
 }
 
-/// The exception class (a name in `shardplan._errors`) and its
-/// attributes.
+/// The exception class and its attributes.
 #[derive(Debug, Default)]
 pub(crate) struct FaultInfo {
-    class: &'static str,
+    class: Class,
     message: String,
     code: Option<String>,
     help: Option<String>,
@@ -52,7 +53,7 @@ pub(crate) struct FaultInfo {
 
 impl Fault {
     /// A fault of `class` with the message, code and help of `e`.
-    pub(crate) fn of(class: &'static str, e: &dyn Diagnostic) -> Self {
+    pub(crate) fn of(class: Class, e: &dyn Diagnostic) -> Self {
         Fault(Box::new(FaultInfo {
             class,
             message: e.to_string(),
@@ -66,7 +67,7 @@ impl Fault {
     /// under `shardplan::python`.
     pub(crate) fn usage(message: impl Into<String>, help: impl Into<String>) -> Self {
         Fault(Box::new(FaultInfo {
-            class: "UsageError",
+            class: Class::Usage,
             message: message.into(),
             code: Some("shardplan::python::usage".into()),
             help: Some(help.into()),
@@ -75,7 +76,7 @@ impl Fault {
     }
 
     /// The same fault raised as `class` with `code`.
-    pub(crate) fn with_class(mut self, class: &'static str, code: &str) -> Self {
+    pub(crate) fn with_class(mut self, class: Class, code: &str) -> Self {
         self.class = class;
         self.code = Some(code.to_string());
         self
@@ -100,8 +101,7 @@ impl Fault {
 
     /// Builds the Python exception.
     fn to_pyerr(&self, py: Python<'_>) -> PyResult<PyErr> {
-        let module = py.import("shardplan._errors")?;
-        let class = module.getattr(self.class)?;
+        let class = self.class.get(py)?;
         let kw = PyDict::new(py);
         kw.set_item("code", &self.code)?;
         kw.set_item("help", &self.help)?;
@@ -137,37 +137,37 @@ impl From<Fault> for PyErr {
 
 impl From<LayoutError> for Fault {
     fn from(e: LayoutError) -> Self {
-        Fault::of("LayoutError", &e)
+        Fault::of(Class::Layout, &e)
     }
 }
 
 impl From<StrategyError> for Fault {
     fn from(e: StrategyError) -> Self {
-        Fault::of("StrategyError", &e)
+        Fault::of(Class::Strategy, &e)
     }
 }
 
 impl From<PlanError> for Fault {
     fn from(e: PlanError) -> Self {
-        Fault::of("PlanError", &e)
+        Fault::of(Class::Plan, &e)
     }
 }
 
 impl From<DeriveError> for Fault {
     fn from(e: DeriveError) -> Self {
-        Fault::of("DeriveError", &e)
+        Fault::of(Class::Derive, &e)
     }
 }
 
 impl From<SpecError> for Fault {
     fn from(e: SpecError) -> Self {
-        Fault::of("SpecError", &e)
+        Fault::of(Class::Spec, &e)
     }
 }
 
 impl From<PlanDefect> for Fault {
     fn from(e: PlanDefect) -> Self {
-        let f = Fault::of("PlanDefect", &e);
+        let f = Fault::of(Class::PlanDefect, &e);
         match &e {
             PlanDefect::Tensor { tensor, .. } => f.tensor(tensor),
             PlanDefect::Piece {
@@ -186,7 +186,7 @@ impl From<PlanDefect> for Fault {
 
 impl From<PlanFileError> for Fault {
     fn from(e: PlanFileError) -> Self {
-        let mut f = Fault::of("PlanFileError", &e).file(&e.file);
+        let mut f = Fault::of(Class::PlanFile, &e).file(&e.file);
         if e.line > 0 {
             f.line = Some(e.line);
             f.column = Some(e.column);
@@ -197,16 +197,16 @@ impl From<PlanFileError> for Fault {
 
 impl From<CheckpointError> for Fault {
     fn from(e: CheckpointError) -> Self {
-        Fault::of("CheckpointError", &e).file(&e.file)
+        Fault::of(Class::Checkpoint, &e).file(&e.file)
     }
 }
 
 impl From<HfError> for Fault {
     fn from(e: HfError) -> Self {
         let class = if matches!(e, HfError::ShardSize { .. }) {
-            "UsageError"
+            Class::Usage
         } else {
-            "CheckpointError"
+            Class::Checkpoint
         };
         Fault::of(class, &e)
     }
@@ -214,13 +214,13 @@ impl From<HfError> for Fault {
 
 impl From<DcpError> for Fault {
     fn from(e: DcpError) -> Self {
-        Fault::of("CheckpointError", &e)
+        Fault::of(Class::Checkpoint, &e)
     }
 }
 
 impl From<DcpWriteError> for Fault {
     fn from(e: DcpWriteError) -> Self {
-        Fault::of("CheckpointError", &e)
+        Fault::of(Class::Checkpoint, &e)
     }
 }
 
@@ -238,13 +238,13 @@ impl Fault {
 
 impl From<StrategyFileError> for Fault {
     fn from(e: StrategyFileError) -> Self {
-        Fault::of("StrategyFileError", &e).strategy_file(&e)
+        Fault::of(Class::StrategyFile, &e).strategy_file(&e)
     }
 }
 
 impl From<ImportError> for Fault {
     fn from(e: ImportError) -> Self {
-        let f = Fault::of("StrategyFileError", &e);
+        let f = Fault::of(Class::StrategyFile, &e);
         match &e {
             ImportError::Read(file) => f.strategy_file(file),
             _ => f,
@@ -261,8 +261,8 @@ impl From<ReshardError> for Fault {
             ReshardError::HuggingFace(e) => e.into(),
             ReshardError::DcpRead(e) => (*e).into(),
             ReshardError::Dcp(e) => e.into(),
-            ReshardError::Io { ref path, .. } => Fault::of("FileError", &e).file(path.clone()),
-            e => Fault::of("ReshardError", &e),
+            ReshardError::Io { ref path, .. } => Fault::of(Class::File, &e).file(path.clone()),
+            e => Fault::of(Class::Reshard, &e),
         }
     }
 }
@@ -271,7 +271,7 @@ impl From<LoadError> for Fault {
     fn from(e: LoadError) -> Self {
         match e {
             LoadError::Read { ref path, .. } => {
-                let mut f = Fault::of("FileError", &e).file(path.clone());
+                let mut f = Fault::of(Class::File, &e).file(path.clone());
                 // The OS's reason, which the message leaves to the source.
                 if let Some(source) = std::error::Error::source(&e) {
                     f.message = format!("{}: {source}", f.message);
@@ -282,7 +282,7 @@ impl From<LoadError> for Fault {
                 ref path,
                 ref diagnostics,
             } => {
-                let mut f = Fault::of("SpecError", &e).file(path.clone());
+                let mut f = Fault::of(Class::Spec, &e).file(path.clone());
                 if let Some(first) = diagnostics.iter().find(|d| d.is_error()) {
                     f.message = format!("{}: {}", f.message, first.one_line());
                     f.code = Some(first.code.as_str().to_string());
@@ -294,7 +294,7 @@ impl From<LoadError> for Fault {
                 f
             }
             LoadError::Import(e) => e.into(),
-            e => Fault::of("SpecError", &e),
+            e => Fault::of(Class::Spec, &e),
         }
     }
 }

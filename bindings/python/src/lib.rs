@@ -5,6 +5,7 @@
 mod check;
 mod checkpoint;
 mod errors;
+mod exceptions;
 mod layout;
 mod plan;
 mod strategy;
@@ -16,6 +17,16 @@ use pyo3::prelude::*;
 #[pyfunction]
 fn run_cli(py: Python<'_>, argv: Vec<String>) -> u8 {
     py.detach(|| shardplan_cli::run_status(argv))
+}
+
+/// Every dtype as `(name, bytes per element)`, in `shardplan::DType::ALL`'s
+/// order: the one table the package's numpy and torch spellings derive from.
+#[pyfunction]
+fn _dtypes() -> Vec<(&'static str, u64)> {
+    shardplan::DType::ALL
+        .iter()
+        .map(|d| (d.name(), d.size_bytes()))
+        .collect()
 }
 
 #[pymodule]
@@ -30,12 +41,15 @@ fn _shardplan(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(strategy::derive, m)?)?;
     m.add_function(wrap_pyfunction!(strategy::read_strategy, m)?)?;
     m.add_function(wrap_pyfunction!(plan::plan, m)?)?;
+    #[cfg(feature = "bench")]
     m.add_function(wrap_pyfunction!(plan::_timed_plan, m)?)?;
     m.add_function(wrap_pyfunction!(checkpoint::_load_rank, m)?)?;
     m.add_function(wrap_pyfunction!(checkpoint::reshard, m)?)?;
     m.add_function(wrap_pyfunction!(checkpoint::_parse_shard_size, m)?)?;
     m.add_function(wrap_pyfunction!(check::_check, m)?)?;
     m.add_function(wrap_pyfunction!(run_cli, m)?)?;
+    m.add_function(wrap_pyfunction!(_dtypes, m)?)?;
+    exceptions::add(m)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

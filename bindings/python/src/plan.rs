@@ -3,16 +3,17 @@
 
 use std::sync::Arc;
 
-use numpy::{PyArray1, PyArray2, PyArrayMethods};
+use std::path::PathBuf;
+
 use pyo3::prelude::*;
-use pyo3::types::PyDict;
-use shardplan::formats::plan_json;
+use pyo3::types::{PyByteArray, PyDict, PyList};
+use shardplan::formats::{plan_json, write_atomic};
 use shardplan::{
     PlanConfig, ReplicaChoice, Strategy, VerifiedPlan, check_plan, plan_transfer, report,
     verify_plan,
 };
 
-use crate::errors::{Fault, Faulty, fault};
+use crate::errors::{Class, Fault, Faulty, fault};
 use crate::layout::region_tuple;
 use crate::strategy::PyStrategy;
 
@@ -70,8 +71,10 @@ impl PyPiece {
     }
 }
 
-/// A plan that passed the independent verifier, with the two strategies
-/// it moves between.
+/// A slice-transfer plan that passed the independent verifier: which
+/// source rank sends which box of which tensor to which destination rank.
+///
+/// Made by `plan` or read by `Plan.from_json`; never built unverified.
 #[pyclass(name = "Plan", module = "shardplan", frozen)]
 pub(crate) struct PyPlan {
     plan: Arc<VerifiedPlan>,
@@ -95,7 +98,8 @@ pub(crate) fn plan(
 
 /// [`plan`] with the seconds the Rust planner and verifier took inside the
 /// call, for the benchmark of the binding's overhead
-/// (`benches/python/bench_python.py`).
+/// (`benches/python/bench_python.py`). Only with the `bench` feature.
+#[cfg(feature = "bench")]
 #[pyfunction]
 pub(crate) fn _timed_plan(
     py: Python<'_>,
@@ -132,8 +136,19 @@ fn plan_timed(
     Ok((plan, seconds))
 }
 
-/// Columns of `Plan.to_numpy`'s matrix before the per-dimension ones.
-const FIXED_COLUMNS: usize = 7;
+/// Bytes of a `Plan.to_numpy` record before the per-dimension fields:
+/// tensor (u32), source and destination rank and bytes (u64), local,
+/// reduce and ndim (one byte each).
+const RECORD_FIXED_BYTES: usize = 4 + 3 * 8 + 3;
+
+/// The OS's reason for `e`, without Rust's `(os error N)` suffix.
+fn io_reason(e: &std::io::Error) -> String {
+    let text = e.to_string();
+    match text.find(" (os error ") {
+        Some(i) => text[..i].to_string(),
+        None => text,
+    }
+}
 
 impl PyPlan {
     fn pieces_matching(
@@ -218,7 +233,6 @@ impl PyPlan {
         Ok(out)
     }
 
-    /// The source strategy's name.
     /// The source strategy the plan was verified against.
     #[getter]
     fn src(&self) -> crate::strategy::PyStrategy {
@@ -239,6 +253,7 @@ impl PyPlan {
         }
     }
 
+    /// The source strategy's name.
     #[getter]
     fn source(&self) -> &str {
         &self.plan.source
@@ -289,12 +304,15 @@ impl PyPlan {
         self.pieces_matching(tensor, src_rank, dst_rank)
     }
 
-    /// Every piece as one row of integers (the structured array of
-    /// `shardplan.Plan.to_numpy` is built from it): tensor index, source
-    /// rank, destination rank, bytes, local, reduce, dimensions, then per
-    /// dimension (padded to the largest) the global offset, the source
-    /// local offset, the destination local offset and the extent.
-    fn _piece_matrix<'py>(&self, py: Python<'py>) -> (Bound<'py, PyArray2<u64>>, usize) {
+    /// Every piece as one row of a numpy structured array.
+    ///
+    /// Fields: `tensor` (index into `tensors`), `src_rank`, `dst_rank`,
+    /// `bytes`, `local`, `reduce`, `ndim`, and per dimension (arrays of the
+    /// largest tensor rank, padded with 0 for offsets and 1 for extents):
+    /// `offset` (in the global tensor), `src_offset` (in the source rank's
+    /// local buffer), `dst_offset` (in the destination rank's local buffer),
+    /// `extent`.
+    fn to_numpy<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let ndim = self
             .plan
             .tensors
@@ -302,37 +320,54 @@ impl PyPlan {
             .map(|t| t.shape.len())
             .max()
             .unwrap_or(0);
-        let cols = FIXED_COLUMNS + 4 * ndim;
-        let rows: usize = self.plan.tensors.iter().map(|t| t.pieces.len()).sum();
+        // Packed records, native byte order: the fields of `dtype` below.
         let data = py.detach(|| {
-            let mut data = Vec::with_capacity(rows * cols);
+            let rows: usize = self.plan.tensors.iter().map(|t| t.pieces.len()).sum();
+            let mut data = Vec::with_capacity(rows * (RECORD_FIXED_BYTES + 32 * ndim));
             for (i, t) in self.plan.tensors.iter().enumerate() {
                 let n = t.shape.len();
                 for p in &t.pieces {
-                    data.extend_from_slice(&[
-                        i as u64,
-                        p.src_rank,
-                        p.dst_rank,
-                        t.piece_bytes(p),
-                        u64::from(p.local),
-                        u64::from(p.reduce),
-                        n as u64,
-                    ]);
-                    for v in [p.dst_box.offset(), p.src_box.offset(), &p.dst_local_offset] {
-                        data.extend_from_slice(v);
-                        data.extend(std::iter::repeat_n(0, ndim - n));
+                    data.extend_from_slice(&(i as u32).to_ne_bytes());
+                    for v in [p.src_rank, p.dst_rank, t.piece_bytes(p)] {
+                        data.extend_from_slice(&v.to_ne_bytes());
                     }
-                    data.extend_from_slice(p.dst_box.extent());
-                    data.extend(std::iter::repeat_n(1, ndim - n));
+                    data.extend_from_slice(&[u8::from(p.local), u8::from(p.reduce), n as u8]);
+                    for (v, pad) in [
+                        (p.dst_box.offset(), 0u64),
+                        (p.src_box.offset(), 0),
+                        (&p.dst_local_offset[..], 0),
+                        (p.dst_box.extent(), 1),
+                    ] {
+                        for x in v.iter().copied().chain(std::iter::repeat_n(pad, ndim - n)) {
+                            data.extend_from_slice(&x.to_ne_bytes());
+                        }
+                    }
                 }
             }
             data
         });
-        let flat = PyArray1::from_vec(py, data);
-        let matrix = flat
-            .reshape([rows, cols])
-            .expect("rows x cols elements were written");
-        (matrix, ndim)
+        let np = py.import("numpy")?;
+        let (u64_, u32_, u8_, bool_) = (
+            np.getattr("uint64")?,
+            np.getattr("uint32")?,
+            np.getattr("uint8")?,
+            np.getattr("bool_")?,
+        );
+        let dims = (ndim,);
+        let fields = PyList::empty(py);
+        fields.append(("tensor", &u32_))?;
+        for name in ["src_rank", "dst_rank", "bytes"] {
+            fields.append((name, &u64_))?;
+        }
+        fields.append(("local", &bool_))?;
+        fields.append(("reduce", &bool_))?;
+        fields.append(("ndim", &u8_))?;
+        for name in ["offset", "src_offset", "dst_offset", "extent"] {
+            fields.append((name, &u64_, dims))?;
+        }
+        let dtype = np.call_method1("dtype", (fields,))?;
+        // A bytearray keeps the array writable, as `np.empty` would.
+        np.call_method1("frombuffer", (PyByteArray::new(py, &data), dtype))
     }
 
     /// Why tensor `name` moves what it moves: its layouts on both sides,
@@ -359,25 +394,57 @@ impl PyPlan {
         report::plan_report(&self.plan, top)
     }
 
-    /// The plan in the JSON plan format (`docs/plan-format.md`).
-    fn _json(&self, py: Python<'_>) -> String {
-        py.detach(|| plan_json::to_json(&self.plan))
+    /// The plan in the JSON plan format (`docs/plan-format.md`). With
+    /// `path`, also written there by the library's atomic writer (a
+    /// temporary name, fsynced, renamed, the folder fsynced).
+    #[pyo3(signature = (path = None))]
+    fn to_json(&self, py: Python<'_>, path: Option<PathBuf>) -> Faulty<String> {
+        py.detach(|| {
+            let text = plan_json::to_json(&self.plan) + "\n";
+            if let Some(path) = path {
+                write_atomic(&path, text.as_bytes()).map_err(|e| {
+                    Fault::usage(
+                        format!("cannot write {}: {}", path.display(), io_reason(&e)),
+                        "check that the folder exists and is writable",
+                    )
+                    .with_class(Class::File, "shardplan::python::write")
+                    .file(path.display().to_string())
+                })?;
+            }
+            Ok(text)
+        })
     }
 
-    /// Reads a JSON plan and verifies it against `src` and `dst`: raises
+    /// Reads a JSON plan and verifies it moves `src` to `dst`: raises
     /// `PlanFileError` for a malformed file, `PlanDefect` for a plan that
     /// does not move `src` to `dst` exactly.
     #[staticmethod]
-    fn _from_json_text(
+    fn from_json(
         py: Python<'_>,
-        file: &str,
-        text: &str,
+        path: PathBuf,
         src: &PyStrategy,
         dst: &PyStrategy,
     ) -> Faulty<PyPlan> {
         let (s, d) = (src.inner.clone(), dst.inner.clone());
         let plan = py.detach(|| -> Faulty<VerifiedPlan> {
-            let plan = plan_json::from_json(file, text).map_err(fault)?;
+            let name = path.display().to_string();
+            let raw = std::fs::read(&path).map_err(|e| {
+                Fault::usage(
+                    format!("cannot read {name}: {}", io_reason(&e)),
+                    "check the path",
+                )
+                .with_class(Class::File, "shardplan::python::read")
+                .file(name.clone())
+            })?;
+            let text = String::from_utf8(raw).map_err(|e| {
+                Fault::usage(
+                    format!("{name}: not UTF-8 at byte {}", e.utf8_error().valid_up_to()),
+                    "plan files are JSON, written by `shardplan plan --format json`",
+                )
+                .with_class(Class::PlanFile, "shardplan::formats::plan_json")
+                .file(name.clone())
+            })?;
+            let plan = plan_json::from_json(&name, &text).map_err(fault)?;
             verify_plan(plan, &s, &d).map_err(fault)
         })?;
         Ok(PyPlan {

@@ -9,7 +9,7 @@ use shardplan::derive::{DeriveRules, DeriveTarget, Fallback, derive_strategy};
 use shardplan::spec::{Spec, rules_for};
 use shardplan::{DType, Strategy, TensorInfo};
 
-use crate::errors::{Fault, Faulty, fault};
+use crate::errors::{Class, Fault, Faulty, fault};
 use crate::layout::{PyLayout, PyMesh, region_tuple};
 
 /// A dtype by name: `bf16`, `f32`, ..., or as numpy and torch spell it
@@ -267,7 +267,7 @@ impl PySpec {
     fn to_yaml(&self, comment: &str) -> PyResult<String> {
         self.inner
             .to_yaml(comment)
-            .map_err(|e| Fault::of("SpecError", &e).into())
+            .map_err(|e| Fault::of(Class::Spec, &e).into())
     }
 
     fn __repr__(&self) -> String {

@@ -175,6 +175,24 @@ def test_no_predict_strategy_gives_whole_tensors():
         assert np.array_equal(whole[name], value_rule(case, name))
 
 
+def test_strategies_by_name_or_by_mindspores_alias():
+    d = FIXTURE_CASES / "tp4_row_to_tp2_row"
+    case = read_case(d)
+    src, dst = strategy_arg(d, case, "src"), strategy_arg(d, case, "dst")
+    by_position = sp.load_distributed_checkpoint(d / "src", src, dst, 1)
+    by_name = sp.load_distributed_checkpoint(d / "src", src_strategy=src, dst_strategy=dst, rank=1)
+    by_alias = sp.load_distributed_checkpoint(d / "src", train_strategy=src, predict_strategy=dst, rank=1)
+    mixed = sp.load_distributed_checkpoint(d / "src", src, predict_strategy=dst, rank=1)
+    for got in (by_name, by_alias, mixed):
+        assert {n: a.tobytes() for n, a in got.items()} == {n: a.tobytes() for n, a in by_position.items()}
+    for kw in ({"src_strategy": src, "train_strategy": src}, {"dst_strategy": dst, "predict_strategy": dst}):
+        with pytest.raises(sp.UsageError) as e:
+            sp.load_distributed_checkpoint(d / "src", **kw)
+        assert e.value.code == "shardplan::python::usage"
+    with pytest.raises(sp.UsageError):
+        sp.load_distributed_checkpoint(d / "src", src, train_strategy=src)
+
+
 def test_a_rank_outside_the_destination_is_refused():
     d = FIXTURE_CASES / "tp4_row_to_tp2_row"
     case = read_case(d)

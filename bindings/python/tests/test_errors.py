@@ -188,3 +188,21 @@ def test_reshard_error_for_device_counts_mindspore_refuses(tmp_path):
         d / "src", str(d / c["files"]["src_strategy_file"]), three, rank=2, any_device_count=True
     )
     assert sorted(got) == sorted(c["params"])
+
+
+def test_classes_are_the_extensions_and_take_keyword_attributes():
+    import pickle
+
+    from shardplan import _shardplan
+
+    for name in ("Error", "UsageError", "FileError", "SpecError", "PlanDefect", "ReshardError"):
+        assert getattr(sp, name) is getattr(_shardplan, name)
+    e = sp.UsageError("bad", code="shardplan::python::usage", help="fix it", tensor="w", rank=3)
+    assert (e.message, e.code, e.help, e.tensor, e.rank, e.file, e.diagnostics) == (
+        "bad", "shardplan::python::usage", "fix it", "w", 3, None, [])
+    assert str(e) == "[shardplan::python::usage] bad\n  help: fix it" and e.args == ("bad",)
+    back = pickle.loads(pickle.dumps(e))
+    assert type(back) is sp.UsageError and (back.code, back.rank) == (e.code, 3)
+    assert str(sp.Error("plain")) == "plain"
+    with pytest.raises(TypeError):
+        sp.Error("m", "not keyword")

@@ -106,6 +106,37 @@ def test_json_round_trip_and_a_tampered_plan(tmp_path):
     assert e.value.file == str(out)
 
 
+def test_plan_is_the_extensions_and_writes_through_the_rust_writer(tmp_path):
+    from shardplan import _shardplan
+
+    assert sp.Plan is _shardplan.Plan
+    src, dst = ends(sp.load(SPECS / "dtensor-notation.yaml"))
+    p = sp.plan(src, dst)
+    out = tmp_path / "plan.json"
+    assert p.to_json(str(out)) == out.read_text()
+    # No temporary file is left beside it.
+    assert sorted(x.name for x in tmp_path.iterdir()) == ["plan.json"]
+    with pytest.raises(sp.FileError) as e:
+        p.to_json(tmp_path / "no" / "such" / "plan.json")
+    assert e.value.code == "shardplan::python::write"
+    assert e.value.file == str(tmp_path / "no" / "such" / "plan.json")
+    with pytest.raises(sp.FileError) as e:
+        sp.Plan.from_json(tmp_path / "missing.json", src, dst)
+    assert e.value.code == "shardplan::python::read"
+    bad = tmp_path / "latin1.json"
+    bad.write_bytes(b'{"a": "\xe9"}')
+    with pytest.raises(sp.PlanFileError) as e:
+        sp.Plan.from_json(bad, src, dst)
+    assert e.value.code == "shardplan::formats::plan_json" and "byte 7" in str(e.value)
+    table = p.to_numpy()
+    assert table.flags.writeable and len(table) == len(p)
+    first = p.pieces()[0]
+    assert (int(table["src_rank"][0]), list(table["extent"][0][: len(first.extent)])) == (
+        first.src_rank,
+        first.extent,
+    )
+
+
 def test_explain_and_report():
     spec = sp.load(SPECS / "llama3-8b-dp2tp4-to-tp2.yaml")
     src, dst = ends(spec)

@@ -13,11 +13,11 @@ Python shape: numpy arrays, exceptions, paths. See docs/python.md.
 
 from __future__ import annotations
 
-import os
-import warnings
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Union
+import os as _os
+import typing as _t
+import warnings as _warnings
 
-import numpy as np
+import numpy as _np
 
 from . import _shardplan
 from ._errors import (
@@ -37,7 +37,7 @@ from ._errors import (
     StrategyFileError,
     UsageError,
 )
-from ._shardplan import DeviceMesh, Layout, Piece, Spec, Strategy, derive, load, read_strategy
+from ._shardplan import DeviceMesh, Layout, Piece, Plan, Spec, Strategy, derive, load, read_strategy
 
 __version__: str = _shardplan.__version__
 
@@ -49,6 +49,7 @@ __all__ = [
     "Error",
     "FileError",
     "Layout",
+    "LayoutError",
     "Piece",
     "Plan",
     "PlanDefect",
@@ -73,224 +74,67 @@ __all__ = [
     "reshard",
 ]
 
-PathLike = Union[str, "os.PathLike[str]"]
+_PathLike = _t.Union[str, "os.PathLike[str]"]
 
 
-def numpy_dtype(name: str) -> np.dtype:
+def _long_name(name: str, width: int) -> str:
+    """numpy's and torch's spelling of a shardplan dtype: ``float32``,
+    ``bfloat16``, ``int8``, ``uint64``, ``bool``."""
+    if name == "bool":
+        return name
+    kind = {"f": "float", "bf": "bfloat", "i": "int", "u": "uint"}[name.rstrip("0123456789")]
+    return f"{kind}{8 * width}"
+
+
+#: Every shardplan dtype name with its numpy/torch name and width in bytes,
+#: from the Rust library's ``DType`` (the one table; ``shardplan.torch``
+#: maps from it too).
+_DTYPES: _t.Dict[str, _t.Tuple[str, int]] = {
+    name: (_long_name(name, width), width) for name, width in _shardplan._dtypes()
+}
+
+
+def numpy_dtype(name: str) -> _np.dtype:
     """The numpy dtype of a shardplan dtype name (``bf16`` is
     ``ml_dtypes.bfloat16``).
 
     >>> numpy_dtype("f16")
     dtype('float16')
     """
-    if name == "bf16":
-        import ml_dtypes
-
-        return np.dtype(ml_dtypes.bfloat16)
     try:
-        return np.dtype(_NUMPY_NAMES[name])
+        long_name = _DTYPES[name][0]
     except KeyError:
         raise UsageError(
             f"`{name}` is not a shardplan dtype",
             code="shardplan::python::usage",
-            help="use one of " + ", ".join(sorted([*_NUMPY_NAMES, "bf16"])),
+            help="use one of " + ", ".join(sorted(_DTYPES)),
         ) from None
+    if long_name == "bfloat16":
+        import ml_dtypes
+
+        return _np.dtype(ml_dtypes.bfloat16)
+    return _np.dtype(long_name)
 
 
-def dtype_name(dtype: "np.typing.DTypeLike") -> str:
+def dtype_name(dtype: "_np.typing.DTypeLike") -> str:
     """The shardplan dtype name of a numpy dtype, the inverse of
     :func:`numpy_dtype`.
 
+    >>> import numpy as np
     >>> dtype_name(np.float16)
     'f16'
     """
-    d = np.dtype(dtype)
-    if d.name == "bfloat16":
-        return "bf16"
-    for name, numpy_name in _NUMPY_NAMES.items():
-        if d == np.dtype(numpy_name):
+    d = _np.dtype(dtype)
+    for name, (long_name, _) in _DTYPES.items():
+        # numpy has no bfloat16 of its own (ml_dtypes'): matched by name.
+        same = d.name == long_name if long_name == "bfloat16" else d == _np.dtype(long_name)
+        if same:
             return name
     raise UsageError(
         f"numpy dtype `{d}` has no shardplan dtype",
         code="shardplan::python::usage",
-        help="use one of " + ", ".join(sorted([*_NUMPY_NAMES.values(), "bfloat16"])),
+        help="use one of " + ", ".join(sorted(long for long, _ in _DTYPES.values())),
     )
-
-
-_NUMPY_NAMES = {
-    "f64": "float64",
-    "f32": "float32",
-    "f16": "float16",
-    "i64": "int64",
-    "i32": "int32",
-    "i16": "int16",
-    "i8": "int8",
-    "u64": "uint64",
-    "u32": "uint32",
-    "u16": "uint16",
-    "u8": "uint8",
-    "bool": "bool",
-}
-
-
-class Plan:
-    """A slice-transfer plan that passed the independent verifier: which
-    source rank sends which box of which tensor to which destination rank.
-
-    Made by :func:`plan` or read by :meth:`Plan.from_json`; never built
-    unverified.
-    """
-
-    __slots__ = ("_inner",)
-
-    def __init__(self, inner: Any) -> None:
-        self._inner = inner
-
-    @property
-    def summary(self) -> Dict[str, int]:
-        """Totals, the keys of the JSON plan's ``summary``: ``total_bytes``,
-        ``lower_bound_bytes``, ``local_bytes``, ``max_send_bytes``,
-        ``max_send_lower_bound_bytes``, ``max_recv_bytes``, ``messages``,
-        ``pieces``."""
-        return self._inner.summary
-
-    @property
-    def ranks(self) -> Dict[str, Dict[int, Dict[str, Any]]]:
-        """Per-rank traffic: ``{"send": {rank: {bytes, messages}},
-        "receive": {rank: {bytes, messages, local_bytes, files}}}``."""
-        return self._inner.ranks
-
-    @property
-    def src(self) -> Strategy:
-        """The source strategy the plan was verified against."""
-        return self._inner.src
-
-    @property
-    def dst(self) -> Strategy:
-        """The destination strategy the plan was verified against."""
-        return self._inner.dst
-
-    @property
-    def source(self) -> str:
-        """The source strategy's name."""
-        return self._inner.source
-
-    @property
-    def destination(self) -> str:
-        """The destination strategy's name."""
-        return self._inner.destination
-
-    @property
-    def replicas(self) -> str:
-        """How replicas were chosen: ``"balance"`` or ``"min_files"``."""
-        return self._inner.replicas
-
-    @property
-    def tensors(self) -> List[str]:
-        """Planned tensor names; ``to_numpy()["tensor"]`` indexes this list."""
-        return self._inner.tensors
-
-    def verify(self) -> None:
-        """Checks the plan again with the independent verifier; raises
-        :class:`PlanDefect` naming the tensor, rank and box at fault."""
-        self._inner.verify()
-
-    def pieces(
-        self,
-        *,
-        tensor: Optional[str] = None,
-        src_rank: Optional[int] = None,
-        dst_rank: Optional[int] = None,
-    ) -> List[Piece]:
-        """The pieces, optionally only those of ``tensor``, from
-        ``src_rank`` or to ``dst_rank``."""
-        return self._inner.pieces(tensor=tensor, src_rank=src_rank, dst_rank=dst_rank)
-
-    def to_numpy(self) -> np.ndarray:
-        """Every piece as one row of a numpy structured array.
-
-        Fields: ``tensor`` (index into :attr:`tensors`), ``src_rank``,
-        ``dst_rank``, ``bytes``, ``local``, ``reduce``, ``ndim``, and per
-        dimension (arrays of the largest tensor rank, padded with 0 for
-        offsets and 1 for extents): ``offset`` (in the global tensor),
-        ``src_offset`` (in the source rank's local buffer), ``dst_offset``
-        (in the destination rank's local buffer), ``extent``.
-        """
-        matrix, ndim = self._inner._piece_matrix()
-        dims = (ndim,) if ndim else (0,)
-        dtype = np.dtype(
-            [
-                ("tensor", np.uint32),
-                ("src_rank", np.uint64),
-                ("dst_rank", np.uint64),
-                ("bytes", np.uint64),
-                ("local", np.bool_),
-                ("reduce", np.bool_),
-                ("ndim", np.uint8),
-                ("offset", np.uint64, dims),
-                ("src_offset", np.uint64, dims),
-                ("dst_offset", np.uint64, dims),
-                ("extent", np.uint64, dims),
-            ]
-        )
-        out = np.empty(matrix.shape[0], dtype=dtype)
-        for i, name in enumerate(("tensor", "src_rank", "dst_rank", "bytes", "local", "reduce", "ndim")):
-            out[name] = matrix[:, i]
-        for k, name in enumerate(("offset", "src_offset", "dst_offset", "extent")):
-            start = 7 + k * ndim
-            out[name] = matrix[:, start : start + ndim].reshape((-1, *dims))
-        return out
-
-    def explain(self, tensor: str) -> str:
-        """Why ``tensor`` moves what it moves: its layouts, pieces and
-        bounds, as text."""
-        return self._inner.explain(tensor)
-
-    def report(self, top: int = 5) -> str:
-        """The report ``shardplan plan`` prints."""
-        return self._inner.report(top)
-
-    def to_json(self, path: Optional[PathLike] = None) -> str:
-        """The plan in the JSON plan format (docs/plan-format.md). With
-        ``path``, also written there (to a temporary name, fsynced,
-        renamed)."""
-        text = self._inner._json() + "\n"
-        if path is not None:
-            _write_atomic(os.fspath(path), text.encode())
-        return text
-
-    @staticmethod
-    def from_json(path: PathLike, src: Strategy, dst: Strategy) -> "Plan":
-        """Reads a JSON plan and verifies it moves ``src`` to ``dst``:
-        :class:`PlanFileError` for a malformed file, :class:`PlanDefect`
-        for a wrong plan."""
-        name = os.fspath(path)
-        try:
-            with open(name, "rb") as f:
-                raw = f.read()
-        except OSError as e:
-            raise FileError(
-                f"cannot read {name}: {e.strerror}",
-                code="shardplan::python::read",
-                help="check the path",
-                file=name,
-            ) from e
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError as e:
-            raise PlanFileError(
-                f"{name}: not UTF-8 at byte {e.start}",
-                code="shardplan::formats::plan_json",
-                help="plan files are JSON, written by `shardplan plan --format json`",
-                file=name,
-            ) from None
-        return Plan(_shardplan.Plan._from_json_text(name, text, src, dst))
-
-    def __len__(self) -> int:
-        return len(self._inner)
-
-    def __repr__(self) -> str:
-        return repr(self._inner)
 
 
 def plan(
@@ -298,7 +142,7 @@ def plan(
     dst: Strategy,
     *,
     replicas: str = "balance",
-    tensors: Optional[Sequence[str]] = None,
+    tensors: _t.Optional[_t.Sequence[str]] = None,
 ) -> Plan:
     """Plans moving every tensor (or those in ``tensors``) from ``src`` to
     ``dst``, and verifies the plan. ``replicas="balance"`` spreads the
@@ -306,75 +150,97 @@ def plan(
     ``"min_files"`` reads as few source files per destination as possible.
     """
     names = None if tensors is None else list(tensors)
-    return Plan(_shardplan.plan(src, dst, replicas=replicas, tensors=names))
+    return _shardplan.plan(src, dst, replicas=replicas, tensors=names)
 
 
-def _path_or_paths(value: Any) -> Union[str, List[str]]:
+def _path_or_paths(value: _t.Any) -> _t.Union[str, _t.List[str]]:
     """One path as a string, several as a list of strings."""
-    if isinstance(value, (str, os.PathLike)):
-        return os.fspath(value)
-    return [os.fspath(v) for v in value]
+    if isinstance(value, (str, _os.PathLike)):
+        return _os.fspath(value)
+    return [_os.fspath(v) for v in value]
 
 
-def _side(value: Any) -> Any:
+def _side(value: _t.Any) -> _t.Any:
     """A strategy argument as the extension takes it."""
     if value is None or isinstance(value, Strategy):
         return value
     return _path_or_paths(value)
 
 
+def _alias(value: _t.Any, name: str, alias_value: _t.Any, alias: str) -> _t.Any:
+    """``value``, or ``alias_value`` given under the alias; both given is a
+    :class:`UsageError`."""
+    if alias_value is None:
+        return value
+    if value is not None:
+        raise UsageError(
+            f"both `{name}` and its alias `{alias}` were given",
+            code="shardplan::python::usage",
+            help=f"give only `{name}` (`{alias}` is MindSpore's name for it)",
+        )
+    return alias_value
+
+
 def load_distributed_checkpoint(
-    checkpoint: Union[PathLike, Sequence[PathLike]],
-    train_strategy: Union[None, PathLike, Sequence[PathLike], Strategy] = None,
-    predict_strategy: Union[None, PathLike, Sequence[PathLike], Strategy] = None,
+    checkpoint: _t.Union[_PathLike, _t.Sequence[_PathLike]],
+    src_strategy: _t.Union[None, _PathLike, _t.Sequence[_PathLike], Strategy] = None,
+    dst_strategy: _t.Union[None, _PathLike, _t.Sequence[_PathLike], Strategy] = None,
     rank: int = 0,
     *,
     replicas: str = "min_files",
     any_device_count: bool = False,
-) -> Dict[str, np.ndarray]:
-    """Reads what rank ``rank`` holds under ``predict_strategy`` from a
+    train_strategy: _t.Union[None, _PathLike, _t.Sequence[_PathLike], Strategy] = None,
+    predict_strategy: _t.Union[None, _PathLike, _t.Sequence[_PathLike], Strategy] = None,
+) -> _t.Dict[str, _np.ndarray]:
+    """Reads what rank ``rank`` holds under ``dst_strategy`` from a
     distributed checkpoint, as numpy arrays by tensor name.
 
     ``checkpoint`` is a folder of ``rank_<r>/`` folders or a list of files
     (file ``r`` is rank ``r``'s), or a PyTorch DCP folder, a Hugging Face
     model folder or a safetensors file, whose index is their layout (give
-    no ``train_strategy`` then). ``train_strategy`` and
-    ``predict_strategy`` are MindSpore strategy files (a list for per-stage
-    files), :class:`Strategy` values, or ``None``: a source of one rank
-    holding whole tensors, a destination of one device (whole tensors).
-    Only the bytes the rank needs are read, with positional reads.
-    Parameters missing from a strategy follow MindSpore's rules, each with
-    a :class:`ShardplanWarning`.
+    no ``src_strategy`` then). ``src_strategy`` and ``dst_strategy`` (as
+    :func:`reshard` names them) are MindSpore strategy files (a list for
+    per-stage files), :class:`Strategy` values, or ``None``: a source of
+    one rank holding whole tensors, a destination of one device (whole
+    tensors). ``train_strategy`` and ``predict_strategy`` are their aliases,
+    MindSpore's names (``load_distributed_checkpoint(network,
+    checkpoint_filenames, predict_strategy, train_strategy_filename)``);
+    giving a name and its alias raises :class:`UsageError`. Only the bytes
+    the rank needs are read, with positional reads. Parameters missing
+    from a strategy follow MindSpore's rules, each with a
+    :class:`ShardplanWarning`.
     """
+    src_strategy = _alias(src_strategy, "src_strategy", train_strategy, "train_strategy")
+    dst_strategy = _alias(dst_strategy, "dst_strategy", predict_strategy, "predict_strategy")
     raw, notes = _shardplan._load_rank(
         _path_or_paths(checkpoint),
-        _side(train_strategy),
-        _side(predict_strategy),
+        _side(src_strategy),
+        _side(dst_strategy),
         rank,
         replicas,
         any_device_count,
     )
     for note in notes:
-        warnings.warn(note, ShardplanWarning, stacklevel=2)
-    out: Dict[str, np.ndarray] = {}
+        _warnings.warn(note, ShardplanWarning, stacklevel=2)
+    out: _t.Dict[str, _np.ndarray] = {}
     for name, dtype, shape, data in raw:
         out[name] = data.view(numpy_dtype(dtype)).reshape(shape)
     return out
 
 
 def reshard(
-    src_dir: Union[PathLike, Sequence[PathLike]],
-    out_dir: PathLike,
+    src_dir: _t.Union[_PathLike, _t.Sequence[_PathLike]],
+    out_dir: _PathLike,
     *,
-    src_strategy: Union[None, PathLike, Sequence[PathLike], Strategy] = None,
-    dst_strategy: Union[None, PathLike, Sequence[PathLike], Strategy] = None,
-    format: Optional[str] = None,
-    rank: Optional[int] = None,
+    src_strategy: _t.Union[None, _PathLike, _t.Sequence[_PathLike], Strategy] = None,
+    dst_strategy: _t.Union[None, _PathLike, _t.Sequence[_PathLike], Strategy] = None,
+    format: _t.Optional[str] = None,
+    rank: _t.Optional[int] = None,
     replicas: str = "min_files",
     any_device_count: bool = False,
     direct_io: bool = True,
-    max_shard_size: Union[int, str] = "5GB",
-) -> List[Dict[str, Any]]:
+    max_shard_size: _t.Union[int, str] = "5GB",
+) -> _t.List[_t.Dict[str, _t.Any]]:
     """Reshards a checkpoint into ``out_dir``, as ``shardplan reshard``
     does: outputs temp-named, fsynced and renamed, resumable, sources never
     modified. The source is a MindSpore folder of ``rank_<r>/`` folders (or
@@ -392,7 +258,7 @@ def reshard(
         max_shard_size = _shardplan._parse_shard_size(max_shard_size)
     return _shardplan.reshard(
         _path_or_paths(src_dir),
-        os.fspath(out_dir),
+        _os.fspath(out_dir),
         src_strategy=_side(src_strategy),
         dst_strategy=_side(dst_strategy),
         format=format,
@@ -404,7 +270,7 @@ def reshard(
     )
 
 
-def check(files: Union[PathLike, Iterable[PathLike]]) -> List[Diagnostic]:
+def check(files: _t.Union[_PathLike, _t.Iterable[_PathLike]]) -> _t.List[Diagnostic]:
     """Checks spec files, as ``shardplan check`` does, and returns every
     diagnostic (errors and warnings) in file order; ``[]`` for valid specs.
     An unreadable file raises :class:`FileError`."""
@@ -412,24 +278,4 @@ def check(files: Union[PathLike, Iterable[PathLike]]) -> List[Diagnostic]:
     return _shardplan._check([paths] if isinstance(paths, str) else paths)
 
 
-def _write_atomic(path: str, data: bytes) -> None:
-    """Writes ``data`` to a temporary name beside ``path``, fsyncs it and
-    renames it over ``path``."""
-    tmp = f"{path}.tmp-{os.getpid()}"
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as e:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise FileError(
-            f"cannot write {path}: {e.strerror}",
-            code="shardplan::python::write",
-            help="check that the folder exists and is writable",
-            file=path,
-        ) from e
+del annotations  # the __future__ import binds it; only __all__ is public

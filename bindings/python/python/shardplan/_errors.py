@@ -8,92 +8,43 @@ input, and where known the ``file``, ``line`` and ``column`` or the
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Optional, Sequence
+from dataclasses import dataclass as _dataclass
 
+# The exception classes are made by the extension (src/exceptions.rs), so
+# that the errors it raises and the ones Python raises are the same classes.
+from ._shardplan import (
+    CheckpointError,
+    DeriveError,
+    Error,
+    FileError,
+    LayoutError,
+    PlanDefect,
+    PlanError,
+    PlanFileError,
+    ReshardError,
+    SpecError,
+    StrategyError,
+    StrategyFileError,
+    UsageError,
+)
 
-class Error(Exception):
-    """Base class of every error shardplan raises."""
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        code: Optional[str] = None,
-        help: Optional[str] = None,
-        file: Optional[str] = None,
-        line: Optional[int] = None,
-        column: Optional[int] = None,
-        tensor: Optional[str] = None,
-        rank: Optional[int] = None,
-        diagnostics: Sequence["Diagnostic"] = (),
-    ) -> None:
-        super().__init__(message)
-        self.message = message
-        self.code = code
-        self.help = help
-        self.file = file
-        self.line = line
-        self.column = column
-        self.tensor = tensor
-        self.rank = rank
-        self.diagnostics = list(diagnostics)
-
-    def __str__(self) -> str:
-        text = self.message
-        if self.code:
-            text = f"[{self.code}] {text}"
-        if self.help:
-            text = f"{text}\n  help: {self.help}"
-        return text
-
-
-class UsageError(Error, ValueError):
-    """An argument of a shardplan function that it cannot use."""
-
-
-class FileError(Error, OSError):
-    """A file that cannot be read or written."""
-
-
-class SpecError(Error):
-    """A spec with errors; ``diagnostics`` lists every one."""
-
-
-class LayoutError(Error):
-    """A mesh, layout or notation that breaks an invariant."""
-
-
-class StrategyError(Error):
-    """A strategy whose tensors and layouts disagree."""
-
-
-class DeriveError(Error):
-    """An inference layout that cannot be derived."""
-
-
-class PlanError(Error):
-    """Two strategies that cannot be planned between."""
-
-
-class PlanDefect(Error):
-    """A plan that does not move the source to the destination exactly."""
-
-
-class PlanFileError(Error):
-    """A JSON plan file that cannot be read."""
-
-
-class CheckpointError(Error):
-    """A checkpoint that is unreadable, truncated or corrupt."""
-
-
-class StrategyFileError(Error):
-    """A MindSpore strategy file that cannot be read."""
-
-
-class ReshardError(Error):
-    """Checkpoints and strategies that disagree with each other."""
+__all__ = [
+    "CheckpointError",
+    "DeriveError",
+    "Diagnostic",
+    "Error",
+    "FileError",
+    "LayoutError",
+    "PlanDefect",
+    "PlanError",
+    "PlanFileError",
+    "ReshardError",
+    "ShardplanWarning",
+    "SpecError",
+    "StrategyError",
+    "StrategyFileError",
+    "UsageError",
+]
 
 
 class ShardplanWarning(UserWarning):
@@ -101,7 +52,7 @@ class ShardplanWarning(UserWarning):
     for parameters missing from a strategy)."""
 
 
-@dataclass(frozen=True)
+@_dataclass(frozen=True)
 class Diagnostic:
     """One problem found in a spec file."""
 
@@ -127,3 +78,6 @@ class Diagnostic:
 
     def __str__(self) -> str:
         return f"{self.file}:{self.line}:{self.column}: {self.severity}[{self.code}]: {self.message}"
+
+
+del annotations  # the __future__ import binds it

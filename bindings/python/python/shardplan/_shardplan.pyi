@@ -133,7 +133,7 @@ class Spec:
         """The transfer the spec names, ``(from, to)``."""
     @property
     def warnings(self) -> List[str]: ...
-    def to_yaml(self, comment: str = ...) -> str: ...
+    def to_yaml(self, comment: str = "written by shardplan") -> str: ...
 
 class Piece:
     """One copy of a plan: a box of a tensor from a source rank to a
@@ -151,27 +151,117 @@ class Piece:
     reduce: bool
 
 class Plan:
-    """The extension's plan; ``shardplan.Plan`` wraps it."""
+    """A slice-transfer plan that passed the independent verifier: which
+    source rank sends which box of which tensor to which destination rank.
+    Made by ``plan`` or read by ``Plan.from_json``; never built unverified."""
 
-    summary: Dict[str, int]
-    ranks: Dict[str, Dict[int, Dict[str, Any]]]
-    src: Strategy
-    dst: Strategy
-    source: str
-    destination: str
-    replicas: str
-    tensors: List[str]
-    def verify(self) -> None: ...
+    @property
+    def summary(self) -> Dict[str, int]:
+        """Totals, the keys of the JSON plan's ``summary``."""
+    @property
+    def ranks(self) -> Dict[str, Dict[int, Dict[str, Any]]]:
+        """Per-rank traffic: ``{"send": {rank: ...}, "receive": {rank: ...}}``."""
+    @property
+    def src(self) -> Strategy:
+        """The source strategy the plan was verified against."""
+    @property
+    def dst(self) -> Strategy:
+        """The destination strategy the plan was verified against."""
+    @property
+    def source(self) -> str:
+        """The source strategy's name."""
+    @property
+    def destination(self) -> str:
+        """The destination strategy's name."""
+    @property
+    def replicas(self) -> str:
+        """``"balance"`` or ``"min_files"``."""
+    @property
+    def tensors(self) -> List[str]:
+        """Planned tensor names; ``to_numpy()["tensor"]`` indexes this list."""
+    def verify(self) -> None:
+        """Checks the plan again; raises ``PlanDefect``."""
     def pieces(
         self, *, tensor: Optional[str] = None, src_rank: Optional[int] = None, dst_rank: Optional[int] = None
-    ) -> List[Piece]: ...
-    def _piece_matrix(self) -> Tuple[np.ndarray, int]: ...
-    def explain(self, name: str) -> str: ...
-    def report(self, top: int = 5) -> str: ...
-    def _json(self) -> str: ...
+    ) -> List[Piece]:
+        """The pieces, optionally only those of ``tensor``, from ``src_rank``
+        or to ``dst_rank``."""
+    def to_numpy(self) -> np.ndarray:
+        """Every piece as one row of a numpy structured array."""
+    def explain(self, name: str) -> str:
+        """Why tensor ``name`` moves what it moves, as text."""
+    def report(self, top: int = 5) -> str:
+        """The report ``shardplan plan`` prints."""
+    def to_json(self, path: Optional[StrPath] = None) -> str:
+        """The plan in the JSON plan format; with ``path``, also written
+        there atomically (temporary name, fsync, rename)."""
     @staticmethod
-    def _from_json_text(file: str, text: str, src: Strategy, dst: Strategy) -> "Plan": ...
+    def from_json(path: StrPath, src: Strategy, dst: Strategy) -> "Plan":
+        """Reads a JSON plan and verifies it moves ``src`` to ``dst``."""
     def __len__(self) -> int: ...
+
+class Error(Exception):
+    """Base class of every error shardplan raises (made by the extension,
+    src/exceptions.rs)."""
+
+    message: str
+    code: Optional[str]
+    help: Optional[str]
+    file: Optional[str]
+    line: Optional[int]
+    column: Optional[int]
+    tensor: Optional[str]
+    rank: Optional[int]
+    diagnostics: List[Diagnostic]
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: Optional[str] = None,
+        help: Optional[str] = None,
+        file: Optional[str] = None,
+        line: Optional[int] = None,
+        column: Optional[int] = None,
+        tensor: Optional[str] = None,
+        rank: Optional[int] = None,
+        diagnostics: Optional[Sequence[Diagnostic]] = None,
+    ) -> None: ...
+
+class UsageError(Error, ValueError):
+    """An argument of a shardplan function that it cannot use."""
+
+class FileError(Error, OSError):
+    """A file that cannot be read or written."""
+
+class SpecError(Error):
+    """A spec with errors; ``diagnostics`` lists every one."""
+
+class LayoutError(Error):
+    """A mesh, layout or notation that breaks an invariant."""
+
+class StrategyError(Error):
+    """A strategy whose tensors and layouts disagree."""
+
+class DeriveError(Error):
+    """An inference layout that cannot be derived."""
+
+class PlanError(Error):
+    """Two strategies that cannot be planned between."""
+
+class PlanDefect(Error):
+    """A plan that does not move the source to the destination exactly."""
+
+class PlanFileError(Error):
+    """A JSON plan file that cannot be read."""
+
+class CheckpointError(Error):
+    """A checkpoint that is unreadable, truncated or corrupt."""
+
+class StrategyFileError(Error):
+    """A MindSpore strategy file that cannot be read."""
+
+class ReshardError(Error):
+    """Checkpoints and strategies that disagree with each other."""
 
 def load(path: StrPath) -> Spec:
     """Reads a YAML spec or a MindSpore strategy file."""
@@ -204,11 +294,10 @@ def derive(
     """Derives an inference strategy from a training strategy."""
 
 def plan(src: Strategy, dst: Strategy, *, replicas: str = "balance", tensors: Optional[List[str]] = None) -> Plan: ...
-def _timed_plan(src: Strategy, dst: Strategy, replicas: str) -> Tuple[Plan, float]: ...
 def _load_rank(
     checkpoint: Union[str, List[str]],
-    train_strategy: Any,
-    predict_strategy: Any,
+    src_strategy: Any,
+    dst_strategy: Any,
     rank: int,
     replicas: str,
     any_device_count: bool,
@@ -229,3 +318,4 @@ def reshard(
 def _parse_shard_size(text: str) -> int: ...
 def _check(files: List[str]) -> List[Diagnostic]: ...
 def run_cli(argv: List[str]) -> int: ...
+def _dtypes() -> List[Tuple[str, int]]: ...

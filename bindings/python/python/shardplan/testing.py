@@ -16,11 +16,11 @@ array([[4, 5]])
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+import typing as _t
 
-import numpy as np
+import numpy as _np
 
-from . import DeviceMesh, Layout, LayoutError, Strategy
+import shardplan as _sp
 
 __all__ = [
     "expected_slice",
@@ -35,7 +35,7 @@ __all__ = [
 ]
 
 
-def expected_slice(strategy: Strategy, tensor: str, rank: int, full: np.ndarray) -> Optional[np.ndarray]:
+def expected_slice(strategy: _sp.Strategy, tensor: str, rank: int, full: _np.ndarray) -> _t.Optional[_np.ndarray]:
     """The block of ``full`` (the whole tensor) that ``rank`` holds under
     ``strategy``, or ``None`` when it holds none of it."""
     if tuple(full.shape) != tuple(strategy.shape(tensor)):
@@ -51,18 +51,18 @@ def expected_slice(strategy: Strategy, tensor: str, rank: int, full: np.ndarray)
 
 
 try:
-    from hypothesis import assume
-    from hypothesis import strategies as st
+    from hypothesis import assume as _assume
+    from hypothesis import strategies as _st
 except ImportError:  # pragma: no cover - the strategies need hypothesis
-    st = None
+    _st = None
 
 
 def _need_hypothesis() -> None:
-    if st is None:
+    if _st is None:
         raise ImportError("shardplan.testing's strategies need hypothesis: pip install shardplan[testing]")
 
 
-AXIS_NAMES = ("dp", "tp", "pp", "sp", "ep")
+_AXIS_NAMES = ("dp", "tp", "pp", "sp", "ep")
 
 
 def meshes(max_axes: int = 3, max_size: int = 4, max_ranks: int = 16) -> "st.SearchStrategy[DeviceMesh]":
@@ -70,14 +70,14 @@ def meshes(max_axes: int = 3, max_size: int = 4, max_ranks: int = 16) -> "st.Sea
     ``max_size``, at most ``max_ranks`` ranks."""
     _need_hypothesis()
 
-    @st.composite
-    def build(draw: Any) -> DeviceMesh:
-        n = draw(st.integers(0, max_axes))
-        sizes: List[int] = []
+    @_st.composite
+    def build(draw: _t.Any) -> _sp.DeviceMesh:
+        n = draw(_st.integers(0, max_axes))
+        sizes: _t.List[int] = []
         for _ in range(n):
-            room = max_ranks // max(1, int(np.prod(sizes, dtype=np.int64)))
-            sizes.append(draw(st.integers(1, max(1, min(max_size, room)))))
-        return DeviceMesh(shape=sizes, axes=list(AXIS_NAMES[:n]))
+            room = max_ranks // max(1, int(_np.prod(sizes, dtype=_np.int64)))
+            sizes.append(draw(_st.integers(1, max(1, min(max_size, room)))))
+        return _sp.DeviceMesh(shape=sizes, axes=list(_AXIS_NAMES[:n]))
 
     return build()
 
@@ -86,95 +86,95 @@ def shapes(max_dims: int = 3, max_side: int = 12) -> "st.SearchStrategy[List[int
     """Tensor shapes of 0 to ``max_dims`` dimensions, sides 1 to
     ``max_side`` (many not divisible by a mesh axis: uneven splits)."""
     _need_hypothesis()
-    return st.lists(st.integers(1, max_side), min_size=0, max_size=max_dims)
+    return _st.lists(_st.integers(1, max_side), min_size=0, max_size=max_dims)
 
 
-def _axis_assignment(draw: Any, mesh: DeviceMesh, ndim: int) -> List[Optional[int]]:
+def _axis_assignment(draw: _t.Any, mesh: _sp.DeviceMesh, ndim: int) -> _t.List[_t.Optional[int]]:
     """For each mesh axis, the tensor dimension it splits (or None)."""
-    return [draw(st.one_of(st.none(), st.integers(0, ndim - 1))) if ndim else None for _ in mesh.axes]
+    return [draw(_st.one_of(_st.none(), _st.integers(0, ndim - 1))) if ndim else None for _ in mesh.axes]
 
 
-def placement_layouts(mesh: DeviceMesh, shape: Sequence[int]) -> "st.SearchStrategy[Layout]":
+def placement_layouts(mesh: _sp.DeviceMesh, shape: _t.Sequence[int]) -> "st.SearchStrategy[Layout]":
     """Layouts written as DTensor placements (``Shard(d)``, ``Replicate()``);
     a dimension split by one axis may be uneven (``torch.chunk`` blocks)."""
     _need_hypothesis()
 
-    @st.composite
-    def build(draw: Any) -> Layout:
+    @_st.composite
+    def build(draw: _t.Any) -> _sp.Layout:
         dims = _axis_assignment(draw, mesh, len(shape))
         placements = ["Replicate()" if d is None else f"Shard({d})" for d in dims]
         try:
-            return Layout.from_placements(mesh, list(shape), placements)
-        except LayoutError:
-            assume(False)
+            return _sp.Layout.from_placements(mesh, list(shape), placements)
+        except _sp.LayoutError:
+            _assume(False)
             raise
 
     return build()
 
 
-def partition_spec_layouts(mesh: DeviceMesh, shape: Sequence[int]) -> "st.SearchStrategy[Layout]":
+def partition_spec_layouts(mesh: _sp.DeviceMesh, shape: _t.Sequence[int]) -> "st.SearchStrategy[Layout]":
     """Layouts written as JAX ``PartitionSpec``s (even splits only)."""
     _need_hypothesis()
 
-    @st.composite
-    def build(draw: Any) -> Layout:
+    @_st.composite
+    def build(draw: _t.Any) -> _sp.Layout:
         dims = _axis_assignment(draw, mesh, len(shape))
-        entries: List[Tuple[str, ...]] = [tuple(a for a, d in zip(mesh.axes, dims) if d == k) for k in range(len(shape))]
+        entries: _t.List[_t.Tuple[str, ...]] = [tuple(a for a, d in zip(mesh.axes, dims) if d == k) for k in range(len(shape))]
         text = "P(" + ", ".join("None" if not e else "(" + ", ".join(repr(a) for a in e) + ",)" for e in entries) + ")"
         try:
-            return Layout.from_partition_spec(mesh, list(shape), text)
-        except LayoutError:
-            assume(False)
+            return _sp.Layout.from_partition_spec(mesh, list(shape), text)
+        except _sp.LayoutError:
+            _assume(False)
             raise
 
     return build()
 
 
-def mindspore_layouts(shape: Sequence[int], max_ranks: int = 16) -> "st.SearchStrategy[Layout]":
+def mindspore_layouts(shape: _t.Sequence[int], max_ranks: int = 16) -> "st.SearchStrategy[Layout]":
     """Layouts written as MindSpore ``dev_matrix`` / ``tensor_map``, with
     an optimizer shard sometimes (on their own mesh, ``d<k>`` axes)."""
     _need_hypothesis()
 
-    @st.composite
-    def build(draw: Any) -> Layout:
-        n = draw(st.integers(1, 3))
-        dev = [draw(st.integers(1, 4)) for _ in range(n)]
-        assume(int(np.prod(dev)) <= max_ranks)
+    @_st.composite
+    def build(draw: _t.Any) -> _sp.Layout:
+        n = draw(_st.integers(1, 3))
+        dev = [draw(_st.integers(1, 4)) for _ in range(n)]
+        _assume(int(_np.prod(dev)) <= max_ranks)
         free = list(range(n))
         tensor_map = []
         for _ in shape:
-            if free and draw(st.booleans()):
-                k = draw(st.sampled_from(free))
+            if free and draw(_st.booleans()):
+                k = draw(_st.sampled_from(free))
                 free.remove(k)
                 tensor_map.append(k)
             else:
                 tensor_map.append(-1)
-        opt = draw(st.sampled_from([0, 0, -1, 2]))
+        opt = draw(_st.sampled_from([0, 0, -1, 2]))
         try:
-            return Layout.from_mindspore(list(shape), dev_matrix=dev, tensor_map=tensor_map, opt_weight_shard_size=opt)
-        except LayoutError:
-            assume(False)
+            return _sp.Layout.from_mindspore(list(shape), dev_matrix=dev, tensor_map=tensor_map, opt_weight_shard_size=opt)
+        except _sp.LayoutError:
+            _assume(False)
             raise
 
     return build()
 
 
-def layouts(mesh: DeviceMesh, shape: Sequence[int]) -> "st.SearchStrategy[Layout]":
+def layouts(mesh: _sp.DeviceMesh, shape: _t.Sequence[int]) -> "st.SearchStrategy[Layout]":
     """Layouts on ``mesh`` in the DTensor or the JAX notation."""
     _need_hypothesis()
-    return st.one_of(placement_layouts(mesh, shape), partition_spec_layouts(mesh, shape))
+    return _st.one_of(placement_layouts(mesh, shape), partition_spec_layouts(mesh, shape))
 
 
 def strategies(
-    mesh: DeviceMesh, tensors: Dict[str, Tuple[Sequence[int], str]], name: str = "s"
+    mesh: _sp.DeviceMesh, tensors: _t.Dict[str, _t.Tuple[_t.Sequence[int], str]], name: str = "s"
 ) -> "st.SearchStrategy[Strategy]":
     """Strategies on ``mesh`` over ``tensors`` (``{name: (shape, dtype)}``)."""
     _need_hypothesis()
 
-    @st.composite
-    def build(draw: Any) -> Strategy:
+    @_st.composite
+    def build(draw: _t.Any) -> _sp.Strategy:
         laid = {t: (draw(layouts(mesh, shape)), dtype) for t, (shape, dtype) in tensors.items()}
-        return Strategy(name, mesh, laid)
+        return _sp.Strategy(name, mesh, laid)
 
     return build()
 
@@ -184,14 +184,17 @@ def strategy_pairs(max_tensors: int = 3) -> "st.SearchStrategy[Tuple[Strategy, S
     independent meshes (any rank counts: N to M)."""
     _need_hypothesis()
 
-    @st.composite
-    def build(draw: Any) -> Tuple[Strategy, Strategy]:
-        n = draw(st.integers(1, max_tensors))
+    @_st.composite
+    def build(draw: _t.Any) -> _t.Tuple[_sp.Strategy, _sp.Strategy]:
+        n = draw(_st.integers(1, max_tensors))
         tensors = {
-            f"t{i}": (draw(shapes()), draw(st.sampled_from(["f32", "bf16", "f16", "i32", "u8"]))) for i in range(n)
+            f"t{i}": (draw(shapes()), draw(_st.sampled_from(sorted(_sp._DTYPES)))) for i in range(n)
         }
         src = draw(strategies(draw(meshes()), tensors, "src"))
         dst = draw(strategies(draw(meshes()), tensors, "dst"))
         return src, dst
 
     return build()
+
+
+del annotations  # the __future__ import binds it; only __all__ is public

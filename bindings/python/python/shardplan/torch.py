@@ -22,40 +22,38 @@ the tensor and rank, instead of hanging.
 
 from __future__ import annotations
 
-import hashlib
-import itertools
-import math
-from collections import defaultdict
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+import hashlib as _hashlib
+import itertools as _itertools
+import math as _math
+import typing as _t
+from collections import defaultdict as _defaultdict
 
-import torch
-import torch.distributed as dist
+import torch as _torch
+import torch.distributed as _dist
 
-import shardplan as sp
+import shardplan as _sp
 
-__all__ = ["Transfer", "layout_of", "modelled_time", "redistribute", "redistribute_dtensors", "schedule"]
+__all__ = [
+    "IN_PLACE_BYTES",
+    "Transfer",
+    "layout_of",
+    "modelled_time",
+    "redistribute",
+    "redistribute_dtensors",
+    "schedule",
+]
 
-TORCH_DTYPES: Dict[str, torch.dtype] = {
-    "f64": torch.float64,
-    "f32": torch.float32,
-    "f16": torch.float16,
-    "bf16": torch.bfloat16,
-    "i64": torch.int64,
-    "i32": torch.int32,
-    "i16": torch.int16,
-    "i8": torch.int8,
-    "u64": torch.uint64,
-    "u32": torch.uint32,
-    "u16": torch.uint16,
-    "u8": torch.uint8,
-    "bool": torch.bool,
+#: The torch dtype of each shardplan dtype name, from the package's one
+#: dtype table (the Rust library's ``DType``).
+_TORCH_DTYPES: _t.Dict[str, _torch.dtype] = {
+    name: getattr(_torch, long_name) for name, (long_name, _) in _sp._DTYPES.items()
 }
 
 #: A box moved in one message: tensor index, source and destination mesh
 #: ranks, its offset in the source and the destination local buffers, its
 #: extent, its bytes, and whether it is received in place (large, and one
 #: run of bytes in its destination).
-Chunk = Tuple[int, int, int, Tuple[int, ...], Tuple[int, ...], Tuple[int, ...], int, bool]
+_Chunk = _t.Tuple[int, int, int, _t.Tuple[int, ...], _t.Tuple[int, ...], _t.Tuple[int, ...], int, bool]
 
 #: Chunks at least this large that are one run of bytes in their
 #: destination go as their own message, straight into place; smaller ones
@@ -63,7 +61,7 @@ Chunk = Tuple[int, int, int, Tuple[int, ...], Tuple[int, ...], Tuple[int, ...], 
 IN_PLACE_BYTES = 64 << 10
 
 
-def layout_of(dtensor: Any) -> sp.Layout:
+def layout_of(dtensor: _t.Any) -> _sp.Layout:
     """A DTensor's mesh and placements as a shardplan layout (mesh ranks in
     the order of ``dtensor.device_mesh.mesh.flatten()``).
 
@@ -73,33 +71,33 @@ def layout_of(dtensor: Any) -> sp.Layout:
     a slice of several boxes raises :class:`shardplan.UsageError`."""
     mesh = dtensor.device_mesh
     names = mesh.mesh_dim_names or tuple(f"m{i}" for i in range(mesh.ndim))
-    spm = sp.DeviceMesh(list(mesh.shape), list(names))
+    spm = _sp.DeviceMesh(list(mesh.shape), list(names))
     return _layout(spm, list(dtensor.shape), list(dtensor.placements))
 
 
-def _layout(mesh: sp.DeviceMesh, shape: List[int], placements: List[Any], name: str = "") -> sp.Layout:
+def _layout(mesh: _sp.DeviceMesh, shape: _t.List[int], placements: _t.List[_t.Any], name: str = "") -> _sp.Layout:
     from torch.distributed.tensor.placement_types import _StridedShard
 
     if not any(isinstance(p, _StridedShard) for p in placements):
-        return sp.Layout.from_placements(mesh, shape, [str(p) for p in placements])
-    return sp.Layout.from_boxes(mesh, shape, _strided_boxes(shape, mesh.shape, placements, name))
+        return _sp.Layout.from_placements(mesh, shape, [str(p) for p in placements])
+    return _sp.Layout.from_boxes(mesh, shape, _strided_boxes(shape, mesh.shape, placements, name))
 
 
 def _strided_boxes(
-    shape: Sequence[int], mesh_shape: Sequence[int], placements: Sequence[Any], name: str = ""
-) -> Dict[int, Tuple[List[int], List[int]]]:
+    shape: _t.Sequence[int], mesh_shape: _t.Sequence[int], placements: _t.Sequence[_t.Any], name: str = ""
+) -> _t.Dict[int, _t.Tuple[_t.List[int], _t.List[int]]]:
     """Every mesh rank's box under placements that may hold
     ``_StridedShard``: the indices of each dimension that a rank holds, cut
     by torch's own split of each placement, axis after axis (as
     ``distribute_tensor`` cuts), must be one run."""
     from torch.distributed.tensor.placement_types import Partial, Shard, _StridedShard
 
-    boxes: Dict[int, Tuple[List[int], List[int]]] = {}
-    for rank, coord in enumerate(itertools.product(*(range(n) for n in mesh_shape))):
-        held = [torch.arange(n) for n in shape]
+    boxes: _t.Dict[int, _t.Tuple[_t.List[int], _t.List[int]]] = {}
+    for rank, coord in enumerate(_itertools.product(*(range(n) for n in mesh_shape))):
+        held = [_torch.arange(n) for n in shape]
         for axis, p in enumerate(placements):
             if isinstance(p, Partial):
-                raise sp.UsageError(
+                raise _sp.UsageError(
                     f"tensor `{name}`: partial sums next to _StridedShard",
                     code="shardplan::python::usage",
                     help="reduce the partial sums first",
@@ -115,8 +113,8 @@ def _strided_boxes(
         offset, extent = [], []
         for dim, idx in enumerate(held):
             start = int(idx[0]) if len(idx) else 0
-            if not torch.equal(idx, torch.arange(start, start + len(idx))):
-                raise sp.UsageError(
+            if not _torch.equal(idx, _torch.arange(start, start + len(idx))):
+                raise _sp.UsageError(
                     f"tensor `{name}`: mesh rank {rank} holds rows {idx.tolist()} of dimension {dim}, "
                     f"not one run, under {[str(p) for p in placements]}",
                     code="shardplan::python::usage",
@@ -129,17 +127,17 @@ def _strided_boxes(
     return boxes
 
 
-def _split(src_off, dst_off, extent, width: int, budget: int) -> Iterable[Tuple[tuple, tuple, tuple]]:
+def _split(src_off, dst_off, extent, width: int, budget: int) -> _t.Iterable[_t.Tuple[tuple, tuple, tuple]]:
     """Boxes of at most ``budget`` bytes (at least one element) covering the
     box ``extent`` at ``src_off`` / ``dst_off``, cut along the outermost
     dimensions first."""
-    total = math.prod(extent) * width
+    total = _math.prod(extent) * width
     k = next((i for i, e in enumerate(extent) if e > 1), None)
     if total <= budget or k is None:
         # Fits, or is one element (which a smaller buffer carries alone).
         yield tuple(src_off), tuple(dst_off), tuple(extent)
         return
-    inner = math.prod(extent[k + 1 :]) * width
+    inner = _math.prod(extent[k + 1 :]) * width
     step = max(1, budget // inner)
     for start in range(0, extent[k], step):
         n = min(step, extent[k] - start)
@@ -153,7 +151,7 @@ def _split(src_off, dst_off, extent, width: int, budget: int) -> Iterable[Tuple[
             yield tuple(s), tuple(d), tuple(e)
 
 
-def _one_run(extent: Sequence[int], shape: Sequence[int]) -> bool:
+def _one_run(extent: _t.Sequence[int], shape: _t.Sequence[int]) -> bool:
     """Whether a box of ``extent`` in a row-major tensor of ``shape`` is one
     run of bytes: one element thick before its first thicker dimension, and
     whole in every dimension after it."""
@@ -161,13 +159,13 @@ def _one_run(extent: Sequence[int], shape: Sequence[int]) -> bool:
     return all(e == n for e, n in zip(extent[k + 1 :], shape[k + 1 :]))
 
 
-def schedule(plan: sp.Plan, src_ranks: Sequence[int], dst_ranks: Sequence[int], max_buffer_bytes: int):
+def schedule(plan: _sp.Plan, src_ranks: _t.Sequence[int], dst_ranks: _t.Sequence[int], max_buffer_bytes: int):
     """The transfer of ``plan`` as every process computes it: the chunks
     each process copies locally (by process), and the rounds (a list of
     lists of ``(src_process, dst_process, chunk)``), each round's sends and
     receives per process at most ``max_buffer_bytes``."""
     if max_buffer_bytes < 1:
-        raise sp.UsageError(
+        raise _sp.UsageError(
             f"max_buffer_bytes is {max_buffer_bytes}",
             code="shardplan::python::usage",
             help="give a buffer of at least one element",
@@ -175,11 +173,11 @@ def schedule(plan: sp.Plan, src_ranks: Sequence[int], dst_ranks: Sequence[int], 
     m = plan.to_numpy()
     widths = [_width(plan.dst.dtype(t)) for t in plan.tensors]
     dst_shapes = {}
-    local: Dict[int, List[Chunk]] = defaultdict(list)
-    remote: List[Tuple[int, int, Chunk]] = []
+    local: _t.Dict[int, _t.List[_Chunk]] = _defaultdict(list)
+    remote: _t.List[_t.Tuple[int, int, _Chunk]] = []
     for row in m:
         if row["reduce"]:
-            raise sp.UsageError(
+            raise _sp.UsageError(
                 f"tensor `{plan.tensors[int(row['tensor'])]}` is moved from partial sums",
                 code="shardplan::python::usage",
                 help="reduce partial sums before redistributing",
@@ -192,7 +190,7 @@ def schedule(plan: sp.Plan, src_ranks: Sequence[int], dst_ranks: Sequence[int], 
             [int(x) for x in row["src_offset"][:nd]], [int(x) for x in row["dst_offset"][:nd]], ext, widths[t],
             max_buffer_bytes if sp_ != dp else 1 << 62,
         ):
-            size = math.prod(e) * widths[t]
+            size = _math.prod(e) * widths[t]
             if sp_ == dp:
                 local[sp_].append((t, s, d, so, do, e, size, False))
                 continue
@@ -200,16 +198,16 @@ def schedule(plan: sp.Plan, src_ranks: Sequence[int], dst_ranks: Sequence[int], 
                 dst_shapes[t, d] = plan.dst.region(plan.tensors[t], d)[1]
             direct = size >= IN_PLACE_BYTES and _one_run(e, dst_shapes[t, d])
             remote.append((sp_, dp, (t, s, d, so, do, e, size, direct)))
-    rounds: List[List[Tuple[int, int, Chunk]]] = []
-    sent: List[Dict[int, int]] = []
-    recv: List[Dict[int, int]] = []
+    rounds: _t.List[_t.List[_t.Tuple[int, int, _Chunk]]] = []
+    sent: _t.List[_t.Dict[int, int]] = []
+    recv: _t.List[_t.Dict[int, int]] = []
     for sp_, dp, c in remote:
         size = c[6]
         for r in range(len(rounds) + 1):
             if r == len(rounds):
                 rounds.append([])
-                sent.append(defaultdict(int))
-                recv.append(defaultdict(int))
+                sent.append(_defaultdict(int))
+                recv.append(_defaultdict(int))
             fits = sent[r][sp_] + size <= max_buffer_bytes and recv[r][dp] + size <= max_buffer_bytes
             # A chunk of one element larger than the buffer goes alone.
             alone = sent[r][sp_] == 0 and recv[r][dp] == 0
@@ -222,16 +220,16 @@ def schedule(plan: sp.Plan, src_ranks: Sequence[int], dst_ranks: Sequence[int], 
 
 
 def modelled_time(
-    plan: sp.Plan,
-    src_ranks: Sequence[int],
-    dst_ranks: Sequence[int],
+    plan: _sp.Plan,
+    src_ranks: _t.Sequence[int],
+    dst_ranks: _t.Sequence[int],
     *,
     gpus_per_node: int = 8,
     nvlink_gb_s: float = 400.0,
     nic_gb_s: float = 50.0,
     nics_per_node: int = 4,
     max_buffer_bytes: int = 256 << 20,
-) -> Dict[str, float]:
+) -> _t.Dict[str, float]:
     """The time the schedule of ``plan`` would take on a cluster of
     ``gpus_per_node`` GPUs per node (process ``p`` on node ``p //
     gpus_per_node``), next to its lower bound.
@@ -247,10 +245,10 @@ def modelled_time(
     _, rounds = schedule(plan, src_ranks, dst_ranks, max_buffer_bytes)
     nic = nics_per_node * nic_gb_s * 1e9
     nvl = nvlink_gb_s * 1e9
-    total: Dict[Tuple[str, int], float] = defaultdict(float)
+    total: _t.Dict[_t.Tuple[str, int], float] = _defaultdict(float)
     seconds = 0.0
     for chunks in rounds:
-        load: Dict[Tuple[str, int], float] = defaultdict(float)
+        load: _t.Dict[_t.Tuple[str, int], float] = _defaultdict(float)
         for s, d, c in chunks:
             if s // gpus_per_node == d // gpus_per_node:
                 load[("nvl-out", s)] += c[6] / nvl
@@ -269,23 +267,23 @@ def modelled_time(
 
 
 def _width(dtype: str) -> int:
-    return torch.empty((), dtype=TORCH_DTYPES[dtype]).element_size()
+    return _sp._DTYPES[dtype][1]
 
 
 def _index(offset, extent):
     return tuple(slice(o, o + e) for o, e in zip(offset, extent))
 
 
-def _agree(group, mine: Optional[str]) -> List[str]:
+def _agree(group, mine: _t.Optional[str]) -> _t.List[str]:
     """Every process's fault message (or None), gathered on every process."""
-    faults: List[Optional[str]] = [None] * dist.get_world_size(group)
-    dist.all_gather_object(faults, mine, group=group)
+    faults: _t.List[_t.Optional[str]] = [None] * _dist.get_world_size(group)
+    _dist.all_gather_object(faults, mine, group=group)
     return [f for f in faults if f]
 
 
 def _check(
-    tensors: Optional[Mapping[str, torch.Tensor]], plan: sp.Plan, rank: Optional[int], side: str
-) -> Optional[str]:
+    tensors: _t.Optional[_t.Mapping[str, _torch.Tensor]], plan: _sp.Plan, rank: _t.Optional[int], side: str
+) -> _t.Optional[str]:
     """What is wrong with this process's tensors of one side of ``plan``
     (``side`` "source", every tensor required; or "destination", the given
     ones, which are received in place and so must be contiguous), or None."""
@@ -296,7 +294,7 @@ def _check(
         box = strat.region(t, rank)
         if box is None:
             continue
-        want_shape, want_dtype = list(box[1]), TORCH_DTYPES[strat.dtype(t)]
+        want_shape, want_dtype = list(box[1]), _TORCH_DTYPES[strat.dtype(t)]
         have = tensors.get(t)
         if have is None:
             if side == "source":
@@ -312,19 +310,19 @@ def _check(
     return None
 
 
-def _raise_any(faults: List[str], help: str) -> None:
+def _raise_any(faults: _t.List[str], help: str) -> None:
     if faults:
-        raise sp.UsageError("; ".join(faults), code="shardplan::python::usage", help=help)
+        raise _sp.UsageError("; ".join(faults), code="shardplan::python::usage", help=help)
 
 
 #: One process's part of a round: by peer, the chunks packed into one
 #: message and the chunks that go alone, sent and received.
-Part = Tuple[Dict[int, Tuple[List[Chunk], List[Chunk]]], Dict[int, Tuple[List[Chunk], List[Chunk]]]]
+_Part = _t.Tuple[_t.Dict[int, _t.Tuple[_t.List[_Chunk], _t.List[_Chunk]]], _t.Dict[int, _t.Tuple[_t.List[_Chunk], _t.List[_Chunk]]]]
 
 
-def _part(chunks: List[Tuple[int, int, Chunk]], me: int) -> Part:
-    sends: Dict[int, Tuple[List[Chunk], List[Chunk]]] = {}
-    recvs: Dict[int, Tuple[List[Chunk], List[Chunk]]] = {}
+def _part(chunks: _t.List[_t.Tuple[int, int, _Chunk]], me: int) -> _Part:
+    sends: _t.Dict[int, _t.Tuple[_t.List[_Chunk], _t.List[_Chunk]]] = {}
+    recvs: _t.Dict[int, _t.Tuple[_t.List[_Chunk], _t.List[_Chunk]]] = {}
     for sp_, dp, c in chunks:
         if sp_ == me:
             sends.setdefault(dp, ([], []))[1 if c[7] else 0].append(c)
@@ -333,7 +331,7 @@ def _part(chunks: List[Tuple[int, int, Chunk]], me: int) -> Part:
     return dict(sorted(sends.items())), dict(sorted(recvs.items()))
 
 
-def _workspace_bytes(part: Part) -> int:
+def _workspace_bytes(part: _Part) -> int:
     """The bytes one round needs at most: every send packed (a chunk going
     alone is packed when its source box is scattered) and the packed
     receives."""
@@ -364,17 +362,17 @@ class Transfer:
 
     def __init__(
         self,
-        plan: sp.Plan,
-        src_ranks: Sequence[int],
-        dst_ranks: Sequence[int],
-        group: Any = None,
+        plan: _sp.Plan,
+        src_ranks: _t.Sequence[int],
+        dst_ranks: _t.Sequence[int],
+        group: _t.Any = None,
         max_buffer_bytes: int = 256 << 20,
         keep_buffers: bool = True,
     ) -> None:
         src_ranks, dst_ranks = list(src_ranks), list(dst_ranks)
         n, m = plan.src.mesh.size, plan.dst.mesh.size
         if len(src_ranks) != n or len(dst_ranks) != m:
-            raise sp.UsageError(
+            raise _sp.UsageError(
                 f"{len(src_ranks)} source and {len(dst_ranks)} destination processes for a plan of "
                 f"{n} and {m} ranks",
                 code="shardplan::python::usage",
@@ -382,12 +380,12 @@ class Transfer:
             )
         self.plan = plan
         self._group = group
-        me = dist.get_rank(group)
+        me = _dist.get_rank(group)
         self._me_src = src_ranks.index(me) if me in src_ranks else None
         self._me_dst = dst_ranks.index(me) if me in dst_ranks else None
-        digest = hashlib.sha256(plan.to_json().encode()).hexdigest()
-        digests: List[Optional[str]] = [None] * dist.get_world_size(group)
-        dist.all_gather_object(digests, digest, group=group)
+        digest = _hashlib.sha256(plan.to_json().encode()).hexdigest()
+        digests: _t.List[_t.Optional[str]] = [None] * _dist.get_world_size(group)
+        _dist.all_gather_object(digests, digest, group=group)
         fault = None if len(set(digests)) == 1 else f"process {me}: the processes hold different plans"
         _raise_any(_agree(group, fault), help="pass every process the same plan")
         local, rounds = schedule(plan, src_ranks, dst_ranks, max_buffer_bytes)
@@ -396,11 +394,11 @@ class Transfer:
         #: The rounds of the whole transfer (this process takes part in some).
         self.rounds = len(rounds)
         self._workspace_size = max((_workspace_bytes(p) for p in self._parts), default=0) if keep_buffers else 0
-        self._workspace: Optional[torch.Tensor] = None
+        self._workspace: _t.Optional[_torch.Tensor] = None
 
     def __call__(
-        self, local: Mapping[str, torch.Tensor], out: Optional[Mapping[str, torch.Tensor]] = None
-    ) -> Dict[str, torch.Tensor]:
+        self, local: _t.Mapping[str, _torch.Tensor], out: _t.Optional[_t.Mapping[str, _torch.Tensor]] = None
+    ) -> _t.Dict[str, _torch.Tensor]:
         """Runs the transfer: ``local`` holds this process's source slices
         (empty when it holds none); ``out``, optionally, destination slices
         to receive into (an inference engine's weights; contiguous), the
@@ -418,13 +416,13 @@ class Transfer:
         for t, _s, _d, so, do, e, _b, _direct in self._local:
             result[names[t]][_index(do, e)] = local[names[t]][_index(so, e)]
         if self._workspace_size and self._workspace is None:
-            self._workspace = torch.empty(self._workspace_size, dtype=torch.uint8)
+            self._workspace = _torch.empty(self._workspace_size, dtype=_torch.uint8)
         for part in self._parts:
             self._round(part, local, result)
         return result
 
-    def _destinations(self, out: Optional[Mapping[str, torch.Tensor]]) -> Dict[str, torch.Tensor]:
-        result: Dict[str, torch.Tensor] = {}
+    def _destinations(self, out: _t.Optional[_t.Mapping[str, _torch.Tensor]]) -> _t.Dict[str, _torch.Tensor]:
+        result: _t.Dict[str, _torch.Tensor] = {}
         if self._me_dst is None:
             return result
         for t in self.plan.tensors:
@@ -432,40 +430,40 @@ class Transfer:
             if box is None:
                 continue
             given = None if out is None else out.get(t)
-            result[t] = given if given is not None else torch.empty(
-                list(box[1]), dtype=TORCH_DTYPES[self.plan.dst.dtype(t)])
+            result[t] = given if given is not None else _torch.empty(
+                list(box[1]), dtype=_TORCH_DTYPES[self.plan.dst.dtype(t)])
         return result
 
-    def _round(self, part: Part, local, out) -> None:
+    def _round(self, part: _Part, local, out) -> None:
         """One round: to and from each peer, one packed message of its
         small or scattered chunks, then one message per large chunk that is
         one run of bytes in its destination, received in place."""
         names, group = self.plan.tensors, self._group
         space, at = self._workspace, 0
 
-        def take(size: int) -> torch.Tensor:
+        def take(size: int) -> _torch.Tensor:
             nonlocal at
             if space is None:
-                return torch.empty(size, dtype=torch.uint8)
+                return _torch.empty(size, dtype=_torch.uint8)
             at += size
             return space[at - size : at]
 
         ops = []
         for peer, (packed, alone) in part[0].items():
             if packed:
-                ops.append(dist.P2POp(dist.isend, _pack(packed, local, names, take), _global(peer, group), group))
+                ops.append(_dist.P2POp(_dist.isend, _pack(packed, local, names, take), _global(peer, group), group))
             for c in alone:
-                ops.append(dist.P2POp(dist.isend, _send_buffer(c, local, names, take), _global(peer, group), group))
+                ops.append(_dist.P2POp(_dist.isend, _send_buffer(c, local, names, take), _global(peer, group), group))
         buffers = {}
         for peer, (packed, alone) in part[1].items():
             if packed:
                 buffers[peer] = take(sum(c[6] for c in packed))
-                ops.append(dist.P2POp(dist.irecv, buffers[peer], _global(peer, group), group))
+                ops.append(_dist.P2POp(_dist.irecv, buffers[peer], _global(peer, group), group))
             for c in alone:
-                ops.append(dist.P2POp(dist.irecv, _raw(out[names[c[0]]][_index(c[4], c[5])]),
+                ops.append(_dist.P2POp(_dist.irecv, _raw(out[names[c[0]]][_index(c[4], c[5])]),
                                       _global(peer, group), group))
         if ops:
-            for w in dist.batch_isend_irecv(ops):
+            for w in _dist.batch_isend_irecv(ops):
                 w.wait()
         for peer, (packed, _) in part[1].items():
             at_ = 0
@@ -478,14 +476,14 @@ class Transfer:
 
 
 def redistribute(
-    local: Mapping[str, torch.Tensor],
-    plan: sp.Plan,
-    src_ranks: Sequence[int],
-    dst_ranks: Sequence[int],
-    group: Any = None,
+    local: _t.Mapping[str, _torch.Tensor],
+    plan: _sp.Plan,
+    src_ranks: _t.Sequence[int],
+    dst_ranks: _t.Sequence[int],
+    group: _t.Any = None,
     max_buffer_bytes: int = 256 << 20,
-    out: Optional[Mapping[str, torch.Tensor]] = None,
-) -> Dict[str, torch.Tensor]:
+    out: _t.Optional[_t.Mapping[str, _torch.Tensor]] = None,
+) -> _t.Dict[str, _torch.Tensor]:
     """Carries out ``plan`` over the process group once: a
     :class:`Transfer` built and run (build the :class:`Transfer` yourself
     to replay it). ``local`` holds this process's source slices (empty when
@@ -504,12 +502,12 @@ def redistribute(
     return Transfer(plan, src_ranks, dst_ranks, group, max_buffer_bytes, keep_buffers=False)(local, out)
 
 
-def _raw(box: torch.Tensor) -> torch.Tensor:
+def _raw(box: _torch.Tensor) -> _torch.Tensor:
     """A box's bytes as a view (its last dimension widened)."""
-    return (box.unsqueeze(0) if box.dim() == 0 else box).view(torch.uint8)
+    return (box.unsqueeze(0) if box.dim() == 0 else box).view(_torch.uint8)
 
 
-def _send_buffer(c: Chunk, local, names, take) -> torch.Tensor:
+def _send_buffer(c: _Chunk, local, names, take) -> _torch.Tensor:
     """A chunk sent alone: its own bytes when its source box is contiguous,
     else a packed copy."""
     box = local[names[c[0]]][_index(c[3], c[5])]
@@ -518,7 +516,7 @@ def _send_buffer(c: Chunk, local, names, take) -> torch.Tensor:
     return _pack([c], local, names, take)
 
 
-def _pack(chunks: List[Chunk], local, names, take) -> torch.Tensor:
+def _pack(chunks: _t.List[_Chunk], local, names, take) -> _torch.Tensor:
     """One message of the chunks' bytes, end to end, each copied once,
     straight from its strided source box, into a buffer from ``take``."""
     buf = take(sum(c[6] for c in chunks))
@@ -534,25 +532,25 @@ def _pack(chunks: List[Chunk], local, names, take) -> torch.Tensor:
     return buf
 
 
-def _bytes_of(box: torch.Tensor) -> torch.Tensor:
+def _bytes_of(box: _torch.Tensor) -> _torch.Tensor:
     """The box as bytes, its last dimension widened: a view when its last
     dimension is contiguous, which a slice of a contiguous tensor's is."""
     if box.stride(-1) == 1:
-        return box.view(torch.uint8)
-    return box.contiguous().view(torch.uint8)
+        return box.view(_torch.uint8)
+    return box.contiguous().view(_torch.uint8)
 
 
 def _global(peer: int, group) -> int:
-    return peer if group is None else dist.get_global_rank(group, peer)
+    return peer if group is None else _dist.get_global_rank(group, peer)
 
 
 def redistribute_dtensors(
-    state_dict: Mapping[str, Any],
-    dst_mesh: Any,
-    placements: Mapping[str, Sequence[Any]],
-    group: Any = None,
+    state_dict: _t.Mapping[str, _t.Any],
+    dst_mesh: _t.Any,
+    placements: _t.Mapping[str, _t.Sequence[_t.Any]],
+    group: _t.Any = None,
     max_buffer_bytes: int = 256 << 20,
-) -> Dict[str, Any]:
+) -> _t.Dict[str, _t.Any]:
     """DTensors moved to another mesh (``DTensor.redistribute`` refuses
     cross-mesh moves): ``placements`` maps a tensor name, or ``"*"`` for the
     rest, to the destination placements. Every process of the group calls
@@ -570,7 +568,7 @@ def redistribute_dtensors(
     src_layouts, dst_layouts, local = {}, {}, {}
     for name, dt in state_dict.items():
         if dt.device_mesh != src_mesh:
-            raise sp.UsageError(
+            raise _sp.UsageError(
                 f"tensor `{name}` is on another mesh than `{next(iter(state_dict))}`",
                 code="shardplan::python::usage",
                 help="redistribute the tensors of one mesh at a time",
@@ -579,19 +577,19 @@ def redistribute_dtensors(
         src_layouts[name] = (_layout(src_sp, list(dt.shape), list(dt.placements), name), dtype)
         ps = placements.get(name, placements.get("*"))
         if ps is None:
-            raise sp.UsageError(
+            raise _sp.UsageError(
                 f"no destination placements for tensor `{name}`",
                 code="shardplan::python::usage",
                 help='give its placements, or "*" for every tensor not named',
             )
         dst_layouts[name] = (_layout(dst_sp, list(dt.shape), list(ps), name), dtype)
         local[name] = dt.to_local()
-    src = sp.Strategy("source", src_sp, src_layouts)
-    dst = sp.Strategy("destination", dst_sp, dst_layouts)
-    plan = sp.plan(src, dst)
+    src = _sp.Strategy("source", src_sp, src_layouts)
+    dst = _sp.Strategy("destination", dst_sp, dst_layouts)
+    plan = _sp.plan(src, dst)
     src_ranks = src_mesh.mesh.flatten().tolist()
     dst_ranks = dst_mesh.mesh.flatten().tolist()
-    me = dist.get_rank()
+    me = _dist.get_rank()
     if me not in src_ranks:
         local = {}
     out = redistribute(local, plan, src_ranks, dst_ranks, group=group, max_buffer_bytes=max_buffer_bytes)
@@ -605,19 +603,22 @@ def redistribute_dtensors(
     return result
 
 
-def _sp_mesh(mesh: Any) -> sp.DeviceMesh:
+def _sp_mesh(mesh: _t.Any) -> _sp.DeviceMesh:
     """The mesh, its device ids the processes' ranks: the planner then knows
     which pieces stay on one process."""
     names = mesh.mesh_dim_names or tuple(f"m{i}" for i in range(mesh.ndim))
-    return sp.DeviceMesh(list(mesh.shape), list(names), device_ids=mesh.mesh.flatten().tolist())
+    return _sp.DeviceMesh(list(mesh.shape), list(names), device_ids=mesh.mesh.flatten().tolist())
 
 
-def _sp_dtype(dtype: torch.dtype) -> str:
-    for name, d in TORCH_DTYPES.items():
+def _sp_dtype(dtype: _torch.dtype) -> str:
+    for name, d in _TORCH_DTYPES.items():
         if d == dtype:
             return name
-    raise sp.UsageError(
+    raise _sp.UsageError(
         f"torch dtype {dtype} has no shardplan dtype",
         code="shardplan::python::usage",
-        help="use one of " + ", ".join(str(d) for d in TORCH_DTYPES.values()),
+        help="use one of " + ", ".join(str(d) for d in _TORCH_DTYPES.values()),
     )
+
+
+del annotations  # the __future__ import binds it; only __all__ is public
