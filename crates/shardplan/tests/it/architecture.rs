@@ -248,7 +248,7 @@ fn every_error_code_is_documented() {
 /// `PieceFault`), `code="` (Python), `code: Some("` or `with_class(..., "`
 /// (the extension).
 fn error_codes_in(text: &str) -> Vec<String> {
-    const BEFORE: [&str; 5] = ["code(", "=> \"", "code=\"", "code: Some(\"", "\", \""];
+    const BEFORE: [&str; 5] = ["code(", "=> \"", "code=\"", "code: Some(\"", ", \""];
     text.match_indices("shardplan::")
         .filter(|(at, _)| BEFORE.iter().any(|b| text[..*at].ends_with(b)))
         .map(|(at, _)| {
