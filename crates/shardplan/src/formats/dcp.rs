@@ -16,6 +16,7 @@ use std::path::{Component, Path, PathBuf};
 
 use super::checkpoint::{CheckpointError, CheckpointFormat, TensorEntry, parse_index};
 use super::chunked::{ChunkedCheckpoint, SourceFormat, StoredChunk, StoredTensor};
+use super::dtype_names::torch_dtype;
 use super::pickle::{DCP_METADATA_GLOBALS, PickleError, PickleLimits, Value, unpickle};
 use super::torch_zip::{TorchItemError, read_torch_save_item};
 use crate::DType;
@@ -543,25 +544,6 @@ fn size(v: &Value) -> Option<Vec<u64>> {
         other => other.as_seq()?,
     };
     items.iter().map(count).collect()
-}
-
-pub(crate) fn torch_dtype(name: &str) -> Option<DType> {
-    Some(match name {
-        "float64" => DType::F64,
-        "float32" => DType::F32,
-        "float16" => DType::F16,
-        "bfloat16" => DType::BF16,
-        "int64" => DType::I64,
-        "int32" => DType::I32,
-        "int16" => DType::I16,
-        "int8" => DType::I8,
-        "uint64" => DType::U64,
-        "uint32" => DType::U32,
-        "uint16" => DType::U16,
-        "uint8" => DType::U8,
-        "bool" => DType::Bool,
-        _ => return None,
-    })
 }
 
 // --- the data files ---

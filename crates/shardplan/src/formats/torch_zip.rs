@@ -546,7 +546,7 @@ fn rebuild_args(v: &Value) -> Step<Rebuilt> {
         let Some(Value::Global(d)) = args.get(6) else {
             return Err(not_tensor("_rebuild_tensor_v3 names no dtype"));
         };
-        let dtype = crate::formats::dcp::torch_dtype(&d.name)
+        let dtype = crate::formats::dtype_names::torch_dtype(&d.name)
             .filter(|_| d.module == "torch" && storage_class.is("torch.storage", "UntypedStorage"))
             .ok_or_else(unknown)?;
         // An untyped storage counts bytes.

@@ -6,7 +6,7 @@
 //! only the bytes the pieces cover, straight into the output's windows
 //! ([`WriteConfig::window_bytes`], four in memory), which background
 //! threads write (with direct IO where possible, see
-//! [`crate::formats::stream`]). Outputs are written to a temporary name,
+//! `formats/io/stream.rs`). Outputs are written to a temporary name,
 //! fsynced and renamed;
 //! a manifest per rank records each file's size and checksum, so an
 //! interrupted run resumes where it stopped. Sources are only ever opened
