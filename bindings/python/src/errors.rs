@@ -10,11 +10,11 @@ use shardplan::formats::checkpoint::CheckpointError;
 use shardplan::formats::dcp::DcpError;
 use shardplan::formats::dcp_write::DcpWriteError;
 use shardplan::formats::hf::HfError;
-use shardplan::formats::import::ImportError;
 use shardplan::formats::mindspore_strategy::{StrategyFileError, StrategyFileFault};
 use shardplan::formats::plan_json::PlanFileError;
+use shardplan::import::{ImportError, LoadError};
 use shardplan::reshard::ReshardError;
-use shardplan::spec::{LoadError, SpecDiagnostic, SpecError};
+use shardplan::spec::{SpecDiagnostic, SpecError};
 use shardplan::{LayoutError, PlanDefect, PlanError, StrategyError, derive::DeriveError};
 
 /// One error on its way to Python (boxed: results stay small).

@@ -17,7 +17,7 @@ pub(crate) fn import(
     shapes_from: Option<&Path>,
     dtype: &str,
 ) -> miette::Result<Status> {
-    use shardplan::formats::import::{ShapeSource, import_spec};
+    use shardplan::import::{ShapeSource, import_spec};
     let refs: Vec<&Path> = files.iter().map(PathBuf::as_path).collect();
     let dtype: shardplan::DType = dtype.parse().map_err(|e| miette::miette!("--dtype: {e}"))?;
     let tensors = match shapes_from {

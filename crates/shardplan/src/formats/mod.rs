@@ -7,7 +7,6 @@ pub mod dcp;
 pub mod dcp_write;
 pub(crate) mod dtype_names;
 pub mod hf;
-pub mod import;
 pub(crate) mod io;
 pub mod mindspore_strategy;
 pub mod pickle;

@@ -301,15 +301,14 @@ const LAYERINGS: [Layering; 2] = [
             // A spec knows no file format and a format builds no spec ...
             ("spec", 1),
             ("formats", 1),
-            // ... but the import of strategy files, and the one loader
-            // that tells every format apart.
-            ("formats/import", 2),
-            ("spec/load", 3),
-            ("reshard", 4),
-            ("report", 4),
-            ("show", 4),
-            ("arbitrary", 4),
-            ("fuzzing", 5),
+            // ... reading files into a spec (the import of strategy files,
+            // and the one loader that tells every format apart) sits on both.
+            ("import", 2),
+            ("reshard", 3),
+            ("report", 3),
+            ("show", 3),
+            ("arbitrary", 3),
+            ("fuzzing", 4),
         ],
     },
 ];

@@ -8,11 +8,11 @@ use crate::common;
 
 use common::conformance_cases;
 use serde_json::Value;
-use shardplan::formats::import::{ShapeSource, import_spec};
 use shardplan::formats::mindspore_strategy::{
     StrategyFileFault, StrategyFormat, StrategyLayoutError, parse_strategy_file,
     read_strategy_files, write_strategy_file,
 };
+use shardplan::import::{ShapeSource, import_spec};
 use shardplan::notation::mindspore::{MindSporeFault, MindSporeLayout};
 use shardplan::{DType, LayoutError, TensorInfo};
 
@@ -627,7 +627,7 @@ fn unwritable_strategies_name_the_fault() {
 /// Imports that cannot be made, by fault.
 #[test]
 fn bad_imports_name_the_fault() {
-    use shardplan::formats::import::{ImportError, import_strategy};
+    use shardplan::import::{ImportError, import_strategy};
     let dir = std::env::temp_dir().join(format!("shardplan-bad-import-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let json = dir.join("s.json");
