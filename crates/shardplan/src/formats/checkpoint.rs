@@ -853,7 +853,7 @@ impl CheckpointWriter {
     }
 
     /// Creates `path` and starts writing `tensors` to it through a
-    /// [`StreamFile`]: windows of `window` bytes filled in place
+    /// `StreamFile` (`formats/io/stream.rs`): windows of `window` bytes filled in place
     /// ([`CheckpointWriter::write_tensor_with`]) and written by background
     /// threads, with direct IO when `direct` is asked and the file system
     /// supports it.
