@@ -405,7 +405,7 @@ pub(crate) fn read_strategy(
     name: Option<String>,
     dtype: &str,
 ) -> Faulty<PyStrategy> {
-    use shardplan::formats::mindspore_strategy::read_strategy_files;
+    use shardplan::formats::mindspore::strategy::read_strategy_files;
     use shardplan::import::{ShapeSource, import_strategy};
     let dtype = parse_dtype(dtype)?;
     let name = name.unwrap_or_else(|| {

@@ -95,7 +95,7 @@ pub(crate) fn named_strategy(spec: &Spec, name: &str, path: &Path) -> miette::Re
     }
     let file = Path::new(name);
     if file.is_file() {
-        let f = shardplan::formats::mindspore_strategy::read_strategy_files(&[file])?;
+        let f = shardplan::formats::mindspore::strategy::read_strategy_files(&[file])?;
         return f.to_strategy(name, spec.tensors()).map_err(|m| {
             miette::miette!(
                 help = "the file must lay out the spec's tensors",

@@ -160,7 +160,7 @@ impl WriteConfig {
 pub const DEFAULT_MAX_SHARD_BYTES: u64 = 5_000_000_000;
 
 /// A destination's DCP folder and, per rank, the slice of each chunk.
-type DcpPlan = (crate::formats::dcp_write::DcpLayout, Vec<Vec<usize>>);
+type DcpPlan = (crate::formats::torch::dcp_write::DcpLayout, Vec<Vec<usize>>);
 
 /// Per source rank, its tensors by name.
 type RankSources = BTreeMap<u64, BTreeMap<String, Located>>;

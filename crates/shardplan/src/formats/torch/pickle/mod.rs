@@ -18,6 +18,8 @@
 //! `STOP`; its size and depth are checked there, which also catches memo
 //! cycles and shared subtrees that would expand without bound.
 
+pub(crate) mod write;
+
 use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -466,20 +468,6 @@ pub enum PickleFault {
 /// to the wrong kind of value; text that is not UTF-8; an integer wider
 /// than 16 bytes; a length, depth, memo or value count beyond `limits`; a
 /// cyclic value; and a `STOP` leaving other than one value.
-///
-/// # Example
-///
-/// ```
-/// use std::path::Path;
-/// use shardplan::formats::pickle::{unpickle, PickleFault, PickleLimits, Value, DCP_METADATA_GLOBALS};
-///
-/// // PROTO 2, BININT1 7, STOP
-/// let v = unpickle(Path::new("x"), b"\x80\x02K\x07.", DCP_METADATA_GLOBALS, &PickleLimits::STANDARD);
-/// assert_eq!(v.unwrap(), Value::Int(7));
-/// // GLOBAL 'os system': refused, never imported
-/// let e = unpickle(Path::new("x"), b"\x80\x02cos\nsystem\n.", DCP_METADATA_GLOBALS, &PickleLimits::STANDARD);
-/// assert!(matches!(e.unwrap_err().kind, PickleFault::UnknownGlobal { .. }));
-/// ```
 pub fn unpickle(
     file: &Path,
     bytes: &[u8],

@@ -5,7 +5,7 @@
 //! (`serialization_format=SAFETENSORS`).
 //!
 //! [`read_dcp`] decodes `.metadata` with the restricted
-//! [`pickle`](super::pickle) machine (nothing is imported or run), maps
+//! `pickle` machine of `torch/pickle/` (nothing is imported or run), maps
 //! every chunk of `state_dict_metadata` to its item of `storage_data`,
 //! and finds the chunk's raw bytes inside the item, checking every byte
 //! range against its file. No tensor bytes are read.
@@ -14,12 +14,12 @@ use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::path::{Component, Path, PathBuf};
 
-use super::checkpoint::{CheckpointError, CheckpointFormat, TensorEntry, parse_index};
-use super::chunked::{ChunkedCheckpoint, SourceFormat, StoredChunk, StoredTensor};
-use super::dtype_names::torch_dtype;
 use super::pickle::{DCP_METADATA_GLOBALS, PickleError, PickleLimits, Value, unpickle};
-use super::torch_zip::{TorchItemError, read_torch_save_item};
+use super::zip::{TorchItemError, read_torch_save_item};
 use crate::DType;
+use crate::formats::checkpoint::{CheckpointError, CheckpointFormat, TensorEntry, parse_index};
+use crate::formats::chunked::{ChunkedCheckpoint, SourceFormat, StoredChunk, StoredTensor};
+use crate::formats::dtype_names::torch_dtype;
 
 /// A DCP checkpoint's index and the entries it does not index.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -6,7 +6,7 @@
 //! `REDUCE` of a tuple of ints.
 
 use crate::DType;
-use crate::formats::pickle_write::{Pickler, Protocol};
+use crate::formats::torch::pickle::write::{Pickler, Protocol};
 
 const METADATA: &str = "torch.distributed.checkpoint.metadata";
 const FILESYSTEM: &str = "torch.distributed.checkpoint.filesystem";

@@ -45,7 +45,7 @@ const FLAGS: u16 = 0x0808;
 ///
 /// ```
 /// use shardplan::DType;
-/// use shardplan::formats::dcp_write::TorchSaveItem;
+/// use shardplan::formats::torch::dcp_write::TorchSaveItem;
 ///
 /// let item = TorchSaveItem::new("archive", DType::F32, &[2, 3]).unwrap();
 /// let data: Vec<u8> = (0..6u32).flat_map(|v| (v as f32).to_le_bytes()).collect();
@@ -239,7 +239,7 @@ impl TorchSaveItem {
 /// `data.pkl` exactly as `torch.save` writes it for a contiguous tensor
 /// whose storage is its own (offset 0, one storage named `0` on `cpu`).
 fn data_pkl(dtype: DType, shape: &[u64], numel: u64) -> Vec<u8> {
-    use crate::formats::pickle_write::{Pickler, Protocol};
+    use crate::formats::torch::pickle::write::{Pickler, Protocol};
     let mut p = Pickler::new(Protocol::Two);
     // Dtypes without a typed storage class go through v3: an untyped
     // storage (counted in bytes) and the dtype last, as torch.save writes.
