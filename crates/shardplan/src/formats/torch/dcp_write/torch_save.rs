@@ -20,6 +20,7 @@
 //! starts at a multiple of 64 bytes from the start of the archive.
 
 use crate::DType;
+use crate::formats::dtype_names::{storage_type, torch_dtype_name};
 
 /// Data alignment inside an archive, relative to its first byte.
 pub const STORAGE_ALIGNMENT: u64 = 64;
@@ -279,31 +280,13 @@ fn data_pkl(dtype: DType, shape: &[u64], numel: u64) -> Vec<u8> {
     p.reduce();
     p.memoize();
     if typed.is_none() {
-        p.global("torch", super::metadata::torch_dtype(dtype));
+        p.global("torch", torch_dtype_name(dtype));
     }
     p.tuple_from_mark();
     p.memoize();
     p.reduce();
     p.memoize();
     p.finish()
-}
-
-/// The legacy typed-storage class `torch.save` pickles for a storage of
-/// `dtype`, where one exists.
-fn storage_type(dtype: DType) -> Option<&'static str> {
-    Some(match dtype {
-        DType::F64 => "DoubleStorage",
-        DType::F32 => "FloatStorage",
-        DType::F16 => "HalfStorage",
-        DType::BF16 => "BFloat16Storage",
-        DType::I64 => "LongStorage",
-        DType::I32 => "IntStorage",
-        DType::I16 => "ShortStorage",
-        DType::I8 => "CharStorage",
-        DType::U8 => "ByteStorage",
-        DType::Bool => "BoolStorage",
-        DType::U16 | DType::U32 | DType::U64 => return None,
-    })
 }
 
 /// Row-major strides as torch computes them: a zero-length dimension
