@@ -279,7 +279,9 @@ impl PySpec {
 /// shapes, as one strategy named after the file).
 #[pyfunction]
 pub(crate) fn load(py: Python<'_>, path: std::path::PathBuf) -> Faulty<PySpec> {
-    let (spec, warnings) = py.detach(|| shardplan::spec::load(&path)).map_err(fault)?;
+    let (spec, warnings) = py
+        .detach(|| shardplan::import::load(&path))
+        .map_err(fault)?;
     Ok(PySpec {
         inner: Arc::new(spec),
         warnings: warnings.iter().map(|d| d.one_line()).collect(),
@@ -403,8 +405,8 @@ pub(crate) fn read_strategy(
     name: Option<String>,
     dtype: &str,
 ) -> Faulty<PyStrategy> {
-    use shardplan::formats::import::{ShapeSource, import_strategy};
-    use shardplan::formats::mindspore_strategy::read_strategy_files;
+    use shardplan::formats::mindspore::strategy::read_strategy_files;
+    use shardplan::import::{ShapeSource, import_strategy};
     let dtype = parse_dtype(dtype)?;
     let name = name.unwrap_or_else(|| {
         files

@@ -34,7 +34,7 @@ pub(crate) fn render(diags: &[SpecDiagnostic]) -> String {
 
 /// Reads and checks a spec; invalid specs print their diagnostics.
 pub(crate) fn load_spec(path: &Path) -> miette::Result<Result<Spec, Status>> {
-    match shardplan::spec::load(path) {
+    match shardplan::import::load(path) {
         Ok((spec, warnings)) => {
             // Warnings do not stop the job, but are shown.
             if !warnings.is_empty() {
@@ -42,7 +42,7 @@ pub(crate) fn load_spec(path: &Path) -> miette::Result<Result<Spec, Status>> {
             }
             Ok(Ok(spec))
         }
-        Err(shardplan::spec::LoadError::Invalid { diagnostics, .. }) => {
+        Err(shardplan::import::LoadError::Invalid { diagnostics, .. }) => {
             eprint!("{}", render(&diagnostics));
             Ok(Err(Status::from(1)))
         }
@@ -95,7 +95,7 @@ pub(crate) fn named_strategy(spec: &Spec, name: &str, path: &Path) -> miette::Re
     }
     let file = Path::new(name);
     if file.is_file() {
-        let f = shardplan::formats::mindspore_strategy::read_strategy_files(&[file])?;
+        let f = shardplan::formats::mindspore::strategy::read_strategy_files(&[file])?;
         return f.to_strategy(name, spec.tensors()).map_err(|m| {
             miette::miette!(
                 help = "the file must lay out the spec's tensors",

@@ -8,14 +8,14 @@ use std::path::Path;
 use crate::DType;
 use crate::formats::checkpoint::{CheckpointFormat, parse_index};
 use crate::formats::hf::{HfIndex, parse_index_json, parse_sharding_info};
-use crate::formats::mindspore_strategy::{
+use crate::formats::mindspore::strategy::{
     StrategyFormat, parse_strategy_file, write_strategy_file,
 };
-use crate::formats::pickle::{
+use crate::formats::plan_json::{from_json, write_json};
+use crate::formats::torch::pickle::{
     DCP_METADATA_GLOBALS, PickleLimits, TORCH_SAVE_GLOBALS, Value, unpickle,
 };
-use crate::formats::plan_json::{from_json, write_json};
-use crate::formats::torch_zip::read_torch_save_item;
+use crate::formats::torch::zip::read_torch_save_item;
 use crate::spec::parse_spec;
 
 /// YAML spec: parsing never panics; a valid spec written back with one rule
@@ -229,7 +229,8 @@ fn torch_zip_round_trip(data: &[u8]) {
     let dtype = crate::DType::ALL[d as usize % crate::DType::ALL.len()];
     // At most 4 dimensions of at most 15, so at most 50,625 elements.
     let shape: Vec<u64> = dims.iter().take(4).map(|&b| u64::from(b % 16)).collect();
-    let Ok(item) = crate::formats::dcp_write::TorchSaveItem::new("archive", dtype, &shape) else {
+    let Ok(item) = crate::formats::torch::dcp_write::TorchSaveItem::new("archive", dtype, &shape)
+    else {
         return;
     };
     let len = item.data_len() as usize;
@@ -260,7 +261,7 @@ fn has_nan(v: &Value) -> bool {
     }
 }
 
-/// A protocol 4 pickle of `v` that [`unpickle`] decodes back to `v` (for
+/// A protocol 4 pickle of `v` that `unpickle` decodes back to `v` (for
 /// the values it produces), for the round trip of [`dcp_pickle`].
 pub fn pickle_value(v: &Value) -> Vec<u8> {
     let mut out = b"\x80\x04".to_vec();

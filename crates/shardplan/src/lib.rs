@@ -9,7 +9,7 @@
 //! This crate is the one users add. It re-exports all of
 //! [`shardplan-core`](shardplan_core) (meshes, layouts, the planner, the
 //! verifier, the executor, derivation) and adds what touches files: YAML
-//! specs ([`spec`]), MindSpore strategy files and checkpoints, safetensors
+//! specs ([`spec`]), reading any spec source ([`import`]), MindSpore strategy files and checkpoints, safetensors
 //! and the plan JSON ([`formats`]), checkpoint resharding ([`reshard`]), and
 //! text ([`report`], [`show`]).
 //!
@@ -53,8 +53,9 @@
 //!
 //! | module | items |
 //! |---|---|
-//! | [`spec`] | [`spec::load`] (any file a spec can come from, [`spec::detect`], [`spec::LoadError`]), [`spec::parse_spec`], [`spec::parse_spec_bytes`], [`spec::Spec`], [`spec::MeshId`], [`spec::SpecDiagnostic`], [`spec::DiagCode`], [`spec::write::write_spec`], [`spec::rules_for`], [`spec::derived_spec`] |
-//! | [`formats`] | [`formats::plan_json`] (`to_json`, `from_json`), [`formats::mindspore_strategy`] (`read_strategy_files`, `write_strategy_file`), [`formats::checkpoint`] (`read_index`, `CheckpointWriter`), [`formats::dcp_write`] (`DcpLayout`, `TorchSaveItem`, `write_dcp_folder`), [`formats::hf`] (`read_hf_folder`, `read_safetensors_file`, `read_dcp_hf_folder`, `detect`, `HfLayout`, `write_hf_folder`, `parse_shard_size`), [`formats::import`], [`formats::stream`], [`formats::write_atomic`] |
+//! | [`import`] | [`import::load`] (any file a spec can come from, [`import::detect`], [`import::LoadError`]), [`import::import_strategy`] and [`import::import_spec`] (MindSpore strategy files as specs, [`import::ShapeSource`], [`import::ImportError`]) |
+//! | [`spec`] | [`spec::parse_spec`], [`spec::parse_spec_bytes`], [`spec::Spec`], [`spec::MeshId`], [`spec::SpecDiagnostic`], [`spec::DiagCode`], [`spec::write::write_spec`], [`spec::rules_for`], [`spec::derived_spec`] |
+//! | [`formats`] | [`formats::plan_json`] (`to_json`, `from_json`); [`formats::detect::detect`] (every source format told apart); by family: [`formats::mindspore`] ([`formats::mindspore::strategy`]: `read_strategy_files`, `write_strategy_file`; [`formats::mindspore::rank_files`]), [`formats::checkpoint`] (one `.ckpt` or safetensors file: `read_index`, `CheckpointWriter`), [`formats::torch`] ([`formats::torch::dcp`]: `read_dcp`; [`formats::torch::dcp_write`]: `DcpLayout`, `TorchSaveItem`, `write_dcp_folder`), [`formats::hf`] (`read_hf_folder`, `read_safetensors_file`, `read_dcp_hf_folder`, `HfLayout`, `write_hf_folder`, `parse_shard_size`); [`formats::chunked`], [`formats::write_atomic`] |
 //! | [`reshard`] | preparing: [`reshard::prepare`] from a [`reshard::ReshardConfig`] (sides as [`reshard::LayoutSource`]) to a read-only [`reshard::Prepared`]; chunked sources: [`reshard::read_chunked`], [`reshard::prepare_chunked`], [`reshard::checkpoint_strategy`]; a MindSpore folder's global tensors: [`reshard::tensors_from_checkpoints`]; writing: [`reshard::Prepared::write_rank`] with a [`reshard::WriteConfig`] ([`reshard::OutputFormat`], [`reshard::DEFAULT_MAX_SHARD_BYTES`]) to a [`reshard::RankOutcome`], or [`reshard::Prepared::read_rank_into`] buffers shaped by [`reshard::RankSlice`]; [`reshard::CopyThrough`], [`reshard::paths_overlap`], [`reshard::ranks_for_process`]; errors: [`reshard::ReshardError`], [`reshard::Side`] |
 //! | text | [`report::plan_report`], [`report::explain_tensor`], [`show::draw_holdings`] |
 //!
@@ -91,6 +92,7 @@ pub mod arbitrary;
 pub mod formats;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod import;
 pub mod report;
 pub mod reshard;
 pub mod show;

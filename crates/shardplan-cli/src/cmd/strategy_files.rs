@@ -17,12 +17,12 @@ pub(crate) fn import(
     shapes_from: Option<&Path>,
     dtype: &str,
 ) -> miette::Result<Status> {
-    use shardplan::formats::import::{ShapeSource, import_spec};
+    use shardplan::import::{ShapeSource, import_spec};
     let refs: Vec<&Path> = files.iter().map(PathBuf::as_path).collect();
     let dtype: shardplan::DType = dtype.parse().map_err(|e| miette::miette!("--dtype: {e}"))?;
     let tensors = match shapes_from {
         Some(dir) => {
-            let f = shardplan::formats::mindspore_strategy::read_strategy_files(&refs)?;
+            let f = shardplan::formats::mindspore::strategy::read_strategy_files(&refs)?;
             Some(shardplan::reshard::tensors_from_checkpoints(dir, Some(&f))?)
         }
         None => None,
@@ -45,7 +45,7 @@ pub(crate) fn export(
     format: ExportFormat,
     output: Option<&Path>,
 ) -> miette::Result<Status> {
-    use shardplan::formats::mindspore_strategy::{StrategyFormat, write_strategy_file};
+    use shardplan::formats::mindspore::strategy::{StrategyFormat, write_strategy_file};
     let spec = match load_spec(path)? {
         Ok(s) => s,
         Err(code) => return Ok(code),
@@ -73,7 +73,7 @@ pub(crate) fn export(
 }
 
 pub(crate) fn merge_stages(dir: &Path, output: &Path) -> miette::Result<Status> {
-    use shardplan::formats::mindspore_strategy::{StrategyFormat, read_strategy_files};
+    use shardplan::formats::mindspore::strategy::{StrategyFormat, read_strategy_files};
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
         .into_diagnostic()
         .wrap_err_with(|| format!("cannot read {}", dir.display()))?

@@ -1,56 +1,26 @@
 //! File formats at the edge of the crate: each converts between bytes and
 //! the core types, and nothing else reads or writes files.
+//!
+//! By family: [`mindspore`] (strategy files, `.ckpt` checkpoints, rank
+//! folders), `safetensors` (the header index and writer), [`torch`]
+//! (PyTorch DCP folders, read and written), [`hf`] (Hugging Face folders);
+//! [`checkpoint`] reads and writes one `.ckpt` or safetensors file whichever
+//! it is; [`detect`] tells every source format apart; [`chunked`] is the
+//! index every chunked reader produces; [`plan_json`] the plan schema.
+//! Below them: `tensor_index` (the index types and errors of one file),
+//! `dtype_names` (each format's dtype names) and `io` (atomic writes,
+//! checksums, positional reads, the pipelined output file).
 
 pub mod checkpoint;
 pub mod chunked;
-pub mod dcp;
-pub mod dcp_write;
+pub mod detect;
+pub(crate) mod dtype_names;
 pub mod hf;
-pub mod import;
-pub mod mindspore_strategy;
-pub mod pickle;
-mod pickle_write;
+pub(crate) mod io;
+pub mod mindspore;
 pub mod plan_json;
-pub(crate) mod pread;
-pub mod stream;
-pub mod torch_zip;
+pub(crate) mod safetensors;
+pub(crate) mod tensor_index;
+pub mod torch;
 
-use std::io::Write;
-use std::path::Path;
-
-/// Writes `bytes` to `path` atomically: to a temporary name in the same
-/// directory, fsynced, then renamed over the final name, so a crash never
-/// leaves a partial file under the final name.
-///
-/// # Errors
-///
-/// Any IO error, after removing the temporary file.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let name = path.file_name().ok_or_else(|| {
-        std::io::Error::new(std::io::ErrorKind::InvalidInput, "path has no file name")
-    })?;
-    let tmp = dir.join(format!(
-        ".{}.tmp-{}",
-        name.to_string_lossy(),
-        std::process::id()
-    ));
-    let result = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        // Persist the rename itself.
-        if let Ok(d) = std::fs::File::open(dir) {
-            let _ = d.sync_all();
-        }
-        Ok(())
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
-}
+pub use io::write_atomic;

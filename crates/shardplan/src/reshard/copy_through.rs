@@ -1,7 +1,7 @@
 //! MindSpore's rule for tensors the destination does not lay out.
 
 use crate::TensorLayout;
-use crate::formats::mindspore_strategy::StrategyFile;
+use crate::formats::mindspore::strategy::StrategyFile;
 use crate::{Strategy, TensorInfo};
 
 use super::{ReshardError, Side};

@@ -14,7 +14,7 @@ pub enum ReshardError {
     /// A strategy file is unreadable or malformed.
     #[error(transparent)]
     #[diagnostic(transparent)]
-    StrategyFile(#[from] crate::formats::mindspore_strategy::StrategyFileError),
+    StrategyFile(#[from] crate::formats::mindspore::strategy::StrategyFileError),
     /// One rank's checkpoint files holding a tensor twice.
     #[error("rank {rank}: tensor `{tensor}` is in two files")]
     #[diagnostic(code(shardplan::reshard::tensor_twice), help("keep one copy per rank"))]
@@ -33,7 +33,7 @@ pub enum ReshardError {
         side: Side,
         /// What does not fit.
         #[source]
-        source: crate::formats::mindspore_strategy::StrategyLayoutError,
+        source: crate::formats::mindspore::strategy::StrategyLayoutError,
     },
     /// A source strategy with another rank count than the checkpoint.
     #[error(
@@ -258,11 +258,11 @@ pub enum ReshardError {
     /// A DCP folder that cannot be read.
     #[error(transparent)]
     #[diagnostic(transparent)]
-    DcpRead(Box<crate::formats::dcp::DcpError>),
+    DcpRead(Box<crate::formats::torch::dcp::DcpError>),
     /// A DCP folder that cannot be planned.
     #[error(transparent)]
     #[diagnostic(transparent)]
-    Dcp(#[from] crate::formats::dcp_write::DcpWriteError),
+    Dcp(#[from] crate::formats::torch::dcp_write::DcpWriteError),
     /// Writing failed.
     #[error("{path}: {source}")]
     #[diagnostic(code(shardplan::reshard::io))]
@@ -274,8 +274,8 @@ pub enum ReshardError {
     },
 }
 
-impl From<crate::formats::dcp::DcpError> for ReshardError {
-    fn from(e: crate::formats::dcp::DcpError) -> Self {
+impl From<crate::formats::torch::dcp::DcpError> for ReshardError {
+    fn from(e: crate::formats::torch::dcp::DcpError) -> Self {
         ReshardError::DcpRead(Box::new(e))
     }
 }
@@ -294,7 +294,7 @@ impl Side {
     /// Wraps a strategy file's layout fault as this side's.
     pub(super) fn layouts_error(
         self,
-    ) -> impl FnOnce(crate::formats::mindspore_strategy::StrategyLayoutError) -> ReshardError {
+    ) -> impl FnOnce(crate::formats::mindspore::strategy::StrategyLayoutError) -> ReshardError {
         move |source| ReshardError::StrategyLayouts { side: self, source }
     }
 

@@ -6,7 +6,7 @@
 //! only the bytes the pieces cover, straight into the output's windows
 //! ([`WriteConfig::window_bytes`], four in memory), which background
 //! threads write (with direct IO where possible, see
-//! [`crate::formats::stream`]). Outputs are written to a temporary name,
+//! `formats/io/stream.rs`). Outputs are written to a temporary name,
 //! fsynced and renamed;
 //! a manifest per rank records each file's size and checksum, so an
 //! interrupted run resumes where it stopped. Sources are only ever opened
@@ -160,7 +160,7 @@ impl WriteConfig {
 pub const DEFAULT_MAX_SHARD_BYTES: u64 = 5_000_000_000;
 
 /// A destination's DCP folder and, per rank, the slice of each chunk.
-type DcpPlan = (crate::formats::dcp_write::DcpLayout, Vec<Vec<usize>>);
+type DcpPlan = (crate::formats::torch::dcp_write::DcpLayout, Vec<Vec<usize>>);
 
 /// Per source rank, its tensors by name.
 type RankSources = BTreeMap<u64, BTreeMap<String, Located>>;

@@ -6,8 +6,9 @@ use std::sync::Arc;
 
 use crate::DeviceMesh;
 use crate::TensorLayout;
-use crate::formats::checkpoint::{CheckpointFormat, TensorEntry, rank_files, read_index};
-use crate::formats::mindspore_strategy::{StrategyFile, read_strategy_files};
+use crate::formats::checkpoint::{CheckpointFormat, TensorEntry, read_index};
+use crate::formats::mindspore::rank_files;
+use crate::formats::mindspore::strategy::{StrategyFile, read_strategy_files};
 use crate::{PlanConfig, plan_transfer};
 use crate::{Strategy, TensorInfo};
 
@@ -89,8 +90,10 @@ pub fn read_chunked(
     path: &Path,
 ) -> Result<Option<crate::formats::chunked::ChunkedCheckpoint>, ReshardError> {
     use crate::formats::chunked::SourceFormat;
-    use crate::formats::{dcp, hf};
-    Ok(Some(match hf::detect(path)? {
+    use crate::formats::detect::detect;
+    use crate::formats::hf;
+    use crate::formats::torch::dcp;
+    Ok(Some(match detect(path)? {
         SourceFormat::MindSpore => return Ok(None),
         SourceFormat::DcpTorchSave | SourceFormat::DcpSafetensors => dcp::read_dcp(path)?,
         SourceFormat::DcpHuggingFace => hf::read_dcp_hf_folder(path)?,
@@ -406,7 +409,7 @@ fn global_tensors(
     if let LayoutSource::Strategy(s) = src {
         return Ok(s.tensors().to_vec());
     }
-    let by_name: BTreeMap<&str, &crate::formats::mindspore_strategy::ParamEntry> = file
+    let by_name: BTreeMap<&str, &crate::formats::mindspore::strategy::ParamEntry> = file
         .map(|f| f.params.iter().map(|p| (p.name.as_str(), p)).collect())
         .unwrap_or_default();
     let mut out: BTreeMap<String, TensorInfo> = BTreeMap::new();
@@ -444,7 +447,7 @@ fn global_tensors(
 /// The full shape of a protobuf-strategy parameter (no `tensor_shape`)
 /// from one slice.
 fn full_shape(
-    p: &crate::formats::mindspore_strategy::ParamEntry,
+    p: &crate::formats::mindspore::strategy::ParamEntry,
     local: &[u64],
 ) -> Option<Vec<u64>> {
     p.mindspore_layout(local.len(), 1).ok()?.full_shape(local)

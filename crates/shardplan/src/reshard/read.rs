@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use crate::BoxRuns;
 use crate::formats::checkpoint::CheckpointWriter;
-use crate::formats::pread::ReadBatch;
+use crate::formats::io::pread::ReadBatch;
 
 use super::ReshardError;
 use super::error::io;

@@ -70,7 +70,7 @@ enum OutFraming {
     /// A Hugging Face shard: its header, then the data.
     Shard(Vec<u8>),
     /// A DCP file: one `torch.save` archive around each slice.
-    Archives(Vec<crate::formats::dcp_write::TorchSaveItem>),
+    Archives(Vec<crate::formats::torch::dcp_write::TorchSaveItem>),
 }
 
 /// Everything a destination rank writes.
@@ -215,7 +215,7 @@ impl Prepared {
         rank: u64,
         slices: &[RankSlice],
     ) -> Result<RankOutput, ReshardError> {
-        use crate::formats::dcp_write::METADATA_FILE;
+        use crate::formats::torch::dcp_write::METADATA_FILE;
         let (layout, slice_of) = self.dcp_plan()?;
         let file = layout
             .files()
@@ -257,7 +257,7 @@ impl Prepared {
             chunks.push(c);
             slice_of.push(k);
         }
-        let layout = crate::formats::dcp_write::DcpLayout::new(chunks)?;
+        let layout = crate::formats::torch::dcp_write::DcpLayout::new(chunks)?;
         Ok(self.dcp.get_or_init(|| (layout, slice_of)))
     }
 
@@ -267,8 +267,14 @@ impl Prepared {
     fn dcp_chunks(
         &self,
         r: u64,
-    ) -> Result<(Vec<crate::formats::dcp_write::DcpChunkOut>, Vec<usize>), ReshardError> {
-        use crate::formats::dcp_write::DcpChunkOut;
+    ) -> Result<
+        (
+            Vec<crate::formats::torch::dcp_write::DcpChunkOut>,
+            Vec<usize>,
+        ),
+        ReshardError,
+    > {
+        use crate::formats::torch::dcp_write::DcpChunkOut;
         let mut chunks = Vec::new();
         let mut index = Vec::new();
         let mut k = 0usize;

@@ -9,7 +9,6 @@
 mod budget;
 mod derived;
 mod diag;
-mod load;
 mod lower_derive;
 mod lower_ops;
 mod lower_rule;
@@ -18,7 +17,6 @@ mod value;
 pub mod write;
 
 pub use derived::{DerivedSpecError, derived_spec, rules_for};
-pub use load::{LoadError, SpecSource, detect, load};
 pub use value::{MeshId, Spec, SpecError, StageSpec, Transfer};
 
 /// A JSON Schema (draft 7) of the spec format, shipped as

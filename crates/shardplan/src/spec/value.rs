@@ -51,7 +51,7 @@ impl From<&str> for MeshId {
 /// A checked spec: meshes by name, the tensors, strategies by name each on
 /// a named mesh, and what the spec says about transfers and derivation. A
 /// value: read from YAML by [`parse_spec`](super::parse_spec) or
-/// [`load`](super::load), built in code by [`Spec::from_parts`], written
+/// [`load`](crate::import::load), built in code by [`Spec::from_parts`], written
 /// back by [`Spec::to_yaml`]. The fields are private, so a `Spec` always
 /// holds strategies on its own meshes and over the same tensors.
 #[derive(Debug, Clone)]

@@ -301,15 +301,14 @@ const LAYERINGS: [Layering; 2] = [
             // A spec knows no file format and a format builds no spec ...
             ("spec", 1),
             ("formats", 1),
-            // ... but the import of strategy files, and the one loader
-            // that tells every format apart.
-            ("formats/import", 2),
-            ("spec/load", 3),
-            ("reshard", 4),
-            ("report", 4),
-            ("show", 4),
-            ("arbitrary", 4),
-            ("fuzzing", 5),
+            // ... reading files into a spec (the import of strategy files,
+            // and the one loader that tells every format apart) sits on both.
+            ("import", 2),
+            ("reshard", 3),
+            ("report", 3),
+            ("show", 3),
+            ("arbitrary", 3),
+            ("fuzzing", 4),
         ],
     },
 ];
@@ -438,4 +437,203 @@ fn modules_import_only_layers_below() {
         }
     }
     assert!(checked > 50, "only {checked} imports checked");
+}
+
+/// The module paths, from the crate root, that the code of a file at
+/// module path `here` names by `crate::` or `super::` (outside comments,
+/// test modules and `#[cfg(doc)]` imports): in `formats/hf/folder.rs`
+/// (`here` = `[formats, hf, folder]`), `super::single::f` gives
+/// `[formats, hf, single, f]` and `crate::formats::{io, chunked::X}` gives
+/// `[formats, io]` and `[formats, chunked, X]`.
+fn named_paths(text: &str, here: &[&str]) -> Vec<Vec<String>> {
+    let code = text.split("#[cfg(test)]").next().unwrap_or("");
+    let mut out = Vec::new();
+    let mut doc_only = false;
+    for line in code.lines() {
+        let t = line.trim();
+        if t.starts_with("//") {
+            continue;
+        }
+        if std::mem::replace(&mut doc_only, t == "#[cfg(doc)]") {
+            continue;
+        }
+        let mut at = 0;
+        while at < line.len() {
+            let rest = &line[at..];
+            let starts_path = at == 0
+                || !line[..at]
+                    .chars()
+                    .next_back()
+                    .is_some_and(|c| c.is_alphanumeric() || c == '_' || c == ':');
+            let (base, mut rest): (Vec<&str>, &str) = if !starts_path {
+                at += rest.chars().next().map_or(1, char::len_utf8);
+                continue;
+            } else if let Some(r) = rest.strip_prefix("crate::") {
+                (Vec::new(), r)
+            } else if rest.starts_with("super::") {
+                let mut up = 0;
+                let mut r = rest;
+                while let Some(next) = r.strip_prefix("super::") {
+                    up += 1;
+                    r = next;
+                }
+                (here[..here.len().saturating_sub(up)].to_vec(), r)
+            } else {
+                at += rest.chars().next().map_or(1, char::len_utf8);
+                continue;
+            };
+            at = line.len() - rest.len();
+            // `a::b::{c, d::E}`: the prefix `a::b::`, then each entry.
+            let prefix_len = rest
+                .find(|c: char| !(c.is_alphanumeric() || c == '_' || c == ':'))
+                .unwrap_or(rest.len());
+            let (prefix, after) = rest.split_at(prefix_len);
+            let entries: Vec<&str> = match after.strip_prefix('{') {
+                Some(group) if prefix.is_empty() || prefix.ends_with("::") => {
+                    rest = group.split('}').next().unwrap_or("");
+                    rest.split(',').collect()
+                }
+                _ => vec![""],
+            };
+            for e in entries {
+                let e = format!("{prefix}{}", e.trim());
+                let path: String = e
+                    .chars()
+                    .take_while(|c| c.is_alphanumeric() || *c == '_' || *c == ':')
+                    .collect();
+                let mut full: Vec<String> = base.iter().map(|s| s.to_string()).collect();
+                full.extend(path.split("::").filter(|s| !s.is_empty()).map(String::from));
+                out.push(full);
+            }
+        }
+    }
+    out
+}
+
+/// A cycle of `graph`, as the nodes along it with the first repeated at
+/// the end, or `None`.
+fn find_cycle(graph: &std::collections::BTreeMap<String, BTreeSet<String>>) -> Option<Vec<String>> {
+    // 0 unseen, 1 on the current path, 2 done.
+    fn visit(
+        n: &str,
+        graph: &std::collections::BTreeMap<String, BTreeSet<String>>,
+        state: &mut std::collections::BTreeMap<String, u8>,
+        path: &mut Vec<String>,
+    ) -> Option<Vec<String>> {
+        state.insert(n.to_string(), 1);
+        path.push(n.to_string());
+        for m in graph.get(n).into_iter().flatten() {
+            match state.get(m.as_str()).copied().unwrap_or(0) {
+                1 => {
+                    let from = path.iter().position(|p| p == m).unwrap();
+                    let mut cycle = path[from..].to_vec();
+                    cycle.push(m.clone());
+                    return Some(cycle);
+                }
+                0 => {
+                    if let Some(c) = visit(m, graph, state, path) {
+                        return Some(c);
+                    }
+                }
+                _ => {}
+            }
+        }
+        path.pop();
+        state.insert(n.to_string(), 2);
+        None
+    }
+    let mut state = std::collections::BTreeMap::new();
+    for n in graph.keys() {
+        if state.get(n.as_str()).copied().unwrap_or(0) == 0
+            && let Some(c) = visit(n, graph, &mut state, &mut Vec::new())
+        {
+            return Some(c);
+        }
+    }
+    None
+}
+
+#[test]
+fn find_cycle_names_a_cycle() {
+    let graph = |edges: &[(&str, &str)]| {
+        let mut g = std::collections::BTreeMap::<String, BTreeSet<String>>::new();
+        for (a, b) in edges {
+            g.entry(a.to_string()).or_default().insert(b.to_string());
+            g.entry(b.to_string()).or_default();
+        }
+        g
+    };
+    assert_eq!(
+        find_cycle(&graph(&[("a", "b"), ("b", "c"), ("a", "c")])),
+        None
+    );
+    assert_eq!(
+        find_cycle(&graph(&[("a", "b"), ("b", "c"), ("c", "b")])),
+        Some(vec!["b".to_string(), "c".to_string(), "b".to_string()])
+    );
+    let here = ["formats", "hf", "folder"];
+    assert_eq!(
+        named_paths(
+            "use super::single::f;\nuse crate::formats::{io, chunked::X};\n// crate::formats::torch\n",
+            &here
+        ),
+        [
+            vec!["formats", "hf", "single", "f"],
+            vec!["formats", "io"],
+            vec!["formats", "chunked", "X"],
+        ]
+    );
+}
+
+/// The families of `formats/` (a top-level file or folder of it: `hf`,
+/// `mindspore`, `torch`, `checkpoint`, `io`, ...) name each other without a
+/// circle: for each file, the families its code names by a
+/// `crate::formats::` or `super::` path, and no chain of those comes back.
+#[test]
+fn formats_families_import_no_circle() {
+    let src = crate::common::repo_root().join("crates/shardplan/src");
+    let formats = src.join("formats");
+    let is_family = |m: &str| formats.join(format!("{m}.rs")).exists() || formats.join(m).is_dir();
+    // `crate::formats::write_atomic` is `io`'s, re-exported.
+    let reexported = reexports(&std::fs::read_to_string(formats.join("mod.rs")).unwrap());
+    let mut graph = std::collections::BTreeMap::<String, BTreeSet<String>>::new();
+    let mut edges = 0;
+    for path in rust_files(&formats) {
+        let rel = path.strip_prefix(&src).unwrap().with_extension("");
+        let rel = rel.to_str().unwrap().to_string();
+        let mut here: Vec<&str> = rel.split('/').collect();
+        if here.last() == Some(&"mod") {
+            here.pop();
+        }
+        if here.len() < 2 || here.last().is_some_and(|l| l.ends_with("tests")) {
+            // formats/mod.rs declares the families; tests name what they test.
+            continue;
+        }
+        let family = here[1].to_string();
+        graph.entry(family.clone()).or_default();
+        for mut named in named_paths(&std::fs::read_to_string(&path).unwrap(), &here) {
+            if let Some(m) = named.get(1).and_then(|n| reexported.get(n)) {
+                named[1] = m.clone();
+            }
+            if named.len() >= 2
+                && named[0] == "formats"
+                && is_family(&named[1])
+                && named[1] != family
+            {
+                edges += 1;
+                graph.get_mut(&family).unwrap().insert(named[1].clone());
+            }
+        }
+    }
+    assert!(
+        graph.len() > 8 && edges > 20,
+        "only {} families and {edges} references found: is the search right?",
+        graph.len()
+    );
+    if let Some(cycle) = find_cycle(&graph) {
+        panic!(
+            "an import circle inside crates/shardplan/src/formats: {}",
+            cycle.join(" -> ")
+        );
+    }
 }

@@ -1,4 +1,4 @@
-//! DCP folders written by `formats::dcp_write`, read back by PyTorch's own
+//! DCP folders written by `formats::torch::dcp_write`, read back by PyTorch's own
 //! reader (`dcp_load_check.py` beside this file) and compared byte for byte
 //! with archives torch wrote (the conformance files in `../shared`).
 
@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use shardplan::DType;
-use shardplan::formats::dcp_write::{
+use shardplan::formats::torch::dcp_write::{
     DCP_ARCHIVE_NAME, DcpChunkData, DcpChunkOut, DcpLayout, TorchSaveItem, write_dcp_folder,
 };
 
@@ -311,8 +311,8 @@ mod round_trip {
 
     use proptest::prelude::*;
     use shardplan::DType;
-    use shardplan::formats::dcp::read_dcp;
-    use shardplan::formats::dcp_write::{DcpChunkData, DcpChunkOut, write_dcp_folder};
+    use shardplan::formats::torch::dcp::read_dcp;
+    use shardplan::formats::torch::dcp_write::{DcpChunkData, DcpChunkOut, write_dcp_folder};
 
     /// A chunk as stored: tensor, offsets, sizes, bytes.
     type Stored = (String, Vec<u64>, Vec<u64>, Vec<u8>);

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 
 use shardplan::formats::checkpoint::read_index;
 use shardplan::formats::chunked::{ChunkedCheckpoint, SourceFormat};
+use shardplan::formats::detect;
 use shardplan::formats::hf::{
     self, HfError, HfLayout, read_dcp_hf_folder, read_hf_folder, read_safetensors_file,
     write_hf_folder,
@@ -123,7 +124,7 @@ fn hf_cases_reassemble_their_full_safetensors() {
         let dir = root.join(case).join(sub);
         let ck = read(&dir).unwrap_or_else(|e| panic!("{case}: {e}"));
         assert_eq!(ck.format, format, "{case}");
-        assert_eq!(hf::detect(&dir).unwrap(), format, "{case}");
+        assert_eq!(detect::detect(&dir).unwrap(), format, "{case}");
         let names: Vec<&str> = ck.tensors.iter().map(|t| t.name.as_str()).collect();
         assert!(names.is_sorted(), "{case}: tensors in name order");
         let full = whole_tensors(&root.join(case).join("full.safetensors"));
@@ -179,9 +180,9 @@ fn every_conformance_case_is_detected() {
         // Only a .metadata: the default writer, whose reader says what is wrong.
         ("hostile/eval_global", SourceFormat::DcpTorchSave),
     ] {
-        assert_eq!(hf::detect(&root.join(dir)).unwrap(), format, "{dir}");
+        assert_eq!(detect::detect(&root.join(dir)).unwrap(), format, "{dir}");
     }
-    let unknown = hf::detect(&root.join("hf_sharded_llama"));
+    let unknown = detect::detect(&root.join("hf_sharded_llama"));
     assert!(
         matches!(unknown, Err(HfError::UnknownFormat { .. })),
         "{unknown:?}"
@@ -203,7 +204,7 @@ fn detects_mindspore_and_lone_model_files() {
     let dir = scratch("detect");
     std::fs::create_dir_all(dir.join("ms/rank_0")).unwrap();
     assert_eq!(
-        hf::detect(&dir.join("ms")).unwrap(),
+        detect::detect(&dir.join("ms")).unwrap(),
         SourceFormat::MindSpore
     );
     let w = TensorInfo {
@@ -218,14 +219,14 @@ fn detects_mindspore_and_lone_model_files() {
         "one shard, no index"
     );
     assert_eq!(
-        hf::detect(&dir.join("one")).unwrap(),
+        detect::detect(&dir.join("one")).unwrap(),
         SourceFormat::HuggingFace
     );
     let ck = read_hf_folder(&dir.join("one")).unwrap();
     assert_eq!(ck.tensors.len(), 1);
     std::fs::create_dir_all(dir.join("empty")).unwrap();
     assert!(matches!(
-        hf::detect(&dir.join("empty")),
+        detect::detect(&dir.join("empty")),
         Err(HfError::UnknownFormat { .. })
     ));
     assert!(matches!(

@@ -8,11 +8,11 @@ use crate::common;
 
 use common::conformance_cases;
 use serde_json::Value;
-use shardplan::formats::import::{ShapeSource, import_spec};
-use shardplan::formats::mindspore_strategy::{
+use shardplan::formats::mindspore::strategy::{
     StrategyFileFault, StrategyFormat, StrategyLayoutError, parse_strategy_file,
     read_strategy_files, write_strategy_file,
 };
+use shardplan::import::{ShapeSource, import_spec};
 use shardplan::notation::mindspore::{MindSporeFault, MindSporeLayout};
 use shardplan::{DType, LayoutError, TensorInfo};
 
@@ -552,7 +552,7 @@ fn strategy_layout_faults_by_code() {
 /// what was being written.
 #[test]
 fn unwritable_strategies_name_the_fault() {
-    use shardplan::formats::mindspore_strategy::{ParamEntry, StrategyFile};
+    use shardplan::formats::mindspore::strategy::{ParamEntry, StrategyFile};
     let param = |tensor_map: Vec<Vec<i64>>, opt_weight_shard_size: i64| ParamEntry {
         name: "w".into(),
         stage: 0,
@@ -627,7 +627,7 @@ fn unwritable_strategies_name_the_fault() {
 /// Imports that cannot be made, by fault.
 #[test]
 fn bad_imports_name_the_fault() {
-    use shardplan::formats::import::{ImportError, import_strategy};
+    use shardplan::import::{ImportError, import_strategy};
     let dir = std::env::temp_dir().join(format!("shardplan-bad-import-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let json = dir.join("s.json");
@@ -689,8 +689,9 @@ fn bad_imports_name_the_fault() {
 mod checkpoints {
     use super::*;
     use shardplan::formats::checkpoint::{
-        CheckpointFault, CheckpointFormat, CheckpointWriter, rank_files, read_index,
+        CheckpointFault, CheckpointFormat, CheckpointWriter, read_index,
     };
+    use shardplan::formats::mindspore::rank_files;
 
     fn bytes_of(path: &Path, e: &shardplan::formats::checkpoint::TensorEntry) -> Vec<u8> {
         let all = std::fs::read(path).unwrap();
@@ -971,7 +972,7 @@ fn whole_group_shards_and_recorded_steps_round_trip() {
 /// The tensor maps of the first parameter of protobuf strategy bytes.
 fn tensor_maps(bytes: &[u8]) -> Vec<Vec<i32>> {
     use prost::Message;
-    shardplan::formats::mindspore_strategy::pb::ParallelStrategyMap::decode(bytes)
+    shardplan::formats::mindspore::strategy::pb::ParallelStrategyMap::decode(bytes)
         .unwrap()
         .parallel_layout_item[0]
         .parallel_layouts
@@ -987,7 +988,7 @@ fn tensor_maps(bytes: &[u8]) -> Vec<Vec<i32>> {
 #[test]
 fn one_dim_nested_maps_carry_the_trailing_empty_map() {
     use prost::Message;
-    use shardplan::formats::mindspore_strategy::pb;
+    use shardplan::formats::mindspore::strategy::pb;
     // Dim 0 over the two outer axes, the inner one replicated: no
     // optimizer shard can state it, so the map stays nested.
     let ms = MindSporeLayout {

@@ -7,7 +7,8 @@ use crate::common;
 
 use common::{conformance_cases, ms_layout, random_cases, value_rule_slice};
 use serde_json::Value;
-use shardplan::formats::checkpoint::{CheckpointFault, CheckpointFormat, rank_files, read_index};
+use shardplan::formats::checkpoint::{CheckpointFault, CheckpointFormat, read_index};
+use shardplan::formats::mindspore::rank_files;
 use shardplan::reshard::{
     LayoutSource, ReshardConfig, ReshardError, WriteConfig, prepare, ranks_for_process,
     tensors_from_checkpoints,

@@ -312,7 +312,8 @@ fn mindspore_rules_read_optimizer_shards_as_mindspore() {
 /// that is not text (invalid, with the encoding diagnostic), a missing file.
 #[test]
 fn load_tells_the_format_from_the_file() {
-    use shardplan::spec::{DiagCode, LoadError, SpecSource, detect, load};
+    use shardplan::import::{LoadError, SpecSource, detect, load};
+    use shardplan::spec::DiagCode;
     let root = crate::common::repo_root();
     let (spec, warnings) = load(&root.join("specs/tiny-model.yaml")).unwrap();
     assert!(warnings.is_empty() && spec.transfer().is_some());

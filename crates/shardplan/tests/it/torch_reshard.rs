@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use shardplan::formats::checkpoint::read_index;
-use shardplan::formats::dcp::read_dcp;
 use shardplan::formats::hf::read_hf_folder;
+use shardplan::formats::torch::dcp::read_dcp;
 use shardplan::reshard::{
     LayoutSource, OutputFormat, Prepared, ReshardConfig, WriteConfig, prepare,
 };

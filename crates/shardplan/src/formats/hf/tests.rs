@@ -241,7 +241,7 @@ fn sharding_info_checks() {
 
 #[test]
 fn shard_file_ranks() {
-    use super::rank_of_shard_name as r;
+    use super::dcp_hf::rank_of_shard_name as r;
     assert_eq!(r("shard-00001-model-00001-of-00001.safetensors"), Some(0));
     assert_eq!(r("shard-00012-model-00002-of-00003.safetensors"), Some(11));
     assert_eq!(r("shard-00000-model.safetensors"), None);

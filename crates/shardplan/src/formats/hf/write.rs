@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 
 use super::{HfError, HfIndex, INDEX_NAME, SINGLE_NAME};
-use crate::formats::checkpoint::st_dtype_name;
+use crate::formats::dtype_names::st_dtype_name;
 use crate::formats::write_atomic;
 use crate::{DType, TensorInfo};
 

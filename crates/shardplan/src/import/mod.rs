@@ -1,11 +1,17 @@
-//! One entry point for every file a spec can come from: a YAML spec, or a
-//! MindSpore strategy file (JSON or protobuf) standing where a spec is
-//! expected. The format is told from the file itself.
+//! Reading files into a [`Spec`], in one place: one entry point for every
+//! file a spec can come from ([`load`]: a YAML spec, or a MindSpore strategy
+//! file, JSON or protobuf, standing where a spec is expected; the format is
+//! told from the file itself), and the import of strategy files as specs
+//! ([`import_strategy`], [`import_spec`]). This module sits above
+//! [`crate::spec`] and [`crate::formats`], which know nothing of each other.
 
 use std::path::Path;
 
+mod strategy_files;
+
+pub use strategy_files::{ImportError, ShapeSource, import_spec, import_strategy};
+
 use crate::DType;
-use crate::formats::import::{ImportError, ShapeSource, import_strategy};
 use crate::spec::{Spec, SpecDiagnostic, parse_spec_bytes};
 
 /// What a file given as a spec holds, as [`detect`] tells it.
@@ -75,15 +81,15 @@ pub enum LoadError {
 ///
 /// [`LoadError`]: the file cannot be read, the spec has errors, or the
 /// strategy file does not import (protobuf files record no shapes: import
-/// those with the checkpoint's shapes, `formats::import::import_strategy`).
+/// those with the checkpoint's shapes, [`import_strategy`]).
 ///
 /// # Example
 ///
 /// ```
-/// let (spec, warnings) = shardplan::spec::load("../../specs/tiny-model.yaml".as_ref()).unwrap();
+/// let (spec, warnings) = shardplan::import::load("../../specs/tiny-model.yaml".as_ref()).unwrap();
 /// assert!(warnings.is_empty());
 /// assert!(spec.transfer().is_some());
-/// assert!(shardplan::spec::load("no/such/spec.yaml".as_ref()).is_err());
+/// assert!(shardplan::import::load("no/such/spec.yaml".as_ref()).is_err());
 /// ```
 pub fn load(path: &Path) -> Result<(Spec, Vec<SpecDiagnostic>), LoadError> {
     let bytes = std::fs::read(path).map_err(|source| LoadError::Read {

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use crate::DType;
 use crate::TensorInfo;
-use crate::formats::mindspore_strategy::{
+use crate::formats::mindspore::strategy::{
     StrategyFile, StrategyFileError, StrategyLayoutError, read_strategy_files,
 };
 use crate::spec::write::WriteError;

@@ -17,27 +17,6 @@
 //! Without direct IO the same pipeline writes through the page cache.
 //!
 //! Memory: four windows.
-//!
-//! # Example
-//!
-//! ```
-//! use shardplan::formats::stream::StreamFile;
-//!
-//! let dir = std::env::temp_dir().join(format!("shardplan-doc-stream-{}", std::process::id()));
-//! std::fs::create_dir_all(&dir)?;
-//! let path = dir.join("out.bin");
-//! let mut f = StreamFile::create(&path, 4096, true)?;
-//! f.put(b"header")?;
-//! // Filled in place: a prefix of the room left in the window.
-//! f.space()[..4].copy_from_slice(b"data");
-//! f.commit(4)?;
-//! let (_, len, sum) = f.finish()?;
-//! assert_eq!(len, 10);
-//! assert_eq!(std::fs::read(&path)?, b"headerdata");
-//! assert_eq!(sum.len(), 10);
-//! std::fs::remove_dir_all(&dir)?;
-//! # Ok::<(), std::io::Error>(())
-//! ```
 
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -47,7 +26,7 @@ use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
-use super::checkpoint::Checksum;
+use super::checksum::Checksum;
 
 /// Alignment of buffers, lengths and offsets for direct IO.
 pub const ALIGN: usize = 4096;
@@ -223,11 +202,6 @@ impl StreamFile {
         self.base + self.filled as u64
     }
 
-    /// True when no byte was taken.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     /// Sums and sends the filled part of the current window, and takes a
     /// free buffer back.
     fn send_window(&mut self) -> io::Result<()> {
@@ -371,6 +345,25 @@ mod tests {
 
     fn pattern(n: usize) -> Vec<u8> {
         (0..n).map(|i| (i * 7 + i / 251) as u8).collect()
+    }
+
+    /// The module's example: a header put, then data filled in place.
+    #[test]
+    fn example_put_then_fill() -> std::io::Result<()> {
+        let dir = std::env::temp_dir().join(format!("shardplan-doc-stream-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        let path = dir.join("out.bin");
+        let mut f = StreamFile::create(&path, 4096, true)?;
+        f.put(b"header")?;
+        // Filled in place: a prefix of the room left in the window.
+        f.space()[..4].copy_from_slice(b"data");
+        f.commit(4)?;
+        let (_, len, sum) = f.finish()?;
+        assert_eq!(len, 10);
+        assert_eq!(std::fs::read(&path)?, b"headerdata");
+        assert_eq!(sum.len(), 10);
+        std::fs::remove_dir_all(&dir)?;
+        Ok(())
     }
 
     /// Every mix of window size, put and in-place fill, direct or not,

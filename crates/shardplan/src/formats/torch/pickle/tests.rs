@@ -445,3 +445,28 @@ fn every_fault_has_a_stable_code() {
         "{e}"
     );
 }
+
+/// `unpickle`'s example: an int read back, a global outside the allow-list
+/// refused, never imported.
+#[test]
+fn unpickle_example() {
+    // PROTO 2, BININT1 7, STOP
+    let v = unpickle(
+        Path::new("x"),
+        b"\x80\x02K\x07.",
+        DCP_METADATA_GLOBALS,
+        &PickleLimits::STANDARD,
+    );
+    assert_eq!(v.unwrap(), Value::Int(7));
+    // GLOBAL 'os system': refused, never imported
+    let e = unpickle(
+        Path::new("x"),
+        b"\x80\x02cos\nsystem\n.",
+        DCP_METADATA_GLOBALS,
+        &PickleLimits::STANDARD,
+    );
+    assert!(matches!(
+        e.unwrap_err().kind,
+        PickleFault::UnknownGlobal { .. }
+    ));
+}

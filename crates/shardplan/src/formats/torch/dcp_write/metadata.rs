@@ -6,7 +6,8 @@
 //! `REDUCE` of a tuple of ints.
 
 use crate::DType;
-use crate::formats::pickle_write::{Pickler, Protocol};
+use crate::formats::dtype_names::torch_dtype_name;
+use crate::formats::torch::pickle::write::{Pickler, Protocol};
 
 const METADATA: &str = "torch.distributed.checkpoint.metadata";
 const FILESYSTEM: &str = "torch.distributed.checkpoint.filesystem";
@@ -35,25 +36,6 @@ pub(crate) struct MetaStorage<'a> {
     pub relative_path: &'a str,
     pub offset: u64,
     pub length: u64,
-}
-
-/// The name of the `torch` attribute for `dtype` (`torch.bfloat16`).
-pub(crate) fn torch_dtype(dtype: DType) -> &'static str {
-    match dtype {
-        DType::F64 => "float64",
-        DType::F32 => "float32",
-        DType::F16 => "float16",
-        DType::BF16 => "bfloat16",
-        DType::I64 => "int64",
-        DType::I32 => "int32",
-        DType::I16 => "int16",
-        DType::I8 => "int8",
-        DType::U64 => "uint64",
-        DType::U32 => "uint32",
-        DType::U16 => "uint16",
-        DType::U8 => "uint8",
-        DType::Bool => "bool",
-    }
 }
 
 /// `Metadata(state_dict_metadata, planner_data, storage_data, storage_meta,
@@ -169,7 +151,7 @@ impl Emitter {
     fn tensor_properties(&mut self, dtype: DType, strides: &[u64]) {
         self.new_object(METADATA, "TensorProperties");
         self.p.mark();
-        self.p.global("torch", torch_dtype(dtype));
+        self.p.global("torch", torch_dtype_name(dtype));
         match self.layout {
             Some(idx) => self.p.get(idx),
             None => {

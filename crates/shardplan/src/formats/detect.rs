@@ -1,11 +1,13 @@
-//! Telling source formats apart from what is on disk.
+//! Telling every source format apart from what is on disk: PyTorch DCP
+//! (either writer), Hugging Face folders and DCP's Hugging Face writer,
+//! MindSpore rank folders, single safetensors files.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use super::{HfError, INDEX_NAME, SHARDING_INFO_KEY, SINGLE_NAME};
-use crate::formats::checkpoint::read_safetensors;
 use crate::formats::chunked::SourceFormat;
+use crate::formats::hf::{HfError, INDEX_NAME, SHARDING_INFO_KEY, SINGLE_NAME};
+use crate::formats::safetensors::read_safetensors;
 
 /// What [`detect`] looks for, in order, for its error message.
 const LOOKED_FOR: &str = "a .metadata file (PyTorch DCP), model.safetensors.index.json or model.safetensors (Hugging Face), shard-*.safetensors with DCP_SHARDING_INFO (DCP Hugging Face writer), rank_<r>/ folders (MindSpore)";
@@ -26,7 +28,7 @@ const LOOKED_FOR: &str = "a .metadata file (PyTorch DCP), model.safetensors.inde
 /// 4. `rank_<r>/` subfolders: [`SourceFormat::MindSpore`].
 /// 5. A lone `model.safetensors`: [`SourceFormat::HuggingFace`] (a model
 ///    folder of one shard, which
-///    [`read_hf_folder`](super::read_hf_folder) reads), so the folder is the
+///    [`read_hf_folder`](crate::formats::hf::read_hf_folder) reads), so the folder is the
 ///    root either way.
 ///
 /// A file: `*.safetensors` is [`SourceFormat::Safetensors`]; a

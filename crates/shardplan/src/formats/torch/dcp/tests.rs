@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 
 use super::*;
 use crate::formats::checkpoint::read_index;
-use crate::formats::pickle::PickleFault;
+use crate::formats::torch::pickle::PickleFault;
+use data::rank_of_name;
 
 fn torch_cases() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/conformance/torch")

@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 
 use super::pickle::{PickleError, PickleLimits, TORCH_SAVE_GLOBALS, Value, unpickle};
 use crate::DType;
+use crate::formats::dtype_names::{storage_dtype, torch_dtype};
 
 /// Where the one tensor of an archive is, and what it is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -546,7 +547,7 @@ fn rebuild_args(v: &Value) -> Step<Rebuilt> {
         let Some(Value::Global(d)) = args.get(6) else {
             return Err(not_tensor("_rebuild_tensor_v3 names no dtype"));
         };
-        let dtype = crate::formats::dcp::torch_dtype(&d.name)
+        let dtype = torch_dtype(&d.name)
             .filter(|_| d.module == "torch" && storage_class.is("torch.storage", "UntypedStorage"))
             .ok_or_else(unknown)?;
         // An untyped storage counts bytes.
@@ -611,26 +612,6 @@ fn check_layout(r: &Rebuilt) -> Step<()> {
         expected = expected.checked_mul(d).ok_or_else(not_contiguous)?;
     }
     Ok(())
-}
-
-/// The dtype of a typed storage class of `torch`.
-fn storage_dtype(name: &str) -> Option<DType> {
-    Some(match name {
-        "DoubleStorage" => DType::F64,
-        "FloatStorage" => DType::F32,
-        "HalfStorage" => DType::F16,
-        "BFloat16Storage" => DType::BF16,
-        "LongStorage" => DType::I64,
-        "IntStorage" => DType::I32,
-        "ShortStorage" => DType::I16,
-        "CharStorage" => DType::I8,
-        "ByteStorage" => DType::U8,
-        "BoolStorage" => DType::Bool,
-        "UInt16Storage" => DType::U16,
-        "UInt32Storage" => DType::U32,
-        "UInt64Storage" => DType::U64,
-        _ => return None,
-    })
 }
 
 #[cfg(test)]

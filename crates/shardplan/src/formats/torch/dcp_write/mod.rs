@@ -16,7 +16,7 @@
 //!
 //! ```
 //! use shardplan::DType;
-//! use shardplan::formats::dcp_write::{DcpChunkOut, DcpLayout};
+//! use shardplan::formats::torch::dcp_write::{DcpChunkOut, DcpLayout};
 //!
 //! let chunk = |rows: [u64; 2]| DcpChunkOut {
 //!     fqn: "w".to_string(),
@@ -30,7 +30,7 @@
 //! assert_eq!(layout.files()[1].items[0].archive.data_len(), 8);
 //! // Rows 1..3 twice: the chunks overlap.
 //! assert!(DcpLayout::new(vec![vec![chunk([0, 2])], vec![chunk([1, 2])]]).is_err());
-//! # Ok::<(), shardplan::formats::dcp_write::DcpWriteError>(())
+//! # Ok::<(), shardplan::formats::torch::dcp_write::DcpWriteError>(())
 //! ```
 
 mod metadata;
@@ -541,7 +541,7 @@ fn render_metadata(
 
 /// Writes a whole DCP folder from chunks held in memory: each `.distcp`
 /// file, then `.metadata` last, each to a temporary name, fsynced and
-/// renamed ([`write_atomic`](super::write_atomic)), so that a folder with a
+/// renamed ([`write_atomic`](crate::formats::write_atomic)), so that a folder with a
 /// `.metadata` has all its files. Creates `dir` if needed. Returns the
 /// layout written.
 ///
@@ -576,10 +576,10 @@ pub fn write_dcp_folder(
             bytes.extend_from_slice(&item.archive.suffix(crc32fast::hash(data)));
         }
         let path = dir.join(&file.name);
-        super::write_atomic(&path, &bytes).map_err(io(path.clone()))?;
+        crate::formats::write_atomic(&path, &bytes).map_err(io(path.clone()))?;
     }
     let path = dir.join(METADATA_FILE);
-    super::write_atomic(&path, layout.metadata_bytes()).map_err(io(path.clone()))?;
+    crate::formats::write_atomic(&path, layout.metadata_bytes()).map_err(io(path.clone()))?;
     Ok(layout)
 }
 
