@@ -64,6 +64,7 @@
 //! | execution | [`execute_plan`], [`execute_plan_with`], [`ExecConfig`], [`ExecStats`], [`ExecError`], [`StoreMismatch`], [`ShardStore`], [`synthetic_element`], [`partial_term_value`] |
 //! | derivation | [`derive::derive_strategy`], [`derive::DeriveTarget`], [`derive::DeriveRules`], [`derive::DeriveError`] ([`derive::AxisRoleFault`], [`derive::RangeFault`]), [`derive::ops`] (operator graphs) |
 //! | numerics | [`model::check_model`], [`model::forward_single`], [`model::forward_sharded`], [`model::ModelConfig`] |
+//! | engine parameters | [`storage::StorageMap`] (per rank, [`storage::Param`]s holding [`storage::Segment`]s of logical tensors), [`storage::StorageMap::route`] → [`storage::Placement`], [`storage::ParamStore`], [`storage::execute_into_params`], [`storage::StorageError`] |
 //! | names | [`pattern::Glob`], [`pattern::LayerPattern`], [`pattern::PatternError`] |
 //!
 //! # Not supported
@@ -103,3 +104,4 @@ pub mod derive;
 pub mod model;
 pub mod notation;
 pub mod pattern;
+pub mod storage;

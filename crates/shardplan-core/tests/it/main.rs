@@ -6,3 +6,4 @@
 
 mod layout_props;
 mod plan;
+mod storage;

@@ -152,12 +152,20 @@ fn either(
 
 /// Two strategies over the same 1 to 3 random tensors.
 fn strategy_pair() -> impl proptest::strategy::Strategy<Value = (Strategy, Strategy)> {
+    strategy_pair_with(true)
+}
+
+/// Two strategies over the same 1 to 3 random tensors; the source holds
+/// partial sums only when `allow_partial`.
+pub(crate) fn strategy_pair_with(
+    allow_partial: bool,
+) -> impl proptest::strategy::Strategy<Value = (Strategy, Strategy)> {
     (
         mesh(),
         mesh(),
         prop::collection::vec((prop::collection::vec(1u64..=9, 0..=3), 0usize..12), 1..=3),
     )
-        .prop_flat_map(|(sm, dm, tensors)| {
+        .prop_flat_map(move |(sm, dm, tensors)| {
             let infos: Vec<TensorInfo> = tensors
                 .iter()
                 .enumerate()
@@ -169,7 +177,7 @@ fn strategy_pair() -> impl proptest::strategy::Strategy<Value = (Strategy, Strat
                 .collect();
             let sl: Vec<_> = infos
                 .iter()
-                .map(|t| either(sm.clone(), t.shape.clone(), true))
+                .map(|t| either(sm.clone(), t.shape.clone(), allow_partial))
                 .collect();
             let dl: Vec<_> = infos
                 .iter()

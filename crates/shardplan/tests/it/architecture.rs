@@ -292,6 +292,7 @@ const LAYERINGS: [Layering; 2] = [
             ("execute", 9),
             ("model", 10),
             ("derive", 10),
+            ("storage", 10),
         ],
     },
     Layering {
