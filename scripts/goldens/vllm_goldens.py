@@ -219,7 +219,7 @@ def _worker(rank, world, port, src, tp, ep, tmpdir):
         except Exception as e:  # noqa: BLE001
             post_error = f"{type(e).__name__}: {e}"
             final = loaded
-        changed = sorted(
+        changed = None if post_error else sorted(
             k for k in set(loaded) | set(final)
             if k not in loaded or k not in final
             or loaded[k].shape != final[k].shape or loaded[k].dtype != final[k].dtype
@@ -290,6 +290,12 @@ def run_case(name):
         "value_rule": f"source tensor k (see source_tensor_ids), flat index i -> float32(k * {STRIDE} + i); 0.0 never occurs in a source",
         "saved": "model.named_parameters() (as in model.state_dict()) after DefaultModelLoader.load_weights and process_weights_after_loading",
         "state_dict_buffers_not_saved": infos[0]["buffers"],
+        "saved_stage": {
+            str(r): "after load_weights; process_weights_after_loading raised (see post_processing_error), so these are the loader's bytes before any kernel-specific repacking"
+            if i["post_processing_error"] else
+            "after load_weights and process_weights_after_loading (post_processing_changed lists parameters it altered)"
+            for r, i in enumerate(infos)
+        },
         "post_processing_changed": {str(r): i["post_processing_changed"] for r, i in enumerate(infos)},
         "post_processing_error": {str(r): i["post_processing_error"] for r, i in enumerate(infos)},
         "source_tensor_ids": ids,
