@@ -32,7 +32,12 @@ VocabParallelEmbedding/ParallelLMHead, FusedMoE). Then vLLM's
 after it, restricted to ``model.named_parameters()`` (state_dict buffers that are
 not parameters, e.g. the attention's kv-cache scales ``attn._k_scale`` = 1.0, are
 listed in meta.json but not saved); meta.json records whether that
-post-processing changed any byte.
+post-processing changed any byte. Where it raises (the MoE cases: the PyPI wheel
+has no CPU kernels, so FusedMoE's CPU ``prepack_moe_weight`` step is missing),
+the saved bytes are the state right after ``load_weights`` and meta.json's
+``saved_stage``/``post_processing_error`` say so.
+Regenerating with the same versions reproduces the committed files bit for bit
+(checked: sha256 identical).
 vLLM's own loader code decides every byte in the rank files.
 
 How to run / regenerate
