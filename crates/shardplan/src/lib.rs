@@ -57,6 +57,7 @@
 //! | [`spec`] | [`spec::parse_spec`], [`spec::parse_spec_bytes`], [`spec::Spec`], [`spec::MeshId`], [`spec::SpecDiagnostic`], [`spec::DiagCode`], [`spec::write::write_spec`], [`spec::rules_for`], [`spec::derived_spec`] |
 //! | [`formats`] | [`formats::plan_json`] (`to_json`, `from_json`); [`formats::detect::detect`] (every source format told apart); by family: [`formats::mindspore`] ([`formats::mindspore::strategy`]: `read_strategy_files`, `write_strategy_file`; [`formats::mindspore::rank_files`]), [`formats::checkpoint`] (one `.ckpt` or safetensors file: `read_index`, `CheckpointWriter`), [`formats::torch`] ([`formats::torch::dcp`]: `read_dcp`; [`formats::torch::dcp_write`]: `DcpLayout`, `TorchSaveItem`, `write_dcp_folder`), [`formats::hf`] (`read_hf_folder`, `read_safetensors_file`, `read_dcp_hf_folder`, `HfLayout`, `write_hf_folder`, `parse_shard_size`); [`formats::chunked`], [`formats::write_atomic`] |
 //! | [`reshard`] | preparing: [`reshard::prepare`] from a [`reshard::ReshardConfig`] (sides as [`reshard::LayoutSource`]) to a read-only [`reshard::Prepared`]; chunked sources: [`reshard::read_chunked`], [`reshard::prepare_chunked`], [`reshard::checkpoint_strategy`]; a MindSpore folder's global tensors: [`reshard::tensors_from_checkpoints`]; writing: [`reshard::Prepared::write_rank`] with a [`reshard::WriteConfig`] ([`reshard::OutputFormat`], [`reshard::DEFAULT_MAX_SHARD_BYTES`]) to a [`reshard::RankOutcome`], or [`reshard::Prepared::read_rank_into`] buffers shaped by [`reshard::RankSlice`]; [`reshard::CopyThrough`], [`reshard::paths_overlap`], [`reshard::ranks_for_process`]; errors: [`reshard::ReshardError`], [`reshard::Side`] |
+//! | [`engine`] | [`engine::engine_layout`] for an [`engine::Engine`] from a [`engine::ModelConfig`] (`config.json`) and the degrees: an [`engine::EngineLayout`] (the logical strategy and the core's [`storage::StorageMap`] of the engine's parameters); [`engine::EngineError`] |
 //! | text | [`report::plan_report`], [`report::explain_tensor`], [`show::draw_holdings`] |
 //!
 //! # Overview
@@ -89,6 +90,7 @@ pub use shardplan_core::*;
 
 #[cfg(feature = "arbitrary")]
 pub mod arbitrary;
+pub mod engine;
 pub mod formats;
 #[doc(hidden)]
 pub mod fuzzing;

@@ -143,6 +143,9 @@ pub struct StorageMap {
     ranks: Vec<Vec<Param>>,
     /// Per (rank, tensor): the (parameter, segment) indexes storing it.
     index: BTreeMap<(u64, String), Vec<(usize, usize)>>,
+    /// Per (rank, tensor): the box the layout gives the rank, where it
+    /// holds a non-empty one.
+    held: BTreeMap<(u64, String), Region>,
 }
 
 impl StorageMap {
@@ -186,7 +189,15 @@ impl StorageMap {
                 }
             }
         }
-        let map = StorageMap { ranks, index };
+        let mut held = BTreeMap::new();
+        for (info, layout) in strategy.tensors().iter().zip(strategy.layouts()) {
+            for r in 0..mesh_ranks {
+                if let Some(h) = layout.region_of(r).filter(|h| !h.is_empty()) {
+                    held.insert((r, info.name.clone()), h);
+                }
+            }
+        }
+        let map = StorageMap { ranks, index, held };
         map.check_coverage(strategy)?;
         Ok(map)
     }
@@ -199,6 +210,59 @@ impl StorageMap {
     /// Number of ranks.
     pub fn rank_count(&self) -> u64 {
         self.ranks.len() as u64
+    }
+
+    /// The box of `tensor` that `rank` holds under the strategy the map was
+    /// checked against; `None` when it holds none.
+    pub fn held(&self, tensor: &str, rank: u64) -> Option<&Region> {
+        self.held.get(&(rank, tensor.to_string()))
+    }
+
+    /// Rank `rank`'s parameters as bytes, packed from the rank's logical
+    /// buffers: `logical(name)` gives the rank's slice of tensor `name`,
+    /// row-major over [`StorageMap::held`]. Padding is zero.
+    ///
+    /// # Errors
+    ///
+    /// [`StorageError::Exec`] naming the tensor when `logical` has no
+    /// buffer for it or one of another size.
+    pub fn pack_rank<'b>(
+        &self,
+        rank: u64,
+        logical: impl Fn(&str) -> Option<&'b [u8]>,
+    ) -> Result<Vec<Vec<u8>>, StorageError> {
+        self.params(rank)
+            .iter()
+            .map(|param| {
+                let unit = param.dtype.size_bytes();
+                // The map checked every parameter's element count.
+                let mut out = vec![0u8; (param.shape.iter().product::<u64>() * unit) as usize];
+                for seg in &param.segments {
+                    let held = self
+                        .held(&seg.tensor, rank)
+                        .expect("a segment lies in its rank's box");
+                    let mismatch = |fault| crate::ExecError::Mismatch {
+                        tensor: seg.tensor.clone(),
+                        fault,
+                    };
+                    let buf = logical(&seg.tensor)
+                        .filter(|b| b.len() as u64 == held.volume() * unit)
+                        .ok_or_else(|| mismatch(crate::StoreMismatch::NoSourceBuffer(rank)))?;
+                    let local = seg.logical.relative_to(held);
+                    store::copy_box(
+                        buf,
+                        held.extent(),
+                        local.offset(),
+                        &mut out,
+                        &param.shape,
+                        &seg.at,
+                        local.extent(),
+                        unit,
+                    );
+                }
+                Ok(out)
+            })
+            .collect()
     }
 
     /// Where the box `b` of `tensor` (global coordinates) lives on `rank`:

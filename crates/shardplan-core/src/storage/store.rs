@@ -40,40 +40,17 @@ impl ParamStore {
         Some(self.buffers.get(rank as usize)?.get(param)?.as_slice())
     }
 
-    /// Copies every segment from the logical buffers of `store` (laid out
-    /// by the strategy `map` was checked against) into the parameters.
+    /// Packs every rank's parameters from the logical buffers of `store`
+    /// (laid out by the strategy `map` was checked against), as
+    /// [`StorageMap::pack_rank`] does one rank.
     ///
     /// # Errors
     ///
     /// [`StorageError::Exec`] when `store` lacks a buffer a segment reads.
     pub fn pack(&mut self, map: &StorageMap, store: &ShardStore) -> Result<(), StorageError> {
         for r in 0..map.rank_count() {
-            for (p, param) in map.params(r).iter().enumerate() {
-                for seg in &param.segments {
-                    let mismatch = |fault| ExecError::Mismatch {
-                        tensor: seg.tensor.clone(),
-                        fault,
-                    };
-                    let t = store
-                        .tensor_index(&seg.tensor)
-                        .ok_or_else(|| mismatch(StoreMismatch::NotInSource))?;
-                    let (Some(buf), Some(held)) = (store.buffer(t, r), store.region(t, r)) else {
-                        return Err(mismatch(StoreMismatch::NoSourceBuffer(r)).into());
-                    };
-                    let local = seg.logical.relative_to(held);
-                    let dst = &mut self.buffers[r as usize][p];
-                    copy_box(
-                        buf,
-                        held.extent(),
-                        local.offset(),
-                        dst,
-                        &param.shape,
-                        &seg.at,
-                        local.extent(),
-                        param.dtype.size_bytes(),
-                    );
-                }
-            }
+            let logical = |name: &str| store.buffer(store.tensor_index(name)?, r);
+            self.buffers[r as usize] = map.pack_rank(r, logical)?;
         }
         Ok(())
     }
@@ -213,7 +190,7 @@ pub fn execute_into_params(
 /// array of `dst_shape` at `dst_off`, which may have more (leading)
 /// dimensions: those take extent 1. Both boxes were checked to fit.
 #[allow(clippy::too_many_arguments)]
-fn copy_box(
+pub(super) fn copy_box(
     src: &[u8],
     src_shape: &[u64],
     src_off: &[u64],

@@ -302,6 +302,9 @@ const LAYERINGS: [Layering; 2] = [
             // A spec knows no file format and a format builds no spec ...
             ("spec", 1),
             ("formats", 1),
+            // An engine's destination is built from a config, knowing no file
+            // format beyond reading that config.
+            ("engine", 1),
             // ... reading files into a spec (the import of strategy files,
             // and the one loader that tells every format apart) sits on both.
             ("import", 2),

@@ -15,6 +15,7 @@ mod common;
 mod dcp_write;
 mod derive;
 mod docs_tree;
+mod engines;
 mod fuzz_regressions;
 mod hf_formats;
 mod mindspore_conformance;
