@@ -197,6 +197,23 @@ pub(crate) struct ReshardArgs {
     /// it: 5GB, 500MB, 24KB (powers of 1000) or 1GiB (of 1024).
     #[arg(long, default_value = "5GB")]
     pub(crate) max_shard_size: String,
+    /// Write an inference engine's own parameters instead: each rank's
+    /// rank_<r>/model.safetensors with the engine's names, fused tensors,
+    /// shapes and zero padding (vllm: the Llama family).
+    #[arg(long, value_enum, conflicts_with_all = ["dst_strategy", "format"])]
+    pub(crate) engine: Option<EngineArg>,
+    /// The engine's tensor-parallel degree.
+    #[arg(long, requires = "engine")]
+    pub(crate) tp: Option<u64>,
+    /// The model's config.json; the source folder's when absent.
+    #[arg(long, requires = "engine")]
+    pub(crate) config: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum EngineArg {
+    /// vLLM's tensor-parallel parameters.
+    Vllm,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -5,6 +5,7 @@ pub(crate) mod check;
 pub(crate) mod derive;
 pub(crate) mod plan;
 pub(crate) mod reshard;
+pub(crate) mod reshard_engine;
 pub(crate) mod show;
 pub(crate) mod simulate;
 pub(crate) mod strategy_files;

@@ -17,6 +17,9 @@ use crate::common::*;
 pub(crate) const WINDOW_BYTES: u64 = 32 << 20;
 
 pub(crate) fn reshard(args: &ReshardArgs) -> miette::Result<Status> {
+    if args.engine.is_some() {
+        return super::reshard_engine::reshard_engine(args);
+    }
     let (src_dir, out) = source_and_output(args)?;
     let cfg = reshard_config(args, src_dir)?;
     let write = write_config(args, out.clone())?;
@@ -49,7 +52,7 @@ pub(crate) fn reshard(args: &ReshardArgs) -> miette::Result<Status> {
 /// The source folder, resolved, and the output folder, absolute; refused
 /// when one is inside the other. Nothing is created here: the output is,
 /// once every input has been checked.
-fn source_and_output(args: &ReshardArgs) -> miette::Result<(PathBuf, PathBuf)> {
+pub(crate) fn source_and_output(args: &ReshardArgs) -> miette::Result<(PathBuf, PathBuf)> {
     let src_dir = args
         .src
         .canonicalize()
@@ -68,7 +71,10 @@ fn source_and_output(args: &ReshardArgs) -> miette::Result<(PathBuf, PathBuf)> {
 }
 
 /// What preparing reads: the source, both sides' layouts, the replica rule.
-fn reshard_config(args: &ReshardArgs, src_dir: PathBuf) -> miette::Result<ReshardConfig> {
+pub(crate) fn reshard_config(
+    args: &ReshardArgs,
+    src_dir: PathBuf,
+) -> miette::Result<ReshardConfig> {
     let mut cfg = ReshardConfig::new(
         src_dir,
         layout_source(&args.src_strategy, |t| &t.from)?,

@@ -10,4 +10,5 @@ mod cli;
 mod cli_check;
 mod common;
 mod derive_cli;
+mod engine_cli;
 mod torch_cli;

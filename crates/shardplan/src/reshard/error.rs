@@ -263,6 +263,19 @@ pub enum ReshardError {
     #[error(transparent)]
     #[diagnostic(transparent)]
     Dcp(#[from] crate::formats::torch::dcp_write::DcpWriteError),
+    /// An engine's storage map that does not match the prepared
+    /// destination (prepare with the engine layout's strategy).
+    #[error("rank {rank}: the engine's parameters cannot be packed: {source}")]
+    #[diagnostic(
+        code(shardplan::reshard::storage),
+        help("prepare the reshard with the engine layout's strategy as its destination")
+    )]
+    Storage {
+        /// The destination rank.
+        rank: u64,
+        /// What did not match.
+        source: Box<crate::storage::StorageError>,
+    },
     /// Writing failed.
     #[error("{path}: {source}")]
     #[diagnostic(code(shardplan::reshard::io))]

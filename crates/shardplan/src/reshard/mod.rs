@@ -13,12 +13,14 @@
 //! for reading.
 
 mod copy_through;
+mod engine;
 mod error;
 mod prepare;
 mod read;
 mod write;
 
 pub use copy_through::CopyThrough;
+pub use engine::{engine_rank_path, write_engine_rank};
 pub use error::{ReshardError, Side};
 pub use prepare::{
     checkpoint_strategy, prepare, prepare_chunked, read_chunked, tensors_from_checkpoints,

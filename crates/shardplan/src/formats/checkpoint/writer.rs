@@ -117,7 +117,7 @@ impl CheckpointWriter {
         tensors: Vec<(String, DType, Vec<u64>)>,
     ) -> std::io::Result<Self> {
         if format == CheckpointFormat::Safetensors {
-            out.write_all(&safetensors::write::header(&tensors))?;
+            out.write_all(&safetensors::write::header(&tensors, "ms"))?;
         }
         Ok(CheckpointWriter {
             out,

@@ -5,11 +5,12 @@ use crate::formats::dtype_names::st_dtype_name;
 
 /// The length-prefixed JSON header of a safetensors file holding `tensors`
 /// (name, dtype, shape) in that order, padded to 8 bytes as the reference
-/// writer pads it; `__metadata__` is `{"format": "ms"}`.
-pub(crate) fn header(tensors: &[(String, DType, Vec<u64>)]) -> Vec<u8> {
+/// writer pads it; `__metadata__` is `{"format": format}` (`ms` for
+/// MindSpore's files, `pt` for PyTorch's, which transformers checks).
+pub(crate) fn header(tensors: &[(String, DType, Vec<u64>)], format: &str) -> Vec<u8> {
     let mut header = serde_json::Map::new();
     let mut meta = serde_json::Map::new();
-    meta.insert("format".into(), "ms".into());
+    meta.insert("format".into(), format.into());
     header.insert("__metadata__".into(), meta.into());
     let mut off = 0u64;
     for (name, dtype, shape) in tensors {

@@ -1,0 +1,70 @@
+//! Writing an engine's ranks: each destination rank's logical slices read
+//! from the source, packed into the engine's parameters by the storage map,
+//! and written as one safetensors file under the engine's names.
+
+use std::path::{Path, PathBuf};
+
+use super::{Prepared, ReshardError};
+use crate::engine::EngineLayout;
+
+/// The file [`write_engine_rank`] writes for rank `rank` under `out_dir`:
+/// `rank_<rank>/model.safetensors`.
+pub fn engine_rank_path(out_dir: &Path, rank: u64) -> PathBuf {
+    out_dir
+        .join(format!("rank_{rank}"))
+        .join("model.safetensors")
+}
+
+/// Writes destination rank `rank`'s engine parameters to
+/// [`engine_rank_path`]: every parameter of `layout.map`'s rank, in its
+/// order, with the engine's names and shapes, padding zero. `prepared` must
+/// have been prepared with `layout.strategy` as its destination. The file
+/// is written under a temporary name, fsynced and renamed. Returns the
+/// bytes written.
+///
+/// # Errors
+///
+/// [`ReshardError::NoSuchRank`] for a rank outside the destination;
+/// [`ReshardError::Storage`] when `prepared`'s destination is not
+/// `layout.strategy`; [`ReshardError::Io`] naming the file that could not
+/// be read or written.
+pub fn write_engine_rank(
+    prepared: &Prepared,
+    layout: &EngineLayout,
+    rank: u64,
+    out_dir: &Path,
+) -> Result<u64, ReshardError> {
+    let slices = prepared.rank_slices(rank)?;
+    let mut bufs: Vec<Vec<u8>> = slices.iter().map(|s| vec![0; s.bytes as usize]).collect();
+    let mut views: Vec<&mut [u8]> = bufs.iter_mut().map(Vec::as_mut_slice).collect();
+    prepared.read_rank_into(rank, &mut views)?;
+    let logical = |name: &str| {
+        let i = slices.iter().position(|s| s.name == name)?;
+        Some(bufs[i].as_slice())
+    };
+    let params = layout
+        .map
+        .pack_rank(rank, logical)
+        .map_err(|e| ReshardError::Storage {
+            rank,
+            source: Box::new(e),
+        })?;
+    let declared: Vec<_> = layout
+        .map
+        .params(rank)
+        .iter()
+        .map(|p| (p.name.clone(), p.dtype, p.shape.clone()))
+        .collect();
+    let mut file = crate::formats::safetensors::write::header(&declared, "pt");
+    for p in &params {
+        file.extend_from_slice(p);
+    }
+    let path = engine_rank_path(out_dir, rank);
+    let io = |source| ReshardError::Io {
+        path: path.display().to_string(),
+        source,
+    };
+    std::fs::create_dir_all(path.parent().expect("rank_<r>/ has a parent")).map_err(io)?;
+    crate::formats::write_atomic(&path, &file).map_err(io)?;
+    Ok(file.len() as u64)
+}
