@@ -205,6 +205,10 @@ pub(crate) struct ReshardArgs {
     /// The engine's tensor-parallel degree.
     #[arg(long, requires = "engine")]
     pub(crate) tp: Option<u64>,
+    /// Experts spread whole over the tensor-parallel ranks (vLLM's
+    /// --enable-expert-parallel) instead of split by them.
+    #[arg(long, requires = "engine")]
+    pub(crate) ep: bool,
     /// The model's config.json; the source folder's when absent.
     #[arg(long, requires = "engine")]
     pub(crate) config: Option<PathBuf>,

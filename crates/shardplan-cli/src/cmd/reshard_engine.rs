@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use miette::{IntoDiagnostic, WrapErr};
-use shardplan::engine::{Engine, ModelConfig, engine_layout};
+use shardplan::engine::{Engine, EngineDegrees, ModelConfig, engine_layout};
 use shardplan::reshard::{
     LayoutSource, engine_rank_path, prepare, ranks_for_process, read_chunked, write_engine_rank,
 };
@@ -46,7 +46,11 @@ pub(crate) fn reshard_engine(args: &ReshardArgs) -> miette::Result<Status> {
             src_dir.display()
         ));
     };
-    let layout = match or_report(engine_layout(engine, &config, args.tp.unwrap_or(1), dtype)) {
+    let mut degrees = EngineDegrees::tp(args.tp.unwrap_or(1));
+    if args.ep {
+        degrees = degrees.with_expert_parallel();
+    }
+    let layout = match or_report(engine_layout(engine, &config, degrees, dtype)) {
         Ok(l) => l,
         Err(code) => return Ok(code),
     };

@@ -16,20 +16,27 @@ fn scratch(name: &str) -> PathBuf {
 
 #[test]
 fn vllm_ranks_from_one_command_equal_vllm_s_own() {
-    for (case, tp) in [("llama_gqa_tp2", 2), ("llama_gqa_tp4", 4)] {
+    let cases = [
+        ("llama_gqa_tp2", 2, false),
+        ("llama_gqa_tp4", 4, false),
+        ("qwen3_moe_tp2", 2, false),
+        ("qwen3_moe_tp2_ep", 2, true),
+    ];
+    for (case, tp, ep) in cases {
         let dir = fixtures().join("engines/vllm").join(case);
         let out = scratch(case);
-        let o = shardplan(&[
-            "reshard",
-            "--src",
-            &dir.join("source").display().to_string(),
-            "--engine",
-            "vllm",
-            "--tp",
-            &tp.to_string(),
-            "--out",
-            &out.display().to_string(),
-        ]);
+        let (src, out_s, tp_s) = (
+            dir.join("source").display().to_string(),
+            out.display().to_string(),
+            tp.to_string(),
+        );
+        let mut args = vec![
+            "reshard", "--src", &src, "--engine", "vllm", "--tp", &tp_s, "--out", &out_s,
+        ];
+        if ep {
+            args.push("--ep");
+        }
+        let o = shardplan(&args);
         assert!(o.status.success(), "{case}: {}", text(&o));
         for r in 0..tp {
             let ours = std::fs::read(out.join(format!("rank_{r}/model.safetensors"))).unwrap();

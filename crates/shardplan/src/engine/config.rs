@@ -30,6 +30,12 @@ pub struct ModelConfig {
     pub vocab: u64,
     /// `tie_word_embeddings` (default: false).
     pub tied_embeddings: bool,
+    /// Routed experts: `num_experts` or `n_routed_experts` (0 for a dense
+    /// model).
+    pub experts: u64,
+    /// `moe_intermediate_size`, each expert's MLP width (0 for a dense
+    /// model).
+    pub moe_intermediate: u64,
 }
 
 /// The fields read, as the file spells them.
@@ -45,6 +51,10 @@ struct RawConfig {
     vocab_size: u64,
     #[serde(default)]
     tie_word_embeddings: bool,
+    num_experts: Option<u64>,
+    n_routed_experts: Option<u64>,
+    #[serde(default)]
+    moe_intermediate_size: u64,
 }
 
 /// `config.json` is small; a larger file is not one.
@@ -132,6 +142,8 @@ impl ModelConfig {
             layers: raw.num_hidden_layers,
             vocab: raw.vocab_size,
             tied_embeddings: raw.tie_word_embeddings,
+            experts: raw.num_experts.or(raw.n_routed_experts).unwrap_or(0),
+            moe_intermediate: raw.moe_intermediate_size,
         })
     }
 }

@@ -8,8 +8,9 @@
 //! boxes live in the engine's parameters (fused, padded, renamed), which
 //! execution and files follow.
 //!
-//! Supported: vLLM's tensor parallelism for the Llama family
-//! ([`Engine::Vllm`]). Other engines, families and degrees are refused with
+//! Supported: vLLM ([`Engine::Vllm`]) for the Llama family (tensor
+//! parallelism) and Qwen3-MoE (tensor parallelism, its experts split by
+//! tensor or expert parallelism). Other engines, families and degrees are refused with
 //! what is supported.
 
 mod config;
@@ -42,8 +43,35 @@ pub struct EngineLayout {
     pub map: StorageMap,
 }
 
-/// An engine's destination for `config` at tensor-parallel degree `tp`,
-/// with tensors of `dtype`.
+/// The parallel degrees of an engine's deployment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct EngineDegrees {
+    /// Tensor-parallel ranks.
+    pub tp: u64,
+    /// Experts spread over the same ranks, each held whole (vLLM's
+    /// `enable_expert_parallel`), instead of split by tensor parallelism.
+    pub expert_parallel: bool,
+}
+
+impl EngineDegrees {
+    /// `tp` tensor-parallel ranks, experts split by tensor parallelism.
+    pub fn tp(tp: u64) -> Self {
+        EngineDegrees {
+            tp,
+            expert_parallel: false,
+        }
+    }
+
+    /// Experts spread whole over the ranks instead.
+    pub fn with_expert_parallel(mut self) -> Self {
+        self.expert_parallel = true;
+        self
+    }
+}
+
+/// An engine's destination for `config` at `degrees`, with tensors of
+/// `dtype`.
 ///
 /// # Errors
 ///
@@ -55,30 +83,30 @@ pub struct EngineLayout {
 ///
 /// ```
 /// use std::path::Path;
-/// use shardplan::engine::{Engine, ModelConfig, engine_layout};
+/// use shardplan::engine::{Engine, EngineDegrees, ModelConfig, engine_layout};
 ///
 /// let json = br#"{"architectures": ["LlamaForCausalLM"], "hidden_size": 64,
 ///   "num_attention_heads": 8, "num_key_value_heads": 2, "intermediate_size": 96,
 ///   "num_hidden_layers": 1, "vocab_size": 100}"#;
 /// let config = ModelConfig::parse(Path::new("config.json"), json)?;
-/// let layout = engine_layout(Engine::Vllm, &config, 4, shardplan::DType::BF16)?;
+/// let layout = engine_layout(Engine::Vllm, &config, EngineDegrees::tp(4), shardplan::DType::BF16)?;
 /// // At tp 4 with 2 kv heads, ranks 2 and 3 share kv head 1: rows 8..16 of k.
 /// let k = layout.strategy.layout("model.layers.0.self_attn.k_proj.weight").unwrap();
 /// assert_eq!(k.region_of(3).unwrap().offset(), &[8, 0]);
 /// let qkv = &layout.map.params(3)[3];
 /// assert_eq!((qkv.name.as_str(), qkv.shape.as_slice()), ("model.layers.0.self_attn.qkv_proj.weight", &[32, 64][..]));
 /// // 8 attention heads do not split over 3 ranks.
-/// assert!(engine_layout(Engine::Vllm, &config, 3, shardplan::DType::BF16).is_err());
+/// assert!(engine_layout(Engine::Vllm, &config, EngineDegrees::tp(3), shardplan::DType::BF16).is_err());
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 pub fn engine_layout(
     engine: Engine,
     config: &ModelConfig,
-    tp: u64,
+    degrees: EngineDegrees,
     dtype: DType,
 ) -> Result<EngineLayout, EngineError> {
     match engine {
-        Engine::Vllm => vllm::llama(config, tp, dtype),
+        Engine::Vllm => vllm::layout(config, degrees.tp, degrees.expert_parallel, dtype),
     }
 }
 

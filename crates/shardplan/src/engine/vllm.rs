@@ -1,6 +1,6 @@
-//! vLLM's tensor-parallel parameters for the Llama family, as data: which
-//! Hugging Face tensors each vLLM parameter holds, how they are fused, and
-//! which mesh axes split them.
+//! vLLM's tensor- and expert-parallel parameters, as data: per model family,
+//! which Hugging Face tensors each vLLM parameter holds, how they are fused
+//! or stacked, and which mesh axes split them.
 //!
 //! Facts from vLLM's loaders (checked bit for bit against files vLLM 0.33
 //! wrote, `crates/shardplan/tests/it/fixtures/engines/`): `qkv_proj` on
@@ -8,14 +8,16 @@
 //! the kv-head count each kv head is copied to `tp / kv` ranks (rank r holds
 //! head `r / (tp / kv)`); `gate_up_proj` is r's gate rows then its up rows;
 //! `o_proj` and `down_proj` are split by columns; the vocabulary is padded to
-//! a multiple of 64 and split evenly, the padding rows zero.
+//! a multiple of 64 and split evenly, the padding rows zero. Experts are
+//! stacked along a leading dimension: `w13_weight` [experts, 2·I/tp, H] (each
+//! expert's gate rows then up rows) and `w2_weight` [experts, H, I/tp]; with
+//! expert parallelism rank r holds whole experts, a contiguous block.
 
 use std::sync::Arc;
 
 use crate::storage::{Param, Segment, StorageMap};
 use crate::{
-    DType, DeviceMesh, DimSplit, LayoutConfig, Region, SplitPolicy, Strategy, TensorInfo,
-    TensorLayout,
+    DType, DeviceMesh, DimSplit, LayoutConfig, SplitPolicy, Strategy, TensorInfo, TensorLayout,
 };
 
 use super::{EngineError, EngineLayout, ModelConfig};
@@ -23,90 +25,151 @@ use super::{EngineError, EngineLayout, ModelConfig};
 /// vLLM pads the vocabulary to a multiple of this (`DEFAULT_VOCAB_PADDING_SIZE`).
 pub const VOCAB_PADDING: u64 = 64;
 
-/// Which mesh axes split a tensor's rows.
+/// How a logical tensor is split over the tensor-parallel ranks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Rows {
-    /// Every tensor-parallel rank its own block (query heads, MLP rows).
-    AllRanks,
-    /// One block per kv head group: ranks that share a kv head share it.
-    KvHeads,
+enum Split {
+    /// Rows, every rank its own block (query heads, MLP and expert rows).
+    Rows,
+    /// Rows, one block per kv head: ranks that share a kv head share it.
+    KvRows,
+    /// Columns (row-parallel layers).
+    Columns,
+    /// Not split.
+    Whole,
 }
 
-/// How one vLLM parameter of a layer holds logical tensors.
-#[derive(Debug, Clone, Copy)]
-enum Build {
-    /// The rank's rows of each tensor, one after the other.
-    FusedRows(&'static [(&'static str, Rows)]),
-    /// The rank's columns of the tensor (row-parallel layers).
-    Columns(&'static str),
-    /// The whole tensor on every rank.
-    Whole(&'static str),
-}
+/// A logical tensor of a layer, after `model.layers.<i>.` (or, for an
+/// expert, after `model.layers.<i>.mlp.experts.<e>.`), with its split.
+type Part = (&'static str, Split);
 
-/// A vLLM parameter of every layer, named after `model.layers.<i>.`.
+/// A vLLM parameter of every layer: its name after `model.layers.<i>.`,
+/// and the logical tensors it holds, the rank's block of each one after the
+/// other along dimension 0.
 struct LayerParam {
     engine: &'static str,
-    build: Build,
+    parts: &'static [Part],
 }
 
-/// The Llama family's layer, one row per vLLM parameter.
-const LLAMA_LAYER: &[LayerParam] = &[
-    LayerParam {
-        engine: "input_layernorm.weight",
-        build: Build::Whole("input_layernorm.weight"),
+/// A vLLM parameter stacking every expert (of the rank, under expert
+/// parallelism) along a new leading dimension, each slot holding the
+/// expert's `parts` one after the other.
+struct ExpertParam {
+    engine: &'static str,
+    parts: &'static [Part],
+}
+
+/// A model family: the architectures it covers, its layer's parameters, its
+/// experts' parameters.
+struct Family {
+    architectures: &'static [&'static str],
+    layer: &'static [LayerParam],
+    experts: &'static [ExpertParam],
+}
+
+const fn param(engine: &'static str, parts: &'static [Part]) -> LayerParam {
+    LayerParam { engine, parts }
+}
+
+/// What every family's attention block has.
+const QKV: LayerParam = param(
+    "self_attn.qkv_proj.weight",
+    &[
+        ("self_attn.q_proj.weight", Split::Rows),
+        ("self_attn.k_proj.weight", Split::KvRows),
+        ("self_attn.v_proj.weight", Split::KvRows),
+    ],
+);
+const O_PROJ: LayerParam = param(
+    "self_attn.o_proj.weight",
+    &[("self_attn.o_proj.weight", Split::Columns)],
+);
+const INPUT_NORM: LayerParam = param(
+    "input_layernorm.weight",
+    &[("input_layernorm.weight", Split::Whole)],
+);
+const POST_NORM: LayerParam = param(
+    "post_attention_layernorm.weight",
+    &[("post_attention_layernorm.weight", Split::Whole)],
+);
+
+/// The families vLLM's presets cover, one row each.
+const FAMILIES: &[Family] = &[
+    Family {
+        architectures: &["LlamaForCausalLM", "MistralForCausalLM"],
+        layer: &[
+            INPUT_NORM,
+            QKV,
+            O_PROJ,
+            POST_NORM,
+            param(
+                "mlp.gate_up_proj.weight",
+                &[
+                    ("mlp.gate_proj.weight", Split::Rows),
+                    ("mlp.up_proj.weight", Split::Rows),
+                ],
+            ),
+            param(
+                "mlp.down_proj.weight",
+                &[("mlp.down_proj.weight", Split::Columns)],
+            ),
+        ],
+        experts: &[],
     },
-    LayerParam {
-        engine: "self_attn.qkv_proj.weight",
-        build: Build::FusedRows(&[
-            ("self_attn.q_proj.weight", Rows::AllRanks),
-            ("self_attn.k_proj.weight", Rows::KvHeads),
-            ("self_attn.v_proj.weight", Rows::KvHeads),
-        ]),
-    },
-    LayerParam {
-        engine: "self_attn.o_proj.weight",
-        build: Build::Columns("self_attn.o_proj.weight"),
-    },
-    LayerParam {
-        engine: "post_attention_layernorm.weight",
-        build: Build::Whole("post_attention_layernorm.weight"),
-    },
-    LayerParam {
-        engine: "mlp.gate_up_proj.weight",
-        build: Build::FusedRows(&[
-            ("mlp.gate_proj.weight", Rows::AllRanks),
-            ("mlp.up_proj.weight", Rows::AllRanks),
-        ]),
-    },
-    LayerParam {
-        engine: "mlp.down_proj.weight",
-        build: Build::Columns("mlp.down_proj.weight"),
+    Family {
+        architectures: &["Qwen3MoeForCausalLM"],
+        layer: &[
+            INPUT_NORM,
+            QKV,
+            O_PROJ,
+            param(
+                "self_attn.q_norm.weight",
+                &[("self_attn.q_norm.weight", Split::Whole)],
+            ),
+            param(
+                "self_attn.k_norm.weight",
+                &[("self_attn.k_norm.weight", Split::Whole)],
+            ),
+            POST_NORM,
+            param("mlp.gate.weight", &[("mlp.gate.weight", Split::Whole)]),
+        ],
+        experts: &[
+            ExpertParam {
+                engine: "mlp.experts.routed_experts.w13_weight",
+                parts: &[
+                    ("gate_proj.weight", Split::Rows),
+                    ("up_proj.weight", Split::Rows),
+                ],
+            },
+            ExpertParam {
+                engine: "mlp.experts.routed_experts.w2_weight",
+                parts: &[("down_proj.weight", Split::Columns)],
+            },
+        ],
     },
 ];
 
-/// How a layer's logical tensor is split: by rows, by columns, or (`None`
-/// from [`split_of`]) not at all.
-#[derive(Debug, Clone, Copy)]
-enum Split {
-    Rows(Rows),
-    Columns,
+/// The shape of a layer's logical tensor named `suffix`, from the config.
+fn layer_shape(suffix: &str, c: &ModelConfig) -> Vec<u64> {
+    let (h, q, kv) = (c.hidden, c.heads * c.head_dim, c.kv_heads * c.head_dim);
+    match suffix {
+        "self_attn.q_proj.weight" => vec![q, h],
+        "self_attn.k_proj.weight" | "self_attn.v_proj.weight" => vec![kv, h],
+        "self_attn.o_proj.weight" => vec![h, q],
+        "self_attn.q_norm.weight" | "self_attn.k_norm.weight" => vec![c.head_dim],
+        "mlp.gate_proj.weight" | "mlp.up_proj.weight" => vec![c.intermediate, h],
+        "mlp.down_proj.weight" => vec![h, c.intermediate],
+        "mlp.gate.weight" => vec![c.experts, h],
+        _ => vec![h],
+    }
 }
 
-/// The split of the layer tensor named `suffix` (after `model.layers.<i>.`),
-/// read from [`LLAMA_LAYER`].
-fn split_of(suffix: &str) -> Option<Split> {
-    LLAMA_LAYER.iter().find_map(|p| match p.build {
-        Build::FusedRows(parts) => parts
-            .iter()
-            .find(|(n, _)| *n == suffix)
-            .map(|&(_, r)| Split::Rows(r)),
-        Build::Columns(n) if n == suffix => Some(Split::Columns),
-        _ => None,
-    })
+/// The shape of an expert's logical tensor named `suffix`.
+fn expert_shape(suffix: &str, c: &ModelConfig) -> Vec<u64> {
+    match suffix {
+        "down_proj.weight" => vec![c.hidden, c.moe_intermediate],
+        _ => vec![c.moe_intermediate, c.hidden],
+    }
 }
-
-/// Architectures whose layers are [`LLAMA_LAYER`].
-const LLAMA_ARCHITECTURES: [&str; 2] = ["LlamaForCausalLM", "MistralForCausalLM"];
 
 /// The tensor-parallel mesh: one axis `tp`, or, when tp exceeds the kv-head
 /// count, `tp` over the kv heads and `kv_copy` over the ranks sharing one.
@@ -116,33 +179,31 @@ struct Axes {
     kv: Vec<&'static str>,
 }
 
-fn axes(config: &ModelConfig, tp: u64) -> Result<Axes, EngineError> {
+fn axes(c: &ModelConfig, tp: u64) -> Result<Axes, EngineError> {
     let degree = |why: String| EngineError::Degree { tp, why };
     if tp == 0 {
         return Err(degree("a degree of 0".into()));
     }
-    if !config.heads.is_multiple_of(tp) {
-        return Err(degree(format!(
-            "{} attention heads do not split over {tp} ranks",
-            config.heads
-        )));
-    }
-    if !config.intermediate.is_multiple_of(tp) {
-        return Err(degree(format!(
-            "intermediate size {} does not split over {tp} ranks",
-            config.intermediate
-        )));
+    let must_split = [
+        ("attention heads", c.heads),
+        ("the intermediate size", c.intermediate),
+        ("the expert intermediate size", c.moe_intermediate),
+    ];
+    for (what, n) in must_split {
+        if !n.is_multiple_of(tp) {
+            return Err(degree(format!("{what} ({n}) do not split over {tp} ranks")));
+        }
     }
     let mesh = |axes: &[(&str, u64)]| {
         DeviceMesh::new(axes.iter().map(|&(n, s)| (n, s)))
             .map(Arc::new)
             .map_err(EngineError::Layout)
     };
-    if tp <= config.kv_heads {
-        if !config.kv_heads.is_multiple_of(tp) {
+    if tp <= c.kv_heads {
+        if !c.kv_heads.is_multiple_of(tp) {
             return Err(degree(format!(
                 "{} kv heads do not split over {tp} ranks",
-                config.kv_heads
+                c.kv_heads
             )));
         }
         return Ok(Axes {
@@ -151,107 +212,81 @@ fn axes(config: &ModelConfig, tp: u64) -> Result<Axes, EngineError> {
             kv: vec!["tp"],
         });
     }
-    if !tp.is_multiple_of(config.kv_heads) {
+    if !tp.is_multiple_of(c.kv_heads) {
         return Err(degree(format!(
             "{} kv heads cannot be copied evenly to {tp} ranks (vLLM needs tp to be a multiple of them)",
-            config.kv_heads
+            c.kv_heads
         )));
     }
     Ok(Axes {
-        mesh: mesh(&[("tp", config.kv_heads), ("kv_copy", tp / config.kv_heads)])?,
+        mesh: mesh(&[("tp", c.kv_heads), ("kv_copy", tp / c.kv_heads)])?,
         all: vec!["tp", "kv_copy"],
         kv: vec!["tp"],
     })
 }
 
-/// The logical (Hugging Face) tensors of a Llama-family model.
-fn llama_tensors(config: &ModelConfig, dtype: DType) -> Vec<TensorInfo> {
-    let (h, q, kv, i) = (
-        config.hidden,
-        config.heads * config.head_dim,
-        config.kv_heads * config.head_dim,
-        config.intermediate,
-    );
-    let t = |name: String, shape: Vec<u64>| TensorInfo { name, shape, dtype };
-    let mut out = vec![t("model.embed_tokens.weight".into(), vec![config.vocab, h])];
-    for l in 0..config.layers {
-        let p = |s: &str| format!("model.layers.{l}.{s}");
-        out.extend([
-            t(p("input_layernorm.weight"), vec![h]),
-            t(p("self_attn.q_proj.weight"), vec![q, h]),
-            t(p("self_attn.k_proj.weight"), vec![kv, h]),
-            t(p("self_attn.v_proj.weight"), vec![kv, h]),
-            t(p("self_attn.o_proj.weight"), vec![h, q]),
-            t(p("post_attention_layernorm.weight"), vec![h]),
-            t(p("mlp.gate_proj.weight"), vec![i, h]),
-            t(p("mlp.up_proj.weight"), vec![i, h]),
-            t(p("mlp.down_proj.weight"), vec![h, i]),
-        ]);
-    }
-    out.push(t("model.norm.weight".into(), vec![h]));
-    if !config.tied_embeddings {
-        out.push(t("lm_head.weight".into(), vec![config.vocab, h]));
-    }
-    out
-}
-
-/// vLLM's destination for a Llama-family model at tensor-parallel degree
-/// `tp`: the Hugging Face tensors laid out as vLLM's ranks hold them, and
-/// the storage map of vLLM's parameter names.
-pub(super) fn llama(
+/// vLLM's destination for `config` at tensor-parallel degree `tp`, experts
+/// over the same ranks when `expert_parallel`: the Hugging Face tensors laid
+/// out as vLLM's ranks hold them, and the storage map of vLLM's names.
+pub(super) fn layout(
     config: &ModelConfig,
     tp: u64,
+    expert_parallel: bool,
     dtype: DType,
 ) -> Result<EngineLayout, EngineError> {
-    if !LLAMA_ARCHITECTURES.contains(&config.architecture.as_str()) {
-        return Err(EngineError::Architecture {
+    let family = FAMILIES
+        .iter()
+        .find(|f| f.architectures.contains(&config.architecture.as_str()))
+        .ok_or_else(|| EngineError::Architecture {
             architecture: config.architecture.clone(),
-            supported: LLAMA_ARCHITECTURES.join(", "),
-        });
-    }
+            supported: FAMILIES
+                .iter()
+                .flat_map(|f| f.architectures)
+                .copied()
+                .collect::<Vec<_>>()
+                .join(", "),
+        })?;
     let axes = axes(config, tp)?;
-    let tensors = llama_tensors(config, dtype);
     let vocab = vocab_blocks(config.vocab, tp)?;
-    let split = |dims: Vec<DimSplit>, shape: &[u64]| {
-        TensorLayout::new(axes.mesh.clone(), shape, &LayoutConfig::new(dims))
-            .map_err(EngineError::Layout)
+    let experts_per_rank = experts_per_rank(config, family, tp, expert_parallel)?;
+    let builder = Builder {
+        config,
+        axes: &axes,
+        dtype,
+        vocab,
+        experts_per_rank,
     };
-    let rows = |over: Rows| {
-        DimSplit::over(if over == Rows::KvHeads {
-            axes.kv.clone()
-        } else {
-            axes.all.clone()
-        })
-    };
-    // Each tensor's layout follows from the parameter that holds it.
-    let mut layouts = Vec::with_capacity(tensors.len());
-    for t in &tensors {
-        let suffix = t.name.splitn(4, '.').nth(3).unwrap_or("");
-        let layout = match (t.name.as_str(), split_of(suffix)) {
-            ("model.embed_tokens.weight" | "lm_head.weight", _) => {
-                let by_vocab = DimSplit {
-                    axes: axes.all.iter().map(|a| a.to_string()).collect(),
-                    policy: SplitPolicy::Blocks(vocab.clone()),
-                };
-                split(vec![by_vocab, DimSplit::none()], &t.shape)?
-            }
-            (_, Some(Split::Rows(over))) => split(vec![rows(over), DimSplit::none()], &t.shape)?,
-            (_, Some(Split::Columns)) => {
-                split(vec![DimSplit::none(), rows(Rows::AllRanks)], &t.shape)?
-            }
-            _ => TensorLayout::replicated(axes.mesh.clone(), &t.shape)
-                .map_err(EngineError::Layout)?,
-        };
-        layouts.push(layout);
-    }
+    let (tensors, layouts) = builder.tensors(family)?;
     let strategy = Strategy::new("vllm", axes.mesh.clone(), tensors, layouts)
         .map_err(EngineError::Strategy)?;
-    let per_rank = vocab.iter().copied().max().unwrap_or(0);
     let ranks = (0..tp)
-        .map(|r| llama_params(config, &strategy, r, per_rank))
+        .map(|r| builder.params(family, &strategy, r))
         .collect();
     let map = StorageMap::new(&strategy, ranks).map_err(EngineError::Storage)?;
     Ok(EngineLayout { strategy, map })
+}
+
+/// Under expert parallelism, the experts each rank holds whole (a
+/// contiguous block); `None` when the experts are tensor-parallel.
+fn experts_per_rank(
+    c: &ModelConfig,
+    f: &Family,
+    tp: u64,
+    expert_parallel: bool,
+) -> Result<Option<u64>, EngineError> {
+    if !expert_parallel {
+        return Ok(None);
+    }
+    if f.experts.is_empty() || !c.experts.is_multiple_of(tp) {
+        return Err(EngineError::Degree {
+            tp,
+            why: format!(
+                "expert parallelism needs experts that split over the ranks ({} experts)",
+                c.experts
+            ),
+        });
+    }
+    Ok(Some(c.experts / tp))
 }
 
 /// Rows of the padded vocabulary each rank holds, the real ones only: the
@@ -270,74 +305,211 @@ fn vocab_blocks(vocab: u64, tp: u64) -> Result<Vec<u64>, EngineError> {
         .collect())
 }
 
-/// Rank `rank`'s vLLM parameters: per layer the table's, then the
-/// embedding, the final norm and the head, padded to `vocab_rows`.
-fn llama_params(
-    config: &ModelConfig,
-    strategy: &Strategy,
-    rank: u64,
-    vocab_rows: u64,
-) -> Vec<Param> {
-    let held = |name: &str| {
-        strategy
-            .layout(name)
-            .and_then(|l| l.region_of(rank))
-            .filter(|r| !r.is_empty())
-    };
-    let dtype = strategy.tensors()[0].dtype;
-    let mut params = Vec::new();
-    let vocab_param = |name: &str| {
-        let segments: Vec<Segment> = held(name)
-            .map(|r| Segment::new(name, r, vec![0, 0]))
-            .into_iter()
-            .collect();
-        Param::new(name, dtype, vec![vocab_rows, config.hidden], segments)
-    };
-    params.push(vocab_param("model.embed_tokens.weight"));
-    if !config.tied_embeddings {
-        params.push(vocab_param("lm_head.weight"));
-    }
-    for l in 0..config.layers {
-        for p in LLAMA_LAYER {
-            let full = |s: &str| format!("model.layers.{l}.{s}");
-            let name = full(p.engine);
-            let param = match p.build {
-                Build::FusedRows(parts) => {
-                    let mut row = 0;
-                    let mut segments = Vec::new();
-                    for (part, _) in parts {
-                        if let Some(r) = held(&full(part)) {
-                            let rows = r.extent()[0];
-                            segments.push(Segment::new(full(part), r, vec![row, 0]));
-                            row += rows;
-                        }
+/// What building a family's tensors and parameters shares.
+struct Builder<'a> {
+    config: &'a ModelConfig,
+    axes: &'a Axes,
+    dtype: DType,
+    vocab: Vec<u64>,
+    experts_per_rank: Option<u64>,
+}
+
+impl Builder<'_> {
+    /// The logical tensors and their layouts: the embedding, every layer's
+    /// and expert's tensors, the final norm, the head.
+    fn tensors(&self, f: &Family) -> Result<(Vec<TensorInfo>, Vec<TensorLayout>), EngineError> {
+        let c = self.config;
+        // Name, shape, split (`None`: the padded vocabulary), expert.
+        type Planned = (String, Vec<u64>, Option<Split>, Option<u64>);
+        let mut out: Vec<Planned> = Vec::new();
+        out.push((
+            "model.embed_tokens.weight".into(),
+            vec![c.vocab, c.hidden],
+            None,
+            None,
+        ));
+        for l in 0..c.layers {
+            for p in f.layer {
+                for &(suffix, split) in p.parts {
+                    out.push((
+                        format!("model.layers.{l}.{suffix}"),
+                        layer_shape(suffix, c),
+                        Some(split),
+                        None,
+                    ));
+                }
+            }
+            for e in 0..if f.experts.is_empty() { 0 } else { c.experts } {
+                for p in f.experts {
+                    for &(suffix, split) in p.parts {
+                        let name = format!("model.layers.{l}.mlp.experts.{e}.{suffix}");
+                        out.push((name, expert_shape(suffix, c), Some(split), Some(e)));
                     }
-                    Param::new(name, dtype, vec![row, config.hidden], segments)
                 }
-                Build::Columns(t) | Build::Whole(t) => {
-                    let r =
-                        held(&full(t)).expect("replicated or split evenly: every rank holds a box");
-                    let at = vec![0; r.rank()];
-                    Param::new(
-                        name,
-                        dtype,
-                        r.extent().to_vec(),
-                        vec![Segment::new(full(t), r, at)],
-                    )
-                }
-            };
-            params.push(param);
+            }
         }
+        out.push((
+            "model.norm.weight".into(),
+            vec![c.hidden],
+            Some(Split::Whole),
+            None,
+        ));
+        if !c.tied_embeddings {
+            out.push(("lm_head.weight".into(), vec![c.vocab, c.hidden], None, None));
+        }
+        let mut tensors = Vec::with_capacity(out.len());
+        let mut layouts = Vec::with_capacity(out.len());
+        for (name, shape, split, expert) in out {
+            layouts.push(self.layout_of(&shape, split, expert)?);
+            tensors.push(TensorInfo {
+                name,
+                shape,
+                dtype: self.dtype,
+            });
+        }
+        Ok((tensors, layouts))
     }
-    params.push(Param::new(
-        "model.norm.weight",
-        dtype,
-        vec![config.hidden],
-        vec![Segment::new(
-            "model.norm.weight",
-            Region::whole(&[config.hidden]),
-            vec![0],
-        )],
-    ));
-    params
+
+    /// A tensor's layout: `split` (`None`: the padded vocabulary), or, for
+    /// an expert under expert parallelism, whole on the rank holding it.
+    fn layout_of(
+        &self,
+        shape: &[u64],
+        split: Option<Split>,
+        expert: Option<u64>,
+    ) -> Result<TensorLayout, EngineError> {
+        let mesh = self.axes.mesh.clone();
+        let over = |axes: &[&str]| DimSplit::over(axes.iter().copied());
+        let config = match (split, expert.zip(self.experts_per_rank)) {
+            (_, Some((e, per))) => {
+                // Pinned to the rank holding expert e: its coordinates.
+                let coords = mesh.coords(e / per).map_err(EngineError::Layout)?;
+                let pins: Vec<(String, u64)> = mesh
+                    .axes()
+                    .iter()
+                    .map(|a| a.name.clone())
+                    .zip(coords)
+                    .collect();
+                LayoutConfig::new(vec![DimSplit::none(); shape.len()]).with_pin(pins)
+            }
+            (None, _) => {
+                let by_vocab = DimSplit {
+                    axes: self.axes.all.iter().map(|a| a.to_string()).collect(),
+                    policy: SplitPolicy::Blocks(self.vocab.clone()),
+                };
+                LayoutConfig::new(vec![by_vocab, DimSplit::none()])
+            }
+            (Some(Split::Rows), _) => {
+                LayoutConfig::new(vec![over(&self.axes.all), DimSplit::none()])
+            }
+            (Some(Split::KvRows), _) => {
+                LayoutConfig::new(vec![over(&self.axes.kv), DimSplit::none()])
+            }
+            (Some(Split::Columns), _) => {
+                LayoutConfig::new(vec![DimSplit::none(), over(&self.axes.all)])
+            }
+            (Some(Split::Whole), _) => LayoutConfig::new(vec![DimSplit::none(); shape.len()]),
+        };
+        TensorLayout::new(mesh, shape, &config).map_err(EngineError::Layout)
+    }
+
+    /// Rank `rank`'s vLLM parameters: the embedding and head padded to the
+    /// vocabulary block, per layer the family's table, the final norm.
+    fn params(&self, f: &Family, strategy: &Strategy, rank: u64) -> Vec<Param> {
+        let c = self.config;
+        let held = |name: &str| {
+            strategy
+                .layout(name)
+                .and_then(|l| l.region_of(rank))
+                .filter(|r| !r.is_empty())
+        };
+        let rows = self.vocab.iter().copied().max().unwrap_or(0);
+        let vocab_param = |name: &str| {
+            let segments = held(name)
+                .map(|r| Segment::new(name, r, vec![0, 0]))
+                .into_iter()
+                .collect();
+            Param::new(name, self.dtype, vec![rows, c.hidden], segments)
+        };
+        let mut params = vec![vocab_param("model.embed_tokens.weight")];
+        if !c.tied_embeddings {
+            params.push(vocab_param("lm_head.weight"));
+        }
+        for l in 0..c.layers {
+            let full = |s: &str| format!("model.layers.{l}.{s}");
+            for p in f.layer {
+                let parts: Vec<String> = p.parts.iter().map(|(s, _)| full(s)).collect();
+                params.push(self.fused(full(p.engine), &parts, &[], &held));
+            }
+            let experts: Vec<u64> = match self.experts_per_rank {
+                _ if f.experts.is_empty() => Vec::new(),
+                Some(per) => (rank * per..(rank + 1) * per).collect(),
+                None => (0..c.experts).collect(),
+            };
+            for p in f.experts {
+                let slots: Vec<Vec<String>> = experts
+                    .iter()
+                    .map(|e| {
+                        p.parts
+                            .iter()
+                            .map(|(s, _)| full(&format!("mlp.experts.{e}.{s}")))
+                            .collect()
+                    })
+                    .collect();
+                let first = slots.first().cloned().unwrap_or_default();
+                params.push(self.fused(full(p.engine), &first, &slots, &held));
+            }
+        }
+        let norm = "model.norm.weight";
+        params.push(self.fused(norm.into(), &[norm.into()], &[], &held));
+        params
+    }
+
+    /// A parameter holding the rank's block of each of `parts` one after the
+    /// other along dimension 0; with `slots`, one such group per slot of a
+    /// new leading dimension.
+    fn fused(
+        &self,
+        name: String,
+        parts: &[String],
+        slots: &[Vec<String>],
+        held: &dyn Fn(&str) -> Option<crate::Region>,
+    ) -> Param {
+        let group = |parts: &[String], lead: &[u64]| {
+            let mut row = 0;
+            let mut segments = Vec::new();
+            let mut trailing = Vec::new();
+            for part in parts {
+                let Some(r) = held(part) else { continue };
+                trailing = r.extent().to_vec();
+                let mut at = lead.to_vec();
+                at.push(row);
+                at.extend(std::iter::repeat_n(0, r.rank().saturating_sub(1)));
+                row += r.extent().first().copied().unwrap_or(1);
+                segments.push(Segment::new(part.clone(), r, at));
+            }
+            let shape = match trailing.split_first() {
+                Some((_, rest)) => [vec![row], rest.to_vec()].concat(),
+                None => Vec::new(),
+            };
+            (segments, shape)
+        };
+        if slots.is_empty() {
+            let (segments, shape) = group(parts, &[]);
+            return Param::new(name, self.dtype, shape, segments);
+        }
+        let mut all = Vec::new();
+        let mut shape = Vec::new();
+        for (k, slot) in slots.iter().enumerate() {
+            let (segments, s) = group(slot, &[k as u64]);
+            all.extend(segments);
+            shape = s;
+        }
+        Param::new(
+            name,
+            self.dtype,
+            [vec![slots.len() as u64], shape].concat(),
+            all,
+        )
+    }
 }

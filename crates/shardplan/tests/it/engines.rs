@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 
 use shardplan::DType;
-use shardplan::engine::{Engine, EngineLayout, ModelConfig, engine_layout};
+use shardplan::engine::{Engine, EngineDegrees, EngineLayout, ModelConfig, engine_layout};
 use shardplan::reshard::{LayoutSource, ReshardConfig, prepare};
 
 fn case_dir(case: &str) -> PathBuf {
@@ -50,11 +50,23 @@ fn packed_ranks(case: &str, layout: &EngineLayout) -> Vec<RankParams> {
         .collect()
 }
 
+/// Each golden case: its folder, the degrees vLLM ran with.
+const CASES: [(&str, u64, bool); 4] = [
+    ("llama_gqa_tp2", 2, false),
+    ("llama_gqa_tp4", 4, false),
+    ("qwen3_moe_tp2", 2, false),
+    ("qwen3_moe_tp2_ep", 2, true),
+];
+
 #[test]
-fn vllm_llama_ranks_match_vllm_bit_for_bit() {
-    for (case, tp) in [("llama_gqa_tp2", 2), ("llama_gqa_tp4", 4)] {
+fn vllm_ranks_match_vllm_bit_for_bit() {
+    for (case, tp, ep) in CASES {
         let config = ModelConfig::read(&case_dir(case).join("source/config.json")).unwrap();
-        let layout = engine_layout(Engine::Vllm, &config, tp, DType::F32).unwrap();
+        let mut degrees = EngineDegrees::tp(tp);
+        if ep {
+            degrees = degrees.with_expert_parallel();
+        }
+        let layout = engine_layout(Engine::Vllm, &config, degrees, DType::F32).unwrap();
         for (r, ours) in packed_ranks(case, &layout).into_iter().enumerate() {
             let file = case_dir(case).join(format!("rank_{r}.safetensors"));
             let bytes = std::fs::read(&file).unwrap();
