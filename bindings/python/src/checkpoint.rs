@@ -7,9 +7,13 @@ use std::path::PathBuf;
 use numpy::{PyArray1, PyArrayMethods};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList, PyTuple};
-use shardplan::reshard::{LayoutSource, OutputFormat, ReshardConfig, WriteConfig, prepare};
+use shardplan::reshard::{
+    LayoutSource, OutputFormat, ReshardConfig, WriteConfig, engine_rank_path, prepare,
+    write_engine_rank,
+};
 
-use crate::errors::{Fault, Faulty, fault};
+use crate::engine::{EngineArgs, engine_args, engine_destination, source_path};
+use crate::errors::{Class, Fault, Faulty, fault};
 use crate::plan::replica_choice;
 use crate::strategy::PyStrategy;
 
@@ -80,10 +84,13 @@ type RawTensor<'py> = (String, &'static str, Vec<u64>, Bound<'py, PyArray1<u8>>)
 
 /// Reads destination rank `rank`'s tensors as raw byte arrays (the
 /// package's `load_distributed_checkpoint` views them with their dtypes),
-/// with the warnings about parameters copied through.
+/// with the warnings about parameters copied through. With `engine`, the
+/// tensors are the engine's parameters of the rank, by its names and
+/// shapes.
 #[pyfunction]
-#[pyo3(signature = (checkpoint, src_strategy, dst_strategy, rank, replicas, any_device_count))]
-#[allow(clippy::type_complexity)]
+#[pyo3(signature = (checkpoint, src_strategy, dst_strategy, rank, replicas, any_device_count,
+    engine = None, tp = 1, ep = false, config = None))]
+#[allow(clippy::type_complexity, clippy::too_many_arguments)]
 pub(crate) fn _load_rank<'py>(
     py: Python<'py>,
     checkpoint: &Bound<'py, PyAny>,
@@ -92,8 +99,23 @@ pub(crate) fn _load_rank<'py>(
     rank: u64,
     replicas: &str,
     any_device_count: bool,
+    engine: Option<&str>,
+    tp: u64,
+    ep: bool,
+    config: Option<PathBuf>,
 ) -> PyResult<(Vec<RawTensor<'py>>, Vec<String>)> {
-    let cfg = config(
+    if let Some(args) = engine_args(engine, tp, ep, config, dst_strategy, None)? {
+        return load_engine_rank(
+            py,
+            checkpoint,
+            src_strategy,
+            rank,
+            replicas,
+            any_device_count,
+            &args,
+        );
+    }
+    let cfg = self::config(
         checkpoint,
         layout_source("src_strategy", src_strategy)?,
         layout_source("dst_strategy", dst_strategy)?,
@@ -132,12 +154,70 @@ pub(crate) fn _load_rank<'py>(
     Ok((out, prepared.warnings().to_vec()))
 }
 
+/// Rank `rank`'s engine parameters, packed from the logical slices it
+/// holds under the engine's layout.
+#[allow(clippy::type_complexity)]
+fn load_engine_rank<'py>(
+    py: Python<'py>,
+    checkpoint: &Bound<'py, PyAny>,
+    src_strategy: Option<&Bound<'py, PyAny>>,
+    rank: u64,
+    replicas: &str,
+    any_device_count: bool,
+    args: &EngineArgs,
+) -> PyResult<(Vec<RawTensor<'py>>, Vec<String>)> {
+    let src = source_path(checkpoint)?;
+    let mut cfg = self::config(
+        checkpoint,
+        layout_source("src_strategy", src_strategy)?,
+        LayoutSource::SingleDevice,
+        replicas,
+        any_device_count,
+    )?;
+    let (layout, params, warnings) = py.detach(|| -> Faulty<_> {
+        let layout = engine_destination(&src, args)?;
+        cfg.dst = LayoutSource::Strategy(Box::new(layout.strategy.clone()));
+        let prepared = prepare(&cfg).map_err(fault)?;
+        let slices = prepared.rank_slices(rank).map_err(fault)?;
+        let mut bufs: Vec<Vec<u8>> = slices.iter().map(|s| vec![0; s.bytes as usize]).collect();
+        let mut views: Vec<&mut [u8]> = bufs.iter_mut().map(Vec::as_mut_slice).collect();
+        prepared.read_rank_into(rank, &mut views).map_err(fault)?;
+        let logical = |name: &str| {
+            let i = slices.iter().position(|s| s.name == name)?;
+            Some(bufs[i].as_slice())
+        };
+        let params = layout
+            .map
+            .pack_rank(rank, logical)
+            .map_err(|e| Fault::of(Class::Reshard, &e))?;
+        Ok((layout, params, prepared.warnings().to_vec()))
+    })?;
+    let out = layout
+        .map
+        .params(rank)
+        .iter()
+        .zip(params)
+        .map(|(p, bytes)| {
+            (
+                p.name.clone(),
+                p.dtype.name(),
+                p.shape.clone(),
+                PyArray1::from_vec(py, bytes),
+            )
+        })
+        .collect();
+    Ok((out, warnings))
+}
+
 /// Reshards a checkpoint folder into `out_dir`, one file per destination
-/// rank (or only `rank`), and returns what was written.
+/// rank (or only `rank`), and returns what was written. With `engine`,
+/// the destination is the engine's ranks (`rank_<r>/model.safetensors`),
+/// as `shardplan reshard --engine` writes them.
 #[pyfunction]
 #[pyo3(signature = (src_dir, out_dir, *, src_strategy = None, dst_strategy = None,
     format = None, rank = None, replicas = "min_files", any_device_count = false,
-    direct_io = true, max_shard_bytes = shardplan::reshard::DEFAULT_MAX_SHARD_BYTES))]
+    direct_io = true, max_shard_bytes = shardplan::reshard::DEFAULT_MAX_SHARD_BYTES,
+    engine = None, tp = 1, ep = false, config = None))]
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn reshard<'py>(
     py: Python<'py>,
@@ -151,8 +231,49 @@ pub(crate) fn reshard<'py>(
     any_device_count: bool,
     direct_io: bool,
     max_shard_bytes: u64,
+    engine: Option<&str>,
+    tp: u64,
+    ep: bool,
+    config: Option<PathBuf>,
 ) -> PyResult<Vec<Bound<'py, PyDict>>> {
-    let cfg = config(
+    if let Some(args) = engine_args(engine, tp, ep, config, dst_strategy, format)? {
+        let src = source_path(src_dir)?;
+        let mut cfg = self::config(
+            src_dir,
+            layout_source("src_strategy", src_strategy)?,
+            LayoutSource::SingleDevice,
+            replicas,
+            any_device_count,
+        )?;
+        let outcomes = py.detach(|| -> Faulty<Vec<_>> {
+            let layout = engine_destination(&src, &args)?;
+            cfg.dst = LayoutSource::Strategy(Box::new(layout.strategy.clone()));
+            let prepared = prepare(&cfg).map_err(fault)?;
+            let ranks: Vec<u64> = match rank {
+                Some(r) => vec![r],
+                None => (0..layout.map.rank_count()).collect(),
+            };
+            let mut out = Vec::with_capacity(ranks.len());
+            for r in ranks {
+                let bytes = write_engine_rank(&prepared, &layout, r, &out_dir).map_err(fault)?;
+                out.push((r, engine_rank_path(&out_dir, r), bytes));
+            }
+            Ok(out)
+        })?;
+        return outcomes
+            .into_iter()
+            .map(|(r, path, bytes)| {
+                let d = PyDict::new(py);
+                d.set_item("rank", r)?;
+                d.set_item("path", &path)?;
+                d.set_item("files", vec![path])?;
+                d.set_item("bytes", bytes)?;
+                d.set_item("resumed", false)?;
+                Ok(d)
+            })
+            .collect();
+    }
+    let cfg = self::config(
         src_dir,
         layout_source("src_strategy", src_strategy)?,
         layout_source("dst_strategy", dst_strategy)?,

@@ -6,6 +6,7 @@ use miette::Diagnostic;
 use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
+use shardplan::engine::EngineError;
 use shardplan::formats::checkpoint::CheckpointError;
 use shardplan::formats::hf::HfError;
 use shardplan::formats::mindspore::strategy::{StrategyFileError, StrategyFileFault};
@@ -239,6 +240,28 @@ impl Fault {
 impl From<StrategyFileError> for Fault {
     fn from(e: StrategyFileError) -> Self {
         Fault::of(Class::StrategyFile, &e).strategy_file(&e)
+    }
+}
+
+impl From<EngineError> for Fault {
+    fn from(e: EngineError) -> Self {
+        match &e {
+            EngineError::Io { path, .. } => {
+                Fault::of(Class::File, &e).file(path.display().to_string())
+            }
+            EngineError::Config {
+                path, line, column, ..
+            } => {
+                let mut f = Fault::of(Class::File, &e).file(path.display().to_string());
+                f.line = Some(*line);
+                f.column = Some(*column);
+                f
+            }
+            EngineError::Sizes { path, .. } => {
+                Fault::of(Class::File, &e).file(path.display().to_string())
+            }
+            _ => Fault::of(Class::Reshard, &e),
+        }
     }
 }
 

@@ -4,6 +4,7 @@
 
 mod check;
 mod checkpoint;
+mod engine;
 mod errors;
 mod exceptions;
 mod layout;

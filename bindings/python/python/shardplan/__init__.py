@@ -191,6 +191,10 @@ def load_distributed_checkpoint(
     any_device_count: bool = False,
     train_strategy: _t.Union[None, _PathLike, _t.Sequence[_PathLike], Strategy] = None,
     predict_strategy: _t.Union[None, _PathLike, _t.Sequence[_PathLike], Strategy] = None,
+    engine: _t.Optional[str] = None,
+    tp: int = 1,
+    ep: bool = False,
+    config: _t.Optional[_PathLike] = None,
 ) -> _t.Dict[str, _np.ndarray]:
     """Reads what rank ``rank`` holds under ``dst_strategy`` from a
     distributed checkpoint, as numpy arrays by tensor name.
@@ -209,6 +213,14 @@ def load_distributed_checkpoint(
     the rank needs are read, with positional reads. Parameters missing
     from a strategy follow MindSpore's rules, each with a
     :class:`ShardplanWarning`.
+
+    With ``engine="vllm"`` the destination is the engine's rank ``rank``
+    at tensor parallel degree ``tp`` (``ep``: experts spread whole over the
+    ranks, vLLM's ``enable_expert_parallel``), built from ``config`` (by
+    default the ``config.json`` beside the source), as ``shardplan reshard
+    --engine`` builds it: the arrays are the engine's parameters, by its
+    names and shapes (fused, padded). ``engine`` refuses a
+    ``dst_strategy``.
     """
     src_strategy = _alias(src_strategy, "src_strategy", train_strategy, "train_strategy")
     dst_strategy = _alias(dst_strategy, "dst_strategy", predict_strategy, "predict_strategy")
@@ -219,6 +231,10 @@ def load_distributed_checkpoint(
         rank,
         replicas,
         any_device_count,
+        engine=engine,
+        tp=tp,
+        ep=ep,
+        config=None if config is None else _os.fspath(config),
     )
     for note in notes:
         _warnings.warn(note, ShardplanWarning, stacklevel=2)
@@ -240,6 +256,10 @@ def reshard(
     any_device_count: bool = False,
     direct_io: bool = True,
     max_shard_size: _t.Union[int, str] = "5GB",
+    engine: _t.Optional[str] = None,
+    tp: int = 1,
+    ep: bool = False,
+    config: _t.Optional[_PathLike] = None,
 ) -> _t.List[_t.Dict[str, _t.Any]]:
     """Reshards a checkpoint into ``out_dir``, as ``shardplan reshard``
     does: outputs temp-named, fsynced and renamed, resumable, sources never
@@ -253,6 +273,13 @@ def reshard(
     ``None`` (the source's). Without ``dst_strategy`` the output is one rank
     of whole tensors. Returns one dict per rank: ``rank``, ``path`` (its
     main file), ``files``, ``bytes``, ``resumed``.
+
+    With ``engine="vllm"`` the output is an inference engine's own ranks,
+    as ``shardplan reshard --engine vllm`` writes them:
+    ``rank_<r>/model.safetensors`` holding vLLM's parameters at tensor
+    parallel degree ``tp`` (``ep``: experts spread whole over the ranks),
+    built from ``config`` (by default the ``config.json`` beside the
+    source). ``engine`` refuses ``dst_strategy`` and ``format``.
     """
     if isinstance(max_shard_size, str):
         max_shard_size = _shardplan._parse_shard_size(max_shard_size)
@@ -267,6 +294,10 @@ def reshard(
         any_device_count=any_device_count,
         direct_io=direct_io,
         max_shard_bytes=max_shard_size,
+        engine=engine,
+        tp=tp,
+        ep=ep,
+        config=None if config is None else _os.fspath(config),
     )
 
 

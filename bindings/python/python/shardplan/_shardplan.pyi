@@ -301,6 +301,10 @@ def _load_rank(
     rank: int,
     replicas: str,
     any_device_count: bool,
+    engine: Optional[str] = None,
+    tp: int = 1,
+    ep: bool = False,
+    config: Optional[str] = None,
 ) -> Tuple[List[Tuple[str, str, List[int], np.ndarray]], List[str]]: ...
 def reshard(
     src_dir: Union[str, List[str]],
@@ -314,6 +318,10 @@ def reshard(
     any_device_count: bool = False,
     direct_io: bool = True,
     max_shard_bytes: int = 5000000000,
+    engine: Optional[str] = None,
+    tp: int = 1,
+    ep: bool = False,
+    config: Optional[str] = None,
 ) -> List[Dict[str, Any]]: ...
 def _parse_shard_size(text: str) -> int: ...
 def _check(files: List[str]) -> List[Diagnostic]: ...
