@@ -7,14 +7,10 @@ use std::path::{Path, PathBuf};
 
 use pyo3::prelude::*;
 use pyo3::types::{PyList, PyTuple};
-use shardplan::engine::{Engine, EngineDegrees, EngineLayout, ModelConfig, engine_layout};
-use shardplan::reshard::read_chunked;
+use shardplan::engine::{Engine, EngineDegrees, EngineLayout};
+use shardplan::reshard::{self, ENGINE_DTYPE_FROM, ReshardError};
 
 use crate::errors::{Fault, Faulty, fault};
-
-/// The tensor every preset has, whose dtype the engine's parameters take
-/// (as the command line's).
-const DTYPE_FROM: &str = "model.embed_tokens.weight";
 
 /// An engine destination's arguments.
 pub(crate) struct EngineArgs {
@@ -93,33 +89,17 @@ pub(crate) fn source_path(src: &Bound<'_, PyAny>) -> PyResult<PathBuf> {
 }
 
 /// The engine's layout for the source at `src`, as `shardplan reshard
-/// --engine` builds it: the config (by default `config.json` beside the
-/// source), the dtype of the source's `model.embed_tokens.weight`.
+/// --engine` builds it ([`shardplan::reshard::engine_destination`]). A
+/// config that cannot be read raises `FileError` and a model the preset
+/// refuses `ReshardError`, each with the engine's own code; a source
+/// without the Hugging Face tensors is a `UsageError`.
 pub(crate) fn engine_destination(src: &Path, args: &EngineArgs) -> Faulty<EngineLayout> {
-    let config_path = args.config.clone().unwrap_or_else(|| default_config(src));
-    let config = ModelConfig::read(&config_path).map_err(fault)?;
-    let dtype = read_chunked(src).map_err(fault)?.and_then(|s| {
-        s.tensors
-            .iter()
-            .find(|t| t.name == DTYPE_FROM)
-            .map(|t| t.dtype)
-    });
-    let Some(dtype) = dtype else {
-        return Err(Fault::usage(
-            format!("{} has no `{DTYPE_FROM}`", src.display()),
+    reshard::engine_destination(src, args.engine, args.degrees, args.config.as_deref()).map_err(|e| match e {
+        ReshardError::Engine(inner) => fault(*inner),
+        ReshardError::EngineSource { path } => Fault::usage(
+            format!("{path} has no `{ENGINE_DTYPE_FROM}`"),
             "engine outputs read a Hugging Face folder, a DCP folder or a safetensors file holding the model's Hugging Face tensors",
-        ));
-    };
-    engine_layout(args.engine, &config, args.degrees, dtype).map_err(fault)
-}
-
-/// `config.json` beside the source: in the source folder, or beside a
-/// source file.
-fn default_config(src: &Path) -> PathBuf {
-    let dir = if src.is_dir() {
-        src
-    } else {
-        src.parent().unwrap_or(src)
-    };
-    dir.join("config.json")
+        ),
+        other => fault(other),
+    })
 }

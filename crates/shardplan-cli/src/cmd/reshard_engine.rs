@@ -1,12 +1,11 @@
 //! `shardplan reshard --engine`: an inference engine's own per-rank
 //! parameters from any source shardplan reads.
 
-use std::path::Path;
-
 use miette::{IntoDiagnostic, WrapErr};
-use shardplan::engine::{Engine, EngineDegrees, ModelConfig, engine_layout};
+use shardplan::engine::{Engine, EngineDegrees};
 use shardplan::reshard::{
-    LayoutSource, engine_rank_path, prepare, ranks_for_process, read_chunked, write_engine_rank,
+    LayoutSource, engine_destination, engine_rank_path, prepare, ranks_for_process,
+    write_engine_rank,
 };
 
 use super::reshard::{reshard_config, source_and_output};
@@ -14,43 +13,21 @@ use crate::Status;
 use crate::args::{EngineArg, ReshardArgs};
 use crate::common::{emit, or_report};
 
-/// The tensor every preset has, whose dtype the engine's parameters take.
-const DTYPE_FROM: &str = "model.embed_tokens.weight";
-
 pub(crate) fn reshard_engine(args: &ReshardArgs) -> miette::Result<Status> {
     let (src_dir, out) = source_and_output(args)?;
     let engine = match args.engine {
         Some(EngineArg::Vllm) | None => Engine::Vllm,
     };
-    let config_path = args
-        .config
-        .clone()
-        .unwrap_or_else(|| default_config(&src_dir));
-    let config = match or_report(ModelConfig::read(&config_path)) {
-        Ok(c) => c,
-        Err(code) => return Ok(code),
-    };
-    let dtype = match or_report(read_chunked(&src_dir)) {
-        Ok(Some(source)) => source
-            .tensors
-            .iter()
-            .find(|t| t.name == DTYPE_FROM)
-            .map(|t| t.dtype),
-        Ok(None) => None,
-        Err(code) => return Ok(code),
-    };
-    let Some(dtype) = dtype else {
-        return Err(miette::miette!(
-            help = "engine outputs read a Hugging Face folder, a DCP folder or a safetensors file holding the model's Hugging Face tensors",
-            "{} has no `{DTYPE_FROM}`",
-            src_dir.display()
-        ));
-    };
     let mut degrees = EngineDegrees::tp(args.tp.unwrap_or(1));
     if args.ep {
         degrees = degrees.with_expert_parallel();
     }
-    let layout = match or_report(engine_layout(engine, &config, degrees, dtype)) {
+    let layout = match or_report(engine_destination(
+        &src_dir,
+        engine,
+        degrees,
+        args.config.as_deref(),
+    )) {
         Ok(l) => l,
         Err(code) => return Ok(code),
     };
@@ -80,23 +57,11 @@ pub(crate) fn reshard_engine(args: &ReshardArgs) -> miette::Result<Status> {
     }
     let secs = t0.elapsed().as_secs_f64();
     emit(&format!(
-        "wrote {} ranks of {} parameters ({} produced here): {:.2} GB in {:.2} s\n",
+        "wrote {} engine ranks ({} produced here): {:.2} GB in {:.2} s\n",
         layout.map.rank_count(),
-        config.architecture,
         ranks.len(),
         written as f64 / 1e9,
         secs
     ));
     Ok(Status::SUCCESS)
-}
-
-/// `config.json` beside the source: in the source folder, or beside a
-/// source file.
-fn default_config(src: &Path) -> std::path::PathBuf {
-    let dir = if src.is_dir() {
-        src
-    } else {
-        src.parent().unwrap_or(src)
-    };
-    dir.join("config.json")
 }

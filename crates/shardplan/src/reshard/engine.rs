@@ -4,8 +4,56 @@
 
 use std::path::{Path, PathBuf};
 
-use super::{Prepared, ReshardError};
-use crate::engine::EngineLayout;
+use super::{Prepared, ReshardError, read_chunked};
+use crate::engine::{Engine, EngineDegrees, EngineLayout, ModelConfig, engine_layout};
+
+/// The tensor every preset has, whose dtype the engine's parameters take.
+pub const ENGINE_DTYPE_FROM: &str = "model.embed_tokens.weight";
+
+/// An engine's destination for the checkpoint at `src` (a Hugging Face
+/// folder, a DCP folder or a safetensors file): the model's `config`
+/// (`config.json` beside the source when `None`), the parameters' dtype
+/// that of the source's [`ENGINE_DTYPE_FROM`]. What `shardplan reshard
+/// --engine` and the Python package's `engine=` build.
+///
+/// # Errors
+///
+/// [`ReshardError::Engine`] when the config cannot be read or the model
+/// does not fit the engine's preset at `degrees`; [`ReshardError::EngineSource`]
+/// when the source holds no [`ENGINE_DTYPE_FROM`]; the source's own read
+/// errors.
+pub fn engine_destination(
+    src: &Path,
+    engine: Engine,
+    degrees: EngineDegrees,
+    config: Option<&Path>,
+) -> Result<EngineLayout, ReshardError> {
+    let config_path = config.map_or_else(|| default_config(src), Path::to_path_buf);
+    let config = ModelConfig::read(&config_path).map_err(|e| ReshardError::Engine(Box::new(e)))?;
+    let dtype = read_chunked(src)?.and_then(|s| {
+        s.tensors
+            .iter()
+            .find(|t| t.name == ENGINE_DTYPE_FROM)
+            .map(|t| t.dtype)
+    });
+    let Some(dtype) = dtype else {
+        return Err(ReshardError::EngineSource {
+            path: src.display().to_string(),
+        });
+    };
+    engine_layout(engine, &config, degrees, dtype).map_err(|e| ReshardError::Engine(Box::new(e)))
+}
+
+/// `config.json` beside the source: in the source folder, or beside a
+/// source file.
+fn default_config(src: &Path) -> PathBuf {
+    let dir = if src.is_dir() {
+        src
+    } else {
+        src.parent().unwrap_or(src)
+    };
+    dir.join("config.json")
+}
 
 /// The file [`write_engine_rank`] writes for rank `rank` under `out_dir`:
 /// `rank_<rank>/model.safetensors`.

@@ -276,6 +276,24 @@ pub enum ReshardError {
         /// What did not match.
         source: Box<crate::storage::StorageError>,
     },
+    /// An engine destination that cannot be built: its config, or the
+    /// model at the degrees asked.
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Engine(Box<crate::engine::EngineError>),
+    /// A source without the tensor an engine destination takes its dtype
+    /// from.
+    #[error("{path} has no `model.embed_tokens.weight`")]
+    #[diagnostic(
+        code(shardplan::reshard::engine_source),
+        help(
+            "engine outputs read a Hugging Face folder, a DCP folder or a safetensors file holding the model's Hugging Face tensors"
+        )
+    )]
+    EngineSource {
+        /// The source.
+        path: String,
+    },
     /// Writing failed.
     #[error("{path}: {source}")]
     #[diagnostic(code(shardplan::reshard::io))]
