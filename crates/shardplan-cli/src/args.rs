@@ -46,6 +46,8 @@ pub(crate) enum Command {
         /// Maximum width of the drawing, in columns.
         #[arg(long, default_value_t = 100)]
         width: usize,
+        #[command(flatten)]
+        engine: ShowEngineArgs,
     },
     /// Plan the transfer between two strategies of a spec.
     Plan(PlanArgs),
@@ -210,6 +212,26 @@ pub(crate) struct ReshardArgs {
     #[arg(long, requires = "engine")]
     pub(crate) ep: bool,
     /// The model's config.json; the source folder's when absent.
+    #[arg(long, requires = "engine")]
+    pub(crate) config: Option<PathBuf>,
+}
+
+/// `show` on an inference engine's destination for a checkpoint.
+#[derive(clap::Args)]
+pub(crate) struct ShowEngineArgs {
+    /// Show the checkpoint on an inference engine's ranks instead: for an
+    /// engine parameter (e.g. ...qkv_proj.weight), the logical boxes each
+    /// rank's copy holds and its padding; for a logical tensor, its
+    /// holdings on the engine's ranks.
+    #[arg(long, value_enum)]
+    pub(crate) engine: Option<EngineArg>,
+    /// The engine's tensor-parallel degree.
+    #[arg(long, requires = "engine")]
+    pub(crate) tp: Option<u64>,
+    /// Experts spread whole over the ranks.
+    #[arg(long, requires = "engine")]
+    pub(crate) ep: bool,
+    /// The model's config.json; the checkpoint folder's when absent.
     #[arg(long, requires = "engine")]
     pub(crate) config: Option<PathBuf>,
 }

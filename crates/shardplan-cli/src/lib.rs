@@ -24,7 +24,7 @@ use cmd::check::check;
 use cmd::derive::{derive, derive_operators};
 use cmd::plan::{explain, plan, verify};
 use cmd::reshard::reshard;
-use cmd::show::show;
+use cmd::show::{show, show_engine};
 use cmd::simulate::simulate;
 use cmd::strategy_files::{export, import, merge_stages};
 
@@ -69,7 +69,11 @@ where
             strategy,
             tensor,
             width,
-        } => show(&spec, strategy.as_deref(), &tensor, width),
+            engine,
+        } => match engine.engine {
+            Some(_) => show_engine(&spec, &engine, &tensor, width),
+            None => show(&spec, strategy.as_deref(), &tensor, width),
+        },
         Command::Plan(args) => plan(&args),
         Command::Verify { spec, plan } => verify(&spec, &plan),
         Command::Simulate(args) => simulate(&args),

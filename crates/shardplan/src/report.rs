@@ -315,3 +315,43 @@ fn write_pieces(out: &mut String, t: &TensorPlan) {
         }
     }
 }
+
+/// Which logical boxes each rank's copy of the engine parameter `param`
+/// holds, where, and how much of it is padding; `None` when no rank has
+/// a parameter of that name.
+///
+/// # Example
+///
+/// ```
+/// use std::path::Path;
+/// use shardplan::engine::{Engine, EngineDegrees, ModelConfig, engine_layout};
+///
+/// let json = br#"{"architectures": ["LlamaForCausalLM"], "hidden_size": 64,
+///   "num_attention_heads": 8, "num_key_value_heads": 2, "intermediate_size": 96,
+///   "num_hidden_layers": 1, "vocab_size": 100}"#;
+/// let config = ModelConfig::parse(Path::new("config.json"), json)?;
+/// let layout = engine_layout(Engine::Vllm, &config, EngineDegrees::tp(2), shardplan::DType::BF16)?;
+/// let text = shardplan::report::explain_param(&layout.map, "model.embed_tokens.weight").unwrap();
+/// // Rank 1 holds rows 64..100 of the vocabulary; its last 28 rows are zero.
+/// assert!(text.contains("rank 1 [64, 64] bf16, 1792 of 4096 elements padding"));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub fn explain_param(map: &crate::storage::StorageMap, param: &str) -> Option<String> {
+    let mut out = String::new();
+    for rank in 0..map.rank_count() {
+        let Some(p) = map.params(rank).iter().find(|p| p.name == param) else {
+            continue;
+        };
+        let total: u64 = p.shape.iter().product();
+        let stored: u64 = p.segments.iter().map(|s| s.logical.volume()).sum();
+        let _ = write!(out, "rank {rank} {:?} {}", p.shape, p.dtype.name());
+        if stored < total {
+            let _ = write!(out, ", {} of {} elements padding", total - stored, total);
+        }
+        out.push('\n');
+        for s in &p.segments {
+            let _ = writeln!(out, "  at {:?}: {} {}", s.at, s.tensor, s.logical);
+        }
+    }
+    (!out.is_empty()).then(|| format!("{param}\n{out}"))
+}

@@ -78,3 +78,36 @@ fn draw(layout: &shardplan::TensorLayout, width: usize) {
     let cfg = shardplan::show::DrawConfig::new(width, 60);
     emit(&(shardplan::show::draw_holdings(layout, &cfg) + "\n"));
 }
+
+/// A checkpoint on an engine's ranks: an engine parameter's logical boxes
+/// per rank, or a logical tensor's holdings.
+pub(crate) fn show_engine(
+    path: &Path,
+    args: &crate::args::ShowEngineArgs,
+    tensor: &str,
+    width: usize,
+) -> miette::Result<Status> {
+    use shardplan::engine::{Engine, EngineDegrees};
+    let mut degrees = EngineDegrees::tp(args.tp.unwrap_or(1));
+    if args.ep {
+        degrees = degrees.with_expert_parallel();
+    }
+    let dest =
+        shardplan::reshard::engine_destination(path, Engine::Vllm, degrees, args.config.as_deref());
+    let layout = match or_report(dest) {
+        Ok(l) => l,
+        Err(code) => return Ok(code),
+    };
+    if let Some(text) = shardplan::report::explain_param(&layout.map, tensor) {
+        emit(&text);
+        return Ok(Status::SUCCESS);
+    }
+    let held = layout.strategy.layout(tensor).ok_or_else(|| {
+        miette::miette!(
+            help = "name an engine parameter (e.g. model.layers.0.self_attn.qkv_proj.weight) or a Hugging Face tensor of the model",
+            "no parameter or tensor `{tensor}` on the engine's ranks"
+        )
+    })?;
+    draw(held, width);
+    Ok(Status::SUCCESS)
+}

@@ -94,3 +94,32 @@ fn degrees_and_flags_the_engine_cannot_take_are_refused() {
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     assert!(text(&o).contains("shardplan::engine::io"), "{}", text(&o));
 }
+
+#[test]
+fn show_explains_an_engine_parameter_and_draws_a_logical_tensor() {
+    let src = fixtures()
+        .join("engines/vllm/llama_gqa_tp4/source")
+        .display()
+        .to_string();
+    let show = |tensor: &str| {
+        shardplan(&[
+            "show", &src, "--engine", "vllm", "--tp", "4", "--tensor", tensor,
+        ])
+    };
+    let o = show("model.layers.0.self_attn.qkv_proj.weight");
+    assert!(o.status.success(), "{}", text(&o));
+    // Rank 3 holds q heads 6 and 7, then kv head 1 (shared with rank 2).
+    let rank3 = "rank 3 [32, 64] f32\n  at [0, 0]: model.layers.0.self_attn.q_proj.weight [48..64, 0..64]\n  at [16, 0]: model.layers.0.self_attn.k_proj.weight [8..16, 0..64]\n";
+    assert!(text(&o).contains(rank3), "{}", text(&o));
+    let o = show("model.embed_tokens.weight");
+    assert!(
+        text(&o).contains("rank 3 [32, 64] f32, 1792 of 2048 elements padding"),
+        "{}",
+        text(&o)
+    );
+    let o = show("model.layers.0.self_attn.k_proj.weight");
+    assert!(text(&o).contains("replica count 2"), "{}", text(&o));
+    let o = show("no.such.weight");
+    assert!(!o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("no parameter or tensor `no.such.weight`"), "{}", text(&o));
+}
