@@ -120,20 +120,99 @@ QWEN3_MOE_CONFIG = {
     "eos_token_id": 2,
 }
 
+QWEN2_CONFIG = {
+    "architectures": ["Qwen2ForCausalLM"],
+    "model_type": "qwen2",
+    "hidden_size": 64,
+    "num_attention_heads": 8,
+    "num_key_value_heads": 2,
+    "intermediate_size": 96,
+    "num_hidden_layers": 2,
+    "vocab_size": 100,
+    "tie_word_embeddings": True,
+    "max_position_embeddings": 128,
+    "max_window_layers": 2,
+    "use_sliding_window": False,
+    "sliding_window": None,
+    "rms_norm_eps": 1e-6,
+    "rope_theta": 10000.0,
+    "hidden_act": "silu",
+    "torch_dtype": "float32",
+    "bos_token_id": 1,
+    "eos_token_id": 2,
+}
+
+QWEN3_CONFIG = {
+    "architectures": ["Qwen3ForCausalLM"],
+    "model_type": "qwen3",
+    "hidden_size": 64,
+    "num_attention_heads": 8,
+    "num_key_value_heads": 2,
+    "head_dim": 8,
+    "intermediate_size": 96,
+    "num_hidden_layers": 2,
+    "vocab_size": 100,
+    "tie_word_embeddings": False,
+    "max_position_embeddings": 128,
+    "max_window_layers": 2,
+    "use_sliding_window": False,
+    "sliding_window": None,
+    "rms_norm_eps": 1e-6,
+    "rope_theta": 10000.0,
+    "hidden_act": "silu",
+    "attention_bias": False,
+    "torch_dtype": "float32",
+    "bos_token_id": 1,
+    "eos_token_id": 2,
+}
+
+MIXTRAL_CONFIG = {
+    "architectures": ["MixtralForCausalLM"],
+    "model_type": "mixtral",
+    "hidden_size": 32,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "head_dim": 8,
+    "intermediate_size": 32,
+    "num_local_experts": 4,
+    "num_experts_per_tok": 2,
+    "output_router_logits": False,
+    "router_aux_loss_coef": 0.001,
+    "num_hidden_layers": 2,
+    "vocab_size": 100,
+    "tie_word_embeddings": False,
+    "max_position_embeddings": 128,
+    "sliding_window": None,
+    "rms_norm_eps": 1e-5,
+    "rope_theta": 10000.0,
+    "hidden_act": "silu",
+    "torch_dtype": "float32",
+    "bos_token_id": 1,
+    "eos_token_id": 2,
+}
+
 CASES = {
     "llama_gqa_tp2": dict(config=LLAMA_CONFIG, tp=2, ep=False),
     "llama_gqa_tp4": dict(config=LLAMA_CONFIG, tp=4, ep=False),
     "qwen3_moe_tp2": dict(config=QWEN3_MOE_CONFIG, tp=2, ep=False),
     "qwen3_moe_tp2_ep": dict(config=QWEN3_MOE_CONFIG, tp=2, ep=True),
+    "qwen2_tp2": dict(config=QWEN2_CONFIG, tp=2, ep=False),
+    "qwen3_tp4": dict(config=QWEN3_CONFIG, tp=4, ep=False),
+    "mixtral_tp2": dict(config=MIXTRAL_CONFIG, tp=2, ep=False),
+    "mixtral_tp2_ep": dict(config=MIXTRAL_CONFIG, tp=2, ep=True),
 }
 
 
 def hf_shapes(cfg):
     """Names and shapes of the Hugging Face checkpoint tensors."""
     h, v = cfg["hidden_size"], cfg["vocab_size"]
-    d = cfg["head_dim"]
     nq, nkv = cfg["num_attention_heads"], cfg["num_key_value_heads"]
-    s = {"model.embed_tokens.weight": (v, h), "model.norm.weight": (h,), "lm_head.weight": (v, h)}
+    d = cfg.get("head_dim") or h // nq
+    mt = cfg["model_type"]
+    s = {"model.embed_tokens.weight": (v, h), "model.norm.weight": (h,)}
+    if not cfg["tie_word_embeddings"]:
+        # Tied checkpoints (qwen2 case) carry no lm_head.weight, as HF saves them.
+        s["lm_head.weight"] = (v, h)
     for l in range(cfg["num_hidden_layers"]):
         p = f"model.layers.{l}."
         s[p + "input_layernorm.weight"] = (h,)
@@ -142,7 +221,21 @@ def hf_shapes(cfg):
         s[p + "self_attn.k_proj.weight"] = (nkv * d, h)
         s[p + "self_attn.v_proj.weight"] = (nkv * d, h)
         s[p + "self_attn.o_proj.weight"] = (h, nq * d)
-        if cfg["model_type"] == "qwen3_moe":
+        if mt == "qwen2":
+            s[p + "self_attn.q_proj.bias"] = (nq * d,)
+            s[p + "self_attn.k_proj.bias"] = (nkv * d,)
+            s[p + "self_attn.v_proj.bias"] = (nkv * d,)
+        if mt == "qwen3":
+            s[p + "self_attn.q_norm.weight"] = (d,)
+            s[p + "self_attn.k_norm.weight"] = (d,)
+        if mt == "mixtral":
+            e, mi = cfg["num_local_experts"], cfg["intermediate_size"]
+            s[p + "block_sparse_moe.gate.weight"] = (e, h)
+            for x in range(e):
+                s[p + f"block_sparse_moe.experts.{x}.w1.weight"] = (mi, h)
+                s[p + f"block_sparse_moe.experts.{x}.w2.weight"] = (h, mi)
+                s[p + f"block_sparse_moe.experts.{x}.w3.weight"] = (mi, h)
+        elif mt == "qwen3_moe":
             s[p + "self_attn.q_norm.weight"] = (d,)
             s[p + "self_attn.k_norm.weight"] = (d,)
             e, mi = cfg["num_experts"], cfg["moe_intermediate_size"]
