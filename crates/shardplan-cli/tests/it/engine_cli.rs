@@ -121,5 +121,9 @@ fn show_explains_an_engine_parameter_and_draws_a_logical_tensor() {
     assert!(text(&o).contains("replica count 2"), "{}", text(&o));
     let o = show("no.such.weight");
     assert!(!o.status.success(), "{}", text(&o));
-    assert!(text(&o).contains("no parameter or tensor `no.such.weight`"), "{}", text(&o));
+    assert!(
+        text(&o).contains("no parameter or tensor `no.such.weight`"),
+        "{}",
+        text(&o)
+    );
 }

@@ -30,11 +30,11 @@ pub struct ModelConfig {
     pub vocab: u64,
     /// `tie_word_embeddings` (default: false).
     pub tied_embeddings: bool,
-    /// Routed experts: `num_experts` or `n_routed_experts` (0 for a dense
-    /// model).
+    /// Routed experts: `num_experts`, `n_routed_experts` or
+    /// `num_local_experts` (0 for a dense model).
     pub experts: u64,
-    /// `moe_intermediate_size`, each expert's MLP width (0 for a dense
-    /// model).
+    /// `moe_intermediate_size`, each expert's MLP width (Mixtral's:
+    /// `intermediate_size`; 0 for a dense model).
     pub moe_intermediate: u64,
 }
 
@@ -53,8 +53,8 @@ struct RawConfig {
     tie_word_embeddings: bool,
     num_experts: Option<u64>,
     n_routed_experts: Option<u64>,
-    #[serde(default)]
-    moe_intermediate_size: u64,
+    num_local_experts: Option<u64>,
+    moe_intermediate_size: Option<u64>,
 }
 
 /// `config.json` is small; a larger file is not one.
@@ -132,6 +132,11 @@ impl ModelConfig {
                 ));
             }
         };
+        let experts = raw
+            .num_experts
+            .or(raw.n_routed_experts)
+            .or(raw.num_local_experts)
+            .unwrap_or(0);
         Ok(ModelConfig {
             architecture,
             hidden: raw.hidden_size,
@@ -142,8 +147,13 @@ impl ModelConfig {
             layers: raw.num_hidden_layers,
             vocab: raw.vocab_size,
             tied_embeddings: raw.tie_word_embeddings,
-            experts: raw.num_experts.or(raw.n_routed_experts).unwrap_or(0),
-            moe_intermediate: raw.moe_intermediate_size,
+            experts,
+            // Mixtral's experts are `intermediate_size` wide.
+            moe_intermediate: raw.moe_intermediate_size.unwrap_or(if experts > 0 {
+                raw.intermediate_size
+            } else {
+                0
+            }),
         })
     }
 }

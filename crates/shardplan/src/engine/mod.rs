@@ -8,10 +8,10 @@
 //! boxes live in the engine's parameters (fused, padded, renamed), which
 //! execution and files follow.
 //!
-//! Supported: vLLM ([`Engine::Vllm`]) for the Llama family (tensor
-//! parallelism) and Qwen3-MoE (tensor parallelism, its experts split by
-//! tensor or expert parallelism). Other engines, families and degrees are refused with
-//! what is supported.
+//! Supported: vLLM ([`Engine::Vllm`]) for the Llama, Qwen2 and Qwen3
+//! families (tensor parallelism) and Qwen3-MoE and Mixtral (tensor
+//! parallelism, experts split by tensor or expert parallelism). Other
+//! engines, families and degrees are refused with what is supported.
 
 mod config;
 mod vllm;

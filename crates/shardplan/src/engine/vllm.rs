@@ -59,11 +59,13 @@ struct ExpertParam {
 }
 
 /// A model family: the architectures it covers, its layer's parameters, its
-/// experts' parameters.
+/// experts' parameters and where the checkpoint keeps each expert's tensors
+/// (`model.layers.<i>.<expert_prefix>.<e>.`).
 struct Family {
     architectures: &'static [&'static str],
     layer: &'static [LayerParam],
     experts: &'static [ExpertParam],
+    expert_prefix: &'static str,
 }
 
 const fn param(engine: &'static str, parts: &'static [Part]) -> LayerParam {
@@ -91,29 +93,62 @@ const POST_NORM: LayerParam = param(
     "post_attention_layernorm.weight",
     &[("post_attention_layernorm.weight", Split::Whole)],
 );
+const GATE_UP: LayerParam = param(
+    "mlp.gate_up_proj.weight",
+    &[
+        ("mlp.gate_proj.weight", Split::Rows),
+        ("mlp.up_proj.weight", Split::Rows),
+    ],
+);
+const DOWN: LayerParam = param(
+    "mlp.down_proj.weight",
+    &[("mlp.down_proj.weight", Split::Columns)],
+);
+const Q_NORM: LayerParam = param(
+    "self_attn.q_norm.weight",
+    &[("self_attn.q_norm.weight", Split::Whole)],
+);
+const K_NORM: LayerParam = param(
+    "self_attn.k_norm.weight",
+    &[("self_attn.k_norm.weight", Split::Whole)],
+);
 
 /// The families vLLM's presets cover, one row each.
 const FAMILIES: &[Family] = &[
     Family {
         architectures: &["LlamaForCausalLM", "MistralForCausalLM"],
+        layer: &[INPUT_NORM, QKV, O_PROJ, POST_NORM, GATE_UP, DOWN],
+        experts: &[],
+        expert_prefix: "",
+    },
+    Family {
+        architectures: &["Qwen2ForCausalLM"],
         layer: &[
             INPUT_NORM,
             QKV,
-            O_PROJ,
-            POST_NORM,
             param(
-                "mlp.gate_up_proj.weight",
+                "self_attn.qkv_proj.bias",
                 &[
-                    ("mlp.gate_proj.weight", Split::Rows),
-                    ("mlp.up_proj.weight", Split::Rows),
+                    ("self_attn.q_proj.bias", Split::Rows),
+                    ("self_attn.k_proj.bias", Split::KvRows),
+                    ("self_attn.v_proj.bias", Split::KvRows),
                 ],
             ),
-            param(
-                "mlp.down_proj.weight",
-                &[("mlp.down_proj.weight", Split::Columns)],
-            ),
+            O_PROJ,
+            POST_NORM,
+            GATE_UP,
+            DOWN,
         ],
         experts: &[],
+        expert_prefix: "",
+    },
+    Family {
+        architectures: &["Qwen3ForCausalLM"],
+        layer: &[
+            INPUT_NORM, QKV, O_PROJ, Q_NORM, K_NORM, POST_NORM, GATE_UP, DOWN,
+        ],
+        experts: &[],
+        expert_prefix: "",
     },
     Family {
         architectures: &["Qwen3MoeForCausalLM"],
@@ -121,14 +156,8 @@ const FAMILIES: &[Family] = &[
             INPUT_NORM,
             QKV,
             O_PROJ,
-            param(
-                "self_attn.q_norm.weight",
-                &[("self_attn.q_norm.weight", Split::Whole)],
-            ),
-            param(
-                "self_attn.k_norm.weight",
-                &[("self_attn.k_norm.weight", Split::Whole)],
-            ),
+            Q_NORM,
+            K_NORM,
             POST_NORM,
             param("mlp.gate.weight", &[("mlp.gate.weight", Split::Whole)]),
         ],
@@ -145,6 +174,31 @@ const FAMILIES: &[Family] = &[
                 parts: &[("down_proj.weight", Split::Columns)],
             },
         ],
+        expert_prefix: "mlp.experts",
+    },
+    Family {
+        architectures: &["MixtralForCausalLM"],
+        layer: &[
+            INPUT_NORM,
+            QKV,
+            O_PROJ,
+            POST_NORM,
+            param(
+                "block_sparse_moe.gate.weight",
+                &[("block_sparse_moe.gate.weight", Split::Whole)],
+            ),
+        ],
+        experts: &[
+            ExpertParam {
+                engine: "block_sparse_moe.experts.routed_experts.w13_weight",
+                parts: &[("w1.weight", Split::Rows), ("w3.weight", Split::Rows)],
+            },
+            ExpertParam {
+                engine: "block_sparse_moe.experts.routed_experts.w2_weight",
+                parts: &[("w2.weight", Split::Columns)],
+            },
+        ],
+        expert_prefix: "block_sparse_moe.experts",
     },
 ];
 
@@ -156,17 +210,21 @@ fn layer_shape(suffix: &str, c: &ModelConfig) -> Vec<u64> {
         "self_attn.k_proj.weight" | "self_attn.v_proj.weight" => vec![kv, h],
         "self_attn.o_proj.weight" => vec![h, q],
         "self_attn.q_norm.weight" | "self_attn.k_norm.weight" => vec![c.head_dim],
+        "self_attn.q_proj.bias" => vec![q],
+        "self_attn.k_proj.bias" | "self_attn.v_proj.bias" => vec![kv],
         "mlp.gate_proj.weight" | "mlp.up_proj.weight" => vec![c.intermediate, h],
         "mlp.down_proj.weight" => vec![h, c.intermediate],
-        "mlp.gate.weight" => vec![c.experts, h],
+        "mlp.gate.weight" | "block_sparse_moe.gate.weight" => vec![c.experts, h],
         _ => vec![h],
     }
 }
 
-/// The shape of an expert's logical tensor named `suffix`.
-fn expert_shape(suffix: &str, c: &ModelConfig) -> Vec<u64> {
-    match suffix {
-        "down_proj.weight" => vec![c.hidden, c.moe_intermediate],
+/// The shape of an expert's logical tensor, split as `split`: the down
+/// projection (split by columns) is [hidden, width], the others [width,
+/// hidden].
+fn expert_shape(split: Split, c: &ModelConfig) -> Vec<u64> {
+    match split {
+        Split::Columns => vec![c.hidden, c.moe_intermediate],
         _ => vec![c.moe_intermediate, c.hidden],
     }
 }
@@ -305,6 +363,13 @@ fn vocab_blocks(vocab: u64, tp: u64) -> Result<Vec<u64>, EngineError> {
         .collect())
 }
 
+/// Dimension 0 split as `split`, the other `rank - 1` dimensions whole.
+fn first_split(split: DimSplit, rank: usize) -> Vec<DimSplit> {
+    let mut dims = vec![split];
+    dims.resize(rank.max(1), DimSplit::none());
+    dims
+}
+
 /// What building a family's tensors and parameters shares.
 struct Builder<'a> {
     config: &'a ModelConfig,
@@ -342,8 +407,8 @@ impl Builder<'_> {
             for e in 0..if f.experts.is_empty() { 0 } else { c.experts } {
                 for p in f.experts {
                     for &(suffix, split) in p.parts {
-                        let name = format!("model.layers.{l}.mlp.experts.{e}.{suffix}");
-                        out.push((name, expert_shape(suffix, c), Some(split), Some(e)));
+                        let name = format!("model.layers.{l}.{}.{e}.{suffix}", f.expert_prefix);
+                        out.push((name, expert_shape(split, c), Some(split), Some(e)));
                     }
                 }
             }
@@ -400,10 +465,10 @@ impl Builder<'_> {
                 LayoutConfig::new(vec![by_vocab, DimSplit::none()])
             }
             (Some(Split::Rows), _) => {
-                LayoutConfig::new(vec![over(&self.axes.all), DimSplit::none()])
+                LayoutConfig::new(first_split(over(&self.axes.all), shape.len()))
             }
             (Some(Split::KvRows), _) => {
-                LayoutConfig::new(vec![over(&self.axes.kv), DimSplit::none()])
+                LayoutConfig::new(first_split(over(&self.axes.kv), shape.len()))
             }
             (Some(Split::Columns), _) => {
                 LayoutConfig::new(vec![DimSplit::none(), over(&self.axes.all)])
@@ -452,7 +517,7 @@ impl Builder<'_> {
                     .map(|e| {
                         p.parts
                             .iter()
-                            .map(|(s, _)| full(&format!("mlp.experts.{e}.{s}")))
+                            .map(|(s, _)| full(&format!("{}.{e}.{s}", f.expert_prefix)))
                             .collect()
                     })
                     .collect();

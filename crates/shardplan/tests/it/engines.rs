@@ -51,11 +51,15 @@ fn packed_ranks(case: &str, layout: &EngineLayout) -> Vec<RankParams> {
 }
 
 /// Each golden case: its folder, the degrees vLLM ran with.
-const CASES: [(&str, u64, bool); 4] = [
+const CASES: [(&str, u64, bool); 8] = [
     ("llama_gqa_tp2", 2, false),
     ("llama_gqa_tp4", 4, false),
+    ("qwen2_tp2", 2, false),
+    ("qwen3_tp4", 4, false),
     ("qwen3_moe_tp2", 2, false),
     ("qwen3_moe_tp2_ep", 2, true),
+    ("mixtral_tp2", 2, false),
+    ("mixtral_tp2_ep", 2, true),
 ];
 
 #[test]
