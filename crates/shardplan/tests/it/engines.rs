@@ -92,3 +92,48 @@ fn vllm_ranks_match_vllm_bit_for_bit() {
         }
     }
 }
+
+/// A config.json with `edit` applied to a small Llama's.
+fn config_with(edit: &str, value: &str) -> Vec<u8> {
+    let mut json: serde_json::Value = serde_json::json!({
+        "architectures": ["LlamaForCausalLM"], "hidden_size": 64, "num_attention_heads": 8,
+        "num_key_value_heads": 2, "intermediate_size": 96, "num_hidden_layers": 1, "vocab_size": 100
+    });
+    if !edit.is_empty() {
+        json[edit] = serde_json::from_str(value).unwrap();
+    }
+    serde_json::to_vec(&json).unwrap()
+}
+
+#[test]
+fn configs_and_degrees_the_preset_cannot_take_are_refused_with_their_code() {
+    let path = Path::new("config.json");
+    let code = |e: &dyn miette::Diagnostic| e.code().map(|c| c.to_string()).unwrap_or_default();
+    // (field edited, its new value, degree, the code expected)
+    let cases: [(&str, &str, u64, &str); 8] = [
+        ("num_key_value_heads", "3", 1, "shardplan::engine::sizes"),
+        ("hidden_size", "0", 1, "shardplan::engine::sizes"),
+        ("hidden_size", "\"64\"", 1, "shardplan::engine::config"),
+        (
+            "architectures",
+            "[\"GPT2LMHeadModel\"]",
+            1,
+            "shardplan::engine::architecture",
+        ),
+        ("", "", 3, "shardplan::engine::degree"),
+        ("num_key_value_heads", "4", 8, ""),
+        ("", "", 0, "shardplan::engine::degree"),
+        ("vocab_size", "100000", 8, ""),
+    ];
+    for (field, value, tp, expected) in cases {
+        let result = ModelConfig::parse(path, &config_with(field, value))
+            .and_then(|c| engine_layout(Engine::Vllm, &c, EngineDegrees::tp(tp), DType::BF16));
+        match result {
+            Ok(_) => assert_eq!(expected, "", "{field}={value} at tp {tp} was accepted"),
+            Err(e) => assert_eq!(code(&e), expected, "{field}={value} at tp {tp}: {e}"),
+        }
+    }
+    // Not JSON: the line and column of the fault.
+    let e = ModelConfig::parse(path, b"{\n  \"hidden_size\": ,\n}").unwrap_err();
+    assert!(e.to_string().starts_with("config.json:2:18:"), "{e}");
+}
