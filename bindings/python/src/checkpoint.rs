@@ -9,11 +9,11 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList, PyTuple};
 use shardplan::reshard::{
     LayoutSource, OutputFormat, ReshardConfig, WriteConfig, engine_rank_path, prepare,
-    write_engine_rank,
+    read_engine_rank, write_engine_rank,
 };
 
 use crate::engine::{EngineArgs, engine_args, engine_destination, source_path};
-use crate::errors::{Class, Fault, Faulty, fault};
+use crate::errors::{Fault, Faulty, fault};
 use crate::plan::replica_choice;
 use crate::strategy::PyStrategy;
 
@@ -178,18 +178,7 @@ fn load_engine_rank<'py>(
         let layout = engine_destination(&src, args)?;
         cfg.dst = LayoutSource::Strategy(Box::new(layout.strategy.clone()));
         let prepared = prepare(&cfg).map_err(fault)?;
-        let slices = prepared.rank_slices(rank).map_err(fault)?;
-        let mut bufs: Vec<Vec<u8>> = slices.iter().map(|s| vec![0; s.bytes as usize]).collect();
-        let mut views: Vec<&mut [u8]> = bufs.iter_mut().map(Vec::as_mut_slice).collect();
-        prepared.read_rank_into(rank, &mut views).map_err(fault)?;
-        let logical = |name: &str| {
-            let i = slices.iter().position(|s| s.name == name)?;
-            Some(bufs[i].as_slice())
-        };
-        let params = layout
-            .map
-            .pack_rank(rank, logical)
-            .map_err(|e| Fault::of(Class::Reshard, &e))?;
+        let params = read_engine_rank(&prepared, &layout, rank).map_err(fault)?;
         Ok((layout, params, prepared.warnings().to_vec()))
     })?;
     let out = layout

@@ -292,7 +292,7 @@ fn encode_small(dtype: DType, v: u64) -> Vec<u8> {
 }
 
 /// Row-major flat index of `idx` in `shape`.
-fn flat_index(shape: &[u64], idx: &[u64]) -> u64 {
+pub(crate) fn flat_index(shape: &[u64], idx: &[u64]) -> u64 {
     shape.iter().zip(idx).fold(0u64, |acc, (s, i)| acc * s + i)
 }
 
@@ -318,7 +318,7 @@ pub fn synthetic_element(tensor: u64, flat: u64, size: usize) -> Vec<u8> {
 }
 
 /// Calls `f` with every index of `region`, row-major.
-fn for_each_index(region: &Region, mut f: impl FnMut(&[u64])) {
+pub(crate) fn for_each_index(region: &Region, mut f: impl FnMut(&[u64])) {
     if region.is_empty() {
         return;
     }

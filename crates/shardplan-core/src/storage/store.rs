@@ -1,7 +1,9 @@
 //! Parameters as buffers: a plan carried out straight into them, a logical
 //! store packed into them, and the reference check of what they hold.
 
-use crate::execute::{ExecError, ExecStats, ShardStore, StoreMismatch, synthetic_element};
+use crate::execute::{
+    ExecError, ExecStats, ShardStore, StoreMismatch, flat_index, for_each_index, synthetic_element,
+};
 use crate::geometry::{BoxRuns, Region};
 use crate::strategy::Strategy;
 use crate::verify::VerifiedPlan;
@@ -86,10 +88,10 @@ impl ParamStore {
                                 .zip(&seg.at[lead..])
                                 .map(|((i, o), a)| a + i - o),
                         );
-                        let e = flat(&param.shape, &at) as usize * size;
+                        let e = flat_index(&param.shape, &at) as usize * size;
                         expected[e..e + size].copy_from_slice(&synthetic_element(
                             t as u64,
-                            flat(shape, idx),
+                            flat_index(shape, idx),
                             size,
                         ));
                     });
@@ -218,32 +220,4 @@ pub(super) fn copy_box(
         let (s, d, n) = (s as usize, d as usize, n as usize);
         dst[d..d + n].copy_from_slice(&src[s..s + n]);
     });
-}
-
-/// Row-major position of `index` in `shape`.
-fn flat(shape: &[u64], index: &[u64]) -> u64 {
-    index.iter().zip(shape).fold(0, |acc, (i, s)| acc * s + i)
-}
-
-/// Calls `f` with every index of `region`, row-major.
-fn for_each_index(region: &Region, mut f: impl FnMut(&[u64])) {
-    if region.is_empty() {
-        return;
-    }
-    let mut idx = region.offset().to_vec();
-    loop {
-        f(&idx);
-        let mut d = region.rank();
-        loop {
-            if d == 0 {
-                return;
-            }
-            d -= 1;
-            idx[d] += 1;
-            if idx[d] < region.end(d) {
-                break;
-            }
-            idx[d] = region.offset()[d];
-        }
-    }
 }

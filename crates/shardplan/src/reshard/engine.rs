@@ -63,6 +63,37 @@ pub fn engine_rank_path(out_dir: &Path, rank: u64) -> PathBuf {
         .join("model.safetensors")
 }
 
+/// Destination rank `rank`'s engine parameters as bytes, in the order of
+/// `layout.map.params(rank)`: the rank's logical slices read from the
+/// source (only the bytes its pieces cover) and packed by the storage map,
+/// padding zero. `prepared` must have been prepared with `layout.strategy`
+/// as its destination.
+///
+/// # Errors
+///
+/// As [`write_engine_rank`], without the writing.
+pub fn read_engine_rank(
+    prepared: &Prepared,
+    layout: &EngineLayout,
+    rank: u64,
+) -> Result<Vec<Vec<u8>>, ReshardError> {
+    let slices = prepared.rank_slices(rank)?;
+    let mut bufs: Vec<Vec<u8>> = slices.iter().map(|s| vec![0; s.bytes as usize]).collect();
+    let mut views: Vec<&mut [u8]> = bufs.iter_mut().map(Vec::as_mut_slice).collect();
+    prepared.read_rank_into(rank, &mut views)?;
+    let logical = |name: &str| {
+        let i = slices.iter().position(|s| s.name == name)?;
+        Some(bufs[i].as_slice())
+    };
+    layout
+        .map
+        .pack_rank(rank, logical)
+        .map_err(|e| ReshardError::Storage {
+            rank,
+            source: Box::new(e),
+        })
+}
+
 /// Writes destination rank `rank`'s engine parameters to
 /// [`engine_rank_path`]: every parameter of `layout.map`'s rank, in its
 /// order, with the engine's names and shapes, padding zero. `prepared` must
@@ -82,21 +113,7 @@ pub fn write_engine_rank(
     rank: u64,
     out_dir: &Path,
 ) -> Result<u64, ReshardError> {
-    let slices = prepared.rank_slices(rank)?;
-    let mut bufs: Vec<Vec<u8>> = slices.iter().map(|s| vec![0; s.bytes as usize]).collect();
-    let mut views: Vec<&mut [u8]> = bufs.iter_mut().map(Vec::as_mut_slice).collect();
-    prepared.read_rank_into(rank, &mut views)?;
-    let logical = |name: &str| {
-        let i = slices.iter().position(|s| s.name == name)?;
-        Some(bufs[i].as_slice())
-    };
-    let params = layout
-        .map
-        .pack_rank(rank, logical)
-        .map_err(|e| ReshardError::Storage {
-            rank,
-            source: Box::new(e),
-        })?;
+    let params = read_engine_rank(prepared, layout, rank)?;
     let declared: Vec<_> = layout
         .map
         .params(rank)

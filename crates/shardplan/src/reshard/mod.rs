@@ -20,7 +20,9 @@ mod read;
 mod write;
 
 pub use copy_through::CopyThrough;
-pub use engine::{ENGINE_DTYPE_FROM, engine_destination, engine_rank_path, write_engine_rank};
+pub use engine::{
+    ENGINE_DTYPE_FROM, engine_destination, engine_rank_path, read_engine_rank, write_engine_rank,
+};
 pub use error::{ReshardError, Side};
 pub use prepare::{
     checkpoint_strategy, prepare, prepare_chunked, read_chunked, tensors_from_checkpoints,

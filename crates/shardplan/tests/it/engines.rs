@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use shardplan::DType;
 use shardplan::engine::{Engine, EngineDegrees, EngineLayout, ModelConfig, engine_layout};
-use shardplan::reshard::{LayoutSource, ReshardConfig, prepare};
+use shardplan::reshard::{LayoutSource, ReshardConfig, prepare, read_engine_rank};
 
 fn case_dir(case: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -30,15 +30,7 @@ fn packed_ranks(case: &str, layout: &EngineLayout) -> Vec<RankParams> {
     let prepared = prepare(&cfg).unwrap();
     (0..layout.map.rank_count())
         .map(|r| {
-            let slices = prepared.rank_slices(r).unwrap();
-            let mut bufs: Vec<Vec<u8>> = slices.iter().map(|s| vec![0; s.bytes as usize]).collect();
-            let mut views: Vec<&mut [u8]> = bufs.iter_mut().map(Vec::as_mut_slice).collect();
-            prepared.read_rank_into(r, &mut views).unwrap();
-            let logical = |name: &str| {
-                let i = slices.iter().position(|s| s.name == name)?;
-                Some(bufs[i].as_slice())
-            };
-            let params = layout.map.pack_rank(r, logical).unwrap();
+            let params = read_engine_rank(&prepared, layout, r).unwrap();
             layout
                 .map
                 .params(r)
